@@ -1,0 +1,69 @@
+"""The Debian packages each task needs on the machine running it, installed when missing.
+
+`./inv TASK ...` calls this before Invoke runs the task: as root it installs what is missing
+(apt-get update first, once); otherwise it prints the exact apt command and stops.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# Config checkers and daemons the tests run for real; the tools behind render checks.
+_CHECKERS = ("haproxy", "nginx", "keepalived", "nftables", "mariadb-server", "mariadb-client", "iproute2", "openssl")
+
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "test": _CHECKERS,
+    "bench": _CHECKERS,
+}
+
+
+def task_of(argv: list[str]) -> str | None:
+    """The task named on an invoke command line: the first word that is not an option."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+        if arg in ("-l", "--list", "-h", "--help", "-V", "--version"):
+            return None
+    return None
+
+
+def missing(packages: tuple[str, ...]) -> list[str]:
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    installed = {line.split()[0] for line in result.stdout.splitlines() if line.endswith(" installed")}
+    return [p for p in packages if p not in installed]
+
+
+def ensure(task: str | None) -> int:
+    needed = PACKAGES.get((task or "").replace("_", "-"), ())
+    if not needed:
+        return 0
+    absent = missing(needed)
+    if not absent:
+        return 0
+    command = ["apt-get", "install", "-y", "--no-install-recommends", *absent]
+    if os.geteuid() != 0:
+        print(f"./inv {task} needs Debian packages that are missing: {' '.join(absent)}", file=sys.stderr)
+        print(f"install them with:\n  sudo apt-get update && sudo {' '.join(command)}", file=sys.stderr)
+        return 1
+    print(f"installing Debian packages for '{task}': {' '.join(absent)}", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    try:
+        return ensure(task_of(argv))
+    except subprocess.CalledProcessError as e:
+        print(f"installing packages failed: {' '.join(e.cmd)} exited {e.returncode}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,133 @@
+"""Render every host's bundle from the cluster model: configs, secrets by reference, services, join, checks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import cache
+from typing import Any
+
+import jinja2
+
+from kiln.bundle import BUNDLE_SCHEMA
+from kiln.model import Cluster, Host, Role
+from kiln.render import context as ctx
+from kiln.render.context import HostContext, build_context
+from kiln.render.files import DIRECTORIES, FILES, SECRETS, SERVICES
+
+
+class RenderError(Exception):
+    pass
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("kiln.render", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def render_template(name: str, context: HostContext) -> str:
+    try:
+        return _environment().get_template(name).render(asdict(context))
+    except jinja2.TemplateError as e:
+        line = getattr(e, "lineno", None)
+        raise RenderError(f"{name}{f':{line}' if line else ''}: {e}") from e
+
+
+def render_cluster(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Every host's unsigned bundle, by host name, with secrets referenced (value null)."""
+    return {h.name: render_host(cluster, h) for h in cluster.hosts}
+
+
+def render_host(cluster: Cluster, host: Host) -> dict[str, Any]:
+    c = build_context(cluster, host)
+    role = host.role
+    files = [
+        {"path": f.path, "mode": f.mode, "owner": f.owner, "group": f.group, "content": render_template(f.template, c)}
+        for f in FILES
+        if f.roles is None or role in f.roles
+    ]
+    directories = [
+        {"path": d.path, "mode": d.mode, "owner": d.owner, "group": d.group}
+        for d in DIRECTORIES
+        if d.roles is None or role in d.roles
+    ]
+    secrets = [
+        {"name": s.name, "path": s.path, "mode": s.mode, "owner": s.owner, "group": s.group, "value": None}
+        for s in SECRETS
+        if role in s.roles and (s.db_role is None or s.db_role == host.db_role)
+    ]
+    services = [
+        {"unit": s.unit, "enable": True, "restart_on": list(s.restart_on)}
+        for s in SERVICES
+        if s.roles is None or role in s.roles
+    ]
+    return {
+        "schema": BUNDLE_SCHEMA,
+        "cluster": cluster.name,
+        "host": {"name": host.name, "role": role.value, "mac": host.mac, "ip": str(host.ip), "fqdn": f"{host.name}.{cluster.name}"},
+        "network": {
+            "interface": ctx.INTERFACE,
+            "address": str(host.ip),
+            "prefix": cluster.network.subnet.prefixlen,
+            "gateway": str(cluster.network.gateway),
+            "dns": [str(a) for a in cluster.network.dns],
+            "vip": str(cluster.network.vip),
+        },
+        "directories": directories,
+        "files": files,
+        "secrets": secrets,
+        "services": services,
+        "join": _join(cluster, host, c),
+        "checks": _checks(host, c),
+    }
+
+
+def _join(cluster: Cluster, host: Host, c: HostContext) -> dict[str, Any]:
+    if host.role is Role.lb:
+        return {"kind": "lb", "params": {
+            "vip": c.vip, "interface": c.interface, "priority": c.priority, "initial_state": c.initial_state,
+            "web_pool": [f"{w.ip}:80" for w in c.web_nodes], "stats_url": f"http://{c.ip}:{c.haproxy_stats_port}/stats",
+        }}  # fmt: skip
+    if host.role is Role.web:
+        return {"kind": "web", "params": {
+            "app_pool": [f"{a.ip}:{c.app_port}" for a in c.app_nodes], "health_url": f"http://{c.ip}/health",
+        }}  # fmt: skip
+    if host.role is Role.app:
+        return {"kind": "app", "params": {
+            "health_url": f"http://{c.ip}:{c.app_port}/health", "db_host": c.db_write_host, "db_port": c.db_port,
+        }}  # fmt: skip
+    primary = cluster.db_primary
+    assert primary is not None
+    common = {
+        "database": c.database, "port": c.db_port, "replication_user": ctx.REPLICATION_USER,
+        "app_user": ctx.APP_DB_USER, "server_id": c.server_id,
+    }  # fmt: skip
+    if host.is_primary:
+        return {"kind": "db-primary", "params": {
+            **common,
+            "replica_hosts": [str(h.ip) for h in cluster.db_replicas],
+            "app_hosts": [str(h.ip) for h in cluster.by_role(Role.app)],
+        }}  # fmt: skip
+    return {"kind": "db-replica", "params": {**common, "primary": str(primary.ip), "wait_seconds": 900}}
+
+
+def _checks(host: Host, c: HostContext) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = [
+        {"name": "firewall loaded", "kind": "command", "argv": ["nft", "list", "table", "inet", "filter"]},
+        {"name": "node exporter answers", "kind": "http", "url": f"http://{c.ip}:{c.node_exporter_port}/metrics"},
+    ]
+    if host.role is Role.lb:
+        checks.append({"name": "haproxy stats answer", "kind": "http", "url": f"http://{c.ip}:{c.haproxy_stats_port}/stats"})
+    elif host.role is Role.web:
+        checks.append({"name": "app pool answers through nginx", "kind": "http", "url": f"http://{c.ip}/health"})
+    elif host.role is Role.app:
+        checks.append({"name": "app healthy with its database", "kind": "http", "url": f"http://{c.ip}:{c.app_port}/health"})
+    else:
+        checks.append({"name": "mariadb accepts connections", "kind": "tcp", "host": c.ip, "port": c.db_port})
+    return checks

@@ -1,0 +1,151 @@
+"""Everything a host's templates need, computed from the model in Python; templates only print it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from kiln.model import Cluster, Host, Role
+
+INTERFACE = "kiln0"  # the cluster NIC, renamed by MAC with a systemd .link file, so configs can name it
+NODE_EXPORTER_PORT = 9100
+HAPROXY_STATS_PORT = 8404
+NGINX_STATUS_PORT = 8081  # stub_status, loopback only
+MARIADB_PORT = 3306
+REPLICATION_USER = "repl"
+APP_DB_USER = "app"
+TLS_PEM = "/etc/haproxy/certs/site.pem"
+SECRETS_DIR = "/etc/kiln/secrets"
+APP_ROOT = "/opt/kiln-app"
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class HostContext:
+    # identity
+    cluster: str
+    domain: str
+    name: str
+    role: str
+    mac: str
+    ip: str
+    interface: str
+    # network
+    prefix: int
+    subnet: str
+    gateway: str
+    dns: tuple[str, ...]
+    vip: str
+    admin_nets: tuple[str, ...]
+    provisioning_host: str
+    provisioning_port: int
+    hosts: tuple[Peer, ...]
+    # tier peers
+    lb_nodes: tuple[Peer, ...]
+    web_nodes: tuple[Peer, ...]
+    app_nodes: tuple[Peer, ...]
+    db_nodes: tuple[Peer, ...]
+    lb_peers: tuple[Peer, ...]  # the other lb hosts
+    # ports
+    node_exporter_port: int
+    role_exporter_ports: tuple[int, ...]
+    inbound_ports: tuple[int, ...]  # role ports the firewall opens, from the tier sources below
+    # role settings (zero values where the role does not use them)
+    balance: str = ""
+    virtual_router_id: int = 0
+    priority: int = 0
+    initial_state: str = ""
+    haproxy_stats_port: int = HAPROXY_STATS_PORT
+    tls_pem: str = TLS_PEM
+    static_root: str = ""
+    nginx_status_port: int = NGINX_STATUS_PORT
+    app_port: int = 0
+    app_workers: int = 0
+    app_root: str = APP_ROOT
+    database: str = ""
+    db_write_host: str = ""
+    db_read_host: str = ""
+    db_port: int = MARIADB_PORT
+    app_db_user: str = APP_DB_USER
+    secrets_dir: str = SECRETS_DIR
+    server_id: int = 0
+    is_replica: bool = False
+
+
+def _peers(hosts: tuple[Host, ...]) -> tuple[Peer, ...]:
+    return tuple(Peer(h.name, str(h.ip)) for h in hosts)
+
+
+def build_context(cluster: Cluster, host: Host) -> HostContext:
+    net = cluster.network
+    url = urlsplit(cluster.provisioning_url)
+    lbs, webs, apps, dbs = (cluster.by_role(r) for r in (Role.lb, Role.web, Role.app, Role.db))
+    role_exporter_ports = {Role.lb: (HAPROXY_STATS_PORT,), Role.web: (9113,), Role.app: (), Role.db: (9104,)}[host.role]
+    base = dict(
+        cluster=cluster.name,
+        domain=cluster.domain,
+        name=host.name,
+        role=host.role.value,
+        mac=host.mac,
+        ip=str(host.ip),
+        interface=INTERFACE,
+        prefix=net.subnet.prefixlen,
+        subnet=str(net.subnet),
+        gateway=str(net.gateway),
+        dns=tuple(str(a) for a in net.dns),
+        vip=str(net.vip),
+        admin_nets=tuple(str(a) for a in net.admin),
+        provisioning_host=url.hostname or "",
+        provisioning_port=url.port or (443 if url.scheme == "https" else 80),
+        hosts=_peers(cluster.hosts),
+        lb_nodes=_peers(lbs),
+        web_nodes=_peers(webs),
+        app_nodes=_peers(apps),
+        db_nodes=_peers(dbs),
+        lb_peers=_peers(tuple(h for h in lbs if h.name != host.name)) if host.role is Role.lb else (),
+        node_exporter_port=NODE_EXPORTER_PORT,
+        role_exporter_ports=role_exporter_ports,
+        inbound_ports=(),
+    )
+    if host.role is Role.lb:
+        assert cluster.lb is not None and host.priority is not None
+        top = max(h.priority or 0 for h in lbs)
+        base.update(
+            balance=cluster.lb.balance,
+            virtual_router_id=cluster.lb.virtual_router_id,
+            priority=host.priority,
+            initial_state="MASTER" if host.priority == top else "BACKUP",
+            inbound_ports=(80, 443),
+        )
+    elif host.role is Role.web:
+        assert cluster.web is not None and cluster.app is not None
+        base.update(static_root=cluster.web.static_root, app_port=cluster.app.port, inbound_ports=(80,))
+    elif host.role is Role.app:
+        assert cluster.app is not None and cluster.db is not None
+        primary = cluster.db_primary
+        replicas = cluster.db_replicas
+        assert primary is not None
+        # Reads spread over replicas by the app host's position; writes always go to the primary.
+        read_host = replicas[host.index % len(replicas)] if replicas else primary
+        base.update(
+            app_port=cluster.app.port,
+            app_workers=cluster.app.workers,
+            database=cluster.db.database,
+            db_write_host=str(primary.ip),
+            db_read_host=str(read_host.ip),
+            inbound_ports=(cluster.app.port,),
+        )
+    elif host.role is Role.db:
+        assert cluster.db is not None
+        base.update(
+            database=cluster.db.database,
+            server_id=host.index + 1,
+            is_replica=not host.is_primary,
+            inbound_ports=(MARIADB_PORT,),
+        )
+    return HostContext(**base)  # type: ignore[arg-type]

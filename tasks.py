@@ -1,0 +1,53 @@
+"""kiln's Invoke tasks: each parses its arguments and calls into kiln/. Run them with ./inv TASK."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from invoke import Collection, Exit, task
+
+from kiln import benchrun, commands
+
+
+def _exit(code: int) -> None:
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"roles": "roles.yaml to check (default: the shipped one)", "json": "print the problems as JSON"})
+def validate(c, roles=None, json=False):
+    """Check roles.yaml: every problem at once, one line each, with file, line and path."""
+    _exit(commands.validate(roles, as_json=json))
+
+
+@task(help={"roles": "roles.yaml to render (default: the shipped one)", "out": "output directory (required)"})
+def render(c, out, roles=None):
+    """Write every host's bundle.json and config files under OUT for review before any machine boots."""
+    _exit(commands.render(roles, out))
+
+
+@task(help={"roles": "roles.yaml the certificate is issued for", "secrets": "secrets directory (default: secrets/)"})
+def keys(c, roles=None, secrets=None):
+    """Create what is missing under secrets/ (signing key, CA, site certificate, passwords); never overwrite."""
+    _exit(commands.keys(roles, secrets))
+
+
+@task(help={"quick": "skip image builds and the lab (under 3 minutes)", "k": "only tests matching this pytest -k expression"})
+def test(c, quick=False, k=None):
+    """Run the whole test suite: unit, integration with real daemons, and (without --quick) the slow tiers."""
+    args = [sys.executable, "-m", "pytest"]
+    if quick:
+        args += ["-m", "not slow"]
+    if k:
+        args += ["-k", k]
+    c.run(shlex.join(args), pty=sys.stdout.isatty())
+
+
+@task(help={"quick": "smaller inputs, for a fast look"})
+def bench(c, quick=False):
+    """Run the benchmarks under bench/: results to bench/results/*.json and a table on stdout."""
+    _exit(benchrun.run_all(quick=quick))
+
+
+ns = Collection(validate, render, keys, test, bench)
