@@ -33,7 +33,12 @@ def keys(c, roles=None, secrets=None):
     _exit(commands.keys(roles, secrets))
 
 
-@task(help={"quick": "skip image builds and the lab (under 3 minutes)", "k": "only tests matching this pytest -k expression"})
+@task(
+    help={
+        "quick": "skip image builds and the lab (under 3 minutes)",
+        "k": "only tests matching this pytest -k expression",
+    }
+)
 def test(c, quick=False, k=None):
     """Run the whole test suite: unit, integration with real daemons, and (without --quick) the slow tiers."""
     args = [sys.executable, "-m", "pytest"]

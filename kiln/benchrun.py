@@ -27,6 +27,8 @@ def run_all(*, quick: bool = False) -> int:
             continue
         results = BENCH / "results" / f"{script.stem}.json"
         for figure in json.loads(results.read_text()).get("figures", []):
-            table.add_row(script.stem, figure["name"], f"{figure['value']} {figure.get('unit', '')}", figure.get("goal", ""))
+            table.add_row(
+                script.stem, figure["name"], f"{figure['value']} {figure.get('unit', '')}", figure.get("goal", "")
+            )
     Console().print(table)
     return 1 if failed else 0

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from kiln.fsutil import write_atomic
 from kiln import signing
+from kiln.fsutil import write_atomic
 from kiln.model import Cluster, InvalidRoles, Role, load_roles
 from kiln.render import render_cluster
 from kiln.secrets import SecretStore
@@ -74,7 +74,8 @@ def render(roles: str | None, out: str) -> int:
         if old.is_dir() and old.name not in bundles and (old / "bundle.json").exists():
             shutil.rmtree(old)  # a host removed from roles.yaml; only directories this command made
     files = sum(len(b["files"]) for b in bundles.values())
-    print(f"rendered {len(bundles)} hosts, {files} files into {out} ({changed} changed) in {time.monotonic() - started:.2f}s")
+    took = time.monotonic() - started
+    print(f"rendered {len(bundles)} hosts, {files} files into {out} ({changed} changed) in {took:.2f}s")
     return 0
 
 
@@ -99,7 +100,8 @@ def keys(roles: str | None = None, secrets_dir: str | None = None) -> int:
     missing = store.uncovered_names(cluster)
     if missing:
         _err(
-            f"warning: the site certificate does not cover {', '.join(missing)} (roles.yaml changed since it was made); "
+            f"warning: the site certificate does not cover {', '.join(missing)} "
+            "(roles.yaml changed since it was made); "
             f"remove {os.path.relpath(store.root / 'tls.pem')} and run ./inv keys again to reissue it"
         )
     key = signing.load_public_key(store.signing_pub.read_bytes())

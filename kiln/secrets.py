@@ -1,9 +1,9 @@
 """The cluster's secrets under secrets/: created when missing, never overwritten, never logged.
 
-  signing.key / signing.pub   Ed25519 bundle signing key pair (public key: PEM SubjectPublicKeyInfo)
-  ca.key / ca.pem             the cluster CA
-  tls.key / tls.pem           the site certificate (domain + VIP + provisioning host as SANs), signed by the CA
-  db_*_password               per-cluster database passwords
+signing.key / signing.pub   Ed25519 bundle signing key pair (public key: PEM SubjectPublicKeyInfo)
+ca.key / ca.pem             the cluster CA
+tls.key / tls.pem           the site certificate (domain + VIP + provisioning host as SANs), signed by the CA
+db_*_password               per-cluster database passwords
 """
 
 from __future__ import annotations
@@ -114,11 +114,13 @@ class SecretStore:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _ca_cert(cluster: Cluster, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
@@ -133,10 +135,20 @@ def _ca_cert(cluster: Cluster, key: ec.EllipticCurvePrivateKey) -> x509.Certific
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=365 * CA_YEARS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-        ), critical=True)  # fmt: skip
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -158,7 +170,10 @@ def _san(name: str) -> x509.GeneralName:
 
 
 def _site_cert(
-    cluster: Cluster, key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+    cluster: Cluster,
+    key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
 ) -> x509.Certificate:
     now = _now()
     return (

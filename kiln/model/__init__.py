@@ -58,9 +58,15 @@ def parse_roles(text: str, file: str = "roles.yaml") -> Cluster:
     try:
         marked = load_marked(text)
     except YamlSyntaxError as e:
-        raise InvalidRoles([Problem(e.line, "$", f"YAML syntax error: {e.message}", "valid YAML", file)]) from None
+        raise InvalidRoles([Problem(e.line, e.path, f"YAML syntax error: {e.message}", "valid YAML", file)]) from None
+    if marked.data is None:
+        raise InvalidRoles(
+            [Problem(1, "$", "the file holds no document, only comments", "a roles.yaml v1 document", file)]
+        )
     if not isinstance(marked.data, dict):
-        raise InvalidRoles([Problem(1, "$", "the document is not a mapping", "keys such as version, cluster, hosts", file)])
+        raise InvalidRoles(
+            [Problem(1, "$", "the document is not a mapping", "keys such as version, cluster, hosts", file)]
+        )
     problems = check_shape(marked, file) + check_meaning(marked, file)
     if problems:
         raise InvalidRoles(_dedupe(problems))

@@ -63,13 +63,20 @@ def check_meaning(marked: Marked, file: str) -> list[Problem]:
                 continue
             norm = value.lower() if key == "mac" else value
             if norm in seen_key:
-                add(f"$.hosts[{i}].{key}", f"duplicate {key} {value!r}, also used by $.hosts[{seen_key[norm]}]", f"a {key} unique to this host")
+                what = {"name": "name", "mac": "MAC", "ip": "address"}[key]
+                add(
+                    f"$.hosts[{i}].{key}",
+                    f"duplicate {what} {value!r}, also used by $.hosts[{seen_key[norm]}]",
+                    "unique per host",
+                )
             else:
                 seen_key[norm] = i
         addr = _ip(host.get("ip"))
         if addr and subnet and addr not in subnet:
             add(f"$.hosts[{i}].ip", f"{addr} is outside the subnet {subnet}", f"an address in {subnet}")
-        elif addr and subnet and addr in (subnet.network_address, subnet.broadcast_address) and subnet.num_addresses > 2:
+        elif (
+            addr and subnet and addr in (subnet.network_address, subnet.broadcast_address) and subnet.num_addresses > 2
+        ):
             add(f"$.hosts[{i}].ip", f"{addr} is the subnet's network or broadcast address", "a usable host address")
         if addr and vip and addr == vip:
             add(f"$.hosts[{i}].ip", f"{addr} is the VIP", "an address other than network.vip")
@@ -80,7 +87,13 @@ def check_meaning(marked: Marked, file: str) -> list[Problem]:
     reported_roles: set[str] = set()
     for i, host in hosts:
         role = host.get("role")
-        if roles is not None and isinstance(role, str) and role in ("lb", "web", "app", "db") and role not in roles and role not in reported_roles:
+        if (
+            roles is not None
+            and isinstance(role, str)
+            and role in ("lb", "web", "app", "db")
+            and role not in roles
+            and role not in reported_roles
+        ):
             reported_roles.add(role)
             add(f"$.hosts[{i}].role", f"role {role!r} is not defined in $.roles", f"a $.roles.{role} section")
         if "priority" in host and role != "lb":
@@ -93,7 +106,11 @@ def check_meaning(marked: Marked, file: str) -> list[Problem]:
     # Load balancers: two or more, each with a distinct priority.
     lbs = [(i, h) for i, h in hosts if h.get("role") == "lb"]
     if len(lbs) < 2 and raw_hosts:
-        add("$.hosts", f"{len(lbs)} lb host{'s' if len(lbs) != 1 else ''}, the VIP needs a pair", "at least two hosts with role: lb")
+        add(
+            "$.hosts",
+            f"{len(lbs)} lb host{'s' if len(lbs) != 1 else ''}, the VIP needs a pair",
+            "at least two hosts with role: lb",
+        )
     priorities: dict[int, int] = {}
     for i, h in lbs:
         prio = h.get("priority")
@@ -101,7 +118,11 @@ def check_meaning(marked: Marked, file: str) -> list[Problem]:
             add(f"$.hosts[{i}]", "lb host without a priority", "priority: 1..254, the highest is the VRRP master")
         elif isinstance(prio, int) and not isinstance(prio, bool):
             if prio in priorities:
-                add(f"$.hosts[{i}].priority", f"priority {prio} is also used by $.hosts[{priorities[prio]}]", "a distinct priority per lb host")
+                add(
+                    f"$.hosts[{i}].priority",
+                    f"priority {prio} is also used by $.hosts[{priorities[prio]}]",
+                    "a distinct priority per lb host",
+                )
             else:
                 priorities[prio] = i
 
@@ -113,7 +134,11 @@ def check_meaning(marked: Marked, file: str) -> list[Problem]:
             add(f"$.hosts[{i}]", "db host without a db_role", "db_role: primary or replica")
     if len(primaries) > 1:
         for i in primaries[1:]:
-            add(f"$.hosts[{i}].db_role", f"a second db primary, $.hosts[{primaries[0]}] is already primary", "exactly one primary, the others replica")
+            add(
+                f"$.hosts[{i}].db_role",
+                f"a second db primary, $.hosts[{primaries[0]}] is already primary",
+                "exactly one primary, the others replica",
+            )
     if dbs and not primaries:
         replicas = [i for i, h in dbs if h.get("db_role") == "replica"]
         if replicas:
@@ -122,7 +147,11 @@ def check_meaning(marked: Marked, file: str) -> list[Problem]:
             add("$.hosts", "no db primary", "one db host with db_role: primary")
 
     # Each tier needs the tier behind it.
-    for front, back, why in (("lb", "web", "the load balancers forward to web hosts"), ("web", "app", "nginx proxies to app hosts"), ("app", "db", "the app needs a database")):
+    for front, back, why in (
+        ("lb", "web", "the load balancers forward to web hosts"),
+        ("web", "app", "nginx proxies to app hosts"),
+        ("app", "db", "the app needs a database"),
+    ):
         if by_role[front] and not by_role[back]:
             add("$.hosts", f"{front} hosts but no {back} host: {why}", f"at least one host with role: {back}")
     return problems

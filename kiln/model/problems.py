@@ -18,7 +18,13 @@ class Problem:
         return f"{self.file}:{self.line}: {self.path}: {self.message}{tail}"
 
     def as_dict(self) -> dict[str, object]:
-        return {"file": self.file, "line": self.line, "path": self.path, "message": self.message, "expected": self.expected}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "path": self.path,
+            "message": self.message,
+            "expected": self.expected,
+        }
 
 
 class InvalidRoles(Exception):

@@ -43,7 +43,13 @@ _KINDS = {
     "ipv4-network": ("an IPv4 network", "CIDR like 10.10.0.0/24, no host bits set"),
 }
 
-_TYPE_NAMES = {"integer": "an integer", "string": "a string", "object": "a mapping", "array": "a list", "boolean": "true or false"}
+_TYPE_NAMES = {
+    "integer": "an integer",
+    "string": "a string",
+    "object": "a mapping",
+    "array": "a list",
+    "boolean": "true or false",
+}
 
 
 @cache
@@ -124,7 +130,9 @@ def _to_problems(error: jsonschema.ValidationError, marked: Marked, file: str) -
         if kind:
             yield Problem(line, path, f"{_describe(value)} is not {kind[0]}", kind[1], file)
         else:
-            yield Problem(line, path, f"{_describe(value)} is malformed", f"matching {error.schema.get('pattern')}", file)
+            yield Problem(
+                line, path, f"{_describe(value)} is malformed", f"matching {error.schema.get('pattern')}", file
+            )
     elif v == "minimum":
         yield Problem(line, path, f"{value} is too small", f"at least {kw}", file)
     elif v == "maximum":

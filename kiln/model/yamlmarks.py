@@ -13,10 +13,11 @@ except ImportError:  # pragma: no cover
 
 
 class YamlSyntaxError(Exception):
-    def __init__(self, line: int, message: str) -> None:
+    def __init__(self, line: int, message: str, path: str = "$") -> None:
         super().__init__(message)
         self.line = line
         self.message = message
+        self.path = path
 
 
 class DuplicateKeyError(YamlSyntaxError):
@@ -67,13 +68,39 @@ def load_marked(text: str) -> Marked:
         raise YamlSyntaxError(1, str(e)) from None
     if node is None:
         return Marked(None, {"$": 1})
-    lines: dict[str, int] = {}
-    constructor = yaml.SafeLoader("")  # only for scalar resolution (ints, bools, nulls)
-    data = _convert(node, "$", lines, constructor)
-    return Marked(data, lines)
+    converter = _Converter()
+    try:
+        data = converter.convert(node, "$", ())
+    except yaml.MarkedYAMLError as e:  # e.g. an unsafe tag such as !!python/object
+        mark = e.problem_mark or e.context_mark
+        raise YamlSyntaxError(mark.line + 1 if mark else 1, f"{e.problem or e.context}") from None
+    return Marked(data, converter.lines)
 
 
-def _convert(node: yaml.Node, path: str, lines: dict[str, int], constructor: yaml.SafeLoader) -> object:
+MAX_NODES = 500_000  # far above a 10k-host file; stops alias bombs ("billion laughs") early
+
+
+class _Converter:
+    def __init__(self) -> None:
+        self.lines: dict[str, int] = {}
+        self.nodes = 0
+        self.constructor = yaml.SafeLoader("")  # only for scalar resolution (ints, bools, nulls)
+
+    def convert(self, node: yaml.Node, path: str, parents: tuple[int, ...]) -> object:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise YamlSyntaxError(
+                node.start_mark.line + 1, f"the document expands to more than {MAX_NODES} values (alias bomb?)"
+            )
+        if id(node) in parents:
+            raise YamlSyntaxError(node.start_mark.line + 1, "an alias refers to its own parent (recursive structure)")
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            parents = (*parents, id(node))
+        return _convert(self, node, path, parents)
+
+
+def _convert(conv: _Converter, node: yaml.Node, path: str, parents: tuple[int, ...]) -> object:
+    lines, constructor = conv.lines, conv.constructor
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[object, object] = {}
@@ -81,12 +108,12 @@ def _convert(node: yaml.Node, path: str, lines: dict[str, int], constructor: yam
             key = constructor.construct_object(key_node)
             if isinstance(key, list | dict):
                 raise YamlSyntaxError(key_node.start_mark.line + 1, "a mapping key must be a plain value")
-            if key in out:
-                raise DuplicateKeyError(key_node.start_mark.line + 1, f"duplicate key {key!r}")
             child = child_path(path, key)
-            out[key] = _convert(value_node, child, lines, constructor)
+            if key in out:
+                raise DuplicateKeyError(key_node.start_mark.line + 1, f"duplicate key {key!r}", child)
+            out[key] = conv.convert(value_node, child, parents)
             lines[child] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, child_path(path, i), lines, constructor) for i, item in enumerate(node.value)]
+        return [conv.convert(item, child_path(path, i), parents) for i, item in enumerate(node.value)]
     return constructor.construct_object(node)

@@ -70,7 +70,13 @@ def render_host(cluster: Cluster, host: Host) -> dict[str, Any]:
     return {
         "schema": BUNDLE_SCHEMA,
         "cluster": cluster.name,
-        "host": {"name": host.name, "role": role.value, "mac": host.mac, "ip": str(host.ip), "fqdn": f"{host.name}.{cluster.name}"},
+        "host": {
+            "name": host.name,
+            "role": role.value,
+            "mac": host.mac,
+            "ip": str(host.ip),
+            "fqdn": f"{host.name}.{cluster.name}",
+        },
         "network": {
             "interface": ctx.INTERFACE,
             "address": str(host.ip),
@@ -123,11 +129,15 @@ def _checks(host: Host, c: HostContext) -> list[dict[str, Any]]:
         {"name": "node exporter answers", "kind": "http", "url": f"http://{c.ip}:{c.node_exporter_port}/metrics"},
     ]
     if host.role is Role.lb:
-        checks.append({"name": "haproxy stats answer", "kind": "http", "url": f"http://{c.ip}:{c.haproxy_stats_port}/stats"})
+        checks.append(
+            {"name": "haproxy stats answer", "kind": "http", "url": f"http://{c.ip}:{c.haproxy_stats_port}/stats"}
+        )
     elif host.role is Role.web:
         checks.append({"name": "app pool answers through nginx", "kind": "http", "url": f"http://{c.ip}/health"})
     elif host.role is Role.app:
-        checks.append({"name": "app healthy with its database", "kind": "http", "url": f"http://{c.ip}:{c.app_port}/health"})
+        checks.append(
+            {"name": "app healthy with its database", "kind": "http", "url": f"http://{c.ip}:{c.app_port}/health"}
+        )
     else:
         checks.append({"name": "mariadb accepts connections", "kind": "tcp", "host": c.ip, "port": c.db_port})
     return checks

@@ -89,6 +89,10 @@ SERVICES = (
     ServiceSpec("keepalived.service", LB, ("/etc/keepalived/keepalived.conf",)),
     ServiceSpec("nginx.service", WEB, ("/etc/nginx/nginx.conf", "/etc/nginx/conf.d/kiln-site.conf")),
     ServiceSpec("prometheus-nginx-exporter.service", WEB, ("/etc/default/prometheus-nginx-exporter",)),
-    ServiceSpec("kiln-app.service", APP, ("/etc/kiln/app.env", "/etc/systemd/system/kiln-app.service", f"{SECRETS_DIR}/db_app_password")),
+    ServiceSpec(
+        "kiln-app.service",
+        APP,
+        ("/etc/kiln/app.env", "/etc/systemd/system/kiln-app.service", f"{SECRETS_DIR}/db_app_password"),
+    ),
     ServiceSpec("mariadb.service", DB, ("/etc/mysql/mariadb.conf.d/60-kiln.cnf",)),
 )

@@ -1,0 +1,46 @@
+"""The roles.yaml reference, generated from the schema, so the README cannot drift from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.model.shape import schema
+
+
+def _type(spec: dict[str, Any], defs: dict[str, Any]) -> str:
+    if "$ref" in spec:
+        name = spec["$ref"].rsplit("/", 1)[-1]
+        return {"ipv4": "IPv4 address", "cidr": "IPv4 CIDR", "mac": "MAC address"}.get(name, name)
+    if "enum" in spec:
+        return " \\| ".join(f"`{v}`" for v in spec["enum"])
+    if "const" in spec:
+        return f"`{spec['const']}`"
+    if spec.get("type") == "array":
+        return f"list of {_type(spec['items'], defs)}"
+    if spec.get("type") == "integer" and "minimum" in spec:
+        return f"integer {spec['minimum']}..{spec['maximum']}"
+    return spec.get("type", "")
+
+
+def _rows(spec: dict[str, Any], path: str, required: bool, defs: dict[str, Any]):
+    desc = spec.get("description", "")
+    default = f"`{spec['default']}`" if "default" in spec else ""
+    kind = "mapping" if spec.get("type") == "object" else _type(spec, defs)
+    if spec.get("type") == "array" and spec["items"].get("type") == "object":
+        kind = "list of mappings"
+    yield f"| `{path}` | {kind} | {'yes' if required else 'no'} | {default} | {desc} |"
+    if spec.get("type") == "object":
+        for key, sub in spec.get("properties", {}).items():
+            yield from _rows(sub, f"{path}.{key}", key in spec.get("required", []), defs)
+    if spec.get("type") == "array" and spec["items"].get("type") == "object":
+        items = spec["items"]
+        for key, sub in items.get("properties", {}).items():
+            yield from _rows(sub, f"{path}[].{key}", key in items.get("required", []), defs)
+
+
+def reference_markdown() -> str:
+    s = schema()
+    lines = ["| key | type | required | default | meaning |", "|---|---|---|---|---|"]
+    for key, spec in s["properties"].items():
+        lines += list(_rows(spec, key, key in s["required"], s["$defs"]))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,76 @@
+"""Each kind of bad roles.yaml, one fixture file per problem, with the problems it must produce."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kiln.model import InvalidRoles, load_roles, parse_roles
+
+INVALID = Path(__file__).resolve().parent.parent / "fixtures" / "roles" / "invalid"
+CASES = sorted(p.stem for p in INVALID.glob("*.yaml"))
+
+
+def test_there_is_a_fixture_for_every_required_problem():
+    required = {
+        "yaml_syntax_error", "empty_file", "unknown_key_top", "unknown_key_host", "wrong_type", "bad_mac", "bad_ip",
+        "bad_cidr", "duplicate_name", "duplicate_mac", "duplicate_ip", "ip_outside_subnet", "vip_outside_subnet",
+        "vip_is_host_address", "undefined_role", "two_db_primaries", "no_db_primary", "one_lb", "equal_lb_priorities",
+        "unsupported_version",
+    }  # fmt: skip
+    assert required <= set(CASES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_invalid_roles_report_every_problem_with_line_and_path(case: str):
+    expected = json.loads((INVALID / f"{case}.expected.json").read_text())
+    with pytest.raises(InvalidRoles) as raised:
+        load_roles(INVALID / f"{case}.yaml")
+    got = [{"line": p.line, "path": p.path, "message": p.message} for p in raised.value.problems]
+    assert got == expected
+    for problem in raised.value.problems:
+        assert problem.format().startswith(f"{INVALID / case}.yaml:{problem.line}: {problem.path}: ")
+
+
+def test_missing_file_is_one_problem(tmp_path: Path):
+    with pytest.raises(InvalidRoles) as raised:
+        load_roles(tmp_path / "nope.yaml")
+    [problem] = raised.value.problems
+    assert problem.format() == f"{tmp_path / 'nope.yaml'}:1: $: file not found (a roles.yaml file)"
+
+
+def test_binary_garbage_is_a_problem_not_a_traceback(tmp_path: Path):
+    path = tmp_path / "roles.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InvalidRoles) as raised:
+        load_roles(path)
+    assert "UTF-8" in raised.value.problems[0].message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["!!python/object:os.system ls", "version: [1, {]", "a: &x [*x]", "? [a, b]\n: c", "\t- tab", "version: 1\n" * 3],
+)
+def test_hostile_yaml_never_raises_anything_but_invalid_roles(text: str):
+    with pytest.raises(InvalidRoles):
+        parse_roles(text)
+
+
+def test_an_alias_bomb_is_stopped_quickly():
+    levels = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(8):
+        prev, cur = chr(97 + i), chr(98 + i)
+        levels.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    with pytest.raises(InvalidRoles, match="alias bomb"):
+        parse_roles("\n".join(levels) + "\n")
+
+
+def test_a_replica_set_without_any_db_role_names_each_host(shipped_roles: Path):
+    text = shipped_roles.read_text().replace(", db_role: primary", "").replace(", db_role: replica", "")
+    with pytest.raises(InvalidRoles) as raised:
+        parse_roles(text)
+    messages = [(p.path, p.message) for p in raised.value.problems]
+    assert ("$.hosts[5]", "db host without a db_role") in messages
+    assert ("$.hosts[6]", "db host without a db_role") in messages

@@ -1,0 +1,44 @@
+"""The shipped roles.yaml means the reference cluster; defaults come from the schema."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from kiln.model import DbRole, Role, load_roles, parse_roles
+
+
+def test_shipped_roles_is_the_reference_cluster(cluster):
+    assert [(h.name, h.role) for h in cluster.hosts] == [
+        ("lb1", Role.lb), ("lb2", Role.lb), ("web1", Role.web), ("web2", Role.web),
+        ("app1", Role.app), ("db1", Role.db), ("db2", Role.db),
+    ]  # fmt: skip
+    assert cluster.domain == "www.foobar.com"
+    assert cluster.network.vip == ipaddress.IPv4Address("10.10.0.100")
+    assert cluster.db_primary.name == "db1"
+    assert [h.name for h in cluster.db_replicas] == ["db2"]
+    assert cluster.host("db2").db_role is DbRole.replica
+    assert cluster.host_by_mac("52-54-00-10-00-41").name == "db1"
+    assert cluster.provisioning_url == "https://10.10.0.1:8443"
+
+
+def test_omitted_settings_take_the_schema_defaults(shipped_roles: Path):
+    text = shipped_roles.read_text()
+    text = text.replace("{balance: roundrobin, virtual_router_id: 51}", "{}").replace("{port: 8080, workers: 2}", "{}")
+    text = text.replace("image:        {release: bookworm, mirror: auto, size: 4G}", "image: {release: bookworm}")
+    cluster = parse_roles(text)
+    assert (cluster.lb.balance, cluster.lb.virtual_router_id) == ("roundrobin", 51)
+    assert (cluster.app.port, cluster.app.workers) == (8080, 2)
+    assert (cluster.image.mirror, cluster.image.size) == ("auto", "4G")
+    assert cluster.hosts[0].disk == "/dev/vda"
+
+
+def test_macs_are_normalised_to_lower_case(shipped_roles: Path):
+    cluster = parse_roles(shipped_roles.read_text().replace("52:54:00:10:00:11", "52:54:00:10:00:AB"))
+    assert cluster.host("lb1").mac == "52:54:00:10:00:ab"
+
+
+def test_validating_is_side_effect_free(shipped_roles: Path, tmp_path: Path):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    load_roles(shipped_roles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

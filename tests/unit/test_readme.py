@@ -1,0 +1,44 @@
+"""The README tells the truth: its tasks table is ./inv --list, its roles.yaml reference is the schema."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from kiln.model.docs import reference_markdown
+
+PROJECT = Path(__file__).resolve().parents[2]
+README = (PROJECT / "README.md").read_text()
+
+
+def _between(start: str, end: str) -> str:
+    return README.split(f"<!-- {start}", 1)[1].split("-->", 1)[1].split(f"<!-- {end}", 1)[0]
+
+
+def _listed_tasks() -> dict[str, str]:
+    """Task name → first line of its help, from Invoke itself."""
+    out = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(PROJECT), "--list", "--list-format", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    import json
+
+    tasks = json.loads(out)["tasks"]
+    return {t["name"].replace("_", "-"): (t["help"] or "").strip().splitlines()[0] for t in tasks}
+
+
+def test_tasks_table_matches_invoke_list():
+    rows = re.findall(r"^\| `\./inv ([\w-]+)[^`]*` \| (.*) \|$", _between("tasks:start", "tasks:end"), re.M)
+    assert dict(rows) == _listed_tasks()
+    assert [name for name, _ in rows] == sorted(name for name, _ in rows), "keep the table sorted by task name"
+
+
+def test_roles_reference_is_generated_from_the_schema():
+    assert _between("roles-reference:start", "roles-reference:end").strip() == reference_markdown().strip()
+
+
+def test_readme_shows_the_two_commands():
+    assert "./inv build-all" in README and "./inv test" in README
+    assert "./inv test" in (PROJECT / ".ci" / "run").read_text()
