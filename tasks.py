@@ -55,4 +55,21 @@ def bench(c, quick=False):
     _exit(benchrun.run_all(quick=quick))
 
 
-ns = Collection(validate, render, keys, test, bench)
+@task(
+    help={
+        "role": "the role whose images/<role>/<role>.raw is published (required)",
+        "region": "AWS region (default: AWS_REGION / your AWS config)",
+        "endpoint-url": "send the EC2 and EBS calls here instead of AWS (e.g. a moto server)",
+        "name": "AMI name (default: kiln-ami-<role>-<first 16 hex of the image sha256>)",
+        "wait": "wait until the AMI is available (--no-wait: return once it is registered)",
+        "images": "images directory (default: images/)",
+    }
+)
+def upload_ami(c, role, region=None, endpoint_url=None, name=None, wait=True, images=None):
+    """Publish a role image as an AMI through the EBS direct APIs; reuse the AMI already holding the same image."""
+    from kiln.aws.cli import upload_ami as run_upload  # boto3 loads only for this task
+
+    _exit(run_upload(role, region=region, endpoint_url=endpoint_url, name=name, wait=wait, images=images))
+
+
+ns = Collection(validate, render, keys, test, bench, upload_ami)

@@ -13,9 +13,22 @@ import sys
 # Config checkers and daemons the tests run for real; the tools behind render checks.
 _CHECKERS = ("haproxy", "nginx", "keepalived", "nftables", "mariadb-server", "mariadb-client", "iproute2", "openssl")
 
+# diskimage-builder's host tools, the kpartx/dmsetup the stand-in replaces on hosts without device-mapper,
+# and what the PXE installer is assembled with (kernel and busybox come from apt-get download).
+_IMAGE_BUILD = (
+    "qemu-utils", "debootstrap", "debian-archive-keyring", "kpartx", "dmsetup", "gdisk", "fdisk",
+    "squashfs-tools", "sudo", "dosfstools", "e2fsprogs", "util-linux", "kmod", "busybox-static",
+    "wget", "curl", "xz-utils", "ca-certificates", "procps",
+)  # fmt: skip
+# The image tests: QEMU (TCG) boots and shellcheck for the elements' hooks.
+_IMAGE_TEST = (*_IMAGE_BUILD, "qemu-system-x86", "shellcheck")
+
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "test": _CHECKERS,
-    "bench": _CHECKERS,
+    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST),
+    "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
+    "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
+    "build": _IMAGE_BUILD,
+    "build-all": _IMAGE_BUILD,
 }
 
 

@@ -1,0 +1,101 @@
+"""`./inv upload-ami`: publish images/<role>/<role>.raw as an AMI, with a progress bar and plain messages."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import boto3
+from botocore.exceptions import BotoCoreError, NoRegionError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from kiln.aws.ami import Clients, PublishError, publish
+from kiln.aws.blocks import block_count
+from kiln.aws.bootmode import NotBootable
+from kiln.aws.calls import AwsCallError, Caller, RetryPolicy
+from kiln.aws.image import ImageError, locate
+
+PROJECT = Path(__file__).resolve().parents[2]
+DEFAULT_IMAGES = PROJECT / "images"
+
+
+def make_clients(region: str | None, endpoint_url: str | None, *, workers: int = 16,
+                 policy: RetryPolicy | None = None) -> Clients:  # fmt: skip
+    """The ebs and ec2 clients (one each, shared by the upload threads: boto3 clients are thread-safe)."""
+    policy = policy or RetryPolicy()
+    session = boto3.session.Session(region_name=region)
+    config = policy.botocore_config(pool=workers + 2)
+    ebs = session.client("ebs", endpoint_url=endpoint_url, config=config)
+    ec2 = session.client("ec2", endpoint_url=endpoint_url, config=config)
+    return Clients(ebs=ebs, ec2=ec2, caller=Caller(policy))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.0f} MiB" if n < 10 * 1024**3 else f"{n / 1024**3:.1f} GiB"
+
+
+def upload_ami(role: str, *, region: str | None = None, endpoint_url: str | None = None, name: str | None = None,
+               wait: bool = True, images: str | os.PathLike[str] | None = None, workers: int = 16) -> int:  # fmt: skip
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = Console(highlight=False, soft_wrap=True)
+    try:
+        image = locate(Path(images) if images else DEFAULT_IMAGES, role)
+        clients = make_clients(region, endpoint_url, workers=workers)
+    except ImageError as e:
+        err.print(f"upload-ami: {e}")
+        return 1
+    except NoRegionError:
+        err.print("upload-ami: no AWS region: pass --region or set AWS_REGION (or a region in ~/.aws/config)")
+        return 1
+    where = clients.ec2.meta.region_name + (f" at {endpoint_url}" if endpoint_url else "")
+    out.print(f"{role}: {image.path} ({_mib(image.size)}, sha256 {image.sha256[:16]}…) → {where}")
+    total = block_count(image.size)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("blocks ({task.fields[sent]} sent, {task.fields[skipped]} zero)"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+    )  # fmt: skip
+    task = bar.add_task("upload", total=total, sent=0, skipped=0, start=False)
+    counts = {"sent": 0, "skipped": 0}
+
+    def progress(_index: int, sent: bool) -> None:
+        counts["sent" if sent else "skipped"] += 1
+        bar.update(task, advance=1, sent=counts["sent"], skipped=counts["skipped"])
+
+    def step(message: str) -> None:  # the first step is the snapshot's start: only then is there a bar to show
+        if not bar.live.is_started:
+            bar.start()
+            bar.start_task(task)
+        bar.console.print(message)
+
+    started = time.monotonic()
+    try:
+        try:
+            result = publish(clients, image, name=name, wait=wait, workers=workers, progress=progress, on_step=step)
+        finally:
+            bar.stop()
+    except (NotBootable, PublishError, AwsCallError, BotoCoreError) as e:
+        err.print(f"upload-ami: {e}")
+        if "NoCredentialsError" in str(e):
+            err.print(
+                "upload-ami: no AWS credentials found (environment, ~/.aws/credentials, SSO or an instance profile)"
+            )
+        return 1
+    if result.reused:
+        out.print(f"{result.image_id} ({result.name}, {result.state}) already holds this image: nothing uploaded")
+        return 0
+    stats = result.stats
+    assert stats is not None
+    seconds = time.monotonic() - started
+    out.print(
+        f"snapshot {result.snapshot_id}: {stats.sent} blocks sent ({_mib(stats.bytes_sent)}), "
+        f"{stats.skipped} zero blocks skipped, {image.size / 1e6 / stats.seconds:.1f} MB/s of image, "
+        f"{clients.caller.retries} retries"
+    )
+    out.print(
+        f"{result.image_id} {result.name}: {result.state}, {result.boot_mode}, x86_64, ENA, IMDSv2, gp3 root /dev/xvda "
+        f"({seconds:.1f}s in all)"
+    )
+    return 0
