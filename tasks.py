@@ -72,4 +72,29 @@ def upload_ami(c, role, region=None, endpoint_url=None, name=None, wait=True, im
     _exit(run_upload(role, region=region, endpoint_url=endpoint_url, name=name, wait=wait, images=images))
 
 
-ns = Collection(validate, render, keys, test, bench, upload_ami)
+
+@task(help={
+    "roles": "roles.yaml to serve (default: the shipped one)",
+    "listen": "HTTP listener for iPXE scripts and images, ADDR:PORT (default 0.0.0.0:8080)",
+    "tls_listen": "HTTPS listener for bundles, events and the dashboard (default 0.0.0.0:<provisioning URL port>)",
+    "database": "state database URL: sqlite:///PATH (default sqlite:///state/kiln.db) or postgresql://USER:PASS@HOST/DB",
+    "secrets": "secrets directory (default: secrets/)",
+    "images": "images directory (default: images/)",
+    "allow_http_bundles": "lab only: also serve bundles (with secrets) and events over plain HTTP",
+})  # fmt: skip
+def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=None, images=None, allow_http_bundles=False):
+    """Serve booting hosts their iPXE scripts, images and signed bundles; record their events; show the dashboard."""
+    from kiln.server.cli import serve_command
+
+    _exit(serve_command(roles, listen, tls_listen, database, secrets, images, allow_http_bundles))
+
+
+@task(help={"roles": "roles.yaml the host is in (default: the shipped one)", "database": "state database URL (as for serve)"})
+def reprovision(c, host, roles=None, database=None):
+    """Re-arm HOST: its next PXE boot installs it again and its secrets are handed out once more."""
+    from kiln.server.cli import reprovision_command
+
+    _exit(reprovision_command(host, roles, database))
+
+
+ns = Collection(validate, render, keys, test, bench, upload_ami, serve, reprovision)

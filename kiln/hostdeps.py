@@ -23,8 +23,11 @@ _IMAGE_BUILD = (
 # The image tests: QEMU (TCG) boots and shellcheck for the elements' hooks.
 _IMAGE_TEST = (*_IMAGE_BUILD, "qemu-system-x86", "shellcheck")
 
+# The provisioning server's tests: the dashboard in a real headless browser, and its PostgreSQL state path.
+_SERVER_TEST = ("chromium", "chromium-driver", "postgresql")
+
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST),
+    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
     "build": _IMAGE_BUILD,

@@ -1,0 +1,261 @@
+"""The two Starlette applications: `http_app` (boot scripts, images) and `tls_app` (bundles, events,
+host states, dashboard). Blocking work (the database, rendering) runs in the thread pool."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from kiln.model import Cluster, Host
+from kiln.secrets import SecretMissing
+from kiln.server import ipxe
+from kiln.server.bundles import BundleCache
+from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, parse_event, parse_mac
+from kiln.server.states import progress
+from kiln.server.store import StateStore, UnknownHost
+
+LOG = logging.getLogger("kiln.server")
+STATIC = Path(__file__).resolve().parent / "static"
+SIGNATURE_HEADER = "X-Kiln-Signature"
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class Provisioner:
+    """Everything the routes share: the cluster, its state, its bundles and images."""
+
+    cluster: Cluster
+    store: StateStore
+    bundles: BundleCache
+    images: ipxe.ImageCatalog
+    installer: ipxe.Installer
+    dashboard_url: str = ""  # where the HTTP listener sends a browser asking for /
+
+    def __post_init__(self) -> None:
+        self._by_name = {h.name: h for h in self.cluster.hosts}
+        self._by_mac = {h.mac: h for h in self.cluster.hosts}
+
+    def host_by_name(self, name: str) -> Host | None:
+        return self._by_name.get(name)
+
+    def host_by_mac(self, mac: str) -> Host | None:
+        """`mac` as parse_mac returns it (lower case, colons)."""
+        return self._by_mac.get(mac)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _ipxe(text: str, status: int = 200) -> PlainTextResponse:
+    return PlainTextResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+# --- HTTP: boot scripts ---------------------------------------------------------------------------
+
+
+async def boot_ipxe(request: Request) -> Response:
+    return _ipxe(ipxe.boot_script())
+
+
+async def host_ipxe(request: Request) -> Response:
+    p: Provisioner = request.app.state.provisioner
+    try:
+        mac = parse_mac(request.query_params.get("mac"))
+    except BadInput as e:
+        return _ipxe(f"#!ipxe\necho kiln: {e}\nexit 1\n".replace("$", ""), 400)
+    host = p.host_by_mac(mac)
+    if host is None:
+        await run_in_threadpool(p.store.note_unknown, mac)
+        LOG.info("unknown machine %s asked for its boot script", mac)
+        return _ipxe(ipxe.unknown_script(mac))
+    if await run_in_threadpool(p.store.is_installed, host.name):
+        return _ipxe(ipxe.disk_script(host))
+    try:
+        p.images.check_installer()
+        sha = p.images.raw_sha256(host.role.value)
+    except ipxe.NotBuilt as e:
+        LOG.warning("%s: cannot install: %s", host.name, e)
+        return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)]))
+    await run_in_threadpool(p.store.record_pxe, host.name, f"installer script served ({host.role.value} image)")
+    return _ipxe(ipxe.install_script(host, sha, p.installer))
+
+
+async def http_root(request: Request) -> Response:
+    p: Provisioner = request.app.state.provisioner
+    return RedirectResponse(p.dashboard_url, status_code=307)
+
+
+# --- HTTPS: bundles, events, hosts, dashboard ------------------------------------------------------
+
+
+async def bundle(request: Request) -> Response:
+    p: Provisioner = request.app.state.provisioner
+    try:
+        mac = parse_mac(request.query_params.get("mac"))
+    except BadInput as e:
+        return _error(400, str(e))
+    host = p.host_by_mac(mac)
+    if host is None:
+        await run_in_threadpool(p.store.note_unknown, mac)
+        return _error(404, f"no host with MAC {mac} in roles.yaml")
+    signed = await run_in_threadpool(_signed_bundle, p, host)
+    if isinstance(signed, Response):
+        return signed
+    return Response(
+        signed.body,
+        media_type="application/json",
+        headers={SIGNATURE_HEADER: signed.signature, "Cache-Control": "no-store"},
+    )
+
+
+def _signed_bundle(p: Provisioner, host: Host) -> Any:
+    if not p.bundles.has_secrets(host):
+        return p.bundles.without_secrets(host)
+    try:
+        values = p.bundles.secret_values(host)  # read before claiming: a missing file must not use up the claim
+    except SecretMissing as e:
+        LOG.error("%s: cannot hand out secrets: %s", host.name, e)
+        return _error(503, f"the server lacks a secret for {host.name}: {e}")
+    claim = p.store.claim_secrets(host.name)
+    if claim.granted:
+        LOG.info("%s: bundle with secrets handed out (once per provisioning)", host.name)
+        return p.bundles.with_secrets(host, values)
+    LOG.warning(
+        "%s: secrets requested again (%d refused before); bundle sent without them", host.name, claim.denied_before
+    )
+    return p.bundles.without_secrets(host)
+
+
+async def post_event(request: Request) -> Response:
+    p: Provisioner = request.app.state.provisioner
+    name = request.path_params["name"]
+    if p.host_by_name(name) is None:
+        return _error(404, f"no host named {name[:64]!r} in roles.yaml")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_EVENT_BYTES):
+        return _error(413, f"an event body is at most {MAX_EVENT_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_EVENT_BYTES:
+            return _error(413, f"an event body is at most {MAX_EVENT_BYTES} bytes")
+    try:
+        event = parse_event(bytes(body))
+    except BadInput as e:
+        return _error(400, str(e))
+    try:
+        state = await run_in_threadpool(p.store.record_event, name, event)
+    except UnknownHost:
+        return _error(404, f"no host named {name!r} in the state database")
+    return JSONResponse({"host": name, "state": state.value}, status_code=201)
+
+
+async def hosts(request: Request) -> Response:
+    p: Provisioner = request.app.state.provisioner
+    with_timeline = request.query_params.get("timeline", "1") not in ("0", "false", "no")
+    rows = await run_in_threadpool(p.store.host_rows, None, timeline=with_timeline)
+    unknown = await run_in_threadpool(p.store.unknown_machines)
+    return JSONResponse(hosts_view(p.cluster, rows, unknown, with_timeline), headers={"Cache-Control": "no-store"})
+
+
+def hosts_view(
+    cluster: Cluster, rows: dict[str, dict[str, Any]], unknown: list[dict[str, Any]], with_timeline: bool
+) -> dict[str, Any]:
+    out = []
+    alerts: list[dict[str, str]] = []
+    for h in cluster.hosts:
+        row = rows.get(h.name, {})
+        host_alerts = []
+        if row.get("secrets_denied"):
+            host_alerts.append({
+                "kind": "secrets-twice", "host": h.name,
+                "message": f"secrets requested twice for {h.name}",
+                "hint": f"if this host is being reinstalled on purpose, run ./inv reprovision {h.name}",
+            })  # fmt: skip
+        if row.get("state") == "failed":
+            host_alerts.append({
+                "kind": "failed", "host": h.name,
+                "message": f"{h.name} failed at {row.get('last_step')}: {row.get('last_detail') or 'no detail'}",
+                "hint": f"ssh to {h.ip} and run firstboot status",
+            })  # fmt: skip
+        alerts += host_alerts
+        last = None
+        if row.get("last_step"):
+            last = {"step": row["last_step"], "status": row["last_status"], "detail": row["last_detail"],
+                    "received": row["last_received"], "duration": row["last_duration"]}  # fmt: skip
+        entry: dict[str, Any] = {
+            "name": h.name, "role": h.role.value, "mac": h.mac, "ip": str(h.ip),
+            "state": row.get("state", "waiting"), "progress": progress(row.get("max_ok_index", -1)),
+            "installed": bool(row.get("installed")), "provisioning": row.get("generation", 1),
+            "secrets": _secrets_status(row),
+            "secrets_refused": row.get("secrets_denied", 0),
+            "step_started": row.get("step_started"),
+            "last_event": last, "alerts": host_alerts,
+        }  # fmt: skip
+        if with_timeline:
+            entry["timeline"] = [
+                {k: e[k] for k in ("step", "status", "detail", "at", "received", "duration")}
+                for e in row.get("timeline", [])
+            ]
+        out.append(entry)
+    machines = [
+        {"label": "unknown machine", **{k: u[k] for k in ("mac", "first_seen", "last_seen", "requests")}}
+        for u in unknown
+    ]
+    return {"cluster": cluster.name, "now": time.time(), "hosts": out, "unknown_machines": machines, "alerts": alerts}
+
+
+def _secrets_status(row: dict[str, Any]) -> str:
+    if row.get("secrets_denied"):
+        return "withheld"
+    return "handed out" if row.get("secrets_served_at") else "armed"
+
+
+async def dashboard(request: Request) -> Response:
+    return FileResponse(STATIC / "dashboard.html", headers=DASHBOARD_HEADERS)
+
+
+# --- the applications -------------------------------------------------------------------------------
+
+
+def _api_routes() -> list[Route | Mount]:
+    return [
+        Route("/", dashboard),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        Route("/v1/bundle", bundle),
+        Route("/v1/hosts", hosts),
+        Route("/v1/hosts/{name}/events", post_event, methods=["POST"]),
+    ]
+
+
+def http_app(p: Provisioner, images_root: Path, *, allow_http_bundles: bool = False) -> Starlette:
+    routes: list[Route | Mount] = [
+        Route("/boot.ipxe", boot_ipxe),
+        Route("/ipxe", host_ipxe),
+        Mount("/images", app=StaticFiles(directory=images_root, check_dir=False), name="images"),
+    ]
+    routes += _api_routes() if allow_http_bundles else [Route("/", http_root)]
+    app = Starlette(routes=routes)
+    app.state.provisioner = p
+    return app
+
+
+def tls_app(p: Provisioner) -> Starlette:
+    app = Starlette(routes=_api_routes())
+    app.state.provisioner = p
+    return app

@@ -1,0 +1,73 @@
+"""What clients send, parsed and checked at the edge: MAC addresses and event bodies."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from kiln.server.states import REPORTED_STEPS, STATUSES
+
+MAX_EVENT_BYTES = 16 * 1024
+MAX_DETAIL_CHARS = 4000
+_MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["step", "status"],
+    "properties": {
+        "step": {"enum": list(REPORTED_STEPS)},
+        "status": {"enum": list(STATUSES)},
+        "detail": {"type": "string", "maxLength": MAX_DETAIL_CHARS},
+        "at": {"type": "string", "maxLength": 64},
+        "duration": {"type": "number", "minimum": 0, "maximum": 86400 * 7},
+    },
+}
+_EVENT_VALIDATOR = jsonschema.Draft202012Validator(EVENT_SCHEMA)
+
+
+class BadInput(ValueError):
+    """The client sent something malformed; the message says what and what is expected."""
+
+
+def parse_mac(value: str | None) -> str:
+    """A MAC as lower case, colon separated; BadInput unless it is six hex pairs (':' or '-')."""
+    if not value:
+        raise BadInput("missing mac parameter (expected mac=aa:bb:cc:dd:ee:ff)")
+    mac = value.strip().lower()
+    if len(mac) != 17 or not _MAC.match(mac):
+        raise BadInput(f"malformed MAC {value[:40]!r} (expected six hex pairs such as 52:54:00:10:00:11)")
+    return mac.replace("-", ":")
+
+
+@dataclass(frozen=True)
+class Event:
+    step: str
+    status: str
+    detail: str
+    at: str | None
+    duration: float | None
+
+
+def parse_event(body: bytes) -> Event:
+    """An event body, or BadInput naming the first problem (JSON syntax, shape, values)."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadInput(f"the body is not valid JSON: {e}") from None
+    error = jsonschema.exceptions.best_match(_EVENT_VALIDATOR.iter_errors(data))
+    if error is not None:
+        where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        raise BadInput(f"{where}: {error.message}")
+    duration = data.get("duration")
+    return Event(
+        data["step"],
+        data["status"],
+        data.get("detail", ""),
+        data.get("at"),
+        float(duration) if duration is not None else None,
+    )

@@ -1,0 +1,129 @@
+"""iPXE scripts: the chain script every machine loads first, then one per machine by its MAC.
+
+Boot scripts and images go over plain HTTP: stock iPXE cannot verify a private CA unless it is
+compiled in. What a host installs is pinned by the sha256 on the kernel command line instead, and
+its bundle (with any secrets) comes later over HTTPS with the cluster CA pinned.
+
+Once a host reported step "install" ok, its script boots the local disk with
+`sanboot --no-describe --drive 0x80`: under BIOS (SeaBIOS in QEMU, most physical servers in legacy
+mode) iPXE boots the first hard disk itself, whatever the firmware's boot order says. Under UEFI
+drive 0x80 does not exist, so the script falls back to `exit`, which hands control back to the
+firmware to boot its next entry (the disk, when network boot comes first in the order).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.model import Host
+
+RETRY_SECONDS = 30
+CHAIN = "chain --replace --autofree /ipxe?mac=${net0/mac}"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def boot_script() -> str:
+    return "#!ipxe\n# kiln: every machine starts here; its own script is picked by its MAC\n" + CHAIN + "\n"
+
+
+def _echo(text: str) -> str:
+    # iPXE expands ${...} in echo arguments; nothing in our messages starts a setting, but keep it literal
+    return "echo " + text.replace("$", "")
+
+
+def retry_script(lines: list[str], seconds: int = RETRY_SECONDS) -> str:
+    body = [_echo(f"kiln: {line}") for line in lines]
+    return "\n".join(["#!ipxe", *body, _echo(f"kiln: retrying in {seconds} s"), f"sleep {seconds}", CHAIN]) + "\n"
+
+
+def unknown_script(mac: str) -> str:
+    return retry_script([
+        f"this machine (MAC {mac}) is not in roles.yaml, so there is nothing to install on it.",
+        "add it under hosts: with its MAC and restart ./inv serve, or check that this is the right network.",
+    ])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Installer:
+    """What the kernel command line needs that does not come from roles.yaml."""
+
+    http_base: str  # http://ADDR:PORT of this server's HTTP listener, as the host reaches it
+    provisioning_url: str  # the HTTPS URL the installer reports to and the agent fetches from
+
+
+def install_script(host: Host, image_sha256: str, installer: Installer) -> str:
+    role = host.role.value
+    base = installer.http_base
+    bootif = "01-" + host.mac.replace(":", "-")
+    cmdline = " ".join([
+        "initrd=initrd.img",
+        f"kiln.image={base}/images/{role}/{role}.raw",
+        f"kiln.sha256={image_sha256}",
+        f"kiln.disk={host.disk}",
+        f"kiln.url={installer.provisioning_url}",
+        f"kiln.host={host.name}",
+        f"BOOTIF={bootif}",
+        "console=ttyS0",
+    ])  # fmt: skip
+    return "\n".join([
+        "#!ipxe",
+        _echo(f"kiln: installing {host.name} (role {role}) onto {host.disk}"),
+        f"kernel {base}/images/installer/vmlinuz {cmdline}",
+        f"initrd {base}/images/installer/initrd.img",
+        "boot",
+    ]) + "\n"  # fmt: skip
+
+
+def disk_script(host: Host) -> str:
+    return "\n".join([
+        "#!ipxe",
+        _echo(f"kiln: {host.name} is installed, booting from its local disk"),
+        "sanboot --no-describe --drive 0x80 || exit",
+    ]) + "\n"  # fmt: skip
+
+
+class NotBuilt(Exception):
+    """An image the script needs is missing; the message says which and how to make it."""
+
+
+class ImageCatalog:
+    """Reads images/<role>/manifest.json (re-read when it changes) and checks the installer is there."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[Path, tuple[tuple[int, int], str]] = {}
+
+    def check_installer(self) -> None:
+        for name in ("vmlinuz", "initrd.img"):
+            if not (self.root / "installer" / name).is_file():
+                raise NotBuilt(
+                    f"the PXE installer (images/installer/{name}) is not built yet: run ./inv build-all on the server"
+                )
+
+    def raw_sha256(self, role: str) -> str:
+        rebuild = f"rebuild with ./inv build --role {role} --force"
+        raw = self.root / role / f"{role}.raw"
+        manifest = self.root / role / "manifest.json"
+        if not raw.is_file():
+            raise NotBuilt(
+                f"the {role} image (images/{role}/{role}.raw) is not built yet: run ./inv build --role {role}"
+            )
+        try:
+            st = manifest.stat()
+        except FileNotFoundError:
+            raise NotBuilt(f"images/{role}/manifest.json is missing: {rebuild}") from None
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(manifest)
+        if cached and cached[0] == key:
+            return cached[1]
+        try:
+            sha = json.loads(manifest.read_text())["files"][f"{role}.raw"]["sha256"]
+        except (ValueError, KeyError, TypeError):
+            raise NotBuilt(f"images/{role}/manifest.json has no files.{role}.raw.sha256: {rebuild}") from None
+        if not isinstance(sha, str) or not _SHA256.match(sha):
+            raise NotBuilt(f"images/{role}/manifest.json: the sha256 of {role}.raw is malformed: {rebuild}")
+        self._cache[manifest] = (key, sha)
+        return sha

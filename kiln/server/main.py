@@ -1,0 +1,188 @@
+"""`./inv serve`: load roles.yaml, make sure secrets/ is complete, open the state database, bind both
+listeners, print where everything is, then run two uvicorn servers on one event loop until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import uvicorn
+
+from kiln import signing
+from kiln.model import Cluster
+from kiln.secrets import SecretStore
+from kiln.server import ipxe
+from kiln.server.app import Provisioner, http_app, tls_app
+from kiln.server.bundles import BundleCache
+from kiln.server.store import StateStore
+
+LOG = logging.getLogger("kiln.server")
+DEFAULT_DATABASE = "sqlite:///state/kiln.db"
+DEFAULT_HTTP_PORT = 8080
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    @property
+    def url_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
+    def unspecified(self) -> bool:
+        return self.host in ("", "0.0.0.0", "::")
+
+
+def parse_address(text: str, what: str) -> Address:
+    """ADDR:PORT (IPv6 as [ADDR]:PORT); port 0 picks a free port."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} {text!r}: expected ADDR:PORT, e.g. 0.0.0.0:8080 or 127.0.0.1:0")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: {host!r} is not an IP address") from None
+    return Address(host, int(port))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    project: Path
+    cluster: Cluster
+    secrets: Path
+    images: Path
+    database: str
+    listen: Address
+    tls_listen: Address
+    allow_http_bundles: bool = False
+
+
+def default_tls_listen(cluster: Cluster) -> str:
+    return f"0.0.0.0:{urlsplit(cluster.provisioning_url).port or 443}"
+
+
+def _bind(address: Address) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    try:
+        return socket.create_server((address.host, address.port), family=family, backlog=2048)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {address.url_host}:{address.port}: {e.strerror}") from None
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to us: two of them share one loop and stop together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_config(app: object, **tls: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, lifespan="off", log_level="warning", access_log=False, server_header=False, proxy_headers=False,
+        timeout_keep_alive=30, timeout_graceful_shutdown=5, backlog=2048, **tls,
+    )  # fmt: skip
+
+
+def serve(config: ServerConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    cluster = config.cluster
+    store_keys = SecretStore(config.secrets)
+    created = store_keys.ensure(cluster)
+    for path in created:
+        print(f"created {path}", flush=True)
+    key = signing.load_private_key(config.secrets / "signing.key")
+    fingerprint = signing.fingerprint(key.public_key())
+
+    store = StateStore.open(config.database, config.project)
+    store.ensure_hosts(h.name for h in cluster.hosts)
+    store.forget_unknown(h.mac for h in cluster.hosts)
+
+    http_sock = _bind(config.listen)
+    tls_sock = _bind(config.tls_listen)
+    http_port = http_sock.getsockname()[1]
+    tls_port = tls_sock.getsockname()[1]
+    public = config.listen
+    if public.unspecified:  # the address hosts reach us on: the provisioning URL's host
+        public = Address(urlsplit(cluster.provisioning_url).hostname or "127.0.0.1", http_port)
+    http_base = f"http://{public.url_host}:{http_port}"
+    tls_host = (
+        config.tls_listen.url_host
+        if not config.tls_listen.unspecified
+        else (urlsplit(cluster.provisioning_url).hostname or "")
+    )
+    tls_base = f"https://{tls_host}:{tls_port}"
+
+    provisioner = Provisioner(
+        cluster=cluster, store=store, bundles=BundleCache(cluster, store_keys, key),
+        images=ipxe.ImageCatalog(config.images),
+        installer=ipxe.Installer(http_base=http_base, provisioning_url=cluster.provisioning_url),
+        dashboard_url=f"{tls_base}/",
+    )  # fmt: skip
+    servers = [
+        _Server(_uvicorn_config(http_app(provisioner, config.images, allow_http_bundles=config.allow_http_bundles))),
+        _Server(
+            _uvicorn_config(
+                tls_app(provisioner),
+                ssl_certfile=str(config.secrets / "tls.pem"),
+                ssl_keyfile=str(config.secrets / "tls.key"),
+            )
+        ),
+    ]
+    lines = [
+        f"kiln serve: cluster {cluster.name}, {len(cluster.hosts)} hosts, state in {_redacted(config.database)}",
+        f"  boot scripts   {http_base}/boot.ipxe   (HTTP, also /ipxe?mac=MAC and /images/)",
+        f"  bundles        {tls_base}/v1/bundle?mac=MAC   (HTTPS, cluster CA {config.secrets / 'ca.pem'})",
+        f"  events         {tls_base}/v1/hosts/NAME/events",
+        f"  dashboard      {tls_base}/",
+        f"  signing key    {fingerprint}   ({config.secrets / 'signing.pub'})",
+    ]
+    if config.allow_http_bundles:
+        lines.append(
+            f"  WARNING: --allow-http-bundles: bundles and secrets are also served unencrypted on {http_base}/v1/"
+        )
+    if config.listen.unspecified and config.listen.port == 0:
+        lines.append(f"  (listening on all addresses, HTTP port {http_port}, HTTPS port {tls_port})")
+    print("\n".join(lines), flush=True)
+
+    async def run_both() -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            for s in servers:
+                s.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        await asyncio.gather(servers[0].serve([http_sock]), servers[1].serve([tls_sock]))
+
+    try:
+        with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
+            runner.run(run_both())
+    finally:
+        store.close()
+    print("kiln serve: stopped", flush=True)
+    return 0
+
+
+def _redacted(url: str) -> str:
+    """The database URL without its password (the URL may carry one; logs never do)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

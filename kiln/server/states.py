@@ -1,0 +1,44 @@
+"""The host state machine. A host moves through waiting → booting → installing → booting → configuring →
+joined, or to failed from any step; a step started again after a failure resumes the host."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    waiting = "waiting"  # armed, nothing heard yet
+    booting = "booting"  # served the installer script, or rebooting into the installed disk
+    installing = "installing"  # the PXE installer is writing the image
+    configuring = "configuring"  # the first-boot agent is at work
+    joined = "joined"  # the agent reported done
+    failed = "failed"  # a step reported fail
+
+
+# Steps in the order a host goes through them: the installer's, then the agent's.
+STEPS = ("install", "fetch", "network", "files", "secrets", "firewall", "services", "join", "checks", "done")
+REPORTED_STEPS = STEPS  # what hosts may POST; "pxe" is recorded by the server itself
+PXE_STEP = "pxe"
+STATUSES = ("start", "ok", "fail")
+
+
+def next_state(step: str, status: str) -> State:
+    if status == "fail":
+        return State.failed
+    if step == PXE_STEP:
+        return State.booting
+    if step == "install":
+        return State.installing if status == "start" else State.booting
+    if step == "done" and status == "ok":
+        return State.joined
+    return State.configuring
+
+
+def step_index(step: str) -> int:
+    """Position of a step in STEPS, -1 for the server's own pxe step."""
+    return STEPS.index(step) if step in STEPS else -1
+
+
+def progress(max_ok_index: int) -> int:
+    """Percent of the steps done, from the furthest step reported ok."""
+    return round(100 * (max_ok_index + 1) / len(STEPS))

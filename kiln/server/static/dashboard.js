@@ -1,0 +1,83 @@
+// kiln dashboard: polls /v1/hosts every second and redraws the tables. Text only (textContent), never HTML
+// from the server, since event details come from the hosts.
+"use strict";
+
+const POLL_MS = 1000;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(c == null ? "" : String(c)));
+  return node;
+}
+
+function seconds(s) {
+  if (s == null) return "";
+  if (s < 60) return s.toFixed(1) + " s";
+  const m = Math.floor(s / 60);
+  return m + " min " + Math.round(s - 60 * m) + " s";
+}
+
+function ago(t, now) {
+  return t == null ? "" : seconds(Math.max(0, now - t)) + " ago";
+}
+
+function hostRow(h, now) {
+  const last = h.last_event;
+  let step = "", duration = "", detail = "";
+  if (last) {
+    step = last.step + " " + last.status;
+    duration = last.status === "start" && h.step_started ? seconds(now - h.step_started) + " so far" : seconds(last.duration);
+    detail = last.detail || "";
+  }
+  const fill = el("span");
+  fill.style.width = h.progress + "%"; // CSSOM, not a style attribute: the page's CSP allows no inline styles
+  const bar = el("span", { class: "bar", title: h.progress + "%" }, fill);
+  return el("tr", { "data-host": h.name, "data-state": h.state },
+    el("td", { class: "name" }, h.name),
+    el("td", {}, h.role),
+    el("td", {}, h.ip, el("br"), el("small", { class: "muted" }, h.mac)),
+    el("td", {}, el("span", { class: "state state-" + h.state }, h.state)),
+    el("td", {}, bar, " " + h.progress + "%"),
+    el("td", { class: "step" }, step),
+    el("td", {}, duration),
+    el("td", { class: "detail" }, detail),
+    el("td", { class: "host-alerts" }, h.alerts.map((a) => a.message).join("; ")),
+  );
+}
+
+function render(data) {
+  const now = data.now;
+  document.getElementById("cluster").textContent = data.cluster;
+  const counts = {};
+  for (const h of data.hosts) counts[h.state] = (counts[h.state] || 0) + 1;
+  document.getElementById("summary").textContent =
+    data.hosts.length + " hosts: " + Object.entries(counts).map(([s, n]) => n + " " + s).join(", ");
+  document.getElementById("updated").textContent = "updated " + new Date(now * 1000).toLocaleTimeString();
+
+  const alerts = document.getElementById("alerts");
+  alerts.replaceChildren(...data.alerts.map((a) =>
+    el("div", { class: "alert", "data-kind": a.kind, "data-host": a.host }, a.message, el("small", {}, a.hint))));
+
+  document.querySelector("#hosts tbody").replaceChildren(...data.hosts.map((h) => hostRow(h, now)));
+
+  const unknown = data.unknown_machines;
+  document.getElementById("unknown-section").hidden = unknown.length === 0;
+  document.querySelector("#unknown tbody").replaceChildren(...unknown.map((u) =>
+    el("tr", { "data-mac": u.mac }, el("td", {}, u.mac), el("td", {}, u.label), el("td", {}, u.requests), el("td", {}, ago(u.last_seen, now)))));
+}
+
+async function poll() {
+  try {
+    const response = await fetch("/v1/hosts?timeline=0", { cache: "no-store" });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    render(await response.json());
+  } catch (e) {
+    const alerts = document.getElementById("alerts");
+    alerts.replaceChildren(el("div", { class: "alert stale" }, "cannot reach the server (" + e.message + "); retrying"));
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+poll();

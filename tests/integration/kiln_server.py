@@ -1,0 +1,103 @@
+"""A real `./inv serve` in a subprocess on loopback ephemeral ports, for the server's integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from kiln.secrets import SecretStore
+
+PROJECT = Path(__file__).resolve().parent.parent.parent
+INV = [sys.executable, "-m", "invoke", "--search-root", str(PROJECT)]
+LOOPBACK_URL = "https://127.0.0.1:8443"  # the site certificate then covers 127.0.0.1
+
+
+def loopback_roles(directory: Path, text: str | None = None) -> Path:
+    """The shipped roles.yaml (or `text`) with the provisioning URL on loopback."""
+    text = text if text is not None else (PROJECT / "roles.yaml").read_text()
+    path = directory / "roles.yaml"
+    path.write_text(re.sub(r'url: "?https://[^"}\s]+"?', f'url: "{LOOPBACK_URL}"', text))
+    return path
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    log: Path
+    http_url: str
+    tls_url: str
+    fingerprint: str
+    secrets: SecretStore
+    roles: Path
+    database: str
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.secrets.ca_pem))
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        """Verifies the server with secrets/ca.pem only, as a booting host does."""
+        return httpx.Client(verify=self.tls_context(), timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def inv(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*INV, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def _wait_started(process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "signing key" in text:
+            return text
+        if process.poll() is not None:
+            raise RuntimeError(f"./inv serve exited {process.returncode}:\n{text}")
+        time.sleep(0.05)
+    raise RuntimeError(f"./inv serve did not start within {timeout}s:\n{log.read_text(errors='replace')}")
+
+
+@contextlib.contextmanager
+def running_server(
+    tmp: Path, *, roles: Path | None = None, database: str | None = None, images: Path | None = None,
+    secrets: Path | None = None, extra: tuple[str, ...] = (),
+) -> Iterator[RunningServer]:  # fmt: skip
+    roles = roles or loopback_roles(tmp)
+    database = database or f"sqlite:///{tmp / 'state' / 'kiln.db'}"
+    secrets = secrets or tmp / "secrets"
+    images = images or tmp / "images"
+    log = tmp / "serve.log"
+    args = [
+        *INV, "serve", "--roles", str(roles), "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0",
+        "--database", database, "--secrets", str(secrets), "--images", str(images), *extra,
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT, start_new_session=True)
+    try:
+        text = _wait_started(process, log)
+        http_url = re.search(r"boot scripts\s+(http://\S+?)/boot\.ipxe", text)
+        tls_url = re.search(r"dashboard\s+(https://\S+?)/\s", text)
+        fingerprint = re.search(r"signing key\s+(SHA256:\S+)", text)
+        assert http_url and tls_url and fingerprint, text
+        yield RunningServer(
+            process, log, http_url[1], tls_url[1], fingerprint[1], SecretStore(secrets), roles, database
+        )
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

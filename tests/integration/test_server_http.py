@@ -1,0 +1,338 @@
+"""The provisioning server over real HTTP and HTTPS: iPXE scripts per MAC, signed bundles, the one-time
+secrets rule and re-arming, images with Range requests, events and states, and bad input."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from kiln import signing
+from tests.integration.kiln_server import LOOPBACK_URL, RunningServer, running_server
+
+pytestmark = pytest.mark.integration
+
+RAW = bytes(range(256)) * 4096  # 1 MiB stand-in for images/web/web.raw
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    (root / "installer").mkdir()
+    (root / "installer" / "vmlinuz").write_bytes(b"kernel" * 100)
+    (root / "installer" / "initrd.img").write_bytes(b"initrd" * 100)
+    (root / "web").mkdir()
+    (root / "web" / "web.raw").write_bytes(RAW)
+    manifest = {"role": "web", "files": {"web.raw": {"sha256": hashlib.sha256(RAW).hexdigest(), "size": len(RAW)}}}
+    (root / "web" / "manifest.json").write_text(json.dumps(manifest))
+    (root.parent / "outside.txt").write_text("not for download")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, images: Path):
+    with running_server(tmp_path_factory.mktemp("serve"), images=images) as s:
+        yield s
+
+
+def host_view(server: RunningServer, name: str) -> dict:
+    with server.client() as c:
+        data = c.get(f"{server.tls_url}/v1/hosts").json()
+    return next(h for h in data["hosts"] if h["name"] == name)
+
+
+def post(server: RunningServer, host: str, body: object) -> httpx.Response:
+    with server.client() as c:
+        return c.post(f"{server.tls_url}/v1/hosts/{host}/events", json=body)
+
+
+def test_startup_prints_the_signing_key_fingerprint(server: RunningServer) -> None:
+    key = signing.load_public_key(server.secrets.signing_pub.read_bytes())
+    assert server.fingerprint == signing.fingerprint(key)
+    assert "created" in server.output()  # the secrets were missing, so the server made them
+
+
+def test_boot_script_chains_by_mac(server: RunningServer) -> None:
+    r = httpx.get(f"{server.http_url}/boot.ipxe")
+    assert r.status_code == 200
+    assert r.text.startswith("#!ipxe\n")
+    assert "chain --replace --autofree /ipxe?mac=${net0/mac}" in r.text
+
+
+def test_install_script_carries_the_contract_command_line(server: RunningServer) -> None:
+    r = httpx.get(f"{server.http_url}/ipxe", params={"mac": "52:54:00:10:00:21"})
+    assert r.status_code == 200
+    kernel = next(line for line in r.text.splitlines() if line.startswith("kernel "))
+    words = kernel.split()
+    assert words[1] == f"{server.http_url}/images/installer/vmlinuz"
+    assert f"kiln.image={server.http_url}/images/web/web.raw" in words
+    assert f"kiln.sha256={hashlib.sha256(RAW).hexdigest()}" in words
+    assert {
+        "kiln.disk=/dev/vda",
+        f"kiln.url={LOOPBACK_URL}",
+        "kiln.host=web1",
+        "BOOTIF=01-52-54-00-10-00-21",
+        "console=ttyS0",
+    } <= set(words)
+    assert f"initrd {server.http_url}/images/installer/initrd.img" in r.text
+    assert r.text.rstrip().endswith("boot")
+    # what the script points at is really there, byte for byte
+    assert httpx.get(words[1]).content == b"kernel" * 100
+    assert httpx.get(f"{server.http_url}/images/web/web.raw").content == RAW
+    assert host_view(server, "web1")["state"] == "booting"
+
+
+def test_script_says_when_the_role_image_is_not_built(server: RunningServer) -> None:
+    r = httpx.get(f"{server.http_url}/ipxe", params={"mac": "52-54-00-10-00-41"})  # hyphens and upper case work too
+    assert r.status_code == 200
+    assert "the db image (images/db/db.raw) is not built yet: run ./inv build --role db" in r.text
+    assert "kernel" not in r.text
+    assert "sleep 30" in r.text and "chain --replace --autofree /ipxe?mac=${net0/mac}" in r.text
+
+
+def test_unknown_machine_gets_a_retry_script_and_shows_on_the_dashboard(server: RunningServer) -> None:
+    r = httpx.get(f"{server.http_url}/ipxe", params={"mac": "52:54:00:AB:CD:EF"})
+    assert r.status_code == 200
+    assert "MAC 52:54:00:ab:cd:ef) is not in roles.yaml" in r.text
+    assert "sleep" in r.text and "chain" in r.text and "kernel" not in r.text
+    with server.client() as c:
+        unknown = c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
+    assert {"mac": "52:54:00:ab:cd:ef", "label": "unknown machine"}.items() <= next(
+        u for u in unknown if u["mac"] == "52:54:00:ab:cd:ef"
+    ).items()
+
+
+def test_installed_host_boots_from_its_disk(server: RunningServer) -> None:
+    assert post(server, "web2", {"step": "install", "status": "start"}).status_code == 201
+    assert host_view(server, "web2")["state"] == "installing"
+    assert post(server, "web2", {"step": "install", "status": "ok", "detail": "wrote 4 GiB"}).status_code == 201
+    script = httpx.get(f"{server.http_url}/ipxe", params={"mac": "52:54:00:10:00:22"}).text
+    assert "sanboot --no-describe --drive 0x80 || exit" in script
+    assert "kernel" not in script
+
+
+def test_bundle_is_signed_over_its_exact_bytes(server: RunningServer) -> None:
+    with server.client() as c:
+        r = c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:22"})
+    assert r.status_code == 200
+    key = signing.load_public_key(server.secrets.signing_pub.read_bytes())
+    signing.verify(r.content, r.headers["X-Kiln-Signature"], key)
+    bundle = json.loads(r.content)
+    assert bundle["host"]["name"] == "web2" and bundle["host"]["mac"] == "52:54:00:10:00:22"
+    with pytest.raises(signing.SignatureError):
+        signing.verify(r.content.replace(b"web2", b"web1"), r.headers["X-Kiln-Signature"], key)
+
+
+def test_bundle_for_an_unknown_mac_is_a_json_404(server: RunningServer) -> None:
+    with server.client() as c:
+        r = c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:99:99:99"})
+    assert r.status_code == 404
+    assert "52:54:00:99:99:99" in r.json()["error"]
+
+
+def test_secrets_once_per_provisioning_then_alert_until_reprovision(server: RunningServer) -> None:
+    url = f"{server.tls_url}/v1/bundle"
+    with server.client() as c:
+        first = json.loads(c.get(url, params={"mac": "52:54:00:10:00:42"}).content)
+        second = json.loads(c.get(url, params={"mac": "52:54:00:10:00:42"}).content)
+    assert first["secrets_withheld"] is False
+    assert {s["name"]: s["value"] for s in first["secrets"]} == {
+        s["name"]: server.secrets.value(s["name"]) for s in first["secrets"]
+    }
+    assert first["secrets"] and all(s["value"] for s in first["secrets"])
+    assert second["secrets_withheld"] is True
+    assert [s["value"] for s in second["secrets"]] == [None] * len(first["secrets"])
+    db2 = host_view(server, "db2")
+    assert db2["secrets"] == "withheld"
+    assert "secrets requested twice for db2" in [a["message"] for a in db2["alerts"]]
+
+    # the operator re-arms db2 with the task, against the same database, while the server runs
+    done = server.inv("reprovision", "db2", "--roles", str(server.roles), "--database", server.database)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "db2: re-armed" in done.stdout
+    db2 = host_view(server, "db2")
+    assert db2["alerts"] == [] and db2["state"] == "waiting" and db2["provisioning"] == 2
+    with server.client() as c:
+        third = json.loads(c.get(url, params={"mac": "52:54:00:10:00:42"}).content)
+    assert third["secrets_withheld"] is False and all(s["value"] for s in third["secrets"])
+
+
+def test_concurrent_first_fetches_hand_out_secrets_once(server: RunningServer) -> None:
+    def fetch(_: int) -> dict:
+        with server.client() as c:
+            return json.loads(c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:11"}).content)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        bundles = list(pool.map(fetch, range(12)))
+    assert sum(not b["secrets_withheld"] for b in bundles) == 1
+    assert host_view(server, "lb1")["secrets_refused"] == 11
+
+
+def test_reprovision_of_an_unknown_host_fails_clearly(server: RunningServer) -> None:
+    done = server.inv("reprovision", "nosuch", "--roles", str(server.roles), "--database", server.database)
+    assert done.returncode == 1
+    assert "no host named 'nosuch'" in done.stderr
+
+
+def test_range_requests_resume_an_interrupted_download(server: RunningServer) -> None:
+    url = f"{server.http_url}/images/web/web.raw"
+    head = httpx.head(url)
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(RAW)
+    assert head.headers["accept-ranges"] == "bytes"
+    part = httpx.get(url, headers={"Range": "bytes=1000-1999"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 1000-1999/{len(RAW)}"
+    assert part.content == RAW[1000:2000]
+    got = RAW[:300_000]  # a download cut off after 300 kB resumes where it stopped
+    rest = httpx.get(url, headers={"Range": f"bytes={len(got)}-"})
+    assert rest.status_code == 206 and got + rest.content == RAW
+    assert httpx.get(url, headers={"Range": f"bytes={len(RAW) + 10}-"}).status_code == 416
+
+
+def test_events_move_a_host_to_joined_with_its_timeline(server: RunningServer) -> None:
+    steps = ["install", "fetch", "network", "files", "secrets", "firewall", "services", "join", "checks", "done"]
+    for step in steps[:-1]:
+        assert post(server, "app1", {"step": step, "status": "start", "at": "2026-11-23T10:00:00Z"}).status_code == 201
+        assert post(server, "app1", {"step": step, "status": "ok", "duration": 1.5}).json()["state"] in (
+            "booting",
+            "configuring",
+        )
+    mid = host_view(server, "app1")
+    assert mid["state"] == "configuring" and mid["progress"] == 90
+    post(server, "app1", {"step": "done", "status": "start"})
+    assert post(server, "app1", {"step": "done", "status": "ok"}).json()["state"] == "joined"
+    app1 = host_view(server, "app1")
+    assert app1["state"] == "joined" and app1["progress"] == 100
+    assert app1["last_event"]["step"] == "done" and app1["last_event"]["status"] == "ok"
+    assert [(e["step"], e["status"]) for e in app1["timeline"]] == [(s, st) for s in steps for st in ("start", "ok")]
+    assert app1["timeline"][0]["at"] == "2026-11-23T10:00:00Z" and app1["timeline"][1]["duration"] == 1.5
+
+
+def test_a_failed_step_shows_as_failed_with_an_alert_and_resumes(server: RunningServer) -> None:
+    post(server, "lb2", {"step": "join", "status": "start"})
+    assert (
+        post(server, "lb2", {"step": "join", "status": "fail", "detail": "keepalived did not start"}).json()["state"]
+        == "failed"
+    )
+    lb2 = host_view(server, "lb2")
+    assert lb2["state"] == "failed"
+    assert lb2["alerts"][0]["message"] == "lb2 failed at join: keepalived did not start"
+    assert lb2["last_event"]["duration"] is not None  # measured from the step's start
+    assert post(server, "lb2", {"step": "join", "status": "start"}).json()["state"] == "configuring"
+
+
+@pytest.mark.parametrize(
+    "mac",
+    ["", "zz", "52:54:00:10:00", "52:54:00:10:00:211", "52:54:00-10:00:21", "52:54:00:10:00:2g", "%00" * 9, "x" * 5000],
+)
+def test_malformed_macs_are_refused(server: RunningServer, mac: str) -> None:
+    r = httpx.get(f"{server.http_url}/ipxe", params={"mac": mac})
+    assert r.status_code == 400 and "mac" in r.text.lower()
+    with server.client() as c:
+        r = c.get(f"{server.tls_url}/v1/bundle", params={"mac": mac})
+    assert r.status_code == 400 and "error" in r.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[]", "is not of type 'object'"),
+        (b'{"step": "install"}', "'status' is a required property"),
+        (b'{"step": "install", "status": "maybe"}', "$.status"),
+        (b'{"step": "install", "status": "ok", "extra": 1}', "Additional properties"),
+        (b'{"step": "install", "status": "ok", "duration": -1}', "$.duration"),
+    ],
+)
+def test_malformed_events_are_400_with_the_reason(server: RunningServer, body: bytes, reason: str) -> None:
+    with server.client() as c:
+        r = c.post(f"{server.tls_url}/v1/hosts/web1/events", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert reason in r.json()["error"]
+
+
+def test_event_for_an_unknown_host_is_404(server: RunningServer) -> None:
+    r = post(server, "nosuch", {"step": "install", "status": "ok"})
+    assert r.status_code == 404 and "nosuch" in r.json()["error"]
+
+
+def test_huge_bodies_are_refused_and_the_server_stays_up(server: RunningServer) -> None:
+    huge = b'{"step": "install", "status": "ok", "detail": "' + b"x" * 5_000_000 + b'"}'
+    with server.client() as c:
+        assert c.post(f"{server.tls_url}/v1/hosts/web1/events", content=huge).status_code == 413
+
+        def chunks():  # no Content-Length: the limit holds for a streamed body too
+            for _ in range(100):
+                yield b"x" * 65536
+
+        assert c.post(f"{server.tls_url}/v1/hosts/web1/events", content=chunks()).status_code == 413
+        assert c.get(f"{server.tls_url}/v1/hosts").status_code == 200
+
+
+def _raw_get(base: str, target: str) -> bytes:
+    """Send the request target exactly as given (clients would normalise the dots away)."""
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/images/../outside.txt",
+        "/images/%2e%2e/outside.txt",
+        "/images/..%2foutside.txt",
+        "/images/web/../../outside.txt",
+        "/images//etc/passwd",
+    ],
+)
+def test_path_traversal_under_images_is_refused(server: RunningServer, target: str) -> None:
+    response = _raw_get(server.http_url, target)
+    status = int(response.split(b" ", 2)[1])
+    assert status in (400, 404), response[:200]
+    assert b"not for download" not in response and b"root:" not in response
+
+
+def test_bundles_are_not_served_over_plain_http_without_the_lab_flag(server: RunningServer) -> None:
+    assert httpx.get(f"{server.http_url}/v1/bundle", params={"mac": "52:54:00:10:00:21"}).status_code == 404
+    r = httpx.get(f"{server.http_url}/")
+    assert r.status_code == 307 and r.headers["location"] == f"{server.tls_url}/"
+
+
+def test_concurrent_events_for_one_host_are_all_kept(server: RunningServer) -> None:
+    def send(i: int) -> int:
+        with server.client() as c:
+            return c.post(
+                f"{server.tls_url}/v1/hosts/web1/events",
+                json={"step": "files", "status": "start" if i % 2 else "ok", "detail": f"#{i}"},
+            ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(send, range(64)))
+    assert codes == [201] * 64
+    web1 = host_view(server, "web1")
+    details = [e["detail"] for e in web1["timeline"] if e["step"] == "files"]
+    assert sorted(details) == sorted(f"#{i}" for i in range(64))
+    assert web1["state"] == "configuring"
+    assert server.process.poll() is None
+
+
+def test_lab_flag_serves_bundles_over_http(tmp_path: Path, images: Path) -> None:
+    with running_server(tmp_path, images=images, extra=("--allow-http-bundles",)) as s:
+        assert "--allow-http-bundles" in s.output()
+        r = httpx.get(f"{s.http_url}/v1/bundle", params={"mac": "52:54:00:10:00:21"})
+        assert r.status_code == 200
+        signing.verify(
+            r.content, r.headers["X-Kiln-Signature"], signing.load_public_key(s.secrets.signing_pub.read_bytes())
+        )
