@@ -1,0 +1,83 @@
+"""firstboot run | status | apply --bundle FILE --root DIR [--no-services] | --version"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from firstboot import __version__
+
+IMDS_ENV = "FIRSTBOOT_IMDS_ENDPOINT"  # tests point the EC2 provider at a stand-in on loopback
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="firstboot",
+        description="kiln's first-boot agent: fetch this host's signed bundle, apply it, join the cluster.",
+    )
+    p.add_argument("--version", action="version", version=f"firstboot {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="do what is left, report, exit 0 when provisioned (the systemd oneshot)")
+    run.add_argument("--root", type=Path, default=Path("/"), help="prefix for every path the agent uses (tests)")
+    run.add_argument(
+        "--imds-endpoint", default=os.environ.get(IMDS_ENV, "http://169.254.169.254"), help="EC2 metadata service"
+    )
+    run.add_argument("--fetch-deadline", type=float, default=600.0, help="seconds to keep retrying the bundle fetch")
+    run.add_argument("--check-deadline", type=float, default=120.0, help="seconds each health check may take to pass")
+    run.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help="the local MariaDB socket (db joins)")
+    run.add_argument("-v", "--verbose", action="store_true")
+
+    status = sub.add_parser("status", help="what is done, what failed and why")
+    status.add_argument("--root", type=Path, default=Path("/"))
+
+    apply = sub.add_parser("apply", help="apply a bundle file to a directory tree (offline: files, secrets)")
+    apply.add_argument("--bundle", type=Path, required=True, help="bundle.json (as ./inv render writes it)")
+    apply.add_argument("--root", type=Path, required=True, help="the tree to write into")
+    apply.add_argument(
+        "--no-services", action="store_true", help="write files only: no firewall, services, join or checks"
+    )
+    apply.add_argument("--only", default="", help="comma-separated steps to run (e.g. join)")
+    apply.add_argument("--join-deadline", type=float, default=300.0, help=argparse.SUPPRESS)
+    apply.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "status":
+        from firstboot import status
+        from firstboot.paths import Paths
+
+        text, code = status.render(Paths(args.root))
+        print(text)
+        return code
+    from firstboot import agent, log
+    from firstboot.steps.context import Tuning
+
+    if args.command == "apply":
+        log.setup(None)
+        only = tuple(s for s in args.only.split(",") if s)
+        tuning = Tuning(join_deadline=args.join_deadline, db_socket=args.db_socket)
+        return agent.apply(args.bundle, args.root, live=not args.no_services, only=only, tuning=tuning)
+    from firstboot.backoff import Backoff
+    from firstboot.paths import Paths
+    from firstboot.sources import Settings
+
+    paths = Paths(args.root)
+    if paths.done.exists():
+        return agent.run(agent.RunOptions(paths=paths))  # the done check comes before any set-up
+    log.setup(paths.log, verbose=args.verbose)
+    opts = agent.RunOptions(
+        paths=paths,
+        sources=Settings(imds_endpoint=args.imds_endpoint),
+        tuning=Tuning(check_deadline=args.check_deadline, db_socket=args.db_socket),
+        fetch=Backoff(deadline=args.fetch_deadline),
+    )
+    return agent.run(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""This machine's identity: the MACs of its NICs, the boot interface (BOOTIF or the installer's seed) first."""
+
+from __future__ import annotations
+
+from firstboot.paths import Paths
+from firstboot.sources import normalize_mac
+
+NULL_MAC = "00:00:00:00:00:00"
+
+
+def macs(paths: Paths, first: str = "") -> list[str]:
+    found: list[str] = []
+    if first:
+        found.append(normalize_mac(first))
+    try:
+        interfaces = sorted(paths.sys_net.iterdir())
+    except FileNotFoundError:
+        interfaces = []
+    for iface in interfaces:
+        if iface.name == "lo":
+            continue
+        try:
+            mac = normalize_mac((iface / "address").read_text())
+        except (OSError, ValueError):
+            continue
+        if mac != NULL_MAC and mac not in found:
+            found.append(mac)
+    return found

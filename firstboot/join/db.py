@@ -1,0 +1,272 @@
+"""The database joins: a GTID primary with its users, and replicas that seed from it and follow it.
+
+Both observe first and act only on what differs, so a second run writes nothing to the binary log
+(the tests compare @@gtid_binlog_pos before and after).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from firstboot.backoff import Backoff, DeadlineExceeded, Retry, retry
+from firstboot.errors import StepFailed
+from firstboot.join.sql import Server, SqlError, account, ident, quote
+from firstboot.log import LOG
+
+SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+# what the replication user may do: replicate, and take the consistent dump a new replica seeds from
+REPLICATION_PRIVILEGES = frozenset({
+    "REPLICATION SLAVE", "BINLOG MONITOR", "SELECT", "RELOAD", "LOCK TABLES", "SHOW VIEW", "EVENT", "TRIGGER",
+})  # fmt: skip
+APP_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "INDEX", "ALTER"})
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+NO_BINLOG = "SET SESSION sql_log_bin=0"
+
+Secret = Callable[[str], str]
+
+
+def _in(values: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(quote(v) for v in values) or "''"
+
+
+class Changes:
+    """Statements a join decided on, and what they are for; run as one batch."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+        self.notes: list[str] = []
+
+    def add(self, note: str, *statements: str) -> None:
+        self.notes.append(note)
+        self.statements.extend(statements)
+
+    def apply(self, server: Server, *, init: str = "") -> None:
+        if self.statements:
+            server.execute(";\n".join(self.statements) + ";\n", init=init)
+
+
+def _harden(local: Server, changes: Changes) -> None:
+    """No anonymous users, no test database, root only from this machine."""
+    for user, host in local.rows("SELECT User, Host FROM mysql.user WHERE User = ''"):
+        changes.add(f"drop anonymous user @{host}", f"DROP USER IF EXISTS {account(user, host)}")
+    for user, host in local.rows(
+        f"SELECT User, Host FROM mysql.user WHERE User = 'root' AND Host NOT IN {('(' + _in(LOCAL_HOSTS) + ')')}"
+    ):
+        changes.add(f"drop remote root @{host}", f"DROP USER IF EXISTS {account(user, host)}")
+    if local.value("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'test'") != "0":
+        changes.add("drop the test database", "DROP DATABASE IF EXISTS test")
+    if local.value(r"SELECT COUNT(*) FROM mysql.db WHERE Db = 'test' OR Db = 'test\\_%'") != "0":
+        changes.add(
+            "drop grants on test databases",
+            r"DELETE FROM mysql.db WHERE Db = 'test' OR Db = 'test\\_%'",
+            "FLUSH PRIVILEGES",
+        )
+
+
+def _ensure_user(
+    local: Server, changes: Changes, user: str, host: str, password: str, privileges: frozenset[str], on: str
+) -> None:
+    acct = account(user, host)
+    grantee = f"'{user}'@'{host}'"
+    current = local.rows(
+        f"SELECT authentication_string = PASSWORD({quote(password)}) FROM mysql.user "
+        f"WHERE User = {quote(user)} AND Host = {quote(host)}"
+    )
+    if not current:
+        changes.add(f"create {user}@{host}", f"CREATE USER {acct} IDENTIFIED BY {quote(password)}")
+    elif current[0][0] != "1":
+        changes.add(f"set the password of {user}@{host}", f"ALTER USER {acct} IDENTIFIED BY {quote(password)}")
+    if on == "*.*":
+        have = {
+            r[0]
+            for r in local.rows(
+                f"SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = {quote(grantee)}"
+            )
+        }
+    else:
+        schema = on.split(".")[0].strip("`")
+        have = {r[0] for r in local.rows(
+            f"SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES "
+            f"WHERE GRANTEE = {quote(grantee)} AND TABLE_SCHEMA = {quote(schema)}"
+        )}  # fmt: skip
+    missing = sorted(privileges - have)
+    if missing:
+        changes.add(
+            f"grant {', '.join(missing)} on {on} to {user}@{host}", f"GRANT {', '.join(missing)} ON {on} TO {acct}"
+        )
+
+
+def _drop_others(local: Server, changes: Changes, user: str, hosts: list[str]) -> None:
+    for _, host in local.rows(
+        f"SELECT User, Host FROM mysql.user WHERE User = {quote(user)} AND Host NOT IN ({_in(hosts)})"
+    ):
+        changes.add(f"drop {user}@{host} (no longer in roles.yaml)", f"DROP USER IF EXISTS {account(user, host)}")
+
+
+def join_primary(params: dict[str, Any], secret: Secret, local: Server) -> str:
+    """Binlog + GTID on, replication user for the replicas only, app user for the app hosts only, hardened."""
+    log_bin = local.value("SELECT @@log_bin")
+    if log_bin != "1":
+        raise StepFailed("the binary log is off, so replicas cannot follow this primary",
+                         "check /etc/mysql/mariadb.conf.d/60-kiln.cnf (log_bin) and restart mariadb")  # fmt: skip
+    server_id = local.value("SELECT @@server_id")
+    if server_id != str(params["server_id"]):
+        raise StepFailed(
+            f"server_id is {server_id}, the bundle says {params['server_id']}",
+            "restart mariadb so it reads 60-kiln.cnf",
+        )
+    db = str(params["database"])
+    hardening = Changes()  # local to each server, kept out of the binary log (replicas harden themselves)
+    _harden(local, hardening)
+    hardening.apply(local, init=NO_BINLOG)
+    changes = Changes()
+    if local.value(f"SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {quote(db)}") == "0":
+        changes.add(f"create database {db}", f"CREATE DATABASE {ident(db)} CHARACTER SET utf8mb4")
+    repl, app = str(params["replication_user"]), str(params["app_user"])
+    for host in params["replica_hosts"]:
+        _ensure_user(local, changes, repl, host, secret("db_replication_password"), REPLICATION_PRIVILEGES, "*.*")
+    _drop_others(local, changes, repl, list(params["replica_hosts"]))
+    for host in params["app_hosts"]:
+        _ensure_user(local, changes, app, host, secret("db_app_password"), APP_PRIVILEGES, f"{ident(db)}.*")
+    _drop_others(local, changes, app, list(params["app_hosts"]))
+    admin = secret("db_admin_password")
+    priv = local.value("SELECT Priv FROM mysql.global_priv WHERE User = 'root' AND Host = 'localhost'")
+    if local.value(f"SELECT PASSWORD({quote(admin)})") not in priv or "unix_socket" not in priv:
+        changes.add("root@localhost: unix socket or the admin password",
+                    "ALTER USER root@localhost IDENTIFIED VIA unix_socket "
+                    f"OR mysql_native_password USING PASSWORD({quote(admin)})")  # fmt: skip
+    changes.apply(local)
+    position = local.value("SELECT @@gtid_binlog_pos")
+    notes = hardening.notes + changes.notes
+    for note in notes:
+        LOG.info("db-primary: %s", note)
+    what = f"{len(notes)} changes" if notes else "unchanged"
+    return f"primary {what}; binlog on, server_id {server_id}, gtid_binlog_pos {position or '(empty)'}"
+
+
+def _replicating(status: dict[str, str], params: dict[str, Any], user: str) -> bool:
+    return (
+        status.get("Master_Host") == str(params["primary"])
+        and status.get("Master_Port") == str(params["port"])
+        and status.get("Master_User") == user
+        and status.get("Using_Gtid") == "Slave_Pos"
+    )
+
+
+def _wait_for_primary(primary: Server, wait_seconds: float) -> None:
+    def attempt() -> None:
+        try:
+            primary.value("SELECT 1")
+        except SqlError as e:
+            raise Retry(str(e)) from None
+
+    try:
+        retry(
+            attempt,
+            f"wait for the primary {primary.host}:{primary.port}",
+            Backoff(initial=0.5, cap=10.0, deadline=wait_seconds),
+        )
+    except DeadlineExceeded as e:
+        raise StepFailed(
+            f"the primary {primary.host}:{primary.port} did not answer within {wait_seconds:.0f}s: {e.last}",
+            "start or repair the primary (its firstboot status), then run `firstboot run` here",
+        ) from None
+
+
+GTID_IN_DUMP = re.compile(r"SET GLOBAL gtid_slave_pos\s*=\s*'([0-9,\-]*)'")
+
+
+def _seed(primary: Server, local: Server) -> str:
+    """A consistent dump of the primary (one transaction, GTID position recorded), loaded without binlogging."""
+    with tempfile.TemporaryDirectory(prefix="firstboot-seed-") as tmp:
+        dump = Path(tmp) / "seed.sql"
+        primary.dump(dump, [
+            "--all-databases", "--single-transaction", "--master-data=2", "--gtid",
+            "--routines", "--events", "--triggers",
+        ])  # fmt: skip
+        dump.chmod(0o600)
+        with dump.open("rb") as f:  # the GTID position is written at the end of the dump
+            f.seek(max(0, dump.stat().st_size - 8192))
+            tail = f.read().decode(errors="replace")
+        found = GTID_IN_DUMP.search(tail)
+        if not found:
+            raise StepFailed("the seed dump carries no GTID position", "check that the primary has log_bin on")
+        local.execute(f"source {dump}\n", init=NO_BINLOG)
+        local.execute("FLUSH PRIVILEGES;\n", init=NO_BINLOG)
+        return found.group(1)
+
+
+def _primary_has_data(primary: Server) -> bool:
+    count = primary.value(
+        f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA NOT IN ({_in(SYSTEM_SCHEMAS)})"
+    )
+    return count not in ("", "0")
+
+
+def _verify_threads(local: Server, deadline: float) -> dict[str, str]:
+    end = time.monotonic() + deadline
+    while True:
+        status = local.status("SHOW SLAVE STATUS")
+        if status.get("Slave_IO_Running") == "Yes" and status.get("Slave_SQL_Running") == "Yes" \
+                and status.get("Seconds_Behind_Master") not in ("", "NULL", None):  # fmt: skip
+            return status
+        if time.monotonic() > end:
+            error = status.get("Last_IO_Error") or status.get("Last_SQL_Error") or "no error reported"
+            raise StepFailed(
+                f"replication did not start: IO thread {status.get('Slave_IO_Running')}, "
+                f"SQL thread {status.get('Slave_SQL_Running')}: {error}",
+                "read SHOW SLAVE STATUS on this host and the primary's firstboot status; then run `firstboot run`",
+            )
+        time.sleep(0.2)
+
+
+def join_replica(params: dict[str, Any], secret: Secret, local: Server, *, verify_seconds: float = 60.0) -> str:
+    """Follow the primary by GTID, seeding from it first when it already holds data; read_only on."""
+    user = str(params["replication_user"])
+    password = secret("db_replication_password")
+    status = local.status("SHOW SLAVE STATUS")
+    notes: list[str] = []
+    if not _replicating(status, params, user):
+        primary = Server(host=str(params["primary"]), port=int(params["port"]), user=user, password=password)
+        _wait_for_primary(primary, float(params.get("wait_seconds", 900)))
+        if local.value("SELECT @@server_id") == primary.value("SELECT @@server_id"):
+            raise StepFailed(
+                "this replica has the same server_id as its primary", "restart mariadb so it reads 60-kiln.cnf"
+            )
+        local_changes = Changes()
+        _harden(local, local_changes)
+        local_changes.apply(local, init=NO_BINLOG)
+        notes += local_changes.notes
+        local.execute("STOP SLAVE;\nRESET SLAVE ALL;\nRESET MASTER;\n")  # a new replica: nothing of its own to keep
+        if _primary_has_data(primary):
+            position = _seed(primary, local)
+            notes.append(f"seeded from the primary at GTID {position}")
+        else:
+            position = ""
+            notes.append("primary holds no data: following it from the start of its binary log")
+        local.execute(
+            f"SET GLOBAL gtid_slave_pos = {quote(position)};\n"
+            f"CHANGE MASTER TO MASTER_HOST = {quote(str(params['primary']))}, MASTER_PORT = {int(params['port'])}, "
+            f"MASTER_USER = {quote(user)}, MASTER_PASSWORD = {quote(password)}, MASTER_CONNECT_RETRY = 5, "
+            "MASTER_USE_GTID = slave_pos;\nSTART SLAVE;\n"
+        )
+        notes.append(f"following {params['primary']}:{params['port']} with MASTER_USE_GTID=slave_pos")
+    elif status.get("Slave_IO_Running") != "Yes" or status.get("Slave_SQL_Running") != "Yes":
+        local.execute("START SLAVE;\n")
+        notes.append("started the replica threads")
+    status = _verify_threads(local, verify_seconds)
+    if local.value("SELECT @@read_only") != "1":
+        local.execute("SET GLOBAL read_only = ON;\n")
+        notes.append("read_only on")
+    for note in notes:
+        LOG.info("db-replica: %s", note)
+    return (
+        f"replica {'unchanged' if not notes else f'{len(notes)} changes'}; IO and SQL threads running, "
+        f"{status.get('Seconds_Behind_Master')}s behind, "
+        f"gtid_slave_pos {local.value('SELECT @@gtid_slave_pos') or '(empty)'}, read_only"
+    )

@@ -1,0 +1,115 @@
+"""Where the provisioning URL and this host's identity come from; each provider is small, first found wins.
+
+kernel command line   kiln.url= kiln.host= BOOTIF=01-aa-bb-cc-dd-ee-ff   (PXE)
+seed file             /etc/kiln/seed.json {"url", "host", "mac"}        (written by the PXE installer)
+EC2 IMDSv2 user-data  {"url": ..., "host": ...} or kiln.url=... lines    (AWS)
+baked URL             /etc/kiln/agent.json {"url": ...}                   (image build time)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from firstboot.log import LOG
+from firstboot.paths import Paths
+
+
+@dataclass(frozen=True)
+class Source:
+    url: str
+    origin: str
+    host: str = ""
+    mac: str = ""  # the boot interface's MAC when the source knows it (BOOTIF, installer seed)
+
+
+@dataclass(frozen=True)
+class Settings:
+    imds_endpoint: str = "http://169.254.169.254"
+    imds_timeout: float = 0.2
+
+
+Provider = Callable[[Paths, Settings], "Source | None"]
+
+
+def providers() -> Sequence[tuple[str, Provider]]:
+    from firstboot.sources import baked, cmdline, imds, seed
+
+    return (
+        ("kernel command line", cmdline.source),
+        ("seed file", seed.source),
+        ("EC2 user-data", imds.source),
+        ("baked URL", baked.source),
+    )
+
+
+class NoSource(Exception):
+    pass
+
+
+def discover(paths: Paths, settings: Settings) -> Source:
+    tried = []
+    for name, provider in providers():
+        try:
+            found = provider(paths, settings)
+        except Exception as e:  # a broken source must not hide the ones after it
+            LOG.warning("source %s unusable: %s", name, e)
+            found = None
+        if found is not None:
+            LOG.info(
+                "provisioning server %s from the %s%s",
+                found.url,
+                found.origin,
+                f" (host {found.host})" if found.host else "",
+            )
+            return found
+        tried.append(name)
+    raise NoSource(f"no provisioning URL found (tried: {', '.join(tried)})")
+
+
+def normalize_mac(mac: str) -> str:
+    """aa:bb:cc:dd:ee:ff from BOOTIF's 01-aa-bb-cc-dd-ee-ff or any separator and case."""
+    raw = mac.strip().lower().replace("-", ":")
+    parts = raw.split(":")
+    if len(parts) == 7 and parts[0] == "01":  # BOOTIF: ARP hardware type 1 (Ethernet) first
+        parts = parts[1:]
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        raise ValueError(f"{mac!r} is not a MAC address")
+    return ":".join(parts)
+
+
+def source_from_mapping(data: dict[str, object], origin: str) -> Source | None:
+    url = data.get("url")
+    if not isinstance(url, str) or not url:
+        return None
+    host = data.get("host")
+    mac = data.get("mac")
+    return Source(url=url.rstrip("/"), origin=origin, host=host if isinstance(host, str) else "",
+                  mac=normalize_mac(mac) if isinstance(mac, str) and mac else "")  # fmt: skip
+
+
+def read_json_source(path: Path, origin: str) -> Source | None:
+    """A JSON object file with at least "url"; None when the file does not exist."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return source_from_mapping(data, origin)
+
+
+def parse_key_values(text: str) -> dict[str, str]:
+    """kiln.url=... kiln.host=... BOOTIF=... tokens (kernel command line or user-data lines)."""
+    found: dict[str, str] = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if not sep:
+            continue
+        if key in ("kiln.url", "kiln.host"):
+            found[key.removeprefix("kiln.")] = value
+        elif key == "BOOTIF":
+            found["mac"] = value
+    return found

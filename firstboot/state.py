@@ -1,0 +1,116 @@
+"""/var/lib/firstboot/state.json: per step started, finished, outcome, duration; written atomically and synced.
+
+A step found "running" was interrupted (crash, power cut) and is redone; "ok" steps are skipped.
+Every text stored here passes the redactor first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firstboot.redact import redact
+
+STEPS = ("fetch", "network", "files", "secrets", "firewall", "services", "join", "checks", "done")
+STATE_VERSION = 1
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class StepRecord:
+    started: str | None = None
+    finished: str | None = None
+    outcome: str = "pending"  # pending | running | ok | fail
+    duration: float | None = None
+    detail: str = ""
+    attempts: int = 0
+    next_action: str = ""
+    changed: list[str] = field(default_factory=list)  # paths this step changed (the services step restarts on them)
+
+
+@dataclass
+class State:
+    host: str = ""
+    url: str = ""
+    source: str = ""
+    mac: str = ""
+    outcome: str = "new"  # new | running | failed | done
+    steps: dict[str, StepRecord] = field(default_factory=lambda: {s: StepRecord() for s in STEPS})
+    updated: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError):
+            # a state file we cannot read is treated as a fresh start: every step is idempotent
+            return cls()
+        steps = {s: StepRecord(**raw.get("steps", {}).get(s, {})) for s in STEPS}
+        return cls(
+            host=raw.get("host", ""), url=raw.get("url", ""), source=raw.get("source", ""), mac=raw.get("mac", ""),
+            outcome=raw.get("outcome", "new"), steps=steps, updated=raw.get("updated", ""),
+        )  # fmt: skip
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = {"version": STATE_VERSION, **asdict(self)}
+        return json.dumps(data, indent=2).encode() + b"\n"
+
+    def save(self, path: Path) -> None:
+        self.updated = now_iso()
+        write_synced(path, self.to_json())
+
+    # transitions
+    def begin(self, step: str) -> StepRecord:
+        rec = self.steps[step]
+        rec.started, rec.finished, rec.outcome, rec.duration = now_iso(), None, "running", None
+        rec.detail, rec.next_action = "", ""
+        rec.attempts += 1
+        self.outcome = "running"
+        return rec
+
+    def finish(self, step: str, *, ok: bool, detail: str, duration: float, next_action: str = "") -> StepRecord:
+        rec = self.steps[step]
+        rec.finished, rec.outcome, rec.duration = now_iso(), "ok" if ok else "fail", round(duration, 3)
+        rec.detail, rec.next_action = redact(detail), redact(next_action)
+        if not ok:
+            self.outcome = "failed"
+        elif step == STEPS[-1]:
+            self.outcome = "done"
+        return rec
+
+    def interrupted(self) -> list[str]:
+        return [s for s, r in self.steps.items() if r.outcome == "running"]
+
+    def failed_step(self) -> str | None:
+        return next((s for s, r in self.steps.items() if r.outcome == "fail"), None)
+
+
+def write_synced(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Temp file + fsync + rename + fsync of the directory: after a power cut the file is old or new, never torn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
