@@ -77,6 +77,7 @@ def running_server(
     database = database or f"sqlite:///{tmp / 'state' / 'kiln.db'}"
     secrets = secrets or tmp / "secrets"
     images = images or tmp / "images"
+    tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "serve.log"
     args = [
         *INV, "serve", "--roles", str(roles), "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0",

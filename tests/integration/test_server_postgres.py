@@ -1,0 +1,105 @@
+"""The server's PostgreSQL state path, against Debian's PostgreSQL in a cluster this test owns (initdb in a
+temp dir, loopback port): two server instances share one database, as behind a load balancer, and the
+one-time secrets rule and `./inv reprovision` hold across them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.run import run
+from tests.integration.kiln_server import loopback_roles, running_server
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path("/usr/lib/postgresql").is_dir(), reason="needs Debian's postgresql package"),
+]
+
+PASSWORD = "kiln-test-pw-7Q2"
+
+
+def _pg_bin() -> Path:
+    return sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1].parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster run as the postgres user, listening on 127.0.0.1 only."""
+    bin_dir = _pg_bin()
+    top = Path(tempfile.mkdtemp(prefix="kiln-srv-pg-"))
+    data, sockets, pwfile = top / "data", top / "sock", top / "pw"
+    sockets.mkdir()
+    pwfile.write_text(PASSWORD + "\n")
+    shutil.chown(top, "postgres", "postgres")
+    shutil.chown(sockets, "postgres", "postgres")
+    shutil.chown(pwfile, "postgres", "postgres")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    run(
+        [
+            *as_pg,
+            bin_dir / "initdb",
+            "--no-sync",
+            "-D",
+            data,
+            "-U",
+            "kiln",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+        ],
+        timeout=120,
+    )
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off"
+    run([*as_pg, bin_dir / "pg_ctl", "-D", data, "-l", top / "log", "-o", options, "-w", "start"], timeout=60)
+    try:
+        yield f"postgresql://kiln:{PASSWORD}@127.0.0.1:{port}/postgres"
+    finally:
+        run([*as_pg, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], check=False, timeout=60)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    roles = loopback_roles(tmp_path)
+    secrets = tmp_path / "secrets"
+    with (
+        running_server(tmp_path / "a", roles=roles, database=postgres_url, secrets=secrets) as a,
+        running_server(tmp_path / "b", roles=roles, database=postgres_url, secrets=secrets) as b,
+    ):
+        assert PASSWORD not in a.output() and "kiln:***@127.0.0.1" in a.output()  # the banner hides the password
+
+        with a.client() as ca, b.client() as cb:
+            first = json.loads(ca.get(f"{a.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:41"}).content)
+            second = json.loads(cb.get(f"{b.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:41"}).content)
+            assert first["secrets_withheld"] is False and all(s["value"] for s in first["secrets"])
+            assert second["secrets_withheld"] is True  # the other instance knows the secrets went out
+
+            assert (
+                ca.post(f"{a.tls_url}/v1/hosts/db1/events", json={"step": "install", "status": "start"}).status_code
+                == 201
+            )
+            assert (
+                cb.post(f"{b.tls_url}/v1/hosts/db1/events", json={"step": "install", "status": "ok"}).status_code == 201
+            )
+            db1 = next(h for h in ca.get(f"{a.tls_url}/v1/hosts").json()["hosts"] if h["name"] == "db1")
+        assert [(e["step"], e["status"]) for e in db1["timeline"]] == [("install", "start"), ("install", "ok")]
+        assert db1["installed"] and "secrets requested twice for db1" in [x["message"] for x in db1["alerts"]]
+
+        done = a.inv("reprovision", "db1", "--roles", str(roles), "--database", postgres_url)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with b.client() as cb:
+            db1 = next(h for h in cb.get(f"{b.tls_url}/v1/hosts").json()["hosts"] if h["name"] == "db1")
+            again = json.loads(cb.get(f"{b.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:41"}).content)
+        assert db1["state"] == "waiting" and db1["alerts"] == [] and not db1["installed"]
+        assert again["secrets_withheld"] is False

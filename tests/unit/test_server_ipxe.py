@@ -1,0 +1,91 @@
+"""iPXE scripts and the image catalog they are built from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kiln.model import Cluster
+from kiln.server.ipxe import ImageCatalog, Installer, NotBuilt, boot_script, disk_script, install_script, unknown_script
+
+SHA = "ab" * 32
+
+
+def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
+    host = cluster.host("db2")
+    installer = Installer("http://10.10.0.1:8080", cluster.provisioning_url)
+    for script in (
+        boot_script(),
+        install_script(host, SHA, installer),
+        disk_script(host),
+        unknown_script("52:54:00:00:00:01"),
+    ):
+        assert script.startswith("#!ipxe\n") and script.endswith("\n")
+
+
+def test_install_script_for_db2(cluster: Cluster) -> None:
+    script = install_script(cluster.host("db2"), SHA, Installer("http://10.10.0.1:8080", cluster.provisioning_url))
+    assert script.splitlines()[2:] == [
+        "kernel http://10.10.0.1:8080/images/installer/vmlinuz initrd=initrd.img"
+        " kiln.image=http://10.10.0.1:8080/images/db/db.raw"
+        f" kiln.sha256={SHA} kiln.disk=/dev/vda kiln.url=https://10.10.0.1:8443 kiln.host=db2"
+        " BOOTIF=01-52-54-00-10-00-42 console=ttyS0",
+        "initrd http://10.10.0.1:8080/images/installer/initrd.img",
+        "boot",
+    ]
+
+
+def test_unknown_machine_script_retries(cluster: Cluster) -> None:
+    script = unknown_script("52:54:00:00:00:01")
+    assert "52:54:00:00:00:01" in script and "not in roles.yaml" in script
+    assert script.rstrip().splitlines()[-2:] == ["sleep 30", "chain --replace --autofree /ipxe?mac=${net0/mac}"]
+
+
+def _images(tmp_path: Path, manifest: object | None = None, raw: bool = True) -> ImageCatalog:
+    (tmp_path / "web").mkdir()
+    if raw:
+        (tmp_path / "web" / "web.raw").write_bytes(b"\0" * 512)
+    if manifest is not None:
+        (tmp_path / "web" / "manifest.json").write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    return ImageCatalog(tmp_path)
+
+
+def test_catalog_reads_the_raw_sha256_and_notices_a_rebuild(tmp_path: Path) -> None:
+    catalog = _images(tmp_path, {"role": "web", "files": {"web.raw": {"sha256": SHA, "size": 512}}})
+    assert catalog.raw_sha256("web") == SHA
+    (tmp_path / "web" / "manifest.json").write_text(
+        json.dumps({"files": {"web.raw": {"sha256": "cd" * 32, "size": 512}}}) + " "
+    )
+    assert catalog.raw_sha256("web") == "cd" * 32
+
+
+@pytest.mark.parametrize(
+    ("manifest", "raw", "message"),
+    [
+        (
+            {"files": {"web.raw": {"sha256": SHA}}},
+            False,
+            "images/web/web.raw) is not built yet: run ./inv build --role web",
+        ),
+        (None, True, "images/web/manifest.json is missing"),
+        ("{", True, "has no files.web.raw.sha256"),
+        ({"files": {}}, True, "has no files.web.raw.sha256"),
+        ({"files": {"web.raw": {"sha256": "nothex; chain http://evil"}}}, True, "malformed"),
+    ],
+)
+def test_catalog_says_what_is_missing(tmp_path: Path, manifest: object, raw: bool, message: str) -> None:
+    with pytest.raises(NotBuilt, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
+        _images(tmp_path, manifest, raw).raw_sha256("web")
+
+
+def test_catalog_requires_the_installer(tmp_path: Path) -> None:
+    with pytest.raises(NotBuilt, match="images/installer/vmlinuz"):
+        ImageCatalog(tmp_path).check_installer()
+    (tmp_path / "installer").mkdir()
+    (tmp_path / "installer" / "vmlinuz").write_bytes(b"k")
+    with pytest.raises(NotBuilt, match="images/installer/initrd.img"):
+        ImageCatalog(tmp_path).check_installer()
+    (tmp_path / "installer" / "initrd.img").write_bytes(b"i")
+    ImageCatalog(tmp_path).check_installer()

@@ -1,0 +1,101 @@
+"""The state store on a real SQLite file: events move states, secrets are granted once even under
+concurrency, re-arming starts a new provisioning, a second process sees the same state."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import pytest
+
+from kiln.server.inputs import Event
+from kiln.server.store import UNKNOWN_LIMIT, StateStore, UnknownHost
+
+
+@pytest.fixture()
+def store(tmp_path: Path):
+    s = StateStore.open("sqlite:///state/kiln.db", tmp_path)
+    s.ensure_hosts(["web1", "db2"])
+    yield s
+    s.close()
+
+
+def ev(step: str, status: str, **kw) -> Event:
+    return Event(step, status, kw.get("detail", ""), kw.get("at"), kw.get("duration"))
+
+
+def test_database_is_created_under_the_project(tmp_path: Path, store: StateStore) -> None:
+    assert (tmp_path / "state" / "kiln.db").is_file()
+    assert store.host_rows()["web1"]["state"] == "waiting"
+
+
+def test_events_move_the_state_and_measure_durations(store: StateStore) -> None:
+    store.record_event("web1", ev("install", "start"), now=100.0)
+    assert store.record_event("web1", ev("install", "ok"), now=112.5).value == "booting"
+    row = store.host_rows()["web1"]
+    assert row["installed"] and row["last_duration"] == 12.5 and row["max_ok_index"] == 0
+    assert [(e["step"], e["status"]) for e in row["timeline"]] == [("install", "start"), ("install", "ok")]
+    store.record_event("web1", ev("fetch", "fail", detail="TLS: unknown CA", duration=3.0), now=200.0)
+    row = store.host_rows()["web1"]
+    assert row["state"] == "failed" and row["last_duration"] == 3.0 and row["last_detail"] == "TLS: unknown CA"
+
+
+def test_unknown_host_is_refused(store: StateStore) -> None:
+    with pytest.raises(UnknownHost):
+        store.record_event("nosuch", ev("install", "ok"))
+    with pytest.raises(UnknownHost):
+        store.claim_secrets("nosuch")
+    with pytest.raises(UnknownHost):
+        store.rearm("nosuch")
+
+
+def test_secrets_are_granted_once_among_concurrent_claims(tmp_path: Path, store: StateStore) -> None:
+    other = StateStore.open("sqlite:///state/kiln.db", tmp_path)  # a second engine, like a second process
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda i: (store if i % 2 else other).claim_secrets("db2"), range(16)))
+    other.close()
+    assert sum(c.granted for c in claims) == 1
+    assert store.host_rows()["db2"]["secrets_denied"] == 15
+
+
+def test_rearm_starts_a_new_provisioning(store: StateStore) -> None:
+    store.record_event("db2", ev("install", "ok"))
+    store.claim_secrets("db2")
+    store.claim_secrets("db2")
+    assert store.rearm("db2") == 2
+    row = store.host_rows()["db2"]
+    assert (row["state"], row["installed"], row["secrets_denied"], row["secrets_served_at"], row["timeline"]) == (
+        "waiting",
+        False,
+        0,
+        None,
+        [],
+    )
+    assert store.claim_secrets("db2").granted
+    assert not store.is_installed("db2")
+
+
+def test_unknown_machines_are_counted_and_bounded(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.note_unknown("52:54:00:00:00:01", now=1.0)
+    store.note_unknown("52:54:00:00:00:01", now=2.0)
+    assert store.unknown_machines() == [
+        {"mac": "52:54:00:00:00:01", "first_seen": 1.0, "last_seen": 2.0, "requests": 2}
+    ]
+    monkeypatch.setattr("kiln.server.store.UNKNOWN_LIMIT", 1)
+    store.note_unknown("52:54:00:00:00:02")
+    assert [u["mac"] for u in store.unknown_machines()] == ["52:54:00:00:00:01"]
+    store.forget_unknown(["52:54:00:00:00:01"])
+    assert store.unknown_machines() == [] and UNKNOWN_LIMIT >= 1000
+
+
+def test_concurrent_events_for_one_host_all_land(store: StateStore) -> None:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.record_event("web1", ev("files", "ok", detail=str(i))), range(100)))
+    assert sorted(int(e["detail"]) for e in store.host_rows()["web1"]["timeline"]) == list(range(100))
+
+
+def test_only_sqlite_and_postgresql_urls(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unsupported database 'mysql'"):
+        StateStore.open("mysql://x@localhost/kiln", tmp_path)
+    with pytest.raises(ValueError, match="needs a file path"):
+        StateStore.open("sqlite://", tmp_path)
