@@ -116,9 +116,17 @@ class Runner:
             ) from None
         if self.paths.bundle_body.exists() and self.paths.bundle_signature.exists():
             body, signature = self.paths.bundle_body.read_bytes(), self.paths.bundle_signature.read_text().strip()
-            bundle = verify_bundle(body, signature, key, macs)  # the cache is verified like a fresh fetch
-            register_secrets(bundle)
-            return bundle
+            try:
+                bundle = verify_bundle(body, signature, key, macs)  # the cache is verified like a fresh fetch
+            except Refused as e:
+                LOG.warning("discarding the cached bundle: %s", e.reason)
+                self.paths.bundle_body.unlink(missing_ok=True)
+                self.paths.bundle_signature.unlink(missing_ok=True)
+            else:
+                register_secrets(bundle)
+                return bundle
+        if not url:
+            raise StepFailed("no cached bundle and no provisioning URL known yet")
         fetched = fetch_bundle(url, macs, self.paths.ca_pem, self.opts.fetch)
         bundle = verify_bundle(fetched.body, fetched.signature, key, macs)
         register_secrets(bundle)
@@ -133,13 +141,18 @@ class Runner:
         try:
             holder: dict[str, Any] = {}
             if self.state.steps["fetch"].outcome == "ok":
-                holder["bundle"] = self.load_bundle(self._macs(self.state.mac), self.state.url)
-                self._target()
-            else:
+                try:
+                    holder["bundle"] = self.load_bundle(self._macs(self.state.mac), self.state.url)
+                    self._target()
+                except StepFailed as e:
+                    LOG.warning("the fetched bundle is no longer usable (%s); fetching it again", e.reason)
+            if "bundle" not in holder:
                 self.step("fetch", lambda: self._fetch(holder))
             bundle = holder["bundle"]
+            # under another root (tests, image trees) nothing of the running system is touched
+            live = self.paths.is_host
             ctx = StepContext(
-                self.paths, bundle, live=True, owners=Owners(self.paths.root, strict=True), tuning=self.opts.tuning
+                self.paths, bundle, live=live, owners=Owners(self.paths.root, strict=live), tuning=self.opts.tuning
             )
             for name, fn in step_functions().items():
                 ctx.changed |= {p for r in self.state.steps.values() for p in r.changed}
@@ -227,6 +240,9 @@ def apply(
             outcome = fn(ctx)
         except StepFailed as e:
             print(redact(f"{name:<9} FAILED: {e.reason}\n          next: {e.next_action}"))
+            return 1
+        except (OSError, ValueError, KeyError) as e:
+            print(redact(f"{name:<9} FAILED: {e.__class__.__name__}: {e}"))
             return 1
         ctx.changed |= set(outcome.changed)
         total_changed += len(outcome.changed)

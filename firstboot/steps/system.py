@@ -11,7 +11,10 @@ UNIT_DIRS = ("/etc/systemd/system/", "/lib/systemd/system/")
 
 
 def firewall(ctx: StepContext) -> Outcome:
-    """Check then load /etc/nftables.conf (persisted by that file and nftables.service); skip when already loaded."""
+    """Check then load /etc/nftables.conf (persisted by that file and nftables.service); skip when already loaded.
+
+    Live, it loads into the network namespace the agent runs in, whatever the root (tests use their own namespaces).
+    """
     if not ctx.live:
         return Outcome("skipped (offline)")
     conf = ctx.paths.under(NFT_CONF)

@@ -1,0 +1,138 @@
+"""Where the agent finds its server and identity: each provider, the order, EC2 IMDSv2 against a loopback stand-in."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from firstboot.identity import macs
+from firstboot.paths import Paths
+from firstboot.sources import NoSource, Settings, discover, imds, normalize_mac
+from tests.unit.agent_support import http_stand_in, json_reply, reply
+
+NO_IMDS = Settings(imds_endpoint="")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text(text)
+
+
+def test_kernel_command_line_wins_and_carries_host_and_bootif(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "proc/cmdline",
+        "console=ttyS0 kiln.url=https://10.10.0.1:8443 kiln.host=db2 BOOTIF=01-52-54-00-10-00-42 quiet\n",
+    )
+    write(tmp_path, "etc/kiln/seed.json", json.dumps({"url": "https://seed:8443", "host": "x"}))
+    found = discover(Paths(tmp_path), NO_IMDS)
+    assert (found.url, found.host, found.mac, found.origin) == (
+        "https://10.10.0.1:8443",
+        "db2",
+        "52:54:00:10:00:42",
+        "kernel command line",
+    )
+
+
+def test_seed_file_then_baked_url(tmp_path: Path) -> None:
+    write(tmp_path, "proc/cmdline", "console=ttyS0\n")
+    write(tmp_path, "etc/kiln/agent.json", json.dumps({"url": "https://baked:8443/"}))
+    assert discover(Paths(tmp_path), NO_IMDS).origin == "baked URL"
+    assert discover(Paths(tmp_path), NO_IMDS).url == "https://baked:8443"
+    write(
+        tmp_path,
+        "etc/kiln/seed.json",
+        json.dumps({"url": "https://seed:8443", "host": "web1", "mac": "52:54:00:10:00:21"}),
+    )
+    found = discover(Paths(tmp_path), NO_IMDS)
+    assert (found.origin, found.host, found.mac) == ("seed file", "web1", "52:54:00:10:00:21")
+
+
+def test_a_broken_seed_does_not_hide_the_baked_url(tmp_path: Path) -> None:
+    write(tmp_path, "etc/kiln/seed.json", "[1, 2")
+    write(tmp_path, "etc/kiln/agent.json", json.dumps({"url": "https://baked:8443"}))
+    assert discover(Paths(tmp_path), NO_IMDS).origin == "baked URL"
+
+
+def test_no_source_names_what_was_tried(tmp_path: Path) -> None:
+    with pytest.raises(NoSource, match="kernel command line, seed file, EC2 user-data, baked URL"):
+        discover(Paths(tmp_path), NO_IMDS)
+
+
+def _token_flow(user_data: bytes) -> dict:
+    def token(h: http.server.BaseHTTPRequestHandler) -> None:
+        assert h.headers["X-aws-ec2-metadata-token-ttl-seconds"]
+        reply(200, b"TOKEN-abc")(h)
+
+    def data(h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.headers.get("X-aws-ec2-metadata-token") != "TOKEN-abc":
+            reply(401)(h)
+        else:
+            reply(200, user_data)(h)
+
+    return {("PUT", "/latest/api/token"): token, ("GET", "/latest/user-data"): data}
+
+
+def test_imdsv2_puts_for_a_token_then_gets_user_data_with_it(tmp_path: Path) -> None:
+    with http_stand_in(_token_flow(json.dumps({"url": "https://10.10.0.1:8443", "host": "app1"}).encode())) as (
+        url,
+        seen,
+    ):
+        found = discover(Paths(tmp_path), Settings(imds_endpoint=url))
+    assert (found.origin, found.url, found.host) == ("EC2 user-data", "https://10.10.0.1:8443", "app1")
+    assert [(m, p) for m, p, _ in seen] == [("PUT", "/latest/api/token"), ("GET", "/latest/user-data")]
+
+
+def test_imds_user_data_as_key_value_words(tmp_path: Path) -> None:
+    with http_stand_in(_token_flow(b"kiln.url=https://10.10.0.1:8443 kiln.host=web2\n")) as (url, _):
+        found = imds.source(Paths(tmp_path), Settings(imds_endpoint=url))
+    assert found is not None and (found.url, found.host) == ("https://10.10.0.1:8443", "web2")
+
+
+def test_imds_without_user_data_or_token_is_no_source(tmp_path: Path) -> None:
+    with http_stand_in({("PUT", "/latest/api/token"): reply(200, b"T")}) as (url, _):
+        assert imds.source(Paths(tmp_path), Settings(imds_endpoint=url)) is None  # user-data 404
+    with http_stand_in({("GET", "/latest/user-data"): json_reply({"url": "https://x"})}) as (url, seen):
+        assert imds.source(Paths(tmp_path), Settings(imds_endpoint=url)) is None  # IMDSv1-only: no token, no data
+        assert [m for m, _, _ in seen] == ["PUT"]
+
+
+def test_a_host_without_imds_moves_on_in_well_under_a_second(tmp_path: Path) -> None:
+    write(tmp_path, "etc/kiln/agent.json", json.dumps({"url": "https://baked:8443"}))
+    started = time.monotonic()
+    found = discover(Paths(tmp_path), Settings(imds_endpoint=f"http://127.0.0.1:{closed_port()}"))
+    assert found.origin == "baked URL"
+    assert time.monotonic() - started < 0.5
+
+
+def test_imds_that_accepts_but_never_answers_is_bounded(tmp_path: Path) -> None:
+    with socket.socket() as s:  # connects complete (kernel backlog) but nothing is ever sent
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        started = time.monotonic()
+        assert imds.source(Paths(tmp_path), Settings(imds_endpoint=f"http://127.0.0.1:{s.getsockname()[1]}")) is None
+        assert time.monotonic() - started < imds.READ_TIMEOUT + 1
+
+
+def test_macs_put_the_boot_interface_first_and_skip_loopback(tmp_path: Path) -> None:
+    for name, mac in (("eth0", "52:54:00:00:00:0a"), ("eth1", "52:54:00:00:00:0b"), ("lo", "00:00:00:00:00:00")):
+        write(tmp_path, f"sys/class/net/{name}/address", mac + "\n")
+    assert macs(Paths(tmp_path)) == ["52:54:00:00:00:0a", "52:54:00:00:00:0b"]
+    assert macs(Paths(tmp_path), "01-52-54-00-00-00-0B") == ["52:54:00:00:00:0b", "52:54:00:00:00:0a"]
+
+
+@pytest.mark.parametrize("bad", ["", "52:54:00", "zz:54:00:00:00:0b", "02-52-54-00-00-00-0b-ff"])
+def test_malformed_macs_are_rejected(bad: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_mac(bad)

@@ -1,0 +1,135 @@
+"""The state machine: synced state per step, resume after an interrupted step, a done host does nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from firstboot import agent, status
+from firstboot.paths import Paths
+from firstboot.sources import Settings
+from firstboot.state import STEPS, State
+from kiln import signing
+from tests.unit.agent_support import SECRETS, bundle, cache_bundle, machine
+
+KEY = signing.generate_private_key()
+
+
+def options(root: Path) -> agent.RunOptions:
+    return agent.RunOptions(paths=Paths(root), sources=Settings(imds_endpoint=""))
+
+
+def fetched_host(root: Path, data: dict | None = None, **steps: str) -> Paths:
+    """A machine whose fetch step is done (bundle cached) and whose other steps are as given."""
+    machine(root, KEY)
+    cache_bundle(root, data or bundle(), KEY)
+    state = State(url="https://10.10.0.1:8443", source="seed file", host="db1")
+    state.steps["fetch"].outcome = "ok"
+    for name, outcome in steps.items():
+        state.steps[name].outcome = outcome
+        state.steps[name].attempts = 1
+    state.save(Paths(root).state)
+    return Paths(root)
+
+
+def test_transitions_record_started_finished_outcome_duration(tmp_path: Path) -> None:
+    state = State()
+    state.begin("files")
+    assert state.steps["files"].outcome == "running" and state.outcome == "running"
+    state.finish("files", ok=True, detail="3 changed", duration=0.0123)
+    rec = state.steps["files"]
+    assert (rec.outcome, rec.duration, rec.detail, rec.attempts) == ("ok", 0.012, "3 changed", 1)
+    assert rec.started and rec.finished
+    state.begin("join")
+    state.finish("join", ok=False, detail="primary down", duration=1, next_action="start it")
+    assert state.outcome == "failed" and state.failed_step() == "join"
+    state.save(tmp_path / "state.json")
+    again = State.load(tmp_path / "state.json")
+    assert again.steps["join"].next_action == "start it" and again.steps["files"].outcome == "ok"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left behind
+
+
+def test_an_unreadable_state_file_starts_afresh(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text('{"steps": {"files": {"outco')  # torn by hand: replace() never leaves this
+    assert State.load(tmp_path / "state.json").outcome == "new"
+
+
+def test_a_step_interrupted_by_a_crash_is_redone_and_the_run_finishes(tmp_path: Path) -> None:
+    paths = fetched_host(tmp_path, network="ok", files="running")
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    (tmp_path / "etc/.hostname.tmp-half-written").write_text("d")  # what a power cut mid-write may leave
+    assert agent.run(options(tmp_path)) == 0
+    state = State.load(paths.state)
+    assert state.outcome == "done"
+    assert state.steps["files"].attempts == 2 and state.steps["files"].outcome == "ok"
+    assert state.steps["network"].attempts == 1  # finished steps are not redone
+    assert all(state.steps[s].outcome == "ok" for s in STEPS[1:])
+    assert (tmp_path / "etc/kiln/app.env").read_text() == "A=1\n"
+    assert (tmp_path / "etc/kiln/secrets/db_admin_password").read_text() == SECRETS["db_admin_password"]
+    assert paths.done.exists()
+    assert not paths.bundle_body.exists()  # the fetched bundle held the secrets: gone once done
+
+
+def test_a_done_host_exits_at_once_and_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = fetched_host(tmp_path)
+    assert agent.run(options(tmp_path)) == 0
+    before = paths.state.read_bytes(), paths.state.stat().st_mtime_ns
+    capsys.readouterr()
+    assert agent.run(options(tmp_path)) == 0
+    assert "provisioned" in capsys.readouterr().out
+    assert (paths.state.read_bytes(), paths.state.stat().st_mtime_ns) == before
+
+
+def test_withheld_secrets_fail_clearly_and_the_run_resumes_at_that_step(tmp_path: Path) -> None:
+    data = bundle(secrets={n: None for n in SECRETS}, withheld=True)
+    paths = fetched_host(tmp_path, data)
+    assert agent.run(options(tmp_path)) == 1
+    text, code = status.render(paths)
+    assert code == status.FAILED
+    assert "FAILED at step secrets" in text
+    assert "next:   secrets were already handed out; re-arm the host with ./inv reprovision HOST" in text
+    assert not (tmp_path / "etc/kiln/secrets/db_app_password").exists()
+    # the operator puts the secrets back (or re-arms the host): the next run starts at the failed step
+    for name, value in SECRETS.items():
+        (tmp_path / f"etc/kiln/secrets/{name}").write_text(value)
+    assert agent.run(options(tmp_path)) == 0
+    state = State.load(paths.state)
+    assert state.steps["secrets"].attempts == 2 and state.steps["files"].attempts == 1
+    assert status.render(paths)[1] == status.DONE
+
+
+def test_no_source_is_a_failed_fetch_with_the_next_action(tmp_path: Path) -> None:
+    machine(tmp_path, KEY)
+    assert agent.run(options(tmp_path)) == 1
+    text, code = status.render(Paths(tmp_path))
+    assert code == status.FAILED and "FAILED at step fetch" in text
+    assert "no provisioning URL found" in text and "kiln.url=" in text
+
+
+def test_a_fetch_refused_for_its_signature_applies_nothing(tmp_path: Path) -> None:
+    machine(tmp_path, KEY)
+    cache_bundle(tmp_path, bundle(), signing.generate_private_key())  # signed by some other key
+    state = State()
+    state.steps["fetch"].outcome = "ok"
+    state.save(Paths(tmp_path).state)
+    assert agent.run(options(tmp_path)) == 1
+    assert not (tmp_path / "etc/hostname").exists()
+    assert not (tmp_path / "etc/kiln/secrets").exists()
+    assert not Paths(tmp_path).bundle_body.exists()  # discarded, to be fetched again
+    assert "FAILED at step fetch" in status.render(Paths(tmp_path))[0]
+
+
+def test_status_before_any_run(tmp_path: Path) -> None:
+    text, code = status.render(Paths(tmp_path))
+    assert code == status.NOT_STARTED and "not run yet" in text
+
+
+def test_state_json_holds_every_step(tmp_path: Path) -> None:
+    paths = fetched_host(tmp_path)
+    agent.run(options(tmp_path))
+    raw = json.loads(paths.state.read_text())
+    assert list(raw["steps"]) == list(STEPS)
+    for rec in raw["steps"].values():
+        assert {"started", "finished", "outcome", "duration"} <= rec.keys()
