@@ -72,6 +72,21 @@ def upload_ami(c, role, region=None, endpoint_url=None, name=None, wait=True, im
     _exit(run_upload(role, region=region, endpoint_url=endpoint_url, name=name, wait=wait, images=images))
 
 
+@task(help={"role": "the role to build: lb, web, app or db (required)", "force": "rebuild even when up to date"})
+def build(c, role, force=False):
+    """Build one role image with diskimage-builder into images/<role>/ (raw, qcow2, manifest.json, build.log)."""
+    from kiln.build import commands as build_commands
+
+    _exit(build_commands.build(role, force=force))
+
+
+@task(name="build-all", help={"force": "rebuild every image even when up to date"})
+def build_all(c, force=False):
+    """Build every role image roles.yaml uses and the PXE installer, skipping what is up to date."""
+    from kiln.build import commands as build_commands
+
+    _exit(build_commands.build_all(force=force))
+
 
 @task(help={
     "roles": "roles.yaml to serve (default: the shipped one)",
@@ -97,4 +112,4 @@ def reprovision(c, host, roles=None, database=None):
     _exit(reprovision_command(host, roles, database))
 
 
-ns = Collection(validate, render, keys, test, bench, upload_ami, serve, reprovision)
+ns = Collection(validate, render, keys, test, bench, upload_ami, build, build_all, serve, reprovision)

@@ -1,0 +1,2 @@
+export DIB_KILN_APP_WHEELS=${DIB_KILN_APP_WHEELS:-}
+export DIB_KILN_APP_REQUIREMENTS=${DIB_KILN_APP_REQUIREMENTS:-"kilnapp gunicorn PyMySQL prometheus_client"}

@@ -1,0 +1,88 @@
+"""`./inv build --role ROLE` and `./inv build-all`: freeze the agent, make sure the keys exist,
+then build each image that is not up to date, with a progress display and a summary."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+from kiln.build import installer
+from kiln.build.builder import BuildEnv, Outcome, build_role
+from kiln.build.mirror import MirrorNotFound, resolve
+from kiln.build.plan import IMAGES_DIR, PROJECT, roles_to_build
+from kiln.build.progress import Display
+from kiln.model import Cluster, InvalidRoles, Role, load_roles
+from kiln.run import CommandError, run
+from kiln.secrets import SecretStore
+
+DEFAULT_ROLES = PROJECT / "roles.yaml"
+DEFAULT_SECRETS = PROJECT / "secrets"
+FREEZE_TIMEOUT = 1800.0
+
+
+def build(role: str, *, force: bool = False, roles: str | None = None) -> int:
+    """Build one role's image (exit 0 when built or up to date)."""
+    return _build(roles, [role], force=force, with_installer=False)
+
+
+def build_all(*, force: bool = False, roles: str | None = None) -> int:
+    """Build every role roles.yaml uses, then the PXE installer."""
+    return _build(roles, None, force=force, with_installer=True)
+
+
+def _build(roles: str | None, names: list[str] | None, *, force: bool, with_installer: bool) -> int:
+    started = time.monotonic()
+    cluster = _load(roles)
+    if cluster is None:
+        return 1
+    wanted = roles_to_build(cluster)
+    if names is not None:
+        unknown = [n for n in names if n not in {r.value for r in Role}]
+        if unknown:
+            print(f"unknown role {', '.join(unknown)} (roles: {', '.join(r.value for r in Role)})", file=sys.stderr)
+            return 2
+        wanted = tuple(Role(n) for n in names)
+    try:
+        env = prepare(cluster)
+    except (MirrorNotFound, CommandError) as e:
+        print(f"build: {e}", file=sys.stderr)
+        return 1
+    outcomes: list[Outcome] = []
+    labels = [r.value for r in wanted] + (["installer"] if with_installer else [])
+    with Display(labels) as display:
+        for role in wanted:
+            outcomes.append(build_role(env, role, display, force=force))
+        if with_installer:
+            outcomes.append(installer.build(env, display, force=force))
+    failed = [o for o in outcomes if o.state == "failed"]
+    summary = ", ".join(f"{o.name} {o.state}" for o in outcomes)
+    print(f"{summary} in {time.monotonic() - started:.1f}s")
+    return 1 if failed else 0
+
+
+def prepare(cluster: Cluster, *, images: Path = IMAGES_DIR, secrets: Path = DEFAULT_SECRETS) -> BuildEnv:
+    """What a build needs before DIB runs: the keys, the frozen agent, the mirror."""
+    store = SecretStore(secrets)
+    store.ensure(cluster)
+    freeze_agent()
+    mirror = resolve(cluster.image.mirror, cluster.image.release)
+    return BuildEnv(cluster=cluster, mirror=mirror, store=store, images=images, agent=images / "firstboot")
+
+
+def freeze_agent() -> None:
+    """Run the freeze step (./inv freeze) when the project has one; it keeps images/firstboot/ current."""
+    if importlib.util.find_spec("kiln.freeze") is None:
+        return
+    run([sys.executable, "-m", "invoke", "--search-root", str(PROJECT), "freeze"], cwd=PROJECT, timeout=FREEZE_TIMEOUT)
+
+
+def _load(roles: str | os.PathLike[str] | None) -> Cluster | None:
+    try:
+        return load_roles(roles or DEFAULT_ROLES)
+    except InvalidRoles as e:
+        for problem in e.problems:
+            print(problem.format(), file=sys.stderr)
+        return None
