@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from functools import cache
 from typing import Any
 
@@ -11,8 +11,8 @@ import jinja2
 from kiln.bundle import BUNDLE_SCHEMA
 from kiln.model import Cluster, Host, Role
 from kiln.render import context as ctx
-from kiln.render.context import HostContext, build_context
-from kiln.render.files import DIRECTORIES, FILES, SECRETS, SERVICES
+from kiln.render.context import ClusterView, HostContext, build_context, cluster_view
+from kiln.render.files import DIRECTORIES, FILES, SECRETS, SERVICES, FileSpec
 
 
 class RenderError(Exception):
@@ -31,9 +31,14 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def render_template(name: str, context: HostContext) -> str:
+def template_vars(context: HostContext) -> dict[str, Any]:
+    """The context's fields, shallow: nested peers stay objects (asdict would deep-copy them per template)."""
+    return {f.name: getattr(context, f.name) for f in fields(context)}
+
+
+def render_template(name: str, variables: dict[str, Any]) -> str:
     try:
-        return _environment().get_template(name).render(asdict(context))
+        return _environment().get_template(name).render(variables)
     except jinja2.TemplateError as e:
         line = getattr(e, "lineno", None)
         raise RenderError(f"{name}{f':{line}' if line else ''}: {e}") from e
@@ -41,14 +46,28 @@ def render_template(name: str, context: HostContext) -> str:
 
 def render_cluster(cluster: Cluster) -> dict[str, dict[str, Any]]:
     """Every host's unsigned bundle, by host name, with secrets referenced (value null)."""
-    return {h.name: render_host(cluster, h) for h in cluster.hosts}
+    view, shared = cluster_view(cluster), {}
+    return {h.name: render_host(cluster, h, view, shared) for h in cluster.hosts}
 
 
-def render_host(cluster: Cluster, host: Host) -> dict[str, Any]:
-    c = build_context(cluster, host)
+def render_host(
+    cluster: Cluster, host: Host, view: ClusterView | None = None, shared: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """One host's bundle. `view` and `shared` (contents of cluster-wide files) let a caller reuse work across hosts."""
+    c = build_context(cluster, host, view)
+    variables = template_vars(c)
+    shared = {} if shared is None else shared
     role = host.role
+
+    def content(spec: FileSpec) -> str:
+        if not spec.cluster_wide:
+            return render_template(spec.template, variables)
+        if spec.template not in shared:
+            shared[spec.template] = render_template(spec.template, variables)
+        return shared[spec.template]
+
     files = [
-        {"path": f.path, "mode": f.mode, "owner": f.owner, "group": f.group, "content": render_template(f.template, c)}
+        {"path": f.path, "mode": f.mode, "owner": f.owner, "group": f.group, "content": content(f)}
         for f in FILES
         if f.roles is None or role in f.roles
     ]

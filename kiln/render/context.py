@@ -51,9 +51,17 @@ class HostContext:
     app_nodes: tuple[Peer, ...]
     db_nodes: tuple[Peer, ...]
     lb_peers: tuple[Peer, ...]  # the other lb hosts
+    # the same as nftables set bodies ("a, b"); empty when the tier has no host
+    admin_set: str
+    lb_set: str
+    web_set: str
+    app_set: str
+    db_set: str
+    lb_peer_set: str
     # ports
     node_exporter_port: int
     role_exporter_ports: tuple[int, ...]
+    admin_ports: str  # SSH aside, what the admin network reaches: the exporters, as an nftables set body
     inbound_ports: tuple[int, ...]  # role ports the firewall opens, from the tier sources below
     # role settings (zero values where the role does not use them)
     balance: str = ""
@@ -81,10 +89,34 @@ def _peers(hosts: tuple[Host, ...]) -> tuple[Peer, ...]:
     return tuple(Peer(h.name, str(h.ip)) for h in hosts)
 
 
-def build_context(cluster: Cluster, host: Host) -> HostContext:
+@dataclass(frozen=True)
+class ClusterView:
+    """Cluster-wide values every host's context shares; computed once per render, not once per host."""
+
+    hosts: tuple[Peer, ...]
+    tiers: dict[Role, tuple[Peer, ...]]
+    tier_sets: dict[Role, str]  # "a, b, c": the tier's addresses as an nftables set body
+    db_primary: Host | None
+    db_replicas: tuple[Host, ...]
+
+
+def cluster_view(cluster: Cluster) -> ClusterView:
+    tiers = {r: _peers(cluster.by_role(r)) for r in Role}
+    return ClusterView(
+        hosts=_peers(cluster.hosts),
+        tiers=tiers,
+        tier_sets={r: ", ".join(p.ip for p in peers) for r, peers in tiers.items()},
+        db_primary=cluster.db_primary,
+        db_replicas=cluster.db_replicas,
+    )
+
+
+def build_context(cluster: Cluster, host: Host, view: ClusterView | None = None) -> HostContext:
+    view = view or cluster_view(cluster)
     net = cluster.network
     url = urlsplit(cluster.provisioning_url)
-    lbs, webs, apps, dbs = (cluster.by_role(r) for r in (Role.lb, Role.web, Role.app, Role.db))
+    lbs = cluster.by_role(Role.lb)
+    lb_peers = tuple(p for p in view.tiers[Role.lb] if p.name != host.name) if host.role is Role.lb else ()
     role_exporter_ports = {Role.lb: (HAPROXY_STATS_PORT,), Role.web: (9113,), Role.app: (), Role.db: (9104,)}[host.role]
     base = dict(
         cluster=cluster.name,
@@ -102,14 +134,21 @@ def build_context(cluster: Cluster, host: Host) -> HostContext:
         admin_nets=tuple(str(a) for a in net.admin),
         provisioning_host=url.hostname or "",
         provisioning_port=url.port or (443 if url.scheme == "https" else 80),
-        hosts=_peers(cluster.hosts),
-        lb_nodes=_peers(lbs),
-        web_nodes=_peers(webs),
-        app_nodes=_peers(apps),
-        db_nodes=_peers(dbs),
-        lb_peers=_peers(tuple(h for h in lbs if h.name != host.name)) if host.role is Role.lb else (),
+        hosts=view.hosts,
+        lb_nodes=view.tiers[Role.lb],
+        web_nodes=view.tiers[Role.web],
+        app_nodes=view.tiers[Role.app],
+        db_nodes=view.tiers[Role.db],
+        lb_peers=lb_peers,
+        admin_set=", ".join(str(a) for a in net.admin),
+        lb_set=view.tier_sets[Role.lb],
+        web_set=view.tier_sets[Role.web],
+        app_set=view.tier_sets[Role.app],
+        db_set=view.tier_sets[Role.db],
+        lb_peer_set=", ".join(p.ip for p in lb_peers),
         node_exporter_port=NODE_EXPORTER_PORT,
         role_exporter_ports=role_exporter_ports,
+        admin_ports=", ".join(str(p) for p in (NODE_EXPORTER_PORT, *role_exporter_ports)),
         inbound_ports=(),
     )
     if host.role is Role.lb:
@@ -127,8 +166,8 @@ def build_context(cluster: Cluster, host: Host) -> HostContext:
         base.update(static_root=cluster.web.static_root, app_port=cluster.app.port, inbound_ports=(80,))
     elif host.role is Role.app:
         assert cluster.app is not None and cluster.db is not None
-        primary = cluster.db_primary
-        replicas = cluster.db_replicas
+        primary = view.db_primary
+        replicas = view.db_replicas
         assert primary is not None
         # Reads spread over replicas by the app host's position; writes always go to the primary.
         read_host = replicas[host.index % len(replicas)] if replicas else primary

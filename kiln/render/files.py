@@ -19,6 +19,7 @@ class FileSpec:
     mode: str = "0644"
     owner: str = "root"
     group: str = "root"
+    cluster_wide: bool = False  # the same content on every host: rendered once per cluster
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class ServiceSpec:
 
 FILES = (
     FileSpec("/etc/hostname", "hostname.j2"),
-    FileSpec("/etc/hosts", "hosts.j2"),
+    FileSpec("/etc/hosts", "hosts.j2", cluster_wide=True),
     FileSpec("/etc/systemd/network/10-kiln0.link", "kiln0.link.j2"),
     FileSpec("/etc/systemd/network/10-kiln0.network", "kiln0.network.j2"),
     FileSpec("/etc/nftables.conf", "nftables.conf.j2", mode="0700"),

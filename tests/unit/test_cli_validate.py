@@ -46,7 +46,10 @@ def test_broken_files_never_print_a_traceback(case: str):
 
 def test_missing_file(tmp_path: Path):
     result = inv("validate", "--roles", str(tmp_path / "absent.yaml"))
-    assert (result.returncode, result.stdout.strip()) == (1, f"{tmp_path}/absent.yaml:1: $: file not found (a roles.yaml file)")
+    assert (result.returncode, result.stdout.strip()) == (
+        1,
+        f"{tmp_path}/absent.yaml:1: $: file not found (a roles.yaml file)",
+    )
 
 
 def test_json_output_for_tools():
