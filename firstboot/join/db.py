@@ -22,6 +22,7 @@ SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 # what the replication user may do: replicate, and take the consistent dump a new replica seeds from
 REPLICATION_PRIVILEGES = frozenset({
     "REPLICATION SLAVE", "BINLOG MONITOR", "SELECT", "RELOAD", "LOCK TABLES", "SHOW VIEW", "EVENT", "TRIGGER",
+    "SHOW DATABASES",  # the rendered config sets skip_show_database; the seed dump lists the databases
 })  # fmt: skip
 APP_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "INDEX", "ALTER"})
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")

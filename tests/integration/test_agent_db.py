@@ -1,0 +1,224 @@
+"""The db joins, for real: a MariaDB primary and GTID replicas on loopback, joined by `firstboot apply --only join`.
+
+A replica of an empty primary follows it from the start of its binary log; a replica of a primary that
+already holds rows seeds from a consistent dump first. Rows written on the primary show on the replicas,
+replicas are read-only, and a second join changes nothing (the binary logs do not move).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from firstboot.join.sql import Server
+from kiln.model import Cluster
+from kiln.render import render_cluster
+from kiln.secrets import SecretStore
+from tests.integration.agent_mariadb import Mariadb, start, template_datadir
+
+pytestmark = pytest.mark.integration
+CNF = "/etc/mysql/mariadb.conf.d/60-kiln.cnf"
+
+
+@pytest.fixture(scope="module")
+def bundles(cluster: Cluster, secret_store: SecretStore) -> dict[str, dict[str, Any]]:
+    rendered = render_cluster(cluster)
+    for b in rendered.values():
+        for s in b["secrets"]:
+            s["value"] = secret_store.value(s["name"])
+    return rendered
+
+
+def cnf_of(bundle: dict[str, Any]) -> str:
+    return next(f["content"] for f in bundle["files"] if f["path"] == CNF)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("kiln-agt-db")
+
+
+@pytest.fixture(scope="module")
+def template(base: Path) -> Iterator[Path]:
+    datadir = template_datadir(base)
+    yield datadir
+    shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[Mariadb]]:
+    started: list[Mariadb] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def primary(base: Path, template: Path, bundles: dict, servers: list[Mariadb]) -> Mariadb:
+    server = start("db1", base, template, cnf_of(bundles["db1"]))
+    servers.append(server)
+    return server
+
+
+def loopback_bundle(bundle: dict[str, Any], primary: Mariadb) -> dict[str, Any]:
+    """The rendered bundle with every peer address on loopback (the servers here all live on 127.0.0.1)."""
+    b = copy.deepcopy(bundle)
+    params = b["join"]["params"]
+    params["port"] = primary.port
+    if b["join"]["kind"] == "db-primary":
+        params["replica_hosts"] = ["127.0.0.1"]
+        params["app_hosts"] = ["127.0.0.1"]
+    else:
+        params["primary"] = "127.0.0.1"
+        params["wait_seconds"] = 20
+    return b
+
+
+def join(bundle: dict[str, Any], server: Mariadb, root: Path) -> subprocess.CompletedProcess[str]:
+    """`firstboot apply --only secrets,join` against `server`, as the agent runs it (secrets read from disk)."""
+    root.mkdir(exist_ok=True)
+    path = root.parent / f"{root.name}.bundle.json"
+    path.write_text(json.dumps(bundle))
+    result = subprocess.run(
+        [sys.executable, "-m", "firstboot", "apply", "--bundle", str(path), "--root", str(root),
+         "--only", "secrets,join", "--db-socket", server.socket],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def as_app(server: Mariadb, password: str, sql: str, database: str = "foobar") -> Any:
+    conn = pymysql.connect(host="127.0.0.1", port=server.port, user="app", password=password, database=database,
+                           autocommit=True)  # fmt: skip
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def wait_rows(server: Server, sql: str, want: str, seconds: float = 10) -> str:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        got = server.value(sql)
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def test_primary_join_sets_up_users_hardens_and_is_idempotent(primary: Mariadb, bundles: dict, base: Path,
+                                                               secret_store: SecretStore) -> None:  # fmt: skip
+    db = primary.root()
+    assert db.value("SELECT COUNT(*) FROM mysql.user WHERE User = ''") != "0"  # the fresh install has anonymous users
+    bundle = loopback_bundle(bundles["db1"], primary)
+    first = join(bundle, primary, base / "db1-root")
+    assert "changes" in first.stdout
+    users = {tuple(r) for r in db.rows("SELECT User, Host FROM mysql.user")}
+    assert ("repl", "127.0.0.1") in users and ("app", "127.0.0.1") in users
+    assert not [u for u in users if u[0] == ""]  # no anonymous users
+    assert not [u for u in users if u[0] == "root" and u[1] not in ("localhost", "127.0.0.1", "::1")]
+    assert db.value("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'test'") == "0"
+    assert db.value("SELECT @@log_bin") == "1" and db.value("SELECT @@gtid_strict_mode") == "1"
+    password = secret_store.value("db_app_password")
+    assert as_app(primary, password, "SELECT DATABASE()") == (("foobar",),)
+    with pytest.raises(pymysql.err.OperationalError):  # the app user reaches its database only
+        as_app(primary, password, "SELECT 1", database="mysql")
+    position = db.value("SELECT @@gtid_binlog_pos")
+    second = join(bundle, primary, base / "db1-root")
+    assert "primary unchanged" in second.stdout
+    assert db.value("SELECT @@gtid_binlog_pos") == position  # nothing written: not even a no-op GRANT
+
+
+def test_replica_of_an_empty_primary_follows_it(primary: Mariadb, bundles: dict, base: Path, template: Path,
+                                               servers: list[Mariadb], secret_store: SecretStore) -> None:  # fmt: skip
+    replica = start("db2", base, template, cnf_of(bundles["db2"]))
+    servers.append(replica)
+    out = join(loopback_bundle(bundles["db2"], primary), replica, base / "db2-root")
+    assert "following it from the start of its binary log" in out.stderr
+    r = replica.root()
+    status = r.status("SHOW SLAVE STATUS")
+    assert (status["Slave_IO_Running"], status["Slave_SQL_Running"], status["Using_Gtid"]) == (
+        "Yes",
+        "Yes",
+        "Slave_Pos",
+    )
+    assert r.value("SELECT @@read_only") == "1"
+    password = secret_store.value("db_app_password")
+    as_app(primary, password, "CREATE TABLE notes (id INT PRIMARY KEY, text VARCHAR(50))")
+    as_app(primary, password, "INSERT INTO notes VALUES (1, 'written on the primary')")
+    assert (
+        wait_rows(r, "SELECT text FROM foobar.notes WHERE id = 1", "written on the primary") == "written on the primary"
+    )
+    with pytest.raises(pymysql.err.OperationalError, match="read-only|read_only|1290"):
+        as_app(replica, password, "INSERT INTO notes VALUES (2, 'written on the replica')")
+    before = (
+        r.value("SELECT @@gtid_slave_pos"),
+        r.value("SELECT @@gtid_binlog_pos"),
+        primary.root().value("SELECT @@gtid_binlog_pos"),
+    )
+    again = join(loopback_bundle(bundles["db2"], primary), replica, base / "db2-root").stdout
+    assert "replica unchanged" in again
+    assert (
+        r.value("SELECT @@gtid_slave_pos"),
+        r.value("SELECT @@gtid_binlog_pos"),
+        primary.root().value("SELECT @@gtid_binlog_pos"),
+    ) == before
+
+
+def test_replica_of_a_primary_with_rows_seeds_from_it(
+    primary: Mariadb, bundles: dict, base: Path, template: Path, servers: list[Mariadb], secret_store: SecretStore
+) -> None:
+    password = secret_store.value("db_app_password")
+    as_app(primary, password, "CREATE TABLE IF NOT EXISTS bulk (id INT PRIMARY KEY, v VARCHAR(20))")
+    values = ",".join(f"({i}, 'row {i}')" for i in range(1, 2001))
+    as_app(primary, password, f"INSERT INTO bulk VALUES {values}")
+    bundle = loopback_bundle(bundles["db2"], primary)
+    bundle["host"]["name"] = "db3"
+    bundle["join"]["params"]["server_id"] = 3
+    cnf = cnf_of(bundles["db2"]).replace("server_id = ", "server_id = 3\n# was ")
+    replica = start("db3", base, template, cnf)
+    servers.append(replica)
+    out = join(bundle, replica, base / "db3-root")
+    assert "seeded from the primary at GTID" in out.stderr
+    r = replica.root()
+    assert r.value("SELECT COUNT(*) FROM foobar.bulk") == "2000"
+    as_app(primary, password, "INSERT INTO bulk VALUES (2001, 'after the seed')")
+    assert wait_rows(r, "SELECT COUNT(*) FROM foobar.bulk", "2001") == "2001"
+    status = r.status("SHOW SLAVE STATUS")
+    assert status["Slave_IO_Running"] == "Yes" and status["Slave_SQL_Running"] == "Yes"
+    assert status["Seconds_Behind_Master"] not in ("", "NULL")
+    assert r.value("SELECT @@read_only") == "1"
+
+
+def test_a_replica_waits_bounded_for_its_primary_and_says_so(bundles: dict, base: Path, template: Path,
+                                                             servers: list[Mariadb]) -> None:  # fmt: skip
+    from tests.integration.agent_mariadb import free_port
+
+    replica = start("db4", base, template, cnf_of(bundles["db2"]).replace("server_id = ", "server_id = 4\n# was "))
+    servers.append(replica)
+    bundle = copy.deepcopy(bundles["db2"])
+    bundle["join"]["params"].update(primary="127.0.0.1", port=free_port(), wait_seconds=1.5)  # nobody listens there
+    path = base / "db4.bundle.json"
+    path.write_text(json.dumps(bundle))
+    result = subprocess.run(
+        [sys.executable, "-m", "firstboot", "apply", "--bundle", str(path), "--root", str(base / "db4-root"),
+         "--only", "secrets,join", "--db-socket", replica.socket],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "did not answer within 2s" in result.stdout or "did not answer within 1s" in result.stdout
+    assert "firstboot run" in result.stdout  # the next action
+    assert "retrying in" in result.stderr  # every retry logged with its reason
