@@ -50,7 +50,7 @@ def upload_ami(role: str, *, region: str | None = None, endpoint_url: str | None
         err.print("upload-ami: no AWS region: pass --region or set AWS_REGION (or a region in ~/.aws/config)")
         return 1
     where = clients.ec2.meta.region_name + (f" at {endpoint_url}" if endpoint_url else "")
-    out.print(f"{role}: {image.path} ({_mib(image.size)}, sha256 {image.sha256[:16]}…) → {where}")
+    out.print(f"{role}: {os.path.relpath(image.path)} ({_mib(image.size)}, sha256 {image.sha256[:16]}…) → {where}")
     total = block_count(image.size)
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import json
 import os
-import random
 import re
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from kiln.aws.calls import RetryPolicy
 from kiln.aws.cli import make_clients
 from kiln.aws.image import locate
 from kiln.aws.moto_server import DUMMY_ENV, moto_server
+from kiln.aws.testdisk import write_test_disk
 
 pytestmark = pytest.mark.integration
 
@@ -213,26 +213,9 @@ def direct(moto_url: str) -> tuple[object, object]:
 def make_disk(
     images: Path, role: str, *, blocks: int, data_at: set[int], tail: int = 0, boot_code: bool = True
 ) -> Path:
-    """images/<role>/<role>.raw: a sparse disk with an MBR (one bootable Linux partition), GRUB-like boot code,
-    random data in the listed 512 KiB blocks (block 0 holds the MBR) and zeros elsewhere; `tail` extra bytes
-    make the last block a partial one."""
+    """images/<role>/<role>.raw: MBR, boot code, random data in the `data_at` blocks, zeros elsewhere."""
     path = images / role / f"{role}.raw"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = blocks * BLOCK_SIZE + tail
-    with path.open("wb") as f:
-        f.truncate(size)
-    subprocess.run(
-        ["sfdisk", "-q", str(path)], input="label: dos\nstart=2048, type=83, bootable\n", text=True, check=True
-    )
-    rng = random.Random(os.urandom(8))
-    with path.open("r+b") as f:
-        if boot_code:
-            f.write(b"\xeb\x63\x90" + rng.randbytes(200))  # jmp + code bytes, inside the 440 bytes of boot code
-        for index in sorted(data_at - {0}):
-            f.seek(index * BLOCK_SIZE)
-            length = min(BLOCK_SIZE, size - index * BLOCK_SIZE)
-            f.write(rng.randbytes(length // 3) + bytes(length // 3) + rng.randbytes(length - 2 * (length // 3)))
-    return path
+    return write_test_disk(path, blocks=blocks, data_at=data_at, tail=tail, boot_code=boot_code)
 
 
 def file_blocks(path: Path) -> dict[int, bytes]:
@@ -415,6 +398,19 @@ def test_what_cannot_be_deleted_is_listed(tmp_path, proxy, direct):
         in str(caught.value)
     )
     direct[1].delete_snapshot(SnapshotId=left["SnapshotId"])
+
+
+def test_a_file_that_is_not_the_manifests_image_is_not_registered(tmp_path, proxy, direct):
+    path = make_disk(tmp_path, "lb", blocks=8, data_at={0, 6})
+    wrong = hashlib.sha256(b"another build").hexdigest()
+    manifest = {"role": "lb", "files": {"lb.raw": {"sha256": wrong, "size": path.stat().st_size}}}
+    (tmp_path / "lb" / "manifest.json").write_text(json.dumps(manifest))
+    clients = make_clients(REGION, proxy.url, workers=2, policy=FAST)
+
+    with pytest.raises(PublishError, match=f"but {wrong} expected") as caught:
+        publish(clients, locate(tmp_path, "lb"))
+    assert proxy.ops("CompleteSnapshot") == [] and proxy.ops("RegisterImage") == []
+    assert len(caught.value.deleted) == 1 and _snapshots_tagged(direct[1], wrong) == []
 
 
 def test_a_disk_ec2_cannot_boot_is_refused_before_any_aws_call(tmp_path, proxy):
