@@ -112,4 +112,12 @@ def reprovision(c, host, roles=None, database=None):
     _exit(reprovision_command(host, roles, database))
 
 
-ns = Collection(validate, render, keys, test, bench, upload_ami, build, build_all, serve, reprovision)
+@task(help={"force": "freeze again even when the agent's sources did not change"})
+def freeze(c, force=False):
+    """Freeze the first-boot agent with PyInstaller (onedir) into images/firstboot/, when its sources changed."""
+    from kiln.freeze import freeze as freeze_agent
+
+    _exit(freeze_agent(force=force))
+
+
+ns = Collection(validate, render, keys, test, bench, upload_ami, build, build_all, serve, reprovision, freeze)

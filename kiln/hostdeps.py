@@ -26,12 +26,17 @@ _IMAGE_TEST = (*_IMAGE_BUILD, "qemu-system-x86", "shellcheck")
 # The provisioning server's tests: the dashboard in a real headless browser, and its PostgreSQL state path.
 _SERVER_TEST = ("chromium", "chromium-driver", "postgresql")
 
+# Freezing the agent (PyInstaller reads binaries with objdump/ldd); its tests run the daemons in network namespaces.
+_FREEZE = ("binutils", "libc-bin")
+_AGENT_TEST = (*_FREEZE, "util-linux", "procps")
+
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST),
+    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
     "build": _IMAGE_BUILD,
     "build-all": _IMAGE_BUILD,
+    "freeze": _FREEZE,
 }
 
 
