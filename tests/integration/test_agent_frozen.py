@@ -1,0 +1,64 @@
+"""The frozen agent (./inv freeze, PyInstaller onedir) runs where no Python is installed: --version, offline apply."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiln.model import Cluster
+from kiln.render import render_cluster
+from kiln.secrets import SecretStore
+from tests.integration.agent_frozen import frozen_binary, without_python
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def frozen() -> Path:
+    return frozen_binary()
+
+
+def test_python_is_really_hidden() -> None:
+    result = without_python(["sh", "-c", f"python3 -c 'print(1)' || {sys.executable} -c 'print(1)'"])
+    assert result.returncode != 0 and "1" not in result.stdout
+
+
+def test_frozen_version(frozen: Path) -> None:
+    result = without_python([str(frozen), "--version"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("firstboot ")
+
+
+def test_frozen_offline_apply_of_a_rendered_bundle(frozen: Path, tmp_path: Path, cluster: Cluster,
+                                                   secret_store: SecretStore) -> None:  # fmt: skip
+    bundle = render_cluster(cluster)["db1"]
+    for s in bundle["secrets"]:
+        s["value"] = secret_store.value(s["name"])
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(bundle))
+    root = tmp_path / "root"
+    first = without_python([str(frozen), "apply", "--bundle", str(path), "--root", str(root), "--no-services"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (root / "etc/mysql/mariadb.conf.d/60-kiln.cnf").read_text().startswith("# Rendered by kiln for db1")
+    assert (root / "etc/kiln/secrets/db_replication_password").read_text() == secret_store.value(
+        "db_replication_password"
+    )
+    second = without_python([str(frozen), "apply", "--bundle", str(path), "--root", str(root), "--no-services"])
+    assert second.returncode == 0 and second.stdout.rstrip().endswith(": unchanged")
+    for s in bundle["secrets"]:
+        assert s["value"] not in first.stdout + first.stderr + second.stdout + second.stderr
+
+
+def test_frozen_status_on_a_fresh_host(frozen: Path, tmp_path: Path) -> None:
+    result = without_python([str(frozen), "status", "--root", str(tmp_path)])
+    assert result.returncode == 3 and "not run yet" in result.stdout
+
+
+def test_the_unit_file_ships_with_the_agent(frozen: Path) -> None:
+    unit = (frozen.parent / "_internal" / "firstboot" / "firstboot.service").read_text()
+    for line in ("Type=oneshot", "RemainAfterExit=yes", "After=network-online.target", "Wants=network-online.target",
+                 "ConditionPathExists=!/var/lib/firstboot/done", "ExecStart=/usr/local/bin/firstboot run"):  # fmt: skip
+        assert line in unit
