@@ -73,6 +73,17 @@ def find_existing(clients: Clients, sha256: str) -> dict[str, Any] | None:
     return usable[0] if usable else None
 
 
+def find_leftovers(clients: Clients, sha256: str) -> list[str]:
+    """Snapshots tagged with the image sha256: with no AMI holding the image, left by runs that were killed."""
+    by_tag = [{"Name": f"tag:{TAG_SHA256}", "Values": [sha256]}]
+    response = clients.caller.call(
+        "ec2.DescribeSnapshots",
+        lambda: clients.ec2.describe_snapshots(OwnerIds=["self"], Filters=by_tag),
+        idempotent=True,
+    )
+    return sorted(str(s["SnapshotId"]) for s in response.get("Snapshots", []))
+
+
 def register_request(name: str, image: RoleImage, snapshot_id: str, mode: str, tags: dict[str, str]) -> dict[str, Any]:
     """RegisterImage's parameters: HVM x86_64, ENA, IMDSv2 only, gp3 root on /dev/xvda from the snapshot."""
     tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
@@ -123,6 +134,9 @@ def publish(clients: Clients, image: RoleImage, *, name: str | None = None, wait
     if existing is not None:
         return Published(existing["ImageId"], existing.get("Name", ""), existing.get("State", ""), reused=True,
                          boot_mode=existing.get("BootMode"))  # fmt: skip
+    for old in find_leftovers(clients, image.sha256):
+        say(f"note: {old} holds this image from an earlier run that did not finish; not used, not deleted "
+            f"(delete it: aws ec2 delete-snapshot --snapshot-id {old})")  # fmt: skip
     name = name or default_name(image)
     tags = image_tags(image, name)
     ebs, ec2, caller = clients.ebs, clients.ec2, clients.caller

@@ -64,7 +64,10 @@ def upload_ami(role: str, *, region: str | None = None, endpoint_url: str | None
         counts["sent" if sent else "skipped"] += 1
         bar.update(task, advance=1, sent=counts["sent"], skipped=counts["skipped"])
 
-    def step(message: str) -> None:  # the first step is the snapshot's start: only then is there a bar to show
+    def step(message: str) -> None:  # the snapshot's start is the first step with a bar to show
+        if message.startswith("note:"):
+            err.print(message)
+            return
         if not bar.live.is_started:
             bar.start()
             bar.start_task(task)

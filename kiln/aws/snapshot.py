@@ -122,9 +122,10 @@ def write_blocks(ebs: Any, caller: Caller, snapshot_id: str, image: RoleImage, *
     whole = hashlib.sha256()
     read_s = hash_s = 0.0
     skipped = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-ami-put") as pool, image.path.open("rb") as f:
-        blocks = read_blocks(f, image.size)
-        try:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-ami-put")
+    try:
+        with image.path.open("rb") as f:
+            blocks = read_blocks(f, image.size)
             while not failed.is_set():
                 t0 = time.perf_counter()
                 item = next(blocks, None)
@@ -144,9 +145,11 @@ def write_blocks(ebs: Any, caller: Caller, snapshot_id: str, image: RoleImage, *
                     continue
                 slots.acquire()
                 pool.submit(send, index, block)
-        except BaseException:
-            failed.set()  # queued blocks are dropped, the ones in flight finish
-            raise
+        pool.shutdown(wait=True)
+    except BaseException:  # Ctrl-C included: queued blocks are dropped, the ones in flight finish, then it goes on up
+        failed.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
     if errors:
         first = next((e for e in errors if isinstance(e, AwsCallError)), errors[0])
         raise first

@@ -20,9 +20,11 @@ import http.client
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,6 +89,7 @@ class FaultProxy:
     url: str = ""  # where the clients send their calls
     log: list[Exchange] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    delays: dict[str, float] = field(default_factory=dict)  # op -> seconds before it is forwarded
     in_flight: int = 0
     peak_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -119,6 +122,7 @@ class FaultProxy:
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             fault = self._fault_for(op, block)
+            time.sleep(self.delays.get(op, 0.0))
             if fault:
                 status, headers, payload = _error_response(fault, ebs=op in {n for _, _, n in _EBS_OPS})
             else:
@@ -397,6 +401,11 @@ def test_what_cannot_be_deleted_is_listed(tmp_path, proxy, direct):
         f"left behind: {left['SnapshotId']} (delete it: aws ec2 delete-snapshot --snapshot-id {left['SnapshotId']})"
         in str(caught.value)
     )
+
+    steps: list[str] = []
+    result = publish(clients, image, on_step=steps.append)  # the next run says so, and uploads anew
+    assert f"note: {left['SnapshotId']} holds this image from an earlier run that did not finish" in steps[0]
+    assert result.snapshot_id != left["SnapshotId"] and not result.reused
     direct[1].delete_snapshot(SnapshotId=left["SnapshotId"])
 
 
@@ -411,6 +420,33 @@ def test_a_file_that_is_not_the_manifests_image_is_not_registered(tmp_path, prox
         publish(clients, locate(tmp_path, "lb"))
     assert proxy.ops("CompleteSnapshot") == [] and proxy.ops("RegisterImage") == []
     assert len(caught.value.deleted) == 1 and _snapshots_tagged(direct[1], wrong) == []
+
+
+def test_ctrl_c_during_the_upload_deletes_the_snapshot(tmp_path, proxy, direct):
+    make_disk(tmp_path, "web", blocks=128, data_at=set(range(0, 128, 2)))  # 64 blocks to send, 16 at a time
+    image = locate(tmp_path, "web")
+    proxy.delays["PutSnapshotBlock"] = 0.5
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(PROJECT), "upload-ami", "--role", "web",
+            "--images", str(tmp_path), "--region", REGION, "--endpoint-url", proxy.url]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **DUMMY_ENV}
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not proxy.ops("PutSnapshotBlock") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.ops("PutSnapshotBlock"), "the upload never started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    assert proc.returncode == 1, out + err
+    assert "interrupted (KeyboardInterrupt)" in err and "deleted what this run created: snap-" in err
+    assert len(proxy.ops("PutSnapshotBlock")) < 64 and proxy.ops("RegisterImage") == []
+    assert proxy.in_flight == 0, "no put still running once the command has exited"
+    assert _snapshots_tagged(direct[1], image.sha256) == []
 
 
 def test_a_disk_ec2_cannot_boot_is_refused_before_any_aws_call(tmp_path, proxy):
