@@ -11,7 +11,7 @@ from typing import Any
 import kiln
 from kiln.aws.blocks import volume_gib
 from kiln.aws.bootmode import boot_mode
-from kiln.aws.calls import AwsCallError, Caller
+from kiln.aws.calls import Caller
 from kiln.aws.image import RoleImage
 from kiln.aws.snapshot import Progress, UploadStats, complete_snapshot, start_snapshot, wait_completed, write_blocks
 
@@ -176,6 +176,3 @@ def publish(clients: Clients, image: RoleImage, *, name: str | None = None, wait
         cause = e if isinstance(e, Exception) else RuntimeError(f"interrupted ({type(e).__name__})")
         raise PublishError(cause, deleted, left) from e
     return Published(image_id, name, state, reused=False, snapshot_id=snapshot_id, boot_mode=mode, stats=written.stats)
-
-
-__all__ = ["AwsCallError", "Clients", "PublishError", "Published", "publish", "find_existing", "register_request"]

@@ -257,6 +257,7 @@ def test_upload_puts_the_files_blocks_and_registers_the_ami(tmp_path, proxy, dir
     path = make_disk(tmp_path, "web", blocks=47, tail=100 * 1024, data_at=data_at)  # 48 blocks, the last partial
     image = locate(tmp_path, "web")
     clients = make_clients(REGION, proxy.url, workers=8, policy=FAST)
+    proxy.delays["PutSnapshotBlock"] = 0.1  # each put takes a while: the ones sent together overlap
     seen: list[tuple[int, bool]] = []
 
     result = publish(clients, image, progress=lambda i, sent: seen.append((i, sent)))
