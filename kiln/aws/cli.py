@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -59,10 +60,12 @@ def upload_ami(role: str, *, region: str | None = None, endpoint_url: str | None
     )  # fmt: skip
     task = bar.add_task("upload", total=total, sent=0, skipped=0, start=False)
     counts = {"sent": 0, "skipped": 0}
+    lock = threading.Lock()
 
-    def progress(_index: int, sent: bool) -> None:
-        counts["sent" if sent else "skipped"] += 1
-        bar.update(task, advance=1, sent=counts["sent"], skipped=counts["skipped"])
+    def progress(_index: int, sent: bool) -> None:  # called from the upload threads
+        with lock:
+            counts["sent" if sent else "skipped"] += 1
+            bar.update(task, advance=1, sent=counts["sent"], skipped=counts["skipped"])
 
     def step(message: str) -> None:  # the snapshot's start is the first step with a bar to show
         if message.startswith("note:"):
