@@ -164,13 +164,17 @@ def publish(clients: Clients, image: RoleImage, *, name: str | None = None, wait
             lambda: ec2.create_tags(Resources=[image_id], Tags=tag_list),
             idempotent=True,
         )
-        state = "pending"
         if wait:
             waiter = ec2.get_waiter("image_available")
             caller.call(f"ec2.DescribeImages (waiting for {image_id} to become available)",
                         lambda: waiter.wait(ImageIds=[image_id], WaiterConfig={"Delay": 10, "MaxAttempts": 90}),
                         idempotent=True)  # fmt: skip
             state = "available"
+        else:
+            described = caller.call(
+                f"ec2.DescribeImages ({image_id})", lambda: ec2.describe_images(ImageIds=[image_id]), idempotent=True
+            )
+            state = str(next(iter(described.get("Images", [])), {}).get("State", "pending"))
     except BaseException as e:  # Ctrl-C too: what this run created goes again
         deleted, left = ledger.unwind(caller)
         cause = e if isinstance(e, Exception) else RuntimeError(f"interrupted ({type(e).__name__})")

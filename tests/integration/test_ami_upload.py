@@ -450,6 +450,18 @@ def test_ctrl_c_during_the_upload_deletes_the_snapshot(tmp_path, proxy, direct):
     assert _snapshots_tagged(direct[1], image.sha256) == []
 
 
+def test_no_wait_registers_and_reports_the_state_as_it_is(tmp_path, proxy):
+    make_disk(tmp_path, "app", blocks=4, data_at={0, 3})
+    clients = make_clients(REGION, proxy.url, workers=2, policy=FAST)
+
+    result = publish(clients, locate(tmp_path, "app"), wait=False)
+
+    assert result.state == "available"  # what DescribeImages says (moto makes images available at once)
+    assert [e.op for e in proxy.log if e.op in {"RegisterImage", "CreateTags", "DescribeImages"}][-3:] == [
+        "RegisterImage", "CreateTags", "DescribeImages",
+    ]  # fmt: skip
+
+
 def test_a_disk_ec2_cannot_boot_is_refused_before_any_aws_call(tmp_path, proxy):
     make_disk(tmp_path, "app", blocks=4, data_at={0, 2}, boot_code=False)
     clients = make_clients(REGION, proxy.url, workers=2, policy=FAST)
