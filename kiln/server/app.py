@@ -3,14 +3,16 @@ host states, dashboard). Blocking work (the database, rendering) runs in the thr
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -48,6 +50,12 @@ class Provisioner:
     def __post_init__(self) -> None:
         self._by_name = {h.name: h for h in self.cluster.hosts}
         self._by_mac = {h.mac: h for h in self.cluster.hosts}
+        # Database work runs off the event loop, in as many threads as the database can use at once:
+        # one for SQLite (a single writer; one thread hands over faster than several queueing on its lock).
+        self._executor = ThreadPoolExecutor(self.store.threads, thread_name_prefix="kiln-state")
+
+    async def blocking(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     def host_by_name(self, name: str) -> Host | None:
         return self._by_name.get(name)
@@ -80,10 +88,10 @@ async def host_ipxe(request: Request) -> Response:
         return _ipxe(f"#!ipxe\necho kiln: {e}\nexit 1\n".replace("$", ""), 400)
     host = p.host_by_mac(mac)
     if host is None:
-        await run_in_threadpool(p.store.note_unknown, mac)
+        await p.blocking(p.store.note_unknown, mac)
         LOG.info("unknown machine %s asked for its boot script", mac)
         return _ipxe(ipxe.unknown_script(mac))
-    if await run_in_threadpool(p.store.is_installed, host.name):
+    if await p.blocking(p.store.is_installed, host.name):
         return _ipxe(ipxe.disk_script(host))
     try:
         p.images.check_installer()
@@ -91,7 +99,7 @@ async def host_ipxe(request: Request) -> Response:
     except ipxe.NotBuilt as e:
         LOG.warning("%s: cannot install: %s", host.name, e)
         return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)]))
-    await run_in_threadpool(p.store.record_pxe, host.name, f"installer script served ({host.role.value} image)")
+    await p.blocking(p.store.record_pxe, host.name, f"installer script served ({host.role.value} image)")
     return _ipxe(ipxe.install_script(host, sha, p.installer))
 
 
@@ -111,9 +119,9 @@ async def bundle(request: Request) -> Response:
         return _error(400, str(e))
     host = p.host_by_mac(mac)
     if host is None:
-        await run_in_threadpool(p.store.note_unknown, mac)
+        await p.blocking(p.store.note_unknown, mac)
         return _error(404, f"no host with MAC {mac} in roles.yaml")
-    signed = await run_in_threadpool(_signed_bundle, p, host)
+    signed = await asyncio.to_thread(_signed_bundle, p, host)  # renders on first use: keep the state thread free
     if isinstance(signed, Response):
         return signed
     return Response(
@@ -159,7 +167,7 @@ async def post_event(request: Request) -> Response:
     except BadInput as e:
         return _error(400, str(e))
     try:
-        state = await run_in_threadpool(p.store.record_event, name, event)
+        state = await p.blocking(p.store.record_event, name, event)
     except UnknownHost:
         return _error(404, f"no host named {name!r} in the state database")
     return JSONResponse({"host": name, "state": state.value}, status_code=201)
@@ -168,8 +176,8 @@ async def post_event(request: Request) -> Response:
 async def hosts(request: Request) -> Response:
     p: Provisioner = request.app.state.provisioner
     with_timeline = request.query_params.get("timeline", "1") not in ("0", "false", "no")
-    rows = await run_in_threadpool(p.store.host_rows, None, timeline=with_timeline)
-    unknown = await run_in_threadpool(p.store.unknown_machines)
+    rows = await p.blocking(p.store.host_rows, None, timeline=with_timeline)
+    unknown = await p.blocking(p.store.unknown_machines)
     return JSONResponse(hosts_view(p.cluster, rows, unknown, with_timeline), headers={"Cache-Control": "no-store"})
 
 

@@ -9,8 +9,10 @@ The `reprovision` task opens the same database beside a running server.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,14 @@ class StateStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._pg = engine.dialect.name == "postgresql"
+        self._writers: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if self._pg else threading.Lock()
+        )
+
+    @property
+    def threads(self) -> int:
+        """How many threads may usefully use this store at once."""
+        return 8 if self._pg else 1
 
     @classmethod
     def open(cls, url: str, project: Path) -> StateStore:
@@ -132,8 +142,12 @@ class StateStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _write(self) -> Any:
-        return self.engine.connect().execution_options(kiln_write=True)
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One write transaction. On SQLite, this process's writers queue on a lock first: waiting there
+        wakes at once, where SQLite's own busy handler sleeps in steps of up to 100 ms."""
+        with self._writers, self.engine.connect().execution_options(kiln_write=True) as conn, conn.begin():
+            yield conn
 
     def _locked_host(self, conn: Connection, name: str) -> Any:
         query = sa.select(hosts_table).where(hosts_table.c.name == name)
@@ -145,7 +159,7 @@ class StateStore:
     def ensure_hosts(self, names: Iterable[str]) -> None:
         """A row for every host of the cluster (new hosts start armed, in state waiting)."""
         wanted = set(names)
-        with self._write() as conn, conn.begin():
+        with self._transaction() as conn:
             have = set(conn.execute(sa.select(hosts_table.c.name)).scalars())
             missing = sorted(wanted - have)
             if missing:
@@ -155,7 +169,7 @@ class StateStore:
     def record_event(self, name: str, event: Event, *, now: float | None = None) -> State:
         """Store one event and move the host's state; raise UnknownHost for a host without a row."""
         now = time.time() if now is None else now
-        with self._write() as conn, conn.begin():
+        with self._transaction() as conn:
             host = self._locked_host(conn, name)
             duration = event.duration
             if (
@@ -198,7 +212,7 @@ class StateStore:
 
         The grant is one conditional UPDATE, so of two concurrent first fetches exactly one wins."""
         now = time.time() if now is None else now
-        with self._write() as conn, conn.begin():
+        with self._transaction() as conn:
             granted = conn.execute(
                 hosts_table.update()
                 .where(hosts_table.c.name == name, hosts_table.c.secrets_served_at.is_(None))
@@ -220,7 +234,7 @@ class StateStore:
         """Start a new provisioning for the host: installer on next PXE boot, secrets once more,
         state waiting, alerts cleared. Return the new provisioning number."""
         now = time.time() if now is None else now
-        with self._write() as conn, conn.begin():
+        with self._transaction() as conn:
             host = self._locked_host(conn, name)
             generation = host["generation"] + 1
             conn.execute(hosts_table.update().where(hosts_table.c.name == name).values(
@@ -232,7 +246,7 @@ class StateStore:
 
     def note_unknown(self, mac: str, *, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self._write() as conn, conn.begin():
+        with self._transaction() as conn:
             updated = conn.execute(
                 unknown_table.update()
                 .where(unknown_table.c.mac == mac)
@@ -248,7 +262,7 @@ class StateStore:
         """Drop unknown-machine entries for MACs that roles.yaml now lists."""
         macs = list(macs)
         if macs:
-            with self._write() as conn, conn.begin():
+            with self._transaction() as conn:
                 conn.execute(unknown_table.delete().where(unknown_table.c.mac.in_(macs)))
 
     def host_rows(self, names: Iterable[str] | None = None, *, timeline: bool = True) -> dict[str, dict[str, Any]]:
