@@ -55,8 +55,19 @@ def add_note(config: Config, text: str) -> dict[str, Any]:
     return {"id": note_id, "text": text[:MAX_NOTE], "app_host": config.host, "db": config.db_write_host}
 
 
-def list_notes(config: Config, limit: int = 50) -> list[dict[str, Any]]:
-    with connect(config, config.db_read_host) as conn, conn.cursor() as cur:
+def reader(config: Config) -> str:
+    """The replica for reads when it answers, else the primary (reads keep working while a replica is down)."""
+    if config.db_read_host == config.db_write_host:
+        return config.db_write_host
+    try:
+        with connect(config, config.db_read_host):
+            return config.db_read_host
+    except (pymysql.MySQLError, OSError):
+        return config.db_write_host
+
+
+def list_notes(config: Config, host: str, limit: int = 50) -> list[dict[str, Any]]:
+    with connect(config, host) as conn, conn.cursor() as cur:
         try:
             cur.execute("SELECT id, text, app_host, created FROM notes ORDER BY id DESC LIMIT %s", (limit,))
         except pymysql.err.ProgrammingError:  # no note written yet: the table does not exist

@@ -33,7 +33,7 @@ def _json(status: str, data: object) -> Response:
 def index(config: Config, environ: dict[str, Any]) -> Response:
     try:
         primary = db.server_identity(config, config.db_write_host)
-        reader = db.server_identity(config, config.db_read_host)
+        reader = db.server_identity(config, db.reader(config))
         rows = (
             f"<li>writes go to the primary <b>{html.escape(str(primary['hostname']))}</b> ({primary['address']},"
             f" server_id {primary['server_id']})</li>"
@@ -93,7 +93,8 @@ def notes(config: Config, environ: dict[str, Any]) -> Response:
             NOTES_WRITTEN.inc()
             return _json("201 Created", note)
         if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
-            return _json("200 OK", {"read_from": config.db_read_host, "notes": db.list_notes(config)})
+            host = db.reader(config)
+            return _json("200 OK", {"read_from": host, "notes": db.list_notes(config, host)})
         return _json("405 Method Not Allowed", {"error": "GET or POST"})
     except (pymysql.MySQLError, OSError) as e:
         return _json("503 Service Unavailable", {"error": f"database: {e.__class__.__name__}"})

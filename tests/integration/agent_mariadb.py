@@ -66,14 +66,19 @@ class Mariadb:
         shutil.rmtree(self.directory / "data", ignore_errors=True)
 
 
-def start(name: str, base: Path, template: Path, rendered_cnf: str) -> Mariadb:
+def start(name: str, base: Path, template: Path, rendered_cnf: str, *, netns: str = "") -> Mariadb:
+    """On loopback with a free port; or, in a network namespace, at the rendered address and port unchanged."""
     directory = base / name
     directory.mkdir(parents=True)
     shutil.copytree(template, directory / "data", symlinks=True)
     (directory / "files").mkdir()
-    port = free_port()
-    cnf = re.sub(r"(?m)^bind_address = .*$", "bind_address = 127.0.0.1", rendered_cnf)
-    cnf = re.sub(r"(?m)^port = .*$", f"port = {port}", cnf)
+    cnf = rendered_cnf
+    if netns:
+        port = int(re.search(r"(?m)^port = (\d+)$", cnf)[1])  # type: ignore[index]
+    else:
+        port = free_port()
+        cnf = re.sub(r"(?m)^bind_address = .*$", "bind_address = 127.0.0.1", cnf)
+        cnf = re.sub(r"(?m)^port = .*$", f"port = {port}", cnf)
     cnf = re.sub(r"(?m)^secure_file_priv = .*$", f"secure_file_priv = {directory / 'files'}", cnf)
     cnf += (
         f"user = root\ndatadir = {directory / 'data'}\nsocket = {directory / 'mysqld.sock'}\n"
@@ -81,7 +86,8 @@ def start(name: str, base: Path, template: Path, rendered_cnf: str) -> Mariadb:
         "innodb_buffer_pool_size = 32M\nperformance_schema = OFF\n"
     )
     (directory / "my.cnf").write_text(cnf)
-    process = subprocess.Popen(["mariadbd", f"--defaults-file={directory / 'my.cnf'}"], stdout=subprocess.DEVNULL,
+    argv = ["mariadbd", f"--defaults-file={directory / 'my.cnf'}"]
+    process = subprocess.Popen(["ip", "netns", "exec", netns, *argv] if netns else argv, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     server = Mariadb(name, directory, port, process)
     deadline = time.monotonic() + 30
