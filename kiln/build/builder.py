@@ -99,7 +99,9 @@ def build_role(env: BuildEnv, role: Role, display: Display, *, force: bool = Fal
             extra["DIB_KILN_APP_WHEELS"] = str(
                 app_wheelhouse(work / "wheels", app_package=env.app_package, requirements=requirements)
             )
-        error = _run_dib(dib.command(spec, work / name, log), dib.environment(spec, extra), name, log, display)
+        error = _run_dib(
+            dib.command(spec, work / name, log), dib.environment(spec, extra, env.elements), name, log, display
+        )
     except Exception as e:  # staging failed before DIB ran; say what and keep the old image
         error = e
     finally:

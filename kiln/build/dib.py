@@ -12,7 +12,7 @@ from pathlib import Path
 from kiln.build import devmapper
 from kiln.build.plan import ELEMENTS_DIR, ImageSpec, size_in_gb
 
-_HOOK = re.compile(r"(?:/hooks|in_target\.d)/([a-z-]+\.d)/(\S+)")
+_HOOK = re.compile(r"(?:/hooks|in_target\.d)/([a-z-]+\.d)(?:/(\S+))?")
 _MILESTONES = (
     (re.compile(r"Converting image using qemu-img"), "convert"),
     (re.compile(r"Build completed successfully"), "done"),
@@ -31,11 +31,11 @@ def command(spec: ImageSpec, out_base: Path, logfile: Path) -> list[str]:
     return devmapper.wrap(argv)
 
 
-def environment(spec: ImageSpec, extra: Mapping[str, str]) -> dict[str, str]:
+def environment(spec: ImageSpec, extra: Mapping[str, str], elements: Path = ELEMENTS_DIR) -> dict[str, str]:
     """The environment DIB runs in: ours plus the image's DIB_* settings, kiln's elements on ELEMENTS_PATH."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
-    env["ELEMENTS_PATH"] = str(ELEMENTS_DIR)
+    env["ELEMENTS_PATH"] = str(elements)
     env["DIB_QUIET"] = "1"
     env.update(spec.env_dict())
     env.update(extra)
@@ -47,7 +47,7 @@ def phase(line: str) -> str | None:
     if "dib-run-parts Running" in line or "Running hooks from" in line:
         m = _HOOK.search(line)
         if m:
-            return f"{m.group(1)}/{m.group(2)}" if "dib-run-parts" in line else m.group(1)
+            return f"{m.group(1)}/{m.group(2)}" if m.group(2) else m.group(1)
     for pattern, name in _MILESTONES:
         if pattern.search(line):
             return name

@@ -9,6 +9,7 @@ manifest.json.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
@@ -22,7 +23,13 @@ from kiln.fsutil import write_atomic
 from kiln.run import CommandError, run
 
 NAME = "installer"
-CACHE = Path.home() / ".cache" / "kiln" / "installer"
+
+
+def cache_dir() -> Path:
+    """Where downloaded .debs are kept: $KILN_CACHE_DIR/installer, by default ~/.cache/kiln/installer."""
+    return Path(os.environ.get("KILN_CACHE_DIR", Path.home() / ".cache" / "kiln")) / "installer"
+
+
 KERNEL_META = "linux-image-amd64"
 BUSYBOX = "busybox-static"
 APT_TIMEOUT = 900.0
@@ -45,7 +52,7 @@ def candidate_version(package: str) -> str:
     return m.group(1)
 
 
-def fetch(package: str, version: str, cache: Path = CACHE) -> Path:
+def fetch(package: str, version: str, cache: Path) -> Path:
     """The .deb of package=version, downloaded into the cache once."""
     cache.mkdir(parents=True, exist_ok=True)
     quoted = version.replace(":", "%3a")
@@ -77,7 +84,7 @@ def module_load_order(root: Path, kver: str, names: list[str]) -> list[str]:
     return order
 
 
-def build(env: BuildEnv, display: Display, *, force: bool = False, cache: Path = CACHE) -> Outcome:
+def build(env: BuildEnv, display: Display, *, force: bool = False, cache: Path | None = None) -> Outcome:
     started = time.monotonic()
     out = env.images / NAME
     source = env.elements / "kiln-installer"
@@ -90,7 +97,7 @@ def build(env: BuildEnv, display: Display, *, force: bool = False, cache: Path =
             display.set(NAME, "up to date", seconds=seconds)
             return Outcome(NAME, "up to date", seconds)
         display.set(NAME, "building", "fetch")
-        debs = {pkg: fetch(pkg, version, cache) for pkg, version in versions.items()}
+        debs = {pkg: fetch(pkg, version, cache or cache_dir()) for pkg, version in versions.items()}
         display.set(NAME, "building", "initramfs")
         with tempfile.TemporaryDirectory(prefix="kiln-img-installer-") as tmp:
             vmlinuz, initrd = _assemble(Path(tmp), source, debs[kernel], debs[BUSYBOX])

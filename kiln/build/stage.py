@@ -67,5 +67,5 @@ def app_wheelhouse(wheels: Path, *, app_package: Path, requirements: Path) -> Pa
             '[project]\nname = "kilnapp"\nversion = "0"\ndescription = "kiln demo app"\n\n'
             '[tool.setuptools.packages.find]\ninclude = ["kilnapp*"]\n'
         )
-        run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, src], timeout=600)
+        run([*pip, "wheel", "--no-deps", "-w", wheels, src], timeout=600)
     return wheels

@@ -1,0 +1,118 @@
+"""Helpers of the image tests: the built images (the same code as ./inv build-all), QEMU (TCG) boots
+with a serial console log and a clean ACPI power-down, and a booted overlay's root filesystem."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from kiln.build import commands
+from kiln.build.imagefs import mounted
+from kiln.build.plan import IMAGES_DIR
+
+ROLES = ("lb", "web", "app", "db")
+
+
+def build_all_images() -> Path:
+    """Build what is not up to date (a no-op taking seconds when nothing changed); return images/."""
+    assert commands.build_all() == 0, "./inv build-all failed; see images/<role>/build.log"
+    return IMAGES_DIR
+
+
+class Vm:
+    """One QEMU guest (-accel tcg), its serial console in a file, its monitor on a unix socket."""
+
+    def __init__(self, workdir: Path, *, disk: Path, disk_format: str = "qcow2", kernel: Path | None = None,
+                 initrd: Path | None = None, append: str | None = None, mac: str = "52:54:00:12:34:56",
+                 memory: int = 1024) -> None:  # fmt: skip
+        self.workdir = workdir
+        self.console = workdir / "console.log"
+        self.monitor = workdir / "monitor.sock"
+        argv = [
+            "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "2", "-nographic",
+            "-serial", f"file:{self.console}", "-monitor", f"unix:{self.monitor},server,nowait",
+            "-drive", f"file={disk},if=virtio,format={disk_format}",
+            "-nic", f"user,model=virtio-net-pci,mac={mac}", "-no-reboot",
+        ]  # fmt: skip
+        if kernel is not None:
+            argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append or ""]
+        self.argv = argv
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Vm:
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.workdir / "qemu.err", "wb"), start_new_session=True)  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def text(self) -> str:
+        try:
+            return self.console.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            m = regex.search(self.text())
+            if m:
+                return m
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(1)
+        tail = "\n".join(self.text().splitlines()[-40:])
+        raise AssertionError(f"console never showed {pattern!r} within {timeout:.0f}s; last lines:\n{tail}")
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def powerdown(self, timeout: float = 180) -> None:
+        """ACPI power button, then wait for the guest to halt (killed after `timeout`)."""
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(self.monitor))
+            s.sendall(b"system_powerdown\n")
+            time.sleep(0.5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.wait_exit(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def overlay(image: Path, path: Path) -> Path:
+    """A qcow2 overlay on the image: the guest writes there, the image stays as built."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image), str(path)], check=True)
+    return path
+
+
+@contextlib.contextmanager
+def booted_root(disk_qcow2: Path, workdir: Path) -> Iterator[Path]:
+    """The root filesystem of a guest disk after it ran (converted to raw, mounted read-only)."""
+    raw = workdir / "after-boot.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk_qcow2), str(raw)], check=True)
+    try:
+        with mounted(raw) as root:
+            yield root
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def journal(root: Path) -> str:
+    """The guest's persistent journal, as `journalctl -o short` lines."""
+    result = subprocess.run(["journalctl", "-D", str(root / "var" / "log" / "journal"), "-o", "short", "--no-pager"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    return result.stdout

@@ -1,0 +1,58 @@
+"""Boot smoke test per role image under QEMU (TCG): it reaches a login prompt, firstboot.service starts
+and says it is waiting for its bundle (there is no server), sshd runs with host keys made on this
+boot, and none of the role's services started before first boot configured them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.image_helpers import ROLES, Vm, booted_root, build_all_images, journal, overlay
+
+pytestmark = pytest.mark.slow
+
+BOOT_TIMEOUT = 420  # TCG on two cores: about a minute to the login prompt; the margin is for a loaded machine
+WAITING = r"firstboot.*(fetch bundle: attempt \d+ failed|waiting for the bundle)"
+ROLE_SERVICES = {
+    "lb": ("haproxy", "keepalived", "prometheus-node-exporter"),
+    "web": ("nginx", "prometheus-nginx-exporter", "prometheus-node-exporter"),
+    "app": ("kiln-app", "prometheus-node-exporter"),
+    "db": ("mariadb", "prometheus-mysqld-exporter", "prometheus-node-exporter"),
+}
+
+
+@pytest.fixture(scope="session")
+def images() -> Path:
+    return build_all_images()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_image_boots_and_waits_for_its_bundle(role: str, images: Path, tmp_path: Path) -> None:
+    disk = overlay(images / role / f"{role}.qcow2", tmp_path / "disk.qcow2")
+    with Vm(tmp_path, disk=disk) as vm:
+        vm.wait_for(r"login:", BOOT_TIMEOUT)
+        vm.wait_for(WAITING, 180)
+        console = vm.text()
+        vm.powerdown()
+    assert "Started ssh.service" in console or "OpenBSD Secure Shell server" in console
+    assert "firstboot.service" in console
+
+    with booted_root(disk, tmp_path) as root:
+        keys = sorted(p.name for p in (root / "etc" / "ssh").glob("ssh_host_*_key"))
+        assert "ssh_host_ed25519_key" in keys, "host keys are made on first boot"
+        machine_id = (root / "etc" / "machine-id").read_text().strip()
+        assert re.fullmatch(r"[0-9a-f]{32}", machine_id), "machine-id is initialized on first boot"
+        log = journal(root)
+    assert re.search(r"sshd\[\d+\]: Server listening on 0\.0\.0\.0 port 22", log), log[-3000:]
+    assert re.search(WAITING, log)
+    for service in ROLE_SERVICES[role]:
+        assert not re.search(rf"Started {re.escape(service)}\.service", log), f"{service} ran before first boot"
+
+    # the image itself did not change: keys and identity belong to the booted copy only
+    pristine = images / role / f"{role}.raw"
+    from kiln.build.imagefs import mounted
+
+    with mounted(pristine) as root:
+        assert not list((root / "etc" / "ssh").glob("ssh_host_*"))

@@ -1,0 +1,180 @@
+"""Checks on each built role image, mounted read-only: hardening settings, the role's packages, the
+agent and its unit, and what must not be there (secrets, private keys, host keys, machine-id,
+password hashes, services listening before first boot)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.build.imagefs import mounted
+from kiln.secrets import PASSWORDS, SecretStore
+from tests.e2e.image_helpers import ROLES, build_all_images
+
+pytestmark = pytest.mark.slow
+
+PROJECT = Path(__file__).resolve().parents[2]
+ROLE_PACKAGES = {
+    "lb": {"haproxy", "keepalived"},
+    "web": {"nginx", "prometheus-nginx-exporter"},
+    "app": {"python3", "python3-venv"},
+    "db": {"mariadb-server", "mariadb-backup", "prometheus-mysqld-exporter"},
+}
+EVERY_ROLE = {
+    "prometheus-node-exporter", "nftables", "auditd", "apparmor", "unattended-upgrades", "lynis", "openssh-server",
+}  # fmt: skip
+ABSENT = {"telnetd", "rsh-server", "inetd", "xinetd", "nis", "tftpd", "avahi-daemon", "cups", "rpcbind", "samba",
+          "snmpd", "squid", "vsftpd", "ufw", "prelink"}  # fmt: skip
+# a real key block, not the marker strings crypto libraries carry
+PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/=\r\n]{64,}-----END")
+LISTENERS = {
+    "lb": ("haproxy", "keepalived"),
+    "web": ("nginx", "prometheus-nginx-exporter"),
+    "app": (),
+    "db": ("mariadb", "prometheus-mysqld-exporter"),
+}
+
+
+@pytest.fixture(scope="module")
+def images() -> Path:
+    return build_all_images()
+
+
+@pytest.fixture(scope="module", params=ROLES)
+def image(request: pytest.FixtureRequest, images: Path) -> Iterator[tuple[str, Path]]:
+    role = request.param
+    with mounted(images / role / f"{role}.raw") as root:
+        yield role, root
+
+
+def installed(root: Path) -> set[str]:
+    status = (root / "var" / "lib" / "dpkg" / "status").read_text()
+    names = set()
+    for stanza in status.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
+        if fields.get("Status", "").endswith(" installed"):
+            names.add(fields["Package"])
+    return names
+
+
+def enabled(root: Path, unit: str) -> bool:
+    """A wants/ link for `unit` (links point at absolute paths inside the image: test the link, not its target)."""
+    system = root / "etc" / "systemd" / "system"
+    return any(os.path.lexists(wants / unit) for wants in system.glob("*.wants"))
+
+
+def test_packages(image: tuple[str, Path], images: Path) -> None:
+    role, root = image
+    have = installed(root)
+    assert ROLE_PACKAGES[role] | EVERY_ROLE <= have
+    assert not (ABSENT & have)
+    manifest = json.loads((images / role / "manifest.json").read_text())
+    assert ROLE_PACKAGES[role] <= set(manifest["packages"])
+    assert manifest["role"] == role and manifest["elements"][-1] == f"kiln-{role}"
+
+
+def test_sysctl_and_modules(image: tuple[str, Path]) -> None:
+    _, root = image
+    sysctl = (root / "etc/sysctl.d/90-kiln-hardening.conf").read_text()
+    for setting in ("net.ipv4.ip_forward = 0", "net.ipv4.conf.all.accept_redirects = 0", "net.ipv4.tcp_syncookies = 1",
+                    "kernel.randomize_va_space = 2", "fs.suid_dumpable = 0", "kernel.kptr_restrict = 2"):  # fmt: skip
+        assert setting in sysctl
+    blacklist = (root / "etc/modprobe.d/kiln-blacklist.conf").read_text()
+    for module in ("cramfs", "udf", "usb-storage", "dccp", "sctp"):
+        assert f"install {module} /bin/false" in blacklist
+
+
+def test_sshd_keys_only_no_root(image: tuple[str, Path]) -> None:
+    _, root = image
+    conf = (root / "etc/ssh/sshd_config.d/50-kiln.conf").read_text()
+    for line in ("PermitRootLogin no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                 "PermitEmptyPasswords no", "X11Forwarding no", "MaxAuthTries 3"):  # fmt: skip
+        assert re.search(rf"^{line}$", conf, re.M), line
+    assert "cbc" not in conf.lower() and "sha1" not in conf.lower()
+    assert "Include /etc/ssh/sshd_config.d/*.conf" in (root / "etc/ssh/sshd_config").read_text()
+    assert (root / "etc/ssh/sshd_config").stat().st_mode & 0o077 == 0
+    assert not list((root / "etc/ssh").glob("ssh_host_*")), "no SSH host keys in the image"
+
+
+def test_accounts_have_no_passwords(image: tuple[str, Path]) -> None:
+    _, root = image
+    for line in (root / "etc/shadow").read_text().splitlines():
+        user, hashed = line.split(":")[:2]
+        assert not hashed.lstrip("!").startswith("$") and hashed != "", f"{user} has a password"
+    defs = (root / "etc/login.defs").read_text()
+    assert re.search(r"^PASS_MAX_DAYS 365$", defs, re.M) and re.search(r"^UMASK 027$", defs, re.M)
+
+
+def test_audit_apparmor_upgrades_firewall_mounts(image: tuple[str, Path]) -> None:
+    _, root = image
+    rules = (root / "etc/audit/rules.d/50-kiln.rules").read_text()
+    assert "-w /etc/shadow -p wa -k identity" in rules and rules.rstrip().endswith("-e 2")
+    for unit in ("auditd.service", "apparmor.service", "nftables.service", "unattended-upgrades.service",
+                 "systemd-networkd.service", "tmp.mount", "ssh.service"):  # fmt: skip
+        assert enabled(root, unit), f"{unit} is not enabled"
+    grub = (root / "boot/grub/grub.cfg").read_text()
+    assert "apparmor=1" in grub and "audit=1" in grub and "console=ttyS0" in grub
+    assert 'Unattended-Upgrade "1"' in (root / "etc/apt/apt.conf.d/20auto-upgrades").read_text()
+    nft = (root / "etc/nftables.conf").read_text()
+    assert "policy drop" in nft and "10.10.0.0/24" in nft and "tcp dport 22" in nft
+    assert "noexec" in (root / "etc/systemd/system/tmp.mount").read_text()
+    assert re.search(r"^tmpfs /dev/shm tmpfs \S*noexec", (root / "etc/fstab").read_text(), re.M)
+    assert (root / "etc/systemd/network/99-kiln-dhcp.network").is_file()
+    assert (root / "etc/machine-id").read_text().strip() in ("", "uninitialized")
+
+
+def test_agent_and_trust_material(image: tuple[str, Path]) -> None:
+    _, root = image
+    agent = root / "usr/local/lib/firstboot/firstboot"
+    assert agent.is_file() and os.access(agent, os.X_OK)
+    assert os.readlink(root / "usr/local/bin/firstboot") == "/usr/local/lib/firstboot/firstboot"
+    unit = (root / "etc/systemd/system/firstboot.service").read_text()
+    assert "ExecStart=/usr/local/bin/firstboot run" in unit and "Type=oneshot" in unit
+    assert enabled(root, "firstboot.service")
+    store = SecretStore(PROJECT / "secrets")
+    assert (root / "etc/kiln/signing.pub").read_bytes() == store.signing_pub.read_bytes()
+    assert (root / "etc/kiln/ca.pem").read_bytes() == store.ca_pem.read_bytes()
+    from kiln.model import load_roles
+
+    url = load_roles(PROJECT / "roles.yaml").provisioning_url
+    assert json.loads((root / "etc/kiln/agent.json").read_text()) == {"url": url}
+
+
+def test_no_secrets_or_private_keys(image: tuple[str, Path]) -> None:
+    _, root = image
+    store = SecretStore(PROJECT / "secrets")
+    needles = [store.value(name).encode() for name in PASSWORDS]
+    needles += [(store.root / name).read_bytes().strip() for name in ("signing.key", "ca.key", "tls.key")]
+    found = []
+    for top in ("etc", "opt", "root", "home", "srv", "usr/local", "var/lib"):
+        for path in (root / top).rglob("*"):
+            if not path.is_file() or path.is_symlink() or path.stat().st_size > 5_000_000:
+                continue
+            data = path.read_bytes()
+            if PEM_PRIVATE_KEY.search(data) or any(n in data for n in needles):
+                found.append(str(path.relative_to(root)))
+    assert not found, f"secrets or private keys in the image: {found}"
+
+
+def test_nothing_but_sshd_enabled_to_listen(image: tuple[str, Path]) -> None:
+    role, root = image
+    for service in (*LISTENERS[role], "prometheus-node-exporter", "kiln-app"):
+        assert not enabled(root, f"{service}.service"), f"{service} would listen before first boot"
+    assert enabled(root, "ssh.service")
+
+
+def test_app_venv(image: tuple[str, Path]) -> None:
+    role, root = image
+    if role != "app":
+        pytest.skip("the demo app is in the app image only")
+    venv = root / "opt/kiln-app/venv"
+    assert (venv / "bin/gunicorn").is_file()
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    for package in ("kilnapp", "pymysql", "prometheus_client", "gunicorn"):
+        assert (site / package).is_dir(), package
+    assert (site / "kilnapp" / "wsgi.py").is_file()

@@ -1,0 +1,64 @@
+"""A failed build names its phase, shows the end of its log, keeps build.log, and leaves the previous
+image exactly as it was (real disk-image-create, failing at element resolution)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kiln.build import builder, manifest
+from kiln.build.builder import BuildEnv
+from kiln.build.mirror import Mirror
+from kiln.build.plan import ELEMENTS_DIR
+from kiln.build.progress import Display
+from kiln.model import Cluster, Role
+from kiln.secrets import SecretStore
+
+pytestmark = pytest.mark.integration
+
+
+def test_failed_build_keeps_the_old_image(tmp_path: Path, cluster: Cluster, secret_store: SecretStore,
+                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    elements = tmp_path / "elements"
+    shutil.copytree(ELEMENTS_DIR, elements)
+    deps = elements / "kiln-lb" / "element-deps"
+    deps.write_text(deps.read_text() + "kiln-img-no-such-element\n")
+    agent = tmp_path / "images" / "firstboot"
+    agent.mkdir(parents=True)
+    (agent / "firstboot").write_text("#!/bin/sh\n")
+    os.chmod(agent / "firstboot", 0o755)
+    old = tmp_path / "images" / "lb"
+    old.mkdir()
+    (old / "lb.raw").write_bytes(b"old raw")
+    (old / "lb.qcow2").write_bytes(b"old qcow2")
+    files = {n: manifest.file_entry(old / n) for n in ("lb.raw", "lb.qcow2")}
+    manifest.write(old, {"role": "lb", "inputs_hash": "old", "files": files})
+    before = (old / manifest.MANIFEST).read_bytes()
+    env = BuildEnv(cluster=cluster, mirror=Mirror("http://127.0.0.1:9/debian", "http://127.0.0.1:9/debian-security"),
+                   store=secret_store, images=tmp_path / "images", elements=elements, agent=agent)  # fmt: skip
+
+    with Display(["lb"]) as display:
+        outcome = builder.build_role(env, Role.lb, display)
+
+    assert outcome.state == "failed"
+    out = capsys.readouterr().out
+    assert "build failed in phase" in out and "last lines of" in out
+    assert "kiln-img-no-such-element" in out, "the log's tail says what went wrong"
+    assert "kiln-img-no-such-element" in (old / "build.log").read_text()
+    assert (old / manifest.MANIFEST).read_bytes() == before
+    assert (old / "lb.raw").read_bytes() == b"old raw" and (old / "lb.qcow2").read_bytes() == b"old qcow2"
+    assert not (tmp_path / "images" / ".work" / "lb").exists(), "no half-written outputs left behind"
+
+
+def test_missing_agent_is_a_clear_failure(tmp_path: Path, cluster: Cluster, secret_store: SecretStore,
+                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    env = BuildEnv(cluster=cluster, mirror=Mirror("http://127.0.0.1:9/debian", "http://127.0.0.1:9/debian-security"),
+                   store=secret_store, images=tmp_path / "images", agent=tmp_path / "images" / "firstboot")  # fmt: skip
+    with Display(["web"]) as display:
+        outcome = builder.build_role(env, Role.web, display)
+    assert outcome.state == "failed"
+    assert "run ./inv freeze" in capsys.readouterr().out
+    assert not (tmp_path / "images" / "web" / manifest.MANIFEST).exists()
