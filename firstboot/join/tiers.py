@@ -107,5 +107,6 @@ def join_web(params: dict[str, Any], deadline: float) -> str:
 
 
 def join_app(params: dict[str, Any], deadline: float) -> str:
+    _require("gunicorn", "kiln-app")
     _health(str(params["health_url"]), "the app with its database", deadline)
     return f"app healthy with its database {params['db_host']}:{params['db_port']}"

@@ -103,7 +103,9 @@ def secrets(ctx: StepContext) -> Outcome:
             missing.append(s)
     if missing and ctx.bundle.get("secrets_withheld"):
         names = ", ".join(s["name"] for s in missing)
-        raise StepFailed(f"secrets {names} are not on this host and the server withheld them", WITHHELD)
+        host = ctx.bundle["host"]["name"]
+        raise StepFailed(f"secrets {names} are not on this host and the server withheld them",
+                         f"{WITHHELD} (here: ./inv reprovision {host})")  # fmt: skip
     if missing and ctx.live:
         raise StepFailed(f"the bundle carries no value for {', '.join(s['name'] for s in missing)}")
     for s in missing:
