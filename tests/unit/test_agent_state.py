@@ -133,3 +133,46 @@ def test_state_json_holds_every_step(tmp_path: Path) -> None:
     assert list(raw["steps"]) == list(STEPS)
     for rec in raw["steps"].values():
         assert {"started", "finished", "outcome", "duration"} <= rec.keys()
+
+
+CRASHING_RUN = """
+import sys, time
+from pathlib import Path
+from firstboot import agent
+from firstboot.paths import Paths
+from firstboot.sources import Settings
+real = agent.step_functions()
+
+def slow_files(ctx):
+    out = real["files"](ctx)  # the files are written ...
+    Path(sys.argv[2]).write_text("written")
+    time.sleep(60)  # ... and the power goes before the step is recorded as finished
+    return out
+
+agent.step_functions = lambda: {**real, "files": slow_files}
+agent.run(agent.RunOptions(paths=Paths(Path(sys.argv[1])), sources=Settings(imds_endpoint="")))
+"""
+
+
+def test_a_run_killed_mid_step_resumes_that_step(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    paths = fetched_host(tmp_path / "root")
+    marker = tmp_path / "written"
+    victim = subprocess.Popen([sys.executable, "-c", CRASHING_RUN, str(tmp_path / "root"), str(marker)])
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists()
+    finally:
+        victim.kill()  # SIGKILL: no clean-up runs, as in a power cut
+        victim.wait()
+    assert State.load(paths.state).steps["files"].outcome == "running"
+    assert "in progress (step files)" in status.render(paths)[0]
+    assert agent.run(options(tmp_path / "root")) == 0
+    state = State.load(paths.state)
+    assert state.steps["files"].attempts == 2 and state.outcome == "done"
+    assert state.steps["network"].attempts == 1
