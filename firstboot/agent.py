@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from collections.abc import Callable
@@ -209,7 +210,14 @@ def run(opts: RunOptions) -> int:
     if paths.done.exists() and State.load(paths.state).outcome == "done":
         print(f"firstboot: this host is provisioned ({paths.done}); nothing to do")
         return 0
-    return Runner(opts).run()
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(paths.state_dir / "lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # one run at a time (the unit, an operator's re-run)
+        except BlockingIOError:
+            print("firstboot: another `firstboot run` is in progress; see `firstboot status`")
+            return 1
+        return Runner(opts).run()
 
 
 def apply(

@@ -176,3 +176,14 @@ def test_a_run_killed_mid_step_resumes_that_step(tmp_path: Path) -> None:
     state = State.load(paths.state)
     assert state.steps["files"].attempts == 2 and state.outcome == "done"
     assert state.steps["network"].attempts == 1
+
+
+def test_only_one_run_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+
+    paths = fetched_host(tmp_path)
+    with open(paths.state_dir / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a run in progress holds it
+        assert agent.run(options(tmp_path)) == 1
+        assert "another `firstboot run` is in progress" in capsys.readouterr().out
+    assert agent.run(options(tmp_path)) == 0
