@@ -28,7 +28,8 @@ class Source:
 @dataclass(frozen=True)
 class Settings:
     imds_endpoint: str = "http://169.254.169.254"
-    imds_timeout: float = 0.2
+    imds_timeout: float = 0.2  # connect: a host that is not on EC2 moves on at once
+    imds_read_timeout: float = 2.0  # an answer, once connected
 
 
 Provider = Callable[[Paths, Settings], "Source | None"]

@@ -14,7 +14,6 @@ from firstboot.paths import Paths
 from firstboot.sources import Settings, Source, parse_key_values, source_from_mapping
 
 TOKEN_TTL = "300"
-READ_TIMEOUT = 2.0
 
 
 def _request(settings: Settings, method: str, path: str, headers: dict[str, str]) -> bytes | None:
@@ -24,7 +23,7 @@ def _request(settings: Settings, method: str, path: str, headers: dict[str, str]
     try:
         conn.connect()  # the short timeout covers the connect only
         assert conn.sock is not None
-        conn.sock.settimeout(READ_TIMEOUT)
+        conn.sock.settimeout(settings.imds_read_timeout)
         conn.request(method, path, headers=headers)
         response = conn.getresponse()
         body = response.read()

@@ -106,7 +106,7 @@ def http_stand_in(routes: dict[tuple[str, str], Handler]) -> Iterator[tuple[str,
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", seen
