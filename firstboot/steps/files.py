@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from firstboot import files
+from firstboot import nic as nic_name
 from firstboot.errors import StepFailed
 from firstboot.log import LOG
 from firstboot.steps.context import Outcome, StepContext
@@ -56,16 +57,20 @@ def network(ctx: StepContext) -> Outcome:
     entries = [f for f in ctx.bundle["files"] if _is_network(f["path"])]
     changed = _write(ctx, entries, lambda f: f["content"].encode())
     name = ctx.bundle["host"]["name"]
+    detail = _summary(changed, len(entries), "files") + f"; hostname {name}"
     if ctx.live and ctx.paths.is_host:
         try:
             if run(["hostname"], check=False).stdout.strip() != name:
                 run(["hostname", name])
                 changed.append("hostname")
-            if any(p.startswith("/etc/systemd/network/") for p in changed):
+            nic = nic_name.ensure_name(ctx.bundle["host"]["mac"], ctx.bundle["network"]["interface"])
+            detail += f"; {nic}"
+            if "renamed" in nic or any(p.startswith("/etc/systemd/network/") for p in changed):
                 run(["networkctl", "reload"], check=False)
+                run(["networkctl", "reconfigure", ctx.bundle["network"]["interface"]], check=False)
         except CommandError as e:
             raise StepFailed(f"setting hostname/network: {e}") from None
-    return Outcome(_summary(changed, len(entries), "files") + f"; hostname {name}", tuple(changed))
+    return Outcome(detail, tuple(changed))
 
 
 def files_step(ctx: StepContext) -> Outcome:

@@ -62,3 +62,19 @@ def test_the_unit_file_ships_with_the_agent(frozen: Path) -> None:
     for line in ("Type=oneshot", "RemainAfterExit=yes", "After=network-online.target", "Wants=network-online.target",
                  "ConditionPathExists=!/var/lib/firstboot/done", "ExecStart=/usr/local/bin/firstboot run"):  # fmt: skip
         assert line in unit
+
+
+def test_freezing_again_is_skipped_until_a_source_changes(frozen: Path, tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    from kiln.freeze import STAMP, freeze, up_to_date
+
+    assert up_to_date(frozen.parent)
+    started = time.monotonic()
+    assert freeze(frozen.parent) == 0  # nothing changed: no PyInstaller run
+    assert time.monotonic() - started < 2
+    copy = tmp_path / "firstboot"
+    shutil.copytree(frozen.parent, copy, symlinks=True)
+    (copy / STAMP).write_text("0" * 64 + "\n")  # as if firstboot/ had changed since
+    assert not up_to_date(copy)
