@@ -120,4 +120,23 @@ def freeze(c, force=False):
     _exit(freeze_agent(force=force))
 
 
-ns = Collection(validate, render, keys, test, bench, upload_ami, build, build_all, serve, reprovision, freeze)
+@task(
+    positional=["action", "host"],
+    help={
+        "action": "up, status, verify, audit, chaos, down or ssh",
+        "host": "ssh: the host to open a shell on",
+        "boot": "up: pxe (empty disks, network install; the default) or disk (overlays of the built images)",
+        "timeout": "up: seconds to wait for every host to join (default 1800)",
+        "roles": "roles.yaml of the lab (default: the shipped one)",
+    },
+)
+def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
+    """The reference cluster in QEMU on this machine; ACTION is up, status, verify, audit, chaos, down or ssh (HOST)."""
+    from kiln.lab import cli as lab_cli
+
+    if action not in lab_cli.ACTIONS:
+        raise Exit(f"lab: unknown action {action!r} (expected one of: {', '.join(lab_cli.ACTIONS)})", code=2)
+    _exit(lab_cli.run(action, roles=roles, host=host, boot=boot, timeout=float(timeout)))
+
+
+ns = Collection(validate, render, keys, test, bench, upload_ami, build, build_all, serve, reprovision, freeze, lab)

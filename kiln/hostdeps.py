@@ -30,6 +30,10 @@ _SERVER_TEST = ("chromium", "chromium-driver", "postgresql")
 _FREEZE = ("binutils", "libc-bin")
 _AGENT_TEST = (*_FREEZE, "util-linux", "procps")
 
+# The lab: QEMU (TCG) with iPXE NIC ROMs, qcow2 overlays, dnsmasq's binary without its system service
+# (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit.
+_LAB = ("qemu-system-x86", "ipxe-qemu", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
+
 PACKAGES: dict[str, tuple[str, ...]] = {
     "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
@@ -37,6 +41,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "build": _IMAGE_BUILD,
     "build-all": _IMAGE_BUILD,
     "freeze": _FREEZE,
+    "lab": _LAB,
 }
 
 

@@ -1,0 +1,104 @@
+"""The bodies of `./inv lab ACTION`: each loads roles.yaml, does its action and returns an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from kiln.commands import load_or_report
+from kiln.lab import client, lifecycle, netns, vm
+from kiln.lab.layout import Lab
+
+ACTIONS = ("up", "status", "verify", "audit", "chaos", "down", "ssh")
+
+
+def _lab(roles: str | None) -> Lab | None:
+    cluster = load_or_report(roles)
+    return Lab(cluster) if cluster is not None else None
+
+
+def up(roles: str | None, boot: str, timeout: float) -> int:
+    lab = _lab(roles)
+    if lab is None:
+        return 1
+    if boot not in (vm.PXE, vm.DISK):
+        print(f"lab up: --boot {boot!r}: expected pxe or disk", file=sys.stderr)
+        return 1
+    return lifecycle.up(lab, boot, roles, timeout)
+
+
+def down(roles: str | None) -> int:
+    lab = _lab(roles)
+    return 1 if lab is None else lifecycle.down(lab)
+
+
+def status(roles: str | None) -> int:
+    lab = _lab(roles)
+    if lab is None:
+        return 1
+    if not netns.exists():
+        print("the lab is down (no namespace kiln-lab); ./inv lab up starts it")
+        return 1
+    netns.enter()
+    rows = client.try_hosts(lab)
+    if rows is None:
+        print(f"the provisioning server does not answer at {lab.server_url}; see {lab.logs / 'server.log'}")
+        return 1
+    table = Table(title=f"kiln lab: {lab.cluster.name} (server {lab.server_url}/)", title_justify="left")
+    for col in ("host", "role", "ip", "state", "progress", "last step", "detail", "vm"):
+        table.add_column(col)
+    for r in rows:
+        last = r.get("last_event") or {}
+        host = lab.cluster.host(r["name"])
+        table.add_row(r["name"], r["role"], r["ip"], r["state"], f"{r['progress']}%",
+                      f"{last.get('step', '')} {last.get('status', '')}".strip(), (last.get("detail") or "")[:60],
+                      "running" if vm.running(lab, host) else "off")  # fmt: skip
+    Console().print(table)
+    return 0 if all(r["state"] == "joined" for r in rows) else 2
+
+
+def ssh(roles: str | None, host: str | None, command: list[str]) -> int:
+    lab = _lab(roles)
+    if lab is None:
+        return 1
+    if not host:
+        print("lab ssh: which host? e.g. ./inv lab ssh lb1", file=sys.stderr)
+        return 1
+    try:
+        target = lab.cluster.host(host)
+    except KeyError:
+        print(f"lab ssh: no host {host!r} in roles.yaml", file=sys.stderr)
+        return 1
+    from kiln.lab.ssh import ssh_argv
+
+    argv = ["ip", "netns", "exec", netns.NETNS, *ssh_argv(lab, str(target.ip)), *command]
+    os.execvp(argv[0], argv)
+    return 1  # not reached
+
+
+def run(action: str, *, roles: str | None, host: str | None, boot: str, timeout: float) -> int:
+    if action == "up":
+        return up(roles, boot, timeout)
+    if action == "down":
+        return down(roles)
+    if action == "status":
+        return status(roles)
+    if action == "ssh":
+        return ssh(roles, host, [])
+    if action == "verify":
+        from kiln.lab.verify import verify
+
+        return verify(roles)
+    if action == "chaos":
+        from kiln.lab.chaos import chaos
+
+        return chaos(roles)
+    if action == "audit":
+        from kiln.lab.audit import audit
+
+        return audit(roles)
+    print(f"lab: unknown action {action!r} (expected one of: {', '.join(ACTIONS)})", file=sys.stderr)
+    return 2

@@ -1,0 +1,44 @@
+"""dnsmasq in the lab namespace: DHCP with one static lease per host by MAC, iPXE pointed at /boot.ipxe.
+
+No DNS (port 0) and no TFTP: QEMU's NIC ROMs (Debian's ipxe-qemu) are iPXE already, so the boot file is
+the server's HTTP URL. Hosts not in roles.yaml get no lease.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kiln.fsutil import write_atomic
+from kiln.lab import procs
+from kiln.lab.layout import BRIDGE, Lab
+
+NAME = "dnsmasq"
+
+
+def config(lab: Lab) -> str:
+    subnet = lab.cluster.network.subnet
+    lines = [
+        "# kiln lab: written by ./inv lab up",
+        "port=0",
+        f"interface={BRIDGE}",
+        "bind-interfaces",
+        "except-interface=lo",
+        f"dhcp-range={subnet.network_address},static,{subnet.netmask},1h",
+        f"dhcp-option=option:router,{lab.cluster.network.gateway}",
+        "dhcp-option=option:dns-server," + ",".join(str(a) for a in lab.cluster.network.dns),
+        "dhcp-authoritative",
+        "dhcp-userclass=set:ipxe,iPXE",
+        f"dhcp-boot=tag:ipxe,{lab.http_url}/boot.ipxe",
+        f"dhcp-leasefile={lab.run / 'dnsmasq.leases'}",
+        "log-dhcp",
+    ]
+    lines += [f"dhcp-host={h.mac},{h.ip},{h.name}" for h in lab.cluster.hosts]
+    return "\n".join(lines) + "\n"
+
+
+def start(lab: Lab) -> int:
+    conf = lab.run / "dnsmasq.conf"
+    write_atomic(conf, config(lab).encode())
+    argv = ["dnsmasq", "--keep-in-foreground", "--log-facility=-", f"--conf-file={conf}",
+            f"--pid-file={Path(lab.run / 'dnsmasq.real.pid')}"]  # fmt: skip
+    return procs.start(NAME, argv, lab.run, lab.logs / "dnsmasq.log")

@@ -1,0 +1,99 @@
+"""Names, addresses and paths of the lab: one place, so up, down, status and the tests agree."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from kiln.commands import PROJECT
+from kiln.model import Cluster, Host, Role
+
+NETNS = "kiln-lab"
+BRIDGE = "kiln-lab-br"
+HTTP_PORT = 8080
+# An address on the bridge that is no cluster host and outside every admin network: "the outside".
+OUTSIDE = "198.51.100.10"
+# MiB per VM under TCG: enough for the role's daemons and the agent, small enough for 7 VMs side by side.
+MEMORY = {Role.lb: 512, Role.web: 512, Role.app: 640, Role.db: 896}
+
+
+def tap_name(host: Host) -> str:
+    return f"kiln-lab-{host.name}"[:15]  # IFNAMSIZ
+
+
+@dataclass(frozen=True)
+class Lab:
+    cluster: Cluster
+    root: Path = PROJECT / "state" / "lab"
+    images: Path = PROJECT / "images"
+    secrets: Path = PROJECT / "secrets"
+
+    @property
+    def gateway(self) -> str:
+        """The namespace's own address on the cluster network: the provisioning URL's host."""
+        return urlsplit(self.cluster.provisioning_url).hostname or str(self.cluster.network.gateway)
+
+    @property
+    def prefix(self) -> int:
+        return self.cluster.network.subnet.prefixlen
+
+    @property
+    def tls_port(self) -> int:
+        return urlsplit(self.cluster.provisioning_url).port or 443
+
+    @property
+    def server_url(self) -> str:
+        return f"https://{self.gateway}:{self.tls_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.gateway}:{HTTP_PORT}"
+
+    @property
+    def vip(self) -> str:
+        return str(self.cluster.network.vip)
+
+    def check(self) -> None:
+        subnet = self.cluster.network.subnet
+        if ipaddress.ip_address(self.gateway) not in subnet:
+            raise ValueError(f"the provisioning URL's host {self.gateway} is not in the cluster subnet {subnet}")
+
+    # paths
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def disks(self) -> Path:
+        return self.root / "disks"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "kiln.db"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.root / "ssh" / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "ssh" / "known_hosts"
+
+    @property
+    def boot_record(self) -> Path:
+        return self.root / "boot.json"
+
+    def serial_log(self, host: Host) -> Path:
+        return self.logs / f"{host.name}.serial.log"
+
+    def monitor(self, host: Host) -> Path:
+        return self.run / f"{host.name}.monitor"
+
+    def disk(self, host: Host) -> Path:
+        return self.disks / f"{host.name}.qcow2"

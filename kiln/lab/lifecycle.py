@@ -1,0 +1,192 @@
+"""`lab up` and `lab down`: bring the namespace, dnsmasq, the server and one VM per host up, watch the hosts
+join with live progress; and take everything the lab started down again, whatever state it is in."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from kiln.fsutil import write_atomic
+from kiln.lab import client, dnsmasq, netns, procs, server, vm
+from kiln.lab.layout import Lab, tap_name
+from kiln.model import Host
+
+TIMEOUT = 1800.0  # the whole cluster under TCG on two cores; the goal is under 10 min
+
+
+class NotReady(Exception):
+    """Something `lab up` needs is missing; the message says what and how to make it."""
+
+
+def check_images(lab: Lab, boot: str) -> None:
+    for role in sorted({h.role.value for h in lab.cluster.hosts}):
+        wanted = lab.images / role / (f"{role}.qcow2" if boot == vm.DISK else f"{role}.raw")
+        if not wanted.is_file() or not (lab.images / role / "manifest.json").is_file():
+            raise NotReady(f"{wanted} is not built: run ./inv build-all")
+    if boot == vm.PXE:
+        for name in ("vmlinuz", "initrd.img"):
+            if not (lab.images / "installer" / name).is_file():
+                raise NotReady(f"the PXE installer images/installer/{name} is not built: run ./inv build-all")
+    if not (lab.secrets / "ca.pem").is_file() or not (lab.secrets / "signing.pub").is_file():
+        raise NotReady("secrets/ is incomplete (the images bake its signing key): run ./inv keys, then build-all")
+
+
+@dataclass
+class Watch:
+    """Power-on times and what /v1/hosts says, turned into a table and a verdict."""
+
+    lab: Lab
+    started: dict[str, float] = field(default_factory=dict)
+    joined: dict[str, float] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def update(self, rows: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        self.rows = rows
+        for row in rows:
+            if row["state"] == "joined" and row["name"] not in self.joined and row["name"] in self.started:
+                self.joined[row["name"]] = now - self.started[row["name"]]
+
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["state"] == "failed"]
+
+    def done(self) -> bool:
+        return bool(self.rows) and all(r["state"] == "joined" for r in self.rows)
+
+    def table(self) -> Table:
+        t = Table(title="kiln lab: power-on to joined", title_justify="left")
+        for col in ("host", "role", "ip", "state", "progress", "last step", "seconds"):
+            t.add_column(col)
+        now = time.monotonic()
+        for r in self.rows:
+            last = r.get("last_event") or {}
+            step = f"{last.get('step', '')} {last.get('status', '')}".strip()
+            seconds = self.joined.get(r["name"], now - self.started.get(r["name"], now))
+            style = {"joined": "green", "failed": "red"}.get(r["state"], "")
+            t.add_row(r["name"], r["role"], r["ip"], f"[{style}]{r['state']}[/]" if style else r["state"],
+                      f"{r['progress']}%", step, f"{seconds:.0f}")  # fmt: skip
+        return t
+
+
+def _fresh(lab: Lab) -> None:
+    for d in (lab.run, lab.disks, lab.logs):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True, exist_ok=True)
+    lab.database.unlink(missing_ok=True)
+    lab.known_hosts.unlink(missing_ok=True)
+
+
+def start_infrastructure(lab: Lab, roles: str | None, console: Console) -> None:
+    """Namespace, bridge, taps, dnsmasq and the server; this thread ends up inside the namespace."""
+    _fresh(lab)
+    netns.create(lab.gateway, lab.prefix, [tap_name(h) for h in lab.cluster.hosts])
+    dnsmasq.start(lab)
+    server.start(lab, roles)
+    netns.enter()
+    server.wait_ready(lab)
+    console.print(f"namespace {netns.NETNS}: {lab.gateway}/{lab.prefix}; dnsmasq; kiln serve at {lab.server_url}/")
+
+
+def power_on(lab: Lab, hosts: tuple[Host, ...], boot: str, watch: Watch) -> None:
+    for host in hosts:
+        vm.make_disk(lab, host, boot)
+        vm.start(lab, host, boot)
+        watch.started[host.name] = time.monotonic()
+
+
+def up(lab: Lab, boot: str, roles: str | None, timeout: float = TIMEOUT, console: Console | None = None) -> int:
+    console = console or Console()
+    lab.check()
+    try:
+        check_images(lab, boot)
+    except NotReady as e:
+        console.print(f"[red]lab up: {e}[/]")
+        return 1
+    if netns.exists() or any(lab.run.glob("*.pid")):
+        console.print("lab up: a lab is already up; taking it down first")
+        down(lab, console)
+    watch = Watch(lab)
+    began = time.monotonic()
+    try:
+        start_infrastructure(lab, roles, console)
+        power_on(lab, lab.cluster.hosts, boot, watch)
+        outcome = _watch(lab, watch, timeout, console)
+    except BaseException:
+        console.print("[red]lab up: setting up failed; taking the lab down[/]")
+        down(lab, console)
+        raise
+    record = {
+        "boot": boot, "outcome": outcome, "cluster_seconds": round(time.monotonic() - began, 1),
+        "joined_seconds": {k: round(v, 1) for k, v in watch.joined.items()},
+    }  # fmt: skip
+    write_atomic(lab.boot_record, (json.dumps(record, indent=2) + "\n").encode())
+    if outcome == "joined":
+        slowest = max(watch.joined.values())
+        console.print(f"[green]every host joined[/]: the slowest {slowest:.0f} s after power-on "
+                      f"({record['cluster_seconds']:.0f} s for the whole lab up). Next: ./inv lab verify")  # fmt: skip
+        return 0
+    for r in watch.failed() or [r for r in watch.rows if r["state"] != "joined"]:
+        last = r.get("last_event") or {}
+        host = lab.cluster.host(r["name"])
+        console.print(
+            f"[red]{r['name']}[/]: {r['state']} at step {last.get('step', '-')} ({last.get('status', '-')}): "
+            f"{last.get('detail') or 'no detail'}\n  serial log: {lab.serial_log(host)}"
+            f"\n  on the host: ./inv lab ssh {r['name']}, then firstboot status"
+        )  # fmt: skip
+    console.print("the lab stays up for a look; ./inv lab down removes it")
+    return 1
+
+
+def _watch(lab: Lab, watch: Watch, timeout: float, console: Console) -> str:
+    deadline = time.monotonic() + timeout
+    with Live(watch.table(), console=console, refresh_per_second=1, transient=False) as live:
+        while True:
+            rows = client.try_hosts(lab)
+            if rows is not None:
+                watch.update(rows)
+                live.update(watch.table())
+            if watch.done():
+                return "joined"
+            if watch.failed():
+                return "failed"
+            if time.monotonic() > deadline:
+                return "timeout"
+            dead = [h.name for h in lab.cluster.hosts if h.name in watch.started and not vm.running(lab, h)]
+            if dead:
+                console.print(f"[red]VM(s) exited: {', '.join(dead)}[/] (see state/lab/logs/<host>.qemu.log)")
+                return "vm exited"
+            time.sleep(2)
+
+
+def down(lab: Lab, console: Console | None = None) -> int:
+    """Stop every process the lab started, remove the namespace (bridge and taps with it) and the disks."""
+    console = console or Console()
+    stopped = []
+    for pidfile in sorted(lab.run.glob("*.pid")) if lab.run.is_dir() else []:
+        name = pidfile.stem
+        if procs.stop(name, lab.run):
+            stopped.append(name)
+    strays = [p for p in netns.pids() if p != os.getpid()]
+    for pid in strays:
+        procs.stop_pid(pid)
+    removed = netns.destroy()
+    for d in (lab.run, lab.disks):
+        shutil.rmtree(d, ignore_errors=True)
+    lab.database.unlink(missing_ok=True)
+    parts = []
+    if stopped:
+        parts.append(f"stopped {', '.join(stopped)}")
+    if strays:
+        parts.append(f"killed {len(strays)} other process(es) in the namespace")
+    if removed:
+        parts.append(f"removed namespace {netns.NETNS}")
+    console.print("lab down: " + ("; ".join(parts) if parts else "nothing was running") + f" (logs kept in {lab.logs})")
+    return 0

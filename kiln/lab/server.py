@@ -1,0 +1,36 @@
+"""The provisioning server in the lab namespace, on the gateway address, state in state/lab/kiln.db."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from kiln.lab import access, client, procs
+from kiln.lab.layout import HTTP_PORT, Lab
+
+NAME = "server"
+
+
+def start(lab: Lab, roles: str | None) -> int:
+    access.ensure_key(lab.ssh_key)
+    argv = [
+        sys.executable, "-m", "kiln.lab.serve",
+        "--public-key", str(lab.ssh_key.with_suffix(".pub")), "--admin-address", lab.gateway,
+        "--listen", f"{lab.gateway}:{HTTP_PORT}", "--tls-listen", f"{lab.gateway}:{lab.tls_port}",
+        "--database", f"sqlite:///{lab.database}",
+    ]  # fmt: skip
+    if roles:
+        argv += ["--roles", roles]
+    return procs.start(NAME, argv, lab.run, lab.logs / "server.log")
+
+
+def wait_ready(lab: Lab, timeout: float = 60) -> None:
+    """Wait for /v1/hosts to answer (the caller is inside the namespace)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.try_hosts(lab) is not None:
+            return
+        if procs.pid_of(NAME, lab.run) is None:
+            raise RuntimeError(f"the provisioning server exited; see {lab.logs / 'server.log'}")
+        time.sleep(0.5)
+    raise RuntimeError(f"the provisioning server did not answer within {timeout:.0f}s; see {lab.logs / 'server.log'}")

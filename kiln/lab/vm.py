@@ -1,0 +1,89 @@
+"""One QEMU VM per host (-accel tcg): its disk, its tap, its MAC, its serial log and monitor socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+
+from kiln.lab import procs
+from kiln.lab.layout import MEMORY, Lab, tap_name
+from kiln.model import Host
+from kiln.run import run
+
+DISK = "disk"
+PXE = "pxe"
+
+
+def proc_name(host: Host) -> str:
+    return f"vm-{host.name}"
+
+
+def image(lab: Lab, host: Host) -> str:
+    role = host.role.value
+    return str(lab.images / role / f"{role}.qcow2")
+
+
+def raw_size(lab: Lab, host: Host) -> int:
+    role = host.role.value
+    manifest = json.loads((lab.images / role / "manifest.json").read_text())
+    return int(manifest["files"][f"{role}.raw"]["size"])
+
+
+def make_disk(lab: Lab, host: Host, boot: str) -> None:
+    """A copy-on-write overlay of the role image (boot from disk), or an empty disk of the image's size (PXE)."""
+    lab.disks.mkdir(parents=True, exist_ok=True)
+    disk = lab.disk(host)
+    disk.unlink(missing_ok=True)
+    if boot == DISK:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image(lab, host), str(disk)])
+    else:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), str(raw_size(lab, host))])
+
+
+def argv(lab: Lab, host: Host, boot: str) -> list[str]:
+    return [
+        "qemu-system-x86_64", "-name", host.name, "-accel", "tcg", "-m", str(MEMORY[host.role]), "-smp", "1",
+        "-nographic", "-serial", f"file:{lab.serial_log(host)}",
+        "-monitor", f"unix:{lab.monitor(host)},server,nowait",
+        "-drive", f"file={lab.disk(host)},if=virtio,format=qcow2,cache=unsafe",
+        "-netdev", f"tap,id=net0,ifname={tap_name(host)},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=net0,mac={host.mac}",
+        "-boot", "order=n" if boot == PXE else "order=c",
+    ]  # fmt: skip
+
+
+def start(lab: Lab, host: Host, boot: str) -> int:
+    """Power the VM on (its serial log starts afresh only when its disk does)."""
+    lab.logs.mkdir(parents=True, exist_ok=True)
+    return procs.start(proc_name(host), argv(lab, host, boot), lab.run, lab.logs / f"{host.name}.qemu.log")
+
+
+def running(lab: Lab, host: Host) -> bool:
+    return procs.pid_of(proc_name(host), lab.run) is not None
+
+
+def monitor(lab: Lab, host: Host, command: str) -> None:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(lab.monitor(host)))
+        s.sendall(command.encode() + b"\n")
+        time.sleep(0.3)
+
+
+def kill(lab: Lab, host: Host) -> bool:
+    """Pull the plug: the VM stops at once, no shutdown."""
+    return procs.stop(proc_name(host), lab.run, grace=3)
+
+
+def powerdown(lab: Lab, host: Host, timeout: float = 120) -> None:
+    """ACPI power button, then the plug after `timeout` seconds."""
+    pid = procs.pid_of(proc_name(host), lab.run)
+    if pid is None:
+        return
+    monitor(lab, host, "system_powerdown")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and procs.alive(pid):
+        time.sleep(1)
+    kill(lab, host)
