@@ -235,6 +235,9 @@ def apply(
         )
         return 1
     paths = Paths(root)
+    # The live steps act on the machine (and network namespace) the agent runs in. Into a tree other than /
+    # they run only when named with --only: a stray apply must not load a default-drop firewall here.
+    named = live and not paths.is_host
     ctx = StepContext(paths, bundle, live=live, owners=Owners(root, strict=False), tuning=tuning or Tuning())
     total_changed = 0
     for name, fn in step_functions().items():
@@ -242,6 +245,9 @@ def apply(
             continue
         if not live and name in OFFLINE_SKIPPED:
             print(f"{name:<9} skipped (--no-services)")
+            continue
+        if named and name in OFFLINE_SKIPPED and name not in only:
+            print(f"{name:<9} skipped (the root is not /: name it with --only {name} to run it on this machine)")
             continue
         started = time.monotonic()
         try:

@@ -39,7 +39,12 @@ def parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "--no-services", action="store_true", help="write files only: no firewall, services, join or checks"
     )
-    apply.add_argument("--only", default="", help="comma-separated steps to run (e.g. join)")
+    apply.add_argument(
+        "--only",
+        default="",
+        help="comma-separated steps to run; live steps into a tree other than / "
+        "run only when named here (e.g. --only firewall,join inside a network namespace)",
+    )
     apply.add_argument("--join-deadline", type=float, default=300.0, help=argparse.SUPPRESS)
     apply.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help=argparse.SUPPRESS)
     return p

@@ -101,3 +101,12 @@ def test_paths_that_leave_the_root_are_refused(tmp_path: Path, bad: str) -> None
     data["files"] = [{"path": bad, "mode": "0644", "owner": "root", "group": "root", "content": "x"}]
     assert agent.apply(write_bundle(tmp_path, data), tmp_path / "root", live=False) == 1
     assert not (tmp_path / "escape").exists() and not (tmp_path / "x").exists()
+
+
+def test_live_steps_into_a_tree_run_only_when_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tree(tmp_path / "root")
+    assert agent.apply(write_bundle(tmp_path, bundle()), root, live=True) == 0
+    out = capsys.readouterr().out
+    for step in ("firewall", "services", "join", "checks"):
+        assert f"{step:<9} skipped (the root is not /: name it with --only {step}" in out
+    assert (root / "etc/hostname").read_text() == "db1\n"
