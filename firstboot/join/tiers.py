@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,36 @@ def pool_status(stats_url: str, backend: str) -> dict[str, str]:
     }
 
 
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+PRIORITY = re.compile(r"^\s*priority\s+(\d+)", re.M)
+
+
+def keepalived_priorities() -> set[int]:
+    """The VRRP priorities in the configs the keepalived processes of this namespace were started with."""
+    found = set()
+    for pid in running_here("keepalived"):
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        conf = KEEPALIVED_CONF
+        for flag, value in zip(args, args[1:], strict=False):
+            if flag in ("-f", "--use-file"):
+                conf = value
+        try:
+            found |= {int(p) for p in PRIORITY.findall(Path(conf).read_text())}
+        except OSError:
+            continue
+    return found
+
+
 def join_lb(params: dict[str, Any], deadline: float) -> str:
     _require("keepalived", "keepalived")
     _require("haproxy", "haproxy")
+    priorities = keepalived_priorities()
+    if int(params["priority"]) not in priorities:
+        raise StepFailed(
+            f"keepalived runs with priority {', '.join(map(str, sorted(priorities))) or 'unknown'}, "
+            f"the bundle says {params['priority']}",
+            "restart keepalived so it reads /etc/keepalived/keepalived.conf, then run `firstboot run`",
+        )
     try:
         vip = wait_for(lambda: _vip_state(str(params["vip"])), "the VIP", deadline)
     except ProbeFailed as e:

@@ -256,3 +256,15 @@ def test_rejoining_changes_nothing(running: Cluster6) -> None:
     assert "primary unchanged" in running.join("db1")
     assert "keepalived MASTER" in running.join("lb1")
     assert vip_holders(running.lab, running.bundles["lb1"]["network"]["vip"]) == ["lb1"]
+
+
+def test_an_lb_whose_keepalived_runs_another_priority_fails_its_join(running: Cluster6) -> None:
+    wrong = json.loads(json.dumps(running.bundles["lb2"]))
+    wrong["join"]["params"]["priority"] = 120  # the bundle changed; keepalived was not restarted
+    path = running.base / "lb2-wrong.bundle.json"
+    path.write_text(json.dumps(wrong))
+    argv = firstboot("apply", "--bundle", str(path), "--root", str(running.trees["lb2"]), "--only", "join")
+    result = running.lab.exec(running.lab.ns("lb2"), *argv)
+    assert result.returncode == 1
+    assert "keepalived runs with priority 100, the bundle says 120" in result.stdout
+    assert "restart keepalived" in result.stdout
