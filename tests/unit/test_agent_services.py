@@ -1,0 +1,85 @@
+"""The services step's decisions: enable what is not, start what is inactive, restart what had files change.
+
+systemd does not run on this machine (no PID 1 systemd), so `systemctl` here is a stand-in that keeps
+the enabled and active units in files and records every call; the step itself runs unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from firstboot.errors import StepFailed
+from firstboot.owners import Owners
+from firstboot.paths import Paths
+from firstboot.steps.context import StepContext
+from firstboot.steps.system import services
+
+SYSTEMCTL = """#!/bin/sh
+echo "$*" >> "$KILN_AGT_STATE/calls"
+touch "$KILN_AGT_STATE/enabled" "$KILN_AGT_STATE/active"
+case "$1" in
+  is-enabled) grep -qx "$3" "$KILN_AGT_STATE/enabled" ;;
+  is-active) grep -qx "$3" "$KILN_AGT_STATE/active" ;;
+  enable) echo "$2" >> "$KILN_AGT_STATE/enabled" ;;
+  start)
+    [ "$2" = broken.service ] && { echo "Job for broken.service failed" >&2; exit 1; }
+    echo "$2" >> "$KILN_AGT_STATE/active" ;;
+  reload-or-restart|daemon-reload) ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+@pytest.fixture
+def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(SYSTEMCTL)
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("KILN_AGT_STATE", str(tmp_path))
+    return tmp_path
+
+
+def ctx(units: list[dict], changed: set[str]) -> StepContext:
+    bundle = {"services": units}
+    return StepContext(Paths(Path("/")), bundle, live=True, owners=Owners(Path("/"), strict=True), changed=changed)
+
+
+UNITS = [
+    {"unit": "nginx.service", "enable": True, "restart_on": ["/etc/nginx/nginx.conf"]},
+    {"unit": "kiln-app.service", "enable": True, "restart_on": ["/etc/systemd/system/kiln-app.service"]},
+]
+
+
+def calls(state: Path) -> list[str]:
+    return (state / "calls").read_text().splitlines()
+
+
+def test_a_fresh_host_gets_every_unit_enabled_and_started(systemd: Path) -> None:
+    outcome = services(ctx(UNITS, {"/etc/systemd/system/kiln-app.service"}))
+    assert (
+        outcome.detail
+        == "enabled nginx.service; started nginx.service; enabled kiln-app.service; started kiln-app.service"
+    )
+    assert calls(systemd)[0] == "daemon-reload"  # a unit file changed
+
+
+def test_running_units_restart_only_when_their_files_changed(systemd: Path) -> None:
+    (systemd / "enabled").write_text("nginx.service\nkiln-app.service\n")
+    (systemd / "active").write_text("nginx.service\nkiln-app.service\n")
+    assert services(ctx(UNITS, set())).detail == "unchanged (all enabled and running)"
+    assert "daemon-reload" not in calls(systemd)
+    assert services(ctx(UNITS, {"/etc/nginx/nginx.conf"})).detail == "restarted nginx.service"
+    assert "reload-or-restart kiln-app.service" not in calls(systemd)
+
+
+def test_a_unit_that_fails_to_start_fails_the_step_with_its_name(systemd: Path) -> None:
+    with pytest.raises(StepFailed) as e:
+        services(ctx([{"unit": "broken.service", "enable": False, "restart_on": []}], set()))
+    assert "'systemctl start broken.service' exited 1" in e.value.reason
+    assert "Job for broken.service failed" in e.value.reason
+    assert "journalctl" in e.value.next_action
