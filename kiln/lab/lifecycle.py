@@ -117,6 +117,7 @@ def up(lab: Lab, boot: str, roles: str | None, timeout: float = TIMEOUT, console
     began = time.monotonic()
     try:
         start_infrastructure(lab, roles, console)
+        write_atomic(lab.boot_record, (json.dumps({"boot": boot, "outcome": "starting"}) + "\n").encode())
         power_on(lab, lab.cluster.hosts, boot, watch)
         outcome = _watch(lab, watch, timeout, console)
     except BaseException:
@@ -164,6 +165,14 @@ def _watch(lab: Lab, watch: Watch, timeout: float, console: Console) -> str:
                 console.print(f"[red]VM(s) exited: {', '.join(dead)}[/] (see state/lab/logs/<host>.qemu.log)")
                 return "vm exited"
             time.sleep(2)
+
+
+def boot_mode(lab: Lab) -> str:
+    """How the running lab booted (pxe or disk), from its boot record."""
+    try:
+        return str(json.loads(lab.boot_record.read_text())["boot"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return vm.DISK
 
 
 def down(lab: Lab, console: Console | None = None) -> int:

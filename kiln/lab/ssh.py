@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kiln.fsutil import write_atomic
 from kiln.lab.layout import Lab
 
 
@@ -15,3 +16,18 @@ def options(lab: Lab) -> list[str]:
 
 def ssh_argv(lab: Lab, address: str) -> list[str]:
     return ["ssh", *options(lab), f"root@{address}"]
+
+
+def config_file(lab: Lab) -> str:
+    """An ssh_config naming every host (testinfra's ssh backend reads it): `ssh -F FILE lb1`."""
+    path = lab.ssh_key.parent / "config"
+    blocks = []
+    for h in lab.cluster.hosts:
+        blocks.append(
+            f"Host {h.name}\n    HostName {h.ip}\n    User root\n    IdentityFile {lab.ssh_key}\n"
+            f"    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking accept-new\n"
+            f"    UserKnownHostsFile {lab.known_hosts}\n    ConnectTimeout 10\n    LogLevel ERROR\n"
+            f"    ControlMaster auto\n    ControlPath {lab.ssh_key.parent}/cm-%h\n    ControlPersist 120\n"
+        )  # fmt: skip
+    write_atomic(path, "\n".join(blocks).encode(), mode=0o600)
+    return str(path)

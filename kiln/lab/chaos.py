@@ -1,0 +1,280 @@
+"""`lab chaos`: failure drills on the running lab while a request loop hits the VIP and a write loop inserts
+numbered notes; one table row per drill with what was measured and whether the goal held.
+
+Drills: power off lb1 (VIP to lb2, seconds of failed requests, lb1 rejoins), stop nginx on web1 (HAProxy marks it
+down), restart db2 (replication resumes, no row lost), kill a VM mid-join and start it again (it completes
+provisioning), reboot a provisioned host (first boot does nothing, services come back).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+from kiln.commands import load_or_report
+from kiln.fsutil import write_atomic
+from kiln.lab import client, lifecycle, netns, vm
+from kiln.lab.layout import OUTSIDE, Lab
+from kiln.lab.probe import request
+from kiln.lab.ssh import config_file
+from kiln.model import Role
+from kiln.run import CommandError, run
+
+INTERVAL = 0.2
+
+
+def ssh(lab: Lab, host: str, command: str, timeout: float = 60, check: bool = True) -> str:
+    return run(["ssh", "-F", config_file(lab), host, command], timeout=timeout, check=check).stdout
+
+
+def wait(what: str, predicate: Callable[[], bool], timeout: float, step: float = 1.0) -> float:
+    """Seconds until `predicate()` held; TimeoutError naming `what` otherwise."""
+    began = time.monotonic()
+    while True:
+        try:
+            if predicate():
+                return time.monotonic() - began
+        except (OSError, CommandError, ValueError, KeyError):
+            pass
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(step)
+
+
+@dataclass
+class Loops:
+    """The request loop (GET /health through the VIP) and the write loop (POST numbered notes)."""
+
+    lab: Lab
+    tag: str = field(default_factory=lambda: f"chaos-{uuid.uuid4().hex[:8]}")
+    requests: list[tuple[float, bool]] = field(default_factory=list)
+    written: list[int] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def _get(self, path: str, **kw: object):  # noqa: ANN202
+        lab = self.lab
+        return request(lab.vip, lab.cluster.domain, str(lab.secrets / "ca.pem"), path=path, src=OUTSIDE,
+                       timeout=2, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+    def _request_loop(self) -> None:
+        while not self.stop.is_set():
+            at = time.monotonic()
+            try:
+                ok = self._get("/health").status == 200
+            except OSError:
+                ok = False
+            self.requests.append((at, ok))
+            time.sleep(max(0.0, INTERVAL - (time.monotonic() - at)))
+
+    def _write_loop(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            body = json.dumps({"text": f"{self.tag}-{n}"}).encode()
+            try:
+                if self._get("/api/notes", method="POST", body=body).status == 201:
+                    self.written.append(n)
+            except OSError:
+                pass
+            time.sleep(0.5)
+
+    def start(self) -> None:
+        for target in (self._request_loop, self._write_loop):
+            threading.Thread(target=target, daemon=True).start()
+
+    def failed_seconds(self, since: float, until: float) -> tuple[float, int, int]:
+        """(span of failing requests in seconds, failed count, total count) within [since, until]."""
+        window = [(t, ok) for t, ok in list(self.requests) if since <= t <= until]
+        failed = [t for t, ok in window if not ok]
+        span = (failed[-1] - failed[0] + INTERVAL) if failed else 0.0
+        return span, len(failed), len(window)
+
+
+@dataclass(frozen=True)
+class Result:
+    drill: str
+    measured: str
+    goal: str
+    ok: bool
+
+
+def vip_holder(lab: Lab) -> list[str]:
+    return [h.name for h in lab.cluster.by_role(Role.lb)
+            if f"inet {lab.vip}/" in ssh(lab, h.name, "ip -4 -o addr show", timeout=20, check=False)]  # fmt: skip
+
+
+def host_state(lab: Lab, name: str) -> dict:
+    return next(r for r in client.hosts(lab) if r["name"] == name)
+
+
+def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
+    lb1, lb2 = (h.name for h in lab.cluster.by_role(Role.lb)[:2])
+    assert vip_holder(lab) == [lb1], f"before the drill the VIP should be on {lb1}"
+    began = time.monotonic()
+    vm.kill(lab, lab.cluster.host(lb1))
+    moved = wait(f"VIP on {lb2}", lambda: vip_holder(lab) == [lb2], 120)
+    time.sleep(5)
+    span, failed, total = loops.failed_seconds(began, time.monotonic())
+    results = [Result(f"power off {lb1}", f"VIP on {lb2} after {moved:.1f} s; {span:.1f} s of failed requests "
+                      f"({failed}/{total})", "< 5 s of failures", span < 5)]  # fmt: skip
+    back = time.monotonic()
+    vm.start(lab, lab.cluster.host(lb1), vm.DISK)
+    rejoined = wait(f"{lb1} holds the VIP again", lambda: vip_holder(lab) == [lb1], 600, step=3)
+    time.sleep(5)
+    span, failed, total = loops.failed_seconds(back, time.monotonic())
+    results.append(Result(f"power {lb1} back", f"took the VIP back after {rejoined:.0f} s; {span:.1f} s of "
+                          f"failed requests ({failed}/{total})", "rejoins; < 5 s of failures", span < 5))  # fmt: skip
+    return results
+
+
+def _web_status(lab: Lab, lb: str, web: str) -> str:
+    import urllib.request
+
+    url = f"http://{lab.cluster.host(lb).ip}:8404/stats;csv"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            cols = line.split(",")
+            if cols[0] == "web_pool" and cols[1] == web:
+                return cols[17]
+    return "?"
+
+
+def drill_nginx_stop(lab: Lab, loops: Loops) -> list[Result]:
+    web1 = lab.cluster.by_role(Role.web)[0].name
+    lbs = [h.name for h in lab.cluster.by_role(Role.lb)]
+    began = time.monotonic()
+    ssh(lab, web1, "systemctl stop nginx")
+    down = wait(f"HAProxy marks {web1} down", lambda: all(_web_status(lab, lb, web1).startswith("DOWN")
+                                                         for lb in lbs), 60, step=0.5)  # fmt: skip
+    time.sleep(3)
+    _, failed, total = loops.failed_seconds(began, time.monotonic())
+    ssh(lab, web1, "systemctl start nginx")
+    wait(f"{web1} UP again", lambda: all(_web_status(lab, lb, web1) == "UP" for lb in lbs), 60, step=0.5)
+    return [Result(f"stop nginx on {web1}", f"marked DOWN after {down:.1f} s; {failed}/{total} requests failed",
+                   "no failures beyond in-flight (<= 2)", failed <= 2)]  # fmt: skip
+
+
+def _count_on(lab: Lab, db: str, tag: str) -> int:
+    database = lab.cluster.db.database  # type: ignore[union-attr]
+    out = ssh(lab, db, f"mariadb -N -e \"SELECT COUNT(*) FROM {database}.notes WHERE text LIKE '{tag}-%'\"")
+    return int(out.strip())
+
+
+def drill_db_restart(lab: Lab, loops: Loops) -> list[Result]:
+    replica = lab.cluster.db_replicas[0].name
+    ssh(lab, replica, "systemctl reboot", check=False, timeout=20)
+    time.sleep(10)
+
+    def threads_running() -> bool:
+        status = ssh(lab, replica, "mariadb -e 'SHOW SLAVE STATUS\\G'", timeout=20)
+        return "Slave_IO_Running: Yes" in status and "Slave_SQL_Running: Yes" in status
+
+    back = wait(f"{replica} replicating again", threads_running, 600, step=3) + 10
+    time.sleep(3)
+    acked = len(loops.written)
+    lag = wait("every acknowledged row on the replica", lambda: _count_on(lab, replica, loops.tag) >= acked, 30,
+               step=0.5)  # fmt: skip
+    on_replica = _count_on(lab, replica, loops.tag)
+    return [
+        Result(
+            f"restart {replica}",
+            f"replicating {back:.0f} s after reboot; {on_replica} rows on the replica "
+            f"for {acked} acknowledged (caught up in {lag:.1f} s)",
+            "nothing lost",
+            on_replica >= acked,
+        )
+    ]
+
+
+def drill_kill_mid_join(lab: Lab, loops: Loops, boot: str) -> list[Result]:
+    from kiln.server.store import StateStore
+
+    target = lab.cluster.by_role(Role.web)[-1]
+    vm.kill(lab, target)
+    store = StateStore.open(f"sqlite:///{lab.database}", lab.root)
+    try:
+        store.rearm(target.name)
+    finally:
+        store.close()
+    vm.make_disk(lab, target, boot)
+    began = time.monotonic()
+    vm.start(lab, target, boot)
+
+    def mid_join() -> bool:
+        last = host_state(lab, target.name).get("last_event") or {}
+        return last.get("step") in ("services", "join") and last.get("status") == "start"
+
+    wait(f"{target.name} mid-join", mid_join, 900, step=0.5)
+    vm.kill(lab, target)
+    killed_at = time.monotonic() - began
+    vm.start(lab, target, boot)
+    joined = wait(f"{target.name} joined after the kill", lambda: host_state(lab, target.name)["state"] == "joined",
+                  900, step=2)  # fmt: skip
+    return [
+        Result(
+            f"kill {target.name} mid-join",
+            f"killed {killed_at:.0f} s after power-on; joined {joined:.0f} s after it was started again",
+            "completes provisioning",
+            True,
+        )
+    ]
+
+
+def drill_reboot(lab: Lab, loops: Loops) -> list[Result]:
+    app = lab.cluster.by_role(Role.app)[0].name
+    before = len(host_state(lab, app)["timeline"])
+    ssh(lab, app, "systemctl reboot", check=False, timeout=20)
+    time.sleep(10)
+    back = wait(f"{app} serving again", lambda: ssh(lab, app, "systemctl is-active kiln-app", timeout=20,
+                                                    check=False).strip() == "active", 600, step=3) + 10  # fmt: skip
+    status = ssh(lab, app, "firstboot status; systemctl show -p ActiveEnterTimestampMonotonic,Result firstboot",
+                 check=False)  # fmt: skip
+    after = host_state(lab, app)
+    nothing = after["state"] == "joined" and len(after["timeline"]) - before <= 2
+    return [Result(f"reboot {app}", f"kiln-app active {back:.0f} s after reboot; server timeline +"
+                   f"{len(after['timeline']) - before} events; state {after['state']}", "first boot does nothing, "
+                   "services come back", nothing and "fail" not in status.lower())]  # fmt: skip
+
+
+def chaos(roles: str | None) -> int:
+    cluster = load_or_report(roles)
+    if cluster is None:
+        return 1
+    lab = Lab(cluster)
+    boot = lifecycle.boot_mode(lab)
+    netns.enter()
+    console = Console()
+    loops = Loops(lab)
+    loops.start()
+    time.sleep(3)
+    drills: list[tuple[str, Callable[[], list[Result]]]] = [
+        ("power off lb1", lambda: drill_lb_power_off(lab, loops)),
+        ("stop nginx on web1", lambda: drill_nginx_stop(lab, loops)),
+        ("restart db2", lambda: drill_db_restart(lab, loops)),
+        ("kill mid-join", lambda: drill_kill_mid_join(lab, loops, boot)),
+        ("reboot app1", lambda: drill_reboot(lab, loops)),
+    ]
+    results: list[Result] = []
+    for name, drill in drills:
+        console.print(f"drill: {name} ...")
+        try:
+            results += drill()
+        except (AssertionError, TimeoutError, CommandError, OSError) as e:
+            results.append(Result(name, f"error: {str(e).splitlines()[0][:100]}", "", False))
+        console.print(f"  {results[-1].measured}")
+    loops.stop.set()
+    table = Table(title="kiln lab chaos", title_justify="left")
+    for col in ("drill", "measured", "goal", "result"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.drill, r.measured, r.goal, "[green]pass[/]" if r.ok else "[red]FAIL[/]")
+    console.print(table)
+    write_atomic(lab.root / "chaos.json", (json.dumps([r.__dict__ for r in results], indent=2) + "\n").encode())
+    return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,66 @@
+"""`lab verify`: the e2e suite (pytest + testinfra over SSH) run inside the lab namespace, then a pass/fail table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kiln.commands import PROJECT
+from kiln.lab import netns
+from kiln.lab.layout import NETNS
+
+SUITE = sorted(str(p.relative_to(PROJECT)) for p in (PROJECT / "tests" / "e2e").glob("test_lab_*.py"))
+
+
+def run_suite(report: Path, roles: str | None, files: list[str] | None = None, extra: list[str] | None = None) -> int:
+    env = {**os.environ, "KILN_LAB": "1"}
+    if roles:
+        env["KILN_LAB_ROLES"] = str(Path(roles).resolve())
+    argv = ["ip", "netns", "exec", NETNS, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            f"--junitxml={report}", *(files or SUITE), *(extra or [])]  # fmt: skip
+    return subprocess.run(argv, cwd=PROJECT, env=env, check=False).returncode
+
+
+def results(report: Path) -> list[tuple[str, str, str]]:
+    """(test, outcome, first line of the failure) for each test case in a JUnit XML report."""
+    rows = []
+    for case in ET.parse(report).getroot().iter("testcase"):
+        outcome, why = "pass", ""
+        for tag in ("failure", "error", "skipped"):
+            found = case.find(tag)
+            if found is not None:
+                outcome = {"failure": "FAIL", "error": "ERROR", "skipped": "skip"}[tag]
+                why = (found.get("message") or "").splitlines()[0][:110] if found.get("message") else ""
+        rows.append((case.get("name", "?"), outcome, why))
+    return rows
+
+
+def table(rows: list[tuple[str, str, str]], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("check", "result", "why"):
+        t.add_column(col)
+    for name, outcome, why in rows:
+        style = "green" if outcome == "pass" else "yellow" if outcome == "skip" else "red"
+        t.add_row(name, f"[{style}]{outcome}[/]", why)
+    return t
+
+
+def verify(roles: str | None) -> int:
+    if not netns.exists():
+        print("the lab is down: ./inv lab up first", file=sys.stderr)
+        return 1
+    report = PROJECT / "state" / "lab" / "verify.xml"
+    report.unlink(missing_ok=True)
+    code = run_suite(report, roles)
+    if not report.exists():
+        return code or 1
+    rows = results(report)
+    passed = sum(1 for _, o, _ in rows if o == "pass")
+    Console().print(table(rows, f"kiln lab verify: {passed}/{len(rows)} passed"))
+    return code

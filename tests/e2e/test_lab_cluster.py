@@ -1,0 +1,246 @@
+"""The running lab cluster, end to end: the site through the VIP, replication, the VIP and HAProxy, the firewall
+matrix by real connection attempts, listening ports, hardening, and every host's first boot.
+
+Run by `./inv lab verify` inside the lab namespace (after `./inv lab up`); skipped anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import testinfra
+
+from kiln.commands import load_or_report
+from kiln.lab import client
+from kiln.lab.layout import OUTSIDE, Lab
+from kiln.lab.probe import DROPPED, OPEN, REFUSED, connect, connect_from_host, request
+from kiln.lab.ssh import config_file
+from kiln.model import Role
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("KILN_LAB") != "1", reason="needs the running lab: ./inv lab verify"),
+]
+
+ROLES_FILE = os.environ.get("KILN_LAB_ROLES") or None
+CLUSTER = load_or_report(ROLES_FILE) if os.environ.get("KILN_LAB") == "1" else None
+HOSTS = [h.name for h in CLUSTER.hosts] if CLUSTER else []
+ADMIN = CLUSTER.provisioning_url.split("//")[1].split(":")[0] if CLUSTER else ""
+
+
+def _ip(name: str) -> str:
+    assert CLUSTER is not None
+    return str(CLUSTER.host(name).ip)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    assert CLUSTER is not None
+    return Lab(CLUSTER)
+
+
+@pytest.fixture(scope="session")
+def ssh_config(lab: Lab) -> str:
+    return config_file(lab)
+
+
+@pytest.fixture(scope="session")
+def hosts(ssh_config: str) -> dict[str, Any]:
+    return {name: testinfra.get_host(f"ssh://{name}", ssh_config=ssh_config) for name in HOSTS}
+
+
+def _get(lab: Lab, path: str = "/", **kw: Any):  # noqa: ANN202
+    return request(lab.vip, lab.cluster.domain, str(lab.secrets / "ca.pem"), path=path, src=OUTSIDE, **kw)
+
+
+# --- the site through the VIP -------------------------------------------------------------------------
+
+
+def test_https_through_the_vip_serves_the_demo_page_via_lb_nginx_app_and_mariadb(lab: Lab) -> None:
+    reply = _get(lab)
+    assert reply.status == 200, reply.body[:500]
+    page = reply.body.decode()
+    assert "kiln demo app" in page
+    primary = lab.cluster.db_primary
+    assert primary is not None
+    assert "served by app node" in page and f"writes go to the primary <b>{primary.name}" in page, page
+    assert "x-cache-status" in reply.headers, "nginx (web tier) is on the path"
+
+
+def test_http_redirects_to_https_and_https_sends_hsts(lab: Lab) -> None:
+    plain = _get(lab, tls=False)
+    assert plain.status in (301, 308)
+    assert plain.headers["location"].startswith(f"https://{lab.cluster.domain}/")
+    hsts = _get(lab).headers.get("strict-transport-security", "")
+    assert "max-age=" in hsts and int(hsts.split("max-age=")[1].split(";")[0]) >= 31536000
+
+
+def test_a_note_posted_through_the_vip_is_read_from_the_replica_within_2s(lab: Lab, hosts: dict[str, Any]) -> None:
+    text = f"lab-verify-{uuid.uuid4().hex[:12]}"
+    posted = _get(lab, "/api/notes", method="POST", body=json.dumps({"text": text}).encode())
+    assert posted.status == 201, posted.body
+    began = time.monotonic()
+    replicas = [str(h.ip) for h in lab.cluster.db_replicas]
+    while True:
+        listing = _get(lab, "/api/notes").json()
+        if any(n["text"] == text for n in listing["notes"]):
+            break
+        assert time.monotonic() - began < 2.0, f"note not readable after 2 s (read from {listing['read_from']})"
+        time.sleep(0.1)
+    assert listing["read_from"] in replicas, "reads are served by a replica"
+    for replica in lab.cluster.db_replicas:
+        out = hosts[replica.name].check_output(
+            f"mariadb -N -e \"SELECT COUNT(*) FROM {lab.cluster.db.database}.notes WHERE text='{text}'\""  # type: ignore[union-attr]
+        )
+        assert out.strip() == "1", f"{replica.name} holds the note"
+
+
+@pytest.mark.parametrize("name", [h.name for h in CLUSTER.db_replicas] if CLUSTER else [])
+def test_the_replica_is_read_only_and_both_threads_run(name: str, hosts: dict[str, Any]) -> None:
+    host = hosts[name]
+    assert host.check_output("mariadb -N -e 'SELECT @@read_only'").strip() == "1"
+    status = host.check_output("mariadb -e 'SHOW SLAVE STATUS\\G'")
+    fields = dict(line.strip().split(": ", 1) for line in status.splitlines() if ": " in line)
+    assert fields.get("Slave_IO_Running") == "Yes", status
+    assert fields.get("Slave_SQL_Running") == "Yes", status
+    assert fields.get("Using_Gtid") == "Slave_Pos", status
+
+
+# --- the load balancers -----------------------------------------------------------------------------
+
+
+def _lbs() -> list[str]:
+    return [h.name for h in CLUSTER.by_role(Role.lb)] if CLUSTER else []
+
+
+def test_exactly_one_lb_holds_the_vip_and_both_run_keepalived_and_haproxy(lab: Lab, hosts: dict[str, Any]) -> None:
+    holders = []
+    for name in _lbs():
+        host = hosts[name]
+        assert host.service("keepalived").is_running, f"keepalived on {name}"
+        assert host.service("haproxy").is_running, f"haproxy on {name}"
+        if f"inet {lab.vip}/" in host.check_output("ip -4 -o addr show"):
+            holders.append(name)
+    assert len(holders) == 1, f"VIP {lab.vip} held by {holders}"
+
+
+@pytest.mark.parametrize("name", _lbs())
+def test_haproxy_sees_every_web_node_up(name: str, lab: Lab) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{_ip(name)}:8404/stats;csv", timeout=10) as r:
+        rows = [line.split(",") for line in r.read().decode().splitlines() if line.startswith("web_pool,")]
+    status = {row[1]: row[17] for row in rows if row[1] not in ("FRONTEND", "BACKEND")}
+    webs = {h.name for h in lab.cluster.by_role(Role.web)}
+    assert set(status) == webs
+    assert all(s == "UP" for s in status.values()), status
+
+
+# --- the firewall matrix ----------------------------------------------------------------------------
+
+# (from, to, port, allowed): "admin" is the lab's own address (in the admin network), "outside" is an address
+# in no admin network and no cluster host, "vip" the site's address.
+MATRIX = [
+    ("outside", "vip", 443, True),
+    ("outside", "vip", 80, True),
+    ("lb1", "web1", 80, True),
+    ("lb2", "web2", 80, True),
+    ("web1", "app1", 8080, True),
+    ("web2", "app1", 8080, True),
+    ("app1", "db1", 3306, True),
+    ("app1", "db2", 3306, True),
+    ("db2", "db1", 3306, True),
+    ("admin", "app1", 22, True),
+    ("admin", "db1", 9100, True),
+    ("web1", "db1", 3306, False),
+    ("lb1", "app1", 8080, False),
+    ("app1", "web1", 80, False),
+    ("outside", "app1", 8080, False),
+    ("outside", "db1", 3306, False),
+    ("outside", "web1", 80, False),
+    ("outside", "lb1", 22, False),
+    ("outside", "db2", 22, False),
+    ("outside", "lb1", 8404, False),
+    ("admin", "app1", 8080, False),
+    ("admin", "db1", 3306, False),
+]
+
+
+@pytest.mark.parametrize(("src", "dst", "port", "allowed"), MATRIX, ids=[f"{s}->{d}:{p}" for s, d, p, _ in MATRIX])
+def test_firewall_matrix(src: str, dst: str, port: int, allowed: bool, lab: Lab, hosts: dict[str, Any]) -> None:
+    address = lab.vip if dst == "vip" else _ip(dst)
+    if src in ("outside", "admin"):
+        got = connect(address, port, src=OUTSIDE if src == "outside" else ADMIN)
+    else:
+        got = connect_from_host(hosts[src], address, port)
+    if allowed:
+        assert got == OPEN, f"{src} -> {dst}:{port} should connect, got {got}"
+    else:
+        assert got in (REFUSED, DROPPED), f"{src} -> {dst}:{port} should be refused or dropped, got {got}"
+
+
+# --- per host: listening ports, hardening, first boot ------------------------------------------------
+
+LISTEN = {
+    Role.lb: {22, 80, 443, 8404, 9100},
+    Role.web: {22, 80, 9100, 9113},
+    Role.app: {22, 8080, 9100},
+    Role.db: {22, 3306, 9100, 9104},
+}
+
+
+def _listening(host: Any) -> set[int]:
+    ports = set()
+    for line in host.check_output("ss -Htln").splitlines():
+        local = line.split()[3]
+        address, _, port = local.rpartition(":")
+        if address.strip("[]").startswith(("127.", "::1")):
+            continue
+        ports.add(int(port))
+    return ports
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_only_the_expected_ports_listen(name: str, lab: Lab, hosts: dict[str, Any]) -> None:
+    role = lab.cluster.host(name).role
+    assert _listening(hosts[name]) == LISTEN[role]
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_hardening_baseline(name: str, hosts: dict[str, Any]) -> None:
+    host = hosts[name]
+    sshd = host.check_output("sshd -T")
+    assert "permitrootlogin no" in sshd and "passwordauthentication no" in sshd
+    ruleset = host.check_output("nft list chain inet filter input")
+    assert "policy drop" in ruleset
+    assert host.sysctl("net.ipv4.conf.all.accept_redirects") == 0
+    assert host.sysctl("kernel.kptr_restrict") >= 1
+    assert host.service("auditd").is_running
+    assert host.file("/etc/shadow").mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_first_boot_finished_with_its_timeline_on_the_server(name: str, lab: Lab, hosts: dict[str, Any]) -> None:
+    state = json.loads(hosts[name].file("/var/lib/firstboot/state.json").content_string)
+    assert hosts[name].run("firstboot status").rc == 0, "firstboot status says done"
+    assert state, "firstboot kept its state"
+    row = next(r for r in client.hosts(lab) if r["name"] == name)
+    assert row["state"] == "joined"
+    ok = {e["step"] for e in row["timeline"] if e["status"] == "ok"}
+    for step in ("fetch", "network", "files", "secrets", "firewall", "services", "join", "checks", "done"):
+        assert step in ok, f"{name}: no '{step} ok' in the server's timeline"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_ssh_masters(ssh_config: str) -> Iterator[None]:
+    yield
+    import subprocess
+
+    for name in HOSTS:
+        subprocess.run(["ssh", "-F", ssh_config, "-O", "exit", name], capture_output=True, check=False, timeout=10)

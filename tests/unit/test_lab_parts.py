@@ -1,0 +1,75 @@
+"""The lab's pure parts: dnsmasq's leases and boot file, the access files added to bundles, TCP probes on
+loopback, Lynis report parsing and the verify table read from a real JUnit report."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from kiln.commands import load_or_report
+from kiln.lab import access, dnsmasq, probe
+from kiln.lab.audit import parse_report
+from kiln.lab.layout import Lab, tap_name
+from kiln.lab.verify import results
+from kiln.render import render_host
+
+
+def _lab() -> Lab:
+    cluster = load_or_report(None)
+    assert cluster is not None
+    return Lab(cluster)
+
+
+def test_dnsmasq_leases_every_host_by_mac_and_points_ipxe_at_the_server() -> None:
+    lab = _lab()
+    conf = dnsmasq.config(lab).splitlines()
+    for h in lab.cluster.hosts:
+        assert f"dhcp-host={h.mac},{h.ip},{h.name}" in conf
+    assert "dhcp-boot=tag:ipxe,http://10.10.0.1:8080/boot.ipxe" in conf
+    assert "port=0" in conf, "no DNS server in the lab"
+    assert any(line.startswith("dhcp-range=10.10.0.0,static") for line in conf), "no lease for unknown MACs"
+
+
+def test_tap_names_fit_ifnamsiz_and_differ() -> None:
+    names = [tap_name(h) for h in _lab().cluster.hosts]
+    assert all(len(n) <= 15 for n in names) and len(set(names)) == len(names)
+
+
+def test_access_files_join_the_bundle_without_touching_the_rendered_one() -> None:
+    lab = _lab()
+    rendered = render_host(lab.cluster, lab.cluster.host("db1"))
+    files_before = len(rendered["files"])
+    out = access.add_to_bundle(rendered, "ssh-ed25519 AAAA kiln-lab", "10.10.0.1")
+    assert len(rendered["files"]) == files_before
+    paths = {f["path"]: f for f in out["files"]}
+    assert paths[access.AUTHORIZED_KEYS]["content"] == "ssh-ed25519 AAAA kiln-lab\n"
+    assert paths[access.AUTHORIZED_KEYS]["mode"] == "0600"
+    assert "Match Address 10.10.0.1\n" in paths[access.SSHD_DROPIN]["content"]
+    assert {"path": "/root/.ssh", "mode": "0700", "owner": "root", "group": "root"} in out["directories"]
+    assert out["services"][-1] == {"unit": "ssh.service", "enable": True, "restart_on": [access.SSHD_DROPIN]}
+
+
+def test_connect_tells_open_from_refused() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert probe.connect("127.0.0.1", port) == probe.OPEN
+    assert probe.connect("127.0.0.1", port) == probe.REFUSED
+
+
+def test_lynis_report_parsing() -> None:
+    text = "lynis_version=3.0.8\nhardening_index=78\nsuggestion[]=SSH-7408|Consider hardening SSH|AllowTcp|-|\n"
+    assert parse_report(text) == (78, ["SSH-7408: Consider hardening SSH"])
+    assert parse_report("") == (None, [])
+
+
+def test_verify_table_reads_a_real_junit_report(tmp_path: Path) -> None:
+    source = "def test_ok():\n    pass\n\ndef test_bad():\n    assert 1 == 2, 'one is not two'\n"
+    (tmp_path / "test_x.py").write_text(source)
+    report = tmp_path / "r.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                    str(tmp_path / "test_x.py")], capture_output=True, check=False, cwd=tmp_path)  # fmt: skip
+    rows = {name: (outcome, why) for name, outcome, why in results(report)}
+    assert rows["test_ok"] == ("pass", "")
+    assert rows["test_bad"][0] == "FAIL" and "one is not two" in rows["test_bad"][1]
