@@ -21,7 +21,7 @@ _IMAGE_BUILD = (
     "wget", "curl", "xz-utils", "ca-certificates", "procps",
 )  # fmt: skip
 # The image tests: QEMU (TCG) boots and shellcheck for the elements' hooks.
-_IMAGE_TEST = (*_IMAGE_BUILD, "qemu-system-x86", "shellcheck")
+_IMAGE_TEST = (*_IMAGE_BUILD, "qemu-system-x86", "shellcheck", "cpio", "systemd")
 
 # The provisioning server's tests: the dashboard in a real headless browser, and its PostgreSQL state path.
 _SERVER_TEST = ("chromium", "chromium-driver", "postgresql")

@@ -3,7 +3,6 @@ then build each image that is not up to date, with a progress display and a summ
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
@@ -15,12 +14,11 @@ from kiln.build.mirror import MirrorNotFound, resolve
 from kiln.build.plan import IMAGES_DIR, PROJECT, roles_to_build
 from kiln.build.progress import Display
 from kiln.model import Cluster, InvalidRoles, Role, load_roles
-from kiln.run import CommandError, run
+from kiln.run import CommandError
 from kiln.secrets import SecretStore
 
 DEFAULT_ROLES = PROJECT / "roles.yaml"
 DEFAULT_SECRETS = PROJECT / "secrets"
-FREEZE_TIMEOUT = 1800.0
 
 
 def build(role: str, *, force: bool = False, roles: str | None = None) -> int:
@@ -47,7 +45,7 @@ def _build(roles: str | None, names: list[str] | None, *, force: bool, with_inst
         wanted = tuple(Role(n) for n in names)
     try:
         env = prepare(cluster)
-    except (MirrorNotFound, CommandError) as e:
+    except (MirrorNotFound, CommandError, FreezeFailed) as e:
         print(f"build: {e}", file=sys.stderr)
         return 1
     outcomes: list[Outcome] = []
@@ -67,16 +65,23 @@ def prepare(cluster: Cluster, *, images: Path = IMAGES_DIR, secrets: Path = DEFA
     """What a build needs before DIB runs: the keys, the frozen agent, the mirror."""
     store = SecretStore(secrets)
     store.ensure(cluster)
-    freeze_agent()
+    freeze_agent(images / "firstboot")
     mirror = resolve(cluster.image.mirror, cluster.image.release)
     return BuildEnv(cluster=cluster, mirror=mirror, store=store, images=images, agent=images / "firstboot")
 
 
-def freeze_agent() -> None:
-    """Run the freeze step (./inv freeze) when the project has one; it keeps images/firstboot/ current."""
-    if importlib.util.find_spec("kiln.freeze") is None:
-        return
-    run([sys.executable, "-m", "invoke", "--search-root", str(PROJECT), "freeze"], cwd=PROJECT, timeout=FREEZE_TIMEOUT)
+class FreezeFailed(Exception):
+    pass
+
+
+def freeze_agent(agent_dir: Path) -> None:
+    """The freeze step (./inv freeze) when the project has one: it refreezes only when the agent's sources changed."""
+    try:
+        from kiln import freeze
+    except ImportError:
+        return  # no freeze step: kiln-firstboot takes whatever images/firstboot/ holds, and says so when it is empty
+    if freeze.freeze(agent_dir) != 0:
+        raise FreezeFailed("freezing the agent failed (see above); every image bakes it in")
 
 
 def _load(roles: str | os.PathLike[str] | None) -> Cluster | None:

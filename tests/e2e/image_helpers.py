@@ -18,6 +18,8 @@ from kiln.build.imagefs import mounted
 from kiln.build.plan import IMAGES_DIR
 
 ROLES = ("lb", "web", "app", "db")
+GUEST_HOST = "10.0.2.100"  # where a guest finds the host's forwarded loopback ports
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def build_all_images() -> Path:
@@ -31,7 +33,11 @@ class Vm:
 
     def __init__(self, workdir: Path, *, disk: Path, disk_format: str = "qcow2", kernel: Path | None = None,
                  initrd: Path | None = None, append: str | None = None, mac: str = "52:54:00:12:34:56",
-                 memory: int = 1024) -> None:  # fmt: skip
+                 memory: int = 1024, forwards: dict[int, int] | None = None) -> None:  # fmt: skip
+        """`forwards` maps a port on 10.0.2.100 (as the guest sees it) to a port on the host's 127.0.0.1.
+
+        The guest's network is QEMU user networking with restrict=on: DHCP works, and it reaches nothing
+        but those forwards (never any other address)."""
         self.workdir = workdir
         self.console = workdir / "console.log"
         self.monitor = workdir / "monitor.sock"
@@ -39,8 +45,12 @@ class Vm:
             "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "2", "-nographic",
             "-serial", f"file:{self.console}", "-monitor", f"unix:{self.monitor},server,nowait",
             "-drive", f"file={disk},if=virtio,format={disk_format}",
-            "-nic", f"user,model=virtio-net-pci,mac={mac}", "-no-reboot",
+            "-no-reboot",
         ]  # fmt: skip
+        nic = f"user,model=virtio-net-pci,mac={mac},restrict=on"
+        for guest_port, host_port in (forwards or {}).items():
+            nic += f",guestfwd=tcp:{GUEST_HOST}:{guest_port}-tcp:127.0.0.1:{host_port}"
+        argv += ["-nic", nic]
         if kernel is not None:
             argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append or ""]
         self.argv = argv
@@ -55,8 +65,9 @@ class Vm:
         self.kill()
 
     def text(self) -> str:
+        """The console so far, colour codes removed."""
         try:
-            return self.console.read_bytes().decode(errors="replace")
+            return _ANSI.sub("", self.console.read_bytes().decode(errors="replace"))
         except FileNotFoundError:
             return ""
 
@@ -95,7 +106,9 @@ class Vm:
 
 def overlay(image: Path, path: Path) -> Path:
     """A qcow2 overlay on the image: the guest writes there, the image stays as built."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image), str(path)], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(path)], check=True
+    )
     return path
 
 

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 
 BOOT_TIMEOUT = 420  # TCG on two cores: about a minute to the login prompt; the margin is for a loaded machine
 WAITING = r"firstboot.*(fetch bundle: attempt \d+ failed|waiting for the bundle)"
+SETTLED = r"firstboot.*(fetch bundle: attempt (9|\d\d+) failed|waiting for the bundle)"
 ROLE_SERVICES = {
     "lb": ("haproxy", "keepalived", "prometheus-node-exporter"),
     "web": ("nginx", "prometheus-nginx-exporter", "prometheus-node-exporter"),
@@ -34,14 +35,17 @@ def test_role_image_boots_and_waits_for_its_bundle(role: str, images: Path, tmp_
     with Vm(tmp_path, disk=disk) as vm:
         vm.wait_for(r"login:", BOOT_TIMEOUT)
         vm.wait_for(WAITING, 180)
+        # sshd starts once ssh-keygen.service made the host keys (RSA takes a while under TCG); the console stops
+        # showing unit status at the login prompt, so give it the time of a few more fetch attempts, then read
+        # the journal after power-down
+        vm.wait_for(SETTLED, 300)
         console = vm.text()
         vm.powerdown()
-    assert "Started ssh.service" in console or "OpenBSD Secure Shell server" in console
     assert "firstboot.service" in console
 
     with booted_root(disk, tmp_path) as root:
         keys = sorted(p.name for p in (root / "etc" / "ssh").glob("ssh_host_*_key"))
-        assert "ssh_host_ed25519_key" in keys, "host keys are made on first boot"
+        assert {"ssh_host_ed25519_key", "ssh_host_rsa_key"} <= set(keys), "host keys are made on first boot"
         machine_id = (root / "etc" / "machine-id").read_text().strip()
         assert re.fullmatch(r"[0-9a-f]{32}", machine_id), "machine-id is initialized on first boot"
         log = journal(root)
