@@ -76,8 +76,13 @@ def _ipxe(text: str, status: int = 200) -> PlainTextResponse:
 # --- HTTP: boot scripts ---------------------------------------------------------------------------
 
 
+def _reached_as(request: Request) -> ipxe.Installer:
+    p: Provisioner = request.app.state.provisioner
+    return p.installer.reached_as(request.headers.get("host"))
+
+
 async def boot_ipxe(request: Request) -> Response:
-    return _ipxe(ipxe.boot_script())
+    return _ipxe(ipxe.boot_script(_reached_as(request).http_base))
 
 
 async def host_ipxe(request: Request) -> Response:
@@ -86,11 +91,12 @@ async def host_ipxe(request: Request) -> Response:
         mac = parse_mac(request.query_params.get("mac"))
     except BadInput as e:
         return _ipxe(f"#!ipxe\necho kiln: {e}\nexit 1\n".replace("$", ""), 400)
+    installer = _reached_as(request)
     host = p.host_by_mac(mac)
     if host is None:
         await p.blocking(p.store.note_unknown, mac)
         LOG.info("unknown machine %s asked for its boot script", mac)
-        return _ipxe(ipxe.unknown_script(mac))
+        return _ipxe(ipxe.unknown_script(mac, installer.http_base))
     if await p.blocking(p.store.is_installed, host.name):
         return _ipxe(ipxe.disk_script(host))
     try:
@@ -98,9 +104,9 @@ async def host_ipxe(request: Request) -> Response:
         sha = p.images.raw_sha256(host.role.value)
     except ipxe.NotBuilt as e:
         LOG.warning("%s: cannot install: %s", host.name, e)
-        return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)]))
+        return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)], installer.http_base))
     await p.blocking(p.store.record_pxe, host.name, f"installer script served ({host.role.value} image)")
-    return _ipxe(ipxe.install_script(host, sha, p.installer))
+    return _ipxe(ipxe.install_script(host, sha, installer))
 
 
 async def http_root(request: Request) -> Response:

@@ -21,12 +21,19 @@ from pathlib import Path
 from kiln.model import Host
 
 RETRY_SECONDS = 30
-CHAIN = "chain --replace --autofree /ipxe?mac=${net0/mac}"
+
+
+def chain(base: str) -> str:
+    """Chain to this machine's own script. The URL is absolute: the iPXE in QEMU's ROM (Debian's ipxe-qemu,
+    2019) fails a relative chain after a DHCP-given boot file with "Operation not supported"."""
+    return f"chain --replace --autofree {base}/ipxe?mac=${{net0/mac}}"
+
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def boot_script() -> str:
-    return "#!ipxe\n# kiln: every machine starts here; its own script is picked by its MAC\n" + CHAIN + "\n"
+def boot_script(base: str) -> str:
+    return "#!ipxe\n# kiln: every machine starts here; its own script is picked by its MAC\n" + chain(base) + "\n"
 
 
 def _echo(text: str) -> str:
@@ -34,24 +41,35 @@ def _echo(text: str) -> str:
     return "echo " + text.replace("$", "")
 
 
-def retry_script(lines: list[str], seconds: int = RETRY_SECONDS) -> str:
+def retry_script(lines: list[str], base: str, seconds: int = RETRY_SECONDS) -> str:
     body = [_echo(f"kiln: {line}") for line in lines]
-    return "\n".join(["#!ipxe", *body, _echo(f"kiln: retrying in {seconds} s"), f"sleep {seconds}", CHAIN]) + "\n"
+    return "\n".join(["#!ipxe", *body, _echo(f"kiln: retrying in {seconds} s"), f"sleep {seconds}", chain(base)]) + "\n"
 
 
-def unknown_script(mac: str) -> str:
+def unknown_script(mac: str, base: str) -> str:
     return retry_script([
         f"this machine (MAC {mac}) is not in roles.yaml, so there is nothing to install on it.",
         "add it under hosts: with its MAC and restart ./inv serve, or check that this is the right network.",
-    ])  # fmt: skip
+    ], base)  # fmt: skip
+
+
+_HOST_HEADER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?$")
 
 
 @dataclass(frozen=True)
 class Installer:
     """What the kernel command line needs that does not come from roles.yaml."""
 
-    http_base: str  # http://ADDR:PORT of this server's HTTP listener, as the host reaches it
+    http_base: str  # http://ADDR:PORT of this server's HTTP listener, from --listen (or the provisioning host)
     provisioning_url: str  # the HTTPS URL the installer reports to and the agent fetches from
+
+    def reached_as(self, host_header: str | None) -> Installer:
+        """The same, with the image and kernel URLs on the address the machine used to reach us (its Host
+        header), so a script never points a host at an address it cannot reach (NAT, 0.0.0.0, several
+        interfaces). Anything that is not a plain host[:port] is ignored."""
+        if not host_header or not _HOST_HEADER.match(host_header):
+            return self
+        return Installer(f"http://{host_header}", self.provisioning_url)
 
 
 def install_script(host: Host, image_sha256: str, installer: Installer) -> str:

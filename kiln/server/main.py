@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ from kiln.server.store import StateStore
 LOG = logging.getLogger("kiln.server")
 DEFAULT_DATABASE = "sqlite:///state/kiln.db"
 DEFAULT_HTTP_PORT = 8080
+# The PXE installer reports with busybox 1.35's wget, whose TLS offers only SHA-1 signature algorithms:
+# OpenSSL 3 refuses those at its default security level. Level 0 admits them, while the cipher list keeps
+# every handshake to ECDHE with an AEAD cipher on TLS 1.2 or later; other clients still get SHA-256 or
+# better (and TLS 1.3). The installer's events carry no secret; bundles go to the agent, which uses TLS 1.3.
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:@SECLEVEL=0"
 
 
 class ConfigError(ValueError):
@@ -135,15 +141,18 @@ def serve(config: ServerConfig) -> int:
         installer=ipxe.Installer(http_base=http_base, provisioning_url=cluster.provisioning_url),
         dashboard_url=f"{tls_base}/",
     )  # fmt: skip
+    tls_config = _uvicorn_config(
+        tls_app(provisioner),
+        ssl_certfile=str(config.secrets / "tls.pem"),
+        ssl_keyfile=str(config.secrets / "tls.key"),
+        ssl_ciphers=TLS_CIPHERS,
+    )
+    tls_config.load()
+    assert tls_config.ssl is not None
+    tls_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
     servers = [
         _Server(_uvicorn_config(http_app(provisioner, config.images, allow_http_bundles=config.allow_http_bundles))),
-        _Server(
-            _uvicorn_config(
-                tls_app(provisioner),
-                ssl_certfile=str(config.secrets / "tls.pem"),
-                ssl_keyfile=str(config.secrets / "tls.key"),
-            )
-        ),
+        _Server(tls_config),
     ]
     lines = [
         f"kiln serve: cluster {cluster.name}, {len(cluster.hosts)} hosts, state in {_redacted(config.database)}",

@@ -71,16 +71,16 @@ def _wait_started(process: subprocess.Popen[bytes], log: Path, timeout: float = 
 @contextlib.contextmanager
 def running_server(
     tmp: Path, *, roles: Path | None = None, database: str | None = None, images: Path | None = None,
-    secrets: Path | None = None, extra: tuple[str, ...] = (),
+    secrets: Path | None = None, extra: tuple[str, ...] = (), tls_port: int = 0,
 ) -> Iterator[RunningServer]:  # fmt: skip
+    tmp.mkdir(parents=True, exist_ok=True)
     roles = roles or loopback_roles(tmp)
     database = database or f"sqlite:///{tmp / 'state' / 'kiln.db'}"
     secrets = secrets or tmp / "secrets"
     images = images or tmp / "images"
-    tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "serve.log"
     args = [
-        *INV, "serve", "--roles", str(roles), "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0",
+        *INV, "serve", "--roles", str(roles), "--listen", "127.0.0.1:0", "--tls-listen", f"127.0.0.1:{tls_port}",
         "--database", database, "--secrets", str(secrets), "--images", str(images), *extra,
     ]  # fmt: skip
     with log.open("wb") as out:

@@ -7,6 +7,8 @@ import concurrent.futures
 import hashlib
 import json
 import socket
+import ssl
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -62,7 +64,7 @@ def test_boot_script_chains_by_mac(server: RunningServer) -> None:
     r = httpx.get(f"{server.http_url}/boot.ipxe")
     assert r.status_code == 200
     assert r.text.startswith("#!ipxe\n")
-    assert "chain --replace --autofree /ipxe?mac=${net0/mac}" in r.text
+    assert f"chain --replace --autofree {server.http_url}/ipxe?mac=${{net0/mac}}" in r.text
 
 
 def test_install_script_carries_the_contract_command_line(server: RunningServer) -> None:
@@ -93,7 +95,7 @@ def test_script_says_when_the_role_image_is_not_built(server: RunningServer) -> 
     assert r.status_code == 200
     assert "the db image (images/db/db.raw) is not built yet: run ./inv build --role db" in r.text
     assert "kernel" not in r.text
-    assert "sleep 30" in r.text and "chain --replace --autofree /ipxe?mac=${net0/mac}" in r.text
+    assert "sleep 30" in r.text and f"chain --replace --autofree {server.http_url}/ipxe?mac=${{net0/mac}}" in r.text
 
 
 def test_unknown_machine_gets_a_retry_script_and_shows_on_the_dashboard(server: RunningServer) -> None:
@@ -336,3 +338,32 @@ def test_lab_flag_serves_bundles_over_http(tmp_path: Path, images: Path) -> None
         signing.verify(
             r.content, r.headers["X-Kiln-Signature"], signing.load_public_key(s.secrets.signing_pub.read_bytes())
         )
+
+
+JSON_HEADER = "Content-Type: application/json"
+
+
+@pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox-static (what the PXE installer runs)")
+def test_the_installers_busybox_wget_can_report_over_https(server: RunningServer) -> None:
+    """The installer's only HTTPS client is busybox wget's own TLS (no openssl on its PATH)."""
+    done = subprocess.run(
+        ["/bin/busybox", "wget", "-q", "-O", "-", "--no-check-certificate", "--header", JSON_HEADER,
+         "--post-data", '{"step": "install", "status": "start", "detail": "from busybox"}',
+         f"{server.tls_url}/v1/hosts/db1/events"],
+        capture_output=True, text=True, timeout=30, env={"PATH": "/nonexistent"}, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"host": "db1", "state": "installing"}
+
+
+def test_other_clients_still_get_tls_1_3_and_weak_ciphers_are_refused(server: RunningServer) -> None:
+    parts = urlsplit(server.tls_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as raw:
+        with server.tls_context().wrap_socket(raw, server_hostname=parts.hostname) as tls:
+            assert tls.version() == "TLSv1.3"
+    weak = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    weak.check_hostname, weak.verify_mode = False, ssl.CERT_NONE
+    weak.maximum_version = ssl.TLSVersion.TLSv1_2
+    weak.set_ciphers("ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0")  # CBC, no AEAD: refused
+    with pytest.raises(ssl.SSLError), socket.create_connection((parts.hostname, parts.port), timeout=5) as raw:
+        weak.wrap_socket(raw, server_hostname=parts.hostname)

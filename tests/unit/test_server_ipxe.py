@@ -17,12 +17,13 @@ def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
     host = cluster.host("db2")
     installer = Installer("http://10.10.0.1:8080", cluster.provisioning_url)
     for script in (
-        boot_script(),
+        boot_script(installer.http_base),
         install_script(host, SHA, installer),
         disk_script(host),
-        unknown_script("52:54:00:00:00:01"),
+        unknown_script("52:54:00:00:00:01", installer.http_base),
     ):
         assert script.startswith("#!ipxe\n") and script.endswith("\n")
+    assert "chain --replace --autofree http://10.10.0.1:8080/ipxe?mac=${net0/mac}" in boot_script(installer.http_base)
 
 
 def test_install_script_for_db2(cluster: Cluster) -> None:
@@ -38,9 +39,12 @@ def test_install_script_for_db2(cluster: Cluster) -> None:
 
 
 def test_unknown_machine_script_retries(cluster: Cluster) -> None:
-    script = unknown_script("52:54:00:00:00:01")
+    script = unknown_script("52:54:00:00:00:01", "http://10.10.0.1:8080")
     assert "52:54:00:00:00:01" in script and "not in roles.yaml" in script
-    assert script.rstrip().splitlines()[-2:] == ["sleep 30", "chain --replace --autofree /ipxe?mac=${net0/mac}"]
+    assert script.rstrip().splitlines()[-2:] == [
+        "sleep 30",
+        "chain --replace --autofree http://10.10.0.1:8080/ipxe?mac=${net0/mac}",
+    ]
 
 
 def _images(tmp_path: Path, manifest: object | None = None, raw: bool = True) -> ImageCatalog:
@@ -89,3 +93,19 @@ def test_catalog_requires_the_installer(tmp_path: Path) -> None:
         ImageCatalog(tmp_path).check_installer()
     (tmp_path / "installer" / "initrd.img").write_bytes(b"i")
     ImageCatalog(tmp_path).check_installer()
+
+
+@pytest.mark.parametrize(
+    ("header", "base"),
+    [
+        ("10.0.2.2:8080", "http://10.0.2.2:8080"),
+        ("boot.example:80", "http://boot.example:80"),
+        ("[fd00::1]:8080", "http://[fd00::1]:8080"),
+        (None, "http://10.10.0.1:8080"),
+        ("evil\nkernel http://x", "http://10.10.0.1:8080"),
+        ("a b", "http://10.10.0.1:8080"),
+        ("x/../y:1", "http://10.10.0.1:8080"),
+    ],
+)
+def test_scripts_point_at_the_address_the_machine_used(header: str | None, base: str) -> None:
+    assert Installer("http://10.10.0.1:8080", "https://10.10.0.1:8443").reached_as(header).http_base == base

@@ -1,0 +1,186 @@
+"""The iPXE scripts in QEMU's own iPXE ROM (Debian's ipxe-qemu, SeaBIOS, TCG): an installed host chained
+by its MAC to a script that boots its disk through `sanboot --no-describe --drive 0x80`; (slow) an unknown
+machine, and the whole PXE install: the installer kernel booted with the contract command line, the image
+over HTTP, "install" events over HTTPS from busybox wget, then the reboot served a disk boot.
+
+The guest reaches the server through QEMU's user networking: 10.0.2.2 is the host's loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kiln.run import run
+from tests.integration.kiln_server import PROJECT, RunningServer, loopback_roles, running_server
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="needs qemu-system-x86 (with ipxe-qemu)"),
+]
+
+GUEST_HOST = "10.0.2.2"  # QEMU user networking: the host's 127.0.0.1 as the guest sees it
+MARKER = b"KILN-DISK-BOOTED"
+
+
+def boot_sector() -> bytes:
+    """A 512-byte MBR that writes MARKER to COM1 and halts: proof the disk itself was booted."""
+    code = bytes.fromhex(
+        "31c0"  # xor ax, ax
+        "8ed8"  # mov ds, ax
+        "fc"  # cld
+        "baf803"  # mov dx, 0x3f8
+        "be1b7c"  # mov si, 0x7c1b (the message, 27 bytes in)
+        "ac"  # next: lodsb
+        "84c0"  # test al, al
+        "7403"  # jz halt
+        "ee"  # out dx, al
+        "ebf8"  # jmp next
+        "fa"  # halt: cli
+        "f4"  # hlt
+        "ebfd"  # jmp hlt
+        "90909090"
+    )
+    sector = code + MARKER + b"\r\n\0"
+    return sector.ljust(510, b"\0") + b"\x55\xaa"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def qemu(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], Path]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        server: RunningServer, mac: str, disk: Path | None = None, memory: int = 256
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        port = server.http_url.rsplit(":", 1)[1]
+        serial = tmp_path / f"serial-{mac.replace(':', '')}.log"
+        args = [
+            "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-nodefaults", "-vga", "std", "-display", "none",
+            "-serial", f"file:{serial}", "-boot", "order=n",
+            "-netdev", f"user,id=n0,restrict=off,bootfile=http://{GUEST_HOST}:{port}/boot.ipxe",
+            "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
+        ]  # fmt: skip
+        if disk is not None:
+            args += ["-drive", f"file={disk},format=raw,if=virtio"]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        return process, serial
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def host(server: RunningServer, name: str) -> dict:
+    context = server.tls_context()
+    context.check_hostname = False  # the installer test's certificate names 10.0.2.2, the guest's view of us
+    with httpx.Client(verify=context, timeout=10) as c:
+        return next(h for h in c.get(f"{server.tls_url}/v1/hosts").json()["hosts"] if h["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("serve")) as s:
+        yield s
+
+
+@pytest.mark.slow  # the disk-boot test below already runs the chain by MAC in the quick tier
+def test_unknown_machine_chains_by_its_mac(server: RunningServer, qemu) -> None:
+    qemu(server, "52:54:00:0e:0e:01")
+
+    def seen() -> bool:
+        with server.client() as c:
+            return any(
+                u["mac"] == "52:54:00:0e:0e:01" for u in c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
+            )
+
+    wait_until(seen, 60, "iPXE to ask for /ipxe?mac=52:54:00:0e:0e:01")
+
+
+def test_installed_host_boots_its_disk_through_sanboot(server: RunningServer, qemu, tmp_path: Path) -> None:
+    with server.client() as c:
+        assert (
+            c.post(f"{server.tls_url}/v1/hosts/web2/events", json={"step": "install", "status": "ok"}).status_code
+            == 201
+        )
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(boot_sector() + b"\0" * (1024 * 1024 - 512))
+    _, serial = qemu(server, "52:54:00:10:00:22", disk)
+    wait_until(lambda: serial.exists() and MARKER in serial.read_bytes(), 60, "the disk's boot sector to run")
+
+
+def installable_disk(path: Path) -> bytes:
+    """What the installer writes: our boot sector, one partition, ext4 in it (for /etc/kiln/seed.json)."""
+    path.write_bytes(boot_sector() + b"\0" * (16 * 1024 * 1024 - 512))
+    run(["sfdisk", "--quiet", "--no-reread", path], input="start=2048, type=83\n")
+    run(["mkfs.ext4", "-q", "-F", "-E", f"offset={2048 * 512}", path, f"{(16 - 1) * 1024}k"])
+    return path.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (PROJECT / "images" / "installer" / "initrd.img").is_file(), reason="needs ./inv build-all (the installer)"
+)
+def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: Path, qemu) -> None:
+    """The whole PXE path: chain, install script, the real installer kernel with the contract command line,
+    the image over HTTP, "install" events over HTTPS, then the reboot served a disk boot."""
+    tls_port = free_port()
+    roles = loopback_roles(tmp_path)
+    roles.write_text(roles.read_text().replace("https://127.0.0.1:8443", f"https://{GUEST_HOST}:{tls_port}"))
+    images = tmp_path / "images"
+    (images / "installer").mkdir(parents=True)
+    for name in ("vmlinuz", "initrd.img"):
+        shutil.copyfile(PROJECT / "images" / "installer" / name, images / "installer" / name)
+    (images / "web").mkdir()
+    raw = installable_disk(images / "web" / "web.raw")
+    manifest = {"role": "web", "files": {"web.raw": {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}}}
+    (images / "web" / "manifest.json").write_text(json.dumps(manifest))
+    target = tmp_path / "target.raw"
+    target.write_bytes(b"\0" * len(raw))
+
+    with running_server(tmp_path / "serve", roles=roles, images=images, tls_port=tls_port) as server:
+        port = server.http_url.rsplit(":", 1)[1]
+        _, serial = qemu(server, "52:54:00:10:00:21", target, memory=512)
+        wait_until(
+            lambda: host(server, "web1")["state"] in ("installing", "failed"), 180, "the installer's first event"
+        )
+        text = serial.read_bytes()
+        assert f"kiln.image=http://{GUEST_HOST}:{port}/images/web/web.raw".encode() in text  # the Host the machine used
+        assert b"kiln.host=web1" in text and b"BOOTIF=01-52-54-00-10-00-21" in text
+        wait_until(
+            lambda: host(server, "web1")["installed"] or host(server, "web1")["state"] == "failed", 240, "install ok"
+        )
+        web1 = host(server, "web1")
+        assert web1["state"] != "failed", web1["last_event"]
+        assert [(e["step"], e["status"]) for e in web1["timeline"]][:3] == [
+            ("pxe", "ok"),
+            ("install", "start"),
+            ("install", "ok"),
+        ]
+        # the installer rebooted the machine: this time its script boots the disk it wrote
+        wait_until(lambda: MARKER in serial.read_bytes(), 120, "the installed disk to boot")
+    assert target.read_bytes()[:446] == raw[:446]
