@@ -113,6 +113,13 @@ def serve(config: ServerConfig) -> int:
     created = store_keys.ensure(cluster)
     for path in created:
         print(f"created {path}", flush=True)
+    uncovered = store_keys.uncovered_names(cluster)
+    if uncovered:
+        print(
+            f"warning: {config.secrets / 'tls.pem'} does not cover {', '.join(uncovered)}, so hosts will refuse "
+            "this server: remove it and run ./inv keys to reissue it",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
     key = signing.load_private_key(config.secrets / "signing.key")
     fingerprint = signing.fingerprint(key.public_key())
 

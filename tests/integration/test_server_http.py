@@ -330,7 +330,7 @@ def test_concurrent_events_for_one_host_are_all_kept(server: RunningServer) -> N
     assert server.process.poll() is None
 
 
-def test_lab_flag_serves_bundles_over_http(tmp_path: Path, images: Path) -> None:
+def test_lab_flag_serves_bundles_over_http_and_sigterm_stops_cleanly(tmp_path: Path, images: Path) -> None:
     with running_server(tmp_path, images=images, extra=("--allow-http-bundles",)) as s:
         assert "--allow-http-bundles" in s.output()
         r = httpx.get(f"{s.http_url}/v1/bundle", params={"mac": "52:54:00:10:00:21"})
@@ -338,6 +338,8 @@ def test_lab_flag_serves_bundles_over_http(tmp_path: Path, images: Path) -> None
         signing.verify(
             r.content, r.headers["X-Kiln-Signature"], signing.load_public_key(s.secrets.signing_pub.read_bytes())
         )
+    assert s.process.returncode == 0  # SIGTERM: both listeners closed, the database closed
+    assert s.output().rstrip().endswith("kiln serve: stopped")
 
 
 JSON_HEADER = "Content-Type: application/json"
