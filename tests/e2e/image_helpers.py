@@ -18,7 +18,7 @@ from kiln.build.imagefs import mounted
 from kiln.build.plan import IMAGES_DIR
 
 ROLES = ("lb", "web", "app", "db")
-GUEST_HOST = "10.0.2.100"  # where a guest finds the host's forwarded loopback ports
+HOST_LOOPBACK = "10.0.2.2"  # the host's 127.0.0.1 as a non-isolated guest sees it
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -33,11 +33,10 @@ class Vm:
 
     def __init__(self, workdir: Path, *, disk: Path, disk_format: str = "qcow2", kernel: Path | None = None,
                  initrd: Path | None = None, append: str | None = None, mac: str = "52:54:00:12:34:56",
-                 memory: int = 1024, forwards: dict[int, int] | None = None) -> None:  # fmt: skip
-        """`forwards` maps a port on 10.0.2.100 (as the guest sees it) to a port on the host's 127.0.0.1.
-
-        The guest's network is QEMU user networking with restrict=on: DHCP works, and it reaches nothing
-        but those forwards (never any other address)."""
+                 memory: int = 1024, isolated: bool = True) -> None:  # fmt: skip
+        """QEMU user networking. `isolated` (restrict=on): DHCP works and the guest reaches nothing at all; a
+        role image must be isolated, since its agent would try the provisioning URL baked into it. Otherwise
+        the guest reaches the host's loopback as 10.0.2.2 (for a guest that only goes where the test sends it)."""
         self.workdir = workdir
         self.console = workdir / "console.log"
         self.monitor = workdir / "monitor.sock"
@@ -47,10 +46,7 @@ class Vm:
             "-drive", f"file={disk},if=virtio,format={disk_format}",
             "-no-reboot",
         ]  # fmt: skip
-        nic = f"user,model=virtio-net-pci,mac={mac},restrict=on"
-        for guest_port, host_port in (forwards or {}).items():
-            nic += f",guestfwd=tcp:{GUEST_HOST}:{guest_port}-tcp:127.0.0.1:{host_port}"
-        argv += ["-nic", nic]
+        argv += ["-nic", f"user,model=virtio-net-pci,mac={mac}" + (",restrict=on" if isolated else "")]
         if kernel is not None:
             argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append or ""]
         self.argv = argv

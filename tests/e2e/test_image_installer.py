@@ -18,7 +18,7 @@ from kiln.build import commands, installer
 from kiln.build.imagefs import mounted
 from kiln.build.progress import Display
 from kiln.model import load_roles
-from tests.e2e.image_helpers import GUEST_HOST, Vm
+from tests.e2e.image_helpers import HOST_LOOPBACK, Vm
 
 pytestmark = pytest.mark.slow
 
@@ -94,12 +94,12 @@ def _boot(tmp_path: Path, installer_dir: Path, server: Server, sha: str) -> tupl
     disk = tmp_path / "disk.raw"
     with disk.open("wb") as f:
         f.truncate(64 << 20)
-    base = f"http://{GUEST_HOST}"  # forwarded to the test's server on the host's loopback
+    base = f"http://{HOST_LOOPBACK}:{server.port}"  # the test's server on the host's loopback
     append = (f"kiln.image={base}/small.raw kiln.sha256={sha} kiln.disk=/dev/vda kiln.url={base} kiln.host=web1 "
               f"BOOTIF=01-{MAC.replace(':', '-')} console=ttyS0")  # fmt: skip
     vm = Vm(tmp_path, disk=disk, disk_format="raw", kernel=installer_dir / "vmlinuz",
             initrd=installer_dir / "initrd.img", append=append, mac=MAC, memory=512,
-            forwards={80: server.port})  # fmt: skip
+            isolated=False)  # fmt: skip  # the installer only goes to the URLs given on its command line
     return vm, disk
 
 
@@ -113,7 +113,7 @@ def test_installs_the_image_and_writes_the_seed(tmp_path: Path, installer_dir: P
     assert disk.read_bytes()[:512] == test_image.read_bytes()[:512]
     with mounted(disk) as root:
         seed = json.loads((root / "etc" / "kiln" / "seed.json").read_text())
-    assert seed == {"host": "web1", "mac": MAC, "url": f"http://{GUEST_HOST}"}
+    assert seed == {"host": "web1", "mac": MAC, "url": f"http://{HOST_LOOPBACK}:{server.port}"}
     steps = [(e["path"], e["step"], e["status"]) for e in server.events]
     assert steps == [("/v1/hosts/web1/events", "install", "start"), ("/v1/hosts/web1/events", "install", "ok")]
     assert sha in str(server.events[-1]["detail"])
@@ -123,6 +123,7 @@ def test_refuses_a_sha256_mismatch(tmp_path: Path, installer_dir: Path, server: 
     vm, disk = _boot(tmp_path, installer_dir, server, "0" * 64)
     with vm:
         vm.wait_for(r"FAILED: sha256 mismatch", 300)
+        vm.wait_for(r"not rebooting", 60)  # printed once the fail event went out
     assert disk.read_bytes()[: 2 << 20] == b"\0" * (2 << 20), "the unverified image is wiped"
     assert [(e["step"], e["status"]) for e in server.events] == [("install", "start"), ("install", "fail")]
     assert "mismatch" in str(server.events[-1]["detail"])
