@@ -48,6 +48,12 @@ def fake_images(root: Path, roles: list[str]) -> None:
         (root / role / "manifest.json").write_text(json.dumps({"role": role, "files": files}))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (the server's, whatever else the machine runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
@@ -112,9 +118,12 @@ def main() -> int:
         assert len(hosts) == total
         fake_images(top / "images", list(counts))
         with running_server(top / "serve", roles=roles, images=top / "images", secrets=top / "secrets") as server:
+            server_cpu, client_cpu = cpu_seconds(server.process.pid), os.times()
             latencies, elapsed, errors = asyncio.run(
                 storm(server.http_url, server.tls_url, server.secrets.ca_pem, hosts, opts.pool)
             )
+            server_cpu = cpu_seconds(server.process.pid) - server_cpu
+            client_cpu = sum(os.times()[:2]) - sum(client_cpu[:2])
             with server.client() as c:
                 states = [
                     h["state"] for h in c.get(f"{server.tls_url}/v1/hosts", params={"timeline": "0"}).json()["hosts"]
@@ -129,6 +138,8 @@ def main() -> int:
         {"name": "ipxe script p99", "value": ms["ipxe"][99], "unit": "ms", "goal": ""},
         {"name": "event post p50", "value": ms["event"][50], "unit": "ms", "goal": ""},
         {"name": "event post p99", "value": ms["event"][99], "unit": "ms", "goal": ""},
+        {"name": "server CPU per request", "value": round(1000 * server_cpu / requests, 2), "unit": "ms", "goal": ""},
+        {"name": "client CPU per request", "value": round(1000 * client_cpu / requests, 2), "unit": "ms", "goal": ""},
         {"name": "hosts joined", "value": states.count("joined"), "unit": f"of {total}", "goal": f"{total}"},
         {"name": "failed requests", "value": errors, "unit": "", "goal": "0"},
     ]

@@ -70,6 +70,44 @@ unknown_table = sa.Table(
 )  # fmt: skip
 
 
+# The statements on the hot path (every event), built once: SQLAlchemy then reuses their compiled form.
+_SELECT_HOST = sa.select(hosts_table).where(hosts_table.c.name == sa.bindparam("host_name"))
+_SELECT_HOST_LOCKED = _SELECT_HOST.with_for_update()
+_UPDATE_AFTER_EVENT = (
+    hosts_table.update()
+    .where(hosts_table.c.name == sa.bindparam("host_name"))
+    .values(
+        {
+            c: sa.bindparam(c)
+            for c in (
+                "state",
+                "last_step",
+                "last_status",
+                "last_detail",
+                "last_received",
+                "last_duration",
+                "step_started",
+                "max_ok_index",
+                "installed",
+            )
+        }
+    )  # fmt: skip
+)
+_INSERT_EVENT = events_table.insert()
+_SELECT_INSTALLED = sa.select(hosts_table.c.installed).where(hosts_table.c.name == sa.bindparam("host_name"))
+_GRANT_SECRETS = (
+    hosts_table.update()
+    .where(hosts_table.c.name == sa.bindparam("host_name"), hosts_table.c.secrets_served_at.is_(None))
+    .values(secrets_served_at=sa.bindparam("now"))
+)
+_REFUSE_SECRETS = (
+    hosts_table.update()
+    .where(hosts_table.c.name == sa.bindparam("host_name"))
+    .values(secrets_denied=hosts_table.c.secrets_denied + 1, secrets_denied_at=sa.bindparam("now"))
+    .returning(hosts_table.c.secrets_denied)
+)
+
+
 class UnknownHost(KeyError):
     pass
 
@@ -150,8 +188,7 @@ class StateStore:
             yield conn
 
     def _locked_host(self, conn: Connection, name: str) -> Any:
-        query = sa.select(hosts_table).where(hosts_table.c.name == name)
-        row = conn.execute(query.with_for_update() if self._pg else query).mappings().first()
+        row = conn.execute(_SELECT_HOST_LOCKED if self._pg else _SELECT_HOST, {"host_name": name}).mappings().first()
         if row is None:
             raise UnknownHost(name)
         return row
@@ -180,20 +217,18 @@ class StateStore:
             ):
                 duration = max(0.0, now - host["step_started"])
             state = next_state(event.step, event.status)
-            changes: dict[str, Any] = {
-                "state": state.value, "last_step": event.step, "last_status": event.status,
+            ok = event.status == "ok"
+            conn.execute(_UPDATE_AFTER_EVENT, {
+                "host_name": name, "state": state.value, "last_step": event.step, "last_status": event.status,
                 "last_detail": event.detail, "last_received": now, "last_duration": duration,
                 "step_started": now if event.status == "start" else None,
-            }  # fmt: skip
-            if event.status == "ok":
-                changes["max_ok_index"] = max(host["max_ok_index"], step_index(event.step))
-                if event.step == "install":
-                    changes["installed"] = True
-            conn.execute(hosts_table.update().where(hosts_table.c.name == name).values(**changes))
-            conn.execute(events_table.insert().values(
-                host=name, generation=host["generation"], step=event.step, status=event.status,
-                detail=event.detail, at=event.at, received=now, duration=duration,
-            ))  # fmt: skip
+                "max_ok_index": max(host["max_ok_index"], step_index(event.step)) if ok else host["max_ok_index"],
+                "installed": host["installed"] or (ok and event.step == "install"),
+            })  # fmt: skip
+            conn.execute(_INSERT_EVENT, {
+                "host": name, "generation": host["generation"], "step": event.step, "status": event.status,
+                "detail": event.detail, "at": event.at, "received": now, "duration": duration,
+            })  # fmt: skip
         return state
 
     def record_pxe(self, name: str, detail: str) -> None:
@@ -202,7 +237,7 @@ class StateStore:
 
     def is_installed(self, name: str) -> bool:
         with self.engine.connect() as conn:
-            installed = conn.execute(sa.select(hosts_table.c.installed).where(hosts_table.c.name == name)).scalar()
+            installed = conn.execute(_SELECT_INSTALLED, {"host_name": name}).scalar()
         if installed is None:
             raise UnknownHost(name)
         return bool(installed)
@@ -213,19 +248,9 @@ class StateStore:
         The grant is one conditional UPDATE, so of two concurrent first fetches exactly one wins."""
         now = time.time() if now is None else now
         with self._transaction() as conn:
-            granted = conn.execute(
-                hosts_table.update()
-                .where(hosts_table.c.name == name, hosts_table.c.secrets_served_at.is_(None))
-                .values(secrets_served_at=now)
-            ).rowcount
-            if granted:
+            if conn.execute(_GRANT_SECRETS, {"host_name": name, "now": now}).rowcount:
                 return Claim(True, 0)
-            result = conn.execute(
-                hosts_table.update()
-                .where(hosts_table.c.name == name)
-                .values(secrets_denied=hosts_table.c.secrets_denied + 1, secrets_denied_at=now)
-                .returning(hosts_table.c.secrets_denied)
-            ).scalar()
+            result = conn.execute(_REFUSE_SECRETS, {"host_name": name, "now": now}).scalar()
         if result is None:
             raise UnknownHost(name)
         return Claim(False, result - 1)
