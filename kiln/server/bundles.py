@@ -41,6 +41,13 @@ class BundleCache:
                 bundle = self._rendered.setdefault(host.name, bundle)
         return bundle
 
+    def render_all(self) -> int:
+        """Render every host's bundle now (at startup), so template errors show before any machine boots and
+        no bundle fetch waits for rendering. Return how many."""
+        for host in self.cluster.hosts:
+            self.rendered(host)
+        return len(self.cluster.hosts)
+
     def has_secrets(self, host: Host) -> bool:
         return bool(self.rendered(host)["secrets"])
 

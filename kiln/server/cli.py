@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from kiln.commands import DEFAULT_SECRETS, PROJECT, load_or_report
+from kiln.render import RenderError
 from kiln.server.main import (
     DEFAULT_DATABASE,
     DEFAULT_HTTP_PORT,
@@ -40,6 +41,9 @@ def serve_command(
         return serve(config)
     except (ConfigError, ValueError) as e:
         print(f"kiln serve: {e}", file=sys.stderr)
+        return 1
+    except RenderError as e:
+        print(f"kiln serve: cannot render the bundles: {e}", file=sys.stderr)
         return 1
 
 

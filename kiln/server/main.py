@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +143,12 @@ def serve(config: ServerConfig) -> int:
     )
     tls_base = f"https://{tls_host}:{tls_port}"
 
+    bundles = BundleCache(cluster, store_keys, key)
+    started = time.monotonic()
+    rendered = bundles.render_all()
+    print(f"rendered {rendered} bundles in {time.monotonic() - started:.2f}s", flush=True)
     provisioner = Provisioner(
-        cluster=cluster, store=store, bundles=BundleCache(cluster, store_keys, key),
+        cluster=cluster, store=store, bundles=bundles,
         images=ipxe.ImageCatalog(config.images),
         installer=ipxe.Installer(http_base=http_base, provisioning_url=cluster.provisioning_url),
         dashboard_url=f"{tls_base}/",
