@@ -15,7 +15,11 @@ class ProbeFailed(Exception):
     pass
 
 
-def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
+# Per attempt: a node exporter's /metrics takes several seconds on a busy VM (seven TCG guests on two cores).
+HTTP_TIMEOUT = 15.0
+
+
+def http_get(url: str, timeout: float = HTTP_TIMEOUT) -> tuple[int, bytes]:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
     try:
