@@ -56,7 +56,7 @@ def status(roles: str | None) -> int:
         table.add_row(r["name"], r["role"], r["ip"], r["state"], f"{r['progress']}%",
                       f"{last.get('step', '')} {last.get('status', '')}".strip(), (last.get("detail") or "")[:60],
                       "running" if vm.running(lab, host) else "off")  # fmt: skip
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0 if all(r["state"] == "joined" for r in rows) else 2
 
 

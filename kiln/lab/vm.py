@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
 import time
+from pathlib import Path
 
 from kiln.lab import procs
 from kiln.lab.layout import MEMORY, Lab, tap_name
@@ -25,6 +28,20 @@ def image(lab: Lab, host: Host) -> str:
     return str(lab.images / role / f"{role}.qcow2")
 
 
+def base(lab: Lab, host: Host) -> Path:
+    """The lab's own hard link to the role image: a rebuild renames a new image into images/<role>/, and the
+    overlays of running (and restarted) VMs keep the image they were made on."""
+    role = host.role.value
+    link = lab.disks / f"base-{role}.qcow2"
+    if not link.exists():
+        lab.disks.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(image(lab, host), link)
+        except OSError:  # another filesystem: a copy
+            shutil.copyfile(image(lab, host), link)
+    return link
+
+
 def raw_size(lab: Lab, host: Host) -> int:
     role = host.role.value
     manifest = json.loads((lab.images / role / "manifest.json").read_text())
@@ -37,7 +54,7 @@ def make_disk(lab: Lab, host: Host, boot: str) -> None:
     disk = lab.disk(host)
     disk.unlink(missing_ok=True)
     if boot == DISK:
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image(lab, host), str(disk)])
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base(lab, host)), str(disk)])
     else:
         run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), str(raw_size(lab, host))])
 
