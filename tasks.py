@@ -97,14 +97,21 @@ def build_all(c, force=False):
     "images": "images directory (default: images/)",
     "allow_http_bundles": "lab only: also serve bundles (with secrets) and events over plain HTTP",
 })  # fmt: skip
-def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=None, images=None, allow_http_bundles=False):
+def serve(
+    c, roles=None, listen=None, tls_listen=None, database=None, secrets=None, images=None, allow_http_bundles=False
+):
     """Serve booting hosts their iPXE scripts, images and signed bundles; record their events; show the dashboard."""
     from kiln.server.cli import serve_command
 
     _exit(serve_command(roles, listen, tls_listen, database, secrets, images, allow_http_bundles))
 
 
-@task(help={"roles": "roles.yaml the host is in (default: the shipped one)", "database": "state database URL (as for serve)"})
+@task(
+    help={
+        "roles": "roles.yaml the host is in (default: the shipped one)",
+        "database": "state database URL (as for serve)",
+    }
+)
 def reprovision(c, host, roles=None, database=None):
     """Re-arm HOST: its next PXE boot installs it again and its secrets are handed out once more."""
     from kiln.server.cli import reprovision_command
