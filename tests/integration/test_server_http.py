@@ -117,6 +117,11 @@ def test_installed_host_boots_from_its_disk(server: RunningServer) -> None:
     script = httpx.get(f"{server.http_url}/ipxe", params={"mac": "52:54:00:10:00:22"}).text
     assert "sanboot --no-describe --drive 0x80 || exit" in script
     assert "kernel" not in script
+    # re-armed, the installed host gets the installer again
+    done = server.inv("reprovision", "web2", "--roles", str(server.roles), "--database", server.database)
+    assert done.returncode == 0, done.stdout + done.stderr
+    script = httpx.get(f"{server.http_url}/ipxe", params={"mac": "52:54:00:10:00:22"}).text
+    assert "kiln.host=web2" in script and "sanboot" not in script
 
 
 def test_bundle_is_signed_over_its_exact_bytes(server: RunningServer) -> None:
