@@ -5,8 +5,10 @@ one-time secrets rule and `./inv reprovision` hold across them."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kiln.run import run
-from tests.integration.kiln_server import loopback_roles, running_server
+from tests.integration.kiln_server import INV, loopback_roles, running_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -96,7 +98,12 @@ def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path
         assert [(e["step"], e["status"]) for e in db1["timeline"]] == [("install", "start"), ("install", "ok")]
         assert db1["installed"] and "secrets requested twice for db1" in [x["message"] for x in db1["alerts"]]
 
-        done = a.inv("reprovision", "db1", "--roles", str(roles), "--database", postgres_url)
+        # as the README says: the password from PGPASSWORD, not the URL
+        no_password = postgres_url.replace(f":{PASSWORD}@", "@")
+        done = subprocess.run(
+            [*INV, "reprovision", "db1", "--roles", str(roles), "--database", no_password],
+            capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "PGPASSWORD": PASSWORD},
+        )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         with b.client() as cb:
             db1 = next(h for h in cb.get(f"{b.tls_url}/v1/hosts").json()["hosts"] if h["name"] == "db1")
