@@ -3,9 +3,12 @@ then build each image that is not up to date, with a progress display and a summ
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from kiln.build import installer
@@ -43,22 +46,43 @@ def _build(roles: str | None, names: list[str] | None, *, force: bool, with_inst
             print(f"unknown role {', '.join(unknown)} (roles: {', '.join(r.value for r in Role)})", file=sys.stderr)
             return 2
         wanted = tuple(Role(n) for n in names)
-    try:
-        env = prepare(cluster)
-    except (MirrorNotFound, CommandError, FreezeFailed) as e:
-        print(f"build: {e}", file=sys.stderr)
-        return 1
     outcomes: list[Outcome] = []
     labels = [r.value for r in wanted] + (["installer"] if with_installer else [])
-    with Display(labels) as display:
-        for role in wanted:
-            outcomes.append(build_role(env, role, display, force=force))
-        if with_installer:
-            outcomes.append(installer.build(env, display, force=force))
+    with one_build_at_a_time(IMAGES_DIR):
+        try:
+            env = prepare(cluster)
+        except (MirrorNotFound, CommandError, FreezeFailed) as e:
+            print(f"build: {e}", file=sys.stderr)
+            return 1
+        with Display(labels) as display:
+            for role in wanted:
+                outcomes.append(build_role(env, role, display, force=force))
+            if with_installer:
+                outcomes.append(installer.build(env, display, force=force))
     failed = [o for o in outcomes if o.state == "failed"]
     summary = ", ".join(f"{o.name} {o.state}" for o in outcomes)
     print(f"{summary} in {time.monotonic() - started:.1f}s")
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def one_build_at_a_time(images: Path) -> Iterator[None]:
+    """An exclusive lock on images/.build.lock: two builds would share DIB's apt cache and swap outputs under
+    each other, so a second one waits for the first (and says so)."""
+    images.mkdir(parents=True, exist_ok=True)
+    with open(images / ".build.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            print(f"waiting for the build already running ({holder}) to finish", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 def prepare(cluster: Cluster, *, images: Path = IMAGES_DIR, secrets: Path = DEFAULT_SECRETS) -> BuildEnv:
