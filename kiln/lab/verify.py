@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.commands import PROJECT
@@ -47,7 +48,7 @@ def table(rows: list[tuple[str, str, str]], title: str) -> Table:
         t.add_column(col)
     for name, outcome, why in rows:
         style = "green" if outcome == "pass" else "yellow" if outcome == "skip" else "red"
-        t.add_row(name, f"[{style}]{outcome}[/]", why)
+        t.add_row(escape(name), f"[{style}]{outcome}[/]", escape(why))
     return t
 
 
@@ -62,5 +63,6 @@ def verify(roles: str | None) -> int:
         return code or 1
     rows = results(report)
     passed = sum(1 for _, o, _ in rows if o == "pass")
-    Console().print(table(rows, f"kiln lab verify: {passed}/{len(rows)} passed"))
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table(rows, f"kiln lab verify: {passed}/{len(rows)} passed"))
     return code

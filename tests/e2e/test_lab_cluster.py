@@ -106,7 +106,7 @@ def test_the_replica_is_read_only_and_both_threads_run(name: str, hosts: dict[st
     host = hosts[name]
     assert host.check_output("mariadb -N -e 'SELECT @@read_only'").strip() == "1"
     status = host.check_output("mariadb -e 'SHOW SLAVE STATUS\\G'")
-    fields = dict(line.strip().split(": ", 1) for line in status.splitlines() if ": " in line)
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in status.splitlines()) if v}
     assert fields.get("Slave_IO_Running") == "Yes", status
     assert fields.get("Slave_SQL_Running") == "Yes", status
     assert fields.get("Using_Gtid") == "Slave_Pos", status
@@ -222,7 +222,8 @@ def test_hardening_baseline(name: str, hosts: dict[str, Any]) -> None:
     assert host.sysctl("net.ipv4.conf.all.accept_redirects") == 0
     assert host.sysctl("kernel.kptr_restrict") >= 1
     assert host.service("auditd").is_running
-    assert host.file("/etc/shadow").mode & 0o077 == 0
+    shadow = host.file("/etc/shadow")
+    assert shadow.mode & 0o037 == 0 and shadow.user == "root", f"/etc/shadow mode {shadow.mode:o}"
 
 
 @pytest.mark.parametrize("name", HOSTS)

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""The lab under TCG on this machine: power-on to joined per host and for the whole cluster, replication lag
+under a write loop, failover seconds and requests lost per drill (./inv lab chaos). Results: bench/results/lab.json.
+
+Goal (issue 6): the whole cluster joined in under 10 min. A full run brings the lab up (--boot disk, or --boot pxe),
+runs the drills and takes the lab down again, about 30 min. --quick runs nothing and leaves the last full run's
+results in place (./inv bench --quick shows them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from kiln.commands import load_or_report  # noqa: E402
+from kiln.lab import chaos, lifecycle  # noqa: E402
+from kiln.lab.layout import Lab  # noqa: E402
+from kiln.lab.probe import request  # noqa: E402
+
+RESULTS = HERE / "results" / "lab.json"
+
+
+def replication_lag(lab: Lab, samples: int = 20) -> float:
+    """Worst seconds from a note's POST through the VIP until the app reads it back (from the replica)."""
+    ca = str(lab.secrets / "ca.pem")
+    worst = 0.0
+    for i in range(samples):
+        text = f"bench-lag-{time.time_ns()}-{i}"
+        posted = request(
+            lab.vip, lab.cluster.domain, ca, "POST", "/api/notes", body=json.dumps({"text": text}).encode()
+        )
+        assert posted.status == 201, posted.body
+        began = time.monotonic()
+        while not any(
+            n["text"] == text for n in request(lab.vip, lab.cluster.domain, ca, path="/api/notes").json()["notes"]
+        ):
+            if time.monotonic() - began > 30:
+                raise TimeoutError("a note never reached the replica")
+            time.sleep(0.05)
+        worst = max(worst, time.monotonic() - began)
+    return worst
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="run nothing; keep the last full run's results")
+    parser.add_argument("--boot", default="disk", choices=("disk", "pxe"))
+    opts = parser.parse_args()
+    if opts.quick:
+        print(f"bench/lab.py: --quick runs no VMs; {RESULTS.name} holds the last full run")
+        return 0 if RESULTS.exists() else 1
+    cluster = load_or_report(None)
+    assert cluster is not None
+    lab = Lab(cluster)
+    figures = []
+    try:
+        if lifecycle.up(lab, opts.boot, None) != 0:
+            return 1
+        boot = json.loads(lab.boot_record.read_text())
+        for host, seconds in sorted(boot["joined_seconds"].items()):
+            figures.append({"name": f"power-on to joined: {host}", "value": seconds, "unit": "s"})
+        figures.append({"name": f"whole cluster joined ({opts.boot})", "value": max(boot["joined_seconds"].values()),
+                        "unit": "s", "goal": "< 600 s"})  # fmt: skip
+        figures.append({"name": "replication lag, worst of 20 (POST to read via the VIP)",
+                        "value": round(replication_lag(lab), 2), "unit": "s", "goal": "< 2 s"})  # fmt: skip
+        code = chaos.chaos(None)
+        for r in json.loads((lab.root / "chaos.json").read_text()):
+            figures.append({"name": f"drill: {r['drill']}", "value": r["measured"], "unit": "",
+                            "goal": f"{r['goal']} ({'pass' if r['ok'] else 'FAIL'})"})  # fmt: skip
+    finally:
+        lifecycle.down(lab)
+    result = {"machine": platform.node(), "cpus": os.cpu_count(), "boot": opts.boot, "figures": figures}
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    for f in figures:
+        print(f"{f['name']}: {f['value']} {f.get('unit', '')}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
