@@ -71,9 +71,22 @@ def argv(lab: Lab, host: Host, boot: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _keep_backing(lab: Lab, host: Host) -> None:
+    """An overlay made on images/<role>/ itself (a lab started before the base links) is moved onto the lab's
+    base copy when there is one: a rebuild may have replaced the image it was made on."""
+    disk, link = lab.disk(host), lab.disks / f"base-{host.role.value}.qcow2"
+    if not disk.exists() or not link.exists():
+        return
+    info = json.loads(run(["qemu-img", "info", "--output=json", "-U", str(disk)]).stdout)
+    if info.get("backing-filename") not in (None, str(link)):
+        run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(link), str(disk)])
+
+
 def start(lab: Lab, host: Host, boot: str) -> int:
     """Power the VM on (its serial log starts afresh only when its disk does)."""
     lab.logs.mkdir(parents=True, exist_ok=True)
+    if boot == DISK:
+        _keep_backing(lab, host)
     return procs.start(proc_name(host), argv(lab, host, boot), lab.run, lab.logs / f"{host.name}.qemu.log")
 
 
