@@ -3,17 +3,22 @@ loopback, Lynis report parsing and the verify table read from a real JUnit repor
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kiln.commands import load_or_report
-from kiln.lab import access, dnsmasq, probe
+from kiln.lab import access, dnsmasq, probe, vm
 from kiln.lab.audit import parse_report
 from kiln.lab.layout import Lab, tap_name
 from kiln.lab.verify import results
 from kiln.render import render_host
+from kiln.run import run
 
 
 def _lab() -> Lab:
@@ -73,3 +78,22 @@ def test_verify_table_reads_a_real_junit_report(tmp_path: Path) -> None:
     rows = {name: (outcome, why) for name, outcome, why in results(report)}
     assert rows["test_ok"] == ("pass", "")
     assert rows["test_bad"][0] == "FAIL" and "one is not two" in rows["test_bad"][1]
+
+
+def test_overlays_sit_on_the_labs_own_link_and_survive_a_rebuild(tmp_path: Path) -> None:
+    if not shutil.which("qemu-img"):
+        pytest.skip("needs qemu-img")
+    lab = _lab()
+    lab = Lab(lab.cluster, root=tmp_path / "lab", images=tmp_path / "images")
+    host = lab.cluster.host("web1")
+    image = lab.images / "web" / "web.qcow2"
+    image.parent.mkdir(parents=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"])
+    vm.make_disk(lab, host, vm.DISK)
+    info = json.loads(run(["qemu-img", "info", "--output=json", str(lab.disk(host))]).stdout)
+    link = lab.disks / "base-web.qcow2"
+    assert info["backing-filename"] == str(link) and link.stat().st_ino == image.stat().st_ino
+    rebuilt = image.with_suffix(".new")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", str(rebuilt), "32M"])
+    rebuilt.replace(image)  # what a rebuild does
+    assert link.stat().st_ino != image.stat().st_ino, "the lab keeps the image its overlays were made on"
