@@ -23,7 +23,7 @@ from kiln.fsutil import write_atomic
 from kiln.lab import client, lifecycle, netns, vm
 from kiln.lab.layout import OUTSIDE, Lab
 from kiln.lab.probe import request
-from kiln.lab.ssh import config_file
+from kiln.lab.ssh import config_file, forget
 from kiln.model import Role
 from kiln.run import CommandError, run
 
@@ -219,6 +219,7 @@ def drill_kill_mid_join(lab: Lab, loops: Loops, boot: str) -> list[Result]:
     finally:
         store.close()
     vm.make_disk(lab, target, boot)
+    forget(lab, str(target.ip))
     began = time.monotonic()
     vm.start(lab, target, boot)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kiln.fsutil import write_atomic
 from kiln.lab.layout import Lab
+from kiln.run import run
 
 
 def options(lab: Lab) -> list[str]:
@@ -32,3 +33,9 @@ def config_file(lab: Lab) -> str:
         )  # fmt: skip
     write_atomic(path, "\n".join(blocks).encode(), mode=0o600)
     return str(path)
+
+
+def forget(lab: Lab, address: str) -> None:
+    """Drop a host's key from the lab's known_hosts: a re-provisioned host makes new host keys."""
+    if lab.known_hosts.exists():
+        run(["ssh-keygen", "-R", address, "-f", str(lab.known_hosts)], check=False)
