@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
+
+from kiln.fsutil import write_atomic
 
 
 def _matches(st: os.stat_result, mode: int, uid: int, gid: int) -> bool:
@@ -47,18 +48,4 @@ def ensure_file(path: Path, data: bytes, mode: int, uid: int, gid: int) -> bool:
             return True
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)  # nobody else can read it while it is being written
-            f.write(data)
-            f.flush()
-            os.fchown(f.fileno(), uid, gid)
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
+    return write_atomic(path, data, mode, owner=(uid, gid))

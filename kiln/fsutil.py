@@ -7,21 +7,29 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> bool:
-    """Write `data` to `path` unless it already holds exactly that; return whether it changed."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
+    """Write `data` to `path` unless it already holds exactly that; return whether it changed.
+
+    With `owner` (uid, gid) the new file gets that owner before it is renamed into place.
+    """
     try:
-        if path.read_bytes() == data and (path.stat().st_mode & 0o7777) == mode:
-            return False
+        st = path.stat()
+        if (st.st_mode & 0o7777) == mode and (owner is None or (st.st_uid, st.st_gid) == owner):
+            if path.read_bytes() == data:
+                return False
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # nobody else can read it while it is being written
             f.write(data)
             f.flush()
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
