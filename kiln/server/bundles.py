@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,11 @@ from kiln import bundle as bundle_format
 from kiln import signing
 from kiln.model import Cluster, Host
 from kiln.render import render_host
+from kiln.render.context import cluster_view
 from kiln.secrets import SecretStore
+
+# A change every served bundle gets after rendering and before signing (the lab adds its SSH access).
+BundleHook = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -24,10 +29,15 @@ class Signed:
 
 
 class BundleCache:
-    def __init__(self, cluster: Cluster, secrets: SecretStore, key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self, cluster: Cluster, secrets: SecretStore, key: Ed25519PrivateKey, hook: BundleHook | None = None
+    ) -> None:
         self.cluster = cluster
         self.secrets = secrets
         self.key = key
+        self.hook = hook
+        self._view = cluster_view(cluster)  # cluster-wide values, computed once, not once per host
+        self._shared: dict[str, str] = {}  # cluster-wide files, rendered once
         self._rendered: dict[str, dict[str, Any]] = {}
         self._withheld: dict[str, Signed] = {}
         self._lock = threading.Lock()
@@ -36,7 +46,9 @@ class BundleCache:
         """The host's bundle as rendered (secret values null); rendered on first use, then kept."""
         bundle = self._rendered.get(host.name)
         if bundle is None:
-            bundle = render_host(self.cluster, host)
+            bundle = render_host(self.cluster, host, self._view, self._shared)
+            if self.hook is not None:
+                bundle = self.hook(bundle)
             with self._lock:
                 bundle = self._rendered.setdefault(host.name, bundle)
         return bundle

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kiln.commands import DEFAULT_SECRETS, PROJECT, load_or_report
 from kiln.render import RenderError
+from kiln.server.bundles import BundleHook
 from kiln.server.main import (
     DEFAULT_DATABASE,
     DEFAULT_HTTP_PORT,
@@ -23,7 +24,7 @@ DEFAULT_IMAGES = PROJECT / "images"
 
 def serve_command(
     roles: str | None, listen: str | None, tls_listen: str | None, database: str | None,
-    secrets: str | None, images: str | None, allow_http_bundles: bool,
+    secrets: str | None, images: str | None, allow_http_bundles: bool, bundle_hook: BundleHook | None = None,
 ) -> int:  # fmt: skip
     cluster = load_or_report(roles)
     if cluster is None:
@@ -36,7 +37,7 @@ def serve_command(
             database=database or DEFAULT_DATABASE,
             listen=parse_address(listen or f"0.0.0.0:{DEFAULT_HTTP_PORT}", "--listen"),
             tls_listen=parse_address(tls_listen or default_tls_listen(cluster), "--tls-listen"),
-            allow_http_bundles=allow_http_bundles,
+            allow_http_bundles=allow_http_bundles, bundle_hook=bundle_hook,
         )  # fmt: skip
         return serve(config)
     except (ConfigError, ValueError) as e:

@@ -24,7 +24,7 @@ from kiln.model import Cluster
 from kiln.secrets import SecretStore
 from kiln.server import ipxe
 from kiln.server.app import Provisioner, http_app, tls_app
-from kiln.server.bundles import BundleCache
+from kiln.server.bundles import BundleCache, BundleHook
 from kiln.server.store import StateStore
 
 LOG = logging.getLogger("kiln.server")
@@ -78,6 +78,7 @@ class ServerConfig:
     listen: Address
     tls_listen: Address
     allow_http_bundles: bool = False
+    bundle_hook: BundleHook | None = None
 
 
 def default_tls_listen(cluster: Cluster) -> str:
@@ -143,7 +144,7 @@ def serve(config: ServerConfig) -> int:
     )
     tls_base = f"https://{tls_host}:{tls_port}"
 
-    bundles = BundleCache(cluster, store_keys, key)
+    bundles = BundleCache(cluster, store_keys, key, config.bundle_hook)
     started = time.monotonic()
     rendered = bundles.render_all()
     print(f"rendered {rendered} bundles in {time.monotonic() - started:.2f}s", flush=True)
