@@ -26,9 +26,10 @@ _IMAGE_TEST = (*_IMAGE_BUILD, "qemu-system-x86", "shellcheck", "cpio", "systemd"
 # The provisioning server's tests: the dashboard in a real headless browser, and its PostgreSQL state path.
 _SERVER_TEST = ("chromium", "chromium-driver", "postgresql")
 
-# Freezing the agent (PyInstaller reads binaries with objdump/ldd); its tests run the daemons in network namespaces.
+# Freezing the agent (PyInstaller reads binaries with objdump/ldd); its tests run the daemons in network namespaces,
+# and the db join's exporter account is proven with the real exporter (no systemd here to start its service).
 _FREEZE = ("binutils", "libc-bin")
-_AGENT_TEST = (*_FREEZE, "util-linux", "procps")
+_AGENT_TEST = (*_FREEZE, "util-linux", "procps", "prometheus-mysqld-exporter")
 
 # The lab: QEMU (TCG) with iPXE NIC ROMs, qcow2 overlays, dnsmasq's binary without its system service
 # (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit.

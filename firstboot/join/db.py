@@ -25,6 +25,8 @@ REPLICATION_PRIVILEGES = frozenset({
     "SHOW DATABASES",  # the rendered config sets skip_show_database; the seed dump lists the databases
 })  # fmt: skip
 APP_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "INDEX", "ALTER"})
+# the mysqld exporter: status, variables, processlist, binlog and replica status; no table data
+EXPORTER_PRIVILEGES = frozenset({"PROCESS", "BINLOG MONITOR", "SLAVE MONITOR"})  # SLAVE MONITOR: as 10.11 lists it
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 NO_BINLOG = "SET SESSION sql_log_bin=0"
 
@@ -70,18 +72,20 @@ def _harden(local: Server, changes: Changes) -> None:
 
 
 def _ensure_user(
-    local: Server, changes: Changes, user: str, host: str, password: str, privileges: frozenset[str], on: str
+    local: Server, changes: Changes, user: str, host: str, password: str | None, privileges: frozenset[str], on: str
 ) -> None:
+    """The account with this password (None: unix_socket, the OS user of the same name) and at least these grants."""
     acct = account(user, host)
     grantee = f"'{user}'@'{host}'"
-    current = local.rows(
-        f"SELECT authentication_string = PASSWORD({quote(password)}) FROM mysql.user "
-        f"WHERE User = {quote(user)} AND Host = {quote(host)}"
-    )
+    if password is None:
+        how, same = "VIA unix_socket", "plugin = 'unix_socket'"
+    else:
+        how, same = f"BY {quote(password)}", f"authentication_string = PASSWORD({quote(password)})"
+    current = local.rows(f"SELECT {same} FROM mysql.user WHERE User = {quote(user)} AND Host = {quote(host)}")
     if not current:
-        changes.add(f"create {user}@{host}", f"CREATE USER {acct} IDENTIFIED BY {quote(password)}")
+        changes.add(f"create {user}@{host}", f"CREATE USER {acct} IDENTIFIED {how}")
     elif current[0][0] != "1":
-        changes.add(f"set the password of {user}@{host}", f"ALTER USER {acct} IDENTIFIED BY {quote(password)}")
+        changes.add(f"set how {user}@{host} logs in", f"ALTER USER {acct} IDENTIFIED {how}")
     if on == "*.*":
         have = {
             r[0]
@@ -135,6 +139,9 @@ def join_primary(params: dict[str, Any], secret: Secret, local: Server) -> str:
     for host in params["app_hosts"]:
         _ensure_user(local, changes, app, host, secret("db_app_password"), APP_PRIVILEGES, f"{ident(db)}.*")
     _drop_others(local, changes, app, list(params["app_hosts"]))
+    exporter = str(params["exporter_user"])
+    _ensure_user(local, changes, exporter, "localhost", None, EXPORTER_PRIVILEGES, "*.*")
+    _drop_others(local, changes, exporter, ["localhost"])
     admin = secret("db_admin_password")
     priv = local.value("SELECT Priv FROM mysql.global_priv WHERE User = 'root' AND Host = 'localhost'")
     if local.value(f"SELECT PASSWORD({quote(admin)})") not in priv or "unix_socket" not in priv:

@@ -138,6 +138,7 @@ def _join(cluster: Cluster, host: Host, c: HostContext) -> dict[str, Any]:
             **common,
             "replica_hosts": [str(h.ip) for h in cluster.db_replicas],
             "app_hosts": [str(h.ip) for h in cluster.by_role(Role.app)],
+            "exporter_user": ctx.EXPORTER_DB_USER,
         }}  # fmt: skip
     return {"kind": "db-replica", "params": {**common, "primary": str(primary.ip), "wait_seconds": 900}}
 
@@ -159,4 +160,6 @@ def _checks(host: Host, c: HostContext) -> list[dict[str, Any]]:
         )
     else:
         checks.append({"name": "mariadb accepts connections", "kind": "tcp", "host": c.ip, "port": c.db_port})
+        checks.append({"name": "mysqld exporter answers", "kind": "http",
+                       "url": f"http://{c.ip}:{c.mysqld_exporter_port}/metrics"})  # fmt: skip
     return checks

@@ -14,6 +14,10 @@ NGINX_STATUS_PORT = 8081  # stub_status, loopback only
 MARIADB_PORT = 3306
 REPLICATION_USER = "repl"
 APP_DB_USER = "app"
+# the Debian exporter unit runs as the OS user prometheus; MariaDB maps it to this account by unix_socket
+EXPORTER_DB_USER = "prometheus"
+MYSQLD_EXPORTER_PORT = 9104
+NGINX_EXPORTER_PORT = 9113
 TLS_PEM = "/etc/haproxy/certs/site.pem"
 SECRETS_DIR = "/etc/kiln/secrets"
 APP_ROOT = "/opt/kiln-app"
@@ -72,6 +76,7 @@ class HostContext:
     tls_pem: str = TLS_PEM
     static_root: str = ""
     nginx_status_port: int = NGINX_STATUS_PORT
+    nginx_exporter_port: int = NGINX_EXPORTER_PORT
     app_port: int = 0
     app_workers: int = 0
     app_root: str = APP_ROOT
@@ -80,6 +85,8 @@ class HostContext:
     db_read_host: str = ""
     db_port: int = MARIADB_PORT
     app_db_user: str = APP_DB_USER
+    exporter_db_user: str = EXPORTER_DB_USER
+    mysqld_exporter_port: int = MYSQLD_EXPORTER_PORT
     secrets_dir: str = SECRETS_DIR
     server_id: int = 0
     is_replica: bool = False
@@ -117,7 +124,12 @@ def build_context(cluster: Cluster, host: Host, view: ClusterView | None = None)
     url = urlsplit(cluster.provisioning_url)
     lbs = cluster.by_role(Role.lb)
     lb_peers = tuple(p for p in view.tiers[Role.lb] if p.name != host.name) if host.role is Role.lb else ()
-    role_exporter_ports = {Role.lb: (HAPROXY_STATS_PORT,), Role.web: (9113,), Role.app: (), Role.db: (9104,)}[host.role]
+    role_exporter_ports = {
+        Role.lb: (HAPROXY_STATS_PORT,),
+        Role.web: (NGINX_EXPORTER_PORT,),
+        Role.app: (),
+        Role.db: (MYSQLD_EXPORTER_PORT,),
+    }[host.role]
     base = dict(
         cluster=cluster.name,
         domain=cluster.domain,

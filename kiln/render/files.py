@@ -65,6 +65,10 @@ FILES = (
     FileSpec("/etc/kiln/app.env", "app.env.j2", APP, mode="0640", group="kiln-app"),
     FileSpec("/etc/systemd/system/kiln-app.service", "kiln-app.service.j2", APP),
     FileSpec("/etc/mysql/mariadb.conf.d/60-kiln.cnf", "mariadb.cnf.j2", DB),
+    # the Debian package's postinst sets 0640 prometheus:prometheus; kept so (it holds no password: unix_socket)
+    FileSpec(
+        "/etc/default/prometheus-mysqld-exporter", "mysqld-exporter.default.j2", DB, mode="0640", group="prometheus"
+    ),
 )
 
 DIRECTORIES = (
@@ -96,4 +100,5 @@ SERVICES = (
         ("/etc/kiln/app.env", "/etc/systemd/system/kiln-app.service", f"{SECRETS_DIR}/db_app_password"),
     ),
     ServiceSpec("mariadb.service", DB, ("/etc/mysql/mariadb.conf.d/60-kiln.cnf",)),
+    ServiceSpec("prometheus-mysqld-exporter.service", DB, ("/etc/default/prometheus-mysqld-exporter",)),
 )

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,8 +47,12 @@ def cnf_of(bundle: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kiln-agt-db")
+def base() -> Iterator[Path]:
+    # not under pytest's 0700 tmp root: the exporter runs as the OS user prometheus and must reach the sockets
+    directory = Path(tempfile.mkdtemp(prefix="kiln-agt-db-"))
+    directory.chmod(0o711)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +136,7 @@ def test_primary_join_sets_up_users_hardens_and_is_idempotent(primary: Mariadb, 
     assert "changes" in first.stdout
     users = {tuple(r) for r in db.rows("SELECT User, Host FROM mysql.user")}
     assert ("repl", "127.0.0.1") in users and ("app", "127.0.0.1") in users
+    assert db.value("SELECT plugin FROM mysql.user WHERE User = 'prometheus' AND Host = 'localhost'") == "unix_socket"
     assert not [u for u in users if u[0] == ""]  # no anonymous users
     assert not [u for u in users if u[0] == "root" and u[1] not in ("localhost", "127.0.0.1", "::1")]
     assert db.value("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'test'") == "0"
@@ -156,6 +165,8 @@ def test_replica_of_an_empty_primary_follows_it(primary: Mariadb, bundles: dict,
         "Slave_Pos",
     )
     assert r.value("SELECT @@read_only") == "1"
+    # the exporter's account came over with replication (created on a replica it would break replication)
+    assert r.value("SELECT plugin FROM mysql.user WHERE User = 'prometheus' AND Host = 'localhost'") == "unix_socket"
     password = secret_store.value("db_app_password")
     as_app(primary, password, "CREATE TABLE notes (id INT PRIMARY KEY, text VARCHAR(50))")
     as_app(primary, password, "INSERT INTO notes VALUES (1, 'written on the primary')")
@@ -222,3 +233,43 @@ def test_a_replica_waits_bounded_for_its_primary_and_says_so(bundles: dict, base
     assert "did not answer within 2s" in result.stdout or "did not answer within 1s" in result.stdout
     assert "firstboot run" in result.stdout  # the next action
     assert "retrying in" in result.stderr  # every retry logged with its reason
+
+
+def exporter_metrics(bundle: dict[str, Any], server: Mariadb, port: int) -> str:
+    """The Debian exporter, as its unit runs it (OS user prometheus, the rendered default file), against `server`."""
+    default = next(f["content"] for f in bundle["files"] if f["path"] == "/etc/default/prometheus-mysqld-exporter")
+    env = dict(re.findall(r'(?m)^([A-Z_]+)="(.*)"$', default))
+    dsn = env["DATA_SOURCE_NAME"].replace("/run/mysqld/mysqld.sock", server.socket)
+    args = re.sub(r"--web.listen-address=\S+", f"--web.listen-address=127.0.0.1:{port}", env["ARGS"]).split()
+    process = subprocess.Popen(
+        ["/usr/sbin/runuser", "-u", "prometheus", "--", "/usr/bin/prometheus-mysqld-exporter", *args],
+        env={"DATA_SOURCE_NAME": dsn}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    return response.read().decode()
+            except OSError as e:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    why = process.stderr.read() if process.stderr and process.poll() is not None else e
+                    raise AssertionError(f"the exporter did not answer: {why}") from e
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_the_mysqld_exporter_logs_in_by_socket_on_primary_and_replica(
+    primary: Mariadb, bundles: dict, servers: list[Mariadb]
+) -> None:
+    from tests.integration.agent_mariadb import free_port
+
+    metrics = exporter_metrics(bundles["db1"], primary, free_port())
+    assert re.search(r"(?m)^mysql_up 1$", metrics), metrics[:2000]
+    assert re.search(r"(?m)^mysql_global_status_uptime \d", metrics)
+    replica = next(s for s in servers if s.name == "db2")
+    metrics = exporter_metrics(bundles["db2"], replica, free_port())
+    assert re.search(r"(?m)^mysql_up 1$", metrics), metrics[:2000]
+    assert re.search(r"(?m)^mysql_slave_status_slave_sql_running\{.*\} 1$", metrics), "no replica status"
