@@ -1,5 +1,5 @@
-"""Boot smoke test per role image under QEMU (TCG): it reaches a login prompt, firstboot.service starts
-and says it is waiting for its bundle (there is no server), sshd runs with host keys made on this
+"""Boot smoke test per role image under QEMU (TCG): it reaches multi-user and a login prompt while
+firstboot.service runs and says it is waiting for its bundle (there is no server), sshd runs with host keys made on this
 boot, and none of the role's services started before first boot configured them."""
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ def test_role_image_boots_and_waits_for_its_bundle(role: str, images: Path, tmp_
         assert re.fullmatch(r"[0-9a-f]{32}", machine_id), "machine-id is initialized on first boot"
         log = journal(root)
     assert re.search(r"sshd\[\d+\]: Server listening on 0\.0\.0\.0 port 22", log), log[-3000:]
-    assert re.search(WAITING, log)
+    waiting = re.search(WAITING, log)
+    assert waiting
+    # multi-user does not wait for the agent: it is reached while the agent still waits for its server
+    multi_user = re.search(r"Reached target multi-user\.target", log)
+    assert multi_user, log[-3000:]
+    assert re.search(SETTLED, log[multi_user.end() :]), "firstboot kept waiting after multi-user was reached"
     for service in ROLE_SERVICES[role]:
         assert not re.search(rf"Started {re.escape(service)}\.service", log), f"{service} ran before first boot"
 

@@ -134,7 +134,7 @@ def test_agent_and_trust_material(image: tuple[str, Path]) -> None:
     assert agent.is_file() and os.access(agent, os.X_OK)
     assert os.readlink(root / "usr/local/bin/firstboot") == "/usr/local/lib/firstboot/firstboot"
     unit = (root / "etc/systemd/system/firstboot.service").read_text()
-    assert "ExecStart=/usr/local/bin/firstboot run" in unit and "Type=oneshot" in unit
+    assert "ExecStart=/usr/local/bin/firstboot run" in unit and "Type=exec" in unit
     assert enabled(root, "firstboot.service")
     store = SecretStore(PROJECT / "secrets")
     assert (root / "etc/kiln/signing.pub").read_bytes() == store.signing_pub.read_bytes()
