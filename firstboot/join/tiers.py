@@ -112,7 +112,7 @@ def join_lb(params: dict[str, Any], deadline: float) -> str:
         pool = wait_for(pool_up, "the web pool", deadline)
     except ProbeFailed as e:
         raise StepFailed(str(e), "check the web hosts (firstboot status there) and the lb→web firewall rules") from None
-    return f"keepalived {params['initial_state']} priority {params['priority']}, {vip}; haproxy {pool}"
+    return f"keepalived priority {params['priority']}, {vip}; haproxy {pool}"
 
 
 def _health(url: str, what: str, deadline: float) -> str:

@@ -116,7 +116,7 @@ def render_host(
 def _join(cluster: Cluster, host: Host, c: HostContext) -> dict[str, Any]:
     if host.role is Role.lb:
         return {"kind": "lb", "params": {
-            "vip": c.vip, "interface": c.interface, "priority": c.priority, "initial_state": c.initial_state,
+            "vip": c.vip, "interface": c.interface, "priority": c.priority,
             "web_pool": [f"{w.ip}:80" for w in c.web_nodes], "stats_url": f"http://{c.ip}:{c.haproxy_stats_port}/stats",
         }}  # fmt: skip
     if host.role is Role.web:

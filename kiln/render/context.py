@@ -10,7 +10,11 @@ from kiln.model import Cluster, Host, Role
 INTERFACE = "kiln0"  # the cluster NIC, renamed by MAC with a systemd .link file, so configs can name it
 NODE_EXPORTER_PORT = 9100
 HAPROXY_STATS_PORT = 8404
+HAPROXY_READY_PORT = 8405  # loopback: 200 while HAProxy sees a web node UP; keepalived follows it
+HAPROXY_READY_SCRIPT = "/etc/keepalived/haproxy-ready"
+LB_PREEMPT_DELAY = 10  # seconds a returning higher-priority LB waits (its readiness check passing) before it preempts
 NGINX_STATUS_PORT = 8081  # stub_status, loopback only
+WEB_HEALTH_PATH = "/nginx-health"  # nginx answers it itself: what the load balancers check
 MARIADB_PORT = 3306
 REPLICATION_USER = "repl"
 APP_DB_USER = "app"
@@ -71,11 +75,15 @@ class HostContext:
     balance: str = ""
     virtual_router_id: int = 0
     priority: int = 0
-    initial_state: str = ""
+    preempt_delay: int = 0
     haproxy_stats_port: int = HAPROXY_STATS_PORT
+    haproxy_ready_port: int = HAPROXY_READY_PORT
+    haproxy_ready_script: str = HAPROXY_READY_SCRIPT
+    not_ready_weight: int = 0  # lowers a not-ready LB below every ready one, never to FAULT: the VIP stays somewhere
     tls_pem: str = TLS_PEM
     static_root: str = ""
     nginx_status_port: int = NGINX_STATUS_PORT
+    web_health_path: str = WEB_HEALTH_PATH
     nginx_exporter_port: int = NGINX_EXPORTER_PORT
     app_port: int = 0
     app_workers: int = 0
@@ -165,12 +173,13 @@ def build_context(cluster: Cluster, host: Host, view: ClusterView | None = None)
     )
     if host.role is Role.lb:
         assert cluster.lb is not None and host.priority is not None
-        top = max(h.priority or 0 for h in lbs)
+        spread = max(h.priority or 0 for h in lbs) - min(h.priority or 0 for h in lbs)
         base.update(
+            not_ready_weight=-(spread + 1),
             balance=cluster.lb.balance,
             virtual_router_id=cluster.lb.virtual_router_id,
             priority=host.priority,
-            initial_state="MASTER" if host.priority == top else "BACKUP",
+            preempt_delay=LB_PREEMPT_DELAY,
             inbound_ports=(80, 443),
         )
     elif host.role is Role.web:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.model import DbRole, Role
-from kiln.render.context import SECRETS_DIR, TLS_PEM
+from kiln.render.context import HAPROXY_READY_SCRIPT, SECRETS_DIR, TLS_PEM
 
 ALL = None
 LB, WEB, APP, DB = (frozenset({r}) for r in (Role.lb, Role.web, Role.app, Role.db))
@@ -58,6 +58,7 @@ FILES = (
     FileSpec("/etc/default/prometheus-node-exporter", "node-exporter.default.j2"),
     FileSpec("/etc/haproxy/haproxy.cfg", "haproxy.cfg.j2", LB, mode="0640", group="haproxy"),
     FileSpec("/etc/keepalived/keepalived.conf", "keepalived.conf.j2", LB, mode="0640"),
+    FileSpec(HAPROXY_READY_SCRIPT, "haproxy-ready.j2", LB, mode="0755"),  # root's: enable_script_security
     FileSpec("/etc/sysctl.d/60-kiln-lb.conf", "sysctl-lb.conf.j2", LB),
     FileSpec("/etc/nginx/nginx.conf", "nginx.conf.j2", WEB),
     FileSpec("/etc/nginx/conf.d/kiln-site.conf", "nginx-site.conf.j2", WEB),
@@ -91,7 +92,7 @@ SERVICES = (
     ServiceSpec("nftables.service", ALL, ("/etc/nftables.conf",)),
     ServiceSpec("prometheus-node-exporter.service", ALL, ("/etc/default/prometheus-node-exporter",)),
     ServiceSpec("haproxy.service", LB, ("/etc/haproxy/haproxy.cfg", TLS_PEM)),
-    ServiceSpec("keepalived.service", LB, ("/etc/keepalived/keepalived.conf",)),
+    ServiceSpec("keepalived.service", LB, ("/etc/keepalived/keepalived.conf", HAPROXY_READY_SCRIPT)),
     ServiceSpec("nginx.service", WEB, ("/etc/nginx/nginx.conf", "/etc/nginx/conf.d/kiln-site.conf")),
     ServiceSpec("prometheus-nginx-exporter.service", WEB, ("/etc/default/prometheus-nginx-exporter",)),
     ServiceSpec(

@@ -59,8 +59,9 @@ def test_frozen_status_on_a_fresh_host(frozen: Path, tmp_path: Path) -> None:
 
 def test_the_unit_file_ships_with_the_agent(frozen: Path) -> None:
     unit = (frozen.parent / "_internal" / "firstboot" / "firstboot.service").read_text()
-    for line in ("Type=exec", "Restart=on-failure", "RemainAfterExit=yes", "After=network-online.target", "Wants=network-online.target",
-                 "ConditionPathExists=!/var/lib/firstboot/done", "ExecStart=/usr/local/bin/firstboot run"):  # fmt: skip
+    for line in ("Type=exec", "Restart=on-failure", "RemainAfterExit=yes", "After=network-online.target",
+                 "Wants=network-online.target", "ConditionPathExists=!/var/lib/firstboot/done",
+                 "ExecStart=/usr/local/bin/firstboot run"):  # fmt: skip
         assert line in unit
 
 

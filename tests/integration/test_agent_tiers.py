@@ -22,6 +22,7 @@ import pytest
 
 from kiln.model import Cluster
 from kiln.render import render_cluster
+from kiln.render.context import HAPROXY_READY_SCRIPT
 from kiln.secrets import SecretStore
 from tests.integration import agent_mariadb
 from tests.integration.agent_netns import SWITCH, Lab, firstboot, host_tree, lab
@@ -60,11 +61,15 @@ def relocate_nginx(tree: Path, run: Path, cache: Path) -> Path:
 
 def relocate_keepalived(tree: Path, run: Path) -> Path:
     """Without process tracking: keepalived learns of processes through the kernel's proc connector, which
-    answers in the initial network namespace only (errno 111 here); on the hosts themselves it works."""
+    answers in the initial network namespace only (errno 111 here); on the hosts themselves it works. The
+    readiness script stays, run from the host's tree (HAProxy's monitor URI on this namespace's loopback)."""
     text = file_of(tree, "/etc/keepalived/keepalived.conf").read_text()
     text = re.sub(r"vrrp_track_process track_haproxy \{.*?\n\}\n", "", text, flags=re.S)
     text = re.sub(r"\n\s*track_process \{.*?\}", "", text, flags=re.S)
-    assert "track" not in text, text
+    assert "track_process" not in text, text
+    script = file_of(tree, HAPROXY_READY_SCRIPT)
+    assert f'script "{HAPROXY_READY_SCRIPT}"' in text
+    text = text.replace(f'script "{HAPROXY_READY_SCRIPT}"', f'script "{script}"')
     out = run / "keepalived.conf"
     out.write_text(text)
     return out
@@ -208,9 +213,9 @@ def test_each_tier_joins(running: Cluster6) -> None:
     assert "nginx answers /health through the app pool" in running.join("web1")
     running.join("web2")
     lb1 = running.join("lb1")
-    assert "keepalived MASTER priority 150" in lb1 and "haproxy web pool 2/2 UP" in lb1
+    assert "keepalived priority 150" in lb1 and "haproxy web pool 2/2 UP" in lb1
     lb2 = running.join("lb2")
-    assert "keepalived BACKUP priority 100, a peer holds the VIP" in lb2
+    assert "keepalived priority 100, a peer holds the VIP" in lb2
 
 
 def test_exactly_one_load_balancer_holds_the_vip(running: Cluster6) -> None:
@@ -254,8 +259,33 @@ def test_the_firewall_drops_what_the_matrix_does_not_allow(running: Cluster6) ->
 def test_rejoining_changes_nothing(running: Cluster6) -> None:
     running.db_socket = str(running.base / "db1-server" / "mysqld.sock")
     assert "primary unchanged" in running.join("db1")
-    assert "keepalived MASTER" in running.join("lb1")
+    assert "keepalived priority 150, " in running.join("lb1")
     assert vip_holders(running.lab, running.bundles["lb1"]["network"]["vip"]) == ["lb1"]
+
+
+def wait_for_holder(c: Cluster6, want: list[str], seconds: float) -> float:
+    vip = c.bundles["lb1"]["network"]["vip"]
+    began = time.monotonic()
+    while vip_holders(c.lab, vip) != want:
+        assert time.monotonic() - began < seconds, f"VIP not on {want} within {seconds} s\n" + c.logs()
+        time.sleep(0.2)
+    return time.monotonic() - began
+
+
+def test_the_vip_leaves_an_lb_whose_haproxy_cannot_serve_and_returns_once_it_can(running: Cluster6) -> None:
+    """lb1's HAProxy stops: its readiness check fails, its priority drops below lb2's and lb2 takes the VIP.
+    HAProxy back: lb1 takes the VIP again only after the check passes again and preempt_delay has passed."""
+    wait_for_holder(running, ["lb1"], 30)
+    name, haproxy = next((n, p) for n, p in running.lab.processes if n == "lb1-haproxy")
+    haproxy.terminate()
+    haproxy.wait(10)
+    wait_for_holder(running, ["lb2"], 15)
+    run = running.base / "lb1-run"
+    began = time.monotonic()
+    running.lab.start(name, running.lab.ns("lb1"), ["haproxy", "-db", "-f", str(run / "haproxy.cfg")])
+    back = wait_for_holder(running, ["lb1"], 60)
+    assert time.monotonic() - began >= 10, "lb1 preempted before preempt_delay (10 s) passed"
+    assert back < 60
 
 
 def test_an_lb_whose_keepalived_runs_another_priority_fails_its_join(running: Cluster6) -> None:

@@ -61,13 +61,17 @@ def test_secrets_are_referenced_never_inlined(bundles, secret_store):
 def test_lb_pair_master_and_peers(bundles):
     lb1 = _file(bundles["lb1"], "/etc/keepalived/keepalived.conf")["content"]
     lb2 = _file(bundles["lb2"], "/etc/keepalived/keepalived.conf")["content"]
-    assert "state MASTER" in lb1 and "priority 150" in lb1 and "10.10.0.12" in lb1
+    assert "state BACKUP" in lb1 and "priority 150" in lb1 and "10.10.0.12" in lb1
     assert "state BACKUP" in lb2 and "priority 100" in lb2 and "10.10.0.11" in lb2
+    # not ready (HAProxy sees no web node UP): below every ready LB, not FAULT; a returning LB waits before preempting
+    assert "weight -51" in lb1 and "init_fail" in lb1 and "preempt_delay 10" in lb1
     assert "vrrp_strict" not in lb1
     haproxy = _file(bundles["lb1"], "/etc/haproxy/haproxy.cfg")["content"]
     assert "server web1 10.10.0.21:80 check" in haproxy and "server web2 10.10.0.22:80 check" in haproxy
-    assert "option httpchk GET /health" in haproxy and "Strict-Transport-Security" in haproxy
-    assert bundles["lb1"]["join"]["params"]["initial_state"] == "MASTER"
+    assert "option httpchk GET /nginx-health" in haproxy and "Strict-Transport-Security" in haproxy
+    assert "monitor fail if { nbsrv(web_pool) lt 1 }" in haproxy
+    nginx = _file(bundles["web1"], "/etc/nginx/conf.d/kiln-site.conf")["content"]
+    assert "location = /nginx-health {" in nginx
 
 
 def test_db_server_ids_unique_and_replica_read_only(bundles):
