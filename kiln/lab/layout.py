@@ -17,6 +17,7 @@ HTTP_PORT = 8080
 OUTSIDE = "198.51.100.10"
 # MiB per VM under TCG: enough for the role's daemons and the agent, small enough for 7 VMs side by side.
 MEMORY = {Role.lb: 512, Role.web: 512, Role.app: 640, Role.db: 896}
+DISK_SIZE = 6 * 1024**3  # each VM's disk (sparse qcow2): the image, then growroot grows the root filesystem
 
 
 def tap_name(host: Host) -> str:

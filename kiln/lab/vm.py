@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from kiln.lab import procs
-from kiln.lab.layout import MEMORY, Lab, tap_name
+from kiln.lab.layout import DISK_SIZE, MEMORY, Lab, tap_name
 from kiln.model import Host
 from kiln.run import run
 
@@ -48,15 +48,21 @@ def raw_size(lab: Lab, host: Host) -> int:
     return int(manifest["files"][f"{role}.raw"]["size"])
 
 
+def disk_size(lab: Lab, host: Host) -> int:
+    """Each VM's disk: room beyond the image (growroot fills it on first boot), as a real server's disk has."""
+    return max(raw_size(lab, host), DISK_SIZE)
+
+
 def make_disk(lab: Lab, host: Host, boot: str) -> None:
-    """A copy-on-write overlay of the role image (boot from disk), or an empty disk of the image's size (PXE)."""
+    """A copy-on-write overlay of the role image (boot from disk), or an empty disk (PXE); sparse either way."""
     lab.disks.mkdir(parents=True, exist_ok=True)
     disk = lab.disk(host)
     disk.unlink(missing_ok=True)
+    size = str(disk_size(lab, host))
     if boot == DISK:
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base(lab, host)), str(disk)])
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base(lab, host)), str(disk), size])
     else:
-        run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), str(raw_size(lab, host))])
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), size])
 
 
 def argv(lab: Lab, host: Host, boot: str) -> list[str]:

@@ -25,7 +25,7 @@ def test_shipped_roles_is_the_reference_cluster(cluster):
 def test_omitted_settings_take_the_schema_defaults(shipped_roles: Path):
     text = shipped_roles.read_text()
     text = text.replace("{balance: roundrobin, virtual_router_id: 51}", "{}").replace("{port: 8080, workers: 2}", "{}")
-    text = text.replace("image:        {release: bookworm, mirror: auto, size: 4G}", "image: {release: bookworm}")
+    text = text.replace("image:        {release: bookworm, mirror: auto, size: 2G}", "image: {release: bookworm}")
     cluster = parse_roles(text)
     assert (cluster.lb.balance, cluster.lb.virtual_router_id) == ("roundrobin", 51)
     assert (cluster.app.port, cluster.app.workers) == (8080, 2)
