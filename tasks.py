@@ -36,14 +36,17 @@ def keys(c, roles=None, secrets=None):
 @task(
     help={
         "quick": "skip image builds and the lab (under 3 minutes)",
+        "lab": "include the reference lab: PXE install, verify, chaos (--no-lab: everything else)",
         "k": "only tests matching this pytest -k expression",
     }
 )
-def test(c, quick=False, k=None):
+def test(c, quick=False, lab=True, k=None):
     """Run the whole test suite: unit, integration with real daemons, and (without --quick) the slow tiers."""
     args = [sys.executable, "-m", "pytest"]
     if quick:
         args += ["-m", "not slow"]
+    elif not lab:
+        args += ["-m", "not lab"]
     if k:
         args += ["-k", k]
     c.run(shlex.join(args), pty=sys.stdout.isatty())

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from kiln.commands import load_or_report  # noqa: E402
-from kiln.lab import chaos, lifecycle  # noqa: E402
+from kiln.lab import chaos, lifecycle, verify  # noqa: E402
 from kiln.lab.layout import Lab  # noqa: E402
 from kiln.lab.probe import request  # noqa: E402
 
@@ -71,13 +71,21 @@ def main() -> int:
                         "unit": "s", "goal": "< 600 s"})  # fmt: skip
         figures.append({"name": "replication lag, worst of 20 (POST to read via the VIP)",
                         "value": round(replication_lag(lab), 2), "unit": "s", "goal": "< 2 s"})  # fmt: skip
+        began = time.monotonic()
+        verified = verify.verify(None)
+        rows = verify.results(lab.root / "verify.xml") if (lab.root / "verify.xml").exists() else []
+        figures.append({"name": "lab verify", "value": f"{sum(o == 'pass' for _, o, _ in rows)}/{len(rows)} passed "
+                        f"(exit {verified})", "unit": "", "seconds": round(time.monotonic() - began)})  # fmt: skip
+        began = time.monotonic()
         code = chaos.chaos(None)
         for r in json.loads((lab.root / "chaos.json").read_text()):
             figures.append({"name": f"drill: {r['drill']}", "value": r["measured"], "unit": "",
                             "goal": f"{r['goal']} ({'pass' if r['ok'] else 'FAIL'})"})  # fmt: skip
+        figures.append({"name": "lab chaos (all drills)", "value": round(time.monotonic() - began), "unit": "s"})
     finally:
         lifecycle.down(lab)
-    result = {"machine": platform.node(), "cpus": os.cpu_count(), "boot": opts.boot, "figures": figures}
+    result = {"machine": platform.node(), "cpus": os.cpu_count(), "boot": opts.boot, "load_avg_1_5_15": os.getloadavg(),
+              "figures": figures}  # fmt: skip
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for f in figures:
         print(f"{f['name']}: {f['value']} {f.get('unit', '')}")

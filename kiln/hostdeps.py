@@ -36,7 +36,7 @@ _AGENT_TEST = (*_FREEZE, "util-linux", "procps", "prometheus-mysqld-exporter")
 _LAB = ("qemu-system-x86", "ipxe-qemu", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
 
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST),
+    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
     "build": _IMAGE_BUILD,

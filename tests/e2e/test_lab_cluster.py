@@ -238,6 +238,25 @@ def test_first_boot_finished_with_its_timeline_on_the_server(name: str, lab: Lab
         assert step in ok, f"{name}: no '{step} ok' in the server's timeline"
 
 
+@pytest.mark.parametrize("name", HOSTS)
+def test_the_root_filesystem_grew_to_fill_the_disk(name: str, lab: Lab, hosts: dict[str, Any]) -> None:
+    from kiln.lab.layout import DISK_SIZE
+
+    size = int(hosts[name].check_output("findmnt -bno SIZE /"))
+    assert size > 0.9 * DISK_SIZE, (
+        f"/ is {size / 2**30:.1f} GiB on a {DISK_SIZE / 2**30:.0f} GiB disk: growroot did not run"
+    )
+
+
+@pytest.mark.parametrize("name", [h.name for h in CLUSTER.by_role(Role.db)] if CLUSTER else [])
+def test_the_mysqld_exporter_reports_from_the_admin_network(name: str) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{_ip(name)}:9104/metrics", timeout=20) as r:
+        metrics = r.read().decode()
+    assert "\nmysql_up 1\n" in metrics, metrics[:1000]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_ssh_masters(ssh_config: str) -> Iterator[None]:
     yield
