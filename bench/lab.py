@@ -53,6 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="run nothing; keep the last full run's results")
     parser.add_argument("--boot", default="disk", choices=("disk", "pxe"))
+    parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards (e.g. for ./inv lab audit)")
     opts = parser.parse_args()
     if opts.quick:
         print(f"bench/lab.py: --quick runs no VMs; {RESULTS.name} holds the last full run")
@@ -83,7 +84,8 @@ def main() -> int:
                             "goal": f"{r['goal']} ({'pass' if r['ok'] else 'FAIL'})"})  # fmt: skip
         figures.append({"name": "lab chaos (all drills)", "value": round(time.monotonic() - began), "unit": "s"})
     finally:
-        lifecycle.down(lab)
+        if not opts.keep:
+            lifecycle.down(lab)
     result = {"machine": platform.node(), "cpus": os.cpu_count(), "boot": opts.boot, "load_avg_1_5_15": os.getloadavg(),
               "figures": figures}  # fmt: skip
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
