@@ -3,8 +3,9 @@
 under a write loop, failover seconds and requests lost per drill (./inv lab chaos). Results: bench/results/lab.json.
 
 Goal (issue 6): the whole cluster joined in under 10 min. A full run brings the lab up (--boot disk, or --boot pxe),
-runs the drills and takes the lab down again, about 30 min. --quick runs nothing and leaves the last full run's
-results in place (./inv bench --quick shows them).
+runs verify and the drills and takes the lab down again (--keep: leaves it up), about 45 min. --recorded runs
+nothing and reads the last lab run's records (./inv test runs the lab: PXE, verify, chaos). --quick runs nothing
+and leaves the last results in place (./inv bench --quick shows them).
 """
 
 from __future__ import annotations
@@ -49,11 +50,36 @@ def replication_lag(lab: Lab, samples: int = 20) -> float:
     return worst
 
 
+def recorded(lab: Lab) -> list[dict[str, object]]:
+    """Figures from the records a lab run leaves in state/lab/: boot.json (lab up), verify.xml, chaos.json."""
+    figures: list[dict[str, object]] = []
+    boot = json.loads(lab.boot_record.read_text())
+    for host, seconds in sorted(boot["joined_seconds"].items()):
+        figures.append({"name": f"power-on to joined: {host}", "value": seconds, "unit": "s"})
+    if boot["joined_seconds"]:
+        figures.append({"name": f"whole cluster joined ({boot['boot']})", "value": max(boot["joined_seconds"].values()),
+                        "unit": "s", "goal": "< 600 s"})  # fmt: skip
+    if (lab.root / "verify.xml").exists():
+        rows = verify.results(lab.root / "verify.xml")
+        figures.append({"name": "lab verify", "value": f"{sum(o == 'pass' for _, o, _ in rows)}/{len(rows)} passed",
+                        "unit": ""})  # fmt: skip
+    if (lab.root / "chaos.json").exists():
+        for r in json.loads((lab.root / "chaos.json").read_text()):
+            figures.append({"name": f"drill: {r['drill']}", "value": r["measured"], "unit": "",
+                            "goal": f"{r['goal']} ({'pass' if r['ok'] else 'FAIL'})"})  # fmt: skip
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="run nothing; keep the last full run's results")
     parser.add_argument("--boot", default="disk", choices=("disk", "pxe"))
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards (e.g. for ./inv lab audit)")
+    parser.add_argument(
+        "--recorded",
+        action="store_true",
+        help="run nothing: the last lab run's figures (e.g. ./inv test's) from state/lab/",
+    )
     opts = parser.parse_args()
     if opts.quick:
         print(f"bench/lab.py: --quick runs no VMs; {RESULTS.name} holds the last full run")
@@ -61,33 +87,26 @@ def main() -> int:
     cluster = load_or_report(None)
     assert cluster is not None
     lab = Lab(cluster)
-    figures = []
-    try:
-        if lifecycle.up(lab, opts.boot, None) != 0:
-            return 1
-        boot = json.loads(lab.boot_record.read_text())
-        for host, seconds in sorted(boot["joined_seconds"].items()):
-            figures.append({"name": f"power-on to joined: {host}", "value": seconds, "unit": "s"})
-        figures.append({"name": f"whole cluster joined ({opts.boot})", "value": max(boot["joined_seconds"].values()),
-                        "unit": "s", "goal": "< 600 s"})  # fmt: skip
-        figures.append({"name": "replication lag, worst of 20 (POST to read via the VIP)",
-                        "value": round(replication_lag(lab), 2), "unit": "s", "goal": "< 2 s"})  # fmt: skip
-        began = time.monotonic()
-        verified = verify.verify(None)
-        rows = verify.results(lab.root / "verify.xml") if (lab.root / "verify.xml").exists() else []
-        figures.append({"name": "lab verify", "value": f"{sum(o == 'pass' for _, o, _ in rows)}/{len(rows)} passed "
-                        f"(exit {verified})", "unit": "", "seconds": round(time.monotonic() - began)})  # fmt: skip
-        began = time.monotonic()
-        code = chaos.chaos(None)
-        for r in json.loads((lab.root / "chaos.json").read_text()):
-            figures.append({"name": f"drill: {r['drill']}", "value": r["measured"], "unit": "",
-                            "goal": f"{r['goal']} ({'pass' if r['ok'] else 'FAIL'})"})  # fmt: skip
-        figures.append({"name": "lab chaos (all drills)", "value": round(time.monotonic() - began), "unit": "s"})
-    finally:
-        if not opts.keep:
-            lifecycle.down(lab)
-    result = {"machine": platform.node(), "cpus": os.cpu_count(), "boot": opts.boot, "load_avg_1_5_15": os.getloadavg(),
-              "figures": figures}  # fmt: skip
+    code, extra = 0, []
+    if not opts.recorded:
+        try:
+            if lifecycle.up(lab, opts.boot, None) != 0:
+                return 1
+            extra.append({"name": "replication lag, worst of 20 (POST to read via the VIP)",
+                          "value": round(replication_lag(lab), 2), "unit": "s", "goal": "< 2 s"})  # fmt: skip
+            began = time.monotonic()
+            code |= verify.verify(None)
+            extra.append({"name": "lab verify wall time", "value": round(time.monotonic() - began), "unit": "s"})
+            began = time.monotonic()
+            code |= chaos.chaos(None)
+            extra.append({"name": "lab chaos wall time (all drills)", "value": round(time.monotonic() - began),
+                          "unit": "s"})  # fmt: skip
+        finally:
+            if not opts.keep:
+                lifecycle.down(lab)
+    figures = recorded(lab) + extra
+    result = {"machine": platform.node(), "cpus": os.cpu_count(), "recorded": opts.recorded,
+              "load_avg_1_5_15": os.getloadavg(), "figures": figures}  # fmt: skip
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for f in figures:
         print(f"{f['name']}: {f['value']} {f.get('unit', '')}")
