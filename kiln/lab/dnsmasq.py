@@ -6,6 +6,7 @@ the server's HTTP URL. Hosts not in roles.yaml get no lease.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from kiln.fsutil import write_atomic
@@ -36,9 +37,17 @@ def config(lab: Lab) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start(lab: Lab) -> int:
+def start(lab: Lab, settle: float = 1.0) -> int:
+    """Start dnsmasq; an error in the first second (a bad option, the port taken, no binary) is raised here,
+    not discovered minutes later as hosts that never get a lease."""
     conf = lab.run / "dnsmasq.conf"
     write_atomic(conf, config(lab).encode())
     argv = ["dnsmasq", "--keep-in-foreground", "--log-facility=-", f"--conf-file={conf}",
             f"--pid-file={Path(lab.run / 'dnsmasq.real.pid')}"]  # fmt: skip
-    return procs.start(NAME, argv, lab.run, lab.logs / "dnsmasq.log")
+    log = lab.logs / "dnsmasq.log"
+    pid = procs.start(NAME, argv, lab.run, log)
+    time.sleep(settle)
+    if procs.pid_of(NAME, lab.run) is None:
+        last = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        raise RuntimeError(f"dnsmasq exited at once: {' / '.join(last) or 'no output'} (log: {log})")
+    return pid

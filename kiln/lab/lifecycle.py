@@ -26,6 +26,18 @@ class NotReady(Exception):
     """Something `lab up` needs is missing; the message says what and how to make it."""
 
 
+# what `lab up` runs, and the Debian package each comes from (./inv lab installs them; a direct call may not have)
+TOOLS = {"dnsmasq": "dnsmasq-base", "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
+         "ip": "iproute2", "ssh": "openssh-client", "ssh-keygen": "openssh-client"}  # fmt: skip
+
+
+def check_tools() -> None:
+    missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise NotReady(f"missing Debian packages: {' '.join(missing)} (./inv lab installs them; "
+                       f"or apt-get install {' '.join(missing)})")  # fmt: skip
+
+
 def check_images(lab: Lab, boot: str) -> None:
     for role in sorted({h.role.value for h in lab.cluster.hosts}):
         wanted = lab.images / role / (f"{role}.qcow2" if boot == vm.DISK else f"{role}.raw")
@@ -106,6 +118,7 @@ def up(lab: Lab, boot: str, roles: str | None, timeout: float = TIMEOUT, console
     console = console or Console()
     lab.check()
     try:
+        check_tools()
         check_images(lab, boot)
     except NotReady as e:
         console.print(f"[red]lab up: {e}[/]")

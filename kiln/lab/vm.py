@@ -48,9 +48,14 @@ def raw_size(lab: Lab, host: Host) -> int:
     return int(manifest["files"][f"{role}.raw"]["size"])
 
 
-def disk_size(lab: Lab, host: Host) -> int:
+def virtual_size(qcow2: Path) -> int:
+    return int(json.loads(run(["qemu-img", "info", "--output=json", "-U", str(qcow2)]).stdout)["virtual-size"])
+
+
+def disk_size(lab: Lab, host: Host, boot: str) -> int:
     """Each VM's disk: room beyond the image (growroot fills it on first boot), as a real server's disk has."""
-    return max(raw_size(lab, host), DISK_SIZE)
+    image_size = virtual_size(base(lab, host)) if boot == DISK else raw_size(lab, host)
+    return max(image_size, DISK_SIZE)
 
 
 def make_disk(lab: Lab, host: Host, boot: str) -> None:
@@ -58,7 +63,7 @@ def make_disk(lab: Lab, host: Host, boot: str) -> None:
     lab.disks.mkdir(parents=True, exist_ok=True)
     disk = lab.disk(host)
     disk.unlink(missing_ok=True)
-    size = str(disk_size(lab, host))
+    size = str(disk_size(lab, host, boot))
     if boot == DISK:
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base(lab, host)), str(disk), size])
     else:

@@ -97,3 +97,11 @@ def test_overlays_sit_on_the_labs_own_link_and_survive_a_rebuild(tmp_path: Path)
     run(["qemu-img", "create", "-q", "-f", "qcow2", str(rebuilt), "32M"])
     rebuilt.replace(image)  # what a rebuild does
     assert link.stat().st_ino != image.stat().st_ino, "the lab keeps the image its overlays were made on"
+
+
+def test_lab_up_names_the_missing_packages_before_starting_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.lab import lifecycle
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(lifecycle.NotReady, match="dnsmasq-base .*qemu-system-x86"):
+        lifecycle.check_tools()
