@@ -65,8 +65,9 @@ def recorded(lab: Lab) -> list[dict[str, object]]:
                         "unit": ""})  # fmt: skip
     if (lab.root / "chaos.json").exists():
         for r in json.loads((lab.root / "chaos.json").read_text()):
+            met = "met" if r["goal_met"] else "missed"
             figures.append({"name": f"drill: {r['drill']}", "value": r["measured"], "unit": "",
-                            "goal": f"{r['goal']} ({'pass' if r['ok'] else 'FAIL'})"})  # fmt: skip
+                            "goal": f"{r['goal']} ({met})", "works": r["works"]})  # fmt: skip
     return figures
 
 

@@ -103,10 +103,14 @@ class Loops:
 
 @dataclass(frozen=True)
 class Result:
+    """A drill's outcome. `works`: what must hold (the VIP moved, nothing lost, the host provisioned); `lab chaos`
+    fails without it. `goal_met`: the measured goal (seconds or requests of failure), reported, not a failure."""
+
     drill: str
     measured: str
     goal: str
-    ok: bool
+    goal_met: bool
+    works: bool = True
 
 
 def vip_holder(lab: Lab) -> list[str]:
@@ -138,12 +142,13 @@ def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
         vm.start(lab, lab.cluster.host(lb1), vm.DISK)
     span, failed, total = loops.failed_seconds(began, back)
     results = [Result(f"power off {lb1}", f"VIP on {lb2} after {moved:.1f} s; {span:.1f} s of failed requests "
-                      f"({failed}/{total})", "< 5 s of failures", span < 5)]  # fmt: skip
+                      f"({failed}/{total})", "< 5 s of failures", goal_met=span < 5)]  # fmt: skip
     rejoined = wait(f"{lb1} holds the VIP again", lambda: vip_holder(lab) == [lb1], 600, step=3)
     time.sleep(5)
     span, failed, total = loops.failed_seconds(back, time.monotonic())
     results.append(Result(f"power {lb1} back", f"took the VIP back after {rejoined:.0f} s; {span:.1f} s of "
-                          f"failed requests ({failed}/{total})", "rejoins; < 5 s of failures", span < 5))  # fmt: skip
+                          f"failed requests ({failed}/{total})", "rejoins; < 5 s of failures",
+                          goal_met=span < 5))  # fmt: skip
     return results
 
 
@@ -173,7 +178,7 @@ def drill_nginx_stop(lab: Lab, loops: Loops) -> list[Result]:
         ssh(lab, web1, "systemctl start nginx")
     wait(f"{web1} UP again", lambda: all(_web_status(lab, lb, web1) == "UP" for lb in lbs), 60, step=0.5)
     return [Result(f"stop nginx on {web1}", f"marked DOWN after {down:.1f} s; {failed}/{total} requests failed",
-                   "no failures beyond in-flight (<= 2)", failed <= 2)]  # fmt: skip
+                   "no failures beyond in-flight (<= 2)", goal_met=failed <= 2)]  # fmt: skip
 
 
 def _count_on(lab: Lab, db: str, tag: str) -> int:
@@ -203,7 +208,8 @@ def drill_db_restart(lab: Lab, loops: Loops) -> list[Result]:
             f"replicating {back:.0f} s after reboot; {on_replica} rows on the replica "
             f"for {acked} acknowledged (caught up in {lag:.1f} s)",
             "nothing lost",
-            on_replica >= acked,
+            goal_met=on_replica >= acked,
+            works=on_replica >= acked,
         )
     ]
 
@@ -238,7 +244,7 @@ def drill_kill_mid_join(lab: Lab, loops: Loops, boot: str) -> list[Result]:
             f"kill {target.name} mid-join",
             f"killed {killed_at:.0f} s after power-on; joined {joined:.0f} s after it was started again",
             "completes provisioning",
-            True,
+            goal_met=True,
         )
     ]
 
@@ -253,10 +259,10 @@ def drill_reboot(lab: Lab, loops: Loops) -> list[Result]:
     status = ssh(lab, app, "firstboot status; systemctl show -p ActiveEnterTimestampMonotonic,Result firstboot",
                  check=False)  # fmt: skip
     after = host_state(lab, app)
-    nothing = after["state"] == "joined" and len(after["timeline"]) - before <= 2
+    nothing = after["state"] == "joined" and len(after["timeline"]) - before <= 2 and "fail" not in status.lower()
     return [Result(f"reboot {app}", f"kiln-app active {back:.0f} s after reboot; server timeline +"
                    f"{len(after['timeline']) - before} events; state {after['state']}", "first boot does nothing, "
-                   "services come back", nothing and "fail" not in status.lower())]  # fmt: skip
+                   "services come back", goal_met=nothing, works=nothing)]  # fmt: skip
 
 
 def chaos(roles: str | None) -> int:
@@ -283,14 +289,18 @@ def chaos(roles: str | None) -> int:
         try:
             results += drill()
         except (AssertionError, TimeoutError, CommandError, OSError) as e:
-            results.append(Result(name, f"error: {str(e).splitlines()[0][:100]}", "", False))
+            results.append(Result(name, f"error: {str(e).splitlines()[0][:100]}", "", goal_met=False, works=False))
         console.print(f"  {results[-1].measured}")
     loops.stop.set()
     table = Table(title="kiln lab chaos", title_justify="left")
-    for col in ("drill", "measured", "goal", "result"):
+    for col in ("drill", "measured", "goal", "goal met", "works"):
         table.add_column(col)
     for r in results:
-        table.add_row(r.drill, r.measured, r.goal, "[green]pass[/]" if r.ok else "[red]FAIL[/]")
+        table.add_row(r.drill, r.measured, r.goal, "[green]yes[/]" if r.goal_met else "[yellow]missed[/]",
+                      "[green]yes[/]" if r.works else "[red]FAIL[/]")  # fmt: skip
     console.print(table)
     write_atomic(lab.root / "chaos.json", (json.dumps([r.__dict__ for r in results], indent=2) + "\n").encode())
-    return 0 if all(r.ok for r in results) else 1
+    missed = sum(not r.goal_met for r in results if r.works)
+    if missed:
+        console.print(f"{missed} measured goal(s) missed (reported; see bench/lab.py); the drills' outcomes held")
+    return 0 if all(r.works for r in results) else 1
