@@ -105,3 +105,16 @@ def test_lab_up_names_the_missing_packages_before_starting_anything(monkeypatch:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(lifecycle.NotReady, match="dnsmasq-base .*qemu-system-x86"):
         lifecycle.check_tools()
+
+
+def test_an_outage_is_the_longest_run_of_failed_requests_not_the_span_of_scattered_ones() -> None:
+    from kiln.lab.chaos import Loops
+
+    loops = Loops(lab=None)  # type: ignore[arg-type]  # no lab: only the request record is read
+    ok = [True] * 40
+    for t in (5, 6, 7, 30):  # a 3 s outage (5-7, the request at 8 succeeded) and one stray failure at 30
+        ok[t] = False
+    loops.requests = [(float(t), o) for t, o in enumerate(ok)]
+    assert loops.failed_seconds(0, 39) == (3.0, 4, 40)
+    loops.requests[-1] = (39.0, False)  # still failing when the window ends
+    assert loops.failed_seconds(35, 39) == (1.0, 1, 5)
