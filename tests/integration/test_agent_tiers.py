@@ -279,7 +279,7 @@ def test_the_vip_leaves_an_lb_whose_haproxy_cannot_serve_and_returns_once_it_can
     name, haproxy = next((n, p) for n, p in running.lab.processes if n == "lb1-haproxy")
     haproxy.terminate()
     haproxy.wait(10)
-    wait_for_holder(running, ["lb2"], 15)
+    wait_for_holder(running, ["lb2"], 30)  # 3 failed checks 2 s apart, then lb2's preempt_delay (10 s)
     run = running.base / "lb1-run"
     began = time.monotonic()
     running.lab.start(name, running.lab.ns("lb1"), ["haproxy", "-db", "-f", str(run / "haproxy.cfg")])
