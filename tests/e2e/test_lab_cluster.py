@@ -56,6 +56,8 @@ def hosts(ssh_config: str) -> dict[str, Any]:
 
 
 def _get(lab: Lab, path: str = "/", **kw: Any):  # noqa: ANN202
+    # 30 s, not 10: seven emulated CPUs share two cores, and a just-joined cluster answered a POST in over 10 s once
+    kw.setdefault("timeout", 30)
     return request(lab.vip, lab.cluster.domain, str(lab.secrets / "ca.pem"), path=path, src=OUTSIDE, **kw)
 
 
