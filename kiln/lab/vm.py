@@ -48,13 +48,14 @@ def raw_size(lab: Lab, host: Host) -> int:
     return int(manifest["files"][f"{role}.raw"]["size"])
 
 
-def virtual_size(qcow2: Path) -> int:
-    return int(json.loads(run(["qemu-img", "info", "--output=json", "-U", str(qcow2)]).stdout)["virtual-size"])
+def qemu_info(path: Path) -> dict:
+    """`qemu-img info` of a disk image, also while a VM has it open (-U)."""
+    return json.loads(run(["qemu-img", "info", "--output=json", "-U", str(path)]).stdout)
 
 
 def disk_size(lab: Lab, host: Host, boot: str) -> int:
     """Each VM's disk: room beyond the image (growroot fills it on first boot), as a real server's disk has."""
-    image_size = virtual_size(base(lab, host)) if boot == DISK else raw_size(lab, host)
+    image_size = int(qemu_info(base(lab, host))["virtual-size"]) if boot == DISK else raw_size(lab, host)
     return max(image_size, DISK_SIZE)
 
 
@@ -88,7 +89,7 @@ def _keep_backing(lab: Lab, host: Host) -> None:
     disk, link = lab.disk(host), lab.disks / f"base-{host.role.value}.qcow2"
     if not disk.exists() or not link.exists():
         return
-    info = json.loads(run(["qemu-img", "info", "--output=json", "-U", str(disk)]).stdout)
+    info = qemu_info(disk)
     if info.get("backing-filename") not in (None, str(link)):
         run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(link), str(disk)])
 
