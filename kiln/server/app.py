@@ -102,11 +102,12 @@ async def host_ipxe(request: Request) -> Response:
     try:
         p.images.check_installer()
         sha = p.images.raw_sha256(host.role.value)
+        size = p.images.raw_size(host.role.value)
     except ipxe.NotBuilt as e:
         LOG.warning("%s: cannot install: %s", host.name, e)
         return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)], installer.http_base))
     await p.blocking(p.store.record_pxe, host.name, f"installer script served ({host.role.value} image)")
-    return _ipxe(ipxe.install_script(host, sha, installer))
+    return _ipxe(ipxe.install_script(host, sha, installer, size))
 
 
 async def http_root(request: Request) -> Response:

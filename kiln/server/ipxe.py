@@ -72,7 +72,8 @@ class Installer:
         return Installer(f"http://{host_header}", self.provisioning_url)
 
 
-def install_script(host: Host, image_sha256: str, installer: Installer) -> str:
+def install_script(host: Host, image_sha256: str, installer: Installer, image_size: int | None = None) -> str:
+    """The installer's kernel command line; with the image's size the installer reports "N of M MB written"."""
     role = host.role.value
     base = installer.http_base
     bootif = "01-" + host.mac.replace(":", "-")
@@ -83,6 +84,7 @@ def install_script(host: Host, image_sha256: str, installer: Installer) -> str:
         f"kiln.disk={host.disk}",
         f"kiln.url={installer.provisioning_url}",
         f"kiln.host={host.name}",
+        *([f"kiln.size={image_size}"] if image_size is not None else []),
         f"BOOTIF={bootif}",
         "console=ttyS0",
     ])  # fmt: skip
@@ -120,6 +122,9 @@ class ImageCatalog:
                 raise NotBuilt(
                     f"the PXE installer (images/installer/{name}) is not built yet: run ./inv build-all on the server"
                 )
+
+    def raw_size(self, role: str) -> int:
+        return (self.root / role / f"{role}.raw").stat().st_size
 
     def raw_sha256(self, role: str) -> str:
         rebuild = f"rebuild with ./inv build --role {role} --force"

@@ -27,12 +27,13 @@ def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
 
 
 def test_install_script_for_db2(cluster: Cluster) -> None:
-    script = install_script(cluster.host("db2"), SHA, Installer("http://10.10.0.1:8080", cluster.provisioning_url))
+    installer = Installer("http://10.10.0.1:8080", cluster.provisioning_url)
+    script = install_script(cluster.host("db2"), SHA, installer, 2 << 30)
     assert script.splitlines()[2:] == [
         "kernel http://10.10.0.1:8080/images/installer/vmlinuz initrd=initrd.img"
         " kiln.image=http://10.10.0.1:8080/images/db/db.raw"
         f" kiln.sha256={SHA} kiln.disk=/dev/vda kiln.url=https://10.10.0.1:8443 kiln.host=db2"
-        " BOOTIF=01-52-54-00-10-00-42 console=ttyS0",
+        " kiln.size=2147483648 BOOTIF=01-52-54-00-10-00-42 console=ttyS0",
         "initrd http://10.10.0.1:8080/images/installer/initrd.img",
         "boot",
     ]
