@@ -18,15 +18,18 @@ from firstboot.steps.context import StepContext
 from firstboot.steps.system import services
 
 SYSTEMCTL = """#!/bin/sh
+# one state line per unit, like systemctl; start fails as a whole when one unit fails
 echo "$*" >> "$KILN_AGT_STATE/calls"
 touch "$KILN_AGT_STATE/enabled" "$KILN_AGT_STATE/active"
-case "$1" in
-  is-enabled) grep -qx "$3" "$KILN_AGT_STATE/enabled" ;;
-  is-active) grep -qx "$3" "$KILN_AGT_STATE/active" ;;
-  enable) echo "$2" >> "$KILN_AGT_STATE/enabled" ;;
+action="$1"; shift
+[ "$1" = --no-reload ] && shift
+case "$action" in
+  is-enabled) for u; do grep -qx "$u" "$KILN_AGT_STATE/enabled" && echo enabled || echo disabled; done ;;
+  is-active) for u; do grep -qx "$u" "$KILN_AGT_STATE/active" && echo active || echo inactive; done ;;
+  enable) for u; do echo "$u" >> "$KILN_AGT_STATE/enabled"; done ;;
   start)
-    [ "$2" = broken.service ] && { echo "Job for broken.service failed" >&2; exit 1; }
-    echo "$2" >> "$KILN_AGT_STATE/active" ;;
+    for u; do [ "$u" = broken.service ] && { echo "Job for broken.service failed" >&2; exit 1; }; done
+    for u; do echo "$u" >> "$KILN_AGT_STATE/active"; done ;;
   reload-or-restart|daemon-reload) ;;
   *) exit 2 ;;
 esac
@@ -61,11 +64,14 @@ def calls(state: Path) -> list[str]:
 
 def test_a_fresh_host_gets_every_unit_enabled_and_started(systemd: Path) -> None:
     outcome = services(ctx(UNITS, {"/etc/systemd/system/kiln-app.service"}))
-    assert (
-        outcome.detail
-        == "enabled nginx.service; started nginx.service; enabled kiln-app.service; started kiln-app.service"
-    )
+    assert outcome.detail == "enabled nginx.service, kiln-app.service; started nginx.service, kiln-app.service"
     assert calls(systemd)[0] == "daemon-reload"  # a unit file changed
+    # one call per kind of action (each call costs seconds under emulation), enable without a second reload
+    assert calls(systemd)[-2:] == [
+        "enable --no-reload nginx.service kiln-app.service",
+        "start nginx.service kiln-app.service",
+    ]
+    assert (systemd / "enabled").read_text().split() == ["nginx.service", "kiln-app.service"]
 
 
 def test_running_units_restart_only_when_their_files_changed(systemd: Path) -> None:
@@ -83,3 +89,25 @@ def test_a_unit_that_fails_to_start_fails_the_step_with_its_name(systemd: Path) 
     assert "'systemctl start broken.service' exited 1" in e.value.reason
     assert "Job for broken.service failed" in e.value.reason
     assert "journalctl" in e.value.next_action
+
+
+def test_restarts_come_before_starts_and_wait_for_the_address_after_networkd(systemd: Path) -> None:
+    units = [
+        {"unit": "systemd-networkd.service", "enable": False, "restart_on": ["/etc/systemd/network/10-kiln.network"]},
+        {"unit": "nginx.service", "enable": True, "restart_on": []},
+    ]
+    (systemd / "active").write_text("systemd-networkd.service\n")
+    step = ctx(units, {"/etc/systemd/network/10-kiln.network"})
+    step.bundle["host"] = {"ip": "127.0.0.1"}  # present on lo: the wait passes at once
+    assert services(step).detail == "restarted systemd-networkd.service; enabled nginx.service; started nginx.service"
+
+
+def test_an_address_that_never_appears_fails_the_step(systemd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("firstboot.steps.system.ADDRESS_WAIT", 1.0)
+    (systemd / "active").write_text("systemd-networkd.service\n")
+    step = ctx([{"unit": "systemd-networkd.service", "enable": False, "restart_on": ["/etc/x"]}], {"/etc/x"})
+    step.bundle["host"] = {"ip": "192.0.2.77"}
+    with pytest.raises(StepFailed) as e:
+        services(step)
+    assert "192.0.2.77 is not configured on any interface" in e.value.reason
+    assert "networkctl" in e.value.next_action
