@@ -99,6 +99,6 @@ def run(action: str, *, roles: str | None, host: str | None, boot: str, timeout:
     if action == "audit":
         from kiln.lab.audit import audit
 
-        return audit(roles)
+        return audit(roles, host or "")
     print(f"lab: unknown action {action!r} (expected one of: {', '.join(ACTIONS)})", file=sys.stderr)
     return 2
