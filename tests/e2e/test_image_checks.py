@@ -117,6 +117,8 @@ def test_audit_apparmor_upgrades_firewall_mounts(image: tuple[str, Path]) -> Non
     for unit in ("auditd.service", "apparmor.service", "nftables.service", "unattended-upgrades.service",
                  "systemd-networkd.service", "tmp.mount", "ssh.service"):  # fmt: skip
         assert enabled(root, unit), f"{unit} is not enabled"
+    for unit in ("open-iscsi.service", "iscsid.socket"):  # DIB's vm element brings them; unused, slow to boot
+        assert not enabled(root, unit), f"{unit} is enabled"
     grub = (root / "boot/grub/grub.cfg").read_text()
     assert "apparmor=1" in grub and "audit=1" in grub and "console=ttyS0" in grub
     assert 'Unattended-Upgrade "1"' in (root / "etc/apt/apt.conf.d/20auto-upgrades").read_text()
