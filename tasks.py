@@ -141,7 +141,7 @@ def freeze(c, force=False):
     },
 )
 def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
-    """The reference cluster in QEMU on this machine; ACTION is up, status, verify, audit [HOSTS], chaos, down or ssh HOST."""
+    """The reference cluster in QEMU here; ACTION: up, status, verify, audit [HOSTS], chaos, down, ssh HOST."""
     from kiln.lab import cli as lab_cli
 
     if action not in lab_cli.ACTIONS:
