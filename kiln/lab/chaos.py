@@ -30,6 +30,9 @@ from kiln.run import CommandError, run
 # One request a second: under TCG the single app VM serves a few DB-touching requests a second in all, and the
 # HAProxy health checks of both LBs already take part of that; a faster loop starves the checks (all webs DOWN).
 INTERVAL = 1.0
+# A request slower than this counts as failed. Long enough that a slow answer (one emulated app CPU) is an answer:
+# slowness shows in the outage figure (time without a successful response), not as a failure.
+REQUEST_TIMEOUT = 10.0
 
 
 def ssh(lab: Lab, host: str, command: str, timeout: float = 60, check: bool = True) -> str:
@@ -58,14 +61,14 @@ class Loops:
 
     lab: Lab
     tag: str = field(default_factory=lambda: f"chaos-{uuid.uuid4().hex[:8]}")
-    requests: list[tuple[float, bool]] = field(default_factory=list)
+    requests: list[tuple[float, float, bool]] = field(default_factory=list)  # (sent, answered or gave up, ok)
     written: list[int] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def _get(self, path: str, **kw: object):  # noqa: ANN202
         lab = self.lab
         return request(lab.vip, lab.cluster.domain, str(lab.secrets / "ca.pem"), path=path, src=OUTSIDE,
-                       timeout=2, **kw)  # type: ignore[arg-type]  # fmt: skip
+                       timeout=REQUEST_TIMEOUT, **kw)  # type: ignore[arg-type]  # fmt: skip
 
     def _request_loop(self) -> None:
         while not self.stop.is_set():
@@ -74,7 +77,7 @@ class Loops:
                 ok = self._get("/health").status == 200
             except OSError:
                 ok = False
-            self.requests.append((at, ok))
+            self.requests.append((at, time.monotonic(), ok))
             time.sleep(max(0.0, INTERVAL - (time.monotonic() - at)))
 
     def _write_loop(self) -> None:
@@ -94,18 +97,13 @@ class Loops:
             threading.Thread(target=target, daemon=True).start()
 
     def failed_seconds(self, since: float, until: float) -> tuple[float, int, int]:
-        """(the longest outage in seconds, failed count, total count) within [since, until]. An outage runs from
-        its first failed request to the next request that succeeded: scattered single failures are not one outage."""
-        window = sorted((t, ok) for t, ok in list(self.requests) if since <= t <= until)
-        longest, began = 0.0, None
-        for t, ok in window:
-            if not ok and began is None:
-                began = t
-            elif ok and began is not None:
-                longest, began = max(longest, t - began), None
-        if began is not None:  # still failing at the end of the window
-            longest = max(longest, window[-1][0] - began + INTERVAL)
-        return longest, sum(1 for _, ok in window if not ok), len(window)
+        """(the longest outage in seconds, failed count, total count) within [since, until]. The outage is the
+        longest time without a successful response (from `since`, between answers, to `until`): requests that fail
+        and requests that hang both count, scattered single failures do not add up to one long outage."""
+        window = sorted(r for r in list(self.requests) if since <= r[0] <= until)
+        answered = [since] + sorted(end for _, end, ok in window if ok and end <= until) + [until]
+        longest = max(b - a for a, b in zip(answered, answered[1:], strict=False))
+        return longest, sum(1 for *_, ok in window if not ok), len(window)
 
 
 @dataclass(frozen=True)

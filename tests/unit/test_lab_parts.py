@@ -107,14 +107,17 @@ def test_lab_up_names_the_missing_packages_before_starting_anything(monkeypatch:
         lifecycle.check_tools()
 
 
-def test_an_outage_is_the_longest_run_of_failed_requests_not_the_span_of_scattered_ones() -> None:
+def test_an_outage_is_the_longest_time_without_an_answer_not_the_span_of_scattered_failures() -> None:
     from kiln.lab.chaos import Loops
 
     loops = Loops(lab=None)  # type: ignore[arg-type]  # no lab: only the request record is read
     ok = [True] * 40
-    for t in (5, 6, 7, 30):  # a 3 s outage (5-7, the request at 8 succeeded) and one stray failure at 30
+    for t in (5, 6, 7, 30):  # failures at 5-7 (the request at 8 answered) and one stray failure at 30
         ok[t] = False
-    loops.requests = [(float(t), o) for t, o in enumerate(ok)]
-    assert loops.failed_seconds(0, 39) == (3.0, 4, 40)
-    loops.requests[-1] = (39.0, False)  # still failing when the window ends
-    assert loops.failed_seconds(35, 39) == (1.0, 1, 5)
+    loops.requests = [(float(t), t + 0.2, o) for t, o in enumerate(ok)]  # each answered in 0.2 s
+    assert loops.failed_seconds(0, 40) == pytest.approx((4.0, 4, 40))  # last answer 4.2, next 8.2
+    loops.requests[-1] = (39.0, 39.2, False)  # still failing when the window ends
+    assert loops.failed_seconds(35, 40) == pytest.approx((1.8, 1, 5))  # answered at 38.2, nothing until 40
+    # a request that hangs 9 s is not a failure but leaves 9 s without an answer
+    loops.requests = [(0.0, 0.1, True), (1.0, 10.0, True), (10.0, 10.1, True)]
+    assert loops.failed_seconds(0, 10.5) == pytest.approx((9.9, 0, 3))
