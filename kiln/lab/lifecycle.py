@@ -59,6 +59,20 @@ class Watch:
     started: dict[str, float] = field(default_factory=dict)
     joined: dict[str, float] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    seen: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # host: (state, last step, its detail)
+
+    def changes(self) -> list[str]:
+        """One line per host whose state or last event changed since the last call (logs, where no table redraws)."""
+        lines, now = [], time.monotonic()
+        for r in self.rows:
+            last = r.get("last_event") or {}
+            step = f"{last.get('step', '')} {last.get('status', '')}".strip()
+            detail = (last.get("detail") or "")[:80]
+            if self.seen.get(r["name"]) != (r["state"], step, detail):
+                self.seen[r["name"]] = (r["state"], step, detail)
+                seconds = now - self.started.get(r["name"], now)
+                lines.append(f"[{seconds:5.0f} s] {r['name']}: {r['state']}, {step or '-'}: {detail}".rstrip(": "))
+        return lines
 
     def update(self, rows: list[dict[str, Any]]) -> None:
         now = time.monotonic()
@@ -161,12 +175,18 @@ def up(lab: Lab, boot: str, roles: str | None, timeout: float = TIMEOUT, console
 
 def _watch(lab: Lab, watch: Watch, timeout: float, console: Console) -> str:
     deadline = time.monotonic() + timeout
-    with Live(watch.table(), console=console, refresh_per_second=1, transient=False) as live:
+    # A terminal gets a live table; a log (CI, a pipe) gets a line per change instead of one final table.
+    live = Live(watch.table(), console=console, refresh_per_second=1, transient=False, auto_refresh=console.is_terminal)
+    with live:
         while True:
             rows = client.try_hosts(lab)
             if rows is not None:
                 watch.update(rows)
-                live.update(watch.table())
+                if console.is_terminal:
+                    live.update(watch.table())
+                else:
+                    for line in watch.changes():
+                        console.print(line, highlight=False)
             if watch.done():
                 return "joined"
             if watch.failed():

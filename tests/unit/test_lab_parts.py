@@ -121,3 +121,16 @@ def test_an_outage_is_the_longest_time_without_an_answer_not_the_span_of_scatter
     # a request that hangs 9 s is not a failure but leaves 9 s without an answer
     loops.requests = [(0.0, 0.1, True), (1.0, 10.0, True), (10.0, 10.1, True)]
     assert loops.failed_seconds(0, 10.5) == pytest.approx((9.9, 0, 3))
+
+
+def test_lab_up_logs_a_line_per_host_change_where_no_table_redraws() -> None:
+    from kiln.lab.lifecycle import Watch
+
+    watch = Watch(lab=None)  # type: ignore[arg-type]  # no lab: only the rows are read
+    row = {"name": "web1", "role": "web", "ip": "10.10.0.21", "state": "installing", "progress": 0,
+           "last_event": {"step": "install", "status": "start", "detail": "writing: 512 of 2048 MB written"}}  # fmt: skip
+    watch.update([row])
+    assert watch.changes() == ["[    0 s] web1: installing, install start: writing: 512 of 2048 MB written"]
+    assert watch.changes() == [], "nothing changed, nothing printed"
+    watch.update([{**row, "state": "joined", "last_event": {"step": "done", "status": "ok", "detail": ""}}])
+    assert watch.changes() == ["[    0 s] web1: joined, done ok"]
