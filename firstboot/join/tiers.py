@@ -31,9 +31,24 @@ def running_here(name: str) -> list[int]:
     return pids
 
 
+# `systemctl start` of a Type=simple unit returns once systemd forked, maybe before the daemon exec'd: on a busy
+# emulated host app1's join once looked 1.5 s after the start and found no gunicorn yet.
+PROCESS_WAIT = 60.0
+
+
 def _require(name: str, unit: str) -> None:
-    if not running_here(name):
-        raise StepFailed(f"{name} is not running", f"see `systemctl status {unit}` and `journalctl -u {unit}`")
+    def running() -> str:
+        if not running_here(name):
+            raise ProbeFailed(f"no {name} process")
+        return "running"
+
+    try:
+        wait_for(running, f"{name} to start", PROCESS_WAIT)
+    except ProbeFailed:
+        raise StepFailed(
+            f"{name} is not running ({PROCESS_WAIT:.0f} s after its start)",
+            f"see `systemctl status {unit}` and `journalctl -u {unit}`",
+        ) from None
 
 
 def holds_address(address: str) -> bool:
