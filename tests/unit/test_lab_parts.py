@@ -127,10 +127,22 @@ def test_lab_up_logs_a_line_per_host_change_where_no_table_redraws() -> None:
     from kiln.lab.lifecycle import Watch
 
     watch = Watch(lab=None)  # type: ignore[arg-type]  # no lab: only the rows are read
-    row = {"name": "web1", "role": "web", "ip": "10.10.0.21", "state": "installing", "progress": 0,
-           "last_event": {"step": "install", "status": "start", "detail": "writing: 512 of 2048 MB written"}}  # fmt: skip
+    event = {"step": "install", "status": "start", "detail": "writing: 512 of 2048 MB written"}
+    row = {"name": "web1", "role": "web", "ip": "10.10.0.21", "state": "installing", "progress": 0, "last_event": event}
     watch.update([row])
     assert watch.changes() == ["[    0 s] web1: installing, install start: writing: 512 of 2048 MB written"]
     assert watch.changes() == [], "nothing changed, nothing printed"
     watch.update([{**row, "state": "joined", "last_event": {"step": "done", "status": "ok", "detail": ""}}])
     assert watch.changes() == ["[    0 s] web1: joined, done ok"]
+
+
+def test_a_failed_host_ends_lab_up_only_if_the_agents_own_retry_does_not_help() -> None:
+    from kiln.lab.lifecycle import FAILED_GRACE, Watch
+
+    watch = Watch(lab=None)  # type: ignore[arg-type]  # no lab: only the rows are read
+    failed = {"name": "app1", "role": "app", "ip": "10.10.0.31", "state": "failed", "progress": 70}
+    watch.update([failed])
+    assert watch.failed() == [], f"failed for less than {FAILED_GRACE:.0f} s: firstboot.service retries it"
+    assert watch.failed(grace=0) == [failed]
+    watch.update([{**failed, "state": "joined"}])  # the retry joined
+    assert watch.failed(grace=0) == [] and watch.failed_since == {}
