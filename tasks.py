@@ -140,7 +140,7 @@ def freeze(c, force=False):
         "roles": "roles.yaml of the lab (default: the shipped one)",
     },
 )
-def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
+def lab(c, action, host=None, boot="pxe", timeout=1800.0, roles=None):
     """The reference cluster in QEMU here; ACTION: up, status, verify, audit [HOSTS], chaos, down, ssh HOST."""
     from kiln.lab import cli as lab_cli
 

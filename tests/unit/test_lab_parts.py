@@ -146,3 +146,14 @@ def test_a_failed_host_ends_lab_up_only_if_the_agents_own_retry_does_not_help() 
     assert watch.failed(grace=0) == [failed]
     watch.update([{**failed, "state": "joined"}])  # the retry joined
     assert watch.failed(grace=0) == [] and watch.failed_since == {}
+
+
+@pytest.mark.parametrize(("action", "said"), [("ssh", "lab ssh: no host 'nohost' in roles.yaml"),
+                                              ("audit", "lab audit: no host nohost in roles.yaml")])  # fmt: skip
+def test_lab_takes_the_host_as_a_positional_argument(action: str, said: str) -> None:
+    # Invoke fills an optional positional only when its default is None: with "" it answered "No idea what 'db2' is!"
+    project = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(project), "lab", action, "nohost"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert said in out.stdout + out.stderr
+    assert out.returncode != 0
