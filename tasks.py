@@ -131,17 +131,17 @@ def freeze(c, force=False):
 
 
 @task(
-    positional=["action", "host"],
+    positional=["action"],
     help={
         "action": "up, status, verify, audit, chaos, down or ssh",
-        "host": "ssh: the host to open a shell on; audit: only these hosts, comma-separated (default: all)",
+        "host": "ssh: the host to open a shell on; audit: only these hosts, comma-separated (default: every host)",
         "boot": "up: pxe (empty disks, network install; the default) or disk (overlays of the built images)",
         "timeout": "up: seconds to wait for every host to join (default 1800)",
         "roles": "roles.yaml of the lab (default: the shipped one)",
     },
 )
-def lab(c, action, host=None, boot="pxe", timeout=1800.0, roles=None):
-    """The reference cluster in QEMU here; ACTION: up, status, verify, audit [HOSTS], chaos, down, ssh HOST."""
+def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
+    """The reference cluster in QEMU here; ACTION: up, status, verify, audit, chaos, down, ssh (--host HOST)."""
     from kiln.lab import cli as lab_cli
 
     if action not in lab_cli.ACTIONS:

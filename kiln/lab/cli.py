@@ -65,7 +65,7 @@ def ssh(roles: str | None, host: str | None, command: list[str]) -> int:
     if lab is None:
         return 1
     if not host:
-        print("lab ssh: which host? e.g. ./inv lab ssh lb1", file=sys.stderr)
+        print("lab ssh: which host? e.g. ./inv lab ssh --host lb1", file=sys.stderr)
         return 1
     try:
         target = lab.cluster.host(host)
