@@ -27,6 +27,7 @@ ROLE_PACKAGES = {
 }
 EVERY_ROLE = {
     "prometheus-node-exporter", "nftables", "auditd", "apparmor", "unattended-upgrades", "lynis", "openssh-server",
+    "acct", "libpam-tmpdir", "debsums", "apt-show-versions", "aide", "chkrootkit",
 }  # fmt: skip
 ABSENT = {"telnetd", "rsh-server", "inetd", "xinetd", "nis", "tftpd", "avahi-daemon", "cups", "rpcbind", "samba",
           "snmpd", "squid", "vsftpd", "ufw", "prelink"}  # fmt: skip
@@ -85,8 +86,13 @@ def test_sysctl_and_modules(image: tuple[str, Path]) -> None:
                     "kernel.randomize_va_space = 2", "fs.suid_dumpable = 0", "kernel.kptr_restrict = 2"):  # fmt: skip
         assert setting in sysctl
     blacklist = (root / "etc/modprobe.d/kiln-blacklist.conf").read_text()
-    for module in ("cramfs", "udf", "usb-storage", "dccp", "sctp"):
+    for module in ("cramfs", "udf", "squashfs", "usb-storage", "firewire-core", "firewire-ohci", "dccp", "sctp"):
         assert f"install {module} /bin/false" in blacklist
+    aide_db = root / "var/lib/aide/aide.db"  # the baseline: the image as built
+    assert aide_db.stat().st_size > 100_000 and aide_db.stat().st_mode & 0o077 == 0
+    coredump = (root / "etc/systemd/coredump.conf.d/90-kiln-nocore.conf").read_text()
+    assert "Storage=none" in coredump and "ProcessSizeMax=0" in coredump
+    assert "ulimit -c 0" in (root / "etc/profile.d/kiln-umask.sh").read_text()
 
 
 def test_sshd_keys_only_no_root(image: tuple[str, Path]) -> None:
@@ -97,6 +103,9 @@ def test_sshd_keys_only_no_root(image: tuple[str, Path]) -> None:
         assert re.search(rf"^{line}$", conf, re.M), line
     assert "cbc" not in conf.lower() and "sha1" not in conf.lower()
     assert "Include /etc/ssh/sshd_config.d/*.conf" in (root / "etc/ssh/sshd_config").read_text()
+    for banner in ("etc/issue", "etc/issue.net"):  # a legal warning, no system details
+        text = (root / banner).read_text()
+        assert "unauthorized use is prohibited" in text and "Debian" not in text and "\\" not in text
     assert (root / "etc/ssh/sshd_config").stat().st_mode & 0o077 == 0
     assert not list((root / "etc/ssh").glob("ssh_host_*")), "no SSH host keys in the image"
 
