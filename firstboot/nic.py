@@ -30,3 +30,9 @@ def ensure_name(mac: str, name: str) -> str:
     if was_up:
         run(["ip", "link", "set", "dev", name, "up"])
     return f"renamed {current} to {name} ({mac})"
+
+
+def holds_address(address: str) -> bool:
+    """Whether an interface of this network namespace has the IPv4 address."""
+    out = run(["ip", "-o", "-4", "addr", "show"]).stdout
+    return any(f" inet {address}/" in line for line in out.splitlines())

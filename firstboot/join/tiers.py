@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from firstboot.errors import StepFailed
+from firstboot.nic import holds_address
 from firstboot.probe import ProbeFailed, http_get, tcp_open, wait_for
-from kiln.run import run
 
 RETRY = "see `firstboot status` and the unit's journal; fix it, then run `firstboot run`"
 
@@ -49,11 +49,6 @@ def _require(name: str, unit: str) -> None:
             f"{name} is not running ({PROCESS_WAIT:.0f} s after its start)",
             f"see `systemctl status {unit}` and `journalctl -u {unit}`",
         ) from None
-
-
-def holds_address(address: str) -> bool:
-    out = run(["ip", "-o", "-4", "addr", "show"]).stdout
-    return any(f" inet {address}/" in line for line in out.splitlines())
 
 
 def _vip_state(vip: str) -> str:

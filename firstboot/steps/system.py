@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from firstboot.errors import StepFailed
+from firstboot.nic import holds_address
 from firstboot.probe import ProbeFailed, wait_for
 from firstboot.steps.context import Outcome, StepContext
 from kiln.run import CommandError, run
@@ -56,10 +55,9 @@ def _states(query: str, units: list[str]) -> dict[str, str]:
 
 
 def _address_present(ip: str) -> str:
-    for link in json.loads(run(["ip", "-json", "address", "show"]).stdout or "[]"):
-        if any(a.get("local") == ip for a in link.get("addr_info", [])):
-            return f"{ip} on {link['ifname']}"
-    raise ProbeFailed(f"{ip} is not configured on any interface yet")
+    if not holds_address(ip):
+        raise ProbeFailed(f"{ip} is not configured on any interface yet")
+    return f"{ip} configured"
 
 
 def services(ctx: StepContext) -> Outcome:
