@@ -192,9 +192,8 @@ def _watch(lab: Lab, watch: Watch, timeout: float, console: Console) -> str:
             rows = client.try_hosts(lab)
             if rows is not None:
                 watch.update(rows)
-                if console.is_terminal:
-                    live.update(watch.table())
-                else:
+                live.update(watch.table())  # a log gets this table once, when the wait ends
+                if not console.is_terminal:
                     for line in watch.changes():
                         console.print(line, highlight=False)
             if watch.done():
