@@ -5,7 +5,7 @@ under a write loop, failover seconds and requests lost per drill (./inv lab chao
 Goal (issue 6): the whole cluster joined in under 10 min. A full run brings the lab up (--boot disk, or --boot pxe),
 runs verify and the drills and takes the lab down again (--keep: leaves it up), about 45 min; --running does the
 same on the lab that is up now. --recorded runs
-nothing and reads the last lab run's records (./inv test runs the lab: PXE, verify, chaos). --quick runs nothing
+nothing and reads the last lab run's records (./inv test runs the lab: disk boot, verify, chaos). --quick runs nothing
 and leaves the last results in place (./inv bench --quick shows them).
 """
 

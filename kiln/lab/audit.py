@@ -49,8 +49,9 @@ def audit(roles: str | None, only: str = "") -> int:
     cluster = load_or_report(roles)
     if cluster is None:
         return 1
-    names = [n.strip() for n in only.split(",") if n.strip()] or [h.name for h in cluster.hosts]
-    unknown = [n for n in names if n not in {h.name for h in cluster.hosts}]
+    every = [h.name for h in cluster.hosts]
+    names = [n.strip() for n in only.split(",") if n.strip()] or every
+    unknown = [n for n in names if n not in every]
     if unknown:
         print(f"lab audit: no host {', '.join(unknown)} in roles.yaml", file=sys.stderr)
         return 1
