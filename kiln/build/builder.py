@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln import blockmap
 from kiln.build import devmapper, dib, manifest
 from kiln.build.inputs import inputs_hash
 from kiln.build.mirror import Mirror
@@ -82,9 +83,10 @@ def build_role(env: BuildEnv, role: Role, display: Display, *, force: bool = Fal
     out = env.images / name
     digest = role_inputs_hash(env, spec)
     if not force and manifest.up_to_date(out, digest):
+        detail = _add_block_map(out, name)
         seconds = time.monotonic() - started
-        display.set(name, "up to date", seconds=seconds)
-        return Outcome(name, "up to date", seconds)
+        display.set(name, "up to date", detail or None, seconds=seconds)
+        return Outcome(name, "up to date", seconds, detail)
 
     work = env.work / name
     if work.exists():
@@ -111,10 +113,12 @@ def build_role(env: BuildEnv, role: Role, display: Display, *, force: bool = Fal
         return _failed(env, name, work, log, display, seconds, error)
 
     display.set(name, "building", "manifest")
-    files = {f"{name}.raw": work / f"{name}.raw", f"{name}.qcow2": work / f"{name}.qcow2"}
+    files = {f"{name}.{ext}": work / f"{name}.{ext}" for ext in ("raw", "qcow2", "map")}
+    block_map = blockmap.write(files[f"{name}.raw"], files[f"{name}.map"])
     data = {
         "role": name,
         "files": {fname: manifest.file_entry(path) for fname, path in files.items()},
+        "blockmap": block_map.manifest_entry(f"{name}.map"),
         "inputs_hash": digest,
         "dib_version": dib.version(),
         "build_seconds": round(seconds, 1),
@@ -132,6 +136,21 @@ def build_role(env: BuildEnv, role: Role, display: Display, *, force: bool = Fal
     shutil.rmtree(work)
     display.set(name, "built", "done", seconds=seconds)
     return Outcome(name, "built", seconds)
+
+
+def _add_block_map(out: Path, name: str) -> str:
+    """Images built before the installer used block maps get one without a rebuild: the map is read off
+    the raw file, which is what a build does too."""
+    data = manifest.read(out)
+    if data is None or "blockmap" in data:
+        return ""
+    map_name = f"{name}.map"
+    block_map = blockmap.write(out / f"{name}.raw", out / f".{map_name}.new")
+    (out / f".{map_name}.new").replace(out / map_name)
+    data["files"][map_name] = manifest.file_entry(out / map_name)
+    data["blockmap"] = block_map.manifest_entry(map_name)
+    manifest.write(out, data)
+    return "block map added"
 
 
 def _stage_firstboot(env: BuildEnv, work: Path) -> Path:

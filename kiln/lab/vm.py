@@ -76,7 +76,8 @@ def argv(lab: Lab, host: Host, boot: str) -> list[str]:
         "qemu-system-x86_64", "-name", host.name, "-accel", "tcg", "-m", str(MEMORY[host.role]), "-smp", "1",
         "-nographic", "-serial", f"file:{lab.serial_log(host)}",
         "-monitor", f"unix:{lab.monitor(host)},server,nowait",
-        "-drive", f"file={lab.disk(host)},if=virtio,format=qcow2,cache=unsafe",
+        # zeros the installer writes become zero clusters, not gigabytes of qcow2 data
+        "-drive", f"file={lab.disk(host)},if=virtio,format=qcow2,cache=unsafe,discard=unmap,detect-zeroes=unmap",
         "-netdev", f"tap,id=net0,ifname={tap_name(host)},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=net0,mac={host.mac}",
         "-boot", "order=n" if boot == PXE else "order=c",

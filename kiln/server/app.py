@@ -14,11 +14,18 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from kiln.model import Cluster, Host
+from kiln.model import Cluster, Host, Role
 from kiln.secrets import SecretMissing
 from kiln.server import ipxe
 from kiln.server.bundles import BundleCache
@@ -101,13 +108,25 @@ async def host_ipxe(request: Request) -> Response:
         return _ipxe(ipxe.disk_script(host))
     try:
         p.images.check_installer()
-        sha = p.images.raw_sha256(host.role.value)
-        size = p.images.raw_size(host.role.value)
+        image = p.images.install_image(host.role.value)
     except ipxe.NotBuilt as e:
         LOG.warning("%s: cannot install: %s", host.name, e)
         return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)], installer.http_base))
     await p.blocking(p.store.record_pxe, host.name, f"installer script served ({host.role.value} image)")
-    return _ipxe(ipxe.install_script(host, sha, installer, size))
+    return _ipxe(ipxe.install_script(host, image, installer))
+
+
+async def image_data(request: Request) -> Response:
+    """The data chunks of a role's raw image in block-map order: what the PXE installer downloads."""
+    p: Provisioner = request.app.state.provisioner
+    role, name = request.path_params["role"], request.path_params["name"]
+    if name != role or role not in {r.value for r in Role}:
+        return PlainTextResponse("no such image\n", status_code=404)
+    try:
+        size, chunks = await asyncio.to_thread(p.images.data_chunks, role)
+    except ipxe.NotBuilt as e:
+        return PlainTextResponse(f"{e}\n", status_code=404)
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)})
 
 
 async def http_root(request: Request) -> Response:
@@ -262,6 +281,7 @@ def http_app(p: Provisioner, images_root: Path, *, allow_http_bundles: bool = Fa
     routes: list[Route | Mount] = [
         Route("/boot.ipxe", boot_ipxe),
         Route("/ipxe", host_ipxe),
+        Route("/images/{role}/{name}.data", image_data),
         Mount("/images", app=StaticFiles(directory=images_root, check_dir=False), name="images"),
     ]
     routes += _api_routes() if allow_http_bundles else [Route("/", http_root)]

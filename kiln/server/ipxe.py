@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln import blockmap
 from kiln.model import Host
 
 RETRY_SECONDS = 30
@@ -72,19 +74,29 @@ class Installer:
         return Installer(f"http://{host_header}", self.provisioning_url)
 
 
-def install_script(host: Host, image_sha256: str, installer: Installer, image_size: int | None = None) -> str:
-    """The installer's kernel command line; with the image's size the installer reports "N of M MB written"."""
-    role = host.role.value
+@dataclass(frozen=True)
+class InstallImage:
+    """What the installer needs to know of a role image: its block map's digest and the raw size."""
+
+    role: str
+    digest: str  # sha256 of the data chunks in map order, then the map's text (kiln/build/blockmap.py)
+    size: int  # bytes of the raw image: what ends up on the disk, data and zeros
+
+
+def install_script(host: Host, image: InstallImage, installer: Installer) -> str:
+    """The installer's kernel command line: where the map and the data chunks are, and what they must hash to."""
+    role = image.role
     base = installer.http_base
     bootif = "01-" + host.mac.replace(":", "-")
     cmdline = " ".join([
         "initrd=initrd.img",
-        f"kiln.image={base}/images/{role}/{role}.raw",
-        f"kiln.sha256={image_sha256}",
+        f"kiln.image={base}/images/{role}/{role}.data",
+        f"kiln.map={base}/images/{role}/{role}.map",
+        f"kiln.sha256={image.digest}",
+        f"kiln.size={image.size}",
         f"kiln.disk={host.disk}",
         f"kiln.url={installer.provisioning_url}",
         f"kiln.host={host.name}",
-        *([f"kiln.size={image_size}"] if image_size is not None else []),
         f"BOOTIF={bootif}",
         "console=ttyS0",
     ])  # fmt: skip
@@ -114,7 +126,7 @@ class ImageCatalog:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._cache: dict[Path, tuple[tuple[int, int], str]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int], InstallImage]] = {}
 
     def check_installer(self) -> None:
         for name in ("vmlinuz", "initrd.img"):
@@ -123,10 +135,8 @@ class ImageCatalog:
                     f"the PXE installer (images/installer/{name}) is not built yet: run ./inv build-all on the server"
                 )
 
-    def raw_size(self, role: str) -> int:
-        return (self.root / role / f"{role}.raw").stat().st_size
-
-    def raw_sha256(self, role: str) -> str:
+    def install_image(self, role: str) -> InstallImage:
+        """The role's image as the installer takes it: images/<role>/<role>.raw with its block map."""
         rebuild = f"rebuild with ./inv build --role {role} --force"
         raw = self.root / role / f"{role}.raw"
         manifest = self.root / role / "manifest.json"
@@ -143,10 +153,25 @@ class ImageCatalog:
         if cached and cached[0] == key:
             return cached[1]
         try:
-            sha = json.loads(manifest.read_text())["files"][f"{role}.raw"]["sha256"]
+            entry = json.loads(manifest.read_text())["blockmap"]
+            digest, map_name = entry["sha256"], entry["file"]
         except (ValueError, KeyError, TypeError):
-            raise NotBuilt(f"images/{role}/manifest.json has no files.{role}.raw.sha256: {rebuild}") from None
-        if not isinstance(sha, str) or not _SHA256.match(sha):
-            raise NotBuilt(f"images/{role}/manifest.json: the sha256 of {role}.raw is malformed: {rebuild}")
-        self._cache[manifest] = (key, sha)
-        return sha
+            raise NotBuilt(
+                f"images/{role}/manifest.json has no block map (built by an older kiln): "
+                "run ./inv build-all, which adds it without rebuilding"
+            ) from None
+        if not isinstance(digest, str) or not _SHA256.match(digest) or map_name != f"{role}.map":
+            raise NotBuilt(f"images/{role}/manifest.json: its block map entry is malformed: {rebuild}")
+        if not (self.root / role / map_name).is_file():
+            raise NotBuilt(f"images/{role}/{map_name} is missing: {rebuild}")
+        image = InstallImage(role, digest, raw.stat().st_size)
+        self._cache[manifest] = (key, image)
+        return image
+
+    def data_chunks(self, role: str) -> tuple[int, Iterator[bytes]]:
+        """The data chunks of the role's raw image in map order (what GET /images/<role>/<role>.data sends):
+        their total size and an iterator over them."""
+        self.install_image(role)  # raises NotBuilt as the script would
+        extents = blockmap.parse((self.root / role / f"{role}.map").read_text())
+        size = sum(e.count for e in extents if e.kind == "data") * blockmap.CHUNK
+        return size, blockmap.read_data(self.root / role / f"{role}.raw", extents)

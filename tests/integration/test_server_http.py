@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from kiln import signing
+from kiln import blockmap, signing
 from tests.integration.kiln_server import LOOPBACK_URL, RunningServer, running_server
 
 pytestmark = pytest.mark.integration
 
-RAW = bytes(range(256)) * 4096  # 1 MiB stand-in for images/web/web.raw
+PATTERN = bytes(range(256)) * 4096
+RAW = PATTERN + bytes(5 << 20) + PATTERN[::-1]  # 7 MiB stand-in for images/web/web.raw: data, zeros, data
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "installer" / "initrd.img").write_bytes(b"initrd" * 100)
     (root / "web").mkdir()
     (root / "web" / "web.raw").write_bytes(RAW)
-    manifest = {"role": "web", "files": {"web.raw": {"sha256": hashlib.sha256(RAW).hexdigest(), "size": len(RAW)}}}
+    block_map = blockmap.write(root / "web" / "web.raw", root / "web" / "web.map")  # as the build does
+    manifest = {
+        "role": "web",
+        "files": {"web.raw": {"sha256": hashlib.sha256(RAW).hexdigest(), "size": len(RAW)}},
+        "blockmap": block_map.manifest_entry("web.map"),
+    }
     (root / "web" / "manifest.json").write_text(json.dumps(manifest))
     (root.parent / "outside.txt").write_text("not for download")
     return root
@@ -73,8 +79,9 @@ def test_install_script_carries_the_contract_command_line(server: RunningServer)
     kernel = next(line for line in r.text.splitlines() if line.startswith("kernel "))
     words = kernel.split()
     assert words[1] == f"{server.http_url}/images/installer/vmlinuz"
-    assert f"kiln.image={server.http_url}/images/web/web.raw" in words
-    assert f"kiln.sha256={hashlib.sha256(RAW).hexdigest()}" in words
+    assert f"kiln.image={server.http_url}/images/web/web.data" in words
+    assert f"kiln.map={server.http_url}/images/web/web.map" in words
+    assert f"kiln.size={len(RAW)}" in words
     assert {
         "kiln.disk=/dev/vda",
         f"kiln.url={LOOPBACK_URL}",
@@ -86,7 +93,12 @@ def test_install_script_carries_the_contract_command_line(server: RunningServer)
     assert r.text.rstrip().endswith("boot")
     # what the script points at is really there, byte for byte
     assert httpx.get(words[1]).content == b"kernel" * 100
-    assert httpx.get(f"{server.http_url}/images/web/web.raw").content == RAW
+    data = httpx.get(f"{server.http_url}/images/web/web.data")
+    map_text = httpx.get(f"{server.http_url}/images/web/web.map").text
+    assert map_text == "data 0 1\nzero 1 5\ndata 6 1\n"
+    assert data.content == PATTERN + PATTERN[::-1] and data.headers["content-length"] == str(2 << 20)
+    digest = hashlib.sha256(data.content + map_text.encode()).hexdigest()
+    assert f"kiln.sha256={digest}" in words, "the digest the installer checks covers the data and the map"
     assert host_view(server, "web1")["state"] == "booting"
 
 
@@ -185,6 +197,12 @@ def test_reprovision_of_an_unknown_host_fails_clearly(server: RunningServer) -> 
     done = server.inv("reprovision", "nosuch", "--roles", str(server.roles), "--database", server.database)
     assert done.returncode == 1
     assert "no host named 'nosuch'" in done.stderr
+
+
+def test_data_of_an_image_that_is_not_there_is_404(server: RunningServer) -> None:
+    assert httpx.get(f"{server.http_url}/images/db/db.data").status_code == 404  # not built
+    assert httpx.get(f"{server.http_url}/images/web/db.data").status_code == 404
+    assert httpx.get(f"{server.http_url}/images/nosuch/nosuch.data").status_code == 404
 
 
 def test_range_requests_resume_an_interrupted_download(server: RunningServer) -> None:

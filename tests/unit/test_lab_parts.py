@@ -127,10 +127,10 @@ def test_lab_up_logs_a_line_per_host_change_where_no_table_redraws() -> None:
     from kiln.lab.lifecycle import Watch
 
     watch = Watch(lab=None)  # type: ignore[arg-type]  # no lab: only the rows are read
-    event = {"step": "install", "status": "start", "detail": "writing: 512 of 2048 MB written"}
+    event = {"step": "install", "status": "start", "detail": "writing: 512 of 2048 MB"}
     row = {"name": "web1", "role": "web", "ip": "10.10.0.21", "state": "installing", "progress": 0, "last_event": event}
     watch.update([row])
-    assert watch.changes() == ["[    0 s] web1: installing, install start: writing: 512 of 2048 MB written"]
+    assert watch.changes() == ["[    0 s] web1: installing, install start: writing: 512 of 2048 MB"]
     assert watch.changes() == [], "nothing changed, nothing printed"
     watch.update([{**row, "state": "joined", "last_event": {"step": "done", "status": "ok", "detail": ""}}])
     assert watch.changes() == ["[    0 s] web1: joined, done ok"]

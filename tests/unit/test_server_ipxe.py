@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from kiln.model import Cluster
-from kiln.server.ipxe import ImageCatalog, Installer, NotBuilt, boot_script, disk_script, install_script, unknown_script
+from kiln.server.ipxe import (
+    ImageCatalog,
+    Installer,
+    InstallImage,
+    NotBuilt,
+    boot_script,
+    disk_script,
+    install_script,
+    unknown_script,
+)
 
 SHA = "ab" * 32
 
@@ -18,7 +27,7 @@ def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
     installer = Installer("http://10.10.0.1:8080", cluster.provisioning_url)
     for script in (
         boot_script(installer.http_base),
-        install_script(host, SHA, installer),
+        install_script(host, InstallImage("db", SHA, 2 << 30), installer),
         disk_script(host),
         unknown_script("52:54:00:00:00:01", installer.http_base),
     ):
@@ -28,12 +37,12 @@ def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
 
 def test_install_script_for_db2(cluster: Cluster) -> None:
     installer = Installer("http://10.10.0.1:8080", cluster.provisioning_url)
-    script = install_script(cluster.host("db2"), SHA, installer, 2 << 30)
+    script = install_script(cluster.host("db2"), InstallImage("db", SHA, 2 << 30), installer)
     assert script.splitlines()[2:] == [
         "kernel http://10.10.0.1:8080/images/installer/vmlinuz initrd=initrd.img"
-        " kiln.image=http://10.10.0.1:8080/images/db/db.raw"
-        f" kiln.sha256={SHA} kiln.disk=/dev/vda kiln.url=https://10.10.0.1:8443 kiln.host=db2"
-        " kiln.size=2147483648 BOOTIF=01-52-54-00-10-00-42 console=ttyS0",
+        " kiln.image=http://10.10.0.1:8080/images/db/db.data kiln.map=http://10.10.0.1:8080/images/db/db.map"
+        f" kiln.sha256={SHA} kiln.size=2147483648 kiln.disk=/dev/vda kiln.url=https://10.10.0.1:8443 kiln.host=db2"
+        " BOOTIF=01-52-54-00-10-00-42 console=ttyS0",
         "initrd http://10.10.0.1:8080/images/installer/initrd.img",
         "boot",
     ]
@@ -48,41 +57,44 @@ def test_unknown_machine_script_retries(cluster: Cluster) -> None:
     ]
 
 
-def _images(tmp_path: Path, manifest: object | None = None, raw: bool = True) -> ImageCatalog:
+def _images(tmp_path: Path, manifest: object | None = None, raw: bool = True, map_file: bool = True) -> ImageCatalog:
     (tmp_path / "web").mkdir()
     if raw:
         (tmp_path / "web" / "web.raw").write_bytes(b"\0" * 512)
+    if map_file:
+        (tmp_path / "web" / "web.map").write_text("zero 0 1\n")
     if manifest is not None:
         (tmp_path / "web" / "manifest.json").write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
     return ImageCatalog(tmp_path)
 
 
-def test_catalog_reads_the_raw_sha256_and_notices_a_rebuild(tmp_path: Path) -> None:
-    catalog = _images(tmp_path, {"role": "web", "files": {"web.raw": {"sha256": SHA, "size": 512}}})
-    assert catalog.raw_sha256("web") == SHA
-    (tmp_path / "web" / "manifest.json").write_text(
-        json.dumps({"files": {"web.raw": {"sha256": "cd" * 32, "size": 512}}}) + " "
-    )
-    assert catalog.raw_sha256("web") == "cd" * 32
+def _manifest(sha: str = SHA, map_name: str = "web.map") -> dict[str, object]:
+    return {"role": "web", "files": {}, "blockmap": {"file": map_name, "sha256": sha}}
+
+
+def test_catalog_reads_the_block_map_digest_and_notices_a_rebuild(tmp_path: Path) -> None:
+    catalog = _images(tmp_path, _manifest())
+    assert catalog.install_image("web") == InstallImage("web", SHA, 512)
+    (tmp_path / "web" / "manifest.json").write_text(json.dumps(_manifest("cd" * 32)) + " ")
+    assert catalog.install_image("web").digest == "cd" * 32
 
 
 @pytest.mark.parametrize(
-    ("manifest", "raw", "message"),
+    ("manifest", "raw", "map_file", "message"),
     [
-        (
-            {"files": {"web.raw": {"sha256": SHA}}},
-            False,
-            "images/web/web.raw) is not built yet: run ./inv build --role web",
-        ),
-        (None, True, "images/web/manifest.json is missing"),
-        ("{", True, "has no files.web.raw.sha256"),
-        ({"files": {}}, True, "has no files.web.raw.sha256"),
-        ({"files": {"web.raw": {"sha256": "nothex; chain http://evil"}}}, True, "malformed"),
+        (_manifest(), False, True, "images/web/web.raw) is not built yet: run ./inv build --role web"),
+        (None, True, True, "images/web/manifest.json is missing"),
+        ("{", True, True, "has no block map (built by an older kiln): run ./inv build-all"),
+        ({"files": {"web.raw": {"sha256": SHA}}}, True, True, "has no block map"),
+        (_manifest("nothex; chain http://evil"), True, True, "malformed"),
+        (_manifest(map_name="../db/db.map"), True, True, "malformed"),
+        (_manifest(), True, False, "images/web/web.map is missing"),
     ],
 )
-def test_catalog_says_what_is_missing(tmp_path: Path, manifest: object, raw: bool, message: str) -> None:
+def test_catalog_says_what_is_missing(tmp_path: Path, manifest: object, raw: bool, map_file: bool,
+                                      message: str) -> None:  # fmt: skip
     with pytest.raises(NotBuilt, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
-        _images(tmp_path, manifest, raw).raw_sha256("web")
+        _images(tmp_path, manifest, raw, map_file).install_image("web")
 
 
 def test_catalog_requires_the_installer(tmp_path: Path) -> None:
