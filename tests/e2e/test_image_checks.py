@@ -108,6 +108,12 @@ def test_sshd_keys_only_no_root(image: tuple[str, Path]) -> None:
         assert "unauthorized use is prohibited" in text and "Debian" not in text and "\\" not in text
     assert (root / "etc/ssh/sshd_config").stat().st_mode & 0o077 == 0
     assert not list((root / "etc/ssh").glob("ssh_host_*")), "no SSH host keys in the image"
+    # first boot makes only the keys sshd offers (DSA and RSA-3072 prime searches are the slowest part of keygen)
+    host_keys = re.findall(r"^HostKey (\S+)$", conf, re.M)
+    assert host_keys == ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ecdsa_key"]
+    dropin = (root / "etc/systemd/system/ssh-keygen.service.d/kiln-host-keys.conf").read_text()
+    assert "ExecStart=/usr/local/sbin/kiln-ssh-host-keys" in dropin
+    assert (root / "usr/local/sbin/kiln-ssh-host-keys").stat().st_mode & 0o111
 
 
 def test_accounts_have_no_passwords(image: tuple[str, Path]) -> None:
