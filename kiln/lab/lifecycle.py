@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +72,7 @@ class Watch:
         for r in self.rows:
             last = r.get("last_event") or {}
             step = f"{last.get('step', '')} {last.get('status', '')}".strip()
-            detail = (last.get("detail") or "")[:80]
+            detail = (last.get("detail") or "")[:150]
             if self.seen.get(r["name"]) != (r["state"], step, detail):
                 self.seen[r["name"]] = (r["state"], step, detail)
                 seconds = now - self.started.get(r["name"], now)
@@ -139,7 +140,7 @@ def power_on(lab: Lab, hosts: tuple[Host, ...], boot: str, watch: Watch) -> None
 
 
 def up(lab: Lab, boot: str, roles: str | None, timeout: float = TIMEOUT, console: Console | None = None) -> int:
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 200)  # a log: whole lines, not 80 columns
     lab.check()
     try:
         check_tools()
