@@ -1,7 +1,7 @@
 """The iPXE scripts in QEMU's own iPXE ROM (Debian's ipxe-qemu, SeaBIOS, TCG): an installed host chained
 by its MAC to a script that boots its disk through `sanboot --no-describe --drive 0x80`; (slow) an unknown
-machine, and the whole PXE install: the installer kernel booted with the contract command line, the image
-over HTTP, "install" events over HTTPS from busybox wget, then the reboot served a disk boot.
+machine, and the whole PXE install: the installer kernel booted with the contract command line, the image's
+block map and data chunks over HTTP, "install" events over HTTPS from busybox wget, then the reboot served a disk boot.
 
 The guest reaches the server through QEMU's user networking: 10.0.2.2 is the host's loopback."""
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kiln import blockmap
 from kiln.run import run
 from tests.integration.kiln_server import PROJECT, RunningServer, loopback_roles, running_server
 
@@ -157,7 +158,12 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
         shutil.copyfile(PROJECT / "images" / "installer" / name, images / "installer" / name)
     (images / "web").mkdir()
     raw = installable_disk(images / "web" / "web.raw")
-    manifest = {"role": "web", "files": {"web.raw": {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}}}
+    block_map = blockmap.write(images / "web" / "web.raw", images / "web" / "web.map")  # as the build does
+    manifest = {
+        "role": "web",
+        "files": {"web.raw": {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}},
+        "blockmap": block_map.manifest_entry("web.map"),
+    }
     (images / "web" / "manifest.json").write_text(json.dumps(manifest))
     target = tmp_path / "target.raw"
     target.write_bytes(b"\0" * len(raw))
@@ -169,7 +175,8 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
             lambda: host(server, "web1")["state"] in ("installing", "failed"), 180, "the installer's first event"
         )
         text = serial.read_bytes()
-        assert f"kiln.image=http://{GUEST_HOST}:{port}/images/web/web.raw".encode() in text  # the Host the machine used
+        base = f"http://{GUEST_HOST}:{port}/images/web"  # the Host the machine used
+        assert f"kiln.image={base}/web.data kiln.map={base}/web.map kiln.sha256={block_map.digest}".encode() in text
         assert b"kiln.host=web1" in text and b"BOOTIF=01-52-54-00-10-00-21" in text
         wait_until(
             lambda: host(server, "web1")["installed"] or host(server, "web1")["state"] == "failed", 240, "install ok"
