@@ -18,6 +18,7 @@ a short run of zeros saves next to nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,21 +98,17 @@ def scan(raw: Path) -> BlockMap:
 
 
 def _extents(zeros: list[bool]) -> tuple[Extent, ...]:
-    runs: list[list[Any]] = []  # [zero?, start, count], short zero runs folded into data
-    for index, zero in enumerate(zeros):
-        if runs and runs[-1][0] == zero:
-            runs[-1][2] += 1
+    extents: list[Extent] = []
+    start = 0
+    for zero, run in itertools.groupby(zeros):
+        count = sum(1 for _ in run)
+        kind = "zero" if zero and count >= MIN_ZERO_RUN else "data"  # short zero runs fold into data
+        if extents and extents[-1].kind == kind:
+            extents[-1] = Extent(kind, extents[-1].start, extents[-1].count + count)
         else:
-            runs.append([zero, index, 1])
-    merged: list[list[Any]] = []
-    for zero, start, count in runs:
-        if zero and count < MIN_ZERO_RUN:
-            zero = False
-        if merged and merged[-1][0] == zero:
-            merged[-1][2] += count
-        else:
-            merged.append([zero, start, count])
-    return tuple(Extent("zero" if zero else "data", start, count) for zero, start, count in merged)
+            extents.append(Extent(kind, start, count))
+        start += count
+    return tuple(extents)
 
 
 def read_data(raw: Path, extents: tuple[Extent, ...]) -> Iterator[bytes]:
