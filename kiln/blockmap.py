@@ -55,10 +55,15 @@ class BlockMap:
 
     @property
     def data_bytes(self) -> int:
-        return sum(e.count for e in self.extents if e.kind == "data") * CHUNK
+        return data_bytes(self.extents)
 
     def manifest_entry(self, map_name: str) -> dict[str, Any]:
         return {"file": map_name, "sha256": self.digest, "chunk": CHUNK, "data_bytes": self.data_bytes}
+
+
+def data_bytes(extents: tuple[Extent, ...]) -> int:
+    """Bytes the installer downloads for these extents."""
+    return sum(e.count for e in extents if e.kind == "data") * CHUNK
 
 
 def render(extents: tuple[Extent, ...] | list[Extent]) -> str:

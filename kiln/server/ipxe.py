@@ -79,7 +79,7 @@ class InstallImage:
     """What the installer needs to know of a role image: its block map's digest and the raw size."""
 
     role: str
-    digest: str  # sha256 of the data chunks in map order, then the map's text (kiln/build/blockmap.py)
+    digest: str  # sha256 of the data chunks in map order, then the map's text (kiln/blockmap.py)
     size: int  # bytes of the raw image: what ends up on the disk, data and zeros
 
 
@@ -173,5 +173,4 @@ class ImageCatalog:
         their total size and an iterator over them."""
         self.install_image(role)  # raises NotBuilt as the script would
         extents = blockmap.parse((self.root / role / f"{role}.map").read_text())
-        size = sum(e.count for e in extents if e.kind == "data") * blockmap.CHUNK
-        return size, blockmap.read_data(self.root / role / f"{role}.raw", extents)
+        return blockmap.data_bytes(extents), blockmap.read_data(self.root / role / f"{role}.raw", extents)
