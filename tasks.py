@@ -7,7 +7,8 @@ import sys
 
 from invoke import Collection, Exit, task
 
-from kiln import benchrun, commands
+from kiln import benchrun, cli
+from kiln.project import Project
 
 
 def _exit(code: int) -> None:
@@ -18,19 +19,19 @@ def _exit(code: int) -> None:
 @task(help={"roles": "roles.yaml to check (default: the shipped one)", "json": "print the problems as JSON"})
 def validate(c, roles=None, json=False):
     """Check roles.yaml: every problem at once, one line each, with file, line and path."""
-    _exit(commands.validate(roles, as_json=json))
+    _exit(cli.validate(Project(roles=roles), as_json=json))
 
 
 @task(help={"roles": "roles.yaml to render (default: the shipped one)", "out": "output directory (required)"})
 def render(c, out, roles=None):
     """Write every host's bundle.json and config files under OUT for review before any machine boots."""
-    _exit(commands.render(roles, out))
+    _exit(cli.render(Project(roles=roles), out=out))
 
 
 @task(help={"roles": "roles.yaml the certificate is issued for", "secrets": "secrets directory (default: secrets/)"})
 def keys(c, roles=None, secrets=None):
     """Create what is missing under secrets/ (signing key, CA, site certificate, passwords); never overwrite."""
-    _exit(commands.keys(roles, secrets))
+    _exit(cli.keys(Project(roles=roles), secrets=secrets))
 
 
 @task(
@@ -78,35 +79,47 @@ def upload_ami(c, role, region=None, endpoint_url=None, name=None, wait=True, im
 @task(help={"role": "the role to build: lb, web, app or db (required)", "force": "rebuild even when up to date"})
 def build(c, role, force=False):
     """Build one role image with diskimage-builder into images/<role>/ (raw, qcow2, manifest.json, build.log)."""
-    from kiln.build import commands as build_commands
+    from kiln.build import cli as build_cli
 
-    _exit(build_commands.build(role, force=force))
+    _exit(build_cli.build(Project(), role=role, force=force))
 
 
 @task(name="build-all", help={"force": "rebuild every image even when up to date"})
 def build_all(c, force=False):
     """Build every role image roles.yaml uses and the PXE installer, skipping what is up to date."""
-    from kiln.build import commands as build_commands
+    from kiln.build import cli as build_cli
 
-    _exit(build_commands.build_all(force=force))
+    _exit(build_cli.build_all(Project(), force=force))
 
 
-@task(help={
-    "roles": "roles.yaml to serve (default: the shipped one)",
-    "listen": "HTTP listener for iPXE scripts and images, ADDR:PORT (default 0.0.0.0:8080)",
-    "tls_listen": "HTTPS listener for bundles, events and the dashboard (default 0.0.0.0:<provisioning URL port>)",
-    "database": "state database URL: sqlite:///PATH (default sqlite:///state/kiln.db) or postgresql://USER:PASS@HOST/DB",
-    "secrets": "secrets directory (default: secrets/)",
-    "images": "images directory (default: images/)",
-    "allow_http_bundles": "lab only: also serve bundles (with secrets) and events over plain HTTP",
-})  # fmt: skip
+@task(
+    help={
+        "roles": "roles.yaml to serve (default: the shipped one)",
+        "listen": "HTTP listener for iPXE scripts and images, ADDR:PORT (default 0.0.0.0:8080)",
+        "tls_listen": "HTTPS listener for bundles, events and the dashboard (default 0.0.0.0:<provisioning URL port>)",
+        "database": "state database URL: sqlite:///PATH (default sqlite:///state/kiln.db) or postgresql://USER:PASS@HOST/DB",
+        "secrets": "secrets directory (default: secrets/)",
+        "images": "images directory (default: images/)",
+        "allow_http_bundles": "lab only: also serve bundles (with secrets) and events over plain HTTP",
+    }
+)
 def serve(
     c, roles=None, listen=None, tls_listen=None, database=None, secrets=None, images=None, allow_http_bundles=False
 ):
     """Serve booting hosts their iPXE scripts, images and signed bundles; record their events; show the dashboard."""
     from kiln.server.cli import serve_command
 
-    _exit(serve_command(roles, listen, tls_listen, database, secrets, images, allow_http_bundles))
+    _exit(
+        serve_command(
+            Project(roles=roles),
+            listen=listen,
+            tls_listen=tls_listen,
+            database=database,
+            secrets=secrets,
+            images=images,
+            allow_http_bundles=allow_http_bundles,
+        )
+    )
 
 
 @task(
@@ -119,7 +132,7 @@ def reprovision(c, host, roles=None, database=None):
     """Re-arm HOST: its next PXE boot installs it again and its secrets are handed out once more."""
     from kiln.server.cli import reprovision_command
 
-    _exit(reprovision_command(host, roles, database))
+    _exit(reprovision_command(Project(roles=roles), host=host, database=database))
 
 
 @task(help={"force": "freeze again even when the agent's sources did not change"})
@@ -146,7 +159,7 @@ def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
 
     if action not in lab_cli.ACTIONS:
         raise Exit(f"lab: unknown action {action!r} (expected one of: {', '.join(lab_cli.ACTIONS)})", code=2)
-    _exit(lab_cli.run(action, roles=roles, host=host, boot=boot, timeout=float(timeout)))
+    _exit(lab_cli.run(Project(roles=roles), action=action, host=host, boot=boot, timeout=float(timeout)))
 
 
 ns = Collection(validate, render, keys, test, bench, upload_ami, build, build_all, serve, reprovision, freeze, lab)

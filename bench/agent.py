@@ -16,19 +16,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 sys.path.insert(0, str(PROJECT))
 
+from kiln.bundle import Bundle, DbPrimaryJoin, DbReplicaJoin  # noqa: E402
 from kiln.freeze import OUT, freeze  # noqa: E402
 from kiln.model import load_roles  # noqa: E402
 from kiln.render import render_cluster  # noqa: E402
 from kiln.secrets import SecretStore  # noqa: E402
 
 
-def best(runs: int, argv: list[str], setup=None) -> float:  # type: ignore[no-untyped-def]
+def best(runs: int, argv: list[str], setup: Callable[[], None] | None = None) -> float:
     times = []
     for _ in range(runs):
         if setup:
@@ -41,19 +44,20 @@ def best(runs: int, argv: list[str], setup=None) -> float:  # type: ignore[no-un
     return min(times)
 
 
-def replica_join_seconds(tmp: Path, bundles: dict, rows: int) -> float:
-    from firstboot.join import db as join_db
+def replica_join_seconds(tmp: Path, bundles: dict[str, Bundle], rows: int, secrets: dict[str, str]) -> float:
+    from firstboot.steps.join import db as join_db
     from tests.integration.agent_mariadb import start, template_datadir
 
     template = template_datadir(tmp)
-    cnf = next(f["content"] for f in bundles["db1"]["files"] if f["path"].endswith("60-kiln.cnf"))
-    replica_cnf = next(f["content"] for f in bundles["db2"]["files"] if f["path"].endswith("60-kiln.cnf"))
-    secrets = {s["name"]: s["value"] for s in bundles["db1"]["secrets"]}
+    cnf = next(f.content for f in bundles["db1"].files if f.path.endswith("60-kiln.cnf"))
+    replica_cnf = next(f.content for f in bundles["db2"].files if f.path.endswith("60-kiln.cnf"))
+    primary_join, replica_join = bundles["db1"].join, bundles["db2"].join
+    assert isinstance(primary_join, DbPrimaryJoin) and isinstance(replica_join, DbReplicaJoin)
     primary = start("primary", tmp, template, cnf)
     replica = None
     try:
-        params = {**bundles["db1"]["join"]["params"], "replica_hosts": ["127.0.0.1"], "app_hosts": ["127.0.0.1"]}
-        join_db.join_primary(params, secrets.__getitem__, primary.root())
+        loopback = replace(primary_join, replica_hosts=("127.0.0.1",), app_hosts=("127.0.0.1",))
+        join_db.join_primary(loopback, secrets.__getitem__, primary.root())
         p = primary.root()
         p.execute(
             "CREATE TABLE foobar.notes (id INT PRIMARY KEY, text VARCHAR(100), created TIMESTAMP DEFAULT NOW());\n"
@@ -65,9 +69,9 @@ def replica_join_seconds(tmp: Path, bundles: dict, rows: int) -> float:
             )
             p.execute(f"INSERT INTO foobar.notes (id, text) VALUES {values};\n")
         replica = start("replica", tmp, template, replica_cnf)
-        rparams = {**bundles["db2"]["join"]["params"], "primary": "127.0.0.1", "port": primary.port}
+        following = replace(replica_join, primary="127.0.0.1", port=primary.port)
         started = time.perf_counter()
-        join_db.join_replica(rparams, secrets.__getitem__, replica.root())
+        join_db.join_replica(following, secrets.__getitem__, replica.root())
         seconds = time.perf_counter() - started
         assert replica.root().value("SELECT COUNT(*) FROM foobar.notes") == str(rows)
         return seconds
@@ -91,10 +95,8 @@ def main() -> int:
         store = SecretStore(tmp / "secrets")
         store.ensure(cluster)
         bundles = render_cluster(cluster)
-        for b in bundles.values():
-            for s in b["secrets"]:
-                s["value"] = store.value(s["name"])
-        (tmp / "db1.json").write_text(json.dumps(bundles["db1"]))
+        secrets = {n: store.value(n) for b in bundles.values() for n in b.secret_names()}
+        (tmp / "db1.json").write_bytes(bundles["db1"].with_secret_values(secrets).to_json())
         start = best(runs, [binary, "--version"])
 
         def fresh_tree() -> None:
@@ -107,7 +109,7 @@ def main() -> int:
         (done / "var/lib/firstboot/state.json").write_text(json.dumps({"outcome": "done", "steps": {}}))
         (done / "var/lib/firstboot/done").write_text("{}\n")
         noop = best(runs, [binary, "run", "--root", str(done)])
-        join = replica_join_seconds(tmp, bundles, rows)
+        join = replica_join_seconds(tmp, bundles, rows, secrets)
     figures = [
         {"name": "frozen start (--version)", "value": round(start, 3), "unit": "s", "goal": "< 0.25 s"},
         {"name": "offline apply, db bundle", "value": round(apply, 3), "unit": "s", "goal": "< 1 s"},

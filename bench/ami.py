@@ -18,13 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from kiln.aws.ami import publish
-from kiln.aws.cli import make_clients
-from kiln.aws.image import RoleImage, locate
-from kiln.aws.moto_server import DUMMY_ENV, moto_server
-from kiln.aws.testdisk import write_test_disk
-
 HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent)]  # the project, for the test helpers (tests/moto_server.py, tests/testdisk.py)
+
+from kiln.aws.ami import publish  # noqa: E402
+from kiln.aws.cli import make_clients  # noqa: E402
+from kiln.aws.image import RoleImage, locate  # noqa: E402
+from tests.moto_server import DUMMY_ENV, moto_server  # noqa: E402
+from tests.testdisk import write_test_disk  # noqa: E402
+
 REGION = "eu-west-1"
 
 
@@ -62,16 +64,19 @@ def main() -> int:
     assert stats is not None
     busy = stats.hash_seconds + stats.send_seconds
     figures = [
-        {"name": "image throughput", "value": round(image.size / 1e6 / stats.seconds, 1), "unit": "MB/s",
-         "goal": "≥ 100 MB/s to moto on loopback"},
+        {
+            "name": "image throughput",
+            "value": round(image.size / 1e6 / stats.seconds, 1),
+            "unit": "MB/s",
+            "goal": "≥ 100 MB/s to moto on loopback",
+        },
         {"name": "data sent", "value": round(stats.bytes_sent / 1e6 / stats.seconds, 1), "unit": "MB/s"},
         {"name": "blocks sent", "value": stats.sent, "unit": "blocks"},
-        {"name": "blocks skipped as zero", "value": stats.skipped, "unit": "blocks",
-         "goal": "every all-zero block"},
+        {"name": "blocks skipped as zero", "value": stats.skipped, "unit": "blocks", "goal": "every all-zero block"},
         {"name": "hashing share", "value": round(100 * stats.hash_seconds / busy, 1), "unit": "%"},
         {"name": "sending share", "value": round(100 * stats.send_seconds / busy, 1), "unit": "%"},
         {"name": "publish, upload to AMI", "value": round(total, 1), "unit": "s"},
-    ]  # fmt: skip
+    ]
     print(f"{source}: {stats.blocks} blocks, {opts.workers} in flight (peak {stats.peak_in_flight})")
     for f in figures:
         print(f"{f['name']:<24} {f['value']} {f['unit']}")
@@ -80,10 +85,14 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "image": source,
         "workers": opts.workers,
-        "seconds": {"upload": round(stats.seconds, 2), "read": round(stats.read_seconds, 2),
-                    "hash": round(stats.hash_seconds, 2), "send": round(stats.send_seconds, 2)},
+        "seconds": {
+            "upload": round(stats.seconds, 2),
+            "read": round(stats.read_seconds, 2),
+            "hash": round(stats.hash_seconds, 2),
+            "send": round(stats.send_seconds, 2),
+        },
         "figures": figures,
-    }  # fmt: skip
+    }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "ami.json").write_text(json.dumps(result_doc, indent=2, ensure_ascii=False) + "\n")
     return 0

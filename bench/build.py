@@ -48,10 +48,17 @@ def sizes(images: Path) -> list[dict[str, object]]:
         role = manifest["role"]
         files = manifest["files"]
         if f"{role}.qcow2" in files:
-            figures.append({"name": f"{role} qcow2", "value": round(files[f"{role}.qcow2"]["size"] / MB), "unit": "MB",
-                            "goal": "< 400 MB"})  # fmt: skip
-            figures.append({"name": f"{role} raw (sparse file)", "value": round(files[f"{role}.raw"]["size"] / MB),
-                            "unit": "MB"})  # fmt: skip
+            figures.append(
+                {
+                    "name": f"{role} qcow2",
+                    "value": round(files[f"{role}.qcow2"]["size"] / MB),
+                    "unit": "MB",
+                    "goal": "< 400 MB",
+                }
+            )
+            figures.append(
+                {"name": f"{role} raw (sparse file)", "value": round(files[f"{role}.raw"]["size"] / MB), "unit": "MB"}
+            )
             with mounted(manifest_path.parent / f"{role}.raw") as root:
                 figures.append({"name": f"{role} installed", "value": round(used_bytes(root) / MB), "unit": "MB"})
             figures.append({"name": f"{role} packages", "value": len(manifest.get("packages", {})), "unit": ""})
@@ -68,8 +75,12 @@ def main() -> int:
     figures: list[dict[str, object]] = []
     if not opts.quick:
         with tempfile.TemporaryDirectory(prefix="kiln-img-bench-") as cache:
-            cold_env = {**os.environ, "DIB_IMAGE_CACHE": f"{cache}/dib", "KILN_CACHE_DIR": f"{cache}/kiln",
-                        "PIP_NO_CACHE_DIR": "1"}  # fmt: skip
+            cold_env = {
+                **os.environ,
+                "DIB_IMAGE_CACHE": f"{cache}/dib",
+                "KILN_CACHE_DIR": f"{cache}/kiln",
+                "PIP_NO_CACHE_DIR": "1",
+            }
             cold = timed([*INV, "build-all", "--force"], cold_env)
         figures.append({"name": "cold build-all", "value": round(cold / 60, 1), "unit": "min", "goal": "< 20 min"})
     else:
@@ -83,8 +94,13 @@ def main() -> int:
     for f in figures:
         print(f"{f['name']:<28} {f['value']} {f['unit']}")
     # other work on the machine (a lab of QEMU guests, other builds) slows every figure: keep the load with them
-    result = {"machine": platform.node(), "cpus": os.cpu_count(), "quick": opts.quick,
-              "load_avg_1_5_15": os.getloadavg(), "figures": figures}  # fmt: skip
+    result = {
+        "machine": platform.node(),
+        "cpus": os.cpu_count(),
+        "quick": opts.quick,
+        "load_avg_1_5_15": os.getloadavg(),
+        "figures": figures,
+    }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "build.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0

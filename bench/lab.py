@@ -22,10 +22,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kiln.commands import load_or_report  # noqa: E402
 from kiln.lab import chaos, lifecycle, netns, verify  # noqa: E402
 from kiln.lab.layout import Lab  # noqa: E402
 from kiln.lab.probe import request  # noqa: E402
+from kiln.project import Project  # noqa: E402
 
 RESULTS = HERE / "results" / "lab.json"
 
@@ -58,17 +58,31 @@ def recorded(lab: Lab) -> list[dict[str, object]]:
     for host, seconds in sorted(boot["joined_seconds"].items()):
         figures.append({"name": f"power-on to joined: {host}", "value": seconds, "unit": "s"})
     if boot["joined_seconds"]:
-        figures.append({"name": f"whole cluster joined ({boot['boot']})", "value": max(boot["joined_seconds"].values()),
-                        "unit": "s", "goal": "< 600 s"})  # fmt: skip
+        figures.append(
+            {
+                "name": f"whole cluster joined ({boot['boot']})",
+                "value": max(boot["joined_seconds"].values()),
+                "unit": "s",
+                "goal": "< 600 s",
+            }
+        )
     if (lab.root / "verify.xml").exists():
         rows = verify.results(lab.root / "verify.xml")
-        figures.append({"name": "lab verify", "value": f"{sum(o == 'pass' for _, o, _ in rows)}/{len(rows)} passed",
-                        "unit": ""})  # fmt: skip
+        figures.append(
+            {"name": "lab verify", "value": f"{sum(o == 'pass' for _, o, _ in rows)}/{len(rows)} passed", "unit": ""}
+        )
     if (lab.root / "chaos.json").exists():
         for r in json.loads((lab.root / "chaos.json").read_text()):
             met = "met" if r["goal_met"] else "missed"
-            figures.append({"name": f"drill: {r['drill']}", "value": r["measured"], "unit": "",
-                            "goal": f"{r['goal']} ({met})", "works": r["works"]})  # fmt: skip
+            figures.append(
+                {
+                    "name": f"drill: {r['drill']}",
+                    "value": r["measured"],
+                    "unit": "",
+                    "goal": f"{r['goal']} ({met})",
+                    "works": r["works"],
+                }
+            )
     return figures
 
 
@@ -87,31 +101,41 @@ def main() -> int:
     if opts.quick:
         print(f"bench/lab.py: --quick runs no VMs; {RESULTS.name} holds the last full run")
         return 0 if RESULTS.exists() else 1
-    cluster = load_or_report(None)
-    assert cluster is not None
-    lab = Lab(cluster)
+    lab = Lab(Project().cluster())
     code, extra = 0, []
     if not opts.recorded:
         try:
             if opts.running:
                 netns.enter()  # lab up enters the lab's namespace; here nothing else did
-            elif lifecycle.up(lab, opts.boot, None) != 0:
+            elif lifecycle.up(lab, opts.boot) != 0:
                 return 1
-            extra.append({"name": "replication lag, worst of 20 (POST to read via the VIP)",
-                          "value": round(replication_lag(lab), 2), "unit": "s", "goal": "< 2 s"})  # fmt: skip
+            extra.append(
+                {
+                    "name": "replication lag, worst of 20 (POST to read via the VIP)",
+                    "value": round(replication_lag(lab), 2),
+                    "unit": "s",
+                    "goal": "< 2 s",
+                }
+            )
             began = time.monotonic()
-            code |= verify.verify(None)
+            code |= verify.verify(lab)
             extra.append({"name": "lab verify wall time", "value": round(time.monotonic() - began), "unit": "s"})
             began = time.monotonic()
-            code |= chaos.chaos(None)
-            extra.append({"name": "lab chaos wall time (all drills)", "value": round(time.monotonic() - began),
-                          "unit": "s"})  # fmt: skip
+            code |= chaos.chaos(lab)
+            extra.append(
+                {"name": "lab chaos wall time (all drills)", "value": round(time.monotonic() - began), "unit": "s"}
+            )
         finally:
             if not (opts.keep or opts.running):
                 lifecycle.down(lab)
     figures = recorded(lab) + extra
-    result = {"machine": platform.node(), "cpus": os.cpu_count(), "recorded": opts.recorded,
-              "load_avg_1_5_15": os.getloadavg(), "figures": figures}  # fmt: skip
+    result = {
+        "machine": platform.node(),
+        "cpus": os.cpu_count(),
+        "recorded": opts.recorded,
+        "load_avg_1_5_15": os.getloadavg(),
+        "figures": figures,
+    }
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for f in figures:
         print(f"{f['name']}: {f['value']} {f.get('unit', '')}")

@@ -59,29 +59,32 @@ def main(argv: list[str] | None = None) -> int:
         text, code = status.render(Paths(args.root))
         print(text)
         return code
-    from firstboot import agent, log
+    from firstboot import log
     from firstboot.steps.context import Tuning
 
     if args.command == "apply":
+        from firstboot.apply import apply
+
         log.setup(None)
         only = tuple(s for s in args.only.split(",") if s)
         tuning = Tuning(join_deadline=args.join_deadline, db_socket=args.db_socket)
-        return agent.apply(args.bundle, args.root, live=not args.no_services, only=only, tuning=tuning)
+        return apply(args.bundle, args.root, live=not args.no_services, only=only, tuning=tuning)
     from firstboot.backoff import Backoff
     from firstboot.paths import Paths
+    from firstboot.run import RunOptions, run
     from firstboot.sources import Settings
 
     paths = Paths(args.root)
     if paths.done.exists():
-        return agent.run(agent.RunOptions(paths=paths))  # the done check comes before any set-up
+        return run(RunOptions(paths=paths))  # the done check comes before any set-up
     log.setup(paths.log, verbose=args.verbose)
-    opts = agent.RunOptions(
+    opts = RunOptions(
         paths=paths,
         sources=Settings(imds_endpoint=args.imds_endpoint),
         tuning=Tuning(check_deadline=args.check_deadline, db_socket=args.db_socket),
         fetch=Backoff(deadline=args.fetch_deadline),
     )
-    return agent.run(opts)
+    return run(opts)
 
 
 if __name__ == "__main__":

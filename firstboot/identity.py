@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from firstboot.paths import Paths
-from firstboot.sources import normalize_mac
+from kiln.mac import normalize
 
 NULL_MAC = "00:00:00:00:00:00"
 
@@ -11,7 +11,7 @@ NULL_MAC = "00:00:00:00:00:00"
 def macs(paths: Paths, first: str = "") -> list[str]:
     found: list[str] = []
     if first:
-        found.append(normalize_mac(first))
+        found.append(normalize(first))
     try:
         interfaces = sorted(paths.sys_net.iterdir())
     except FileNotFoundError:
@@ -20,7 +20,7 @@ def macs(paths: Paths, first: str = "") -> list[str]:
         if iface.name == "lo":
             continue
         try:
-            mac = normalize_mac((iface / "address").read_text())
+            mac = normalize((iface / "address").read_text())
         except (OSError, ValueError):
             continue
         if mac != NULL_MAC and mac not in found:

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import json
 
+from kiln.mac import normalize
 from kiln.run import run
 
 
 def interface_with_mac(mac: str) -> str | None:
     links = json.loads(run(["ip", "-json", "link", "show"]).stdout or "[]")
-    return next((link["ifname"] for link in links if link.get("address", "").lower() == mac.lower()), None)
+    wanted = normalize(mac)
+    return next((link["ifname"] for link in links if _mac_of(link) == wanted), None)
+
+
+def _mac_of(link: dict[str, str]) -> str:
+    try:
+        return normalize(link.get("address", ""))
+    except ValueError:  # loopback's and tunnels' addresses are no Ethernet MACs
+        return ""
 
 
 def ensure_name(mac: str, name: str) -> str:

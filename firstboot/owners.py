@@ -1,8 +1,8 @@
 """Owner and group names to numeric ids, from the target tree's /etc/passwd and /etc/group (the host's for /).
 
-A name that is all digits is taken as the id itself. A name the tree does not know: `apply` into a tree
-(where the package that creates the user may not be installed yet) falls back to 0 (root) and says so;
-`run` on the host refuses, since a secret owned by the wrong group breaks its service quietly.
+A name the tree does not know: `apply` into a tree (where the package that creates the user may not be installed
+yet) falls back to 0 (root) and says so; `run` on the host refuses, since a secret owned by the wrong group breaks
+its service quietly. Names only: the bundle contract admits no numeric owner.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from firstboot.errors import StepFailed
 from firstboot.log import LOG
+from kiln.bundle import Directory, File, Secret
 
 
 def _read_db(path: Path) -> dict[str, int]:
@@ -40,8 +41,6 @@ class Owners:
         self._groups = {} if self._host else _read_db(self.root / "etc/group")
 
     def _lookup(self, name: str, kind: str) -> int | None:
-        if name.isdigit():
-            return int(name)
         if name == "root":
             return 0
         if self._host:
@@ -72,8 +71,6 @@ class Owners:
             )
         return 0
 
-    def ids(self, entry: dict[str, object]) -> tuple[int, int]:
-        path = str(entry.get("path", "?"))
-        return self.resolve(str(entry.get("owner", "root")), "user", path), self.resolve(
-            str(entry.get("group", "root")), "group", path
-        )
+    def ids(self, entry: Directory | File | Secret) -> tuple[int, int]:
+        """The (uid, gid) a bundle entry is to be owned by."""
+        return self.resolve(entry.owner, "user", entry.path), self.resolve(entry.group, "group", entry.path)

@@ -70,6 +70,11 @@ class Paths:
         return self.state_dir / "bundle.sig"
 
     @property
+    def shared(self) -> Path:
+        """The cluster-wide contents the fetched bundle names by digest (one file each, named by its sha256)."""
+        return self.state_dir / "shared"
+
+    @property
     def events(self) -> Path:
         return self.state_dir / "events"
 

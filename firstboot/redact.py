@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kiln.bundle import Bundle
 
 MASK = "***"
 MIN_PART = 12  # lines of a multi-line secret (a PEM key) this long are masked on their own too
@@ -37,6 +41,12 @@ REDACTOR = Redactor()
 
 def redact(text: object) -> str:
     return REDACTOR(str(text))
+
+
+def register_secrets(bundle: Bundle) -> None:
+    """Mask the bundle's secret values (those it carries) in every text from now on."""
+    for secret in bundle.secrets:
+        REDACTOR.add(secret.value)
 
 
 class RedactingFilter(logging.Filter):

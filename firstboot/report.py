@@ -18,8 +18,9 @@ from urllib.parse import quote
 from firstboot.backoff import Backoff
 from firstboot.log import LOG
 from firstboot.redact import redact
-from firstboot.state import now_iso, write_synced
+from firstboot.state import now_iso
 from firstboot.transport import request
+from kiln.fsutil import write_atomic
 
 SEND_TIMEOUT = 2.0
 
@@ -38,7 +39,7 @@ class EventQueue:
             self._seq += 1
             name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:04d}.json"
         path = self.directory / name
-        write_synced(path, json.dumps(event).encode())
+        write_atomic(path, json.dumps(event).encode(), 0o600, durable=True)
         return path
 
     def pending(self) -> list[Path]:
@@ -53,10 +54,8 @@ def post_event(
 ) -> None:
     """Raise OSError unless the server accepts the event (2xx)."""
     try:
-        answer = request(
-            "POST", url, f"/v1/hosts/{quote(host)}/events", context=context, timeout=timeout, body=event,
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
+        path, headers = f"/v1/hosts/{quote(host)}/events", {"Content-Type": "application/json"}
+        answer = request("POST", url, path, context=context, timeout=timeout, body=event, headers=headers)
     except http.client.HTTPException as e:
         raise OSError(str(e)) from None
     if not 200 <= answer.status < 300:

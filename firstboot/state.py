@@ -7,16 +7,16 @@ Every text stored here passes the redactor first.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from firstboot.redact import redact
+from kiln.fsutil import write_atomic
 
-STEPS = ("fetch", "network", "files", "secrets", "firewall", "services", "join", "checks", "done")
+FETCH, DONE = "fetch", "done"  # the first step (the bundle) and the last (the host is provisioned)
+STEPS = (FETCH, "network", "files", "secrets", "firewall", "services", "join", "checks", DONE)
 STATE_VERSION = 1
 
 
@@ -56,10 +56,8 @@ class State:
             # a state file we cannot read is treated as a fresh start: every step is idempotent
             return cls()
         steps = {s: StepRecord(**raw.get("steps", {}).get(s, {})) for s in STEPS}
-        return cls(
-            host=raw.get("host", ""), url=raw.get("url", ""), source=raw.get("source", ""), mac=raw.get("mac", ""),
-            outcome=raw.get("outcome", "new"), steps=steps, updated=raw.get("updated", ""),
-        )  # fmt: skip
+        scalars = {k: raw[k] for k in ("host", "url", "source", "mac", "outcome", "updated") if k in raw}
+        return cls(**scalars, steps=steps)
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"version": STATE_VERSION, **asdict(self)}
@@ -67,7 +65,7 @@ class State:
 
     def save(self, path: Path) -> None:
         self.updated = now_iso()
-        write_synced(path, self.to_json())
+        write_atomic(path, self.to_json(), 0o600, durable=True)
 
     # transitions
     def begin(self, step: str) -> StepRecord:
@@ -84,7 +82,7 @@ class State:
         rec.detail, rec.next_action = redact(detail), redact(next_action)
         if not ok:
             self.outcome = "failed"
-        elif step == STEPS[-1]:
+        elif step == DONE:
             self.outcome = "done"
         return rec
 
@@ -93,24 +91,3 @@ class State:
 
     def failed_step(self) -> str | None:
         return next((s for s, r in self.steps.items() if r.outcome == "fail"), None)
-
-
-def write_synced(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Temp file + fsync + rename + fsync of the directory: after a power cut the file is old or new, never torn."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from firstboot.paths import Paths
-from firstboot.redact import REDACTOR, redact
+from firstboot.redact import redact, register_secrets
 from firstboot.report import EventQueue
 from firstboot.state import STEPS, State
+from kiln.bundle import Bundle, BundleError
 
 NOT_STARTED, DONE, FAILED, IN_PROGRESS = 3, 0, 1, 2
 
@@ -15,9 +14,8 @@ NOT_STARTED, DONE, FAILED, IN_PROGRESS = 3, 0, 1, 2
 def _load_cached_secrets(paths: Paths) -> None:
     """Secrets of a cached bundle are masked here too, in case a reason quoted one."""
     try:
-        for s in json.loads(paths.bundle_body.read_bytes()).get("secrets", []):
-            REDACTOR.add(s.get("value"))
-    except (OSError, ValueError, AttributeError):
+        register_secrets(Bundle.from_json(paths.bundle_body.read_bytes()))
+    except (OSError, BundleError):
         pass
 
 

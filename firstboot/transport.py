@@ -22,9 +22,15 @@ def tls_context(ca_pem: Path) -> ssl.SSLContext:
 
 
 def request(
-    method: str, base_url: str, path: str, *, context: ssl.SSLContext | None, timeout: float,
-    body: bytes | None = None, headers: dict[str, str] | None = None,
-) -> Answer:  # fmt: skip
+    method: str,
+    base_url: str,
+    path: str,
+    *,
+    context: ssl.SSLContext | None,
+    timeout: float,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
     """`path` under `base_url`; raises OSError (ssl errors included) or http.client.HTTPException."""
     parts = urlsplit(base_url)
     host = parts.hostname or ""

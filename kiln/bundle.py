@@ -1,31 +1,292 @@
-"""The bundle: everything one host needs, as JSON. Shared by the renderer, the server and the agent.
+"""The bundle: everything one host needs, as typed values and as JSON. The one contract between the renderer,
+the server and the agent; standard library only (the frozen agent imports it).
 
-A bundle is a JSON object:
-  schema      BUNDLE_SCHEMA (the agent refuses any other)
-  cluster     cluster name
-  host        {name, role, mac, ip, fqdn}
-  network     {interface, address, prefix, gateway, dns, vip}
-  directories [{path, mode, owner, group}]
-  files       [{path, mode, owner, group, content}]
-  secrets     [{name, path, mode, owner, group, value}]  value is null until the server fills it
-  services    [{unit, enable, restart_on: [paths]}]
-  join        {kind, params}
-  checks      [{name, kind, ...}]
-  secrets_withheld  true when the server handed this host's secrets out already
+    Bundle.from_json(body)  -> Bundle, or BundleError naming the JSON path of the first problem
+    bundle.to_json()        -> canonical bytes (sorted keys, no insignificant whitespace, UTF-8): what is signed
+    schema_document()       -> its JSON Schema (published as docs/bundle.schema.json for other agents)
+
+Secrets travel by reference (value null) until the server fills them for the one fetch that may have them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
-BUNDLE_SCHEMA = 1
+from kiln.typedjson import DecodeError, decode, doc, encode, json_schema, pattern
+
+BUNDLE_SCHEMA = 2  # the agent refuses any other
+
+# What a bundle may name. Every pattern matches the whole string: no trailing newline, no control characters.
+ABSOLUTE_PATH = r"/(?:(?!\.\.?(?:/|$))[A-Za-z0-9._@+-]+/?)*"  # no "." or "..", no spaces, no metacharacters
+HOST_NAME = r"[a-z][a-z0-9-]{0,62}"
+MAC = r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"
+IPV4 = r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# rwx for owner and group; others at most r-x: no setuid, setgid, sticky or world-writable file from a bundle
+MODE = r"0[0-7]{2}[0145]"
+ACCOUNT = r"[a-z_][a-z0-9_-]{0,31}"
+UNIT = r"[A-Za-z0-9@._-]+\.(?:service|socket|timer|target|path)"
+SECRET_NAME = r"[a-z][a-z0-9_]{0,63}"
+SHA256 = r"(?:[0-9a-f]{64})?"
 
 
-def dumps(bundle: dict[str, Any]) -> bytes:
-    """Canonical bytes of a bundle: sorted keys, no insignificant whitespace, UTF-8."""
-    return json.dumps(bundle, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+class BundleError(ValueError):
+    """A bundle that does not fit the contract; `path` is where ($.files[3].mode)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
 
 
-def secret_names(bundle: dict[str, Any]) -> list[str]:
-    return [s["name"] for s in bundle.get("secrets", [])]
+def _path(what: str = "") -> Any:
+    return field(metadata=pattern(ABSOLUTE_PATH, what or "an absolute path on the host"))
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """Who the bundle is for."""
+
+    name: str = field(metadata=pattern(HOST_NAME))
+    role: str = field(metadata=pattern(r"[a-z][a-z0-9]{0,15}"))
+    mac: str = field(metadata=pattern(MAC, "the provisioning NIC's MAC, lower case"))
+    ip: str = field(metadata=pattern(IPV4))
+    fqdn: str
+
+
+@dataclass(frozen=True)
+class Network:
+    """The cluster NIC's static configuration."""
+
+    interface: str = field(metadata=pattern(r"[a-z][a-z0-9]{0,14}"))
+    address: str = field(metadata=pattern(IPV4))
+    prefix: int
+    gateway: str = field(metadata=pattern(IPV4))
+    dns: tuple[str, ...]
+    vip: str = field(metadata=pattern(IPV4))
+
+
+@dataclass(frozen=True)
+class Directory:
+    path: str = _path()
+    mode: str = field(default="0755", metadata=pattern(MODE))
+    owner: str = field(default="root", metadata=pattern(ACCOUNT))
+    group: str = field(default="root", metadata=pattern(ACCOUNT))
+
+
+@dataclass(frozen=True)
+class File:
+    """A file; its text is `content`, or, for a file every host of the cluster shares (/etc/hosts, the tier sets),
+    the shared content whose sha256 is `shared`: fetched once (GET /v1/shared/SHA256) and checked against it."""
+
+    path: str = _path()
+    content: str = field(default="", metadata=doc("the file's text, UTF-8 (empty when `shared` names it)"))
+    mode: str = field(default="0644", metadata=pattern(MODE))
+    owner: str = field(default="root", metadata=pattern(ACCOUNT))
+    group: str = field(default="root", metadata=pattern(ACCOUNT))
+    shared: str = field(default="", metadata=pattern(SHA256, "sha256 (hex) of the shared content, or empty"))
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret file; `value` is null until the server fills it for the fetch that may have it."""
+
+    name: str = field(metadata=pattern(SECRET_NAME))
+    path: str = _path()
+    mode: str = field(default="0600", metadata=pattern(MODE))
+    owner: str = field(default="root", metadata=pattern(ACCOUNT))
+    group: str = field(default="root", metadata=pattern(ACCOUNT))
+    value: str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """A systemd unit to enable and run; restarted (or reloaded) when one of `restart_on` changed."""
+
+    unit: str = field(metadata=pattern(UNIT))
+    enable: bool = True
+    restart_on: tuple[str, ...] = ()
+
+
+# --- joins: how a host proves it took its place; one kind per way of proving it ----------------------------
+
+
+@dataclass(frozen=True)
+class LbJoin:
+    """keepalived runs with this priority, the VIP is held somewhere, HAProxy sees a web server UP."""
+
+    kind: Literal["lb"]
+    vip: str = field(metadata=pattern(IPV4))
+    interface: str
+    priority: int
+    stats_url: str
+
+
+@dataclass(frozen=True)
+class ServiceJoin:
+    """The role's daemon runs and its health URL answers 200 (through the peers it depends on)."""
+
+    kind: Literal["service"]
+    process: str = field(metadata=doc("the daemon's process name (comm)"))
+    unit: str = field(metadata=pattern(UNIT))
+    health_url: str
+    what: str = field(metadata=doc("what a 200 from health_url proves, for the step's message"))
+
+
+@dataclass(frozen=True)
+class DbPrimaryJoin:
+    """Binary log and GTID on; the replication, app and exporter accounts for exactly the listed hosts."""
+
+    kind: Literal["db-primary"]
+    database: str
+    port: int
+    server_id: int
+    replication_user: str
+    app_user: str
+    exporter_user: str
+    replica_hosts: tuple[str, ...]
+    app_hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DbReplicaJoin:
+    """Seed from the primary when it has data, follow it by GTID, read_only."""
+
+    kind: Literal["db-replica"]
+    database: str
+    port: int
+    server_id: int
+    replication_user: str
+    app_user: str
+    primary: str = field(metadata=pattern(IPV4))
+    wait_seconds: int = 900
+
+
+Join = LbJoin | ServiceJoin | DbPrimaryJoin | DbReplicaJoin
+
+
+# --- checks: what proves the host healthy once it joined -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    kind: Literal["http"]
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class TcpCheck:
+    kind: Literal["tcp"]
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class CommandCheck:
+    kind: Literal["command"]
+    name: str
+    argv: tuple[str, ...]
+
+
+Check = HttpCheck | TcpCheck | CommandCheck
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything one host needs: its files, secrets by reference, services, its join and its checks."""
+
+    schema: int
+    cluster: str
+    host: HostInfo
+    network: Network
+    directories: tuple[Directory, ...]
+    files: tuple[File, ...]
+    secrets: tuple[Secret, ...]
+    services: tuple[Service, ...]
+    join: Join
+    checks: tuple[Check, ...]
+    secrets_withheld: bool = field(default=False, metadata=doc("true: the server handed this host's secrets out"))
+
+    # --- JSON ---
+    def to_json(self) -> bytes:
+        """Canonical bytes: sorted keys, no insignificant whitespace, UTF-8. Equal bundles give equal bytes."""
+        return dumps(encode(self))
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> Bundle:
+        """Parse and check a bundle; raise BundleError (with its JSON path) for anything that does not fit."""
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise BundleError("$", f"not JSON ({e})") from None
+        return cls.from_data(data)
+
+    @classmethod
+    def from_data(cls, data: object) -> Bundle:
+        if isinstance(data, dict) and data.get("schema") != BUNDLE_SCHEMA:
+            raise BundleError("$.schema", f"{data.get('schema')!r}: this agent knows schema {BUNDLE_SCHEMA}")
+        try:
+            return decode(cls, data)
+        except DecodeError as e:
+            raise BundleError(e.path, e.message) from None
+
+    # --- the server's and the lab's changes ---
+    def secret_names(self) -> list[str]:
+        return [s.name for s in self.secrets]
+
+    def with_secret_values(self, values: dict[str, str]) -> Bundle:
+        """A copy with every secret's value filled from `values` (KeyError for one it lacks)."""
+        secrets = tuple(replace(s, value=values[s.name]) for s in self.secrets)
+        return replace(self, secrets=secrets, secrets_withheld=False)
+
+    def withheld(self) -> Bundle:
+        """A copy with every secret's value null, marked as withheld when it has secrets at all."""
+        secrets = tuple(replace(s, value=None) for s in self.secrets)
+        return replace(self, secrets=secrets, secrets_withheld=bool(secrets))
+
+    def extended(
+        self,
+        *,
+        directories: tuple[Directory, ...] = (),
+        files: tuple[File, ...] = (),
+        services: tuple[Service, ...] = (),
+    ) -> Bundle:
+        """A copy with these added after the bundle's own (the lab adds its SSH access this way)."""
+        return replace(
+            self,
+            directories=self.directories + directories,
+            files=self.files + files,
+            services=self.services + services,
+        )
+
+    def shared_digests(self) -> list[str]:
+        """The sha256 of every shared content the bundle's files name, once each, in file order."""
+        return list(dict.fromkeys(f.shared for f in self.files if f.shared))
+
+    def secret(self, name: str) -> Secret | None:
+        return next((s for s in self.secrets if s.name == name), None)
+
+
+def shared_digest(content: str) -> str:
+    """The sha256 (hex) a File's `shared` names for this content."""
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def dumps(data: object) -> bytes:
+    """Canonical JSON bytes of plain data."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def schema_document() -> dict[str, Any]:
+    """The bundle's JSON Schema, generated from the dataclasses above."""
+    return json_schema(
+        Bundle, title=f"kiln bundle, schema {BUNDLE_SCHEMA}", schema_id="https://kiln.invalid/bundle.schema.json"
+    )
+
+
+if __name__ == "__main__":  # python -m kiln.bundle > docs/bundle.schema.json
+    print(json.dumps(schema_document(), indent=2, sort_keys=True))

@@ -13,16 +13,42 @@ import tempfile
 import time
 from pathlib import Path
 
+from kiln.project import ROOT as PROJECT
 from kiln.run import CommandError, run
 
-PROJECT = Path(__file__).resolve().parent.parent
 OUT = PROJECT / "images" / "firstboot"
 STAMP = ".kiln-freeze-stamp"
 # the agent's own code and the few kiln modules it imports (pure: cryptography and the standard library)
-SOURCES = ("firstboot", "kiln/__init__.py", "kiln/bundle.py", "kiln/signing.py", "kiln/run.py", "kiln/fsutil.py")
+SOURCES = (
+    "firstboot",
+    "kiln/__init__.py",
+    "kiln/bundle.py",
+    "kiln/typedjson.py",
+    "kiln/signing.py",
+    "kiln/run.py",
+    "kiln/fsutil.py",
+    "kiln/mac.py",
+)
 ENTRY = "import sys\nfrom firstboot.cli import main\nsys.exit(main())\n"
-EXCLUDES = ("tkinter", "jinja2", "yaml", "jsonschema", "rich", "invoke", "pytest", "setuptools", "pip", "kiln.model",
-            "kiln.render", "kiln.server", "kiln.build", "kiln.aws", "boto3", "sqlalchemy", "starlette")  # fmt: skip
+EXCLUDES = (
+    "tkinter",
+    "jinja2",
+    "yaml",
+    "jsonschema",
+    "rich",
+    "invoke",
+    "pytest",
+    "setuptools",
+    "pip",
+    "kiln.model",
+    "kiln.render",
+    "kiln.server",
+    "kiln.build",
+    "kiln.aws",
+    "boto3",
+    "sqlalchemy",
+    "starlette",
+)
 
 
 def source_files() -> list[Path]:
@@ -65,12 +91,30 @@ def freeze(out: Path = OUT, *, force: bool = False) -> int:
     with tempfile.TemporaryDirectory(prefix=".freeze-", dir=out.parent) as tmp:
         work = Path(tmp)
         (work / "firstboot_main.py").write_text(ENTRY)
-        args = [
-            sys.executable, "-m", "PyInstaller", "--onedir", "--name", "firstboot", "--noconfirm", "--clean",
-            "--log-level", "WARN", "--distpath", work / "dist", "--workpath", work / "build", "--specpath", work,
-            "--paths", PROJECT, "--add-data", f"{PROJECT / 'firstboot' / 'firstboot.service'}:firstboot",
-            *[a for m in EXCLUDES for a in ("--exclude-module", m)], work / "firstboot_main.py",
-        ]  # fmt: skip
+        args: list[str | Path] = [
+            sys.executable,
+            "-m",
+            "PyInstaller",
+            "--onedir",
+            "--name",
+            "firstboot",
+            "--noconfirm",
+            "--clean",
+            "--log-level",
+            "WARN",
+            "--distpath",
+            work / "dist",
+            "--workpath",
+            work / "build",
+            "--specpath",
+            work,
+            "--paths",
+            PROJECT,
+            "--add-data",
+            f"{PROJECT / 'firstboot' / 'firstboot.service'}:firstboot",
+            *[a for m in EXCLUDES for a in ("--exclude-module", m)],
+            work / "firstboot_main.py",
+        ]
         try:
             run(args, cwd=work, timeout=900)
         except CommandError as e:

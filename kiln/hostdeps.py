@@ -16,10 +16,26 @@ _CHECKERS = ("haproxy", "nginx", "keepalived", "nftables", "mariadb-server", "ma
 # diskimage-builder's host tools, the kpartx/dmsetup the stand-in replaces on hosts without device-mapper,
 # and what the PXE installer is assembled with (kernel and busybox come from apt-get download).
 _IMAGE_BUILD = (
-    "qemu-utils", "debootstrap", "debian-archive-keyring", "kpartx", "dmsetup", "gdisk", "fdisk",
-    "squashfs-tools", "sudo", "dosfstools", "e2fsprogs", "util-linux", "kmod", "busybox-static",
-    "wget", "curl", "xz-utils", "ca-certificates", "procps",
-)  # fmt: skip
+    "qemu-utils",
+    "debootstrap",
+    "debian-archive-keyring",
+    "kpartx",
+    "dmsetup",
+    "gdisk",
+    "fdisk",
+    "squashfs-tools",
+    "sudo",
+    "dosfstools",
+    "e2fsprogs",
+    "util-linux",
+    "kmod",
+    "busybox-static",
+    "wget",
+    "curl",
+    "xz-utils",
+    "ca-certificates",
+    "procps",
+)
 # The image tests: QEMU (TCG) boots and shellcheck for the elements' hooks.
 _IMAGE_TEST = (*_IMAGE_BUILD, "qemu-system-x86", "shellcheck", "cpio", "systemd")
 
@@ -59,8 +75,10 @@ def task_of(argv: list[str]) -> str | None:
 def missing(packages: tuple[str, ...]) -> list[str]:
     result = subprocess.run(
         ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     installed = {line.split()[0] for line in result.stdout.splitlines() if line.endswith(" installed")}
     return [p for p in packages if p not in installed]
 

@@ -34,10 +34,17 @@ def run(
     args = [os.fspath(a) for a in argv]
     try:
         result = subprocess.run(
-            args, input=input, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(env) if env is not None else None, cwd=cwd, timeout=timeout,
-            stdin=None if input is not None else subprocess.DEVNULL, check=False,
-        )  # fmt: skip
+            args,
+            input=input,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            check=False,
+        )
     except FileNotFoundError:
         raise CommandError(args, 127, f"{args[0]}: not found") from None
     except subprocess.TimeoutExpired as e:

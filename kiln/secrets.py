@@ -84,8 +84,9 @@ class SecretStore:
             create("ca.key", _key_pem(ca_key))
             (self.root / "ca.pem").unlink(missing_ok=True)
             (self.root / "tls.pem").unlink(missing_ok=True)  # signed by the old CA
-        ca_key = serialization.load_pem_private_key((self.root / "ca.key").read_bytes(), password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        loaded = serialization.load_pem_private_key((self.root / "ca.key").read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        ca_key = loaded
         if not self.ca_pem.exists():
             create("ca.pem", _ca_cert(cluster, ca_key).public_bytes(serialization.Encoding.PEM))
         ca_cert = x509.load_pem_x509_certificate(self.ca_pem.read_bytes())
@@ -148,7 +149,7 @@ def _ca_cert(cluster: Cluster, key: ec.EllipticCurvePrivateKey) -> x509.Certific
                 decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )

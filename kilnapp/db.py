@@ -24,10 +24,18 @@ MAX_NOTE = 500
 @contextlib.contextmanager
 def connect(config: Config, host: str) -> Iterator[pymysql.connections.Connection]:
     conn = pymysql.connect(
-        host=host, port=config.db_port, user=config.db_user, password=config.password(), database=config.db_name,
-        connect_timeout=CONNECT_TIMEOUT, read_timeout=QUERY_TIMEOUT, write_timeout=QUERY_TIMEOUT,
-        charset="utf8mb4", cursorclass=pymysql.cursors.DictCursor, autocommit=True,
-    )  # fmt: skip
+        host=host,
+        port=config.db_port,
+        user=config.db_user,
+        password=config.password(),
+        database=config.db_name,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=QUERY_TIMEOUT,
+        write_timeout=QUERY_TIMEOUT,
+        charset="utf8mb4",
+        cursorclass=pymysql.cursors.DictCursor,
+        autocommit=True,
+    )
     try:
         yield conn
     finally:

@@ -101,8 +101,11 @@ def notes(config: Config, environ: dict[str, Any]) -> Response:
 
 
 ROUTES: dict[str, Callable[[Config, dict[str, Any]], Response]] = {
-    "/": index, "/health": health, "/metrics": metrics, "/api/notes": notes,
-}  # fmt: skip
+    "/": index,
+    "/health": health,
+    "/metrics": metrics,
+    "/api/notes": notes,
+}
 
 
 def make_app(config: Config | None = None) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:

@@ -30,8 +30,11 @@ def moto_server(*, startup_timeout: float = 30.0) -> Iterator[str]:
     """Yield the endpoint URL of a moto server on 127.0.0.1; the process is ended on exit, whatever happens."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     tail: collections.deque[str] = collections.deque(maxlen=50)
     found: list[str] = []
     ready = threading.Event()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from firstboot.log import LOG
 from firstboot.paths import Paths
+from kiln.mac import normalize
 
 
 @dataclass(frozen=True)
@@ -70,25 +71,18 @@ def discover(paths: Paths, settings: Settings) -> Source:
     raise NoSource(f"no provisioning URL found (tried: {', '.join(tried)})")
 
 
-def normalize_mac(mac: str) -> str:
-    """aa:bb:cc:dd:ee:ff from BOOTIF's 01-aa-bb-cc-dd-ee-ff or any separator and case."""
-    raw = mac.strip().lower().replace("-", ":")
-    parts = raw.split(":")
-    if len(parts) == 7 and parts[0] == "01":  # BOOTIF: ARP hardware type 1 (Ethernet) first
-        parts = parts[1:]
-    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
-        raise ValueError(f"{mac!r} is not a MAC address")
-    return ":".join(parts)
-
-
 def source_from_mapping(data: dict[str, object], origin: str) -> Source | None:
     url = data.get("url")
     if not isinstance(url, str) or not url:
         return None
     host = data.get("host")
     mac = data.get("mac")
-    return Source(url=url.rstrip("/"), origin=origin, host=host if isinstance(host, str) else "",
-                  mac=normalize_mac(mac) if isinstance(mac, str) and mac else "")  # fmt: skip
+    return Source(
+        url=url.rstrip("/"),
+        origin=origin,
+        host=host if isinstance(host, str) else "",
+        mac=normalize(mac) if isinstance(mac, str) and mac else "",
+    )
 
 
 def read_json_source(path: Path, origin: str) -> Source | None:

@@ -1,1 +1,2 @@
-"""The steps after fetch, in order; each observes, compares, then acts or does nothing, and says which."""
+"""The steps, in the order firstboot.state.STEPS gives: fetch (the bundle), then each step observes, compares,
+then acts or does nothing, and says which. firstboot.agent runs them."""

@@ -1,51 +1,82 @@
-"""The network, files and secrets steps: directories and files onto disk with mode and owner."""
+"""The network, files and secrets steps: directories and files onto disk with mode and owner.
+
+Every entry is compared first (content, mode, owner); what differs is noted in the state before it is written,
+so a crash mid-write still restarts the services it affects. Writes go through kiln.fsutil: temp file in the
+same directory, mode and owner set, synced, renamed; an identical file with another mode or owner is fixed in place.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-from firstboot import files
 from firstboot import nic as nic_name
 from firstboot.errors import StepFailed
 from firstboot.log import LOG
 from firstboot.steps.context import Outcome, StepContext
+from kiln.bundle import File, Secret
+from kiln.fsutil import differs, ensure_file, remove_stale_temps
 from kiln.run import CommandError, run
 
 NETWORK_PATHS = ("/etc/hostname", "/etc/hosts", "/etc/systemd/network/")
 WITHHELD = "secrets were already handed out; re-arm the host with ./inv reprovision HOST"
 
 
+def ensure_dir(path: Path, mode: int, uid: int, gid: int) -> bool:
+    """Create or fix a directory; return whether anything changed."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=mode)
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+        return True
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(f"{path} exists and is not a directory")
+    if stat.S_IMODE(st.st_mode) == mode and (st.st_uid, st.st_gid) == (uid, gid):
+        return False
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+    return True
+
+
 def _is_network(path: str) -> bool:
     return any(path == p or (p.endswith("/") and path.startswith(p)) for p in NETWORK_PATHS)
 
 
-def _mode(entry: dict[str, Any]) -> int:
-    return int(str(entry["mode"]), 8)
+@dataclass(frozen=True)
+class _Write:
+    path: str  # on the host
+    target: Path  # under the root
+    data: bytes
+    mode: int
+    owner: tuple[int, int]
 
 
-def _write(ctx: StepContext, entries: list[dict[str, Any]], data_of: Any) -> list[str]:
-    """Compare every entry first and note what will change (a crash mid-write still restarts services), then write."""
-    plans = []
-    for entry in entries:
-        target = ctx.paths.under(entry["path"])
-        uid, gid = ctx.owners.ids(entry)
-        plans.append((entry["path"], target, data_of(entry), _mode(entry), uid, gid))
-    differing = [path for path, target, data, mode, uid, gid in plans if _differs(target, data, mode, uid, gid)]
+def _write(ctx: StepContext, entries: Sequence[File | Secret], *, durable: bool = False) -> list[str]:
+    """Compare every entry, note what will change, then write it; return the host paths that changed."""
+    writes = [
+        _Write(
+            e.path,
+            ctx.paths.under(e.path),
+            (e.content if isinstance(e, File) else e.value or "").encode(),
+            int(e.mode, 8),
+            ctx.owners.ids(e),
+        )
+        for e in entries
+    ]
+    differing = [w for w in writes if differs(w.target, w.data, w.mode, w.owner)]
     if differing:
-        ctx.note_changes(differing)
-    for path, target, data, mode, uid, gid in plans:
-        if path in differing:
-            files.ensure_file(target, data, mode, uid, gid)
-    return differing
-
-
-def _differs(target: Any, data: bytes, mode: int, uid: int, gid: int) -> bool:
-    try:
-        st = target.lstat()
-        return not (target.is_file() and not target.is_symlink() and target.read_bytes() == data
-                    and (st.st_mode & 0o7777) == mode and st.st_uid == uid and st.st_gid == gid)  # fmt: skip
-    except FileNotFoundError:
-        return True
+        ctx.note_changes([w.path for w in differing])
+    for directory in {w.target.parent for w in differing}:
+        remove_stale_temps(directory)  # what a write interrupted by a power cut left beside its file
+    for w in differing:
+        ensure_file(w.target, w.data, w.mode, w.owner, durable=durable)
+    return [w.path for w in differing]
 
 
 def _summary(changed: list[str], total: int, what: str) -> str:
@@ -54,37 +85,37 @@ def _summary(changed: list[str], total: int, what: str) -> str:
 
 def network(ctx: StepContext) -> Outcome:
     """Hostname, /etc/hosts and the systemd-networkd files; live: set the hostname, reload networkd."""
-    entries = [f for f in ctx.bundle["files"] if _is_network(f["path"])]
-    changed = _write(ctx, entries, lambda f: f["content"].encode())
-    name = ctx.bundle["host"]["name"]
-    detail = _summary(changed, len(entries), "files") + f"; hostname {name}"
+    host, interface = ctx.bundle.host, ctx.bundle.network.interface
+    entries = [f for f in ctx.bundle.files if _is_network(f.path)]
+    changed = _write(ctx, entries)
+    detail = _summary(changed, len(entries), "files") + f"; hostname {host.name}"
     if ctx.live and ctx.paths.is_host:
         try:
-            if run(["hostname"], check=False).stdout.strip() != name:
-                run(["hostname", name])
+            if run(["hostname"], check=False).stdout.strip() != host.name:
+                run(["hostname", host.name])
                 changed.append("hostname")
-            nic = nic_name.ensure_name(ctx.bundle["host"]["mac"], ctx.bundle["network"]["interface"])
+            nic = nic_name.ensure_name(host.mac, interface)
             detail += f"; {nic}"
             if "renamed" in nic or any(p.startswith("/etc/systemd/network/") for p in changed):
                 run(["networkctl", "reload"], check=False)
-                run(["networkctl", "reconfigure", ctx.bundle["network"]["interface"]], check=False)
+                run(["networkctl", "reconfigure", interface], check=False)
         except CommandError as e:
             raise StepFailed(f"setting hostname/network: {e}") from None
     return Outcome(detail, tuple(changed))
 
 
-def files_step(ctx: StepContext) -> Outcome:
+def files(ctx: StepContext) -> Outcome:
     """Directories, then every other file; live: changed sysctl.d files are applied at once."""
     dirs_changed = []
-    for d in ctx.bundle.get("directories", []):
+    for d in ctx.bundle.directories:
         uid, gid = ctx.owners.ids(d)
         try:
-            if files.ensure_dir(ctx.paths.under(d["path"]), _mode(d), uid, gid):
-                dirs_changed.append(d["path"])
+            if ensure_dir(ctx.paths.under(d.path), int(d.mode, 8), uid, gid):
+                dirs_changed.append(d.path)
         except NotADirectoryError as e:
             raise StepFailed(str(e), "remove what is in the way, then run `firstboot run`") from None
-    entries = [f for f in ctx.bundle["files"] if not _is_network(f["path"])]
-    changed = _write(ctx, entries, lambda f: f["content"].encode())
+    entries = [f for f in ctx.bundle.files if not _is_network(f.path)]
+    changed = _write(ctx, entries)
     if ctx.live and ctx.paths.is_host:
         for path in changed:
             if path.startswith("/etc/sysctl.d/"):
@@ -99,23 +130,20 @@ def files_step(ctx: StepContext) -> Outcome:
 
 
 def secrets(ctx: StepContext) -> Outcome:
-    """Secret values from the bundle onto disk; a withheld secret must already be there."""
-    present, missing = [], []
-    for s in ctx.bundle.get("secrets", []):
-        if s.get("value") is not None:
-            present.append(s)
-        elif not ctx.paths.under(s["path"]).exists():
-            missing.append(s)
-    if missing and ctx.bundle.get("secrets_withheld"):
-        names = ", ".join(s["name"] for s in missing)
-        host = ctx.bundle["host"]["name"]
-        raise StepFailed(f"secrets {names} are not on this host and the server withheld them",
-                         f"{WITHHELD} (here: ./inv reprovision {host})")  # fmt: skip
+    """Secret values from the bundle onto disk (synced: they exist nowhere else); a withheld one must be there."""
+    present = [s for s in ctx.bundle.secrets if s.value is not None]
+    missing = [s for s in ctx.bundle.secrets if s.value is None and not ctx.paths.under(s.path).exists()]
+    if missing and ctx.bundle.secrets_withheld:
+        names = ", ".join(s.name for s in missing)
+        raise StepFailed(
+            f"secrets {names} are not on this host and the server withheld them",
+            f"{WITHHELD} (here: ./inv reprovision {ctx.bundle.host.name})",
+        )
     if missing and ctx.live:
-        raise StepFailed(f"the bundle carries no value for {', '.join(s['name'] for s in missing)}")
+        raise StepFailed(f"the bundle carries no value for {', '.join(s.name for s in missing)}")
     for s in missing:
-        LOG.warning("secret %s: no value in the bundle, %s not written", s["name"], s["path"])
-    changed = _write(ctx, present, lambda s: str(s["value"]).encode())
+        LOG.warning("secret %s: no value in the bundle, %s not written", s.name, s.path)
+    changed = _write(ctx, present, durable=True)
     detail = _summary(changed, len(present), "secrets")
     if missing:
         detail += f"; {len(missing)} without a value skipped"

@@ -11,6 +11,7 @@ from firstboot.steps.context import Outcome, StepContext
 from kiln.run import CommandError, run
 
 NFT_CONF = "/etc/nftables.conf"
+NFT_INCLUDES = "/etc/nftables.d/"  # what it includes (the tier sets, the same on every host)
 UNIT_DIRS = ("/etc/systemd/system/", "/lib/systemd/system/")
 
 
@@ -23,11 +24,12 @@ def firewall(ctx: StepContext) -> Outcome:
         return Outcome("skipped (offline)")
     conf = ctx.paths.under(NFT_CONF)
     loaded = run(["nft", "list", "table", "inet", "filter"], check=False).returncode == 0
-    if loaded and NFT_CONF not in ctx.changed:
+    if loaded and not any(p == NFT_CONF or p.startswith(NFT_INCLUDES) for p in ctx.changed):
         return Outcome("unchanged (ruleset loaded)")
+    includes = ["-I", str(ctx.paths.under("/etc"))]  # its relative includes come from the same tree
     try:
-        run(["nft", "-c", "-f", conf])
-        run(["nft", "-f", conf])
+        run(["nft", *includes, "-c", "-f", conf])
+        run(["nft", *includes, "-f", conf])
     except CommandError as e:
         raise StepFailed(
             f"nftables: {e}", f"fix {NFT_CONF} (render it with ./inv render and check with nft -c -f)"
@@ -73,14 +75,14 @@ def services(ctx: StepContext) -> Outcome:
     """
     if not ctx.live or not ctx.paths.is_host:
         return Outcome("skipped (offline)")
-    units = ctx.bundle.get("services", [])
-    names = [svc["unit"] for svc in units]
+    units = ctx.bundle.services
+    names = [svc.unit for svc in units]
     if any(p.startswith(UNIT_DIRS) for p in ctx.changed):
         _systemctl("daemon-reload")
     active = _states("is-active", names)
-    enabled = _states("is-enabled", [svc["unit"] for svc in units if svc.get("enable")])
+    enabled = _states("is-enabled", [svc.unit for svc in units if svc.enable])
     running = {unit for unit, state in active.items() if state in ("active", "reloading")}
-    restart = [s["unit"] for s in units if s["unit"] in running and set(s.get("restart_on", [])) & ctx.changed]
+    restart = [svc.unit for svc in units if svc.unit in running and set(svc.restart_on) & ctx.changed]
     enable = [unit for unit, state in enabled.items() if state not in ENABLED_STATES]
     start = [unit for unit in names if unit not in running]
     actions = []
@@ -89,7 +91,7 @@ def services(ctx: StepContext) -> Outcome:
         actions.append("restarted " + ", ".join(restart))
         if NETWORKD in restart:
             # the units started next may listen on the host's address; networkd configures it asynchronously
-            ip = ctx.bundle["host"]["ip"]
+            ip = ctx.bundle.host.ip
             try:
                 wait_for(lambda: _address_present(ip), "the host's address after restarting networkd", ADDRESS_WAIT)
             except ProbeFailed as e:

@@ -8,5 +8,6 @@ APIs (no S3 bucket, no import role), then becomes an AMI. One concern per module
 - snapshot.py   StartSnapshot, PutSnapshotBlock (several in flight), CompleteSnapshot, wait
 - ami.py        RegisterImage, tags, lookup by image sha256, clean-up of what a failed run created
 - cli.py        `./inv upload-ami`: progress bar and operator messages
-- moto_server.py  a moto server on loopback for the tests and bench/ami.py
+
+The tests and bench/ami.py run these against a moto server on loopback (tests/moto_server.py).
 """

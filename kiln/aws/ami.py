@@ -96,13 +96,19 @@ def register_request(name: str, image: RoleImage, snapshot_id: str, mode: str, t
         "EnaSupport": True,
         "ImdsSupport": "v2.0",
         "RootDeviceName": ROOT_DEVICE,
-        "BlockDeviceMappings": [{
-            "DeviceName": ROOT_DEVICE,
-            "Ebs": {"SnapshotId": snapshot_id, "VolumeType": "gp3", "VolumeSize": volume_gib(image.size),
-                    "DeleteOnTermination": True},
-        }],
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": ROOT_DEVICE,
+                "Ebs": {
+                    "SnapshotId": snapshot_id,
+                    "VolumeType": "gp3",
+                    "VolumeSize": volume_gib(image.size),
+                    "DeleteOnTermination": True,
+                },
+            }
+        ],
         "TagSpecifications": [{"ResourceType": "image", "Tags": tag_list}],
-    }  # fmt: skip
+    }
 
 
 @dataclass
@@ -120,31 +126,49 @@ class _Ledger:
             try:
                 caller.call(f"delete {resource}", delete, idempotent=True)
                 deleted.append(resource)
-            except Exception:  # noqa: BLE001 - listed for the operator instead
+            except Exception:  # listed for the operator instead
                 left.append((resource, command))
         return deleted, left
 
 
-def publish(clients: Clients, image: RoleImage, *, name: str | None = None, wait: bool = True, workers: int = 16,
-            progress: Progress | None = None, on_step: Callable[[str], None] | None = None) -> Published:  # fmt: skip
+def publish(
+    clients: Clients,
+    image: RoleImage,
+    *,
+    name: str | None = None,
+    wait: bool = True,
+    workers: int = 16,
+    progress: Progress | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> Published:
     """The AMI for `image`: an existing one tagged with its sha256, or a new upload + registration."""
     say = on_step or (lambda _msg: None)
     mode = boot_mode(image.path)  # before any AWS call: a disk EC2 cannot boot is not uploaded
     existing = find_existing(clients, image.sha256)
     if existing is not None:
-        return Published(existing["ImageId"], existing.get("Name", ""), existing.get("State", ""), reused=True,
-                         boot_mode=existing.get("BootMode"))  # fmt: skip
+        return Published(
+            existing["ImageId"],
+            existing.get("Name", ""),
+            existing.get("State", ""),
+            reused=True,
+            boot_mode=existing.get("BootMode"),
+        )
     for old in find_leftovers(clients, image.sha256):
-        say(f"note: {old} holds this image from an earlier run that did not finish; not used, not deleted "
-            f"(delete it: aws ec2 delete-snapshot --snapshot-id {old})")  # fmt: skip
+        say(
+            f"note: {old} holds this image from an earlier run that did not finish; not used, not deleted "
+            f"(delete it: aws ec2 delete-snapshot --snapshot-id {old})"
+        )
     name = name or default_name(image)
     tags = image_tags(image, name)
     ebs, ec2, caller = clients.ebs, clients.ec2, clients.caller
     ledger = _Ledger()
     try:
         snapshot_id = start_snapshot(ebs, caller, image, tags=tags, description=f"kiln {image.role} {image.sha256}")
-        ledger.add(snapshot_id, lambda: ec2.delete_snapshot(SnapshotId=snapshot_id),
-                   f"aws ec2 delete-snapshot --snapshot-id {snapshot_id}")  # fmt: skip
+        ledger.add(
+            snapshot_id,
+            lambda: ec2.delete_snapshot(SnapshotId=snapshot_id),
+            f"aws ec2 delete-snapshot --snapshot-id {snapshot_id}",
+        )
         say(f"snapshot {snapshot_id} started")
         written = write_blocks(ebs, caller, snapshot_id, image, workers=workers, progress=progress)
         complete_snapshot(ebs, caller, snapshot_id, written)
@@ -166,15 +190,18 @@ def publish(clients: Clients, image: RoleImage, *, name: str | None = None, wait
         )
         if wait:
             waiter = ec2.get_waiter("image_available")
-            caller.call(f"ec2.DescribeImages (waiting for {image_id} to become available)",
-                        lambda: waiter.wait(ImageIds=[image_id], WaiterConfig={"Delay": 10, "MaxAttempts": 90}),
-                        idempotent=True)  # fmt: skip
+            caller.call(
+                f"ec2.DescribeImages (waiting for {image_id} to become available)",
+                lambda: waiter.wait(ImageIds=[image_id], WaiterConfig={"Delay": 10, "MaxAttempts": 90}),
+                idempotent=True,
+            )
             state = "available"
         else:
             described = caller.call(
                 f"ec2.DescribeImages ({image_id})", lambda: ec2.describe_images(ImageIds=[image_id]), idempotent=True
             )
-            state = str(next(iter(described.get("Images", [])), {}).get("State", "pending"))
+            images: list[dict[str, Any]] = described.get("Images", [])
+            state = str(images[0].get("State", "pending")) if images else "pending"
     except BaseException as e:  # Ctrl-C too: what this run created goes again
         deleted, left = ledger.unwind(caller)
         cause = e if isinstance(e, Exception) else RuntimeError(f"interrupted ({type(e).__name__})")

@@ -19,14 +19,34 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTT
 T = TypeVar("T")
 
 # The error codes AWS services use for throttling (the list botocore's standard retry mode treats as throttles).
-THROTTLING = frozenset({
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
-    "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
-    "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown",
-    "PriorRequestNotComplete", "EC2ThrottledException",
-})  # fmt: skip
-TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "InternalError", "InternalServerException",
-                             "InternalFailure", "ServiceUnavailable", "Unavailable"})  # fmt: skip
+THROTTLING = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "InternalServerException",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+    }
+)
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 
 

@@ -17,13 +17,14 @@ from kiln.aws.blocks import block_count
 from kiln.aws.bootmode import NotBootable
 from kiln.aws.calls import AwsCallError, Caller, RetryPolicy
 from kiln.aws.image import ImageError, locate
+from kiln.project import ROOT
 
-PROJECT = Path(__file__).resolve().parents[2]
-DEFAULT_IMAGES = PROJECT / "images"
+DEFAULT_IMAGES = ROOT / "images"
 
 
-def make_clients(region: str | None, endpoint_url: str | None, *, workers: int = 16,
-                 policy: RetryPolicy | None = None) -> Clients:  # fmt: skip
+def make_clients(
+    region: str | None, endpoint_url: str | None, *, workers: int = 16, policy: RetryPolicy | None = None
+) -> Clients:
     """The ebs and ec2 clients (one each, shared by the upload threads: boto3 clients are thread-safe)."""
     policy = policy or RetryPolicy()
     session = boto3.session.Session(region_name=region)
@@ -37,8 +38,16 @@ def _mib(n: int) -> str:
     return f"{n / 1024**2:.0f} MiB" if n < 10 * 1024**3 else f"{n / 1024**3:.1f} GiB"
 
 
-def upload_ami(role: str, *, region: str | None = None, endpoint_url: str | None = None, name: str | None = None,
-               wait: bool = True, images: str | os.PathLike[str] | None = None, workers: int = 16) -> int:  # fmt: skip
+def upload_ami(
+    role: str,
+    *,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    name: str | None = None,
+    wait: bool = True,
+    images: str | os.PathLike[str] | None = None,
+    workers: int = 16,
+) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)
     try:
@@ -54,10 +63,15 @@ def upload_ami(role: str, *, region: str | None = None, endpoint_url: str | None
     out.print(f"{role}: {os.path.relpath(image.path)} ({_mib(image.size)}, sha256 {image.sha256[:16]}…) → {where}")
     total = block_count(image.size)
     bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
         TextColumn("blocks ({task.fields[sent]} sent, {task.fields[skipped]} zero)"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
-    )  # fmt: skip
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
     task = bar.add_task("upload", total=total, sent=0, skipped=0, start=False)
     counts = {"sent": 0, "skipped": 0}
     lock = threading.Lock()

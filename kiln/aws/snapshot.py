@@ -57,23 +57,28 @@ class Written:
         return linear_aggregate(self.digests)
 
 
-def start_snapshot(ebs: Any, caller: Caller, image: RoleImage, *, tags: dict[str, str], description: str,
-                   timeout_minutes: int = 60) -> str:  # fmt: skip
+def start_snapshot(
+    ebs: Any, caller: Caller, image: RoleImage, *, tags: dict[str, str], description: str, timeout_minutes: int = 60
+) -> str:
     """StartSnapshot for the image's size; a ClientToken makes our own retries of it safe."""
     token = str(uuid.uuid4())
     response = caller.call(
         "ebs.StartSnapshot",
         lambda: ebs.start_snapshot(
-            VolumeSize=volume_gib(image.size), Description=description, ClientToken=token, Timeout=timeout_minutes,
+            VolumeSize=volume_gib(image.size),
+            Description=description,
+            ClientToken=token,
+            Timeout=timeout_minutes,
             Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
         ),
         idempotent=True,
-    )  # fmt: skip
+    )
     return str(response["SnapshotId"])
 
 
-def write_blocks(ebs: Any, caller: Caller, snapshot_id: str, image: RoleImage, *, workers: int = 16,
-                 progress: Progress | None = None) -> Written:  # fmt: skip
+def write_blocks(
+    ebs: Any, caller: Caller, snapshot_id: str, image: RoleImage, *, workers: int = 16, progress: Progress | None = None
+) -> Written:
     """PutSnapshotBlock for every non-zero block of the image; raises AwsCallError or ImageError."""
     digests: dict[int, bytes] = {}
     lock = threading.Lock()
@@ -96,11 +101,15 @@ def write_blocks(ebs: Any, caller: Caller, snapshot_id: str, image: RoleImage, *
                 caller.call(
                     f"ebs.PutSnapshotBlock ({snapshot_id}, block {index})",
                     lambda: ebs.put_snapshot_block(
-                        SnapshotId=snapshot_id, BlockIndex=index, BlockData=block, DataLength=BLOCK_SIZE,
-                        Checksum=b64(digest), ChecksumAlgorithm="SHA256",
+                        SnapshotId=snapshot_id,
+                        BlockIndex=index,
+                        BlockData=block,
+                        DataLength=BLOCK_SIZE,
+                        Checksum=b64(digest),
+                        ChecksumAlgorithm="SHA256",
                     ),
                     idempotent=True,  # the same data at the same index
-                )  # fmt: skip
+                )
             finally:
                 with lock:
                     totals["in_flight"] -= 1
@@ -154,13 +163,22 @@ def write_blocks(ebs: Any, caller: Caller, snapshot_id: str, image: RoleImage, *
         first = next((e for e in errors if isinstance(e, AwsCallError)), errors[0])
         raise first
     if whole.hexdigest() != image.sha256:
-        raise ImageError(f"{image.path}: sha256 {whole.hexdigest()} while reading it, but {image.sha256} expected "
-                         "(the file changed, or does not match its manifest: rebuild it)")  # fmt: skip
+        raise ImageError(
+            f"{image.path}: sha256 {whole.hexdigest()} while reading it, but {image.sha256} expected "
+            "(the file changed, or does not match its manifest: rebuild it)"
+        )
     stats = UploadStats(
-        blocks=block_count(image.size), sent=len(digests), skipped=skipped, bytes_sent=len(digests) * BLOCK_SIZE,
-        seconds=time.perf_counter() - started, read_seconds=read_s, hash_seconds=hash_s + totals["hash"],
-        send_seconds=totals["send"], workers=workers, peak_in_flight=int(totals["peak"]),
-    )  # fmt: skip
+        blocks=block_count(image.size),
+        sent=len(digests),
+        skipped=skipped,
+        bytes_sent=len(digests) * BLOCK_SIZE,
+        seconds=time.perf_counter() - started,
+        read_seconds=read_s,
+        hash_seconds=hash_s + totals["hash"],
+        send_seconds=totals["send"],
+        workers=workers,
+        peak_in_flight=int(totals["peak"]),
+    )
     return Written(digests, stats)
 
 
@@ -169,10 +187,13 @@ def complete_snapshot(ebs: Any, caller: Caller, snapshot_id: str, written: Writt
     response = caller.call(
         f"ebs.CompleteSnapshot ({snapshot_id})",
         lambda: ebs.complete_snapshot(
-            SnapshotId=snapshot_id, ChangedBlocksCount=len(written.digests), Checksum=written.checksum,
-            ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR",
+            SnapshotId=snapshot_id,
+            ChangedBlocksCount=len(written.digests),
+            Checksum=written.checksum,
+            ChecksumAlgorithm="SHA256",
+            ChecksumAggregationMethod="LINEAR",
         ),
-    )  # fmt: skip
+    )
     status = str(response.get("Status", ""))
     if status == "error":
         raise AwsCallError(

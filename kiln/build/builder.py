@@ -15,20 +15,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln import blockmap
+from kiln import blockmap, roles
 from kiln.build import devmapper, dib, manifest
 from kiln.build.inputs import inputs_hash
 from kiln.build.mirror import Mirror
-from kiln.build.plan import ELEMENTS_DIR, IMAGES_DIR, PROJECT, ImageSpec, element_closure, image_spec
+from kiln.build.plan import ELEMENTS_DIR, IMAGES_DIR, ImageSpec, element_closure, image_spec
 from kiln.build.progress import Display
-from kiln.build.stage import app_wheelhouse, firstboot_stage
-from kiln.model import Cluster, Role
+from kiln.build.stage import firstboot_stage
+from kiln.model import Cluster
+from kiln.project import ROOT
 from kiln.run import CommandError, run
 from kiln.secrets import SecretStore
 
 DIB_TIMEOUT = 3600.0
-APP_PACKAGE = PROJECT / "kilnapp"
-AGENT_UNIT = PROJECT / "firstboot" / "firstboot.service"  # the agent's unit, when its package ships one
+AGENT_UNIT = ROOT / "firstboot" / "firstboot.service"  # the agent's unit, baked by kiln-firstboot
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ class BuildEnv:
     images: Path = IMAGES_DIR
     elements: Path = ELEMENTS_DIR
     agent: Path = IMAGES_DIR / "firstboot"
-    app_package: Path = APP_PACKAGE
     agent_unit: Path = AGENT_UNIT
+    project: Path = ROOT  # where a role's image_inputs are (kilnapp/ for the app role)
 
     @property
     def work(self) -> Path:
@@ -64,8 +64,8 @@ def role_inputs_hash(env: BuildEnv, spec: ImageSpec) -> str:
         "ca.pem": env.store.ca_pem,
         "firstboot.service": env.agent_unit,
     }
-    if spec.role is Role.app:
-        files["kilnapp"] = env.app_package
+    for rel in roles.get(spec.role).image_inputs:
+        files[rel] = env.project / rel
     settings = {
         "elements": list(spec.elements),
         "env": dict(spec.env),
@@ -76,7 +76,7 @@ def role_inputs_hash(env: BuildEnv, spec: ImageSpec) -> str:
     return inputs_hash(elements=closure, settings=settings, files=files, dib_version=dib.version())
 
 
-def build_role(env: BuildEnv, role: Role, display: Display, *, force: bool = False) -> Outcome:
+def build_role(env: BuildEnv, role: str, display: Display, *, force: bool = False) -> Outcome:
     started = time.monotonic()
     spec = image_spec(env.cluster, role, env.mirror)
     name = spec.name
@@ -96,11 +96,9 @@ def build_role(env: BuildEnv, role: Role, display: Display, *, force: bool = Fal
     display.set(name, "building", "staging")
     try:
         extra = {"DIB_KILN_FIRSTBOOT_STAGE": str(_stage_firstboot(env, work))}
-        if role is Role.app:
-            requirements = env.elements / "kiln-app" / "requirements.txt"
-            extra["DIB_KILN_APP_WHEELS"] = str(
-                app_wheelhouse(work / "wheels", app_package=env.app_package, requirements=requirements)
-            )
+        stage = roles.get(role).stage
+        if stage is not None:
+            extra.update(stage(work, env.project, env.elements))
         error = _run_dib(
             dib.command(spec, work / name, log), dib.environment(spec, extra, env.elements), name, log, display
         )

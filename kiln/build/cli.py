@@ -11,46 +11,45 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from kiln import roles
 from kiln.build import installer
 from kiln.build.builder import BuildEnv, Outcome, build_role
 from kiln.build.mirror import MirrorNotFound, resolve
-from kiln.build.plan import IMAGES_DIR, PROJECT, roles_to_build
+from kiln.build.plan import roles_to_build
 from kiln.build.progress import Display
-from kiln.model import Cluster, InvalidRoles, Role, load_roles
+from kiln.model import Cluster
+from kiln.project import Project
 from kiln.run import CommandError
 from kiln.secrets import SecretStore
 
-DEFAULT_ROLES = PROJECT / "roles.yaml"
-DEFAULT_SECRETS = PROJECT / "secrets"
 
-
-def build(role: str, *, force: bool = False, roles: str | None = None) -> int:
+def build(project: Project, *, role: str, force: bool = False) -> int:
     """Build one role's image (exit 0 when built or up to date)."""
-    return _build(roles, [role], force=force, with_installer=False)
+    return _build(project, [role], force=force, with_installer=False)
 
 
-def build_all(*, force: bool = False, roles: str | None = None) -> int:
+def build_all(project: Project, *, force: bool = False) -> int:
     """Build every role roles.yaml uses, then the PXE installer."""
-    return _build(roles, None, force=force, with_installer=True)
+    return _build(project, None, force=force, with_installer=True)
 
 
-def _build(roles: str | None, names: list[str] | None, *, force: bool, with_installer: bool) -> int:
+def _build(project: Project, names: list[str] | None, *, force: bool, with_installer: bool) -> int:
     started = time.monotonic()
-    cluster = _load(roles)
+    cluster = project.load_or_report()
     if cluster is None:
         return 1
     wanted = roles_to_build(cluster)
     if names is not None:
-        unknown = [n for n in names if n not in {r.value for r in Role}]
+        unknown = [n for n in names if n not in roles.names()]
         if unknown:
-            print(f"unknown role {', '.join(unknown)} (roles: {', '.join(r.value for r in Role)})", file=sys.stderr)
+            print(f"unknown role {', '.join(unknown)} (roles: {', '.join(roles.names())})", file=sys.stderr)
             return 2
-        wanted = tuple(Role(n) for n in names)
+        wanted = tuple(names)
     outcomes: list[Outcome] = []
-    labels = [r.value for r in wanted] + (["installer"] if with_installer else [])
-    with one_build_at_a_time(IMAGES_DIR):
+    labels = [*wanted] + (["installer"] if with_installer else [])
+    with one_build_at_a_time(project.images):
         try:
-            env = prepare(cluster)
+            env = prepare(cluster, images=project.images, secrets=project.secrets)
         except (MirrorNotFound, CommandError, FreezeFailed) as e:
             print(f"build: {e}", file=sys.stderr)
             return 1
@@ -85,7 +84,7 @@ def one_build_at_a_time(images: Path) -> Iterator[None]:
         yield
 
 
-def prepare(cluster: Cluster, *, images: Path = IMAGES_DIR, secrets: Path = DEFAULT_SECRETS) -> BuildEnv:
+def prepare(cluster: Cluster, *, images: Path, secrets: Path) -> BuildEnv:
     """What a build needs before DIB runs: the keys, the frozen agent, the mirror."""
     store = SecretStore(secrets)
     store.ensure(cluster)
@@ -99,19 +98,8 @@ class FreezeFailed(Exception):
 
 
 def freeze_agent(agent_dir: Path) -> None:
-    """The freeze step (./inv freeze) when the project has one: it refreezes only when the agent's sources changed."""
-    try:
-        from kiln import freeze
-    except ImportError:
-        return  # no freeze step: kiln-firstboot takes whatever images/firstboot/ holds, and says so when it is empty
+    """The freeze step (./inv freeze): it refreezes only when the agent's sources changed."""
+    from kiln import freeze
+
     if freeze.freeze(agent_dir) != 0:
         raise FreezeFailed("freezing the agent failed (see above); every image bakes it in")
-
-
-def _load(roles: str | os.PathLike[str] | None) -> Cluster | None:
-    try:
-        return load_roles(roles or DEFAULT_ROLES)
-    except InvalidRoles as e:
-        for problem in e.problems:
-            print(problem.format(), file=sys.stderr)
-        return None

@@ -26,8 +26,20 @@ def version() -> str:
 def command(spec: ImageSpec, out_base: Path, logfile: Path) -> list[str]:
     """disk-image-create for `spec`, writing OUT_BASE.raw and OUT_BASE.qcow2, its log to `logfile`."""
     dic = str(Path(sys.executable).parent / "disk-image-create")
-    argv = [dic, "-a", "amd64", "-t", "raw,qcow2", "-o", str(out_base), "--image-size", size_in_gb(spec.size),
-            "--logfile", str(logfile), *spec.elements]  # fmt: skip
+    argv = [
+        dic,
+        "-a",
+        "amd64",
+        "-t",
+        "raw,qcow2",
+        "-o",
+        str(out_base),
+        "--image-size",
+        size_in_gb(spec.size),
+        "--logfile",
+        str(logfile),
+        *spec.elements,
+    ]
     return devmapper.wrap(argv)
 
 

@@ -112,17 +112,20 @@ def build(env: BuildEnv, display: Display, *, force: bool = False, cache: Path |
         display.print(detail)
         return Outcome(NAME, "failed", seconds, detail)
     seconds = time.monotonic() - started
-    manifest.write(out, {
-        "role": NAME,
-        "files": {n: manifest.file_entry(out / n) for n in ("vmlinuz", "initrd.img")},
-        "inputs_hash": digest,
-        "dib_version": None,
-        "build_seconds": round(seconds, 1),
-        "packages": versions,
-        "elements": ["kiln-installer"],
-        "cmdline": "kiln.image=URL kiln.sha256=HEX kiln.disk=/dev/vda kiln.url=PROVISIONING_URL kiln.host=NAME "
-                   "BOOTIF=01-aa-bb-cc-dd-ee-ff console=ttyS0",
-    })  # fmt: skip
+    manifest.write(
+        out,
+        {
+            "role": NAME,
+            "files": {n: manifest.file_entry(out / n) for n in ("vmlinuz", "initrd.img")},
+            "inputs_hash": digest,
+            "dib_version": None,
+            "build_seconds": round(seconds, 1),
+            "packages": versions,
+            "elements": ["kiln-installer"],
+            "cmdline": "kiln.image=URL kiln.sha256=HEX kiln.disk=/dev/vda kiln.url=PROVISIONING_URL kiln.host=NAME "
+            "BOOTIF=01-aa-bb-cc-dd-ee-ff console=ttyS0",
+        },
+    )
     display.set(NAME, "built", "done", seconds=seconds)
     return Outcome(NAME, "built", seconds)
 

@@ -58,9 +58,9 @@ def parse_one_line(text: str) -> list[Source]:
     """The `deb` lines of a one-line-style sources.list, options in [brackets] ignored."""
     sources: list[Source] = []
     for line in text.splitlines():
-        line = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
-        if len(line) >= 3 and line[0] == "deb":
-            sources.append(Source(line[1], (line[2],)))
+        words = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
+        if len(words) >= 3 and words[0] == "deb":
+            sources.append(Source(words[1], (words[2],)))
     return sources
 
 

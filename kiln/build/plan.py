@@ -5,45 +5,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln import roles
 from kiln.build.mirror import Mirror
-from kiln.model import Cluster, Role
+from kiln.model import Cluster
+from kiln.project import ROOT
+from kiln.roles import common
 
-PROJECT = Path(__file__).resolve().parent.parent.parent
-ELEMENTS_DIR = PROJECT / "elements"
-IMAGES_DIR = PROJECT / "images"
-
-BASE_ELEMENTS = ("kiln-base", "kiln-firstboot")
-ROLE_ELEMENTS: dict[Role, tuple[str, ...]] = {
-    Role.lb: ("kiln-lb",),
-    Role.web: ("kiln-web",),
-    Role.app: ("kiln-app",),
-    Role.db: ("kiln-db",),
-}
+ELEMENTS_DIR = ROOT / "elements"
+IMAGES_DIR = ROOT / "images"
 
 
 @dataclass(frozen=True)
 class ImageSpec:
     """One role image: the elements DIB gets and the DIB_* settings they read."""
 
-    role: Role
+    role: str
     elements: tuple[str, ...]
     size: str  # roles.yaml image.size, e.g. 4G
     env: tuple[tuple[str, str], ...]  # sorted DIB_* settings that shape the image
 
     @property
     def name(self) -> str:
-        return self.role.value
+        return self.role
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
 
 
-def roles_to_build(cluster: Cluster) -> tuple[Role, ...]:
-    """The roles some host in roles.yaml uses, in the model's order."""
-    return tuple(r for r in Role if cluster.by_role(r))
+def roles_to_build(cluster: Cluster) -> tuple[str, ...]:
+    """The roles some host in roles.yaml uses, in registry order."""
+    return cluster.roles_used
 
 
-def image_spec(cluster: Cluster, role: Role, mirror: Mirror) -> ImageSpec:
+def image_spec(cluster: Cluster, role: str, mirror: Mirror) -> ImageSpec:
     env = {
         "DIB_RELEASE": cluster.image.release,
         "DIB_DISTRIBUTION_MIRROR": mirror.archive,
@@ -51,7 +45,8 @@ def image_spec(cluster: Cluster, role: Role, mirror: Mirror) -> ImageSpec:
         "DIB_DEBIAN_COMPONENTS": "main",
         "DIB_KILN_ADMIN_NETS": ",".join(str(n) for n in cluster.network.admin),
     }
-    return ImageSpec(role, BASE_ELEMENTS + ROLE_ELEMENTS[role], cluster.image.size, tuple(sorted(env.items())))
+    elements = common.ELEMENTS + roles.get(role).elements
+    return ImageSpec(role, elements, cluster.image.size, tuple(sorted(env.items())))
 
 
 def element_closure(names: tuple[str, ...], elements_dir: Path = ELEMENTS_DIR) -> tuple[str, ...]:

@@ -25,14 +25,16 @@ class StageError(Exception):
 
 
 def firstboot_stage(
-    stage: Path, *, agent_dir: Path, signing_pub: Path, ca_pem: Path, provisioning_url: str, unit: Path | None = None
+    stage: Path, *, agent_dir: Path, signing_pub: Path, ca_pem: Path, provisioning_url: str, unit: Path
 ) -> Path:
-    """Fill `stage` with agent/, signing.pub, ca.pem, agent.json and the agent's unit when it ships one; return it."""
+    """Fill `stage` with agent/, signing.pub, ca.pem, agent.json and the agent's unit; return it."""
     if not (agent_dir / AGENT_EXECUTABLE).is_file():
         raise StageError(
             f"the frozen agent {agent_dir / AGENT_EXECUTABLE} is missing: run ./inv freeze "
             f"(kiln-firstboot bakes it into every image)"
         )
+    if not unit.is_file():
+        raise StageError(f"the agent's unit {unit} is missing (it ships with the agent, in firstboot/)")
     for path in (signing_pub, ca_pem):
         if not path.is_file():
             raise StageError(f"{path} is missing: run ./inv keys")
@@ -44,8 +46,7 @@ def firstboot_stage(
     shutil.copytree(agent_dir, stage / "agent", symlinks=True)
     shutil.copy2(signing_pub, stage / "signing.pub")
     shutil.copy2(ca_pem, stage / "ca.pem")
-    if unit is not None and unit.is_file():
-        shutil.copy2(unit, stage / "firstboot.service")
+    shutil.copy2(unit, stage / "firstboot.service")
     write_atomic(stage / "agent.json", json.dumps({"url": provisioning_url}, sort_keys=True).encode() + b"\n")
     return stage
 

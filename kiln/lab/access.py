@@ -9,8 +9,8 @@ their own access; nothing here reaches a bundle outside the lab.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from kiln.bundle import Bundle, Directory, File, Service
 from kiln.run import run
 
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/40-kiln-lab.conf"
@@ -33,16 +33,13 @@ def sshd_dropin(admin_address: str) -> str:
     )
 
 
-def add_to_bundle(bundle: dict[str, Any], public_key: str, admin_address: str) -> dict[str, Any]:
-    """A copy of `bundle` with the lab's access files (and sshd restarted when they change)."""
-    out = dict(bundle)
-    out["directories"] = [*bundle["directories"], {"path": "/root/.ssh", "mode": "0700", "owner": "root",
-                                                    "group": "root"}]  # fmt: skip
-    out["files"] = [
-        *bundle["files"],
-        {"path": AUTHORIZED_KEYS, "mode": "0600", "owner": "root", "group": "root", "content": public_key + "\n"},
-        {"path": SSHD_DROPIN, "mode": "0600", "owner": "root", "group": "root",
-         "content": sshd_dropin(admin_address)},
-    ]  # fmt: skip
-    out["services"] = [*bundle["services"], {"unit": "ssh.service", "enable": True, "restart_on": [SSHD_DROPIN]}]
-    return out
+def add_to_bundle(bundle: Bundle, public_key: str, admin_address: str) -> Bundle:
+    """`bundle` with the lab's access files (and sshd restarted when they change)."""
+    return bundle.extended(
+        directories=(Directory(path="/root/.ssh", mode="0700"),),
+        files=(
+            File(path=AUTHORIZED_KEYS, content=public_key + "\n", mode="0600"),
+            File(path=SSHD_DROPIN, content=sshd_dropin(admin_address), mode="0600"),
+        ),
+        services=(Service(unit="ssh.service", restart_on=(SSHD_DROPIN,)),),
+    )

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from rich.console import Console
 from rich.table import Table
 
-from kiln.commands import load_or_report
 from kiln.fsutil import write_atomic
 from kiln.lab import netns
 from kiln.lab.chaos import ssh
@@ -36,26 +35,28 @@ def parse_report(text: str) -> tuple[int | None, list[str]]:
 
 def audit_host(lab: Lab, name: str) -> tuple[str, int | None, list[str], str]:
     try:
-        ssh(lab, name, "lynis audit system --quick --no-colors --cronjob > /var/log/kiln-lynis.log 2>&1",
-            timeout=3600, check=False)  # fmt: skip
+        ssh(
+            lab,
+            name,
+            "lynis audit system --quick --no-colors --cronjob > /var/log/kiln-lynis.log 2>&1",
+            timeout=3600,
+            check=False,
+        )
         index, suggestions = parse_report(ssh(lab, name, "cat /var/log/lynis-report.dat", timeout=60))
         return name, index, suggestions, ""
     except CommandError as e:
         return name, None, [], str(e).splitlines()[0]
 
 
-def audit(roles: str | None, only: str = "") -> int:
+def audit(lab: Lab, *, only: str = "") -> int:
     """Audit every host, or only the comma-separated hosts in `only` (e.g. one per role: lb1,web1,app1,db1)."""
-    cluster = load_or_report(roles)
-    if cluster is None:
-        return 1
+    cluster = lab.cluster
     every = [h.name for h in cluster.hosts]
     names = [n.strip() for n in only.split(",") if n.strip()] or every
     unknown = [n for n in names if n not in every]
     if unknown:
         print(f"lab audit: no host {', '.join(unknown)} in roles.yaml", file=sys.stderr)
         return 1
-    lab = Lab(cluster)
     netns.enter()
     console = Console()
     console.print(f"lab audit: Lynis on {len(names)} hosts at once (about 10 min or more under TCG) ...")
@@ -66,7 +67,7 @@ def audit(roles: str | None, only: str = "") -> int:
         table.add_column(col)
     record = {}
     for name, index, suggestions, error in found:
-        role = cluster.host(name).role.value
+        role = cluster.host(name).role
         shown = "[red]error[/]" if index is None else f"[{'green' if index >= GOAL else 'red'}]{index}[/]"
         table.add_row(name, role, shown, error or "\n".join(suggestions[:TOP]))
         record[name] = {"role": role, "hardening_index": index, "suggestions": suggestions, "error": error}

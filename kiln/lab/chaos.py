@@ -14,17 +14,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from kiln.commands import load_or_report
 from kiln.fsutil import write_atomic
 from kiln.lab import client, lifecycle, netns, vm
 from kiln.lab.layout import OUTSIDE, Lab
-from kiln.lab.probe import request
+from kiln.lab.probe import Reply, request
 from kiln.lab.ssh import config_file, forget
-from kiln.model import Role
+from kiln.roles import db as db_role
 from kiln.run import CommandError, run
 
 # One request a second: under TCG the single app VM serves a few DB-touching requests a second in all, and the
@@ -65,10 +65,17 @@ class Loops:
     written: list[int] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def _get(self, path: str, **kw: object):  # noqa: ANN202
+    def _get(self, path: str, **kw: Any) -> Reply:
         lab = self.lab
-        return request(lab.vip, lab.cluster.domain, str(lab.secrets / "ca.pem"), path=path, src=OUTSIDE,
-                       timeout=REQUEST_TIMEOUT, **kw)  # type: ignore[arg-type]  # fmt: skip
+        return request(
+            lab.vip,
+            lab.cluster.domain,
+            str(lab.secrets / "ca.pem"),
+            path=path,
+            src=OUTSIDE,
+            timeout=REQUEST_TIMEOUT,
+            **kw,
+        )
 
     def _request_loop(self) -> None:
         # A request every INTERVAL whether or not the last one answered: one sent to an LB that just lost power
@@ -126,7 +133,7 @@ class Result:
 def vip_holder(lab: Lab) -> list[str]:
     """The load balancers that hold the VIP; one that does not answer holds nothing."""
     holders = []
-    for h in lab.cluster.by_role(Role.lb):
+    for h in lab.cluster.by_role("lb"):
         try:
             if f"inet {lab.vip}/" in ssh(lab, h.name, "ip -4 -o addr show", timeout=15, check=False):
                 holders.append(h.name)
@@ -140,7 +147,7 @@ def host_state(lab: Lab, name: str) -> dict:
 
 
 def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
-    lb1, lb2 = (h.name for h in lab.cluster.by_role(Role.lb)[:2])
+    lb1, lb2 = (h.name for h in lab.cluster.by_role("lb")[:2])
     assert vip_holder(lab) == [lb1], f"before the drill the VIP should be on {lb1}"
     began = time.monotonic()
     vm.kill(lab, lab.cluster.host(lb1))
@@ -151,14 +158,25 @@ def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
         back = time.monotonic()
         vm.start(lab, lab.cluster.host(lb1), vm.DISK)
     span, failed, total = loops.failed_seconds(began, back)
-    results = [Result(f"power off {lb1}", f"VIP on {lb2} after {moved:.1f} s; longest outage {span:.1f} s "
-                      f"({failed}/{total} requests failed)", "outage < 5 s", goal_met=span < 5)]  # fmt: skip
+    results = [
+        Result(
+            f"power off {lb1}",
+            f"VIP on {lb2} after {moved:.1f} s; longest outage {span:.1f} s ({failed}/{total} requests failed)",
+            "outage < 5 s",
+            goal_met=span < 5,
+        )
+    ]
     rejoined = wait(f"{lb1} holds the VIP again", lambda: vip_holder(lab) == [lb1], 600, step=3)
     time.sleep(5)
     span, failed, total = loops.failed_seconds(back, time.monotonic())
-    results.append(Result(f"power {lb1} back", f"took the VIP back after {rejoined:.0f} s; longest outage "
-                          f"{span:.1f} s ({failed}/{total} requests failed)", "rejoins; outage < 5 s",
-                          goal_met=span < 5))  # fmt: skip
+    results.append(
+        Result(
+            f"power {lb1} back",
+            f"took the VIP back after {rejoined:.0f} s; longest outage {span:.1f} s ({failed}/{total} requests failed)",
+            "rejoins; outage < 5 s",
+            goal_met=span < 5,
+        )
+    )
     return results
 
 
@@ -175,24 +193,34 @@ def _web_status(lab: Lab, lb: str, web: str) -> str:
 
 
 def drill_nginx_stop(lab: Lab, loops: Loops) -> list[Result]:
-    web1 = lab.cluster.by_role(Role.web)[0].name
-    lbs = [h.name for h in lab.cluster.by_role(Role.lb)]
+    web1 = lab.cluster.by_role("web")[0].name
+    lbs = [h.name for h in lab.cluster.by_role("lb")]
     began = time.monotonic()
     ssh(lab, web1, "systemctl stop nginx")
     try:
-        down = wait(f"HAProxy marks {web1} down", lambda: all(_web_status(lab, lb, web1).startswith("DOWN")
-                                                             for lb in lbs), 60, step=0.5)  # fmt: skip
+        down = wait(
+            f"HAProxy marks {web1} down",
+            lambda: all(_web_status(lab, lb, web1).startswith("DOWN") for lb in lbs),
+            60,
+            step=0.5,
+        )
         time.sleep(3)
         _, failed, total = loops.failed_seconds(began, time.monotonic())
     finally:
         ssh(lab, web1, "systemctl start nginx")
     wait(f"{web1} UP again", lambda: all(_web_status(lab, lb, web1) == "UP" for lb in lbs), 60, step=0.5)
-    return [Result(f"stop nginx on {web1}", f"marked DOWN after {down:.1f} s; {failed}/{total} requests failed",
-                   "no failures beyond in-flight (<= 2)", goal_met=failed <= 2)]  # fmt: skip
+    return [
+        Result(
+            f"stop nginx on {web1}",
+            f"marked DOWN after {down:.1f} s; {failed}/{total} requests failed",
+            "no failures beyond in-flight (<= 2)",
+            goal_met=failed <= 2,
+        )
+    ]
 
 
 def _count_on(lab: Lab, db: str, tag: str) -> int:
-    database = lab.cluster.db.database  # type: ignore[union-attr]
+    database = db_role.settings_of(lab.cluster).database
     out = ssh(lab, db, f"mariadb -N -e \"SELECT COUNT(*) FROM {database}.notes WHERE text LIKE '{tag}-%'\"")
     return int(out.strip())
 
@@ -209,8 +237,9 @@ def drill_db_restart(lab: Lab, loops: Loops) -> list[Result]:
     back = wait(f"{replica} replicating again", threads_running, 600, step=3) + 10
     time.sleep(3)
     acked = len(loops.written)
-    lag = wait("every acknowledged row on the replica", lambda: _count_on(lab, replica, loops.tag) >= acked, 30,
-               step=0.5)  # fmt: skip
+    lag = wait(
+        "every acknowledged row on the replica", lambda: _count_on(lab, replica, loops.tag) >= acked, 30, step=0.5
+    )
     on_replica = _count_on(lab, replica, loops.tag)
     return [
         Result(
@@ -227,7 +256,7 @@ def drill_db_restart(lab: Lab, loops: Loops) -> list[Result]:
 def drill_kill_mid_join(lab: Lab, loops: Loops, boot: str) -> list[Result]:
     from kiln.server.store import StateStore
 
-    target = lab.cluster.by_role(Role.web)[-1]
+    target = lab.cluster.by_role("web")[-1]
     vm.kill(lab, target)
     store = StateStore.open(f"sqlite:///{lab.database}", lab.root)
     try:
@@ -247,8 +276,9 @@ def drill_kill_mid_join(lab: Lab, loops: Loops, boot: str) -> list[Result]:
     vm.kill(lab, target)
     killed_at = time.monotonic() - began
     vm.start(lab, target, boot)
-    joined = wait(f"{target.name} joined after the kill", lambda: host_state(lab, target.name)["state"] == "joined",
-                  900, step=2)  # fmt: skip
+    joined = wait(
+        f"{target.name} joined after the kill", lambda: host_state(lab, target.name)["state"] == "joined", 900, step=2
+    )
     return [
         Result(
             f"kill {target.name} mid-join",
@@ -260,26 +290,37 @@ def drill_kill_mid_join(lab: Lab, loops: Loops, boot: str) -> list[Result]:
 
 
 def drill_reboot(lab: Lab, loops: Loops) -> list[Result]:
-    app = lab.cluster.by_role(Role.app)[0].name
+    app = lab.cluster.by_role("app")[0].name
     before = len(host_state(lab, app)["timeline"])
     ssh(lab, app, "systemctl reboot", check=False, timeout=20)
     time.sleep(10)
-    back = wait(f"{app} serving again", lambda: ssh(lab, app, "systemctl is-active kiln-app", timeout=20,
-                                                    check=False).strip() == "active", 600, step=3) + 10  # fmt: skip
-    status = ssh(lab, app, "firstboot status; systemctl show -p ActiveEnterTimestampMonotonic,Result firstboot",
-                 check=False)  # fmt: skip
+    back = (
+        wait(
+            f"{app} serving again",
+            lambda: ssh(lab, app, "systemctl is-active kiln-app", timeout=20, check=False).strip() == "active",
+            600,
+            step=3,
+        )
+        + 10
+    )
+    status = ssh(
+        lab, app, "firstboot status; systemctl show -p ActiveEnterTimestampMonotonic,Result firstboot", check=False
+    )
     after = host_state(lab, app)
     nothing = after["state"] == "joined" and len(after["timeline"]) - before <= 2 and "fail" not in status.lower()
-    return [Result(f"reboot {app}", f"kiln-app active {back:.0f} s after reboot; server timeline +"
-                   f"{len(after['timeline']) - before} events; state {after['state']}", "first boot does nothing, "
-                   "services come back", goal_met=nothing, works=nothing)]  # fmt: skip
+    return [
+        Result(
+            f"reboot {app}",
+            f"kiln-app active {back:.0f} s after reboot; server timeline +"
+            f"{len(after['timeline']) - before} events; state {after['state']}",
+            "first boot does nothing, services come back",
+            goal_met=nothing,
+            works=nothing,
+        )
+    ]
 
 
-def chaos(roles: str | None) -> int:
-    cluster = load_or_report(roles)
-    if cluster is None:
-        return 1
-    lab = Lab(cluster)
+def chaos(lab: Lab) -> int:
     boot = lifecycle.boot_mode(lab)
     netns.enter()
     console = Console()
@@ -306,8 +347,13 @@ def chaos(roles: str | None) -> int:
     for col in ("drill", "measured", "goal", "goal met", "works"):
         table.add_column(col)
     for r in results:
-        table.add_row(r.drill, r.measured, r.goal, "[green]yes[/]" if r.goal_met else "[yellow]missed[/]",
-                      "[green]yes[/]" if r.works else "[red]FAIL[/]")  # fmt: skip
+        table.add_row(
+            r.drill,
+            r.measured,
+            r.goal,
+            "[green]yes[/]" if r.goal_met else "[yellow]missed[/]",
+            "[green]yes[/]" if r.works else "[red]FAIL[/]",
+        )
     console.print(table)
     write_atomic(lab.root / "chaos.json", (json.dumps([r.__dict__ for r in results], indent=2) + "\n").encode())
     missed = sum(not r.goal_met for r in results if r.works)

@@ -8,37 +8,29 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from kiln.commands import load_or_report
 from kiln.lab import client, lifecycle, netns, vm
 from kiln.lab.layout import Lab
+from kiln.project import Project
 
 ACTIONS = ("up", "status", "verify", "audit", "chaos", "down", "ssh")
 
 
-def _lab(roles: str | None) -> Lab | None:
-    cluster = load_or_report(roles)
-    return Lab(cluster) if cluster is not None else None
+def lab_of(project: Project) -> Lab | None:
+    """The lab of the project's cluster file, parsed once; None after printing its problems."""
+    cluster = project.load_or_report()
+    if cluster is None:
+        return None
+    return Lab(cluster, roles_file=project.roles_path.resolve() if project.roles else None)
 
 
-def up(roles: str | None, boot: str, timeout: float) -> int:
-    lab = _lab(roles)
-    if lab is None:
-        return 1
+def up(lab: Lab, *, boot: str, timeout: float) -> int:
     if boot not in (vm.PXE, vm.DISK):
         print(f"lab up: --boot {boot!r}: expected pxe or disk", file=sys.stderr)
         return 1
-    return lifecycle.up(lab, boot, roles, timeout)
+    return lifecycle.up(lab, boot, timeout)
 
 
-def down(roles: str | None) -> int:
-    lab = _lab(roles)
-    return 1 if lab is None else lifecycle.down(lab)
-
-
-def status(roles: str | None) -> int:
-    lab = _lab(roles)
-    if lab is None:
-        return 1
+def status(lab: Lab) -> int:
     if not netns.exists():
         print("the lab is down (no namespace kiln-lab); ./inv lab up starts it")
         return 1
@@ -53,17 +45,21 @@ def status(roles: str | None) -> int:
     for r in rows:
         last = r.get("last_event") or {}
         host = lab.cluster.host(r["name"])
-        table.add_row(r["name"], r["role"], r["ip"], r["state"], f"{r['progress']}%",
-                      f"{last.get('step', '')} {last.get('status', '')}".strip(), (last.get("detail") or "")[:60],
-                      "running" if vm.running(lab, host) else "off")  # fmt: skip
+        table.add_row(
+            r["name"],
+            r["role"],
+            r["ip"],
+            r["state"],
+            f"{r['progress']}%",
+            f"{last.get('step', '')} {last.get('status', '')}".strip(),
+            (last.get("detail") or "")[:60],
+            "running" if vm.running(lab, host) else "off",
+        )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0 if all(r["state"] == "joined" for r in rows) else 2
 
 
-def ssh(roles: str | None, host: str | None, command: list[str]) -> int:
-    lab = _lab(roles)
-    if lab is None:
-        return 1
+def ssh(lab: Lab, *, host: str | None, command: list[str]) -> int:
     if not host:
         print("lab ssh: which host? e.g. ./inv lab ssh --host lb1", file=sys.stderr)
         return 1
@@ -79,26 +75,29 @@ def ssh(roles: str | None, host: str | None, command: list[str]) -> int:
     return 1  # not reached
 
 
-def run(action: str, *, roles: str | None, host: str | None, boot: str, timeout: float) -> int:
+def run(project: Project, *, action: str, host: str | None, boot: str, timeout: float) -> int:
+    lab = lab_of(project)
+    if lab is None:
+        return 1
     if action == "up":
-        return up(roles, boot, timeout)
+        return up(lab, boot=boot, timeout=timeout)
     if action == "down":
-        return down(roles)
+        return lifecycle.down(lab)
     if action == "status":
-        return status(roles)
+        return status(lab)
     if action == "ssh":
-        return ssh(roles, host, [])
+        return ssh(lab, host=host, command=[])
     if action == "verify":
         from kiln.lab.verify import verify
 
-        return verify(roles)
+        return verify(lab)
     if action == "chaos":
         from kiln.lab.chaos import chaos
 
-        return chaos(roles)
+        return chaos(lab)
     if action == "audit":
         from kiln.lab.audit import audit
 
-        return audit(roles, host or "")
+        return audit(lab, only=host or "")
     print(f"lab: unknown action {action!r} (expected one of: {', '.join(ACTIONS)})", file=sys.stderr)
     return 2

@@ -42,8 +42,13 @@ def start(lab: Lab, settle: float = 1.0) -> int:
     not discovered minutes later as hosts that never get a lease."""
     conf = lab.run / "dnsmasq.conf"
     write_atomic(conf, config(lab).encode())
-    argv = ["dnsmasq", "--keep-in-foreground", "--log-facility=-", f"--conf-file={conf}",
-            f"--pid-file={Path(lab.run / 'dnsmasq.real.pid')}"]  # fmt: skip
+    argv = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--log-facility=-",
+        f"--conf-file={conf}",
+        f"--pid-file={Path(lab.run / 'dnsmasq.real.pid')}",
+    ]
     log = lab.logs / "dnsmasq.log"
     pid = procs.start(NAME, argv, lab.run, log)
     time.sleep(settle)

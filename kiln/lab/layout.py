@@ -7,16 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from kiln.commands import PROJECT
-from kiln.model import Cluster, Host, Role
+from kiln.model import Cluster, Host
+from kiln.project import ROOT as PROJECT
 
 NETNS = "kiln-lab"
 BRIDGE = "kiln-lab-br"
 HTTP_PORT = 8080
 # An address on the bridge that is no cluster host and outside every admin network: "the outside".
 OUTSIDE = "198.51.100.10"
-# MiB per VM under TCG: enough for the role's daemons and the agent, small enough for 7 VMs side by side.
-MEMORY = {Role.lb: 512, Role.web: 512, Role.app: 640, Role.db: 896}
 DISK_SIZE = 6 * 1024**3  # each VM's disk (sparse qcow2): the image, then growroot grows the root filesystem
 
 
@@ -26,7 +24,10 @@ def tap_name(host: Host) -> str:
 
 @dataclass(frozen=True)
 class Lab:
+    """The lab of one cluster: parsed once; `roles_file` goes only to the processes the lab starts."""
+
     cluster: Cluster
+    roles_file: Path | None = None  # None: the project's roles.yaml
     root: Path = PROJECT / "state" / "lab"
     images: Path = PROJECT / "images"
     secrets: Path = PROJECT / "secrets"

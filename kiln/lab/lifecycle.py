@@ -31,19 +31,27 @@ class NotReady(Exception):
 
 
 # what `lab up` runs, and the Debian package each comes from (./inv lab installs them; a direct call may not have)
-TOOLS = {"dnsmasq": "dnsmasq-base", "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
-         "ip": "iproute2", "ssh": "openssh-client", "ssh-keygen": "openssh-client"}  # fmt: skip
+TOOLS = {
+    "dnsmasq": "dnsmasq-base",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "ip": "iproute2",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
 
 
 def check_tools() -> None:
     missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
     if missing:
-        raise NotReady(f"missing Debian packages: {' '.join(missing)} (./inv lab installs them; "
-                       f"or apt-get install {' '.join(missing)})")  # fmt: skip
+        raise NotReady(
+            f"missing Debian packages: {' '.join(missing)} (./inv lab installs them; "
+            f"or apt-get install {' '.join(missing)})"
+        )
 
 
 def check_images(lab: Lab, boot: str) -> None:
-    for role in sorted({h.role.value for h in lab.cluster.hosts}):
+    for role in sorted({h.role for h in lab.cluster.hosts}):
         wanted = lab.images / role / (f"{role}.qcow2" if boot == vm.DISK else f"{role}.raw")
         if not wanted.is_file() or not (lab.images / role / "manifest.json").is_file():
             raise NotReady(f"{wanted} is not built: run ./inv build-all")
@@ -108,8 +116,15 @@ class Watch:
             step = f"{last.get('step', '')} {last.get('status', '')}".strip()
             seconds = self.joined.get(r["name"], now - self.started.get(r["name"], now))
             style = {"joined": "green", "failed": "red"}.get(r["state"], "")
-            t.add_row(r["name"], r["role"], r["ip"], f"[{style}]{r['state']}[/]" if style else r["state"],
-                      f"{r['progress']}%", step, f"{seconds:.0f}")  # fmt: skip
+            t.add_row(
+                r["name"],
+                r["role"],
+                r["ip"],
+                f"[{style}]{r['state']}[/]" if style else r["state"],
+                f"{r['progress']}%",
+                step,
+                f"{seconds:.0f}",
+            )
         return t
 
 
@@ -121,12 +136,12 @@ def _fresh(lab: Lab) -> None:
     lab.known_hosts.unlink(missing_ok=True)
 
 
-def start_infrastructure(lab: Lab, roles: str | None, console: Console) -> None:
+def start_infrastructure(lab: Lab, console: Console) -> None:
     """Namespace, bridge, taps, dnsmasq and the server; this thread ends up inside the namespace."""
     _fresh(lab)
     netns.create(lab.gateway, lab.prefix, [tap_name(h) for h in lab.cluster.hosts])
     dnsmasq.start(lab)
-    server.start(lab, roles)
+    server.start(lab)
     netns.enter()
     server.wait_ready(lab)
     console.print(f"namespace {netns.NETNS}: {lab.gateway}/{lab.prefix}; dnsmasq; kiln serve at {lab.server_url}/")
@@ -139,7 +154,7 @@ def power_on(lab: Lab, hosts: tuple[Host, ...], boot: str, watch: Watch) -> None
         watch.started[host.name] = time.monotonic()
 
 
-def up(lab: Lab, boot: str, roles: str | None, timeout: float = TIMEOUT, console: Console | None = None) -> int:
+def up(lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = None) -> int:
     console = console or Console(width=None if sys.stdout.isatty() else 200)  # a log: whole lines, not 80 columns
     lab.check()
     try:
@@ -154,7 +169,7 @@ def up(lab: Lab, boot: str, roles: str | None, timeout: float = TIMEOUT, console
     watch = Watch(lab)
     began = time.monotonic()
     try:
-        start_infrastructure(lab, roles, console)
+        start_infrastructure(lab, console)
         write_atomic(lab.boot_record, (json.dumps({"boot": boot, "outcome": "starting"}) + "\n").encode())
         power_on(lab, lab.cluster.hosts, boot, watch)
         outcome = _watch(lab, watch, timeout, console)
@@ -163,14 +178,18 @@ def up(lab: Lab, boot: str, roles: str | None, timeout: float = TIMEOUT, console
         down(lab, console)
         raise
     record = {
-        "boot": boot, "outcome": outcome, "cluster_seconds": round(time.monotonic() - began, 1),
+        "boot": boot,
+        "outcome": outcome,
+        "cluster_seconds": round(time.monotonic() - began, 1),
         "joined_seconds": {k: round(v, 1) for k, v in watch.joined.items()},
-    }  # fmt: skip
+    }
     write_atomic(lab.boot_record, (json.dumps(record, indent=2) + "\n").encode())
     if outcome == "joined":
         slowest = max(watch.joined.values())
-        console.print(f"[green]every host joined[/]: the slowest {slowest:.0f} s after power-on "
-                      f"({record['cluster_seconds']:.0f} s for the whole lab up). Next: ./inv lab verify")  # fmt: skip
+        console.print(
+            f"[green]every host joined[/]: the slowest {slowest:.0f} s after power-on "
+            f"({record['cluster_seconds']:.0f} s for the whole lab up). Next: ./inv lab verify"
+        )
         return 0
     for r in watch.failed(grace=0) or [r for r in watch.rows if r["state"] != "joined"]:
         last = r.get("last_event") or {}
@@ -179,7 +198,7 @@ def up(lab: Lab, boot: str, roles: str | None, timeout: float = TIMEOUT, console
             f"[red]{r['name']}[/]: {r['state']} at step {last.get('step', '-')} ({last.get('status', '-')}): "
             f"{last.get('detail') or 'no detail'}\n  serial log: {lab.serial_log(host)}"
             f"\n  on the host: ./inv lab ssh --host {r['name']}, then firstboot status"
-        )  # fmt: skip
+        )
     console.print("the lab stays up for a look; ./inv lab down removes it")
     return 1
 

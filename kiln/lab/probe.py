@@ -31,16 +31,6 @@ def connect(dst: str, port: int, src: str | None = None, timeout: float = 3.0) -
     return OPEN
 
 
-def connect_from_host(host: Any, dst: str, port: int, timeout: int = 3) -> str:
-    """The same attempt made on a lab host (a testinfra host) with bash's /dev/tcp."""
-    result = host.run(f"timeout {timeout} bash -c 'exec 3<>/dev/tcp/{dst}/{port}'")
-    if result.rc == 0:
-        return OPEN
-    if result.rc == 124:
-        return DROPPED
-    return REFUSED
-
-
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -51,14 +41,25 @@ class Reply:
         return json.loads(self.body)
 
 
-def request(vip: str, domain: str, cafile: str, method: str = "GET", path: str = "/", *, tls: bool = True,
-            body: bytes | None = None, src: str | None = None, timeout: float = 10) -> Reply:  # fmt: skip
+def request(
+    vip: str,
+    domain: str,
+    cafile: str,
+    method: str = "GET",
+    path: str = "/",
+    *,
+    tls: bool = True,
+    body: bytes | None = None,
+    src: str | None = None,
+    timeout: float = 10,
+) -> Reply:
     """One HTTP(S) request to the VIP with Host and SNI set to the site's domain (certificate checked)."""
     source = (src, 0) if src else None
     if tls:
         context = ssl.create_default_context(cafile=cafile)
-        conn: http.client.HTTPConnection = _SniConnection(vip, 443, domain, context=context, timeout=timeout,
-                                                          source_address=source)  # fmt: skip
+        conn: http.client.HTTPConnection = _SniConnection(
+            vip, 443, domain, context=context, timeout=timeout, source_address=source
+        )
     else:
         conn = http.client.HTTPConnection(vip, 80, timeout=timeout, source_address=source)
     try:
@@ -75,10 +76,11 @@ def request(vip: str, domain: str, cafile: str, method: str = "GET", path: str =
 class _SniConnection(http.client.HTTPSConnection):
     """HTTPS to an address, with the TLS server name (and certificate check) for the site's domain."""
 
-    def __init__(self, address: str, port: int, server_name: str, **kwargs: Any) -> None:
-        super().__init__(address, port, **kwargs)
+    def __init__(self, address: str, port: int, server_name: str, *, context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(address, port, context=context, **kwargs)
         self._server_name = server_name
+        self._tls = context  # HTTPSConnection keeps its context private (and untyped) as _context
 
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)  # type: ignore[attr-defined]
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)

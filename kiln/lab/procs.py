@@ -19,8 +19,9 @@ def start(name: str, argv: Sequence[str], run_dir: Path, log: Path, *, netns: bo
     log.parent.mkdir(parents=True, exist_ok=True)
     full = ["ip", "netns", "exec", NETNS, *argv] if netns else list(argv)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)  # fmt: skip
+        proc = subprocess.Popen(
+            full, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
+        )
     (run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
     return proc.pid
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+from kiln.bundle import Bundle
 from kiln.lab import access
+from kiln.project import Project
 from kiln.server.cli import serve_command
 
 
@@ -28,10 +29,16 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     public_key = args.public_key.read_text().strip()
 
-    def with_access(bundle: dict[str, Any]) -> dict[str, Any]:
+    def with_access(bundle: Bundle) -> Bundle:
         return access.add_to_bundle(bundle, public_key, args.admin_address)
 
-    return serve_command(args.roles, args.listen, args.tls_listen, args.database, None, None, False, with_access)
+    return serve_command(
+        Project(roles=args.roles),
+        listen=args.listen,
+        tls_listen=args.tls_listen,
+        database=args.database,
+        bundle_hook=with_access,
+    )
 
 
 if __name__ == "__main__":

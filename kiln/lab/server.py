@@ -11,16 +11,25 @@ from kiln.lab.layout import HTTP_PORT, Lab
 NAME = "server"
 
 
-def start(lab: Lab, roles: str | None) -> int:
+def start(lab: Lab) -> int:
     access.ensure_key(lab.ssh_key)
     argv = [
-        sys.executable, "-m", "kiln.lab.serve",
-        "--public-key", str(lab.ssh_key.with_suffix(".pub")), "--admin-address", lab.gateway,
-        "--listen", f"{lab.gateway}:{HTTP_PORT}", "--tls-listen", f"{lab.gateway}:{lab.tls_port}",
-        "--database", f"sqlite:///{lab.database}",
-    ]  # fmt: skip
-    if roles:
-        argv += ["--roles", roles]
+        sys.executable,
+        "-m",
+        "kiln.lab.serve",
+        "--public-key",
+        str(lab.ssh_key.with_suffix(".pub")),
+        "--admin-address",
+        lab.gateway,
+        "--listen",
+        f"{lab.gateway}:{HTTP_PORT}",
+        "--tls-listen",
+        f"{lab.gateway}:{lab.tls_port}",
+        "--database",
+        f"sqlite:///{lab.database}",
+    ]
+    if lab.roles_file:
+        argv += ["--roles", str(lab.roles_file)]
     return procs.start(NAME, argv, lab.run, lab.logs / "server.log")
 
 

@@ -9,10 +9,21 @@ from kiln.run import run
 
 def options(lab: Lab) -> list[str]:
     return [
-        "-i", str(lab.ssh_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={lab.known_hosts}",
-        "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
-    ]  # fmt: skip
+        "-i",
+        str(lab.ssh_key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"UserKnownHostsFile={lab.known_hosts}",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
+    ]
 
 
 def ssh_argv(lab: Lab, address: str) -> list[str]:
@@ -30,7 +41,7 @@ def config_file(lab: Lab) -> str:
             f"    UserKnownHostsFile {lab.known_hosts}\n    ConnectTimeout 10\n    LogLevel ERROR\n"
             "    ServerAliveInterval 5\n    ServerAliveCountMax 3\n"
             f"    ControlMaster auto\n    ControlPath {lab.ssh_key.parent}/cm-%h\n    ControlPersist 120\n"
-        )  # fmt: skip
+        )
     write_atomic(path, "\n".join(blocks).encode(), mode=0o600)
     return str(path)
 

@@ -12,19 +12,32 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kiln.commands import PROJECT
 from kiln.lab import netns
-from kiln.lab.layout import NETNS
+from kiln.lab.layout import NETNS, Lab
+from kiln.project import ROOT as PROJECT
 
 SUITE = sorted(str(p.relative_to(PROJECT)) for p in (PROJECT / "tests" / "e2e").glob("test_lab_*.py"))
 
 
-def run_suite(report: Path, roles: str | None, files: list[str] | None = None, extra: list[str] | None = None) -> int:
+def run_suite(report: Path, lab: Lab, files: list[str] | None = None, extra: list[str] | None = None) -> int:
     env = {**os.environ, "KILN_LAB": "1"}
-    if roles:
-        env["KILN_LAB_ROLES"] = str(Path(roles).resolve())
-    argv = ["ip", "netns", "exec", NETNS, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            f"--junitxml={report}", *(files or SUITE), *(extra or [])]  # fmt: skip
+    if lab.roles_file:
+        env["KILN_LAB_ROLES"] = str(lab.roles_file)
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        NETNS,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={report}",
+        *(files or SUITE),
+        *(extra or []),
+    ]
     return subprocess.run(argv, cwd=PROJECT, env=env, check=False).returncode
 
 
@@ -52,13 +65,13 @@ def table(rows: list[tuple[str, str, str]], title: str) -> Table:
     return t
 
 
-def verify(roles: str | None) -> int:
+def verify(lab: Lab) -> int:
     if not netns.exists():
         print("the lab is down: ./inv lab up first", file=sys.stderr)
         return 1
-    report = PROJECT / "state" / "lab" / "verify.xml"
+    report = lab.root / "verify.xml"
     report.unlink(missing_ok=True)
-    code = run_suite(report, roles)
+    code = run_suite(report, lab)
     if not report.exists():
         return code or 1
     rows = results(report)

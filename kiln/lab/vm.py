@@ -10,8 +10,9 @@ import socket
 import time
 from pathlib import Path
 
+from kiln import roles
 from kiln.lab import procs
-from kiln.lab.layout import DISK_SIZE, MEMORY, Lab, tap_name
+from kiln.lab.layout import DISK_SIZE, Lab, tap_name
 from kiln.model import Host
 from kiln.run import run
 
@@ -24,14 +25,14 @@ def proc_name(host: Host) -> str:
 
 
 def image(lab: Lab, host: Host) -> str:
-    role = host.role.value
+    role = host.role
     return str(lab.images / role / f"{role}.qcow2")
 
 
 def base(lab: Lab, host: Host) -> Path:
     """The lab's own hard link to the role image: a rebuild renames a new image into images/<role>/, and the
     overlays of running (and restarted) VMs keep the image they were made on."""
-    role = host.role.value
+    role = host.role
     link = lab.disks / f"base-{role}.qcow2"
     if not link.exists():
         lab.disks.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,7 @@ def base(lab: Lab, host: Host) -> Path:
 
 
 def raw_size(lab: Lab, host: Host) -> int:
-    role = host.role.value
+    role = host.role
     manifest = json.loads((lab.images / role / "manifest.json").read_text())
     return int(manifest["files"][f"{role}.raw"]["size"])
 
@@ -73,21 +74,36 @@ def make_disk(lab: Lab, host: Host, boot: str) -> None:
 
 def argv(lab: Lab, host: Host, boot: str) -> list[str]:
     return [
-        "qemu-system-x86_64", "-name", host.name, "-accel", "tcg", "-m", str(MEMORY[host.role]), "-smp", "1",
-        "-nographic", "-serial", f"file:{lab.serial_log(host)}",
-        "-monitor", f"unix:{lab.monitor(host)},server,nowait",
+        "qemu-system-x86_64",
+        "-name",
+        host.name,
+        "-accel",
+        "tcg",
+        "-m",
+        str(roles.get(host.role).lab_memory_mib),
+        "-smp",
+        "1",
+        "-nographic",
+        "-serial",
+        f"file:{lab.serial_log(host)}",
+        "-monitor",
+        f"unix:{lab.monitor(host)},server,nowait",
         # zeros the installer writes become zero clusters, not gigabytes of qcow2 data
-        "-drive", f"file={lab.disk(host)},if=virtio,format=qcow2,cache=unsafe,discard=unmap,detect-zeroes=unmap",
-        "-netdev", f"tap,id=net0,ifname={tap_name(host)},script=no,downscript=no",
-        "-device", f"virtio-net-pci,netdev=net0,mac={host.mac}",
-        "-boot", "order=n" if boot == PXE else "order=c",
-    ]  # fmt: skip
+        "-drive",
+        f"file={lab.disk(host)},if=virtio,format=qcow2,cache=unsafe,discard=unmap,detect-zeroes=unmap",
+        "-netdev",
+        f"tap,id=net0,ifname={tap_name(host)},script=no,downscript=no",
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={host.mac}",
+        "-boot",
+        "order=n" if boot == PXE else "order=c",
+    ]
 
 
 def _keep_backing(lab: Lab, host: Host) -> None:
     """An overlay made on images/<role>/ itself (a lab started before the base links) is moved onto the lab's
     base copy when there is one: a rebuild may have replaced the image it was made on."""
-    disk, link = lab.disk(host), lab.disks / f"base-{host.role.value}.qcow2"
+    disk, link = lab.disk(host), lab.disks / f"base-{host.role}.qcow2"
     if not disk.exists() or not link.exists():
         return
     info = qemu_info(disk)
@@ -118,15 +134,3 @@ def monitor(lab: Lab, host: Host, command: str) -> None:
 def kill(lab: Lab, host: Host) -> bool:
     """Pull the plug: the VM stops at once, no shutdown."""
     return procs.stop(proc_name(host), lab.run, grace=3)
-
-
-def powerdown(lab: Lab, host: Host, timeout: float = 120) -> None:
-    """ACPI power button, then the plug after `timeout` seconds."""
-    pid = procs.pid_of(proc_name(host), lab.run)
-    if pid is None:
-        return
-    monitor(lab, host, "system_powerdown")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and procs.alive(pid):
-        time.sleep(1)
-    kill(lab, host)

@@ -5,35 +5,28 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
-from kiln.model.cluster import (
-    AppSettings,
-    Cluster,
-    DbRole,
-    DbSettings,
-    Host,
-    Image,
-    LbSettings,
-    Network,
-    Role,
-    WebSettings,
-)
+from kiln import mac
+from kiln.model.cluster import Cluster, DbRole, Host, Image, Network
 from kiln.model.meaning import check_meaning
 from kiln.model.problems import InvalidRoles, Problem
 from kiln.model.shape import check_shape, schema
 from kiln.model.yamlmarks import Marked, YamlSyntaxError, load_marked
 
-__all__ = [
-    "Cluster", "DbRole", "Host", "InvalidRoles", "Problem", "Role", "load_roles", "parse_roles", "schema",
-]  # fmt: skip
+__all__ = ["Cluster", "DbRole", "Host", "InvalidRoles", "Problem", "load_roles", "parse_roles", "schema"]
 
 
-def _defaults(*path: str) -> dict[str, object]:
+def _defaults(*path: str) -> dict[str, Any]:
     """The `default` of every property of the schema object at `path` (the schema is the one source)."""
     node = schema()
     for key in path:
         node = node["properties"][key]
     return {k: v["default"] for k, v in node["properties"].items() if "default" in v}
+
+
+def _file_problem(code: str, message: str, expected: str, file: str, line: int = 1, path: str = "$") -> InvalidRoles:
+    return InvalidRoles([Problem(line, path, message, expected, file, code)])
 
 
 def load_roles(path: str | os.PathLike[str]) -> Cluster:
@@ -42,30 +35,32 @@ def load_roles(path: str | os.PathLike[str]) -> Cluster:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InvalidRoles([Problem(1, "$", "file not found", "a roles.yaml file", file)]) from None
+        raise _file_problem("file-not-found", "file not found", "a roles.yaml file", file) from None
     except IsADirectoryError:
-        raise InvalidRoles([Problem(1, "$", "is a directory", "a roles.yaml file", file)]) from None
+        raise _file_problem("not-a-file", "is a directory", "a roles.yaml file", file) from None
     except UnicodeDecodeError as e:
-        raise InvalidRoles([Problem(1, "$", f"not UTF-8 text ({e.reason})", "a UTF-8 YAML file", file)]) from None
+        raise _file_problem("not-utf8", f"not UTF-8 text ({e.reason})", "a UTF-8 YAML file", file) from None
     except OSError as e:
-        raise InvalidRoles([Problem(1, "$", f"cannot be read: {e.strerror}", "a readable file", file)]) from None
+        raise _file_problem("unreadable", f"cannot be read: {e.strerror}", "a readable file", file) from None
     return parse_roles(text, file)
 
 
 def parse_roles(text: str, file: str = "roles.yaml") -> Cluster:
     if not text.strip():
-        raise InvalidRoles([Problem(1, "$", "the file is empty", "a roles.yaml v1 document", file)])
+        raise _file_problem("empty-file", "the file is empty", "a roles.yaml v1 document", file)
     try:
         marked = load_marked(text)
     except YamlSyntaxError as e:
-        raise InvalidRoles([Problem(e.line, e.path, f"YAML syntax error: {e.message}", "valid YAML", file)]) from None
+        raise _file_problem(
+            "yaml-syntax", f"YAML syntax error: {e.message}", "valid YAML", file, e.line, e.path
+        ) from None
     if marked.data is None:
-        raise InvalidRoles(
-            [Problem(1, "$", "the file holds no document, only comments", "a roles.yaml v1 document", file)]
+        raise _file_problem(
+            "no-document", "the file holds no document, only comments", "a roles.yaml v1 document", file
         )
     if not isinstance(marked.data, dict):
-        raise InvalidRoles(
-            [Problem(1, "$", "the document is not a mapping", "keys such as version, cluster, hosts", file)]
+        raise _file_problem(
+            "not-a-mapping", "the document is not a mapping", "keys such as version, cluster, hosts", file
         )
     problems = check_shape(marked, file) + check_meaning(marked, file)
     if problems:
@@ -86,16 +81,19 @@ def _build(marked: Marked) -> Cluster:
     net = d["network"]
     roles = d["roles"]
 
-    def settings(name: str) -> dict | None:
-        return None if name not in roles else {**_defaults("roles", name), **roles[name]}
+    from kiln import roles as registry
 
-    lb, web, app, db = (settings(n) for n in ("lb", "web", "app", "db"))
+    settings = {
+        r.name: r.settings({**_defaults("roles", r.name), **roles[r.name]})
+        for r in registry.all_roles()
+        if r.name in roles
+    }
     host_defaults = schema()["properties"]["hosts"]["items"]["properties"]
     hosts = tuple(
         Host(
             name=h["name"],
-            role=Role(h["role"]),
-            mac=h["mac"].lower(),
+            role=h["role"],
+            mac=mac.normalize(h["mac"]),
             ip=ipaddress.IPv4Address(h["ip"]),
             disk=h.get("disk", host_defaults["disk"]["default"]),
             priority=h.get("priority"),
@@ -117,9 +115,6 @@ def _build(marked: Marked) -> Cluster:
         ),
         provisioning_url=d["provisioning"]["url"].rstrip("/"),
         image=Image(release=image["release"], mirror=image["mirror"], size=image["size"]),
-        lb=LbSettings(**lb) if lb else None,
-        web=WebSettings(**web) if web else None,
-        app=AppSettings(**app) if app else None,
-        db=DbSettings(**db) if db else None,
+        settings=settings,
         hosts=hosts,
     )

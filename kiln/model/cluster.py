@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-
-
-class Role(StrEnum):
-    lb = "lb"
-    web = "web"
-    app = "app"
-    db = "db"
+from functools import cached_property
 
 
 class DbRole(StrEnum):
@@ -36,31 +31,9 @@ class Image:
 
 
 @dataclass(frozen=True)
-class LbSettings:
-    balance: str
-    virtual_router_id: int
-
-
-@dataclass(frozen=True)
-class WebSettings:
-    static_root: str
-
-
-@dataclass(frozen=True)
-class AppSettings:
-    port: int
-    workers: int
-
-
-@dataclass(frozen=True)
-class DbSettings:
-    database: str
-
-
-@dataclass(frozen=True)
 class Host:
     name: str
-    role: Role
+    role: str  # a registered role's name (kiln.roles)
     mac: str  # lower case, colon separated
     ip: ipaddress.IPv4Address
     disk: str
@@ -80,29 +53,43 @@ class Cluster:
     network: Network
     provisioning_url: str
     image: Image
-    lb: LbSettings | None
-    web: WebSettings | None
-    app: AppSettings | None
-    db: DbSettings | None
+    settings: Mapping[str, object]  # role name -> its typed settings (the role module's accessor types them)
     hosts: tuple[Host, ...]
 
-    def by_role(self, role: Role) -> tuple[Host, ...]:
-        return tuple(h for h in self.hosts if h.role is role)
+    @cached_property
+    def _by_role(self) -> dict[str, tuple[Host, ...]]:
+        groups: dict[str, list[Host]] = {}
+        for h in self.hosts:
+            groups.setdefault(h.role, []).append(h)
+        return {role: tuple(hosts) for role, hosts in groups.items()}
+
+    @cached_property
+    def _by_name(self) -> dict[str, Host]:
+        return {h.name: h for h in self.hosts}
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(self._by_name)
+
+    def by_role(self, role: str) -> tuple[Host, ...]:
+        """The role's hosts in roles.yaml order (computed once: renders ask for every host)."""
+        return self._by_role.get(role, ())
+
+    @property
+    def roles_used(self) -> tuple[str, ...]:
+        """The roles some host has, in registry order."""
+        from kiln import roles
+
+        return tuple(r for r in roles.names() if self.by_role(r))
 
     def host(self, name: str) -> Host:
-        for h in self.hosts:
-            if h.name == name:
-                return h
-        raise KeyError(name)
+        """The host of that name; KeyError when roles.yaml has none."""
+        return self._by_name[name]
 
-    def host_by_mac(self, mac: str) -> Host | None:
-        mac = mac.lower().replace("-", ":")
-        return next((h for h in self.hosts if h.mac == mac), None)
-
-    @property
+    @cached_property
     def db_primary(self) -> Host | None:
-        return next((h for h in self.hosts if h.is_primary), None)
+        return next((h for h in self.by_role("db") if h.is_primary), None)
 
-    @property
+    @cached_property
     def db_replicas(self) -> tuple[Host, ...]:
-        return tuple(h for h in self.hosts if h.db_role is DbRole.replica)
+        return tuple(h for h in self.by_role("db") if h.db_role is DbRole.replica)

@@ -1,16 +1,24 @@
 """Meaning checks across fields: uniqueness, addresses inside the subnet, the tiers' invariants.
 
-They run on the raw data even when shape checks failed, so every problem is reported at once;
-each check looks only at values whose shape is right.
+Each check is a named function over the raw data (Facts) that yields (path, message, expected) for every
+problem it sees; its name is the stable code the Problem carries. They run even when shape checks failed,
+so every problem is reported at once; each looks only at values whose shape is right. Role modules add
+their own checks (kiln/roles/<role>.py, RoleSpec.meaning) next to the ones here.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
+from kiln import mac
 from kiln.model.problems import Problem
 from kiln.model.yamlmarks import Marked
+
+Found = Iterator[tuple[str, str, str]]  # (JSON path, what is wrong, what is expected)
+Check = Callable[["Facts"], Found]
 
 
 def _ip(value: object) -> ipaddress.IPv4Address | None:
@@ -27,131 +35,194 @@ def _net(value: object) -> ipaddress.IPv4Network | None:
         return None
 
 
-def check_meaning(marked: Marked, file: str) -> list[Problem]:
-    data = marked.data if isinstance(marked.data, dict) else {}
-    problems: list[Problem] = []
+def _mac_or_text(value: str) -> str:
+    """A MAC the way every part of kiln compares it; text that is no MAC as it is (the shape check says why)."""
+    try:
+        return mac.normalize(value)
+    except ValueError:
+        return value
 
-    def add(path: str, message: str, expected: str = "") -> None:
-        problems.append(Problem(marked.line_of(path), path, message, expected, file))
 
-    network = data.get("network") if isinstance(data.get("network"), dict) else {}
-    roles = data.get("roles") if isinstance(data.get("roles"), dict) else None
-    raw_hosts = data.get("hosts") if isinstance(data.get("hosts"), list) else []
-    hosts = [(i, h) for i, h in enumerate(raw_hosts) if isinstance(h, dict)]
-    subnet = _net(network.get("subnet"))
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
-    # Addresses of the network section inside the subnet.
-    if subnet:
-        for key in ("gateway", "vip"):
-            addr = _ip(network.get(key))
-            if addr and addr not in subnet:
-                add(f"$.network.{key}", f"{addr} is outside the subnet {subnet}", f"an address in {subnet}")
-        for key in ("gateway", "vip"):
-            addr = _ip(network.get(key))
-            if addr and subnet.num_addresses > 2 and addr in (subnet.network_address, subnet.broadcast_address):
-                add(f"$.network.{key}", f"{addr} is the subnet's network or broadcast address", "a usable host address")
-    vip, gateway = _ip(network.get("vip")), _ip(network.get("gateway"))
-    if vip and gateway and vip == gateway:
-        add("$.network.vip", f"the VIP {vip} is the gateway's address", "an address no machine uses")
 
-    # Uniqueness of names, MACs and addresses; each duplicate names the first holder.
-    seen: dict[str, dict[object, int]] = {"name": {}, "mac": {}, "ip": {}}
-    for i, host in hosts:
-        for key, seen_key in seen.items():
-            value = host.get(key)
-            if not isinstance(value, str):
-                continue
-            norm = value.lower() if key == "mac" else value
-            if norm in seen_key:
-                what = {"name": "name", "mac": "MAC", "ip": "address"}[key]
-                add(
-                    f"$.hosts[{i}].{key}",
-                    f"duplicate {what} {value!r}, also used by $.hosts[{seen_key[norm]}]",
-                    "unique per host",
-                )
-            else:
-                seen_key[norm] = i
-        addr = _ip(host.get("ip"))
-        if addr and subnet and addr not in subnet:
-            add(f"$.hosts[{i}].ip", f"{addr} is outside the subnet {subnet}", f"an address in {subnet}")
-        elif (
-            addr and subnet and addr in (subnet.network_address, subnet.broadcast_address) and subnet.num_addresses > 2
-        ):
-            add(f"$.hosts[{i}].ip", f"{addr} is the subnet's network or broadcast address", "a usable host address")
-        if addr and vip and addr == vip:
-            add(f"$.hosts[{i}].ip", f"{addr} is the VIP", "an address other than network.vip")
-        if addr and gateway and addr == gateway:
-            add(f"$.hosts[{i}].ip", f"{addr} is the gateway", "an address other than network.gateway")
+@dataclass(frozen=True)
+class Facts:
+    """The parts of the raw document the checks look at, each already of the right kind or empty."""
 
-    # Roles used must have settings; per-role keys belong to their role.
-    reported_roles: set[str] = set()
-    for i, host in hosts:
-        role = host.get("role")
-        if (
-            roles is not None
-            and isinstance(role, str)
-            and role in ("lb", "web", "app", "db")
-            and role not in roles
-            and role not in reported_roles
-        ):
-            reported_roles.add(role)
-            add(f"$.hosts[{i}].role", f"role {role!r} is not defined in $.roles", f"a $.roles.{role} section")
-        if "priority" in host and role != "lb":
-            add(f"$.hosts[{i}].priority", "priority is only for lb hosts", "remove it, or make the host an lb")
-        if "db_role" in host and role != "db":
-            add(f"$.hosts[{i}].db_role", "db_role is only for db hosts", "remove it, or make the host a db")
+    network: dict[str, Any]
+    roles: dict[str, Any] | None  # None: the roles section is missing or not a mapping
+    raw_hosts: list[Any]
+    hosts: list[tuple[int, dict[str, Any]]]  # (position in the list, the host) for every host that is a mapping
+    subnet: ipaddress.IPv4Network | None
 
-    by_role = Counter(h.get("role") for _, h in hosts)
-
-    # Load balancers: two or more, each with a distinct priority.
-    lbs = [(i, h) for i, h in hosts if h.get("role") == "lb"]
-    if len(lbs) < 2 and raw_hosts:
-        add(
-            "$.hosts",
-            f"{len(lbs)} lb host{'s' if len(lbs) != 1 else ''}, the VIP needs a pair",
-            "at least two hosts with role: lb",
+    @classmethod
+    def of(cls, data: object) -> Facts:
+        d = _mapping(data)
+        raw_hosts = d.get("hosts") if isinstance(d.get("hosts"), list) else []
+        assert isinstance(raw_hosts, list)
+        network = _mapping(d.get("network"))
+        return cls(
+            network=network,
+            roles=d.get("roles") if isinstance(d.get("roles"), dict) else None,
+            raw_hosts=raw_hosts,
+            hosts=[(i, h) for i, h in enumerate(raw_hosts) if isinstance(h, dict)],
+            subnet=_net(network.get("subnet")),
         )
-    priorities: dict[int, int] = {}
-    for i, h in lbs:
-        prio = h.get("priority")
-        if "priority" not in h:
-            add(f"$.hosts[{i}]", "lb host without a priority", "priority: 1..254, the highest is the VRRP master")
-        elif isinstance(prio, int) and not isinstance(prio, bool):
-            if prio in priorities:
-                add(
-                    f"$.hosts[{i}].priority",
-                    f"priority {prio} is also used by $.hosts[{priorities[prio]}]",
-                    "a distinct priority per lb host",
+
+    def hosts_of(self, role: str) -> list[tuple[int, dict[str, Any]]]:
+        return [(i, h) for i, h in self.hosts if h.get("role") == role]
+
+    @property
+    def vip(self) -> ipaddress.IPv4Address | None:
+        return _ip(self.network.get("vip"))
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address | None:
+        return _ip(self.network.get("gateway"))
+
+    def reserved(self, addr: ipaddress.IPv4Address) -> bool:
+        """The subnet's network or broadcast address (a /31 or /32 has none)."""
+        s = self.subnet
+        return s is not None and s.num_addresses > 2 and addr in (s.network_address, s.broadcast_address)
+
+
+def network_outside_subnet(facts: Facts) -> Found:
+    if facts.subnet:
+        for key in ("gateway", "vip"):
+            addr = _ip(facts.network.get(key))
+            if addr and addr not in facts.subnet:
+                yield (
+                    f"$.network.{key}",
+                    f"{addr} is outside the subnet {facts.subnet}",
+                    f"an address in {facts.subnet}",
                 )
-            else:
-                priorities[prio] = i
 
-    # Databases: exactly one primary; replicas need it.
-    dbs = [(i, h) for i, h in hosts if h.get("role") == "db"]
-    primaries = [i for i, h in dbs if h.get("db_role") == "primary"]
-    for i, h in dbs:
-        if "db_role" not in h:
-            add(f"$.hosts[{i}]", "db host without a db_role", "db_role: primary or replica")
-    if len(primaries) > 1:
-        for i in primaries[1:]:
-            add(
-                f"$.hosts[{i}].db_role",
-                f"a second db primary, $.hosts[{primaries[0]}] is already primary",
-                "exactly one primary, the others replica",
+
+def network_reserved_address(facts: Facts) -> Found:
+    for key in ("gateway", "vip"):
+        addr = _ip(facts.network.get(key))
+        if addr and facts.reserved(addr):
+            yield f"$.network.{key}", f"{addr} is the subnet's network or broadcast address", "a usable host address"
+
+
+def vip_is_gateway(facts: Facts) -> Found:
+    if facts.vip and facts.vip == facts.gateway:
+        yield "$.network.vip", f"the VIP {facts.vip} is the gateway's address", "an address no machine uses"
+
+
+def _duplicates(facts: Facts, key: str, what: str) -> Found:
+    """Each duplicate names the first holder."""
+    seen: dict[str, int] = {}
+    for i, host in facts.hosts:
+        value = host.get(key)
+        if not isinstance(value, str):
+            continue
+        norm = _mac_or_text(value) if key == "mac" else value
+        if norm in seen:
+            yield (
+                f"$.hosts[{i}].{key}",
+                f"duplicate {what} {value!r}, also used by $.hosts[{seen[norm]}]",
+                "unique per host",
             )
-    if dbs and not primaries:
-        replicas = [i for i, h in dbs if h.get("db_role") == "replica"]
-        if replicas:
-            add(f"$.hosts[{replicas[0]}].db_role", "a replica without a primary", "one db host with db_role: primary")
         else:
-            add("$.hosts", "no db primary", "one db host with db_role: primary")
+            seen[norm] = i
 
-    # Each tier needs the tier behind it.
-    for front, back, why in (
-        ("lb", "web", "the load balancers forward to web hosts"),
-        ("web", "app", "nginx proxies to app hosts"),
-        ("app", "db", "the app needs a database"),
-    ):
-        if by_role[front] and not by_role[back]:
-            add("$.hosts", f"{front} hosts but no {back} host: {why}", f"at least one host with role: {back}")
-    return problems
+
+def duplicate_name(facts: Facts) -> Found:
+    return _duplicates(facts, "name", "name")
+
+
+def duplicate_mac(facts: Facts) -> Found:
+    return _duplicates(facts, "mac", "MAC")
+
+
+def duplicate_ip(facts: Facts) -> Found:
+    return _duplicates(facts, "ip", "address")
+
+
+def host_outside_subnet(facts: Facts) -> Found:
+    for i, host in facts.hosts:
+        addr = _ip(host.get("ip"))
+        if addr and facts.subnet and addr not in facts.subnet:
+            yield f"$.hosts[{i}].ip", f"{addr} is outside the subnet {facts.subnet}", f"an address in {facts.subnet}"
+        elif addr and facts.reserved(addr):
+            yield f"$.hosts[{i}].ip", f"{addr} is the subnet's network or broadcast address", "a usable host address"
+
+
+def host_is_vip_or_gateway(facts: Facts) -> Found:
+    for i, host in facts.hosts:
+        addr = _ip(host.get("ip"))
+        if addr and addr == facts.vip:
+            yield f"$.hosts[{i}].ip", f"{addr} is the VIP", "an address other than network.vip"
+        if addr and addr == facts.gateway:
+            yield f"$.hosts[{i}].ip", f"{addr} is the gateway", "an address other than network.gateway"
+
+
+def undefined_role(facts: Facts) -> Found:
+    """Roles used must have settings (reported once per role, at its first host)."""
+    from kiln import roles
+
+    reported: set[str] = set()
+    for i, host in facts.hosts:
+        role = host.get("role")
+        if facts.roles is not None and role in roles.names() and role not in facts.roles and role not in reported:
+            reported.add(role)
+            yield f"$.hosts[{i}].role", f"role {role!r} is not defined in $.roles", f"a $.roles.{role} section"
+
+
+def key_of_another_role(facts: Facts) -> Found:
+    """A host key a role brings (priority, db_role) belongs to that role's hosts only."""
+    from kiln import roles
+
+    owners = {key: r.name for r in roles.all_roles() for key in r.host_keys}
+    for i, host in facts.hosts:
+        for key, owner in owners.items():
+            if key in host and host.get("role") != owner:
+                yield f"$.hosts[{i}].{key}", f"{key} is only for {owner} hosts", f"remove it, or set role: {owner}"
+
+
+def tier_needs(facts: Facts) -> Found:
+    """Each tier needs the tier behind it (lb → web → app → db)."""
+    from kiln import roles
+
+    for role in roles.all_roles():
+        for need in role.needs:
+            if facts.hosts_of(role.name) and not facts.hosts_of(need.role):
+                yield (
+                    "$.hosts",
+                    f"{role.name} hosts but no {need.role} host: {need.why}",
+                    f"at least one host with role: {need.role}",
+                )
+
+
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("network-outside-subnet", network_outside_subnet),
+    ("network-reserved-address", network_reserved_address),
+    ("vip-is-gateway", vip_is_gateway),
+    ("duplicate-name", duplicate_name),
+    ("duplicate-mac", duplicate_mac),
+    ("duplicate-ip", duplicate_ip),
+    ("host-outside-subnet", host_outside_subnet),
+    ("host-is-vip-or-gateway", host_is_vip_or_gateway),
+    ("undefined-role", undefined_role),
+    ("key-of-another-role", key_of_another_role),
+    ("tier-needs", tier_needs),
+)
+
+
+def all_checks() -> tuple[tuple[str, Check], ...]:
+    """The checks here, then each role's, in registry order."""
+    from kiln import roles
+
+    return CHECKS + tuple(check for r in roles.all_roles() for check in r.meaning)
+
+
+def check_meaning(marked: Marked, file: str) -> list[Problem]:
+    facts = Facts.of(marked.data)
+    return [
+        Problem(marked.line_of(path), path, message, expected, file, code)
+        for code, check in all_checks()
+        for path, message, expected in check(facts)
+    ]

@@ -12,6 +12,7 @@ class Problem:
     message: str
     expected: str = ""
     file: str = "roles.yaml"
+    code: str = ""  # stable name of the check that found it (duplicate-mac, unknown-key, ...)
 
     def format(self) -> str:
         tail = f" ({self.expected})" if self.expected else ""
@@ -24,6 +25,7 @@ class Problem:
             "path": self.path,
             "message": self.message,
             "expected": self.expected,
+            "code": self.code,
         }
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import cache
 from importlib import resources
+from typing import Any
 
 import jsonschema
 
@@ -53,9 +54,18 @@ _TYPE_NAMES = {
 
 
 @cache
-def schema() -> dict:
-    text = resources.files("kiln.model").joinpath("roles.schema.json").read_text()
-    return json.loads(text)
+def schema() -> dict[str, Any]:
+    """roles.schema.json with each registered role's part filled in: its settings under $.roles, its host keys
+    under $.hosts[], its name in the host role enum. docs/roles.schema.json is this, written out."""
+    from kiln import roles
+
+    doc = json.loads(resources.files("kiln.model").joinpath("roles.schema.json").read_text())
+    host = doc["properties"]["hosts"]["items"]
+    host["properties"]["role"]["enum"] = list(roles.names())
+    for role in roles.all_roles():
+        doc["properties"]["roles"]["properties"][role.name] = dict(role.settings_schema)
+        host["properties"].update(role.host_keys)
+    return doc
 
 
 @cache
@@ -63,9 +73,9 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema(), format_checker=FORMAT_CHECKER)
 
 
-def _path(parts: object) -> str:
+def _path(parts: Iterable[str | int]) -> str:
     path = "$"
-    for part in parts:  # type: ignore[attr-defined]
+    for part in parts:
         path = child_path(path, part)
     return path
 
@@ -107,37 +117,37 @@ def _to_problems(error: jsonschema.ValidationError, marked: Marked, file: str) -
     line = marked.line_of(path)
     v, kw, value = error.validator, error.validator_value, error.instance
 
-    def problem(at: str, message: str, expected: str = "") -> Problem:
-        return Problem(marked.line_of(at), at, message, expected, file)
+    def problem(code: str, message: str, expected: str = "", at: str = path) -> Problem:
+        return Problem(line if at == path else marked.line_of(at), at, message, expected, file, code)
 
     if v == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         for key in sorted(set(value) - set(allowed), key=str):
-            yield problem(child_path(path, key), f"unknown key {key!r}", "one of: " + ", ".join(allowed))
+            yield problem("unknown-key", f"unknown key {key!r}", "one of: " + ", ".join(allowed), child_path(path, key))
     elif v == "required":
         for key in kw:
             if isinstance(value, dict) and key not in value:
-                yield problem(path, f"missing required key {key!r}")
+                yield problem("missing-key", f"missing required key {key!r}")
     elif v == "type":
-        yield Problem(line, path, f"wrong type: got {_describe(value)}", f"expected {_TYPE_NAMES.get(kw, kw)}", file)
+        yield problem("wrong-type", f"wrong type: got {_describe(value)}", f"expected {_TYPE_NAMES.get(kw, kw)}")
     elif v == "const" and path == "$.version":
-        yield Problem(line, path, f"unsupported version {_describe(value)}", f"this kiln supports version {kw}", file)
+        yield problem(
+            "unsupported-version", f"unsupported version {_describe(value)}", f"this kiln supports version {kw}"
+        )
     elif v in ("enum", "const"):
         choices = kw if v == "enum" else [kw]
-        yield Problem(line, path, f"{_describe(value)} is not allowed", "one of: " + ", ".join(map(str, choices)), file)
+        yield problem("not-allowed", f"{_describe(value)} is not allowed", "one of: " + ", ".join(map(str, choices)))
     elif v in ("pattern", "format"):
         kind = _kind_of(error)
         if kind:
-            yield Problem(line, path, f"{_describe(value)} is not {kind[0]}", kind[1], file)
+            yield problem("malformed", f"{_describe(value)} is not {kind[0]}", kind[1])
         else:
-            yield Problem(
-                line, path, f"{_describe(value)} is malformed", f"matching {error.schema.get('pattern')}", file
-            )
+            yield problem("malformed", f"{_describe(value)} is malformed", f"matching {error.schema.get('pattern')}")
     elif v == "minimum":
-        yield Problem(line, path, f"{value} is too small", f"at least {kw}", file)
+        yield problem("too-small", f"{value} is too small", f"at least {kw}")
     elif v == "maximum":
-        yield Problem(line, path, f"{value} is too large", f"at most {kw}", file)
+        yield problem("too-large", f"{value} is too large", f"at most {kw}")
     elif v == "minItems":
-        yield Problem(line, path, "the list is too short", f"at least {kw} item{'s' if kw != 1 else ''}", file)
+        yield problem("too-short", "the list is too short", f"at least {kw} item{'s' if kw != 1 else ''}")
     else:
-        yield Problem(line, path, error.message, "", file)
+        yield problem("schema", error.message)

@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 import yaml
 
-try:  # the C loader is ~10x faster on large files; fall back to pure Python where libyaml is missing
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+# the C loader is ~10x faster on large files; the pure Python one where PyYAML was built without libyaml
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class YamlSyntaxError(Exception):

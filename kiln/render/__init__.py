@@ -1,18 +1,24 @@
-"""Render every host's bundle from the cluster model: configs, secrets by reference, services, join, checks."""
+"""Render every host's bundle from the cluster model: configs, secrets by reference, services, join, checks.
+
+What a host gets comes from kiln/roles/common.py (every host) and its role's module (kiln/roles/<role>.py);
+this module only turns those declarations into a typed Bundle.
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
 import jinja2
 
-from kiln.bundle import BUNDLE_SCHEMA
-from kiln.model import Cluster, Host, Role
-from kiln.render import context as ctx
-from kiln.render.context import ClusterView, HostContext, build_context, cluster_view
-from kiln.render.files import DIRECTORIES, FILES, SECRETS, SERVICES, FileSpec
+from kiln import bundle as b
+from kiln import roles
+from kiln.model import Cluster, Host
+from kiln.roles import common
+from kiln.roles.context import ClusterView, HostContext, cluster_view, host_context
+from kiln.roles.spec import FileSpec, Firewall, RoleSpec
 
 
 class RenderError(Exception):
@@ -28,15 +34,11 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        auto_reload=False,  # the templates ship with kiln: no stat() per render
     )
 
 
-def template_vars(context: HostContext) -> dict[str, Any]:
-    """The context's fields, shallow: nested peers stay objects (asdict would deep-copy them per template)."""
-    return {f.name: getattr(context, f.name) for f in fields(context)}
-
-
-def render_template(name: str, variables: dict[str, Any]) -> str:
+def render_template(name: str, variables: Mapping[str, Any]) -> str:
     try:
         return _environment().get_template(name).render(variables)
     except jinja2.TemplateError as e:
@@ -44,122 +46,106 @@ def render_template(name: str, variables: dict[str, Any]) -> str:
         raise RenderError(f"{name}{f':{line}' if line else ''}: {e}") from e
 
 
-def render_cluster(cluster: Cluster) -> dict[str, dict[str, Any]]:
-    """Every host's unsigned bundle, by host name, with secrets referenced (value null)."""
-    view, shared = cluster_view(cluster), {}
-    return {h.name: render_host(cluster, h, view, shared) for h in cluster.hosts}
+@dataclass(frozen=True)
+class TierSet:
+    """An nftables `define` of a tier's addresses ($WEB_NODES), for the firewall of hosts that name it."""
+
+    name: str
+    body: str  # "10.10.0.21, 10.10.0.22"
 
 
-def render_host(
-    cluster: Cluster, host: Host, view: ClusterView | None = None, shared: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """One host's bundle. `view` and `shared` (contents of cluster-wide files) let a caller reuse work across hosts."""
-    c = build_context(cluster, host, view)
-    variables = template_vars(c)
-    shared = {} if shared is None else shared
-    role = host.role
+class Renderer:
+    """Renders the hosts of one cluster; cluster-wide values and files are computed once, not once per host."""
 
-    def content(spec: FileSpec) -> str:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.view: ClusterView = cluster_view(cluster, roles.names())
+        self._by_template: dict[str, str] = {}  # template -> sha256 of its cluster-wide content
+        self.shared: dict[str, str] = {}  # sha256 -> content of every cluster-wide file rendered so far
+        self.shared_modes: dict[str, str] = {}  # sha256 -> the mode of the files holding it
+        self.tier_sets = tuple(
+            TierSet(f"{role.upper()}_NODES", ", ".join(p.ip for p in peers))
+            for role, peers in self.view.nodes.items()
+            if peers
+        )
+
+    def variables(self, host: Host) -> tuple[HostContext, dict[str, Any], RoleSpec, Firewall]:
+        role = roles.get(host.role)
+        c = host_context(self.cluster, host, self.view)
+        firewall = role.firewall(self.cluster, host, c)
+        variables = {f.name: getattr(c, f.name) for f in fields(c)}  # shallow: peers stay objects
+        variables.update(role.context(self.cluster, host, c))
+        variables.update(
+            tier_sets=self.tier_sets,
+            tier_sets_include=common.TIER_SETS.removeprefix("/etc/"),  # relative: found on nft's include path
+            firewall=firewall,
+            admin_ports=", ".join(str(p) for p in (c.node_exporter_port, *firewall.exporter_ports)),
+        )
+        return c, variables, role, firewall
+
+    def file(self, spec: FileSpec, variables: Mapping[str, Any]) -> b.File:
+        """The bundle's entry for a file: its content, or for a cluster-wide file the digest of the content every
+        host shares (rendered once; the bundle stays small however many hosts the file lists)."""
+        owner = {"mode": spec.mode, "owner": spec.owner, "group": spec.group}
         if not spec.cluster_wide:
-            return render_template(spec.template, variables)
-        if spec.template not in shared:
-            shared[spec.template] = render_template(spec.template, variables)
-        return shared[spec.template]
+            return b.File(path=spec.path, content=render_template(spec.template, variables), **owner)
+        digest = self._by_template.get(spec.template)
+        if digest is None:
+            content = render_template(spec.template, variables)
+            digest = b.shared_digest(content)
+            self.shared[digest] = content
+            self.shared_modes[digest] = spec.mode
+            self._by_template[spec.template] = digest
+        return b.File(path=spec.path, shared=digest, **owner)
 
-    files = [
-        {"path": f.path, "mode": f.mode, "owner": f.owner, "group": f.group, "content": content(f)}
-        for f in FILES
-        if f.roles is None or role in f.roles
-    ]
-    directories = [
-        {"path": d.path, "mode": d.mode, "owner": d.owner, "group": d.group}
-        for d in DIRECTORIES
-        if d.roles is None or role in d.roles
-    ]
-    secrets = [
-        {"name": s.name, "path": s.path, "mode": s.mode, "owner": s.owner, "group": s.group, "value": None}
-        for s in SECRETS
-        if role in s.roles and (s.db_role is None or s.db_role == host.db_role)
-    ]
-    services = [
-        {"unit": s.unit, "enable": True, "restart_on": list(s.restart_on)}
-        for s in SERVICES
-        if s.roles is None or role in s.roles
-    ]
-    return {
-        "schema": BUNDLE_SCHEMA,
-        "cluster": cluster.name,
-        "host": {
-            "name": host.name,
-            "role": role.value,
-            "mac": host.mac,
-            "ip": str(host.ip),
-            "fqdn": f"{host.name}.{cluster.name}",
-        },
-        "network": {
-            "interface": ctx.INTERFACE,
-            "address": str(host.ip),
-            "prefix": cluster.network.subnet.prefixlen,
-            "gateway": str(cluster.network.gateway),
-            "dns": [str(a) for a in cluster.network.dns],
-            "vip": str(cluster.network.vip),
-        },
-        "directories": directories,
-        "files": files,
-        "secrets": secrets,
-        "services": services,
-        "join": _join(cluster, host, c),
-        "checks": _checks(host, c),
-    }
-
-
-def _join(cluster: Cluster, host: Host, c: HostContext) -> dict[str, Any]:
-    if host.role is Role.lb:
-        return {"kind": "lb", "params": {
-            "vip": c.vip, "interface": c.interface, "priority": c.priority,
-            "web_pool": [f"{w.ip}:80" for w in c.web_nodes], "stats_url": f"http://{c.ip}:{c.haproxy_stats_port}/stats",
-        }}  # fmt: skip
-    if host.role is Role.web:
-        return {"kind": "web", "params": {
-            "app_pool": [f"{a.ip}:{c.app_port}" for a in c.app_nodes], "health_url": f"http://{c.ip}/health",
-        }}  # fmt: skip
-    if host.role is Role.app:
-        return {"kind": "app", "params": {
-            "health_url": f"http://{c.ip}:{c.app_port}/health", "db_host": c.db_write_host, "db_port": c.db_port,
-        }}  # fmt: skip
-    primary = cluster.db_primary
-    assert primary is not None
-    common = {
-        "database": c.database, "port": c.db_port, "replication_user": ctx.REPLICATION_USER,
-        "app_user": ctx.APP_DB_USER, "server_id": c.server_id,
-    }  # fmt: skip
-    if host.is_primary:
-        return {"kind": "db-primary", "params": {
-            **common,
-            "replica_hosts": [str(h.ip) for h in cluster.db_replicas],
-            "app_hosts": [str(h.ip) for h in cluster.by_role(Role.app)],
-            "exporter_user": ctx.EXPORTER_DB_USER,
-        }}  # fmt: skip
-    return {"kind": "db-replica", "params": {**common, "primary": str(primary.ip), "wait_seconds": 900}}
-
-
-def _checks(host: Host, c: HostContext) -> list[dict[str, Any]]:
-    checks: list[dict[str, Any]] = [
-        {"name": "firewall loaded", "kind": "command", "argv": ["nft", "list", "table", "inet", "filter"]},
-        {"name": "node exporter answers", "kind": "http", "url": f"http://{c.ip}:{c.node_exporter_port}/metrics"},
-    ]
-    if host.role is Role.lb:
-        checks.append(
-            {"name": "haproxy stats answer", "kind": "http", "url": f"http://{c.ip}:{c.haproxy_stats_port}/stats"}
+    def bundle(self, host: Host) -> b.Bundle:
+        """One host's unsigned bundle, secrets by reference (value null)."""
+        c, variables, role, _ = self.variables(host)
+        return b.Bundle(
+            schema=b.BUNDLE_SCHEMA,
+            cluster=self.cluster.name,
+            host=b.HostInfo(name=host.name, role=host.role, mac=host.mac, ip=c.ip, fqdn=f"{host.name}.{c.cluster}"),
+            network=b.Network(
+                interface=c.interface, address=c.ip, prefix=c.prefix, gateway=c.gateway, dns=c.dns, vip=c.vip
+            ),
+            directories=tuple(
+                b.Directory(path=d.path, mode=d.mode, owner=d.owner, group=d.group)
+                for d in common.DIRECTORIES + role.directories
+            ),
+            files=tuple(self.file(f, variables) for f in common.FILES + role.files),
+            secrets=tuple(
+                b.Secret(name=s.name, path=s.path, mode=s.mode, owner=s.owner, group=s.group) for s in role.secrets
+            ),
+            services=tuple(b.Service(unit=s.unit, restart_on=s.restart_on) for s in common.SERVICES + role.services),
+            join=role.join(self.cluster, host, c),
+            checks=common.checks(c) + role.checks(self.cluster, host, c),
         )
-    elif host.role is Role.web:
-        checks.append({"name": "app pool answers through nginx", "kind": "http", "url": f"http://{c.ip}/health"})
-    elif host.role is Role.app:
-        checks.append(
-            {"name": "app healthy with its database", "kind": "http", "url": f"http://{c.ip}:{c.app_port}/health"}
-        )
-    else:
-        checks.append({"name": "mariadb accepts connections", "kind": "tcp", "host": c.ip, "port": c.db_port})
-        checks.append({"name": "mysqld exporter answers", "kind": "http",
-                       "url": f"http://{c.ip}:{c.mysqld_exporter_port}/metrics"})  # fmt: skip
-    return checks
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Every host's unsigned bundle (secrets referenced, value null) and the shared contents they name."""
+
+    bundles: dict[str, b.Bundle]
+    shared: dict[str, str]  # sha256 -> content
+
+    def content(self, bundle: b.Bundle, path: str) -> str:
+        """A file's text, whether inline or shared."""
+        [f] = [f for f in bundle.files if f.path == path]
+        return self.shared[f.shared] if f.shared else f.content
+
+
+def render(cluster: Cluster) -> Rendered:
+    """Every host's bundle and the shared contents they name."""
+    renderer = Renderer(cluster)
+    bundles = {h.name: renderer.bundle(h) for h in cluster.hosts}
+    return Rendered(bundles, renderer.shared)
+
+
+def render_cluster(cluster: Cluster) -> dict[str, b.Bundle]:
+    """Every host's unsigned bundle, by host name (shared contents: render())."""
+    return render(cluster).bundles
+
+
+def render_host(cluster: Cluster, host: Host) -> b.Bundle:
+    return Renderer(cluster).bundle(host)

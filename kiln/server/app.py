@@ -25,7 +25,8 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from kiln.model import Cluster, Host, Role
+from kiln import roles
+from kiln.model import Cluster, Host
 from kiln.secrets import SecretMissing
 from kiln.server import ipxe
 from kiln.server.bundles import BundleCache
@@ -108,11 +109,11 @@ async def host_ipxe(request: Request) -> Response:
         return _ipxe(ipxe.disk_script(host))
     try:
         p.images.check_installer()
-        image = p.images.install_image(host.role.value)
+        image = p.images.install_image(host.role)
     except ipxe.NotBuilt as e:
         LOG.warning("%s: cannot install: %s", host.name, e)
         return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)], installer.http_base))
-    await p.blocking(p.store.record_pxe, host.name, f"installer script served ({host.role.value} image)")
+    await p.blocking(p.store.record_pxe, host.name, f"installer script served ({host.role} image)")
     return _ipxe(ipxe.install_script(host, image, installer))
 
 
@@ -120,7 +121,7 @@ async def image_data(request: Request) -> Response:
     """The data chunks of a role's raw image in block-map order: what the PXE installer downloads."""
     p: Provisioner = request.app.state.provisioner
     role, name = request.path_params["role"], request.path_params["name"]
-    if name != role or role not in {r.value for r in Role}:
+    if name != role or role not in roles.names():
         return PlainTextResponse("no such image\n", status_code=404)
     try:
         size, chunks = await asyncio.to_thread(p.images.data_chunks, role)
@@ -175,6 +176,15 @@ def _signed_bundle(p: Provisioner, host: Host) -> Any:
     return p.bundles.without_secrets(host)
 
 
+async def shared(request: Request) -> Response:
+    """A content every host of the cluster shares (/etc/hosts, the tier sets), by the sha256 its bundle names."""
+    p: Provisioner = request.app.state.provisioner
+    body = p.bundles.shared(request.path_params["digest"])
+    if body is None:
+        return _error(404, "no shared content with that sha256 (re-fetch the bundle)")
+    return Response(body, media_type="text/plain; charset=utf-8", headers={"Cache-Control": "max-age=86400"})
+
+
 async def post_event(request: Request) -> Response:
     p: Provisioner = request.app.state.provisioner
     name = request.path_params["name"]
@@ -199,59 +209,111 @@ async def post_event(request: Request) -> Response:
     return JSONResponse({"host": name, "state": state.value}, status_code=201)
 
 
+SINCE_OVERLAP = 5.0  # seconds a delta poll reaches back: a change committed just after the last answer still shows
+
+
 async def hosts(request: Request) -> Response:
+    """Every host; with ?since=T (the `now` of an earlier answer) only the hosts changed since, with every alert."""
     p: Provisioner = request.app.state.provisioner
     with_timeline = request.query_params.get("timeline", "1") not in ("0", "false", "no")
-    rows = await p.blocking(p.store.host_rows, None, timeline=with_timeline)
+    since = None
+    if "since" in request.query_params:
+        try:
+            since = float(request.query_params["since"]) - SINCE_OVERLAP
+        except ValueError:
+            return _error(400, "since: expected a number (the `now` of an earlier answer)")
+    now = time.time()
+    rows = await p.blocking(p.store.host_rows, None, timeline=with_timeline, since=since)
+    alert_rows = await p.blocking(p.store.alert_rows)
     unknown = await p.blocking(p.store.unknown_machines)
-    return JSONResponse(hosts_view(p.cluster, rows, unknown, with_timeline), headers={"Cache-Control": "no-store"})
+    view = hosts_view(p.cluster, rows, alert_rows, unknown, with_timeline, full=since is None)
+    return JSONResponse({**view, "now": now}, headers={"Cache-Control": "no-store"})
+
+
+def _alerts(host: Host, row: dict[str, Any]) -> list[dict[str, str]]:
+    found = []
+    if row.get("secrets_denied"):
+        found.append(
+            {
+                "kind": "secrets-twice",
+                "host": host.name,
+                "message": f"secrets requested twice for {host.name}",
+                "hint": f"if this host is being reinstalled on purpose, run ./inv reprovision {host.name}",
+            }
+        )
+    if row.get("state") == "failed":
+        found.append(
+            {
+                "kind": "failed",
+                "host": host.name,
+                "message": f"{host.name} failed at {row.get('last_step')}: {row.get('last_detail') or 'no detail'}",
+                "hint": f"ssh to {host.ip} and run firstboot status",
+            }
+        )
+    return found
+
+
+def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool) -> dict[str, Any]:
+    last = None
+    if row.get("last_step"):
+        last = {
+            "step": row["last_step"],
+            "status": row["last_status"],
+            "detail": row["last_detail"],
+            "received": row["last_received"],
+            "duration": row["last_duration"],
+        }
+    entry: dict[str, Any] = {
+        "name": host.name,
+        "role": host.role,
+        "mac": host.mac,
+        "ip": str(host.ip),
+        "state": row.get("state", "waiting"),
+        "progress": progress(row.get("max_ok_index", -1)),
+        "installed": bool(row.get("installed")),
+        "provisioning": row.get("generation", 1),
+        "secrets": _secrets_status(row),
+        "secrets_refused": row.get("secrets_denied", 0),
+        "step_started": row.get("step_started"),
+        "last_event": last,
+        "alerts": _alerts(host, row),
+    }
+    if with_timeline:
+        entry["timeline"] = [
+            {k: e[k] for k in ("step", "status", "detail", "at", "received", "duration")}
+            for e in row.get("timeline", [])
+        ]
+    return entry
 
 
 def hosts_view(
-    cluster: Cluster, rows: dict[str, dict[str, Any]], unknown: list[dict[str, Any]], with_timeline: bool
+    cluster: Cluster,
+    rows: dict[str, dict[str, Any]],
+    alert_rows: dict[str, dict[str, Any]],
+    unknown: list[dict[str, Any]],
+    with_timeline: bool,
+    *,
+    full: bool = True,
 ) -> dict[str, Any]:
-    out = []
-    alerts: list[dict[str, str]] = []
-    for h in cluster.hosts:
-        row = rows.get(h.name, {})
-        host_alerts = []
-        if row.get("secrets_denied"):
-            host_alerts.append({
-                "kind": "secrets-twice", "host": h.name,
-                "message": f"secrets requested twice for {h.name}",
-                "hint": f"if this host is being reinstalled on purpose, run ./inv reprovision {h.name}",
-            })  # fmt: skip
-        if row.get("state") == "failed":
-            host_alerts.append({
-                "kind": "failed", "host": h.name,
-                "message": f"{h.name} failed at {row.get('last_step')}: {row.get('last_detail') or 'no detail'}",
-                "hint": f"ssh to {h.ip} and run firstboot status",
-            })  # fmt: skip
-        alerts += host_alerts
-        last = None
-        if row.get("last_step"):
-            last = {"step": row["last_step"], "status": row["last_status"], "detail": row["last_detail"],
-                    "received": row["last_received"], "duration": row["last_duration"]}  # fmt: skip
-        entry: dict[str, Any] = {
-            "name": h.name, "role": h.role.value, "mac": h.mac, "ip": str(h.ip),
-            "state": row.get("state", "waiting"), "progress": progress(row.get("max_ok_index", -1)),
-            "installed": bool(row.get("installed")), "provisioning": row.get("generation", 1),
-            "secrets": _secrets_status(row),
-            "secrets_refused": row.get("secrets_denied", 0),
-            "step_started": row.get("step_started"),
-            "last_event": last, "alerts": host_alerts,
-        }  # fmt: skip
-        if with_timeline:
-            entry["timeline"] = [
-                {k: e[k] for k in ("step", "status", "detail", "at", "received", "duration")}
-                for e in row.get("timeline", [])
-            ]
-        out.append(entry)
+    """The /v1/hosts answer: every host in roles.yaml order (full), or only those in `rows` (a delta); the alerts
+    of every host either way."""
+    if full:
+        listed = [_host_entry(h, rows.get(h.name, {}), with_timeline) for h in cluster.hosts]
+    else:
+        listed = [_host_entry(cluster.host(n), row, with_timeline) for n, row in rows.items() if n in cluster.names]
+    alerts = [a for h in cluster.hosts if h.name in alert_rows for a in _alerts(h, alert_rows[h.name])]
     machines = [
         {"label": "unknown machine", **{k: u[k] for k in ("mac", "first_seen", "last_seen", "requests")}}
         for u in unknown
     ]
-    return {"cluster": cluster.name, "now": time.time(), "hosts": out, "unknown_machines": machines, "alerts": alerts}
+    return {
+        "cluster": cluster.name,
+        "full": full,
+        "count": len(cluster.hosts),
+        "hosts": listed,
+        "unknown_machines": machines,
+        "alerts": alerts,
+    }
 
 
 def _secrets_status(row: dict[str, Any]) -> str:
@@ -272,6 +334,7 @@ def _api_routes() -> list[Route | Mount]:
         Route("/", dashboard),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         Route("/v1/bundle", bundle),
+        Route("/v1/shared/{digest:str}", shared),
         Route("/v1/hosts", hosts),
         Route("/v1/hosts/{name}/events", post_event, methods=["POST"]),
     ]

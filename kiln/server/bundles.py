@@ -3,23 +3,20 @@ secrets is signed once; the copy with secrets is built and signed for the one fe
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kiln import bundle as bundle_format
 from kiln import signing
+from kiln.bundle import Bundle
 from kiln.model import Cluster, Host
-from kiln.render import render_host
-from kiln.render.context import cluster_view
+from kiln.render import Renderer
 from kiln.secrets import SecretStore
 
 # A change every served bundle gets after rendering and before signing (the lab adds its SSH access).
-BundleHook = Callable[[dict[str, Any]], dict[str, Any]]
+BundleHook = Callable[[Bundle], Bundle]
 
 
 @dataclass(frozen=True)
@@ -36,17 +33,16 @@ class BundleCache:
         self.secrets = secrets
         self.key = key
         self.hook = hook
-        self._view = cluster_view(cluster)  # cluster-wide values, computed once, not once per host
-        self._shared: dict[str, str] = {}  # cluster-wide files, rendered once
-        self._rendered: dict[str, dict[str, Any]] = {}
+        self._renderer = Renderer(cluster)  # cluster-wide values and files, computed once, not once per host
+        self._rendered: dict[str, Bundle] = {}
         self._withheld: dict[str, Signed] = {}
         self._lock = threading.Lock()
 
-    def rendered(self, host: Host) -> dict[str, Any]:
+    def rendered(self, host: Host) -> Bundle:
         """The host's bundle as rendered (secret values null); rendered on first use, then kept."""
         bundle = self._rendered.get(host.name)
         if bundle is None:
-            bundle = render_host(self.cluster, host, self._view, self._shared)
+            bundle = self._renderer.bundle(host)
             if self.hook is not None:
                 bundle = self.hook(bundle)
             with self._lock:
@@ -60,28 +56,28 @@ class BundleCache:
             self.rendered(host)
         return len(self.cluster.hosts)
 
+    def shared(self, digest: str) -> bytes | None:
+        """A cluster-wide content the bundles name by its sha256 (None for a digest no bundle names)."""
+        content = self._renderer.shared.get(digest)
+        return None if content is None else content.encode()
+
     def has_secrets(self, host: Host) -> bool:
-        return bool(self.rendered(host)["secrets"])
+        return bool(self.rendered(host).secrets)
 
     def secret_values(self, host: Host) -> dict[str, str]:
         """Every secret the host's bundle references, read from secrets/ (SecretMissing if one is absent)."""
-        return {name: self.secrets.value(name) for name in bundle_format.secret_names(self.rendered(host))}
+        return {name: self.secrets.value(name) for name in self.rendered(host).secret_names()}
 
     def with_secrets(self, host: Host, values: dict[str, str]) -> Signed:
-        bundle = copy.deepcopy(self.rendered(host))
-        for secret in bundle["secrets"]:
-            secret["value"] = values[secret["name"]]
-        bundle["secrets_withheld"] = False
-        body = bundle_format.dumps(bundle)
-        return Signed(body, signing.sign(body, self.key))
+        return self._sign(self.rendered(host).with_secret_values(values))
 
     def without_secrets(self, host: Host) -> Signed:
         """The bundle with every secret value null and "secrets_withheld": true (signed once, then kept)."""
         signed = self._withheld.get(host.name)
         if signed is None:
-            bundle = dict(self.rendered(host))
-            bundle["secrets_withheld"] = bool(bundle["secrets"])
-            body = bundle_format.dumps(bundle)
-            signed = Signed(body, signing.sign(body, self.key))
-            self._withheld[host.name] = signed
+            signed = self._withheld.setdefault(host.name, self._sign(self.rendered(host).withheld()))
         return signed
+
+    def _sign(self, bundle: Bundle) -> Signed:
+        body = bundle.to_json()
+        return Signed(body, signing.sign(body, self.key))

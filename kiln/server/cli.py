@@ -1,44 +1,43 @@
-"""The bodies of `./inv serve` and `./inv reprovision`: parse options, return an exit code."""
+"""`./inv serve` and `./inv reprovision`: parse options, return an exit code."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from kiln.commands import DEFAULT_SECRETS, PROJECT, load_or_report
+from kiln.project import DEFAULT_DATABASE, Project
 from kiln.render import RenderError
 from kiln.server.bundles import BundleHook
-from kiln.server.main import (
-    DEFAULT_DATABASE,
-    DEFAULT_HTTP_PORT,
-    ConfigError,
-    ServerConfig,
-    default_tls_listen,
-    parse_address,
-    serve,
-)
+from kiln.server.main import DEFAULT_HTTP_PORT, ConfigError, ServerConfig, default_tls_listen, parse_address, serve
 from kiln.server.store import StateStore, UnknownHost
-
-DEFAULT_IMAGES = PROJECT / "images"
 
 
 def serve_command(
-    roles: str | None, listen: str | None, tls_listen: str | None, database: str | None,
-    secrets: str | None, images: str | None, allow_http_bundles: bool, bundle_hook: BundleHook | None = None,
-) -> int:  # fmt: skip
-    cluster = load_or_report(roles)
+    project: Project,
+    *,
+    listen: str | None = None,
+    tls_listen: str | None = None,
+    database: str | None = None,
+    secrets: str | None = None,
+    images: str | None = None,
+    allow_http_bundles: bool = False,
+    bundle_hook: BundleHook | None = None,
+) -> int:
+    cluster = project.load_or_report()
     if cluster is None:
         return 1
     try:
         config = ServerConfig(
-            project=PROJECT, cluster=cluster,
-            secrets=Path(secrets) if secrets else DEFAULT_SECRETS,
-            images=Path(images) if images else DEFAULT_IMAGES,
+            project=project.root,
+            cluster=cluster,
+            secrets=Path(secrets) if secrets else project.secrets,
+            images=Path(images) if images else project.images,
             database=database or DEFAULT_DATABASE,
             listen=parse_address(listen or f"0.0.0.0:{DEFAULT_HTTP_PORT}", "--listen"),
             tls_listen=parse_address(tls_listen or default_tls_listen(cluster), "--tls-listen"),
-            allow_http_bundles=allow_http_bundles, bundle_hook=bundle_hook,
-        )  # fmt: skip
+            allow_http_bundles=allow_http_bundles,
+            bundle_hook=bundle_hook,
+        )
         return serve(config)
     except (ConfigError, ValueError) as e:
         print(f"kiln serve: {e}", file=sys.stderr)
@@ -48,18 +47,18 @@ def serve_command(
         return 1
 
 
-def reprovision_command(host: str, roles: str | None, database: str | None) -> int:
-    cluster = load_or_report(roles)
+def reprovision_command(project: Project, *, host: str, database: str | None = None) -> int:
+    cluster = project.load_or_report()
     if cluster is None:
         return 1
     try:
         cluster.host(host)
     except KeyError:
         names = ", ".join(h.name for h in cluster.hosts)
-        print(f"no host named {host!r} in roles.yaml (hosts: {names})", file=sys.stderr)
+        print(f"no host named {host!r} in {project.roles_shown} (hosts: {names})", file=sys.stderr)
         return 1
     try:
-        store = StateStore.open(database or DEFAULT_DATABASE, PROJECT)
+        store = StateStore.open(database or DEFAULT_DATABASE, project.root)
     except ValueError as e:
         print(f"kiln reprovision: {e}", file=sys.stderr)
         return 1
@@ -71,6 +70,8 @@ def reprovision_command(host: str, roles: str | None, database: str | None) -> i
         return 1
     finally:
         store.close()
-    print(f"{host}: re-armed (provisioning #{generation}): its next PXE boot installs it again, "
-          f"its secrets are handed out once more, its alerts are cleared")  # fmt: skip
+    print(
+        f"{host}: re-armed (provisioning #{generation}): its next PXE boot installs it again, "
+        "its secrets are handed out once more, its alerts are cleared"
+    )
     return 0

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 
+from kiln import mac
 from kiln.server.states import REPORTED_STEPS, STATUSES
 
 MAX_EVENT_BYTES = 16 * 1024
 MAX_DETAIL_CHARS = 4000
-_MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 
 EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -38,10 +37,10 @@ def parse_mac(value: str | None) -> str:
     """A MAC as lower case, colon separated; BadInput unless it is six hex pairs (':' or '-')."""
     if not value:
         raise BadInput("missing mac parameter (expected mac=aa:bb:cc:dd:ee:ff)")
-    mac = value.strip().lower()
-    if len(mac) != 17 or not _MAC.match(mac):
-        raise BadInput(f"malformed MAC {value[:40]!r} (expected six hex pairs such as 52:54:00:10:00:11)")
-    return mac.replace("-", ":")
+    try:
+        return mac.normalize(value)
+    except ValueError:
+        raise BadInput(f"malformed MAC {value[:40]!r} (expected six hex pairs such as 52:54:00:10:00:11)") from None
 
 
 @dataclass(frozen=True)

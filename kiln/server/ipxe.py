@@ -49,10 +49,13 @@ def retry_script(lines: list[str], base: str, seconds: int = RETRY_SECONDS) -> s
 
 
 def unknown_script(mac: str, base: str) -> str:
-    return retry_script([
-        f"this machine (MAC {mac}) is not in roles.yaml, so there is nothing to install on it.",
-        "add it under hosts: with its MAC and restart ./inv serve, or check that this is the right network.",
-    ], base)  # fmt: skip
+    return retry_script(
+        [
+            f"this machine (MAC {mac}) is not in roles.yaml, so there is nothing to install on it.",
+            "add it under hosts: with its MAC and restart ./inv serve, or check that this is the right network.",
+        ],
+        base,
+    )
 
 
 _HOST_HEADER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?$")
@@ -88,33 +91,45 @@ def install_script(host: Host, image: InstallImage, installer: Installer) -> str
     role = image.role
     base = installer.http_base
     bootif = "01-" + host.mac.replace(":", "-")
-    cmdline = " ".join([
-        "initrd=initrd.img",
-        f"kiln.image={base}/images/{role}/{role}.data",
-        f"kiln.map={base}/images/{role}/{role}.map",
-        f"kiln.sha256={image.digest}",
-        f"kiln.size={image.size}",
-        f"kiln.disk={host.disk}",
-        f"kiln.url={installer.provisioning_url}",
-        f"kiln.host={host.name}",
-        f"BOOTIF={bootif}",
-        "console=ttyS0",
-    ])  # fmt: skip
-    return "\n".join([
-        "#!ipxe",
-        _echo(f"kiln: installing {host.name} (role {role}) onto {host.disk}"),
-        f"kernel {base}/images/installer/vmlinuz {cmdline}",
-        f"initrd {base}/images/installer/initrd.img",
-        "boot",
-    ]) + "\n"  # fmt: skip
+    cmdline = " ".join(
+        [
+            "initrd=initrd.img",
+            f"kiln.image={base}/images/{role}/{role}.data",
+            f"kiln.map={base}/images/{role}/{role}.map",
+            f"kiln.sha256={image.digest}",
+            f"kiln.size={image.size}",
+            f"kiln.disk={host.disk}",
+            f"kiln.url={installer.provisioning_url}",
+            f"kiln.host={host.name}",
+            f"BOOTIF={bootif}",
+            "console=ttyS0",
+        ]
+    )
+    return (
+        "\n".join(
+            [
+                "#!ipxe",
+                _echo(f"kiln: installing {host.name} (role {role}) onto {host.disk}"),
+                f"kernel {base}/images/installer/vmlinuz {cmdline}",
+                f"initrd {base}/images/installer/initrd.img",
+                "boot",
+            ]
+        )
+        + "\n"
+    )
 
 
 def disk_script(host: Host) -> str:
-    return "\n".join([
-        "#!ipxe",
-        _echo(f"kiln: {host.name} is installed, booting from its local disk"),
-        "sanboot --no-describe --drive 0x80 || exit",
-    ]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                "#!ipxe",
+                _echo(f"kiln: {host.name} is installed, booting from its local disk"),
+                "sanboot --no-describe --drive 0x80 || exit",
+            ]
+        )
+        + "\n"
+    )
 
 
 class NotBuilt(Exception):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -28,7 +29,6 @@ from kiln.server.bundles import BundleCache, BundleHook
 from kiln.server.store import StateStore
 
 LOG = logging.getLogger("kiln.server")
-DEFAULT_DATABASE = "sqlite:///state/kiln.db"
 DEFAULT_HTTP_PORT = 8080
 # The PXE installer reports with busybox 1.35's wget, whose TLS offers only SHA-1 signature algorithms:
 # OpenSSL 3 refuses those at its default security level. Level 0 admits them, while the cipher list keeps
@@ -101,11 +101,19 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, **tls: str) -> uvicorn.Config:
+def _uvicorn_config(app: Any, **tls: Any) -> uvicorn.Config:
     return uvicorn.Config(
-        app, lifespan="off", log_level="warning", access_log=False, server_header=False, proxy_headers=False,
-        timeout_keep_alive=30, timeout_graceful_shutdown=5, backlog=2048, **tls,
-    )  # fmt: skip
+        app,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
+        backlog=2048,
+        **tls,
+    )
 
 
 def serve(config: ServerConfig) -> int:
@@ -120,8 +128,9 @@ def serve(config: ServerConfig) -> int:
         print(
             f"warning: {config.secrets / 'tls.pem'} does not cover {', '.join(uncovered)}, so hosts will refuse "
             "this server: remove it and run ./inv keys to reissue it",
-            file=sys.stderr, flush=True,
-        )  # fmt: skip
+            file=sys.stderr,
+            flush=True,
+        )
     key = signing.load_private_key(config.secrets / "signing.key")
     fingerprint = signing.fingerprint(key.public_key())
 
@@ -149,11 +158,13 @@ def serve(config: ServerConfig) -> int:
     rendered = bundles.render_all()
     print(f"rendered {rendered} bundles in {time.monotonic() - started:.2f}s", flush=True)
     provisioner = Provisioner(
-        cluster=cluster, store=store, bundles=bundles,
+        cluster=cluster,
+        store=store,
+        bundles=bundles,
         images=ipxe.ImageCatalog(config.images),
         installer=ipxe.Installer(http_base=http_base, provisioning_url=cluster.provisioning_url),
         dashboard_url=f"{tls_base}/",
-    )  # fmt: skip
+    )
     tls_config = _uvicorn_config(
         tls_app(provisioner),
         ssl_certfile=str(config.secrets / "tls.pem"),

@@ -29,7 +29,8 @@ UNKNOWN_LIMIT = 1000  # unknown machines remembered; beyond that new ones are no
 metadata = sa.MetaData()
 
 hosts_table = sa.Table(
-    "hosts", metadata,
+    "hosts",
+    metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("generation", sa.Integer, nullable=False, server_default="1"),  # provisioning number
     sa.Column("state", sa.String(16), nullable=False, server_default=State.waiting.value),
@@ -45,10 +46,12 @@ hosts_table = sa.Table(
     sa.Column("secrets_served_at", sa.Float),
     sa.Column("secrets_denied", sa.Integer, nullable=False, server_default="0"),
     sa.Column("secrets_denied_at", sa.Float),
-)  # fmt: skip
+    sa.Column("updated", sa.Float),  # the server's clock at the row's last change: GET /v1/hosts?since= reads it
+)
 
 events_table = sa.Table(
-    "events", metadata,
+    "events",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("host", sa.String(64), nullable=False),
     sa.Column("generation", sa.Integer, nullable=False),
@@ -59,15 +62,16 @@ events_table = sa.Table(
     sa.Column("received", sa.Float, nullable=False),  # the server's clock
     sa.Column("duration", sa.Float),
     sa.Index("events_host_generation", "host", "generation", "id"),
-)  # fmt: skip
+)
 
 unknown_table = sa.Table(
-    "unknown_machines", metadata,
+    "unknown_machines",
+    metadata,
     sa.Column("mac", sa.String(17), primary_key=True),
     sa.Column("first_seen", sa.Float, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
     sa.Column("requests", sa.Integer, nullable=False),
-)  # fmt: skip
+)
 
 
 # The statements on the hot path (every event), built once: SQLAlchemy then reuses their compiled form.
@@ -89,27 +93,46 @@ _UPDATE_AFTER_EVENT = (
                 "step_started",
                 "max_ok_index",
                 "installed",
+                "updated",
             )
         }
-    )  # fmt: skip
+    )
 )
 _INSERT_EVENT = events_table.insert()
 _SELECT_INSTALLED = sa.select(hosts_table.c.installed).where(hosts_table.c.name == sa.bindparam("host_name"))
 _GRANT_SECRETS = (
     hosts_table.update()
     .where(hosts_table.c.name == sa.bindparam("host_name"), hosts_table.c.secrets_served_at.is_(None))
-    .values(secrets_served_at=sa.bindparam("now"))
+    .values(secrets_served_at=sa.bindparam("now"), updated=sa.bindparam("now"))
 )
 _REFUSE_SECRETS = (
     hosts_table.update()
     .where(hosts_table.c.name == sa.bindparam("host_name"))
-    .values(secrets_denied=hosts_table.c.secrets_denied + 1, secrets_denied_at=sa.bindparam("now"))
+    .values(
+        secrets_denied=hosts_table.c.secrets_denied + 1,
+        secrets_denied_at=sa.bindparam("now"),
+        updated=sa.bindparam("now"),
+    )
     .returning(hosts_table.c.secrets_denied)
 )
 
 
 class UnknownHost(KeyError):
     pass
+
+
+def _timelines(names: list[str] | None) -> Any:
+    """Each host's last TIMELINE_LIMIT events of its current provisioning, oldest first: the newest rows per host
+    numbered in SQL (a window function), so a host with 45,000 events costs what one with 200 does."""
+    e = events_table
+    numbered = sa.select(
+        e, sa.func.row_number().over(partition_by=e.c.host, order_by=e.c.id.desc()).label("newest")
+    ).join(hosts_table, sa.and_(hosts_table.c.name == e.c.host, hosts_table.c.generation == e.c.generation))
+    if names is not None:
+        numbered = numbered.where(e.c.host.in_(names))
+    inner = numbered.subquery()
+    columns = [inner.c[c.name] for c in e.columns]
+    return sa.select(*columns).where(inner.c.newest <= TIMELINE_LIMIT).order_by(inner.c.host, inner.c.id)
 
 
 def engine_for(url: str, project: Path) -> Engine:
@@ -175,7 +198,19 @@ class StateStore:
     def open(cls, url: str, project: Path) -> StateStore:
         store = cls(engine_for(url, project))
         metadata.create_all(store.engine)
+        store._add_new_columns()
         return store
+
+    def _add_new_columns(self) -> None:
+        """A database made by an older kiln lacks the columns added since: add them (nullable, so no rewrite)."""
+        inspector = sa.inspect(self.engine)
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    with self._transaction() as conn:
+                        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
 
     def close(self) -> None:
         self.engine.dispose()
@@ -201,7 +236,7 @@ class StateStore:
             missing = sorted(wanted - have)
             if missing:
                 now = time.time()
-                conn.execute(hosts_table.insert(), [{"name": n, "armed_at": now} for n in missing])
+                conn.execute(hosts_table.insert(), [{"name": n, "armed_at": now, "updated": now} for n in missing])
 
     def record_event(self, name: str, event: Event, *, now: float | None = None) -> State:
         """Store one event and move the host's state; raise UnknownHost for a host without a row."""
@@ -218,17 +253,35 @@ class StateStore:
                 duration = max(0.0, now - host["step_started"])
             state = next_state(event.step, event.status)
             ok = event.status == "ok"
-            conn.execute(_UPDATE_AFTER_EVENT, {
-                "host_name": name, "state": state.value, "last_step": event.step, "last_status": event.status,
-                "last_detail": event.detail, "last_received": now, "last_duration": duration,
-                "step_started": now if event.status == "start" else None,
-                "max_ok_index": max(host["max_ok_index"], step_index(event.step)) if ok else host["max_ok_index"],
-                "installed": host["installed"] or (ok and event.step == "install"),
-            })  # fmt: skip
-            conn.execute(_INSERT_EVENT, {
-                "host": name, "generation": host["generation"], "step": event.step, "status": event.status,
-                "detail": event.detail, "at": event.at, "received": now, "duration": duration,
-            })  # fmt: skip
+            conn.execute(
+                _UPDATE_AFTER_EVENT,
+                {
+                    "host_name": name,
+                    "state": state.value,
+                    "last_step": event.step,
+                    "last_status": event.status,
+                    "last_detail": event.detail,
+                    "last_received": now,
+                    "last_duration": duration,
+                    "step_started": now if event.status == "start" else None,
+                    "max_ok_index": max(host["max_ok_index"], step_index(event.step)) if ok else host["max_ok_index"],
+                    "installed": host["installed"] or (ok and event.step == "install"),
+                    "updated": now,
+                },
+            )
+            conn.execute(
+                _INSERT_EVENT,
+                {
+                    "host": name,
+                    "generation": host["generation"],
+                    "step": event.step,
+                    "status": event.status,
+                    "detail": event.detail,
+                    "at": event.at,
+                    "received": now,
+                    "duration": duration,
+                },
+            )
         return state
 
     def record_pxe(self, name: str, detail: str) -> None:
@@ -262,11 +315,27 @@ class StateStore:
         with self._transaction() as conn:
             host = self._locked_host(conn, name)
             generation = host["generation"] + 1
-            conn.execute(hosts_table.update().where(hosts_table.c.name == name).values(
-                generation=generation, state=State.waiting.value, installed=False, max_ok_index=-1,
-                last_step=None, last_status=None, last_detail=None, last_received=None, last_duration=None,
-                step_started=None, armed_at=now, secrets_served_at=None, secrets_denied=0, secrets_denied_at=None,
-            ))  # fmt: skip
+            conn.execute(
+                hosts_table.update()
+                .where(hosts_table.c.name == name)
+                .values(
+                    generation=generation,
+                    state=State.waiting.value,
+                    installed=False,
+                    max_ok_index=-1,
+                    last_step=None,
+                    last_status=None,
+                    last_detail=None,
+                    last_received=None,
+                    last_duration=None,
+                    step_started=None,
+                    armed_at=now,
+                    secrets_served_at=None,
+                    secrets_denied=0,
+                    secrets_denied_at=None,
+                    updated=now,
+                )
+            )
         return generation
 
     def note_unknown(self, mac: str, *, now: float | None = None) -> None:
@@ -290,30 +359,33 @@ class StateStore:
             with self._transaction() as conn:
                 conn.execute(unknown_table.delete().where(unknown_table.c.mac.in_(macs)))
 
-    def host_rows(self, names: Iterable[str] | None = None, *, timeline: bool = True) -> dict[str, dict[str, Any]]:
-        """Each host's row, with its current provisioning's events (oldest first) under "timeline"."""
+    def host_rows(
+        self, names: Iterable[str] | None = None, *, timeline: bool = True, since: float | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Each host's row (only those changed at or after `since`, server clock, when given), with its current
+        provisioning's last TIMELINE_LIMIT events, oldest first, under "timeline" (the limit is in the query)."""
         with self.engine.connect() as conn:
             query = sa.select(hosts_table)
             if names is not None:
                 query = query.where(hosts_table.c.name.in_(list(names)))
+            if since is not None:
+                query = query.where(hosts_table.c.updated >= since)
             rows = {r["name"]: dict(r) for r in conn.execute(query).mappings()}
             for row in rows.values():
                 row["timeline"] = []
             if timeline and rows:
-                e = events_table
-                joined = (
-                    sa.select(e)
-                    .join(
-                        hosts_table, sa.and_(hosts_table.c.name == e.c.host, hosts_table.c.generation == e.c.generation)
-                    )
-                    .order_by(e.c.host, e.c.id)
-                )
-                for ev in conn.execute(joined).mappings():
-                    if ev["host"] in rows:
-                        rows[ev["host"]]["timeline"].append(dict(ev))
-                for row in rows.values():
-                    del row["timeline"][:-TIMELINE_LIMIT]
+                only = list(rows) if names is not None or since is not None else None
+                for ev in conn.execute(_timelines(only)).mappings():
+                    rows[ev["host"]]["timeline"].append(dict(ev))
         return rows
+
+    def alert_rows(self) -> dict[str, dict[str, Any]]:
+        """The rows of hosts that need an operator: failed, or refused their secrets (every poll shows them all)."""
+        with self.engine.connect() as conn:
+            query = sa.select(hosts_table).where(
+                sa.or_(hosts_table.c.state == State.failed.value, hosts_table.c.secrets_denied > 0)
+            )
+            return {r["name"]: dict(r) for r in conn.execute(query).mappings()}
 
     def unknown_machines(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

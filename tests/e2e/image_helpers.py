@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kiln.build import commands
+from kiln.build import cli as build_cli
 from kiln.build.imagefs import mounted
 from kiln.build.plan import IMAGES_DIR
+from kiln.project import Project
 
 ROLES = ("lb", "web", "app", "db")
 HOST_LOOPBACK = "10.0.2.2"  # the host's 127.0.0.1 as a non-isolated guest sees it
@@ -24,16 +25,26 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def build_all_images() -> Path:
     """Build what is not up to date (a no-op taking seconds when nothing changed); return images/."""
-    assert commands.build_all() == 0, "./inv build-all failed; see images/<role>/build.log"
+    assert build_cli.build_all(Project()) == 0, "./inv build-all failed; see images/<role>/build.log"
     return IMAGES_DIR
 
 
 class Vm:
     """One QEMU guest (-accel tcg), its serial console in a file, its monitor on a unix socket."""
 
-    def __init__(self, workdir: Path, *, disk: Path, disk_format: str = "qcow2", kernel: Path | None = None,
-                 initrd: Path | None = None, append: str | None = None, mac: str = "52:54:00:12:34:56",
-                 memory: int = 1024, isolated: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        disk: Path,
+        disk_format: str = "qcow2",
+        kernel: Path | None = None,
+        initrd: Path | None = None,
+        append: str | None = None,
+        mac: str = "52:54:00:12:34:56",
+        memory: int = 1024,
+        isolated: bool = True,
+    ) -> None:
         """QEMU user networking. `isolated` (restrict=on): DHCP works and the guest reaches nothing at all; a
         role image must be isolated, since its agent would try the provisioning URL baked into it. Otherwise
         the guest reaches the host's loopback as 10.0.2.2 (for a guest that only goes where the test sends it)."""
@@ -41,11 +52,22 @@ class Vm:
         self.console = workdir / "console.log"
         self.monitor = workdir / "monitor.sock"
         argv = [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "2", "-nographic",
-            "-serial", f"file:{self.console}", "-monitor", f"unix:{self.monitor},server,nowait",
-            "-drive", f"file={disk},if=virtio,format={disk_format}",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            str(memory),
+            "-smp",
+            "2",
+            "-nographic",
+            "-serial",
+            f"file:{self.console}",
+            "-monitor",
+            f"unix:{self.monitor},server,nowait",
+            "-drive",
+            f"file={disk},if=virtio,format={disk_format}",
             "-no-reboot",
-        ]  # fmt: skip
+        ]
         argv += ["-nic", f"user,model=virtio-net-pci,mac={mac}" + (",restrict=on" if isolated else "")]
         if kernel is not None:
             argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append or ""]
@@ -53,8 +75,13 @@ class Vm:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Vm:
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.workdir / "qemu.err", "wb"), start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "qemu.err", "wb"),
+            start_new_session=True,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -122,6 +149,10 @@ def booted_root(disk_qcow2: Path, workdir: Path) -> Iterator[Path]:
 
 def journal(root: Path) -> str:
     """The guest's persistent journal, as `journalctl -o short` lines."""
-    result = subprocess.run(["journalctl", "-D", str(root / "var" / "log" / "journal"), "-o", "short", "--no-pager"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        ["journalctl", "-D", str(root / "var" / "log" / "journal"), "-o", "short", "--no-pager"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return result.stdout

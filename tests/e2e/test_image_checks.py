@@ -26,11 +26,37 @@ ROLE_PACKAGES = {
     "db": {"mariadb-server", "mariadb-backup", "prometheus-mysqld-exporter"},
 }
 EVERY_ROLE = {
-    "prometheus-node-exporter", "nftables", "auditd", "apparmor", "unattended-upgrades", "lynis", "openssh-server",
-    "acct", "libpam-tmpdir", "debsums", "apt-show-versions", "aide", "chkrootkit",
-}  # fmt: skip
-ABSENT = {"telnetd", "rsh-server", "inetd", "xinetd", "nis", "tftpd", "avahi-daemon", "cups", "rpcbind", "samba",
-          "snmpd", "squid", "vsftpd", "ufw", "prelink"}  # fmt: skip
+    "prometheus-node-exporter",
+    "nftables",
+    "auditd",
+    "apparmor",
+    "unattended-upgrades",
+    "lynis",
+    "openssh-server",
+    "acct",
+    "libpam-tmpdir",
+    "debsums",
+    "apt-show-versions",
+    "aide",
+    "chkrootkit",
+}
+ABSENT = {
+    "telnetd",
+    "rsh-server",
+    "inetd",
+    "xinetd",
+    "nis",
+    "tftpd",
+    "avahi-daemon",
+    "cups",
+    "rpcbind",
+    "samba",
+    "snmpd",
+    "squid",
+    "vsftpd",
+    "ufw",
+    "prelink",
+}
 # a real key block, not the marker strings crypto libraries carry
 PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/=\r\n]{64,}-----END")
 LISTENERS = {
@@ -82,8 +108,14 @@ def test_packages(image: tuple[str, Path], images: Path) -> None:
 def test_sysctl_and_modules(image: tuple[str, Path]) -> None:
     _, root = image
     sysctl = (root / "etc/sysctl.d/90-kiln-hardening.conf").read_text()
-    for setting in ("net.ipv4.ip_forward = 0", "net.ipv4.conf.all.accept_redirects = 0", "net.ipv4.tcp_syncookies = 1",
-                    "kernel.randomize_va_space = 2", "fs.suid_dumpable = 0", "kernel.kptr_restrict = 2"):  # fmt: skip
+    for setting in (
+        "net.ipv4.ip_forward = 0",
+        "net.ipv4.conf.all.accept_redirects = 0",
+        "net.ipv4.tcp_syncookies = 1",
+        "kernel.randomize_va_space = 2",
+        "fs.suid_dumpable = 0",
+        "kernel.kptr_restrict = 2",
+    ):
         assert setting in sysctl
     blacklist = (root / "etc/modprobe.d/kiln-blacklist.conf").read_text()
     for module in ("cramfs", "udf", "squashfs", "usb-storage", "firewire-core", "firewire-ohci", "dccp", "sctp"):
@@ -98,8 +130,14 @@ def test_sysctl_and_modules(image: tuple[str, Path]) -> None:
 def test_sshd_keys_only_no_root(image: tuple[str, Path]) -> None:
     _, root = image
     conf = (root / "etc/ssh/sshd_config.d/50-kiln.conf").read_text()
-    for line in ("PermitRootLogin no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-                 "PermitEmptyPasswords no", "X11Forwarding no", "MaxAuthTries 3"):  # fmt: skip
+    for line in (
+        "PermitRootLogin no",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitEmptyPasswords no",
+        "X11Forwarding no",
+        "MaxAuthTries 3",
+    ):
         assert re.search(rf"^{line}$", conf, re.M), line
     assert "cbc" not in conf.lower() and "sha1" not in conf.lower()
     assert "Include /etc/ssh/sshd_config.d/*.conf" in (root / "etc/ssh/sshd_config").read_text()
@@ -129,8 +167,15 @@ def test_audit_apparmor_upgrades_firewall_mounts(image: tuple[str, Path]) -> Non
     _, root = image
     rules = (root / "etc/audit/rules.d/50-kiln.rules").read_text()
     assert "-w /etc/shadow -p wa -k identity" in rules and rules.rstrip().endswith("-e 2")
-    for unit in ("auditd.service", "apparmor.service", "nftables.service", "unattended-upgrades.service",
-                 "systemd-networkd.service", "tmp.mount", "ssh.service"):  # fmt: skip
+    for unit in (
+        "auditd.service",
+        "apparmor.service",
+        "nftables.service",
+        "unattended-upgrades.service",
+        "systemd-networkd.service",
+        "tmp.mount",
+        "ssh.service",
+    ):
         assert enabled(root, unit), f"{unit} is not enabled"
     for unit in ("open-iscsi.service", "iscsid.socket"):  # DIB's vm element brings them; unused, slow to boot
         assert not enabled(root, unit), f"{unit} is enabled"

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from kiln import blockmap
-from kiln.build import commands, installer
+from kiln.build import cli as build_cli
+from kiln.build import installer
 from kiln.build.imagefs import mounted
 from kiln.build.progress import Display
-from kiln.model import load_roles
+from kiln.project import Project
 from tests.e2e.image_helpers import HOST_LOOPBACK, Vm
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,8 @@ IMAGE_SIZE = 48 << 20
 
 @pytest.fixture(scope="module")
 def installer_dir() -> Path:
-    env = commands.prepare(load_roles(PROJECT / "roles.yaml"))
+    project = Project()
+    env = build_cli.prepare(project.cluster(), images=project.images, secrets=project.secrets)
     with Display(["installer"]) as display:
         assert installer.build(env, display).state in ("built", "up to date")
     return env.images / "installer"
@@ -73,7 +75,7 @@ class Server:
         }
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 data = files.get(self.path)
                 if data is None:
                     self.send_error(404)
@@ -85,7 +87,7 @@ class Server:
                     self.wfile.write(data[at : at + (1 << 20)])
                     time.sleep(pace)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 events.append({"path": self.path, **json.loads(body)})
                 self.send_response(204)
@@ -120,17 +122,29 @@ def _boot(tmp_path: Path, installer_dir: Path, server: Server, sha: str, extra: 
         for _ in range(64):
             f.write(DIRTY)
     base = f"http://{HOST_LOOPBACK}:{server.port}"  # the test's server on the host's loopback
-    append = (f"kiln.image={base}/small.data kiln.map={base}/small.map kiln.sha256={sha} kiln.disk=/dev/vda "
-              f"kiln.url={base} kiln.host=web1 "
-              f"kiln.size={IMAGE_SIZE} BOOTIF=01-{MAC.replace(':', '-')} console=ttyS0 {extra}")  # fmt: skip
-    vm = Vm(tmp_path, disk=disk, disk_format="raw", kernel=installer_dir / "vmlinuz",
-            initrd=installer_dir / "initrd.img", append=append, mac=MAC, memory=512,
-            isolated=False)  # fmt: skip  # the installer only goes to the URLs given on its command line
+    append = (
+        f"kiln.image={base}/small.data kiln.map={base}/small.map kiln.sha256={sha} kiln.disk=/dev/vda "
+        f"kiln.url={base} kiln.host=web1 "
+        f"kiln.size={IMAGE_SIZE} BOOTIF=01-{MAC.replace(':', '-')} console=ttyS0 {extra}"
+    )
+    # not isolated: the installer only goes to the URLs given on its command line
+    vm = Vm(
+        tmp_path,
+        disk=disk,
+        disk_format="raw",
+        kernel=installer_dir / "vmlinuz",
+        initrd=installer_dir / "initrd.img",
+        append=append,
+        mac=MAC,
+        memory=512,
+        isolated=False,
+    )
     return vm, disk
 
 
-def test_installs_the_image_and_writes_the_seed(tmp_path: Path, installer_dir: Path, server: Server,
-                                                test_image: Path, image_map: blockmap.BlockMap) -> None:  # fmt: skip
+def test_installs_the_image_and_writes_the_seed(
+    tmp_path: Path, installer_dir: Path, server: Server, test_image: Path, image_map: blockmap.BlockMap
+) -> None:
     vm, disk = _boot(tmp_path, installer_dir, server, image_map.digest)
     with vm:
         vm.wait_for(r"kiln-installer: installed; rebooting", 300)
@@ -151,8 +165,9 @@ def test_installs_the_image_and_writes_the_seed(tmp_path: Path, installer_dir: P
     assert isinstance(server.events[-1]["duration"], int), "the installer times its own step"
 
 
-def test_reports_progress_while_it_writes(tmp_path: Path, installer_dir: Path, test_image: Path,
-                                          image_map: blockmap.BlockMap) -> None:  # fmt: skip
+def test_reports_progress_while_it_writes(
+    tmp_path: Path, installer_dir: Path, test_image: Path, image_map: blockmap.BlockMap
+) -> None:
     slow = Server(test_image, pace=1.0)  # a second per MiB of data
     try:
         vm, _ = _boot(tmp_path, installer_dir, slow, image_map.digest, "kiln.progress=2")
@@ -168,8 +183,9 @@ def test_reports_progress_while_it_writes(tmp_path: Path, installer_dir: Path, t
     assert all(re.fullmatch(r"(writing: \d+ of 48|checking: \d+ of \d+) MB", d) for d in progress), progress
 
 
-def test_refuses_a_short_download(tmp_path: Path, installer_dir: Path, test_image: Path,
-                                  image_map: blockmap.BlockMap) -> None:  # fmt: skip
+def test_refuses_a_short_download(
+    tmp_path: Path, installer_dir: Path, test_image: Path, image_map: blockmap.BlockMap
+) -> None:
     broken = Server(test_image, cut=image_map.data_bytes - (1 << 20))
     try:
         vm, disk = _boot(tmp_path, installer_dir, broken, image_map.digest)

@@ -16,12 +16,15 @@ from typing import Any
 import pytest
 import testinfra
 
-from kiln.commands import load_or_report
 from kiln.lab import client
 from kiln.lab.layout import OUTSIDE, Lab
-from kiln.lab.probe import DROPPED, OPEN, REFUSED, connect, connect_from_host, request
+from kiln.lab.probe import DROPPED, OPEN, REFUSED, connect, request
 from kiln.lab.ssh import config_file
-from kiln.model import Role
+from kiln.model import Cluster
+from kiln.project import Project
+from kiln.render import Renderer
+from kiln.roles import app, db, lb, web
+from kiln.roles.context import NODE_EXPORTER_PORT
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,7 +32,7 @@ pytestmark = [
 ]
 
 ROLES_FILE = os.environ.get("KILN_LAB_ROLES") or None
-CLUSTER = load_or_report(ROLES_FILE) if os.environ.get("KILN_LAB") == "1" else None
+CLUSTER = Project(roles=ROLES_FILE).cluster() if os.environ.get("KILN_LAB") == "1" else None
 HOSTS = [h.name for h in CLUSTER.hosts] if CLUSTER else []
 ADMIN = CLUSTER.provisioning_url.split("//")[1].split(":")[0] if CLUSTER else ""
 
@@ -55,7 +58,7 @@ def hosts(ssh_config: str) -> dict[str, Any]:
     return {name: testinfra.get_host(f"ssh://{name}", ssh_config=ssh_config) for name in HOSTS}
 
 
-def _get(lab: Lab, path: str = "/", **kw: Any):  # noqa: ANN202
+def _get(lab: Lab, path: str = "/", **kw: Any):
     # 30 s, not 10: seven emulated CPUs share two cores, and a just-joined cluster answered a POST in over 10 s once
     kw.setdefault("timeout", 30)
     return request(lab.vip, lab.cluster.domain, str(lab.secrets / "ca.pem"), path=path, src=OUTSIDE, **kw)
@@ -98,7 +101,7 @@ def test_a_note_posted_through_the_vip_is_read_from_the_replica_within_2s(lab: L
     assert listing["read_from"] in replicas, "reads are served by a replica"
     for replica in lab.cluster.db_replicas:
         out = hosts[replica.name].check_output(
-            f"mariadb -N -e \"SELECT COUNT(*) FROM {lab.cluster.db.database}.notes WHERE text='{text}'\""  # type: ignore[union-attr]
+            f"mariadb -N -e \"SELECT COUNT(*) FROM {db.settings_of(lab.cluster).database}.notes WHERE text='{text}'\""
         )
         assert out.strip() == "1", f"{replica.name} holds the note"
 
@@ -118,7 +121,7 @@ def test_the_replica_is_read_only_and_both_threads_run(name: str, hosts: dict[st
 
 
 def _lbs() -> list[str]:
-    return [h.name for h in CLUSTER.by_role(Role.lb)] if CLUSTER else []
+    return [h.name for h in CLUSTER.by_role("lb")] if CLUSTER else []
 
 
 def test_exactly_one_lb_holds_the_vip_and_both_run_keepalived_and_haproxy(lab: Lab, hosts: dict[str, Any]) -> None:
@@ -136,42 +139,61 @@ def test_exactly_one_lb_holds_the_vip_and_both_run_keepalived_and_haproxy(lab: L
 def test_haproxy_sees_every_web_node_up(name: str, lab: Lab) -> None:
     import urllib.request
 
-    with urllib.request.urlopen(f"http://{_ip(name)}:8404/stats;csv", timeout=10) as r:
+    with urllib.request.urlopen(f"http://{_ip(name)}:{lb.STATS_PORT}/stats;csv", timeout=10) as r:
         rows = [line.split(",") for line in r.read().decode().splitlines() if line.startswith("web_pool,")]
     status = {row[1]: row[17] for row in rows if row[1] not in ("FRONTEND", "BACKEND")}
-    webs = {h.name for h in lab.cluster.by_role(Role.web)}
+    webs = {h.name for h in lab.cluster.by_role("web")}
     assert set(status) == webs
     assert all(s == "UP" for s in status.values()), status
 
 
 # --- the firewall matrix ----------------------------------------------------------------------------
 
-# (from, to, port, allowed): "admin" is the lab's own address (in the admin network), "outside" is an address
-# in no admin network and no cluster host, "vip" the site's address.
-MATRIX = [
-    ("outside", "vip", 443, True),
-    ("outside", "vip", 80, True),
-    ("lb1", "web1", 80, True),
-    ("lb2", "web2", 80, True),
-    ("web1", "app1", 8080, True),
-    ("web2", "app1", 8080, True),
-    ("app1", "db1", 3306, True),
-    ("app1", "db2", 3306, True),
-    ("db2", "db1", 3306, True),
-    ("admin", "app1", 22, True),
-    ("admin", "db1", 9100, True),
-    ("web1", "db1", 3306, False),
-    ("lb1", "app1", 8080, False),
-    ("app1", "web1", 80, False),
-    ("outside", "app1", 8080, False),
-    ("outside", "db1", 3306, False),
-    ("outside", "web1", 80, False),
-    ("outside", "lb1", 22, False),
-    ("outside", "db2", 22, False),
-    ("outside", "lb1", 8404, False),
-    ("admin", "app1", 8080, False),
-    ("admin", "db1", 3306, False),
-]
+
+def connect_from_host(host: Any, dst: str, port: int, timeout: int = 3) -> str:
+    """A TCP connection attempt made on a lab host (a testinfra host) with bash's /dev/tcp."""
+    result = host.run(f"timeout {timeout} bash -c 'exec 3<>/dev/tcp/{dst}/{port}'")
+    if result.rc == 0:
+        return OPEN
+    if result.rc == 124:
+        return DROPPED
+    return REFUSED
+
+
+def matrix(cluster: Cluster | None) -> list[tuple[str, str, int, bool]]:
+    """(from, to, port, allowed) for the cluster's own hosts and ports: "admin" is the lab's own address (in the
+    admin network), "outside" an address in no admin network and no cluster host, "vip" the site's address."""
+    if cluster is None:
+        return []
+    lbs, webs, apps, dbs = (cluster.by_role(r) for r in ("lb", "web", "app", "db"))
+    primary = cluster.db_primary
+    assert primary is not None
+    replicas = cluster.db_replicas
+    app_port = app.settings_of(cluster).port
+    one_app, one_web, one_lb, one_db = apps[0].name, webs[0].name, lbs[0].name, dbs[0].name
+    rows = [("outside", "vip", 443, True), ("outside", "vip", 80, True)]
+    rows += [(h.name, webs[i % len(webs)].name, web.PORT, True) for i, h in enumerate(lbs)]
+    rows += [(h.name, one_app, app_port, True) for h in webs]
+    rows += [(one_app, h.name, db.PORT, True) for h in dbs]
+    rows += [(h.name, primary.name, db.PORT, True) for h in replicas]
+    rows += [("admin", one_app, 22, True), ("admin", one_db, NODE_EXPORTER_PORT, True)]
+    rows += [
+        (one_web, primary.name, db.PORT, False),
+        (one_lb, one_app, app_port, False),
+        (one_app, one_web, web.PORT, False),
+        ("outside", one_app, app_port, False),
+        ("outside", primary.name, db.PORT, False),
+        ("outside", one_web, web.PORT, False),
+        ("outside", one_lb, 22, False),
+        ("outside", dbs[-1].name, 22, False),
+        ("outside", one_lb, lb.STATS_PORT, False),
+        ("admin", one_app, app_port, False),
+        ("admin", primary.name, db.PORT, False),
+    ]
+    return rows
+
+
+MATRIX = matrix(CLUSTER)
 
 
 @pytest.mark.parametrize(("src", "dst", "port", "allowed"), MATRIX, ids=[f"{s}->{d}:{p}" for s, d, p, _ in MATRIX])
@@ -189,12 +211,12 @@ def test_firewall_matrix(src: str, dst: str, port: int, allowed: bool, lab: Lab,
 
 # --- per host: listening ports, hardening, first boot ------------------------------------------------
 
-LISTEN = {
-    Role.lb: {22, 80, 443, 8404, 9100},
-    Role.web: {22, 80, 9100, 9113},
-    Role.app: {22, 8080, 9100},
-    Role.db: {22, 3306, 9100, 9104},
-}
+
+def expected_ports(cluster: Cluster, name: str) -> set[int]:
+    """SSH, the node exporter, and what the host's role opens in its firewall (the role module says)."""
+    _, _, _, firewall = Renderer(cluster).variables(cluster.host(name))
+    role_ports = {p for rule in firewall.inbound if rule.proto == "tcp" for p in rule.ports}
+    return {22, NODE_EXPORTER_PORT, *role_ports, *firewall.exporter_ports}
 
 
 def _listening(host: Any) -> set[int]:
@@ -210,8 +232,7 @@ def _listening(host: Any) -> set[int]:
 
 @pytest.mark.parametrize("name", HOSTS)
 def test_only_the_expected_ports_listen(name: str, lab: Lab, hosts: dict[str, Any]) -> None:
-    role = lab.cluster.host(name).role
-    assert _listening(hosts[name]) == LISTEN[role]
+    assert _listening(hosts[name]) == expected_ports(lab.cluster, name)
 
 
 @pytest.mark.parametrize("name", HOSTS)
@@ -250,11 +271,11 @@ def test_the_root_filesystem_grew_to_fill_the_disk(name: str, lab: Lab, hosts: d
     )
 
 
-@pytest.mark.parametrize("name", [h.name for h in CLUSTER.by_role(Role.db)] if CLUSTER else [])
+@pytest.mark.parametrize("name", [h.name for h in CLUSTER.by_role("db")] if CLUSTER else [])
 def test_the_mysqld_exporter_reports_from_the_admin_network(name: str) -> None:
     import urllib.request
 
-    with urllib.request.urlopen(f"http://{_ip(name)}:9104/metrics", timeout=20) as r:
+    with urllib.request.urlopen(f"http://{_ip(name)}:{db.EXPORTER_PORT}/metrics", timeout=20) as r:
         metrics = r.read().decode()
     assert "\nmysql_up 1\n" in metrics, metrics[:1000]
 

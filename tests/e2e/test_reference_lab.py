@@ -43,8 +43,16 @@ def inv(step: str, *args: str, timeout: float) -> subprocess.CompletedProcess[st
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "invoke", "--search-root", str(PROJECT), "lab", step, *args]
     with log.open("w") as out:
-        result = subprocess.run(argv, cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                                check=False, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+        result = subprocess.run(
+            argv,
+            cwd=PROJECT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "COLUMNS": "200"},
+        )
     result.stdout = log.read_text(errors="replace")
     return result
 

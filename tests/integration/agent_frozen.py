@@ -17,8 +17,14 @@ def without_python(argv: list[str], timeout: float = 60) -> subprocess.Completed
     script += "".join(f"mount --bind /dev/null {f} || exit 125; " for f in files)
     script += 'exec "$@"'
     cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})  # fmt: skip
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+    )
 
 
 def frozen_binary() -> Path:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot.join.sql import Server
+from firstboot.steps.join.sql import Server
 
 PORTS = range(13306, 13400)
 
@@ -34,9 +34,18 @@ def template_datadir(directory: Path) -> Path:
     """A freshly initialised datadir (anonymous users and the test database included), copied for each server."""
     datadir = directory / "template"
     subprocess.run(
-        ["mariadb-install-db", "--no-defaults", f"--datadir={datadir}", "--auth-root-authentication-method=socket",
-         "--user=root"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
-    )  # fmt: skip
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={datadir}",
+            "--auth-root-authentication-method=socket",
+            "--user=root",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
     return datadir
 
 
@@ -74,7 +83,7 @@ def start(name: str, base: Path, template: Path, rendered_cnf: str, *, netns: st
     (directory / "files").mkdir()
     cnf = rendered_cnf
     if netns:
-        port = int(re.search(r"(?m)^port = (\d+)$", cnf)[1])  # type: ignore[index]
+        port = int(re.search(r"(?m)^port = (\d+)$", cnf)[1])
     else:
         port = free_port()
         cnf = re.sub(r"(?m)^bind_address = .*$", "bind_address = 127.0.0.1", cnf)
@@ -87,8 +96,9 @@ def start(name: str, base: Path, template: Path, rendered_cnf: str, *, netns: st
     )
     (directory / "my.cnf").write_text(cnf)
     argv = ["mariadbd", f"--defaults-file={directory / 'my.cnf'}"]
-    process = subprocess.Popen(["ip", "netns", "exec", netns, *argv] if netns else argv, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", netns, *argv] if netns else argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     server = Mariadb(name, directory, port, process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

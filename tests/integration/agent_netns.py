@@ -62,13 +62,19 @@ class Lab:
         return ns
 
     def exec(self, ns: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout,
-                              check=False)  # fmt: skip
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, check=False
+        )
 
     def start(self, name: str, ns: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.base / f"{name}.log").open("wb")
-        process = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         self.processes.append((name, process))
         return process
 

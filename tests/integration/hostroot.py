@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from kiln.bundle import Bundle
+from kiln.model import Cluster
+from kiln.render import render
 from kiln.secrets import SecretStore
 
 OVERLAID = ("etc", "var/lib", "var/cache")
@@ -24,15 +27,28 @@ _OVERLAY_SH = (
 )
 
 
-def lay_out(bundle: dict[str, Any], root: Path, store: SecretStore) -> Path:
-    """Write the bundle's directories, files and (real) secrets under `root`."""
-    for d in bundle["directories"]:
-        (root / d["path"].lstrip("/")).mkdir(parents=True, exist_ok=True)
-    for item in [*bundle["files"], *({**s, "content": store.value(s["name"])} for s in bundle["secrets"])]:
-        target = root / item["path"].lstrip("/")
+def applied_bundles(cluster: Cluster, store: SecretStore) -> dict[str, Bundle]:
+    """Every host's bundle as the agent applies it: cluster-wide contents inline (the agent fetches them by
+    digest), secret values filled in (the server fills them for the fetch)."""
+    rendered = render(cluster)
+    bundles = {}
+    for name, b in rendered.bundles.items():
+        files = tuple(replace(f, content=rendered.shared[f.shared], shared="") if f.shared else f for f in b.files)
+        bundles[name] = replace(b, files=files).with_secret_values({n: store.value(n) for n in b.secret_names()})
+    return bundles
+
+
+def lay_out(bundle: Bundle, root: Path, store: SecretStore) -> Path:
+    """Write the bundle's directories, files (contents inline: see applied_bundles) and real secrets under `root`."""
+    for d in bundle.directories:
+        (root / d.path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    files = [(f.path, f.content, f.mode) for f in bundle.files]
+    files += [(s.path, store.value(s.name), s.mode) for s in bundle.secrets]
+    for path, content, mode in files:
+        target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(item["content"])
-        os.chmod(target, int(item["mode"], 8))
+        target.write_text(content)
+        os.chmod(target, int(mode, 8))
     for sub in OVERLAID:
         (root / sub).mkdir(parents=True, exist_ok=True)
     return root

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -48,9 +49,9 @@ class RunningServer:
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.secrets.ca_pem))
 
-    def client(self, **kwargs: object) -> httpx.Client:
+    def client(self, *, timeout: float = 10, **kwargs: Any) -> httpx.Client:
         """Verifies the server with secrets/ca.pem only, as a booting host does."""
-        return httpx.Client(verify=self.tls_context(), timeout=10, **kwargs)  # type: ignore[arg-type]
+        return httpx.Client(verify=self.tls_context(), timeout=timeout, **kwargs)
 
     def inv(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*INV, *args], capture_output=True, text=True, timeout=60, check=False)
@@ -70,9 +71,16 @@ def _wait_started(process: subprocess.Popen[bytes], log: Path, timeout: float = 
 
 @contextlib.contextmanager
 def running_server(
-    tmp: Path, *, roles: Path | None = None, database: str | None = None, images: Path | None = None,
-    secrets: Path | None = None, extra: tuple[str, ...] = (), tls_port: int = 0,
-) -> Iterator[RunningServer]:  # fmt: skip
+    tmp: Path,
+    *,
+    roles: Path | None = None,
+    database: str | None = None,
+    images: Path | None = None,
+    secrets: Path | None = None,
+    extra: tuple[str, ...] = (),
+    tls_port: int = 0,
+    start_timeout: float = 30,
+) -> Iterator[RunningServer]:
     tmp.mkdir(parents=True, exist_ok=True)
     roles = roles or loopback_roles(tmp)
     database = database or f"sqlite:///{tmp / 'state' / 'kiln.db'}"
@@ -80,13 +88,26 @@ def running_server(
     images = images or tmp / "images"
     log = tmp / "serve.log"
     args = [
-        *INV, "serve", "--roles", str(roles), "--listen", "127.0.0.1:0", "--tls-listen", f"127.0.0.1:{tls_port}",
-        "--database", database, "--secrets", str(secrets), "--images", str(images), *extra,
-    ]  # fmt: skip
+        *INV,
+        "serve",
+        "--roles",
+        str(roles),
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        f"127.0.0.1:{tls_port}",
+        "--database",
+        database,
+        "--secrets",
+        str(secrets),
+        "--images",
+        str(images),
+        *extra,
+    ]
     with log.open("wb") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT, start_new_session=True)
     try:
-        text = _wait_started(process, log)
+        text = _wait_started(process, log, start_timeout)
         http_url = re.search(r"boot scripts\s+(http://\S+?)/boot\.ipxe", text)
         tls_url = re.search(r"dashboard\s+(https://\S+?)/\s", text)
         fingerprint = re.search(r"signing key\s+(SHA256:\S+)", text)

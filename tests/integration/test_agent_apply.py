@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import stat
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.bundle import Bundle
 from kiln.secrets import SecretStore
 from tests.integration.agent_netns import host_tree
 
@@ -27,38 +27,38 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def apply(bundle: Path, root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "firstboot", "apply", "--bundle", str(bundle), "--root", str(root), "--no-services"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "firstboot", "apply", "--bundle", str(bundle), "--root", str(root), "--no-services"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_every_rendered_bundle_applies_and_reapplies_unchanged(rendered: Path, tmp_path: Path,
-                                                               secret_store: SecretStore) -> None:  # fmt: skip
+def test_every_rendered_bundle_applies_and_reapplies_unchanged(
+    rendered: Path, tmp_path: Path, secret_store: SecretStore
+) -> None:
     bundles = sorted(rendered.glob("*/bundle.json"))
     assert len(bundles) == 7
+    (tmp_path / "_shared").symlink_to(rendered / "_shared")
     for path in bundles:
         host = path.parent.name
         # as rendered (secrets by reference), then as served (secret values filled in)
         root = host_tree(tmp_path / host)
         first = apply(path, root)
         assert first.returncode == 0, f"{host}: {first.stdout}{first.stderr}"
-        served = json.loads(path.read_text())
-        for s in served["secrets"]:
-            s["value"] = secret_store.value(s["name"])
-        served_path = tmp_path / f"{host}.served.json"
-        served_path.write_text(json.dumps(served))
+        rendered_bundle = Bundle.from_json(path.read_bytes())
+        served = rendered_bundle.with_secret_values({n: secret_store.value(n) for n in rendered_bundle.secret_names()})
+        served_path = tmp_path / f"{host}.served.json"  # beside _shared/, where apply finds the shared contents
+        served_path.write_bytes(served.to_json())
         assert apply(served_path, root).returncode == 0
         again = apply(served_path, root)
         assert again.returncode == 0 and again.stdout.rstrip().endswith(": unchanged"), f"{host}: {again.stdout}"
-        for f in served["files"]:  # byte for byte what ./inv render previews
-            target = root / f["path"].lstrip("/")
-            assert target.read_bytes() == (path.parent / "root" / f["path"].lstrip("/")).read_bytes()
-            assert stat.S_IMODE(target.stat().st_mode) == int(f["mode"], 8)
-        for s in served["secrets"]:
-            target = root / s["path"].lstrip("/")
-            assert target.read_text() == s["value"] and stat.S_IMODE(target.stat().st_mode) == int(s["mode"], 8)
-            assert s["value"] not in first.stdout + first.stderr + again.stdout + again.stderr
+        for f in served.files:  # byte for byte what ./inv render previews
+            target = root / f.path.lstrip("/")
+            assert target.read_bytes() == (path.parent / "root" / f.path.lstrip("/")).read_bytes()
+            assert stat.S_IMODE(target.stat().st_mode) == int(f.mode, 8)
+        for s in served.secrets:
+            assert s.value is not None
+            target = root / s.path.lstrip("/")
+            assert target.read_text() == s.value and stat.S_IMODE(target.stat().st_mode) == int(s.mode, 8)
+            assert s.value not in first.stdout + first.stderr + again.stdout + again.stderr
 
 
 def test_owners_resolve_by_name_in_the_tree(rendered: Path, tmp_path: Path) -> None:

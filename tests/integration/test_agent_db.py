@@ -7,8 +7,6 @@ replicas are read-only, and a second join changes nothing (the binary logs do no
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 import shutil
 import subprocess
@@ -17,33 +15,31 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
 
-from firstboot.join.sql import Server
+from firstboot.steps.join.sql import Server
+from kiln.bundle import Bundle, DbPrimaryJoin, DbReplicaJoin
 from kiln.model import Cluster
-from kiln.render import render_cluster
 from kiln.secrets import SecretStore
 from tests.integration.agent_mariadb import Mariadb, start, template_datadir
+from tests.integration.hostroot import applied_bundles
 
 pytestmark = pytest.mark.integration
 CNF = "/etc/mysql/mariadb.conf.d/60-kiln.cnf"
 
 
 @pytest.fixture(scope="module")
-def bundles(cluster: Cluster, secret_store: SecretStore) -> dict[str, dict[str, Any]]:
-    rendered = render_cluster(cluster)
-    for b in rendered.values():
-        for s in b["secrets"]:
-            s["value"] = secret_store.value(s["name"])
-    return rendered
+def bundles(cluster: Cluster, secret_store: SecretStore) -> dict[str, Bundle]:
+    return applied_bundles(cluster, secret_store)
 
 
-def cnf_of(bundle: dict[str, Any]) -> str:
-    return next(f["content"] for f in bundle["files"] if f["path"] == CNF)
+def cnf_of(bundle: Bundle) -> str:
+    return next(f.content for f in bundle.files if f.path == CNF)
 
 
 @pytest.fixture(scope="module")
@@ -71,43 +67,44 @@ def servers() -> Iterator[list[Mariadb]]:
 
 
 @pytest.fixture(scope="module")
-def primary(base: Path, template: Path, bundles: dict, servers: list[Mariadb]) -> Mariadb:
+def primary(base: Path, template: Path, bundles: dict[str, Bundle], servers: list[Mariadb]) -> Mariadb:
     server = start("db1", base, template, cnf_of(bundles["db1"]))
     servers.append(server)
     return server
 
 
-def loopback_bundle(bundle: dict[str, Any], primary: Mariadb) -> dict[str, Any]:
+def loopback_bundle(bundle: Bundle, primary: Mariadb, **changes: Any) -> Bundle:
     """The rendered bundle with every peer address on loopback (the servers here all live on 127.0.0.1)."""
-    b = copy.deepcopy(bundle)
-    params = b["join"]["params"]
-    params["port"] = primary.port
-    if b["join"]["kind"] == "db-primary":
-        params["replica_hosts"] = ["127.0.0.1"]
-        params["app_hosts"] = ["127.0.0.1"]
+    spec = bundle.join
+    if isinstance(spec, DbPrimaryJoin):
+        spec = replace(spec, port=primary.port, replica_hosts=("127.0.0.1",), app_hosts=("127.0.0.1",))
     else:
-        params["primary"] = "127.0.0.1"
-        params["wait_seconds"] = 20
-    return b
+        assert isinstance(spec, DbReplicaJoin)
+        spec = replace(spec, port=primary.port, primary="127.0.0.1", wait_seconds=20)
+    return replace(bundle, join=replace(spec, **changes))
 
 
-def join(bundle: dict[str, Any], server: Mariadb, root: Path) -> subprocess.CompletedProcess[str]:
+def apply_join(bundle: Bundle, server: Mariadb, root: Path) -> subprocess.CompletedProcess[str]:
     """`firstboot apply --only secrets,join` against `server`, as the agent runs it (secrets read from disk)."""
     root.mkdir(exist_ok=True)
     path = root.parent / f"{root.name}.bundle.json"
-    path.write_text(json.dumps(bundle))
-    result = subprocess.run(
-        [sys.executable, "-m", "firstboot", "apply", "--bundle", str(path), "--root", str(root),
-         "--only", "secrets,join", "--db-socket", server.socket],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    path.write_bytes(bundle.to_json())
+    argv = ["apply", "--bundle", str(path), "--root", str(root), "--only", "secrets,join", "--db-socket", server.socket]
+    return subprocess.run(
+        [sys.executable, "-m", "firstboot", *argv], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def join(bundle: Bundle, server: Mariadb, root: Path) -> subprocess.CompletedProcess[str]:
+    result = apply_join(bundle, server, root)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
 def as_app(server: Mariadb, password: str, sql: str, database: str = "foobar") -> Any:
-    conn = pymysql.connect(host="127.0.0.1", port=server.port, user="app", password=password, database=database,
-                           autocommit=True)  # fmt: skip
+    conn = pymysql.connect(
+        host="127.0.0.1", port=server.port, user="app", password=password, database=database, autocommit=True
+    )
     try:
         with conn.cursor() as cur:
             cur.execute(sql)
@@ -127,8 +124,9 @@ def wait_rows(server: Server, sql: str, want: str, seconds: float = 10) -> str:
         time.sleep(0.1)
 
 
-def test_primary_join_sets_up_users_hardens_and_is_idempotent(primary: Mariadb, bundles: dict, base: Path,
-                                                               secret_store: SecretStore) -> None:  # fmt: skip
+def test_primary_join_sets_up_users_hardens_and_is_idempotent(
+    primary: Mariadb, bundles: dict[str, Bundle], base: Path, secret_store: SecretStore
+) -> None:
     db = primary.root()
     assert db.value("SELECT COUNT(*) FROM mysql.user WHERE User = ''") != "0"  # the fresh install has anonymous users
     bundle = loopback_bundle(bundles["db1"], primary)
@@ -151,8 +149,14 @@ def test_primary_join_sets_up_users_hardens_and_is_idempotent(primary: Mariadb, 
     assert db.value("SELECT @@gtid_binlog_pos") == position  # nothing written: not even a no-op GRANT
 
 
-def test_replica_of_an_empty_primary_follows_it(primary: Mariadb, bundles: dict, base: Path, template: Path,
-                                               servers: list[Mariadb], secret_store: SecretStore) -> None:  # fmt: skip
+def test_replica_of_an_empty_primary_follows_it(
+    primary: Mariadb,
+    bundles: dict[str, Bundle],
+    base: Path,
+    template: Path,
+    servers: list[Mariadb],
+    secret_store: SecretStore,
+) -> None:
     replica = start("db2", base, template, cnf_of(bundles["db2"]))
     servers.append(replica)
     out = join(loopback_bundle(bundles["db2"], primary), replica, base / "db2-root")
@@ -190,15 +194,19 @@ def test_replica_of_an_empty_primary_follows_it(primary: Mariadb, bundles: dict,
 
 
 def test_replica_of_a_primary_with_rows_seeds_from_it(
-    primary: Mariadb, bundles: dict, base: Path, template: Path, servers: list[Mariadb], secret_store: SecretStore
+    primary: Mariadb,
+    bundles: dict[str, Bundle],
+    base: Path,
+    template: Path,
+    servers: list[Mariadb],
+    secret_store: SecretStore,
 ) -> None:
     password = secret_store.value("db_app_password")
     as_app(primary, password, "CREATE TABLE IF NOT EXISTS bulk (id INT PRIMARY KEY, v VARCHAR(20))")
     values = ",".join(f"({i}, 'row {i}')" for i in range(1, 2001))
     as_app(primary, password, f"INSERT INTO bulk VALUES {values}")
-    bundle = loopback_bundle(bundles["db2"], primary)
-    bundle["host"]["name"] = "db3"
-    bundle["join"]["params"]["server_id"] = 3
+    bundle = loopback_bundle(bundles["db2"], primary, server_id=3)
+    bundle = replace(bundle, host=replace(bundle.host, name="db3"))
     cnf = cnf_of(bundles["db2"]).replace("server_id = ", "server_id = 3\n# was ")
     replica = start("db3", base, template, cnf)
     servers.append(replica)
@@ -214,37 +222,36 @@ def test_replica_of_a_primary_with_rows_seeds_from_it(
     assert r.value("SELECT @@read_only") == "1"
 
 
-def test_a_replica_waits_bounded_for_its_primary_and_says_so(bundles: dict, base: Path, template: Path,
-                                                             servers: list[Mariadb]) -> None:  # fmt: skip
+def test_a_replica_waits_bounded_for_its_primary_and_says_so(
+    bundles: dict[str, Bundle], base: Path, template: Path, servers: list[Mariadb]
+) -> None:
     from tests.integration.agent_mariadb import free_port
 
     replica = start("db4", base, template, cnf_of(bundles["db2"]).replace("server_id = ", "server_id = 4\n# was "))
     servers.append(replica)
-    bundle = copy.deepcopy(bundles["db2"])
-    bundle["join"]["params"].update(primary="127.0.0.1", port=free_port(), wait_seconds=1.5)  # nobody listens there
-    path = base / "db4.bundle.json"
-    path.write_text(json.dumps(bundle))
-    result = subprocess.run(
-        [sys.executable, "-m", "firstboot", "apply", "--bundle", str(path), "--root", str(base / "db4-root"),
-         "--only", "secrets,join", "--db-socket", replica.socket],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    spec = bundles["db2"].join
+    assert isinstance(spec, DbReplicaJoin)
+    nobody = replace(spec, primary="127.0.0.1", port=free_port(), wait_seconds=2)  # nobody listens there
+    result = apply_join(replace(bundles["db2"], join=nobody), replica, base / "db4-root")
     assert result.returncode == 1
-    assert "did not answer within 2s" in result.stdout or "did not answer within 1s" in result.stdout
+    assert "did not answer within 2s" in result.stdout
     assert "firstboot run" in result.stdout  # the next action
     assert "retrying in" in result.stderr  # every retry logged with its reason
 
 
-def exporter_metrics(bundle: dict[str, Any], server: Mariadb, port: int) -> str:
+def exporter_metrics(bundle: Bundle, server: Mariadb, port: int) -> str:
     """The Debian exporter, as its unit runs it (OS user prometheus, the rendered default file), against `server`."""
-    default = next(f["content"] for f in bundle["files"] if f["path"] == "/etc/default/prometheus-mysqld-exporter")
+    default = next(f.content for f in bundle.files if f.path == "/etc/default/prometheus-mysqld-exporter")
     env = dict(re.findall(r'(?m)^([A-Z_]+)="(.*)"$', default))
     dsn = env["DATA_SOURCE_NAME"].replace("/run/mysqld/mysqld.sock", server.socket)
     args = re.sub(r"--web.listen-address=\S+", f"--web.listen-address=127.0.0.1:{port}", env["ARGS"]).split()
     process = subprocess.Popen(
         ["/usr/sbin/runuser", "-u", "prometheus", "--", "/usr/bin/prometheus-mysqld-exporter", *args],
-        env={"DATA_SOURCE_NAME": dsn}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env={"DATA_SOURCE_NAME": dsn},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -262,7 +269,7 @@ def exporter_metrics(bundle: dict[str, Any], server: Mariadb, port: int) -> str:
 
 
 def test_the_mysqld_exporter_logs_in_by_socket_on_primary_and_replica(
-    primary: Mariadb, bundles: dict, servers: list[Mariadb]
+    primary: Mariadb, bundles: dict[str, Bundle], servers: list[Mariadb]
 ) -> None:
     from tests.integration.agent_mariadb import free_port
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from kiln.model import Cluster
-from kiln.render import render_cluster
+from kiln.render import render
 from kiln.secrets import SecretStore
 from tests.integration.agent_frozen import frozen_binary, without_python
 
@@ -32,13 +31,17 @@ def test_frozen_version(frozen: Path) -> None:
     assert result.stdout.strip().startswith("firstboot ")
 
 
-def test_frozen_offline_apply_of_a_rendered_bundle(frozen: Path, tmp_path: Path, cluster: Cluster,
-                                                   secret_store: SecretStore) -> None:  # fmt: skip
-    bundle = render_cluster(cluster)["db1"]
-    for s in bundle["secrets"]:
-        s["value"] = secret_store.value(s["name"])
+def test_frozen_offline_apply_of_a_rendered_bundle(
+    frozen: Path, tmp_path: Path, cluster: Cluster, secret_store: SecretStore
+) -> None:
+    rendered = render(cluster)
+    db1 = rendered.bundles["db1"]
+    bundle = db1.with_secret_values({n: secret_store.value(n) for n in db1.secret_names()})
     path = tmp_path / "bundle.json"
-    path.write_text(json.dumps(bundle))
+    path.write_bytes(bundle.to_json())
+    for digest in bundle.shared_digests():  # as ./inv render --out keeps them, beside the bundle
+        (tmp_path / "_shared").mkdir(exist_ok=True)
+        (tmp_path / "_shared" / digest).write_text(rendered.shared[digest])
     root = tmp_path / "root"
     first = without_python([str(frozen), "apply", "--bundle", str(path), "--root", str(root), "--no-services"])
     assert first.returncode == 0, first.stdout + first.stderr
@@ -48,8 +51,8 @@ def test_frozen_offline_apply_of_a_rendered_bundle(frozen: Path, tmp_path: Path,
     )
     second = without_python([str(frozen), "apply", "--bundle", str(path), "--root", str(root), "--no-services"])
     assert second.returncode == 0 and second.stdout.rstrip().endswith(": unchanged")
-    for s in bundle["secrets"]:
-        assert s["value"] not in first.stdout + first.stderr + second.stdout + second.stderr
+    for s in bundle.secrets:
+        assert s.value and s.value not in first.stdout + first.stderr + second.stdout + second.stderr
 
 
 def test_frozen_status_on_a_fresh_host(frozen: Path, tmp_path: Path) -> None:
@@ -59,9 +62,15 @@ def test_frozen_status_on_a_fresh_host(frozen: Path, tmp_path: Path) -> None:
 
 def test_the_unit_file_ships_with_the_agent(frozen: Path) -> None:
     unit = (frozen.parent / "_internal" / "firstboot" / "firstboot.service").read_text()
-    for line in ("Type=exec", "Restart=on-failure", "RemainAfterExit=yes", "After=network-online.target",
-                 "Wants=network-online.target", "ConditionPathExists=!/var/lib/firstboot/done",
-                 "ExecStart=/usr/local/bin/firstboot run"):  # fmt: skip
+    for line in (
+        "Type=exec",
+        "Restart=on-failure",
+        "RemainAfterExit=yes",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "ConditionPathExists=!/var/lib/firstboot/done",
+        "ExecStart=/usr/local/bin/firstboot run",
+    ):
         assert line in unit
 
 

@@ -38,8 +38,9 @@ def machine(root: Path, server: RunningServer, mac: str, host: str, *, key: byte
 
 
 def firstboot(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firstboot", *args], capture_output=True, text=True, timeout=120,
-                          check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "firstboot", *args], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def host_view(server: RunningServer, name: str) -> dict:
@@ -49,7 +50,7 @@ def host_view(server: RunningServer, name: str) -> dict:
 
 def test_a_host_provisions_from_the_server_and_reports_every_step(server: RunningServer, tmp_path: Path) -> None:
     root = machine(tmp_path / "db2", server, "52:54:00:10:00:42", "db2")
-    result = firstboot("run", "--root", str(root), "--imds-endpoint", "")
+    result = firstboot("run", "--root", str(root), "--imds-endpoint", "", "--fetch-deadline", "30")
     assert result.returncode == 0, result.stderr
     for name in ("db_app_password", "db_replication_password", "db_admin_password"):
         path = root / "etc/kiln/secrets" / name
@@ -73,7 +74,7 @@ def test_secrets_handed_out_already_fail_clearly(server: RunningServer, tmp_path
     with server.client() as c:  # app1's secrets are fetched once by someone else first
         assert c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:31"}).status_code == 200
     root = machine(tmp_path / "app1", server, "52:54:00:10:00:31", "app1")
-    result = firstboot("run", "--root", str(root), "--imds-endpoint", "")
+    result = firstboot("run", "--root", str(root), "--imds-endpoint", "", "--fetch-deadline", "30")
     assert result.returncode == 1
     status = firstboot("status", "--root", str(root))
     assert status.returncode == 1
@@ -86,7 +87,7 @@ def test_secrets_handed_out_already_fail_clearly(server: RunningServer, tmp_path
 def test_a_bundle_signed_by_another_key_is_refused_and_nothing_applied(server: RunningServer, tmp_path: Path) -> None:
     other = signing.public_key_pem(signing.generate_private_key().public_key())
     root = machine(tmp_path / "web1", server, "52:54:00:10:00:21", "web1", key=other)
-    result = firstboot("run", "--root", str(root), "--imds-endpoint", "")
+    result = firstboot("run", "--root", str(root), "--imds-endpoint", "", "--fetch-deadline", "30")
     assert result.returncode == 1
     assert "bundle refused" in result.stderr
     assert not (root / "etc/nginx").exists() and not (root / "etc/hostname").exists()

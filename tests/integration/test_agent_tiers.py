@@ -11,21 +11,24 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kiln.bundle import Bundle, DbPrimaryJoin, LbJoin, ServiceJoin
 from kiln.model import Cluster
-from kiln.render import render_cluster
-from kiln.render.context import HAPROXY_READY_SCRIPT
+from kiln.roles.lb import READY_SCRIPT as HAPROXY_READY_SCRIPT
 from kiln.secrets import SecretStore
 from tests.integration import agent_mariadb
 from tests.integration.agent_netns import SWITCH, Lab, firstboot, host_tree, lab
+from tests.integration.hostroot import applied_bundles
 
 pytestmark = pytest.mark.integration
 HOSTS = ("db1", "db2", "app1", "web1", "web2", "lb1", "lb2")
@@ -76,32 +79,30 @@ def relocate_keepalived(tree: Path, run: Path) -> Path:
 
 
 def app_env(tree: Path) -> dict[str, str]:
-    env = dict(line.split("=", 1) for line in file_of(tree, "/etc/kiln/app.env").read_text().splitlines()
-               if line and not line.startswith("#"))  # fmt: skip
+    lines = file_of(tree, "/etc/kiln/app.env").read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
     env["KILN_DB_PASSWORD_FILE"] = str(tree / env["KILN_DB_PASSWORD_FILE"].lstrip("/"))
     return env
 
 
 class Cluster6:
-    def __init__(self, the_lab: Lab, base: Path, bundles: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, the_lab: Lab, base: Path, bundles: dict[str, Bundle]) -> None:
         self.lab, self.base, self.bundles = the_lab, base, bundles
         self.trees = {h: base / "trees" / h for h in HOSTS}
         self.db_socket = ""
         self.domain = ""
         self.ca = base / "ca.pem"
 
-    def apply(self, host: str, *args: str, ns: bool = False) -> Any:
+    def apply(self, host: str, *args: str, ns: bool = False) -> subprocess.CompletedProcess[str]:
         path = self.base / f"{host}.bundle.json"
         argv = firstboot("apply", "--bundle", str(path), "--root", str(self.trees[host]), *args)
         if ns:
             return self.lab.exec(self.lab.ns(host), *argv)
-        import subprocess
-
         return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
 
     def join(self, host: str) -> str:
-        result = self.apply(host, "--only", "join", "--join-deadline", JOIN_DEADLINE, "--db-socket", self.db_socket,
-                            ns=True)  # fmt: skip
+        args = ("--only", "join", "--join-deadline", JOIN_DEADLINE, "--db-socket", self.db_socket)
+        result = self.apply(host, *args, ns=True)
         assert result.returncode == 0, f"{host} join:\n{result.stdout}{result.stderr}\n" + self.logs()
         return result.stdout
 
@@ -138,10 +139,7 @@ def running(
     tmp_path_factory: pytest.TempPathFactory, cluster: Cluster, secret_store: SecretStore
 ) -> Iterator[Cluster6]:
     base = tmp_path_factory.mktemp("kiln-agt-tiers")
-    bundles = render_cluster(cluster)
-    for b in bundles.values():
-        for s in b["secrets"]:
-            s["value"] = secret_store.value(s["name"])
+    bundles = applied_bundles(cluster, secret_store)
     hosts = {h.name: h for h in cluster.hosts}
     shared = Path(tempfile.mkdtemp(prefix="kiln-agt-nginx-"))  # pytest's temp dirs are 0700: www-data cannot enter
     shared.chmod(0o711)
@@ -151,7 +149,7 @@ def running(
         c.domain = cluster.domain
         c.ca.write_bytes(secret_store.ca_pem.read_bytes())
         for host in HOSTS:
-            (base / f"{host}.bundle.json").write_text(json.dumps(bundles[host]))
+            (base / f"{host}.bundle.json").write_bytes(bundles[host].to_json())
             host_tree(c.trees[host])
             applied = c.apply(host, "--no-services")
             assert applied.returncode == 0, applied.stdout + applied.stderr
@@ -172,11 +170,11 @@ def running(
             c.db_socket = replica.socket
             c.join("db2")  # a GTID replica of db1 across the namespaces, through both firewalls
             # app1: the demo app under gunicorn with its rendered env
-            app = bundles["app1"]["join"]["params"]
-            the_lab.start("app1-gunicorn", the_lab.ns("app1"), [
-                str(Path(sys.executable).parent / "gunicorn"), "--bind", app["health_url"].split("/")[2],
-                "--workers", "2", "kilnapp.wsgi:app",
-            ], env=app_env(c.trees["app1"]))  # fmt: skip
+            app = bundles["app1"].join
+            assert isinstance(app, ServiceJoin)
+            gunicorn = [str(Path(sys.executable).parent / "gunicorn"), "--bind", app.health_url.split("/")[2]]
+            gunicorn += ["--workers", "2", "kilnapp.wsgi:app"]
+            the_lab.start("app1-gunicorn", the_lab.ns("app1"), gunicorn, env=app_env(c.trees["app1"]))
             for web in ("web1", "web2"):
                 run = base / f"{web}-run"
                 run.mkdir()
@@ -188,11 +186,10 @@ def running(
                 ns = the_lab.ns(lb)
                 assert the_lab.exec(ns, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1").returncode == 0
                 the_lab.start(f"{lb}-haproxy", ns, ["haproxy", "-db", "-f", str(relocate_haproxy(c.trees[lb], run))])
-                the_lab.start(f"{lb}-keepalived", ns, [
-                    "keepalived", "--dont-fork", "--log-console", "--vrrp",
-                    "-f", str(relocate_keepalived(c.trees[lb], run)),
-                    "-p", str(run / "keepalived.pid"), "-r", str(run / "vrrp.pid"),
-                ])  # fmt: skip
+                keepalived = ["keepalived", "--dont-fork", "--log-console", "--vrrp"]
+                keepalived += ["-f", str(relocate_keepalived(c.trees[lb], run))]
+                keepalived += ["-p", str(run / "keepalived.pid"), "-r", str(run / "vrrp.pid")]
+                the_lab.start(f"{lb}-keepalived", ns, keepalived)
             yield c
         finally:
             for server in servers:
@@ -202,7 +199,7 @@ def running(
 
 def client(c: Cluster6, method: str, path: str, body: str = "") -> dict[str, Any]:
     """A request from the gateway address (outside every tier) to the VIP, pinning the cluster CA."""
-    vip = c.bundles["lb1"]["network"]["vip"]
+    vip = c.bundles["lb1"].network.vip
     result = c.lab.exec(SWITCH, sys.executable, "-c", CLIENT, str(c.ca), vip, c.domain, method, path, body)
     assert result.returncode == 0, result.stderr + c.logs()
     return json.loads(result.stdout)
@@ -219,14 +216,16 @@ def test_each_tier_joins(running: Cluster6) -> None:
 
 
 def test_exactly_one_load_balancer_holds_the_vip(running: Cluster6) -> None:
-    assert vip_holders(running.lab, running.bundles["lb1"]["network"]["vip"]) == ["lb1"]
+    assert vip_holders(running.lab, running.bundles["lb1"].network.vip) == ["lb1"]
 
 
 def test_a_request_through_haproxy_reaches_the_app_and_its_database(running: Cluster6) -> None:
     page = client(running, "GET", "/")
     assert page["status"] == 200, page
     assert "served by app node <b>app1</b>" in page["body"]
-    primary_id = running.bundles["db1"]["join"]["params"]["server_id"]
+    primary = running.bundles["db1"].join
+    assert isinstance(primary, DbPrimaryJoin)
+    primary_id = primary.server_id
     assert f"(10.10.0.41, server_id {primary_id})" in page["body"], page["body"]  # writes: the primary db1
     assert "replica, read-only" in page["body"]  # reads: app1's replica db2
     assert page["headers"]["strict-transport-security"].startswith("max-age=")
@@ -260,11 +259,11 @@ def test_rejoining_changes_nothing(running: Cluster6) -> None:
     running.db_socket = str(running.base / "db1-server" / "mysqld.sock")
     assert "primary unchanged" in running.join("db1")
     assert "keepalived priority 150, " in running.join("lb1")
-    assert vip_holders(running.lab, running.bundles["lb1"]["network"]["vip"]) == ["lb1"]
+    assert vip_holders(running.lab, running.bundles["lb1"].network.vip) == ["lb1"]
 
 
 def wait_for_holder(c: Cluster6, want: list[str], seconds: float) -> float:
-    vip = c.bundles["lb1"]["network"]["vip"]
+    vip = c.bundles["lb1"].network.vip
     began = time.monotonic()
     while vip_holders(c.lab, vip) != want:
         assert time.monotonic() - began < seconds, f"VIP not on {want} within {seconds} s\n" + c.logs()
@@ -289,10 +288,11 @@ def test_the_vip_leaves_an_lb_whose_haproxy_cannot_serve_and_returns_once_it_can
 
 
 def test_an_lb_whose_keepalived_runs_another_priority_fails_its_join(running: Cluster6) -> None:
-    wrong = json.loads(json.dumps(running.bundles["lb2"]))
-    wrong["join"]["params"]["priority"] = 120  # the bundle changed; keepalived was not restarted
+    bundle = running.bundles["lb2"]
+    assert isinstance(bundle.join, LbJoin)
+    wrong = replace(bundle, join=replace(bundle.join, priority=120))  # the bundle changed; keepalived was not restarted
     path = running.base / "lb2-wrong.bundle.json"
-    path.write_text(json.dumps(wrong))
+    path.write_bytes(wrong.to_json())
     argv = firstboot("apply", "--bundle", str(path), "--root", str(running.trees["lb2"]), "--only", "join")
     result = running.lab.exec(running.lab.ns("lb2"), *argv)
     assert result.returncode == 1

@@ -41,8 +41,8 @@ from kiln.aws.bootmode import NotBootable
 from kiln.aws.calls import RetryPolicy
 from kiln.aws.cli import make_clients
 from kiln.aws.image import locate
-from kiln.aws.moto_server import DUMMY_ENV, moto_server
-from kiln.aws.testdisk import write_test_disk
+from tests.moto_server import DUMMY_ENV, moto_server
+from tests.testdisk import write_test_disk
 
 pytestmark = pytest.mark.integration
 
@@ -235,12 +235,10 @@ def file_blocks(path: Path) -> dict[int, bytes]:
 
 
 def snapshot_blocks(ebs: object, snapshot_id: str) -> dict[int, bytes]:
-    listed = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"]  # type: ignore[attr-defined]
+    listed = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"]
     out = {}
     for b in listed:
-        got = ebs.get_snapshot_block(  # type: ignore[attr-defined]
-            SnapshotId=snapshot_id, BlockIndex=b["BlockIndex"], BlockToken=b["BlockToken"]
-        )
+        got = ebs.get_snapshot_block(SnapshotId=snapshot_id, BlockIndex=b["BlockIndex"], BlockToken=b["BlockToken"])
         out[b["BlockIndex"]] = got["BlockData"].read()
     return out
 
@@ -286,8 +284,11 @@ def test_upload_puts_the_files_blocks_and_registers_the_ami(tmp_path, proxy, dir
     (register,) = proxy.ops("RegisterImage")
     p = register.params
     assert (p["Architecture"], p["BootMode"], p["EnaSupport"], p["VirtualizationType"]) == (
-        "x86_64", "legacy-bios", "true", "hvm",
-    )  # fmt: skip
+        "x86_64",
+        "legacy-bios",
+        "true",
+        "hvm",
+    )
     assert p["ImdsSupport"] == "v2.0" and p["RootDeviceName"] == "/dev/xvda"
     assert p["BlockDeviceMapping.1.DeviceName"] == "/dev/xvda"
     assert p["BlockDeviceMapping.1.Ebs.SnapshotId"] == result.snapshot_id
@@ -306,8 +307,22 @@ def test_upload_puts_the_files_blocks_and_registers_the_ami(tmp_path, proxy, dir
 def test_inv_upload_ami_twice_uploads_once(tmp_path, proxy, direct):
     make_disk(tmp_path, "db", blocks=8, data_at={0, 5})
     env = {**os.environ, **DUMMY_ENV}
-    argv = [sys.executable, "-m", "invoke", "--search-root", str(PROJECT), "upload-ami", "--role", "db",
-            "--images", str(tmp_path), "--region", REGION, "--endpoint-url", proxy.url]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "--search-root",
+        str(PROJECT),
+        "upload-ami",
+        "--role",
+        "db",
+        "--images",
+        str(tmp_path),
+        "--region",
+        REGION,
+        "--endpoint-url",
+        proxy.url,
+    ]
 
     first = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -345,9 +360,9 @@ def test_throttling_is_retried_with_backoff(tmp_path, proxy, direct):
 
 
 def _snapshots_tagged(ec2: object, sha256: str) -> list[dict]:
-    return ec2.describe_snapshots(  # type: ignore[attr-defined]
-        OwnerIds=["self"], Filters=[{"Name": "tag:kiln:image-sha256", "Values": [sha256]}]
-    )["Snapshots"]
+    return ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag:kiln:image-sha256", "Values": [sha256]}])[
+        "Snapshots"
+    ]
 
 
 def test_a_failing_register_names_the_call_and_deletes_the_snapshot(tmp_path, proxy, direct):
@@ -427,8 +442,22 @@ def test_ctrl_c_during_the_upload_deletes_the_snapshot(tmp_path, proxy, direct):
     make_disk(tmp_path, "web", blocks=128, data_at=set(range(0, 128, 2)))  # 64 blocks to send, 16 at a time
     image = locate(tmp_path, "web")
     proxy.delays["PutSnapshotBlock"] = 0.5
-    argv = [sys.executable, "-m", "invoke", "--search-root", str(PROJECT), "upload-ami", "--role", "web",
-            "--images", str(tmp_path), "--region", REGION, "--endpoint-url", proxy.url]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "--search-root",
+        str(PROJECT),
+        "upload-ami",
+        "--role",
+        "web",
+        "--images",
+        str(tmp_path),
+        "--region",
+        REGION,
+        "--endpoint-url",
+        proxy.url,
+    ]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **DUMMY_ENV}
     )
@@ -458,8 +487,10 @@ def test_no_wait_registers_and_reports_the_state_as_it_is(tmp_path, proxy):
 
     assert result.state == "available"  # what DescribeImages says (moto makes images available at once)
     assert [e.op for e in proxy.log if e.op in {"RegisterImage", "CreateTags", "DescribeImages"}][-3:] == [
-        "RegisterImage", "CreateTags", "DescribeImages",
-    ]  # fmt: skip
+        "RegisterImage",
+        "CreateTags",
+        "DescribeImages",
+    ]
 
 
 def test_a_disk_ec2_cannot_boot_is_refused_before_any_aws_call(tmp_path, proxy):

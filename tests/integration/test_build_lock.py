@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build.commands import one_build_at_a_time
+from kiln.build.cli import one_build_at_a_time
 
 pytestmark = pytest.mark.integration
 
 SECOND = """
 import sys, time
 from pathlib import Path
-from kiln.build.commands import one_build_at_a_time
+from kiln.build.cli import one_build_at_a_time
 with one_build_at_a_time(Path(sys.argv[1])):
     print(f"acquired {time.monotonic():.3f}", flush=True)
 """
@@ -24,8 +24,9 @@ with one_build_at_a_time(Path(sys.argv[1])):
 
 def test_second_build_waits_for_the_first(tmp_path: Path) -> None:
     with one_build_at_a_time(tmp_path):
-        second = subprocess.Popen([sys.executable, "-c", SECOND, str(tmp_path)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+        second = subprocess.Popen(
+            [sys.executable, "-c", SECOND, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         time.sleep(1.5)
         assert second.poll() is None, "the second build went ahead while the first held the lock"
         released = time.monotonic()

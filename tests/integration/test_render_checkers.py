@@ -8,12 +8,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from kiln.render import render_cluster
-from tests.integration.hostroot import lay_out, run_applied
+from kiln.bundle import Bundle
+from tests.integration.hostroot import applied_bundles, lay_out, run_applied
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +41,15 @@ CHECKS = {
                 "--verbose",
             ],
         )
-    ],  # fmt: skip
+    ],
 }
 FIREWALL = ("/etc/nftables.conf", ["nft", "-c", "-f", "/etc/nftables.conf"])
 
 
 @pytest.fixture(scope="module")
-def bundles(cluster):
-    return render_cluster(cluster)
+def bundles(cluster, secret_store) -> dict[str, Bundle]:
+    """Each host's bundle as the agent applies it (shared contents inline, secrets filled in)."""
+    return applied_bundles(cluster, secret_store)
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +95,12 @@ BREAKAGES = [
 
 @pytest.mark.parametrize("host,path,old,new", BREAKAGES, ids=[f"{b[0]}:{Path(b[1]).name}" for b in BREAKAGES])
 def test_the_same_checker_refuses_a_broken_config(bundles, secret_store, tmp_path: Path, netns, host, path, old, new):
-    files = [dict(f) for f in bundles[host]["files"]]
-    [target] = [f for f in files if f["path"] == path]
-    assert old in target["content"]
-    target["content"] = target["content"].replace(old, new)
-    root = lay_out({**bundles[host], "files": files}, tmp_path / host, secret_store)
-    [argv] = [argv for p, argv in [FIREWALL, *CHECKS[bundles[host]["host"]["role"]]] if p == path]
+    bundle = bundles[host]
+    [target] = [f for f in bundle.files if f.path == path]
+    assert old in target.content
+    broken = replace(target, content=target.content.replace(old, new))
+    files = tuple(broken if f is target else f for f in bundle.files)
+    root = lay_out(replace(bundle, files=files), tmp_path / host, secret_store)
+    [argv] = [argv for p, argv in [FIREWALL, *CHECKS[bundle.host.role]] if p == path]
     result = run_applied(root, argv, netns=netns)
     assert result.returncode != 0, f"{' '.join(argv)} accepted a broken {path}:\n{result.stdout}"

@@ -50,12 +50,19 @@ def browser(server: RunningServer, tmp_path_factory: pytest.TempPathFactory):
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     for arg in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic", "--window-size=1400,900",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--window-size=1400,900",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
         # trust exactly the server's certificate (the cluster CA is not in the browser's store)
         f"--ignore-certificate-errors-spki-list={spki_hash((server.secrets.root / 'tls.pem').read_bytes())}",
-    ):  # fmt: skip
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
     try:

@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,6 +17,8 @@ import httpx
 import pytest
 
 from kiln import blockmap, signing
+from kiln.bundle import Bundle
+from kiln.server.app import SINCE_OVERLAP
 from tests.integration.kiln_server import LOOPBACK_URL, RunningServer, running_server
 
 pytestmark = pytest.mark.integration
@@ -148,6 +151,18 @@ def test_bundle_is_signed_over_its_exact_bytes(server: RunningServer) -> None:
         signing.verify(r.content.replace(b"web2", b"web1"), r.headers["X-Kiln-Signature"], key)
 
 
+def test_shared_contents_are_served_by_the_digest_the_bundle_names(server: RunningServer) -> None:
+    with server.client() as c:
+        bundle = Bundle.from_json(c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:22"}).content)
+        hosts = next(f for f in bundle.files if f.path == "/etc/hosts")
+        assert hosts.shared and not hosts.content, "/etc/hosts travels once per cluster, not in every bundle"
+        for digest in bundle.shared_digests():
+            got = c.get(f"{server.tls_url}/v1/shared/{digest}")
+            assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == digest
+        assert "10.10.0.41\tdb1.foobar db1" in c.get(f"{server.tls_url}/v1/shared/{hosts.shared}").text
+        assert c.get(f"{server.tls_url}/v1/shared/{'0' * 64}").status_code == 404
+
+
 def test_bundle_for_an_unknown_mac_is_a_json_404(server: RunningServer) -> None:
     with server.client() as c:
         r = c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:99:99:99"})
@@ -237,6 +252,20 @@ def test_events_move_a_host_to_joined_with_its_timeline(server: RunningServer) -
     assert app1["last_event"]["step"] == "done" and app1["last_event"]["status"] == "ok"
     assert [(e["step"], e["status"]) for e in app1["timeline"]] == [(s, st) for s in steps for st in ("start", "ok")]
     assert app1["timeline"][0]["at"] == "2026-11-23T10:00:00Z" and app1["timeline"][1]["duration"] == 1.5
+
+
+def test_a_poll_with_since_carries_only_the_hosts_changed_and_every_alert(server: RunningServer) -> None:
+    with server.client() as c:
+        time.sleep(SINCE_OVERLAP + 0.2)  # nothing else changed within the overlap a delta poll reaches back
+        first = c.get(f"{server.tls_url}/v1/hosts?timeline=0").json()
+        assert first["full"] and len(first["hosts"]) == first["count"] == 7
+        post(server, "web2", {"step": "fetch", "status": "fail", "detail": "no route"})
+        later = c.get(f"{server.tls_url}/v1/hosts?timeline=0&since={first['now']}").json()
+        assert not later["full"] and later["count"] == 7
+        assert [h["name"] for h in later["hosts"]] == ["web2"], "only what changed since (with a few s of overlap)"
+        assert any(a["host"] == "web2" and a["kind"] == "failed" for a in later["alerts"])
+        assert c.get(f"{server.tls_url}/v1/hosts?since=yesterday").status_code == 400
+    post(server, "web2", {"step": "fetch", "status": "ok"})
 
 
 def test_a_failed_step_shows_as_failed_with_an_alert_and_resumes(server: RunningServer) -> None:
@@ -372,11 +401,25 @@ JSON_HEADER = "Content-Type: application/json"
 def test_the_installers_busybox_wget_can_report_over_https(server: RunningServer) -> None:
     """The installer's only HTTPS client is busybox wget's own TLS (no openssl on its PATH)."""
     done = subprocess.run(
-        ["/bin/busybox", "wget", "-q", "-O", "-", "--no-check-certificate", "--header", JSON_HEADER,
-         "--post-data", '{"step": "install", "status": "start", "detail": "from busybox"}',
-         f"{server.tls_url}/v1/hosts/db1/events"],
-        capture_output=True, text=True, timeout=30, env={"PATH": "/nonexistent"}, check=False,
-    )  # fmt: skip
+        [
+            "/bin/busybox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "--no-check-certificate",
+            "--header",
+            JSON_HEADER,
+            "--post-data",
+            '{"step": "install", "status": "start", "detail": "from busybox"}',
+            f"{server.tls_url}/v1/hosts/db1/events",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/nonexistent"},
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"host": "db1", "state": "installing"}
 

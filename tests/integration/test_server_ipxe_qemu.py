@@ -70,11 +70,25 @@ def qemu(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes]
         port = server.http_url.rsplit(":", 1)[1]
         serial = tmp_path / f"serial-{mac.replace(':', '')}.log"
         args = [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-nodefaults", "-vga", "std", "-display", "none",
-            "-serial", f"file:{serial}", "-boot", "order=n",
-            "-netdev", f"user,id=n0,restrict=off,bootfile=http://{GUEST_HOST}:{port}/boot.ipxe",
-            "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
-        ]  # fmt: skip
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            str(memory),
+            "-nodefaults",
+            "-vga",
+            "std",
+            "-display",
+            "none",
+            "-serial",
+            f"file:{serial}",
+            "-boot",
+            "order=n",
+            "-netdev",
+            f"user,id=n0,restrict=off,bootfile=http://{GUEST_HOST}:{port}/boot.ipxe",
+            "-device",
+            f"virtio-net-pci,netdev=n0,mac={mac}",
+        ]
         if disk is not None:
             args += ["-drive", f"file={disk},format=raw,if=virtio"]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -102,8 +102,12 @@ def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path
         no_password = postgres_url.replace(f":{PASSWORD}@", "@")
         done = subprocess.run(
             [*INV, "reprovision", "db1", "--roles", str(roles), "--database", no_password],
-            capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "PGPASSWORD": PASSWORD},
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PGPASSWORD": PASSWORD},
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         with b.client() as cb:
             db1 = next(h for h in cb.get(f"{b.tls_url}/v1/hosts").json()["hosts"] if h["name"] == "db1")

@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import http.server
+import ipaddress
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 from kiln import signing
-from kiln.bundle import BUNDLE_SCHEMA, dumps
+from kiln.bundle import (
+    BUNDLE_SCHEMA,
+    Bundle,
+    DbPrimaryJoin,
+    Directory,
+    File,
+    HostInfo,
+    Network,
+    Secret,
+    dumps,
+    shared_digest,
+)
 
 MAC = "52:54:00:10:00:41"
 OTHER_MAC = "52:54:00:99:99:99"
@@ -22,38 +42,55 @@ SECRETS = {
 }
 
 
-def bundle(mac: str = MAC, *, secrets: dict[str, str | None] | None = None, withheld: bool = False) -> dict[str, Any]:
+def bundle(mac: str = MAC, *, secrets: dict[str, str | None] | None = None, withheld: bool = False) -> Bundle:
+    """db1's bundle, small: a directory, two files (one group-owned by an account of the image), its secrets."""
     values = SECRETS if secrets is None else secrets
-    return {
-        "schema": BUNDLE_SCHEMA,
-        "cluster": "test",
-        "host": {"name": "db1", "role": "db", "mac": mac, "ip": "10.10.0.41", "fqdn": "db1.test"},
-        "network": {
-            "interface": "kiln0",
-            "address": "10.10.0.41",
-            "prefix": 24,
-            "gateway": "10.10.0.1",
-            "dns": [],
-            "vip": "10.10.0.100",
-        },  # fmt: skip
-        "directories": [{"path": "/etc/kiln/secrets", "mode": "0711", "owner": "root", "group": "root"}],
-        "files": [
-            {"path": "/etc/hostname", "mode": "0644", "owner": "root", "group": "root", "content": "db1\n"},
-            {"path": "/etc/kiln/app.env", "mode": "0640", "owner": "root", "group": "kiln-app", "content": "A=1\n"},
-        ],
-        "secrets": [
-            {"name": n, "path": f"/etc/kiln/secrets/{n}", "mode": "0600", "owner": "root", "group": "root", "value": v}
-            for n, v in values.items()
-        ],
-        "services": [],
-        "join": {"kind": "db-primary", "params": {}},
-        "checks": [],
-        "secrets_withheld": withheld,
-    }
+    return Bundle(
+        schema=BUNDLE_SCHEMA,
+        cluster="test",
+        host=HostInfo(name="db1", role="db", mac=mac, ip="10.10.0.41", fqdn="db1.test"),
+        network=Network(
+            interface="kiln0", address="10.10.0.41", prefix=24, gateway="10.10.0.1", dns=(), vip="10.10.0.100"
+        ),
+        directories=(Directory("/etc/kiln/secrets", mode="0711"),),
+        files=(
+            File("/etc/hostname", "db1\n"),
+            File("/etc/kiln/app.env", "A=1\n", mode="0640", group="kiln-app"),
+        ),
+        secrets=tuple(Secret(n, f"/etc/kiln/secrets/{n}", value=v) for n, v in values.items()),
+        services=(),
+        join=DbPrimaryJoin(
+            kind="db-primary",
+            database="foobar",
+            port=3306,
+            server_id=1,
+            replication_user="repl",
+            app_user="app",
+            exporter_user="prometheus",
+            replica_hosts=("10.10.0.42",),
+            app_hosts=("10.10.0.31",),
+        ),
+        checks=(),
+        secrets_withheld=withheld,
+    )
 
 
-def signed(data: dict[str, Any], key: Any) -> tuple[bytes, str]:
-    body = dumps(data)
+HOSTS = "127.0.0.1 localhost\n10.10.0.41 db1.test db1\n"  # a cluster-wide file: in bundles by its sha256 only
+
+
+def with_shared_hosts(b: Bundle) -> Bundle:
+    """The bundle naming /etc/hosts by the digest of HOSTS, as the renderer names cluster-wide files."""
+    return replace(b, files=(*b.files, File("/etc/hosts", shared=shared_digest(HOSTS))))
+
+
+def as_data(b: Bundle) -> dict[str, Any]:
+    """The bundle as plain JSON data, to break on purpose."""
+    data: dict[str, Any] = json.loads(b.to_json())
+    return data
+
+
+def signed(b: Bundle | dict[str, Any], key: Any) -> tuple[bytes, str]:
+    body = b.to_json() if isinstance(b, Bundle) else dumps(b)
     return body, signing.sign(body, key)
 
 
@@ -72,9 +109,9 @@ def machine(root: Path, key: Any, mac: str = MAC, ca: bytes = b"") -> Path:
     return root
 
 
-def cache_bundle(root: Path, data: dict[str, Any], key: Any) -> None:
+def cache_bundle(root: Path, b: Bundle | dict[str, Any], key: Any) -> None:
     """A bundle as the fetch step leaves it (what a resumed run reads)."""
-    body, signature = signed(data, key)
+    body, signature = signed(b, key)
     state = root / "var/lib/firstboot"
     state.mkdir(parents=True, exist_ok=True)
     (state / "bundle.json").write_bytes(body)
@@ -84,9 +121,54 @@ def cache_bundle(root: Path, data: dict[str, Any], key: Any) -> None:
 Handler = Callable[[http.server.BaseHTTPRequestHandler], None]
 
 
+def tls_for_loopback(directory: Path) -> tuple[bytes, ssl.SSLContext]:
+    """A throwaway cluster CA (PEM) and a server context whose certificate it signed for 127.0.0.1."""
+    now = dt.datetime.now(dt.UTC)
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
+        )
+        if ca:
+            flags = dict.fromkeys(
+                ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment"), False
+            )
+            flags |= {"key_agreement": False, "encipher_only": False, "decipher_only": False}
+            usage = x509.KeyUsage(**flags, key_cert_sign=True, crl_sign=True)
+            builder = builder.add_extension(usage, critical=True)
+        else:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test cluster CA")])
+    ca = certificate("test cluster CA", ca_key, ca_name, ca_key, True)
+    leaf = certificate("127.0.0.1", key, ca_name, ca_key, False)
+    (directory / "server.pem").write_bytes(
+        leaf.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.pem")
+    return ca.public_bytes(serialization.Encoding.PEM), context
+
+
 @contextlib.contextmanager
-def http_stand_in(routes: dict[tuple[str, str], Handler]) -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
-    """A plain HTTP server on 127.0.0.1 (ephemeral port) answering routes[(method, path)]; records requests."""
+def http_stand_in(
+    routes: dict[tuple[str, str], Handler], tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """An HTTP (or, with `tls`, HTTPS) server on 127.0.0.1 (ephemeral port) answering routes[(method, path)];
+    records requests."""
     seen: list[tuple[str, str, bytes]] = []
 
     class H(http.server.BaseHTTPRequestHandler):
@@ -106,10 +188,12 @@ def http_stand_in(routes: dict[tuple[str, str], Handler]) -> Iterator[tuple[str,
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", seen
     finally:
         server.shutdown()
         server.server_close()

@@ -26,8 +26,13 @@ def call(
     def start_response(status: str, headers: list[tuple[str, str]]) -> None:
         seen["status"], seen["headers"] = status, dict(headers)
 
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": ctype,
-               "wsgi.input": io.BytesIO(body)}  # fmt: skip
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": ctype,
+        "wsgi.input": io.BytesIO(body),
+    }
     out = b"".join(app(environ, start_response))
     return seen["status"], seen["headers"], out
 
@@ -35,8 +40,14 @@ def call(
 def app_without_db(tmp_path: Path) -> Any:
     (tmp_path / "pw").write_text("not-used\n")
     port = closed_port()
-    env = {"KILN_HOST": "app9", "KILN_DB_PASSWORD_FILE": str(tmp_path / "pw"), "KILN_DB_WRITE_HOST": "127.0.0.1",
-           "KILN_DB_READ_HOST": "127.0.0.1", "KILN_DB_PORT": str(port), "KILN_DB_NAME": "foobar"}  # fmt: skip
+    env = {
+        "KILN_HOST": "app9",
+        "KILN_DB_PASSWORD_FILE": str(tmp_path / "pw"),
+        "KILN_DB_WRITE_HOST": "127.0.0.1",
+        "KILN_DB_READ_HOST": "127.0.0.1",
+        "KILN_DB_PORT": str(port),
+        "KILN_DB_NAME": "foobar",
+    }
     return make_app(Config.from_env(env))
 
 

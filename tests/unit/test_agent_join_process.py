@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from firstboot.errors import StepFailed
-from firstboot.join import tiers
+from firstboot.steps.join import tiers
 
 
 def test_a_daemon_that_starts_late_is_waited_for(tmp_path: Path) -> None:

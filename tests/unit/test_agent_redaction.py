@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from firstboot import agent, log, status
+from firstboot.apply import apply
 from firstboot.paths import Paths
 from firstboot.redact import MASK, REDACTOR, RedactingFilter, Redactor
+from firstboot.run import RunOptions, run
 from firstboot.sources import Settings
 from firstboot.state import State
 from firstboot.steps.context import Outcome, StepContext
 from kiln import signing
-from kiln.run import run
+from kiln.bundle import File
+from kiln.run import run as run_command
 from tests.unit.agent_support import SECRETS, bundle, cache_bundle, machine
 
 KEY = signing.generate_private_key()
@@ -54,7 +58,7 @@ def test_the_logging_filter_masks_messages_arguments_and_tracebacks(tmp_path: Pa
 def failing_join(ctx: StepContext) -> Outcome:
     """A join whose error quotes every secret, as a careless client library might."""
     quoted = " ".join(f"{k}={v}" for k, v in ALL.items())
-    run(["sh", "-c", f"echo 'denied: {quoted}' >&2; exit 3"])  # the CommandError carries the output tail
+    run_command(["sh", "-c", f"echo 'denied: {quoted}' >&2; exit 3"])  # the CommandError carries the output tail
     return Outcome("unreachable")
 
 
@@ -67,11 +71,10 @@ def test_a_run_full_of_secrets_leaks_none(
     state = State(url="https://10.10.0.1:8443", source="seed file", host="db1")
     state.steps["fetch"].outcome = "ok"
     state.save(Paths(tmp_path).state)
-    real = agent.step_functions()
-    monkeypatch.setattr(agent, "step_functions", lambda: {**real, "join": failing_join})
+    monkeypatch.setitem(agent.STEP_FUNCTIONS, "join", failing_join)
     log.setup(Paths(tmp_path).log, verbose=True)
     try:
-        assert agent.run(agent.RunOptions(paths=Paths(tmp_path), sources=Settings(imds_endpoint=""))) == 1
+        assert run(RunOptions(paths=Paths(tmp_path), sources=Settings(imds_endpoint=""))) == 1
     finally:
         log.setup(None)
     text, _ = status.render(Paths(tmp_path))
@@ -95,13 +98,9 @@ def test_a_run_full_of_secrets_leaks_none(
 
 def test_apply_output_carries_no_secret(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bundle.json"
-    import json
-
-    data = bundle(secrets=dict(ALL))
-    data["files"].append({"path": "/etc/bad", "mode": "0644", "owner": "nobody-such", "group": "root",
-                          "content": "x"})  # fmt: skip
-    path.write_text(json.dumps(data))
-    assert agent.apply(path, tmp_path / "root", live=False) == 0
+    b = bundle(secrets=dict(ALL))
+    path.write_bytes(replace(b, files=(*b.files, File("/etc/bad", "x", owner="nobody_such"))).to_json())
+    assert apply(path, tmp_path / "root", live=False) == 0
     out, err = capfd.readouterr()
     for value in ALL.values():
         assert value not in out + err

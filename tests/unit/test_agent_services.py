@@ -7,6 +7,7 @@ the enabled and active units in files and records every call; the step itself ru
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from firstboot.owners import Owners
 from firstboot.paths import Paths
 from firstboot.steps.context import StepContext
 from firstboot.steps.system import services
+from kiln.bundle import Service
+from tests.unit.agent_support import bundle
 
 SYSTEMCTL = """#!/bin/sh
 # one state line per unit, like systemctl; start fails as a whole when one unit fails
@@ -47,14 +50,15 @@ def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def ctx(units: list[dict], changed: set[str]) -> StepContext:
-    bundle = {"services": units}
-    return StepContext(Paths(Path("/")), bundle, live=True, owners=Owners(Path("/"), strict=True), changed=changed)
+def ctx(units: list[Service], changed: set[str], ip: str = "10.10.0.41") -> StepContext:
+    b = bundle()
+    b = replace(b, services=tuple(units), host=replace(b.host, ip=ip))
+    return StepContext(Paths(Path("/")), b, live=True, owners=Owners(Path("/"), strict=True), changed=changed)
 
 
 UNITS = [
-    {"unit": "nginx.service", "enable": True, "restart_on": ["/etc/nginx/nginx.conf"]},
-    {"unit": "kiln-app.service", "enable": True, "restart_on": ["/etc/systemd/system/kiln-app.service"]},
+    Service("nginx.service", restart_on=("/etc/nginx/nginx.conf",)),
+    Service("kiln-app.service", restart_on=("/etc/systemd/system/kiln-app.service",)),
 ]
 
 
@@ -86,7 +90,7 @@ def test_running_units_restart_only_when_their_files_changed(systemd: Path) -> N
 
 def test_a_unit_that_fails_to_start_fails_the_step_with_its_name(systemd: Path) -> None:
     with pytest.raises(StepFailed) as e:
-        services(ctx([{"unit": "broken.service", "enable": False, "restart_on": []}], set()))
+        services(ctx([Service("broken.service", enable=False)], set()))
     assert "'systemctl start broken.service' exited 1" in e.value.reason
     assert "Job for broken.service failed" in e.value.reason
     assert "journalctl" in e.value.next_action
@@ -94,20 +98,19 @@ def test_a_unit_that_fails_to_start_fails_the_step_with_its_name(systemd: Path) 
 
 def test_restarts_come_before_starts_and_wait_for_the_address_after_networkd(systemd: Path) -> None:
     units = [
-        {"unit": "systemd-networkd.service", "enable": False, "restart_on": ["/etc/systemd/network/10-kiln.network"]},
-        {"unit": "nginx.service", "enable": True, "restart_on": []},
+        Service("systemd-networkd.service", enable=False, restart_on=("/etc/systemd/network/10-kiln.network",)),
+        Service("nginx.service"),
     ]
     (systemd / "active").write_text("systemd-networkd.service\n")
-    step = ctx(units, {"/etc/systemd/network/10-kiln.network"})
-    step.bundle["host"] = {"ip": "127.0.0.1"}  # present on lo: the wait passes at once
+    step = ctx(units, {"/etc/systemd/network/10-kiln.network"}, ip="127.0.0.1")  # on lo: the wait passes at once
     assert services(step).detail == "restarted systemd-networkd.service; enabled nginx.service; started nginx.service"
 
 
 def test_an_address_that_never_appears_fails_the_step(systemd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("firstboot.steps.system.ADDRESS_WAIT", 1.0)
     (systemd / "active").write_text("systemd-networkd.service\n")
-    step = ctx([{"unit": "systemd-networkd.service", "enable": False, "restart_on": ["/etc/x"]}], {"/etc/x"})
-    step.bundle["host"] = {"ip": "192.0.2.77"}
+    units = [Service("systemd-networkd.service", enable=False, restart_on=("/etc/x",))]
+    step = ctx(units, {"/etc/x"}, ip="192.0.2.77")
     with pytest.raises(StepFailed) as e:
         services(step)
     assert "192.0.2.77 is not configured on any interface" in e.value.reason

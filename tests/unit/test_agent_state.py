@@ -7,21 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from firstboot import agent, status
+from firstboot import status
 from firstboot.paths import Paths
+from firstboot.run import RunOptions, run
 from firstboot.sources import Settings
 from firstboot.state import STEPS, State
 from kiln import signing
-from tests.unit.agent_support import SECRETS, bundle, cache_bundle, machine
+from kiln.bundle import Bundle, shared_digest
+from tests.unit.agent_support import HOSTS, SECRETS, bundle, cache_bundle, machine, with_shared_hosts
 
 KEY = signing.generate_private_key()
 
 
-def options(root: Path) -> agent.RunOptions:
-    return agent.RunOptions(paths=Paths(root), sources=Settings(imds_endpoint=""))
+def options(root: Path) -> RunOptions:
+    return RunOptions(paths=Paths(root), sources=Settings(imds_endpoint=""))
 
 
-def fetched_host(root: Path, data: dict | None = None, **steps: str) -> Paths:
+def fetched_host(root: Path, data: Bundle | None = None, **steps: str) -> Paths:
     """A machine whose fetch step is done (bundle cached) and whose other steps are as given."""
     machine(root, KEY)
     cache_bundle(root, data or bundle(), KEY)
@@ -58,26 +60,40 @@ def test_an_unreadable_state_file_starts_afresh(tmp_path: Path) -> None:
 
 def test_a_step_interrupted_by_a_crash_is_redone_and_the_run_finishes(tmp_path: Path) -> None:
     paths = fetched_host(tmp_path, network="ok", files="running")
-    (tmp_path / "etc").mkdir(exist_ok=True)
-    (tmp_path / "etc/.hostname.tmp-half-written").write_text("d")  # what a power cut mid-write may leave
-    assert agent.run(options(tmp_path)) == 0
+    (tmp_path / "etc/kiln/.kiln-tmp.app.env.x1y2z3").write_text("A=")  # what a power cut mid-write leaves
+    assert run(options(tmp_path)) == 0
     state = State.load(paths.state)
     assert state.outcome == "done"
     assert state.steps["files"].attempts == 2 and state.steps["files"].outcome == "ok"
     assert state.steps["network"].attempts == 1  # finished steps are not redone
     assert all(state.steps[s].outcome == "ok" for s in STEPS[1:])
     assert (tmp_path / "etc/kiln/app.env").read_text() == "A=1\n"
+    assert not (tmp_path / "etc/kiln/.kiln-tmp.app.env.x1y2z3").exists()  # the half-written temp file is gone
     assert (tmp_path / "etc/kiln/secrets/db_admin_password").read_text() == SECRETS["db_admin_password"]
     assert paths.done.exists()
     assert not paths.bundle_body.exists()  # the fetched bundle held the secrets: gone once done
 
 
+def test_a_resumed_run_takes_the_shared_contents_the_fetch_kept_and_refetches_when_they_are_gone(
+    tmp_path: Path,
+) -> None:
+    paths = fetched_host(tmp_path / "kept", with_shared_hosts(bundle()))
+    paths.shared.mkdir()
+    (paths.shared / shared_digest(HOSTS)).write_text(HOSTS)
+    assert run(options(paths.root)) == 0  # no server known: everything came from what the fetch step kept
+    assert (paths.root / "etc/hosts").read_text() == HOSTS
+    gone = fetched_host(tmp_path / "gone", with_shared_hosts(bundle()))
+    assert run(options(gone.root)) == 1
+    assert State.load(gone.state).steps["fetch"].attempts == 1  # fetched again (and, with no server, failed)
+    assert not (gone.root / "etc/hostname").exists()
+
+
 def test_a_done_host_exits_at_once_and_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     paths = fetched_host(tmp_path)
-    assert agent.run(options(tmp_path)) == 0
+    assert run(options(tmp_path)) == 0
     before = paths.state.read_bytes(), paths.state.stat().st_mtime_ns
     capsys.readouterr()
-    assert agent.run(options(tmp_path)) == 0
+    assert run(options(tmp_path)) == 0
     assert "provisioned" in capsys.readouterr().out
     assert (paths.state.read_bytes(), paths.state.stat().st_mtime_ns) == before
 
@@ -85,7 +101,7 @@ def test_a_done_host_exits_at_once_and_changes_nothing(tmp_path: Path, capsys: p
 def test_withheld_secrets_fail_clearly_and_the_run_resumes_at_that_step(tmp_path: Path) -> None:
     data = bundle(secrets={n: None for n in SECRETS}, withheld=True)
     paths = fetched_host(tmp_path, data)
-    assert agent.run(options(tmp_path)) == 1
+    assert run(options(tmp_path)) == 1
     text, code = status.render(paths)
     assert code == status.FAILED
     assert "FAILED at step secrets" in text
@@ -94,7 +110,7 @@ def test_withheld_secrets_fail_clearly_and_the_run_resumes_at_that_step(tmp_path
     # the operator puts the secrets back (or re-arms the host): the next run starts at the failed step
     for name, value in SECRETS.items():
         (tmp_path / f"etc/kiln/secrets/{name}").write_text(value)
-    assert agent.run(options(tmp_path)) == 0
+    assert run(options(tmp_path)) == 0
     state = State.load(paths.state)
     assert state.steps["secrets"].attempts == 2 and state.steps["files"].attempts == 1
     assert status.render(paths)[1] == status.DONE
@@ -102,7 +118,7 @@ def test_withheld_secrets_fail_clearly_and_the_run_resumes_at_that_step(tmp_path
 
 def test_no_source_is_a_failed_fetch_with_the_next_action(tmp_path: Path) -> None:
     machine(tmp_path, KEY)
-    assert agent.run(options(tmp_path)) == 1
+    assert run(options(tmp_path)) == 1
     text, code = status.render(Paths(tmp_path))
     assert code == status.FAILED and "FAILED at step fetch" in text
     assert "no provisioning URL found" in text and "kiln.url=" in text
@@ -114,7 +130,7 @@ def test_a_fetch_refused_for_its_signature_applies_nothing(tmp_path: Path) -> No
     state = State()
     state.steps["fetch"].outcome = "ok"
     state.save(Paths(tmp_path).state)
-    assert agent.run(options(tmp_path)) == 1
+    assert run(options(tmp_path)) == 1
     assert not (tmp_path / "etc/hostname").exists()
     assert not (tmp_path / "etc/kiln/secrets").exists()
     assert not Paths(tmp_path).bundle_body.exists()  # discarded, to be fetched again
@@ -128,7 +144,7 @@ def test_status_before_any_run(tmp_path: Path) -> None:
 
 def test_state_json_holds_every_step(tmp_path: Path) -> None:
     paths = fetched_host(tmp_path)
-    agent.run(options(tmp_path))
+    run(options(tmp_path))
     raw = json.loads(paths.state.read_text())
     assert list(raw["steps"]) == list(STEPS)
     for rec in raw["steps"].values():
@@ -140,17 +156,18 @@ import sys, time
 from pathlib import Path
 from firstboot import agent
 from firstboot.paths import Paths
+from firstboot.run import RunOptions, run
 from firstboot.sources import Settings
-real = agent.step_functions()
+files = agent.STEP_FUNCTIONS["files"]
 
 def slow_files(ctx):
-    out = real["files"](ctx)  # the files are written ...
+    out = files(ctx)  # the files are written ...
     Path(sys.argv[2]).write_text("written")
     time.sleep(60)  # ... and the power goes before the step is recorded as finished
     return out
 
-agent.step_functions = lambda: {**real, "files": slow_files}
-agent.run(agent.RunOptions(paths=Paths(Path(sys.argv[1])), sources=Settings(imds_endpoint="")))
+agent.STEP_FUNCTIONS["files"] = slow_files
+run(RunOptions(paths=Paths(Path(sys.argv[1])), sources=Settings(imds_endpoint="")))
 """
 
 
@@ -172,7 +189,7 @@ def test_a_run_killed_mid_step_resumes_that_step(tmp_path: Path) -> None:
         victim.wait()
     assert State.load(paths.state).steps["files"].outcome == "running"
     assert "in progress (step files)" in status.render(paths)[0]
-    assert agent.run(options(tmp_path / "root")) == 0
+    assert run(options(tmp_path / "root")) == 0
     state = State.load(paths.state)
     assert state.steps["files"].attempts == 2 and state.outcome == "done"
     assert state.steps["network"].attempts == 1
@@ -184,6 +201,6 @@ def test_only_one_run_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[st
     paths = fetched_host(tmp_path)
     with open(paths.state_dir / "lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a run in progress holds it
-        assert agent.run(options(tmp_path)) == 1
+        assert run(options(tmp_path)) == 1
         assert "another `firstboot run` is in progress" in capsys.readouterr().out
-    assert agent.run(options(tmp_path)) == 0
+    assert run(options(tmp_path)) == 0

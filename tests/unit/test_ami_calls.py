@@ -15,7 +15,7 @@ def client_error(code: str, status: int, *, sdk_retries: int = 0, op: str = "Put
         "Error": {"Code": code, "Message": f"{code} happened"},
         "ResponseMetadata": {"HTTPStatusCode": status, "RetryAttempts": sdk_retries},
     }
-    return ClientError(response, op)  # type: ignore[arg-type]
+    return ClientError(response, op)
 
 
 def failing(*errors: BaseException, result: object = None):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kiln.aws.cli import upload_ami
-from kiln.aws.moto_server import DUMMY_ENV
-from kiln.aws.testdisk import write_test_disk
+from tests.moto_server import DUMMY_ENV
+from tests.testdisk import write_test_disk
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kiln.build.plan import ELEMENTS_DIR, PROJECT
+from kiln.build.plan import ELEMENTS_DIR
+from kiln.project import ROOT as PROJECT
 
 ELEMENTS = sorted(p for p in ELEMENTS_DIR.iterdir() if p.is_dir())
 DIB_ELEMENTS = [p for p in ELEMENTS if p.name != "kiln-installer"]  # the installer is assembled, not a DIB element

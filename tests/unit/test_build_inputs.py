@@ -14,7 +14,7 @@ from kiln.build.builder import BuildEnv
 from kiln.build.inputs import inputs_hash, tree_digest
 from kiln.build.mirror import Mirror
 from kiln.build.plan import ELEMENTS_DIR, element_closure, image_spec, roles_to_build, size_in_gb
-from kiln.model import Cluster, Role
+from kiln.model import Cluster
 from kiln.secrets import SecretStore
 
 MIRROR = Mirror("http://mirror.example.org/debian", "http://mirror.example.org/debian-security")
@@ -32,12 +32,21 @@ def env(tmp_path: Path, cluster: Cluster, secret_store: SecretStore) -> BuildEnv
     app.mkdir()
     (app / "__init__.py").write_text("")
     return BuildEnv(
-        cluster=cluster, mirror=MIRROR, store=secret_store, images=tmp_path / "images", elements=elements,
-        agent=agent, app_package=app, agent_unit=tmp_path / "firstboot.service",
-    )  # fmt: skip
+        cluster=cluster,
+        mirror=MIRROR,
+        store=secret_store,
+        images=tmp_path / "images",
+        elements=elements,
+        agent=agent,
+        agent_unit=tmp_path / "firstboot.service",
+        project=tmp_path,
+    )
 
 
-def _hash(env: BuildEnv, role: Role = Role.lb) -> str:
+ROLES = ("lb", "web", "app", "db")
+
+
+def _hash(env: BuildEnv, role: str = "lb") -> str:
     return builder.role_inputs_hash(env, image_spec(env.cluster, role, env.mirror))
 
 
@@ -46,24 +55,24 @@ def test_same_inputs_same_hash(env: BuildEnv) -> None:
 
 
 def test_element_file_change_moves_only_the_roles_using_it(env: BuildEnv) -> None:
-    before = {r: _hash(env, r) for r in Role}
-    hook = env.elements / "kiln-web" / "post-install.d" / "70-kiln-web"
-    hook.write_text(hook.read_text() + "# changed\n")
-    after = {r: _hash(env, r) for r in Role}
-    assert after[Role.web] != before[Role.web]
-    assert {r for r in Role if after[r] != before[r]} == {Role.web}
+    before = {r: _hash(env, r) for r in ROLES}
+    listed = env.elements / "kiln-web" / "static" / "etc" / "kiln" / "services-off.d" / "kiln-web"
+    listed.write_text(listed.read_text() + "# changed\n")
+    after = {r: _hash(env, r) for r in ROLES}
+    assert after["web"] != before["web"]
+    assert {r for r in ROLES if after[r] != before[r]} == {"web"}
 
 
 def test_base_element_change_moves_every_role(env: BuildEnv) -> None:
-    before = {r: _hash(env, r) for r in Role}
+    before = {r: _hash(env, r) for r in ROLES}
     conf = env.elements / "kiln-base" / "static" / "etc" / "sysctl.d" / "90-kiln-hardening.conf"
     conf.write_text(conf.read_text() + "kernel.sysrq = 0\n")
-    assert all(_hash(env, r) != before[r] for r in Role)
+    assert all(_hash(env, r) != before[r] for r in ROLES)
 
 
 def test_mode_change_counts(env: BuildEnv) -> None:
     before = _hash(env)
-    hook = env.elements / "kiln-lb" / "post-install.d" / "70-kiln-lb"
+    hook = env.elements / "kiln-base" / "post-install.d" / "70-kiln-services-off"
     os.chmod(hook, 0o644)
     assert _hash(env) != before
 
@@ -80,10 +89,10 @@ def test_agent_key_url_and_dib_version_count(env: BuildEnv, monkeypatch: pytest.
 
 
 def test_app_sources_count_for_the_app_role_only(env: BuildEnv) -> None:
-    lb, app = _hash(env, Role.lb), _hash(env, Role.app)
-    (env.app_package / "wsgi.py").write_text("app = None\n")
-    assert _hash(env, Role.lb) == lb
-    assert _hash(env, Role.app) != app
+    lb, app = _hash(env, "lb"), _hash(env, "app")
+    (env.project / "kilnapp" / "wsgi.py").write_text("app = None\n")
+    assert _hash(env, "lb") == lb
+    assert _hash(env, "app") != app
 
 
 def test_tree_digest_ignores_pycache(tmp_path: Path) -> None:
@@ -117,18 +126,20 @@ def test_up_to_date_needs_matching_hash_and_outputs(tmp_path: Path) -> None:
 
 
 def test_dpkg_packages_reads_dib_manifest(tmp_path: Path) -> None:
-    data = {"packages": [
-        {"package": "haproxy", "arch": "amd64", "version": "2.6.12-1+deb12u1", "status": "ii "},
-        {"package": "gone", "arch": "amd64", "version": "1", "status": "rc "},
-    ]}  # fmt: skip
+    data = {
+        "packages": [
+            {"package": "haproxy", "arch": "amd64", "version": "2.6.12-1+deb12u1", "status": "ii "},
+            {"package": "gone", "arch": "amd64", "version": "1", "status": "rc "},
+        ]
+    }
     path = tmp_path / "dib-manifest-dpkg-lb"
     path.write_text(json.dumps(data))
     assert manifest.dpkg_packages(path) == {"haproxy": "2.6.12-1+deb12u1"}
 
 
 def test_plan_of_the_reference_cluster(cluster: Cluster) -> None:
-    assert roles_to_build(cluster) == (Role.lb, Role.web, Role.app, Role.db)
-    spec = image_spec(cluster, Role.db, MIRROR)
+    assert roles_to_build(cluster) == ("lb", "web", "app", "db")
+    spec = image_spec(cluster, "db", MIRROR)
     assert spec.elements == ("kiln-base", "kiln-firstboot", "kiln-db")
     env = spec.env_dict()
     assert env["DIB_DISTRIBUTION_MIRROR"] == MIRROR.archive

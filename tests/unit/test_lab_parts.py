@@ -14,19 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from kiln.commands import load_or_report
+from kiln.bundle import Bundle, Directory, Service
 from kiln.lab import access, dnsmasq, probe, vm
 from kiln.lab.audit import parse_report
 from kiln.lab.layout import Lab, tap_name
 from kiln.lab.verify import results
+from kiln.project import Project
 from kiln.render import render_host
 from kiln.run import run
 
 
 def _lab() -> Lab:
-    cluster = load_or_report(None)
-    assert cluster is not None
-    return Lab(cluster)
+    return Lab(Project().cluster())
 
 
 def test_dnsmasq_leases_every_host_by_mac_and_points_ipxe_at_the_server() -> None:
@@ -47,15 +46,16 @@ def test_tap_names_fit_ifnamsiz_and_differ() -> None:
 def test_access_files_join_the_bundle_without_touching_the_rendered_one() -> None:
     lab = _lab()
     rendered = render_host(lab.cluster, lab.cluster.host("db1"))
-    files_before = len(rendered["files"])
+    files_before = len(rendered.files)
     out = access.add_to_bundle(rendered, "ssh-ed25519 AAAA kiln-lab", "10.10.0.1")
-    assert len(rendered["files"]) == files_before
-    paths = {f["path"]: f for f in out["files"]}
-    assert paths[access.AUTHORIZED_KEYS]["content"] == "ssh-ed25519 AAAA kiln-lab\n"
-    assert paths[access.AUTHORIZED_KEYS]["mode"] == "0600"
-    assert "Match Address 10.10.0.1\n" in paths[access.SSHD_DROPIN]["content"]
-    assert {"path": "/root/.ssh", "mode": "0700", "owner": "root", "group": "root"} in out["directories"]
-    assert out["services"][-1] == {"unit": "ssh.service", "enable": True, "restart_on": [access.SSHD_DROPIN]}
+    assert len(rendered.files) == files_before
+    paths = {f.path: f for f in out.files}
+    assert paths[access.AUTHORIZED_KEYS].content == "ssh-ed25519 AAAA kiln-lab\n"
+    assert paths[access.AUTHORIZED_KEYS].mode == "0600"
+    assert "Match Address 10.10.0.1\n" in paths[access.SSHD_DROPIN].content
+    assert Directory(path="/root/.ssh", mode="0700", owner="root", group="root") in out.directories
+    assert out.services[-1] == Service(unit="ssh.service", enable=True, restart_on=(access.SSHD_DROPIN,))
+    assert Bundle.from_json(out.to_json()) == out, "what the lab adds still fits the bundle contract"
 
 
 def test_connect_tells_open_from_refused() -> None:
@@ -75,8 +75,21 @@ def test_verify_table_reads_a_real_junit_report(tmp_path: Path) -> None:
     source = "def test_ok():\n    pass\n\ndef test_bad():\n    assert 1 == 2, 'one is not two'\n"
     (tmp_path / "test_x.py").write_text(source)
     report = tmp_path / "r.xml"
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                    str(tmp_path / "test_x.py")], capture_output=True, check=False, cwd=tmp_path)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={report}",
+            str(tmp_path / "test_x.py"),
+        ],
+        capture_output=True,
+        check=False,
+        cwd=tmp_path,
+    )
     rows = {name: (outcome, why) for name, outcome, why in results(report)}
     assert rows["test_ok"] == ("pass", "")
     assert rows["test_bad"][0] == "FAIL" and "one is not two" in rows["test_bad"][1]
@@ -112,7 +125,7 @@ def test_lab_up_names_the_missing_packages_before_starting_anything(monkeypatch:
 def test_an_outage_is_the_longest_time_without_an_answer_not_the_span_of_scattered_failures() -> None:
     from kiln.lab.chaos import Loops
 
-    loops = Loops(lab=None)  # type: ignore[arg-type]  # no lab: only the request record is read
+    loops = Loops(lab=None)  # no lab: only the request record is read
     ok = [True] * 40
     for t in (5, 6, 7, 30):  # failures at 5-7 (the request at 8 answered) and one stray failure at 30
         ok[t] = False
@@ -128,7 +141,7 @@ def test_an_outage_is_the_longest_time_without_an_answer_not_the_span_of_scatter
 def test_lab_up_logs_a_line_per_host_change_where_no_table_redraws() -> None:
     from kiln.lab.lifecycle import Watch
 
-    watch = Watch(lab=None)  # type: ignore[arg-type]  # no lab: only the rows are read
+    watch = Watch(lab=None)  # no lab: only the rows are read
     event = {"step": "install", "status": "start", "detail": "writing: 512 of 2048 MB"}
     row = {"name": "web1", "role": "web", "ip": "10.10.0.21", "state": "installing", "progress": 0, "last_event": event}
     watch.update([row])
@@ -141,7 +154,7 @@ def test_lab_up_logs_a_line_per_host_change_where_no_table_redraws() -> None:
 def test_a_failed_host_ends_lab_up_only_if_the_agents_own_retry_does_not_help() -> None:
     from kiln.lab.lifecycle import FAILED_GRACE, Watch
 
-    watch = Watch(lab=None)  # type: ignore[arg-type]  # no lab: only the rows are read
+    watch = Watch(lab=None)  # no lab: only the rows are read
     failed = {"name": "app1", "role": "app", "ip": "10.10.0.31", "state": "failed", "progress": 70}
     watch.update([failed])
     assert watch.failed() == [], f"failed for less than {FAILED_GRACE:.0f} s: firstboot.service retries it"
@@ -150,8 +163,10 @@ def test_a_failed_host_ends_lab_up_only_if_the_agents_own_retry_does_not_help() 
     assert watch.failed(grace=0) == [] and watch.failed_since == {}
 
 
-@pytest.mark.parametrize(("action", "said"), [("ssh", "lab ssh: no host 'nohost' in roles.yaml"),
-                                              ("audit", "lab audit: no host nohost in roles.yaml")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("action", "said"),
+    [("ssh", "lab ssh: no host 'nohost' in roles.yaml"), ("audit", "lab audit: no host nohost in roles.yaml")],
+)
 def test_lab_takes_the_host_as_an_option_and_works_without_it(action: str, said: str) -> None:
     # Invoke has no optional positional: a positional host (default None) made every action demand one, and with
     # default "" the documented './inv lab ssh db2' answered "No idea what 'db2' is!". So: --host.
@@ -183,7 +198,7 @@ def test_the_request_loop_does_not_wait_for_a_hung_request(monkeypatch: pytest.M
         return types.SimpleNamespace(status=200)
 
     monkeypatch.setattr(chaos.Loops, "_get", get)
-    loops = chaos.Loops(lab=None)  # type: ignore[arg-type]  # _get replaced: no lab needed
+    loops = chaos.Loops(lab=None)  # _get replaced: no lab needed
     began = time.monotonic()
     threading.Thread(target=loops._request_loop, daemon=True).start()
     time.sleep(2.0)

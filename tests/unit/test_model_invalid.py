@@ -15,12 +15,38 @@ CASES = sorted(p.stem for p in INVALID.glob("*.yaml"))
 
 def test_there_is_a_fixture_for_every_required_problem():
     required = {
-        "yaml_syntax_error", "empty_file", "unknown_key_top", "unknown_key_host", "wrong_type", "bad_mac", "bad_ip",
-        "bad_cidr", "duplicate_name", "duplicate_mac", "duplicate_ip", "ip_outside_subnet", "vip_outside_subnet",
-        "vip_is_host_address", "undefined_role", "two_db_primaries", "no_db_primary", "one_lb", "equal_lb_priorities",
+        "yaml_syntax_error",
+        "empty_file",
+        "unknown_key_top",
+        "unknown_key_host",
+        "wrong_type",
+        "bad_mac",
+        "bad_ip",
+        "bad_cidr",
+        "duplicate_name",
+        "duplicate_mac",
+        "duplicate_ip",
+        "ip_outside_subnet",
+        "vip_outside_subnet",
+        "vip_is_host_address",
+        "undefined_role",
+        "two_db_primaries",
+        "no_db_primary",
+        "one_lb",
+        "equal_lb_priorities",
         "unsupported_version",
-    }  # fmt: skip
+    }
     assert required <= set(CASES)
+
+
+def test_every_meaning_check_has_a_fixture_that_trips_it():
+    """Each named check's code shows up in some fixture's expected problems: no check goes untested."""
+    from kiln.model.meaning import all_checks
+
+    seen = {p["code"] for case in CASES for p in json.loads((INVALID / f"{case}.expected.json").read_text())}
+    codes = [code for code, _ in all_checks()]
+    assert len(codes) == len(set(codes)), "codes are unique"
+    assert not set(codes) - seen, f"checks no fixture trips: {sorted(set(codes) - seen)}"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -28,7 +54,7 @@ def test_invalid_roles_report_every_problem_with_line_and_path(case: str):
     expected = json.loads((INVALID / f"{case}.expected.json").read_text())
     with pytest.raises(InvalidRoles) as raised:
         load_roles(INVALID / f"{case}.yaml")
-    got = [{"line": p.line, "path": p.path, "message": p.message} for p in raised.value.problems]
+    got = [{"line": p.line, "path": p.path, "message": p.message, "code": p.code} for p in raised.value.problems]
     assert got == expected
     for problem in raised.value.problems:
         assert problem.format().startswith(f"{INVALID / case}.yaml:{problem.line}: {problem.path}: ")

@@ -21,8 +21,10 @@ def _listed_tasks() -> dict[str, str]:
     """Task name → first line of its help, from Invoke itself."""
     out = subprocess.run(
         [sys.executable, "-m", "invoke", "--search-root", str(PROJECT), "--list", "--list-format", "json"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     import json
 
     tasks = json.loads(out)["tasks"]

@@ -9,105 +9,117 @@ from pathlib import Path
 
 import pytest
 
+from kiln import bundle as b
 from kiln.bundle import BUNDLE_SCHEMA
 from kiln.model import parse_roles
-from kiln.render import render_cluster
+from kiln.render import Rendered, render, render_cluster
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bundles(cluster):
-    return render_cluster(cluster)
+def rendered(cluster) -> Rendered:
+    return render(cluster)
 
 
-def _file(bundle, path):
-    [f] = [f for f in bundle["files"] if f["path"] == path]
-    return f
+@pytest.fixture(scope="module")
+def bundles(rendered: Rendered) -> dict[str, b.Bundle]:
+    return rendered.bundles
 
 
-def test_every_host_gets_a_bundle_bound_to_its_identity(bundles, cluster):
+def _file(rendered: Rendered, host: str, path: str) -> str:
+    """A file's text, inline or shared."""
+    return rendered.content(rendered.bundles[host], path)
+
+
+def test_every_host_gets_a_bundle_bound_to_its_identity(rendered, bundles, cluster):
     assert set(bundles) == {h.name for h in cluster.hosts}
     for host in cluster.hosts:
-        b = bundles[host.name]
-        assert b["schema"] == BUNDLE_SCHEMA
-        assert b["host"] == {
-            "name": host.name,
-            "role": host.role.value,
-            "mac": host.mac,
-            "ip": str(host.ip),
-            "fqdn": f"{host.name}.foobar",
-        }
-        assert _file(b, "/etc/hostname")["content"] == f"{host.name}\n"
-        assert all(f["path"].startswith("/") and len(f["mode"]) == 4 for f in b["files"])
+        bundle = bundles[host.name]
+        assert bundle.schema == BUNDLE_SCHEMA
+        assert bundle.host == b.HostInfo(
+            name=host.name, role=host.role, mac=host.mac, ip=str(host.ip), fqdn=f"{host.name}.foobar"
+        )
+        assert _file(rendered, host.name, "/etc/hostname") == f"{host.name}\n"
+        assert b.Bundle.from_json(bundle.to_json()) == bundle, "every rendered bundle fits the contract"
 
 
 def test_secrets_are_referenced_never_inlined(bundles, secret_store):
-    for b in bundles.values():
-        text = json.dumps(b)
+    for bundle in bundles.values():
+        text = bundle.to_json().decode()
         for name in ("db_app_password", "db_replication_password", "db_admin_password"):
             assert secret_store.value(name) not in text
-        assert all(s["value"] is None for s in b["secrets"])
-    assert [s["name"] for s in bundles["lb1"]["secrets"]] == ["tls_pem"]
-    assert {s["name"] for s in bundles["db2"]["secrets"]} == {
-        "db_app_password",
-        "db_replication_password",
-        "db_admin_password",
-    }
-    assert [s["name"] for s in bundles["app1"]["secrets"]] == ["db_app_password"]
-    assert bundles["web1"]["secrets"] == []
+        assert all(s.value is None for s in bundle.secrets)
+    assert bundles["lb1"].secret_names() == ["tls_pem"]
+    assert set(bundles["db2"].secret_names()) == {"db_app_password", "db_replication_password", "db_admin_password"}
+    assert bundles["app1"].secret_names() == ["db_app_password"]
+    assert bundles["web1"].secrets == ()
 
 
-def test_lb_pair_master_and_peers(bundles):
-    lb1 = _file(bundles["lb1"], "/etc/keepalived/keepalived.conf")["content"]
-    lb2 = _file(bundles["lb2"], "/etc/keepalived/keepalived.conf")["content"]
+def test_lb_pair_master_and_peers(rendered, bundles):
+    lb1 = _file(rendered, "lb1", "/etc/keepalived/keepalived.conf")
+    lb2 = _file(rendered, "lb2", "/etc/keepalived/keepalived.conf")
     assert "state BACKUP" in lb1 and "priority 150" in lb1 and "10.10.0.12" in lb1
     assert "state BACKUP" in lb2 and "priority 100" in lb2 and "10.10.0.11" in lb2
     # not ready (HAProxy sees no web node UP): below every ready LB, not FAULT; a returning LB waits before preempting
     assert "weight -51" in lb1 and "init_fail" in lb1 and "preempt_delay 10" in lb1
     assert "vrrp_strict" not in lb1
-    haproxy = _file(bundles["lb1"], "/etc/haproxy/haproxy.cfg")["content"]
+    haproxy = _file(rendered, "lb1", "/etc/haproxy/haproxy.cfg")
     assert "server web1 10.10.0.21:80 check" in haproxy and "server web2 10.10.0.22:80 check" in haproxy
     assert "option httpchk GET /nginx-health" in haproxy and "Strict-Transport-Security" in haproxy
     assert "monitor fail if { nbsrv(web_pool) lt 1 }" in haproxy
-    nginx = _file(bundles["web1"], "/etc/nginx/conf.d/kiln-site.conf")["content"]
+    nginx = _file(rendered, "web1", "/etc/nginx/conf.d/kiln-site.conf")
     assert "location = /nginx-health {" in nginx
 
 
-def test_db_server_ids_unique_and_replica_read_only(bundles):
+def test_db_server_ids_unique_and_replica_read_only(rendered, bundles):
     cnfs = {
-        n: _file(b, "/etc/mysql/mariadb.conf.d/60-kiln.cnf")["content"]
-        for n, b in bundles.items()
-        if b["host"]["role"] == "db"
+        n: _file(rendered, n, "/etc/mysql/mariadb.conf.d/60-kiln.cnf")
+        for n, x in bundles.items()
+        if x.host.role == "db"
     }
     ids = [line for c in cnfs.values() for line in c.splitlines() if line.startswith("server_id")]
     assert len(set(ids)) == len(ids) == 2
     assert "read_only = ON" in cnfs["db2"] and "read_only = OFF" in cnfs["db1"]
-    assert bundles["db2"]["join"] == {
-        "kind": "db-replica",
-        "params": {"database": "foobar", "port": 3306, "replication_user": "repl", "app_user": "app",
-                   "server_id": 7, "primary": "10.10.0.41", "wait_seconds": 900},
-    }  # fmt: skip
-    assert bundles["db1"]["join"]["params"]["replica_hosts"] == ["10.10.0.42"]
-    assert bundles["db1"]["join"]["params"]["app_hosts"] == ["10.10.0.31"]
+    assert bundles["db2"].join == b.DbReplicaJoin(
+        kind="db-replica",
+        database="foobar",
+        port=3306,
+        server_id=7,
+        replication_user="repl",
+        app_user="app",
+        primary="10.10.0.41",
+        wait_seconds=900,
+    )
+    primary = bundles["db1"].join
+    assert isinstance(primary, b.DbPrimaryJoin)
+    assert (primary.replica_hosts, primary.app_hosts) == (("10.10.0.42",), ("10.10.0.31",))
 
 
-def test_app_writes_to_primary_reads_from_replica(bundles):
-    env = _file(bundles["app1"], "/etc/kiln/app.env")["content"]
+def test_app_writes_to_primary_reads_from_replica(rendered, bundles):
+    env = _file(rendered, "app1", "/etc/kiln/app.env")
     assert "KILN_DB_WRITE_HOST=10.10.0.41" in env and "KILN_DB_READ_HOST=10.10.0.42" in env
 
 
-def test_firewall_admits_each_tier_only_from_the_tier_in_front(bundles):
-    web = _file(bundles["web1"], "/etc/nftables.conf")["content"]
-    assert "define LB_NODES = { 10.10.0.11, 10.10.0.12 }" in web and "tcp dport 80 ip saddr $LB_NODES" in web
-    app = _file(bundles["app1"], "/etc/nftables.conf")["content"]
+def test_firewall_admits_each_tier_only_from_the_tier_in_front(rendered, bundles):
+    web = _file(rendered, "web1", "/etc/nftables.conf")
+    assert 'include "nftables.d/kiln-tiers.nft"' in web and "tcp dport 80 ip saddr $LB_NODES" in web
+    tiers = _file(rendered, "web1", "/etc/nftables.d/kiln-tiers.nft")
+    assert (
+        "define LB_NODES = { 10.10.0.11, 10.10.0.12 }" in tiers
+        and "define DB_NODES = { 10.10.0.41, 10.10.0.42 }" in tiers
+    )
+    assert {f.shared for x in bundles.values() for f in x.files if f.path.endswith("kiln-tiers.nft")} == {
+        b.shared_digest(tiers)
+    }, "one shared file for every host, named by its digest"
+    app = _file(rendered, "app1", "/etc/nftables.conf")
     assert "tcp dport 8080 ip saddr $WEB_NODES" in app
-    db = _file(bundles["db1"], "/etc/nftables.conf")["content"]
+    db = _file(rendered, "db1", "/etc/nftables.conf")
     assert "tcp dport 3306 ip saddr $APP_NODES" in db and "tcp dport 3306 ip saddr $DB_NODES" in db
-    lb = _file(bundles["lb2"], "/etc/nftables.conf")["content"]
+    lb = _file(rendered, "lb2", "/etc/nftables.conf")
     assert "define LB_PEERS = { 10.10.0.11 }" in lb and "ip protocol vrrp ip saddr $LB_PEERS" in lb
-    for b in bundles.values():
-        nft = _file(b, "/etc/nftables.conf")["content"]
+    for bundle in bundles.values():
+        nft = _file(rendered, bundle.host.name, "/etc/nftables.conf")
         assert "policy drop;" in nft and "tcp dport 22 ip saddr $ADMIN_NET" in nft
 
 
@@ -117,14 +129,16 @@ def test_only_nginx_hosts_get_nginx_and_only_web_hosts_proxy_to_every_app(shippe
         '  - {name: app1, role: app, mac: "52:54:00:10:00:31", ip: 10.10.0.31}\n'
         '  - {name: app2, role: app, mac: "52:54:00:10:00:32", ip: 10.10.0.32}',
     )
-    bundles = render_cluster(parse_roles(text))
-    site = _file(bundles["web2"], "/etc/nginx/conf.d/kiln-site.conf")["content"]
-    assert "server 10.10.0.31:8080" in site and "server 10.10.0.32:8080" in site
-    assert not any(f["path"].startswith("/etc/nginx") for f in bundles["app2"]["files"])
+    more = render(parse_roles(text))
+    pool = _file(more, "web2", "/etc/nginx/conf.d/kiln-app-pool.conf")
+    assert "server 10.10.0.31:8080" in pool and "server 10.10.0.32:8080" in pool
+    assert "upstream app_pool {" not in _file(more, "web2", "/etc/nginx/conf.d/kiln-site.conf")
+    assert not any(f.path.startswith("/etc/nginx") for f in more.bundles["app2"].files)
 
 
 def test_rendering_is_deterministic(cluster):
-    assert json.dumps(render_cluster(cluster), sort_keys=True) == json.dumps(render_cluster(cluster), sort_keys=True)
+    first, second = render_cluster(cluster), render_cluster(cluster)
+    assert {n: x.to_json() for n, x in first.items()} == {n: x.to_json() for n, x in second.items()}
 
 
 def test_render_command_writes_bundles_and_file_trees_and_drops_stale_ones(tmp_path: Path, shipped_roles: Path):
@@ -138,10 +152,18 @@ def test_render_command_writes_bundles_and_file_trees_and_drops_stale_ones(tmp_p
     bundle = json.loads((out / "db2" / "bundle.json").read_text())
     for f in bundle["files"]:
         written = out / "db2" / "root" / f["path"].lstrip("/")
-        assert written.read_text() == f["content"]
+        if f["shared"]:  # one copy per cluster, hard-linked into each host's tree
+            assert written.samefile(out / "_shared" / f["shared"]) and not f["content"]
+            assert b.shared_digest(written.read_text()) == f["shared"]
+        else:
+            assert written.read_text() == f["content"]
         assert oct(written.stat().st_mode & 0o777) == oct(int(f["mode"], 8))
+    assert (out / "web1" / "root" / "etc" / "hosts").samefile(out / "db2" / "root" / "etc" / "hosts")
     assert not (out / "ghost").exists() and (out / "notmine").exists()
     (out / "db2" / "root" / "etc" / "stale.conf").write_text("old")
     again = subprocess.run(inv, capture_output=True, text=True, check=True)
     assert "(0 changed)" in again.stdout
     assert not (out / "db2" / "root" / "etc" / "stale.conf").exists()
+    (out / "_shared" / ("0" * 64)).write_text("a content no host names any more")
+    subprocess.run(inv, capture_output=True, text=True, check=True)
+    assert not (out / "_shared" / ("0" * 64)).exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from kiln import signing
+from kiln.bundle import Bundle, File
 from kiln.render import render_cluster
 from kiln.server.bundles import BundleCache
 
@@ -18,9 +19,8 @@ def test_cached_bundles_equal_a_full_render(cluster, secret_store):
 def test_the_hook_change_is_in_the_signed_body(cluster, secret_store):
     key = signing.generate_private_key()
 
-    def add_marker(bundle):
-        return {**bundle, "files": [*bundle["files"], {"path": "/etc/marker", "mode": "0644", "owner": "root",
-                                                         "group": "root", "content": "lab\n"}]}  # fmt: skip
+    def add_marker(bundle: Bundle) -> Bundle:
+        return bundle.extended(files=(File(path="/etc/marker", content="lab\n"),))
 
     cache = BundleCache(cluster, secret_store, key, add_marker)
     signed = cache.without_secrets(cluster.host("web1"))

@@ -91,8 +91,9 @@ def test_catalog_reads_the_block_map_digest_and_notices_a_rebuild(tmp_path: Path
         (_manifest(), True, False, "images/web/web.map is missing"),
     ],
 )
-def test_catalog_says_what_is_missing(tmp_path: Path, manifest: object, raw: bool, map_file: bool,
-                                      message: str) -> None:  # fmt: skip
+def test_catalog_says_what_is_missing(
+    tmp_path: Path, manifest: object, raw: bool, map_file: bool, message: str
+) -> None:
     with pytest.raises(NotBuilt, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
         _images(tmp_path, manifest, raw, map_file).install_image("web")
 

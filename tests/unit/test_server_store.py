@@ -99,3 +99,50 @@ def test_only_sqlite_and_postgresql_urls(tmp_path: Path) -> None:
         StateStore.open("mysql://x@localhost/kiln", tmp_path)
     with pytest.raises(ValueError, match="needs a file path"):
         StateStore.open("sqlite://", tmp_path)
+
+
+def test_timelines_keep_the_newest_events_and_the_limit_is_in_the_query(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("kiln.server.store.TIMELINE_LIMIT", 5)
+    for i in range(12):
+        store.record_event("web1", ev("files", "ok", detail=str(i)), now=float(i))
+    store.record_event("db2", ev("install", "start"), now=50.0)
+    rows = store.host_rows()
+    assert [e["detail"] for e in rows["web1"]["timeline"]] == ["7", "8", "9", "10", "11"], "newest 5, oldest first"
+    assert len(rows["db2"]["timeline"]) == 1
+    statements: list[str] = []
+    sa_event = pytest.importorskip("sqlalchemy").event
+    sa_event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    store.host_rows()
+    assert any("row_number() OVER" in s for s in statements), "the database numbers and cuts the timeline"
+
+
+def test_since_returns_only_the_hosts_changed_since(store: StateStore) -> None:
+    store.record_event("web1", ev("install", "start"), now=10_000_000_000.0)  # in the future: newer than ensure_hosts
+    assert set(store.host_rows(since=9_999_999_999.0, timeline=False)) == {"web1"}
+    assert store.host_rows(since=20_000_000_000.0) == {}
+    store.claim_secrets("db2", now=10_000_000_001.0)
+    assert set(store.host_rows(since=10_000_000_000.5, timeline=False)) == {"db2"}
+
+
+def test_a_database_from_an_older_kiln_gets_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state" / "kiln.db"
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as db:  # the hosts table as kiln made it before the `updated` column
+        db.execute(
+            "CREATE TABLE hosts (name VARCHAR(64) PRIMARY KEY, generation INTEGER NOT NULL DEFAULT 1, "
+            "state VARCHAR(16) NOT NULL DEFAULT 'waiting', installed BOOLEAN NOT NULL DEFAULT 0, "
+            "max_ok_index INTEGER NOT NULL DEFAULT -1, last_step VARCHAR(16), last_status VARCHAR(8), "
+            "last_detail TEXT, last_received FLOAT, last_duration FLOAT, step_started FLOAT, armed_at FLOAT, "
+            "secrets_served_at FLOAT, secrets_denied INTEGER NOT NULL DEFAULT 0, secrets_denied_at FLOAT)"
+        )
+        db.execute("INSERT INTO hosts (name) VALUES ('web1')")
+    store = StateStore.open("sqlite:///state/kiln.db", tmp_path)
+    try:
+        store.record_event("web1", ev("install", "start"), now=123.0)
+        assert store.host_rows()["web1"]["updated"] == 123.0
+    finally:
+        store.close()

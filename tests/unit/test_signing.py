@@ -15,7 +15,7 @@ def key():
 
 @pytest.fixture(scope="module")
 def body(cluster) -> bytes:
-    return bundle.dumps(render_host(cluster, cluster.host("db2")))
+    return render_host(cluster, cluster.host("db2")).to_json()
 
 
 def test_a_signed_bundle_verifies(key, body):

@@ -9,21 +9,21 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from firstboot.backoff import Backoff, DeadlineExceeded, Retry, retry
 from firstboot.errors import StepFailed
-from firstboot.join.sql import Server, SqlError, account, ident, quote
 from firstboot.log import LOG
+from firstboot.steps.join.sql import Server, SqlError, account, ident, quote
+from kiln.bundle import DbPrimaryJoin, DbReplicaJoin
 
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 # what the replication user may do: replicate, and take the consistent dump a new replica seeds from
-REPLICATION_PRIVILEGES = frozenset({
-    "REPLICATION SLAVE", "BINLOG MONITOR", "SELECT", "RELOAD", "LOCK TABLES", "SHOW VIEW", "EVENT", "TRIGGER",
-    "SHOW DATABASES",  # the rendered config sets skip_show_database; the seed dump lists the databases
-})  # fmt: skip
+REPLICATION_PRIVILEGES = frozenset(
+    {"REPLICATION SLAVE", "BINLOG MONITOR", "SELECT", "RELOAD", "LOCK TABLES", "SHOW VIEW", "EVENT", "TRIGGER"}
+    | {"SHOW DATABASES"}  # the rendered config sets skip_show_database; the seed dump lists the databases
+)
 APP_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "INDEX", "ALTER"})
 # the mysqld exporter: status, variables, processlist, binlog and replica status; no table data
 EXPORTER_PRIVILEGES = frozenset({"PROCESS", "BINLOG MONITOR", "SLAVE MONITOR"})  # SLAVE MONITOR: as 10.11 lists it
@@ -33,7 +33,7 @@ NO_BINLOG = "SET SESSION sql_log_bin=0"
 Secret = Callable[[str], str]
 
 
-def _in(values: list[str] | tuple[str, ...]) -> str:
+def _in(values: Sequence[str]) -> str:
     return ", ".join(quote(v) for v in values) or "''"
 
 
@@ -95,10 +95,13 @@ def _ensure_user(
         }
     else:
         schema = on.split(".")[0].strip("`")
-        have = {r[0] for r in local.rows(
-            f"SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES "
-            f"WHERE GRANTEE = {quote(grantee)} AND TABLE_SCHEMA = {quote(schema)}"
-        )}  # fmt: skip
+        have = {
+            r[0]
+            for r in local.rows(
+                f"SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES "
+                f"WHERE GRANTEE = {quote(grantee)} AND TABLE_SCHEMA = {quote(schema)}"
+            )
+        }
     missing = sorted(privileges - have)
     if missing:
         changes.add(
@@ -106,48 +109,52 @@ def _ensure_user(
         )
 
 
-def _drop_others(local: Server, changes: Changes, user: str, hosts: list[str]) -> None:
+def _drop_others(local: Server, changes: Changes, user: str, hosts: Sequence[str]) -> None:
     for _, host in local.rows(
         f"SELECT User, Host FROM mysql.user WHERE User = {quote(user)} AND Host NOT IN ({_in(hosts)})"
     ):
         changes.add(f"drop {user}@{host} (no longer in roles.yaml)", f"DROP USER IF EXISTS {account(user, host)}")
 
 
-def join_primary(params: dict[str, Any], secret: Secret, local: Server) -> str:
+def join_primary(spec: DbPrimaryJoin, secret: Secret, local: Server) -> str:
     """Binlog + GTID on, replication user for the replicas only, app user for the app hosts only, hardened."""
     log_bin = local.value("SELECT @@log_bin")
     if log_bin != "1":
-        raise StepFailed("the binary log is off, so replicas cannot follow this primary",
-                         "check /etc/mysql/mariadb.conf.d/60-kiln.cnf (log_bin) and restart mariadb")  # fmt: skip
-    server_id = local.value("SELECT @@server_id")
-    if server_id != str(params["server_id"]):
         raise StepFailed(
-            f"server_id is {server_id}, the bundle says {params['server_id']}",
+            "the binary log is off, so replicas cannot follow this primary",
+            "check /etc/mysql/mariadb.conf.d/60-kiln.cnf (log_bin) and restart mariadb",
+        )
+    server_id = local.value("SELECT @@server_id")
+    if server_id != str(spec.server_id):
+        raise StepFailed(
+            f"server_id is {server_id}, the bundle says {spec.server_id}",
             "restart mariadb so it reads 60-kiln.cnf",
         )
-    db = str(params["database"])
+    db = spec.database
     hardening = Changes()  # local to each server, kept out of the binary log (replicas harden themselves)
     _harden(local, hardening)
     hardening.apply(local, init=NO_BINLOG)
     changes = Changes()
     if local.value(f"SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {quote(db)}") == "0":
         changes.add(f"create database {db}", f"CREATE DATABASE {ident(db)} CHARACTER SET utf8mb4")
-    repl, app = str(params["replication_user"]), str(params["app_user"])
-    for host in params["replica_hosts"]:
+    repl, app = spec.replication_user, spec.app_user
+    for host in spec.replica_hosts:
         _ensure_user(local, changes, repl, host, secret("db_replication_password"), REPLICATION_PRIVILEGES, "*.*")
-    _drop_others(local, changes, repl, list(params["replica_hosts"]))
-    for host in params["app_hosts"]:
+    _drop_others(local, changes, repl, spec.replica_hosts)
+    for host in spec.app_hosts:
         _ensure_user(local, changes, app, host, secret("db_app_password"), APP_PRIVILEGES, f"{ident(db)}.*")
-    _drop_others(local, changes, app, list(params["app_hosts"]))
-    exporter = str(params["exporter_user"])
+    _drop_others(local, changes, app, spec.app_hosts)
+    exporter = spec.exporter_user
     _ensure_user(local, changes, exporter, "localhost", None, EXPORTER_PRIVILEGES, "*.*")
     _drop_others(local, changes, exporter, ["localhost"])
     admin = secret("db_admin_password")
     priv = local.value("SELECT Priv FROM mysql.global_priv WHERE User = 'root' AND Host = 'localhost'")
     if local.value(f"SELECT PASSWORD({quote(admin)})") not in priv or "unix_socket" not in priv:
-        changes.add("root@localhost: unix socket or the admin password",
-                    "ALTER USER root@localhost IDENTIFIED VIA unix_socket "
-                    f"OR mysql_native_password USING PASSWORD({quote(admin)})")  # fmt: skip
+        changes.add(
+            "root@localhost: unix socket or the admin password",
+            "ALTER USER root@localhost IDENTIFIED VIA unix_socket "
+            f"OR mysql_native_password USING PASSWORD({quote(admin)})",
+        )
     changes.apply(local)
     position = local.value("SELECT @@gtid_binlog_pos")
     notes = hardening.notes + changes.notes
@@ -157,11 +164,11 @@ def join_primary(params: dict[str, Any], secret: Secret, local: Server) -> str:
     return f"primary {what}; binlog on, server_id {server_id}, gtid_binlog_pos {position or '(empty)'}"
 
 
-def _replicating(status: dict[str, str], params: dict[str, Any], user: str) -> bool:
+def _replicating(status: dict[str, str], spec: DbReplicaJoin) -> bool:
     return (
-        status.get("Master_Host") == str(params["primary"])
-        and status.get("Master_Port") == str(params["port"])
-        and status.get("Master_User") == user
+        status.get("Master_Host") == spec.primary
+        and status.get("Master_Port") == str(spec.port)
+        and status.get("Master_User") == spec.replication_user
         and status.get("Using_Gtid") == "Slave_Pos"
     )
 
@@ -186,6 +193,16 @@ def _wait_for_primary(primary: Server, wait_seconds: float) -> None:
         ) from None
 
 
+# one transaction, the GTID position recorded (at the end of the dump), everything a replica needs
+SEED_DUMP_OPTIONS = (
+    "--all-databases",
+    "--single-transaction",
+    "--master-data=2",
+    "--gtid",
+    "--routines",
+    "--events",
+    "--triggers",
+)
 GTID_IN_DUMP = re.compile(r"SET GLOBAL gtid_slave_pos\s*=\s*'([0-9,\-]*)'")
 
 
@@ -193,10 +210,7 @@ def _seed(primary: Server, local: Server) -> str:
     """A consistent dump of the primary (one transaction, GTID position recorded), loaded without binlogging."""
     with tempfile.TemporaryDirectory(prefix="firstboot-seed-") as tmp:
         dump = Path(tmp) / "seed.sql"
-        primary.dump(dump, [
-            "--all-databases", "--single-transaction", "--master-data=2", "--gtid",
-            "--routines", "--events", "--triggers",
-        ])  # fmt: skip
+        primary.dump(dump, SEED_DUMP_OPTIONS)
         dump.chmod(0o600)
         with dump.open("rb") as f:  # the GTID position is written at the end of the dump
             f.seek(max(0, dump.stat().st_size - 8192))
@@ -220,8 +234,8 @@ def _verify_threads(local: Server, deadline: float) -> dict[str, str]:
     end = time.monotonic() + deadline
     while True:
         status = local.status("SHOW SLAVE STATUS")
-        if status.get("Slave_IO_Running") == "Yes" and status.get("Slave_SQL_Running") == "Yes" \
-                and status.get("Seconds_Behind_Master") not in ("", "NULL", None):  # fmt: skip
+        threads = (status.get("Slave_IO_Running"), status.get("Slave_SQL_Running"))
+        if threads == ("Yes", "Yes") and status.get("Seconds_Behind_Master") not in ("", "NULL", None):
             return status
         if time.monotonic() > end:
             error = status.get("Last_IO_Error") or status.get("Last_SQL_Error") or "no error reported"
@@ -233,15 +247,15 @@ def _verify_threads(local: Server, deadline: float) -> dict[str, str]:
         time.sleep(0.2)
 
 
-def join_replica(params: dict[str, Any], secret: Secret, local: Server, *, verify_seconds: float = 60.0) -> str:
+def join_replica(spec: DbReplicaJoin, secret: Secret, local: Server, *, verify_seconds: float = 60.0) -> str:
     """Follow the primary by GTID, seeding from it first when it already holds data; read_only on."""
-    user = str(params["replication_user"])
+    user = spec.replication_user
     password = secret("db_replication_password")
     status = local.status("SHOW SLAVE STATUS")
     notes: list[str] = []
-    if not _replicating(status, params, user):
-        primary = Server(host=str(params["primary"]), port=int(params["port"]), user=user, password=password)
-        _wait_for_primary(primary, float(params.get("wait_seconds", 900)))
+    if not _replicating(status, spec):
+        primary = Server(host=spec.primary, port=spec.port, user=user, password=password)
+        _wait_for_primary(primary, float(spec.wait_seconds))
         if local.value("SELECT @@server_id") == primary.value("SELECT @@server_id"):
             raise StepFailed(
                 "this replica has the same server_id as its primary", "restart mariadb so it reads 60-kiln.cnf"
@@ -259,11 +273,11 @@ def join_replica(params: dict[str, Any], secret: Secret, local: Server, *, verif
             notes.append("primary holds no data: following it from the start of its binary log")
         local.execute(
             f"SET GLOBAL gtid_slave_pos = {quote(position)};\n"
-            f"CHANGE MASTER TO MASTER_HOST = {quote(str(params['primary']))}, MASTER_PORT = {int(params['port'])}, "
+            f"CHANGE MASTER TO MASTER_HOST = {quote(spec.primary)}, MASTER_PORT = {spec.port}, "
             f"MASTER_USER = {quote(user)}, MASTER_PASSWORD = {quote(password)}, MASTER_CONNECT_RETRY = 5, "
             "MASTER_USE_GTID = slave_pos;\nSTART SLAVE;\n"
         )
-        notes.append(f"following {params['primary']}:{params['port']} with MASTER_USE_GTID=slave_pos")
+        notes.append(f"following {spec.primary}:{spec.port} with MASTER_USE_GTID=slave_pos")
     elif status.get("Slave_IO_Running") != "Yes" or status.get("Slave_SQL_Running") != "Yes":
         local.execute("START SLAVE;\n")
         notes.append("started the replica threads")

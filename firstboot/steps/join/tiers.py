@@ -1,4 +1,4 @@
-"""The lb, web and app joins: the role's daemons run in this network namespace and answer through their peers."""
+"""The lb and service joins: the role's daemons run in this network namespace and answer through their peers."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 from firstboot.errors import StepFailed
 from firstboot.nic import holds_address
 from firstboot.probe import ProbeFailed, http_get, tcp_open, wait_for
+from kiln.bundle import LbJoin, ServiceJoin
 
 RETRY = "see `firstboot status` and the unit's journal; fix it, then run `firstboot run`"
 
@@ -93,23 +93,24 @@ def keepalived_priorities() -> set[int]:
     return found
 
 
-def join_lb(params: dict[str, Any], deadline: float) -> str:
+def join_lb(spec: LbJoin, deadline: float) -> str:
+    """keepalived runs with the bundle's priority, the VIP answers somewhere, HAProxy sees a web server UP."""
     _require("keepalived", "keepalived")
     _require("haproxy", "haproxy")
     priorities = keepalived_priorities()
-    if int(params["priority"]) not in priorities:
+    if spec.priority not in priorities:
         raise StepFailed(
             f"keepalived runs with priority {', '.join(map(str, sorted(priorities))) or 'unknown'}, "
-            f"the bundle says {params['priority']}",
+            f"the bundle says {spec.priority}",
             "restart keepalived so it reads /etc/keepalived/keepalived.conf, then run `firstboot run`",
         )
     try:
-        vip = wait_for(lambda: _vip_state(str(params["vip"])), "the VIP", deadline)
+        vip = wait_for(lambda: _vip_state(spec.vip), "the VIP", deadline)
     except ProbeFailed as e:
         raise StepFailed(str(e), "check keepalived on both load balancers (journalctl -u keepalived)") from None
 
     def pool_up() -> str:
-        servers = pool_status(str(params["stats_url"]), "web_pool")
+        servers = pool_status(spec.stats_url, "web_pool")
         up = [s for s, st in servers.items() if st.startswith("UP")]
         if not up:
             raise ProbeFailed(
@@ -122,29 +123,21 @@ def join_lb(params: dict[str, Any], deadline: float) -> str:
         pool = wait_for(pool_up, "the web pool", deadline)
     except ProbeFailed as e:
         raise StepFailed(str(e), "check the web hosts (firstboot status there) and the lb→web firewall rules") from None
-    return f"keepalived priority {params['priority']}, {vip}; haproxy {pool}"
+    return f"keepalived priority {spec.priority}, {vip}; haproxy {pool}"
 
 
-def _health(url: str, what: str, deadline: float) -> str:
-    def ok() -> str:
-        status, _ = http_get(url)
+def join_service(spec: ServiceJoin, deadline: float) -> str:
+    """The role's daemon runs here and its health URL answers 200 (through the peers it depends on)."""
+    _require(spec.process, spec.unit)
+
+    def healthy() -> str:
+        status, _ = http_get(spec.health_url)
         if status != 200:
-            raise ProbeFailed(f"GET {url}: HTTP {status}")
+            raise ProbeFailed(f"GET {spec.health_url}: HTTP {status}")
         return "200"
 
     try:
-        return wait_for(ok, what, deadline)
+        wait_for(healthy, f"{spec.health_url} to answer 200", deadline)
     except ProbeFailed as e:
         raise StepFailed(str(e), RETRY) from None
-
-
-def join_web(params: dict[str, Any], deadline: float) -> str:
-    _require("nginx", "nginx")
-    _health(str(params["health_url"]), "the app pool through nginx", deadline)
-    return f"nginx answers /health through the app pool ({', '.join(params['app_pool'])})"
-
-
-def join_app(params: dict[str, Any], deadline: float) -> str:
-    _require("gunicorn", "kiln-app")
-    _health(str(params["health_url"]), "the app with its database", deadline)
-    return f"app healthy with its database {params['db_host']}:{params['db_port']}"
+    return spec.what

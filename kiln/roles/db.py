@@ -1,0 +1,157 @@
+"""db: a MariaDB primary with binary log and GTID, and replicas that follow it; only app and db hosts reach it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kiln import bundle as b
+from kiln.model.cluster import Cluster, DbRole, Host
+from kiln.model.meaning import Facts, Found
+from kiln.roles.context import SECRETS_DIR, HostContext
+from kiln.roles.spec import DirSpec, FileSpec, Firewall, RoleSpec, Rule, SecretSpec, ServiceSpec, typed_settings
+
+NAME = "db"
+PORT = 3306
+REPLICATION_USER = "repl"
+APP_USER = "app"
+# the Debian exporter unit runs as the OS user prometheus; MariaDB maps it to this account by unix_socket
+EXPORTER_USER = "prometheus"
+EXPORTER_PORT = 9104
+MARIADB_CNF = "/etc/mysql/mariadb.conf.d/60-kiln.cnf"
+EXPORTER_DEFAULT = "/etc/default/prometheus-mysqld-exporter"
+
+
+@dataclass(frozen=True)
+class DbSettings:
+    database: str
+
+
+def settings_of(cluster: Cluster) -> DbSettings:
+    return typed_settings(cluster, NAME, DbSettings)
+
+
+def _context(cluster: Cluster, host: Host, c: HostContext) -> Mapping[str, Any]:
+    return {
+        "database": settings_of(cluster).database,
+        "db_port": PORT,
+        "server_id": host.index + 1,
+        "is_replica": not host.is_primary,
+        "exporter_db_user": EXPORTER_USER,
+        "mysqld_exporter_port": EXPORTER_PORT,
+    }
+
+
+def _firewall(cluster: Cluster, host: Host, c: HostContext) -> Firewall:
+    return Firewall(
+        inbound=(Rule("tcp", (PORT,), saddr="$APP_NODES"), Rule("tcp", (PORT,), saddr="$DB_NODES")),
+        outbound=(Rule("tcp", (PORT,), daddr="$DB_NODES"),),
+        exporter_ports=(EXPORTER_PORT,),
+    )
+
+
+def _join(cluster: Cluster, host: Host, c: HostContext) -> b.Join:
+    primary = cluster.db_primary
+    assert primary is not None
+    database = settings_of(cluster).database
+    if host.is_primary:
+        return b.DbPrimaryJoin(
+            kind="db-primary",
+            database=database,
+            port=PORT,
+            server_id=host.index + 1,
+            replication_user=REPLICATION_USER,
+            app_user=APP_USER,
+            exporter_user=EXPORTER_USER,
+            replica_hosts=tuple(str(h.ip) for h in cluster.db_replicas),
+            app_hosts=tuple(str(h.ip) for h in cluster.by_role("app")),
+        )
+    return b.DbReplicaJoin(
+        kind="db-replica",
+        database=database,
+        port=PORT,
+        server_id=host.index + 1,
+        replication_user=REPLICATION_USER,
+        app_user=APP_USER,
+        primary=str(primary.ip),
+    )
+
+
+def _checks(cluster: Cluster, host: Host, c: HostContext) -> tuple[b.Check, ...]:
+    return (
+        b.TcpCheck(kind="tcp", name="mariadb accepts connections", host=c.ip, port=PORT),
+        b.HttpCheck(kind="http", name="mysqld exporter answers", url=f"http://{c.ip}:{EXPORTER_PORT}/metrics"),
+    )
+
+
+def _db_role_missing(facts: Facts) -> Found:
+    for i, h in facts.hosts_of(NAME):
+        if "db_role" not in h:
+            yield f"$.hosts[{i}]", "db host without a db_role", "db_role: primary or replica"
+
+
+def _one_primary(facts: Facts) -> Found:
+    dbs = facts.hosts_of(NAME)
+    primaries = [i for i, h in dbs if h.get("db_role") == DbRole.primary]
+    for i in primaries[1:]:
+        yield (
+            f"$.hosts[{i}].db_role",
+            f"a second db primary, $.hosts[{primaries[0]}] is already primary",
+            "exactly one primary, the others replica",
+        )
+    if dbs and not primaries:
+        replicas = [i for i, h in dbs if h.get("db_role") == DbRole.replica]
+        if replicas:
+            yield f"$.hosts[{replicas[0]}].db_role", "a replica without a primary", "one db host with db_role: primary"
+        else:
+            yield "$.hosts", "no db primary", "one db host with db_role: primary"
+
+
+ROLE = RoleSpec(
+    name=NAME,
+    summary="MariaDB primary and GTID replicas",
+    settings_schema={
+        "description": "MariaDB primary and GTID replicas.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "database": {
+                "description": "Name of the application database.",
+                "type": "string",
+                "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                "default": "app",
+            },
+        },
+    },
+    settings=lambda s: DbSettings(**s),
+    host_keys={
+        "db_role": {
+            "description": "db only: `primary` (exactly one) or `replica`.",
+            "type": "string",
+            "enum": ["primary", "replica"],
+        },
+    },
+    context=_context,
+    join=_join,
+    checks=_checks,
+    firewall=_firewall,
+    elements=("kiln-db",),
+    lab_memory_mib=896,
+    files=(
+        FileSpec(MARIADB_CNF, "mariadb.cnf.j2"),
+        # the Debian package's postinst sets 0640 prometheus:prometheus; kept so (it holds no password: unix_socket)
+        FileSpec(EXPORTER_DEFAULT, "mysqld-exporter.default.j2", mode="0640", group="prometheus"),
+    ),
+    directories=(DirSpec("/var/lib/mysql-files", mode="0750", owner="mysql", group="mysql"),),
+    secrets=(
+        SecretSpec("db_app_password", f"{SECRETS_DIR}/db_app_password"),
+        SecretSpec("db_replication_password", f"{SECRETS_DIR}/db_replication_password"),
+        SecretSpec("db_admin_password", f"{SECRETS_DIR}/db_admin_password"),
+    ),
+    services=(
+        ServiceSpec("mariadb.service", (MARIADB_CNF,)),
+        ServiceSpec("prometheus-mysqld-exporter.service", (EXPORTER_DEFAULT,)),
+    ),
+    meaning=(("db-role-missing", _db_role_missing), ("db-one-primary", _one_primary)),
+)
