@@ -1,16 +1,27 @@
-"""The roles.yaml reference, generated from the schema, so the README cannot drift from it."""
+"""The roles.yaml reference, generated from the schema, so the README cannot drift from it; and the whole schema
+as one file (docs/roles.schema.json) for editors that validate YAML against a JSON Schema."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kiln.model.shape import schema
+
+_KIND_NAMES = {
+    "ipv4": "IPv4 address",
+    "cidr": "IPv4 CIDR",
+    "mac": "MAC address",
+    "path": "absolute path",
+    "server_url": "http(s) URL of an IPv4 address",
+    "mirror": "`auto` \\| http(s) URL",
+}
 
 
 def _type(spec: dict[str, Any], defs: dict[str, Any]) -> str:
     if "$ref" in spec:
         name = spec["$ref"].rsplit("/", 1)[-1]
-        return {"ipv4": "IPv4 address", "cidr": "IPv4 CIDR", "mac": "MAC address"}.get(name, name)
+        return _KIND_NAMES.get(name, name)
     if "enum" in spec:
         return " \\| ".join(f"`{v}`" for v in spec["enum"])
     if "const" in spec:
@@ -44,3 +55,12 @@ def reference_markdown() -> str:
     for key, spec in s["properties"].items():
         lines += list(_rows(spec, key, key in s["required"], s["$defs"]))
     return "\n".join(lines) + "\n"
+
+
+def schema_json() -> str:
+    """The whole roles.yaml schema, the role modules' parts filled in: docs/roles.schema.json, for editors."""
+    return json.dumps(schema(), indent=2) + "\n"
+
+
+if __name__ == "__main__":  # python -m kiln.model.docs > docs/roles.schema.json
+    print(schema_json(), end="")

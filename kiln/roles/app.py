@@ -9,8 +9,9 @@ from typing import Any
 
 from kiln import bundle as b
 from kiln.model.cluster import Cluster, Host
+from kiln.model.meaning import Facts, Found
 from kiln.roles import db
-from kiln.roles.context import SECRETS_DIR, HostContext
+from kiln.roles.context import NODE_EXPORTER_PORT, SECRETS_DIR, HostContext
 from kiln.roles.spec import FileSpec, Firewall, Need, RoleSpec, Rule, SecretSpec, ServiceSpec, typed_settings
 
 NAME = "app"
@@ -82,6 +83,15 @@ def _stage_wheels(work: Path, project: Path, elements: Path) -> Mapping[str, str
     return {"DIB_KILN_APP_WHEELS": str(wheels)}
 
 
+def _port_taken(facts: Facts) -> Found:
+    """The app's port must not be one the app hosts already listen on (SSH, the node exporter)."""
+    settings = facts.roles.get(NAME) if facts.roles else None
+    port = settings.get("port") if isinstance(settings, dict) else None
+    taken = {22: "SSH", NODE_EXPORTER_PORT: "the node exporter"}
+    if isinstance(port, int) and port in taken:
+        yield f"$.roles.{NAME}.port", f"port {port} is {taken[port]}'s on every host", "another port, e.g. 8080"
+
+
 ROLE = RoleSpec(
     name=NAME,
     summary="application servers (gunicorn)",
@@ -122,4 +132,5 @@ ROLE = RoleSpec(
     secrets=(SecretSpec("db_app_password", PASSWORD_FILE, mode="0640", group="kiln-app"),),
     services=(ServiceSpec("kiln-app.service", (APP_ENV, APP_UNIT, PASSWORD_FILE)),),
     needs=(Need("db", "the app needs a database"),),
+    meaning=(("app-port-taken", _port_taken),),
 )

@@ -91,6 +91,28 @@ def _db_role_missing(facts: Facts) -> Found:
             yield f"$.hosts[{i}]", "db host without a db_role", "db_role: primary or replica"
 
 
+# names roles.db.database must not take (compared case-insensitively): MariaDB's own schemas, where the primary's
+# join would grant the app user ALTER on the grant tables, and `test`, which its hardening drops
+SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+HARDENING_DROPS = "test"
+
+
+def _reserved_database(facts: Facts) -> Found:
+    settings = (facts.roles or {}).get(NAME)
+    name = settings.get("database") if isinstance(settings, dict) else None
+    if not isinstance(name, str):
+        return
+    expected = "the application's own database, not mysql, information_schema, performance_schema, sys or test"
+    if name.lower() in SYSTEM_SCHEMAS:
+        yield f"$.roles.{NAME}.database", f"{name!r} is one of MariaDB's system schemas", expected
+    elif name.lower() == HARDENING_DROPS:
+        yield (
+            f"$.roles.{NAME}.database",
+            f"{name!r} is the test database, which the primary's hardening drops",
+            expected,
+        )
+
+
 def _one_primary(facts: Facts) -> Found:
     dbs = facts.hosts_of(NAME)
     primaries = [i for i, h in dbs if h.get("db_role") == DbRole.primary]
@@ -119,7 +141,7 @@ ROLE = RoleSpec(
             "database": {
                 "description": "Name of the application database.",
                 "type": "string",
-                "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$(?!\\n)",  # $(?!\n): see roles.schema.json's $comment
                 "default": "app",
             },
         },
@@ -153,5 +175,9 @@ ROLE = RoleSpec(
         ServiceSpec("mariadb.service", (MARIADB_CNF,)),
         ServiceSpec("prometheus-mysqld-exporter.service", (EXPORTER_DEFAULT,)),
     ),
-    meaning=(("db-role-missing", _db_role_missing), ("db-one-primary", _one_primary)),
+    meaning=(
+        ("db-role-missing", _db_role_missing),
+        ("db-one-primary", _one_primary),
+        ("db-reserved-database", _reserved_database),
+    ),
 )

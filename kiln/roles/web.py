@@ -74,8 +74,7 @@ ROLE = RoleSpec(
         "properties": {
             "static_root": {
                 "description": "Directory nginx serves static files from.",
-                "type": "string",
-                "pattern": "^/[^\\s]*$",
+                "$ref": "#/$defs/path",  # path-safe: it is nginx's `root`, where a `$variable` would be expanded
                 "default": "/srv/www",
             },
         },

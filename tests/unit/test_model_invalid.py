@@ -35,6 +35,21 @@ def test_there_is_a_fixture_for_every_required_problem():
         "one_lb",
         "equal_lb_priorities",
         "unsupported_version",
+        # strings that would break or subvert a rendered config (the security review's cases first)
+        "host_name_trailing_newline",
+        "domain_tab",
+        "database_mysql",
+        "database_test",
+        "static_root_variable",
+        "static_root_dot_dot",
+        "key_control_character",
+        "disk_next_line",
+        "provisioning_url_port",
+        "provisioning_url_name",
+        "provisioning_url_metacharacters",
+        "mirror_metacharacters",
+        "cluster_name_too_long",
+        "domain_too_long",
     }
     assert required <= set(CASES)
 

@@ -44,3 +44,10 @@ def test_roles_reference_is_generated_from_the_schema():
 def test_readme_shows_the_two_commands():
     assert "./inv build-all" in README and "./inv test" in README
     assert "./inv test" in (PROJECT / ".ci" / "run").read_text()
+
+
+def test_the_published_roles_schema_is_the_one_the_model_uses():
+    from kiln.model.docs import schema_json
+
+    published = (PROJECT / "docs" / "roles.schema.json").read_text()
+    assert published == schema_json(), "regenerate: python -m kiln.model.docs > docs/roles.schema.json"
