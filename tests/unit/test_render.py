@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -167,3 +171,102 @@ def test_render_command_writes_bundles_and_file_trees_and_drops_stale_ones(tmp_p
     (out / "_shared" / ("0" * 64)).write_text("a content no host names any more")
     subprocess.run(inv, capture_output=True, text=True, check=True)
     assert not (out / "_shared" / ("0" * 64)).exists()
+
+
+SECURITY_HEADERS = ("X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy", "Content-Security-Policy")
+_NGINX_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|#[^\n]*|[{};]|[^\s{};"\'#]+')
+
+
+@dataclass
+class _NginxBlock:
+    head: list[str]
+    directives: list[list[str]] = field(default_factory=list)
+    children: list[_NginxBlock] = field(default_factory=list)
+
+    def add_headers(self) -> dict[str, str]:
+        return {d[1]: _unquoted(d[2]) for d in self.directives if d[0] == "add_header"}
+
+    def walk(self) -> Iterator[_NginxBlock]:
+        for child in self.children:
+            yield child
+            yield from child.walk()
+
+
+def _unquoted(word: str) -> str:
+    return word[1:-1] if len(word) > 1 and word[0] == word[-1] and word[0] in "\"'" else word
+
+
+def _parse_nginx(text: str) -> _NginxBlock:
+    """nginx's config as nested blocks of directives (enough of its grammar for kiln's templates)."""
+    stack, words = [_NginxBlock(["main"])], []
+    for token in _NGINX_TOKEN.findall(text):
+        if token.startswith("#"):
+            continue
+        if token == "{":
+            block = _NginxBlock(words)
+            stack[-1].children.append(block)
+            stack.append(block)
+            words = []
+        elif token == "}":
+            assert not words, f"unterminated directive {words}"
+            stack.pop()
+        elif token == ";":
+            stack[-1].directives.append(words)
+            words = []
+        else:
+            words.append(token)
+    assert len(stack) == 1 and not words, "unbalanced braces"
+    return stack[0]
+
+
+def _locations_dropping_security_headers(site: str) -> list[str]:
+    """What a browser would get without a security header: nginx inherits add_header into a block only when the
+    block has none of its own, so every block (location, if) with any add_header must set all four, and the public
+    server must set them for the blocks that inherit."""
+    servers = [s for s in _parse_nginx(site).children if s.head == ["server"]]
+    public = [s for s in servers if any(d[0] == "listen" and d[1].endswith(":80") for d in s.directives)]
+    assert len(public) == 1, "one server on port 80"
+    [server] = public
+    wrong = [f"server lacks {h}" for h in SECURITY_HEADERS if h not in server.add_headers()]
+    for block in server.walk():
+        names = block.add_headers()
+        if names and not set(SECURITY_HEADERS) <= set(names):
+            wrong.append(f"{' '.join(block.head)} drops {sorted(set(SECURITY_HEADERS) - set(names))}")
+    return wrong
+
+
+def test_every_nginx_location_keeps_the_security_headers(rendered, bundles):
+    webs = [n for n, x in bundles.items() if x.host.role == "web"]
+    assert webs
+    for web in webs:
+        site = _file(rendered, web, "/etc/nginx/conf.d/kiln-site.conf")
+        [server] = [s for s in _parse_nginx(site).children if s.head == ["server"]][:1]
+        assert len([b for b in server.walk() if b.head[0] == "location"]) >= 4, "the parser sees the locations"
+        assert _locations_dropping_security_headers(site) == [], web
+    # the check fails where the review found the fault: a location with an add_header of its own
+    broken = site.replace("expires 7d;", 'expires 7d; add_header Cache-Control "public";', 1)
+    assert broken != site
+    assert _locations_dropping_security_headers(broken) == [
+        f"location /static/ drops {sorted(SECURITY_HEADERS)}",
+    ]
+
+
+def test_haproxy_gives_its_own_answers_nginx_security_headers_and_alone_sets_hsts(rendered, bundles):
+    site = _file(rendered, "web1", "/etc/nginx/conf.d/kiln-site.conf")
+    [server] = [s for s in _parse_nginx(site).children if s.head == ["server"]][:1]
+    nginx = server.add_headers()
+    haproxy = _file(rendered, "lb1", "/etc/haproxy/haproxy.cfg")
+    after: dict[str, list[str]] = {}  # header -> the rest of its http-after-response rule
+    for line in haproxy.splitlines():
+        words = shlex.split(line) if line.strip() and not line.strip().startswith("#") else []
+        if words[:2] == ["http-after-response", "set-header"]:
+            after[words[2]] = words[3:]
+    for header in SECURITY_HEADERS:  # the redirect and HAProxy's 503 carry the values nginx sets on pages
+        assert after[header][0] == nginx[header], header
+        assert after[header][1:] == ["unless", "{", f"res.hdr({header})", "-m", "found", "}"]
+    assert after["Strict-Transport-Security"][1:] == ["if", "{", "ssl_fc", "}"]
+    assert "http-response set-header" not in haproxy, "http-response skips the answers HAProxy makes itself"
+    for bundle in bundles.values():
+        for f in bundle.files:
+            if f.path != "/etc/haproxy/haproxy.cfg":
+                assert "Strict-Transport-Security" not in rendered.content(bundle, f.path), f.path
