@@ -100,12 +100,9 @@ def build_all(c, force=False):
         "database": "state database URL: sqlite:///PATH (default sqlite:///state/kiln.db) or postgresql://USER:PASS@HOST/DB",
         "secrets": "secrets directory (default: secrets/)",
         "images": "images directory (default: images/)",
-        "allow_http_bundles": "lab only: also serve bundles (with secrets) and events over plain HTTP",
     }
 )
-def serve(
-    c, roles=None, listen=None, tls_listen=None, database=None, secrets=None, images=None, allow_http_bundles=False
-):
+def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=None, images=None):
     """Serve booting hosts their iPXE scripts, images and signed bundles; record their events; show the dashboard."""
     from kiln.server.cli import serve_command
 
@@ -117,7 +114,6 @@ def serve(
             database=database,
             secrets=secrets,
             images=images,
-            allow_http_bundles=allow_http_bundles,
         )
     )
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(PROJECT))
 from kiln.bundle import Bundle, DbPrimaryJoin, DbReplicaJoin  # noqa: E402
 from kiln.freeze import OUT, freeze  # noqa: E402
 from kiln.model import load_roles  # noqa: E402
-from kiln.render import render_cluster  # noqa: E402
+from kiln.render import render  # noqa: E402
 from kiln.secrets import SecretStore  # noqa: E402
 
 
@@ -84,6 +84,7 @@ def replica_join_seconds(tmp: Path, bundles: dict[str, Bundle], rows: int, secre
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one run each and 10k rows instead of 100k")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "agent.json", help="where the figures go")
     opts = parser.parse_args()
     runs, rows = (1, 10_000) if opts.quick else (5, 100_000)
     if freeze(OUT) != 0:
@@ -94,9 +95,13 @@ def main() -> int:
         tmp = Path(tmp_name)
         store = SecretStore(tmp / "secrets")
         store.ensure(cluster)
-        bundles = render_cluster(cluster)
+        rendered = render(cluster)
+        bundles = rendered.bundles
         secrets = {n: store.value(n) for b in bundles.values() for n in b.secret_names()}
         (tmp / "db1.json").write_bytes(bundles["db1"].with_secret_values(secrets).to_json())
+        (tmp / "_shared").mkdir()  # as ./inv render --out keeps them: the contents the bundle names by sha256
+        for digest in bundles["db1"].shared_digests():
+            (tmp / "_shared" / digest).write_text(rendered.shared[digest])
         start = best(runs, [binary, "--version"])
 
         def fresh_tree() -> None:
@@ -119,8 +124,8 @@ def main() -> int:
     for f in figures:
         print(f"{f['name']:<28} {f['value']} {f['unit']}  (goal {f['goal']})")
     result = {"machine": platform.node(), "cpus": os.cpu_count(), "runs": runs, "figures": figures}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "agent.json").write_text(json.dumps(result, indent=2) + "\n")
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

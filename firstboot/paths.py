@@ -11,10 +11,17 @@ class Paths:
     root: Path = Path("/")
 
     def under(self, absolute: str) -> Path:
-        """`absolute` (a path on the host) inside this root; refuses relative paths and '..'."""
+        """`absolute` (a path on the host) inside this root; refuses relative paths and '..', and under a root
+        other than / a directory on the way that is a symlink leading out of the root (ValueError): an absolute
+        symlink in an image tree must not send a write to the build machine's own /etc."""
         if not absolute.startswith("/") or ".." in Path(absolute).parts:
             raise ValueError(f"{absolute!r} is not a plain absolute path")
-        return self.root / absolute.lstrip("/")
+        path = self.root / absolute.lstrip("/")
+        if not self.is_host:
+            root = self.root.resolve()
+            if not path.parent.resolve().is_relative_to(root):
+                raise ValueError(f"{absolute!r} leads out of {self.root} through a symlink on its way")
+        return path
 
     @property
     def is_host(self) -> bool:
@@ -77,6 +84,11 @@ class Paths:
     @property
     def events(self) -> Path:
         return self.state_dir / "events"
+
+    @property
+    def host_key(self) -> Path:
+        """The Ed25519 key this host made at its first boot (0600); the server binds it at enrolment."""
+        return self.state_dir / "host.key"
 
     @property
     def log(self) -> Path:

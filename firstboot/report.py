@@ -13,9 +13,10 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from firstboot.backoff import Backoff
+from firstboot.credential import Credential
 from firstboot.log import LOG
 from firstboot.redact import redact
 from firstboot.state import now_iso
@@ -50,14 +51,25 @@ class EventQueue:
 
 
 def post_event(
-    url: str, host: str, event: bytes, context: ssl.SSLContext | None, timeout: float = SEND_TIMEOUT
+    url: str,
+    host: str,
+    event: bytes,
+    context: ssl.SSLContext | None,
+    credential: Credential | None = None,
+    timeout: float = SEND_TIMEOUT,
 ) -> None:
-    """Raise OSError unless the server accepts the event (2xx)."""
+    """Raise OSError unless the server accepts the event (2xx); `credential` authenticates it (the server refuses
+    events from anyone but the host itself)."""
+    path = f"/v1/hosts/{quote(host)}/events"
+    headers = {"Content-Type": "application/json"}
+    if credential is not None:
+        headers.update(credential.headers("POST", urlsplit(url).path.rstrip("/") + path, event))
     try:
-        path, headers = f"/v1/hosts/{quote(host)}/events", {"Content-Type": "application/json"}
         answer = request("POST", url, path, context=context, timeout=timeout, body=event, headers=headers)
     except http.client.HTTPException as e:
         raise OSError(str(e)) from None
+    if credential is not None:
+        credential.observe(answer.headers.get("date"))  # a refusal for this host's clock is not repeated
     if not 200 <= answer.status < 300:
         raise OSError(f"HTTP {answer.status}")
 
@@ -65,8 +77,9 @@ def post_event(
 class Reporter:
     """Owns the queue and a sender thread; `event()` only writes a file and wakes the sender."""
 
-    def __init__(self, queue: EventQueue, backoff: Backoff | None = None) -> None:
+    def __init__(self, queue: EventQueue, credential: Credential | None = None, backoff: Backoff | None = None) -> None:
         self.queue = queue
+        self.credential = credential
         self.url = ""
         self.host = ""
         self.context: ssl.SSLContext | None = None
@@ -96,7 +109,7 @@ class Reporter:
             return not self.queue.pending()
         for path in self.queue.pending():
             try:
-                post_event(self.url, self.host, path.read_bytes(), self.context)
+                post_event(self.url, self.host, path.read_bytes(), self.context, self.credential)
             except (OSError, ValueError) as e:
                 LOG.debug("reporting to %s failed (%s); %d events stay queued", self.url, e, len(self.queue.pending()))
                 return False

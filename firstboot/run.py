@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from firstboot import agent
 from firstboot.backoff import Backoff
+from firstboot.credential import Credential
 from firstboot.errors import StepFailed
 from firstboot.log import LOG
 from firstboot.owners import Owners
@@ -21,10 +22,10 @@ from firstboot.report import EventQueue, Reporter
 from firstboot.sources import Settings, Source
 from firstboot.state import FETCH, State
 from firstboot.steps.context import Outcome, StepContext, Tuning
-from firstboot.steps.fetch import FetchContext, Fetched, cached_bundle, forget
+from firstboot.steps.fetch import Expect, FetchContext, Fetched, baked_cluster_id, cached_bundle, forget
 from firstboot.steps.fetch import fetch as fetch_step
 from firstboot.transport import tls_context
-from kiln.bundle import Bundle, HostInfo
+from kiln.bundle import Bundle
 from kiln.fsutil import remove_stale_temps, write_atomic
 
 
@@ -43,7 +44,8 @@ class RunPolicy:
         self.opts = opts
         self.paths = opts.paths
         self.state = State.load(self.paths.state)
-        self.reporter = Reporter(EventQueue(self.paths.events))
+        self.credential = Credential(self.paths, host=self.state.host, enrolled=self.state.enrolled)
+        self.reporter = Reporter(EventQueue(self.paths.events), self.credential)
         self.current = ""  # the step running: changes it notes are recorded under it
 
     def save(self) -> None:
@@ -66,7 +68,7 @@ class RunPolicy:
         if self.state.steps[FETCH].outcome != "ok":
             return None
         try:
-            bundle = cached_bundle(self.paths, self.state.mac)
+            bundle = cached_bundle(self.paths, self.state.mac, self._expect())
         except StepFailed as e:
             LOG.warning("the fetched bundle is no longer usable (%s); fetching it again", e.reason)
             return None
@@ -77,15 +79,42 @@ class RunPolicy:
         return bundle
 
     def fetch(self) -> Fetched:
-        ctx = FetchContext(self.paths, self.opts.sources, self.opts.fetch, found=self._found, verified=self._verified)
+        ctx = FetchContext(
+            self.paths,
+            self.credential,
+            self.opts.sources,
+            self.opts.fetch,
+            expect=self._expect(),
+            found=self._found,
+            enrolled=self._enrolled,
+            verified=self._verified,
+        )
         return fetch_step(ctx)
 
-    def _found(self, source: Source) -> None:
-        self.state.url, self.state.source, self.state.host = source.url, source.origin, source.host
+    def _expect(self) -> Expect:
+        """The cluster baked into the image (else the one this host accepted first) and the newest generation."""
+        return Expect(
+            cluster_id=baked_cluster_id(self.paths) or self.state.cluster_id,
+            generation=self.state.generation,
+            now=self.credential.now,
+        )
+
+    def _enrolled(self, host: str) -> None:
+        self.state.host, self.state.enrolled = host or self.state.host, True
+        self.save()
         self._target()
 
-    def _verified(self, host: HostInfo) -> None:
-        self.state.host, self.state.mac = host.name, host.mac
+    def _found(self, source: Source) -> None:
+        self.state.url, self.state.source = source.url, source.origin
+        if not self.state.enrolled:  # once enrolled, the host is who the server named (its requests sign as that)
+            self.state.host = source.host or self.state.host
+        self._target()
+
+    def _verified(self, bundle: Bundle) -> None:
+        self.state.host, self.state.mac = bundle.host.name, bundle.host.mac
+        self.state.cluster_id = self.state.cluster_id or bundle.cluster_id
+        self.state.generation = max(self.state.generation, bundle.generation)
+        self.credential.host = bundle.host.name
         self._target()
 
     def _target(self) -> None:

@@ -45,6 +45,9 @@ class State:
     outcome: str = "new"  # new | running | failed | done
     steps: dict[str, StepRecord] = field(default_factory=lambda: {s: StepRecord() for s in STEPS})
     updated: str = ""
+    enrolled: bool = False  # the server bound this host's key: its requests are signed with it
+    cluster_id: str = ""  # the cluster whose bundles this host accepts (the first one's, unless baked)
+    generation: int = 0  # the newest generation accepted: an older one is refused
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -56,7 +59,8 @@ class State:
             # a state file we cannot read is treated as a fresh start: every step is idempotent
             return cls()
         steps = {s: StepRecord(**raw.get("steps", {}).get(s, {})) for s in STEPS}
-        scalars = {k: raw[k] for k in ("host", "url", "source", "mac", "outcome", "updated") if k in raw}
+        keys = ("host", "url", "source", "mac", "outcome", "updated", "enrolled", "cluster_id", "generation")
+        scalars = {k: raw[k] for k in keys if k in raw}
         return cls(**scalars, steps=steps)
 
     def to_json(self) -> bytes:

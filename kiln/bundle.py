@@ -210,6 +210,12 @@ class Bundle:
     join: Join
     checks: tuple[Check, ...]
     secrets_withheld: bool = field(default=False, metadata=doc("true: the server handed this host's secrets out"))
+    # stamped by the server when it signs (a render leaves them empty): which cluster, which publish of its
+    # roles file, and when; an agent refuses another cluster's bundle, an expired one and an older generation
+    cluster_id: str = field(default="", metadata=pattern(r"(?:[0-9a-f]{32})?", "the cluster's random identity"))
+    generation: int = field(default=0, metadata=doc("the publish of roles.yaml this bundle renders (monotonic)"))
+    issued_at: int = field(default=0, metadata=doc("unix seconds, the server's clock"))
+    expires_at: int = field(default=0, metadata=doc("unix seconds after which an agent refuses it"))
 
     # --- JSON ---
     def to_json(self) -> bytes:
@@ -235,6 +241,13 @@ class Bundle:
             raise BundleError(e.path, e.message) from None
 
     # --- the server's and the lab's changes ---
+    def stamped(self, *, cluster_id: str, generation: int, now: float, ttl: float) -> Bundle:
+        """A copy naming its cluster and generation, issued now and valid for `ttl` seconds."""
+        issued = int(now)
+        return replace(
+            self, cluster_id=cluster_id, generation=generation, issued_at=issued, expires_at=issued + int(ttl)
+        )
+
     def secret_names(self) -> list[str]:
         return [s.name for s in self.secrets]
 

@@ -62,15 +62,16 @@ def keys(project: Project, *, secrets: str | None = None) -> int:
     created = store.ensure(cluster)
     for path in created:
         print(f"created {os.path.relpath(path)}")
-    if not created:
+    for note in store.notes:
+        print(note)
+    if not created and not store.notes:
         print(f"{os.path.relpath(store.root)}: nothing missing, nothing changed")
-    missing = store.uncovered_names(cluster)
-    if missing:
-        _err(
-            f"warning: the site certificate does not cover {', '.join(missing)} "
-            "(roles.yaml changed since it was made); "
-            f"remove {os.path.relpath(store.root / 'tls.pem')} and run ./inv keys again to reissue it"
-        )
     key = signing.load_public_key(store.signing_pub.read_bytes())
     print(f"signing key {signing.fingerprint(key)}")
-    return 0
+    problems = store.check_site(cluster)
+    for problem in problems:
+        _err(f"site certificate: {problem}")
+    expires = None if problems else store.site_expires_soon()
+    if expires:
+        _err(f"site certificate: {store.site_pem} expires on {expires:%Y-%m-%d}: renew it")
+    return 1 if problems else 0

@@ -2,8 +2,16 @@
 
 signing.key / signing.pub   Ed25519 bundle signing key pair (public key: PEM SubjectPublicKeyInfo)
 ca.key / ca.pem             the cluster CA
-tls.key / tls.pem           the site certificate (domain + VIP + provisioning host as SANs), signed by the CA
+server.key / server.pem     the provisioning server's own TLS identity: names only the provisioning host, never
+                            leaves the server (no bundle, no image)
+site.key / site.pem         the site certificate the load balancers serve (the domain and the VIP): from the
+                            cluster CA, or the operator's own from a public CA (site.pem: leaf, then its chain)
+operator.token              the operator credential for GET /v1/hosts and the dashboard
+cluster.id                  a random identity of this cluster, named in every bundle
 db_*_password               per-cluster database passwords
+
+A secrets/ made by an older kiln held one certificate (tls.pem) for both the server and the site, so an LB's
+copy could impersonate the server: it is moved to secrets/retired/ and never used again.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ import datetime as dt
 import ipaddress
 import os
 import secrets as pysecrets
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,21 +32,28 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kiln import signing
-from kiln.fsutil import create_exclusive
+from kiln.fsutil import create_exclusive, write_atomic
 from kiln.model import Cluster
 
 PASSWORDS = ("db_replication_password", "db_app_password", "db_admin_password")
 CA_YEARS = 10
 CERT_DAYS = 825  # the longest lifetime clients commonly accept for a leaf certificate
+EXPIRY_WARNING_DAYS = 21
+SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")  # where a public CA's root is found
 
 
 class SecretMissing(Exception):
     pass
 
 
+class SiteCertificateError(Exception):
+    """The site certificate cannot be served for this cluster; the message says why and what to do."""
+
+
 @dataclass(frozen=True)
 class SecretStore:
     root: Path
+    notes: list[str] = field(default_factory=list, compare=False)  # what ensure() did beyond creating files
 
     @property
     def signing_pub(self) -> Path:
@@ -46,22 +63,65 @@ class SecretStore:
     def ca_pem(self) -> Path:
         return self.root / "ca.pem"
 
+    @property
+    def server_pem(self) -> Path:
+        return self.root / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.root / "server.key"
+
+    @property
+    def site_pem(self) -> Path:
+        return self.root / "site.pem"
+
+    @property
+    def site_key(self) -> Path:
+        return self.root / "site.key"
+
     def path(self, name: str) -> Path:
         return self.root / name
 
     def value(self, name: str) -> str:
-        """A bundle secret's value by name: a password, or the TLS chain plus key for HAProxy."""
+        """A bundle secret's value by name: a password, or the site chain plus key for HAProxy."""
         try:
             if name == "tls_pem":
-                return (self.root / "tls.pem").read_text() + (self.root / "tls.key").read_text()
+                return self.site_pem.read_text() + self.site_key.read_text()
             if name in PASSWORDS:
                 return (self.root / name).read_text().strip()
         except FileNotFoundError as e:
             raise SecretMissing(f"{e.filename} is missing; run ./inv keys") from None
         raise SecretMissing(f"no secret named {name!r}")
 
+    def operator_token(self) -> str:
+        try:
+            return (self.root / "operator.token").read_text().strip()
+        except FileNotFoundError:
+            raise SecretMissing(f"{self.root / 'operator.token'} is missing; run ./inv keys") from None
+
+    def generation(self) -> int:
+        """The highest generation the server published for this cluster (0: none yet): kept beside its identity,
+        so a new state database never publishes a lower one, which every enrolled agent would refuse."""
+        try:
+            return int((self.root / "generation").read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def note_generation(self, generation: int) -> None:
+        if generation > self.generation():
+            write_atomic(self.root / "generation", f"{generation}\n".encode(), 0o600)
+
+    def cluster_id(self) -> str:
+        try:
+            return (self.root / "cluster.id").read_text().strip()
+        except FileNotFoundError:
+            raise SecretMissing(f"{self.root / 'cluster.id'} is missing; run ./inv keys") from None
+
     def ensure(self, cluster: Cluster) -> list[Path]:
-        """Create whatever is missing; return the files created. Existing files are left as they are."""
+        """Create whatever is missing; return the files created. Existing files are left as they are, except:
+        the server certificate is reissued from the cluster CA when it no longer names the provisioning host,
+        the CA-issued site certificate when it no longer covers the domain or VIP, and a combined tls.pem from
+        an older kiln is retired (see the module docstring). What was done besides creating is in `notes`."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         created: list[Path] = []
@@ -70,48 +130,183 @@ class SecretStore:
             if create_exclusive(self.root / name, data):
                 created.append(self.root / name)
 
+        self._retire_combined_certificate()
         if not (self.root / "signing.key").exists():
             key = signing.generate_private_key()
             create("signing.key", signing.private_key_pem(key))
-            (self.root / "signing.pub").unlink(missing_ok=True)  # a pub without its key is useless
+            self.signing_pub.unlink(missing_ok=True)  # a pub without its key is useless
             create("signing.pub", signing.public_key_pem(key.public_key()))
         elif not self.signing_pub.exists():
-            key = signing.load_private_key(self.root / "signing.key")
-            create("signing.pub", signing.public_key_pem(key.public_key()))
+            create(
+                "signing.pub", signing.public_key_pem(signing.load_private_key(self.root / "signing.key").public_key())
+            )
 
         if not (self.root / "ca.key").exists():
-            ca_key = ec.generate_private_key(ec.SECP256R1())
-            create("ca.key", _key_pem(ca_key))
-            (self.root / "ca.pem").unlink(missing_ok=True)
-            (self.root / "tls.pem").unlink(missing_ok=True)  # signed by the old CA
-        loaded = serialization.load_pem_private_key((self.root / "ca.key").read_bytes(), password=None)
-        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
-        ca_key = loaded
+            create("ca.key", _key_pem(ec.generate_private_key(ec.SECP256R1())))
+            for stale in (self.ca_pem, self.server_pem, self.site_pem):  # signed by the old CA
+                stale.unlink(missing_ok=True)
+        ca_key = _load_ec_key(self.root / "ca.key")
         if not self.ca_pem.exists():
-            create("ca.pem", _ca_cert(cluster, ca_key).public_bytes(serialization.Encoding.PEM))
+            create("ca.pem", _pem(_ca_cert(cluster, ca_key)))
         ca_cert = x509.load_pem_x509_certificate(self.ca_pem.read_bytes())
 
-        if not (self.root / "tls.key").exists():
-            create("tls.key", _key_pem(ec.generate_private_key(ec.SECP256R1())))
-            (self.root / "tls.pem").unlink(missing_ok=True)
-        if not (self.root / "tls.pem").exists():
-            tls_key = serialization.load_pem_private_key((self.root / "tls.key").read_bytes(), password=None)
-            assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
-            cert = _site_cert(cluster, tls_key, ca_cert, ca_key)
-            create("tls.pem", cert.public_bytes(serialization.Encoding.PEM))
+        server_names = [_provisioning_host(cluster)]
+        if self.server_pem.exists() and uncovered(_load_chain(self.server_pem)[0], server_names):
+            self.notes.append(f"reissued {self.server_pem.name}: the provisioning host is now {server_names[0]}")
+            self.server_pem.unlink()
+        self._leaf("server", server_names, ca_cert, ca_key, create)
 
+        site_names = [cluster.domain, str(cluster.network.vip)]
+        if self.site_pem.exists() and self._issued_by(self.site_pem, ca_cert):
+            if uncovered(_load_chain(self.site_pem)[0], site_names):
+                self.notes.append(f"reissued {self.site_pem.name} from the cluster CA for {', '.join(site_names)}")
+                self.site_pem.unlink()
+        self._leaf("site", site_names, ca_cert, ca_key, create)
+
+        if not (self.root / "operator.token").exists():
+            create("operator.token", pysecrets.token_urlsafe(32).encode() + b"\n")
+        if not (self.root / "cluster.id").exists():
+            create("cluster.id", pysecrets.token_hex(16).encode() + b"\n")
         for name in PASSWORDS:
             if not (self.root / name).exists():
                 create(name, pysecrets.token_urlsafe(24).encode() + b"\n")
         return created
 
-    def uncovered_names(self, cluster: Cluster) -> list[str]:
-        """Names the cluster needs that the existing site certificate does not carry (roles.yaml changed)."""
-        cert = x509.load_pem_x509_certificate((self.root / "tls.pem").read_bytes())
+    def _retire_combined_certificate(self) -> None:
+        old = [self.root / n for n in ("tls.pem", "tls.key") if (self.root / n).exists()]
+        if not old:
+            return
+        retired = self.root / "retired"
+        retired.mkdir(mode=0o700, exist_ok=True)
+        for path in old:
+            path.rename(retired / path.name)
+        self.notes.append(
+            "retired tls.pem/tls.key to secrets/retired/: one certificate served both the provisioning server and "
+            "the site, so a load balancer's copy could impersonate the server; the server now has server.pem, "
+            "the load balancers site.pem (re-provision the load balancers to give them the new one)"
+        )
+
+    def _issued_by(self, pem: Path, ca_cert: x509.Certificate) -> bool:
+        return _load_chain(pem)[0].issuer == ca_cert.subject
+
+    def _leaf(
+        self,
+        stem: str,
+        names: list[str],
+        ca_cert: x509.Certificate,
+        ca_key: ec.EllipticCurvePrivateKey,
+        create: Callable[[str, bytes], None],
+    ) -> None:
+        """STEM.key and STEM.pem (issued by the cluster CA for `names`) when missing."""
+        key_path, pem_path = self.root / f"{stem}.key", self.root / f"{stem}.pem"
+        if not key_path.exists():
+            pem_path.unlink(missing_ok=True)  # a certificate without its key is useless
+            create(key_path.name, _key_pem(ec.generate_private_key(ec.SECP256R1())))
+        if not pem_path.exists():
+            create(pem_path.name, _pem(_leaf_cert(names, _load_ec_key(key_path), ca_cert, ca_key)))
+
+    def check_site(self, cluster: Cluster, *, now: dt.datetime | None = None) -> list[str]:
+        """Why the site certificate cannot be served for this cluster (empty when it can): it must cover the domain
+        and the VIP, match its key, be valid now, and carry its chain up to a CA the clients trust. Raise nothing."""
+        now = now or dt.datetime.now(dt.UTC)
+        try:
+            chain = _load_chain(self.site_pem)
+            key = serialization.load_pem_private_key(self.site_key.read_bytes(), password=None)
+        except FileNotFoundError as e:
+            return [f"{e.filename} is missing: run ./inv keys (or put your certificate and key there)"]
+        except ValueError as e:
+            return [f"{self.site_pem.name} or {self.site_key.name} is not PEM: {e}"]
+        leaf, problems = chain[0], []
+        names = [cluster.domain, str(cluster.network.vip)]
+        missing = uncovered(leaf, names)
+        if missing:
+            problems.append(
+                f"{self.site_pem} does not cover {', '.join(missing)}: issue one that does (or delete site.pem and "
+                "site.key and run ./inv keys for one from the cluster CA)"
+            )
+        public = leaf.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if (
+            key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            != public
+        ):
+            problems.append(f"{self.site_key} is not the key of {self.site_pem}: put the matching key there")
+        if leaf.not_valid_after_utc <= now:
+            problems.append(f"{self.site_pem} expired on {leaf.not_valid_after_utc:%Y-%m-%d}: renew it")
+        elif leaf.not_valid_before_utc > now:
+            problems.append(f"{self.site_pem} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+        gap = _chain_gap(chain, self.ca_pem)
+        if gap:
+            problems.append(f"{self.site_pem}: {gap}")
+        return problems
+
+    def site_expires_soon(self, *, now: dt.datetime | None = None) -> dt.datetime | None:
+        """When the site certificate expires, if that is within EXPIRY_WARNING_DAYS."""
+        now = now or dt.datetime.now(dt.UTC)
+        leaf = _load_chain(self.site_pem)[0]
+        soon = leaf.not_valid_after_utc - now < dt.timedelta(days=EXPIRY_WARNING_DAYS)
+        return leaf.not_valid_after_utc if soon else None
+
+
+def uncovered(cert: x509.Certificate, names: list[str]) -> list[str]:
+    """The names (DNS names or IP addresses) the certificate's subjectAltName does not cover; `*.` wildcards
+    cover one label."""
+    try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        have = {str(v) for v in sans.get_values_for_type(x509.DNSName)}
-        have |= {str(v) for v in sans.get_values_for_type(x509.IPAddress)}
-        return [n for n in _site_names(cluster) if n not in have]
+    except x509.ExtensionNotFound:
+        return list(names)
+    dns = [str(v).lower() for v in sans.get_values_for_type(x509.DNSName)]
+    ips = {str(v) for v in sans.get_values_for_type(x509.IPAddress)}
+
+    def covered(name: str) -> bool:
+        if _is_ip(name):
+            return name in ips
+        name = name.lower()
+        return name in dns or any(d.startswith("*.") and name.split(".", 1)[-1] == d[2:] for d in dns)
+
+    return [n for n in names if not covered(n)]
+
+
+def _chain_gap(chain: list[x509.Certificate], cluster_ca: Path) -> str:
+    """What is missing for clients to build a path from the leaf to a trusted root, or ""."""
+    for child, parent in zip(chain, chain[1:], strict=False):
+        if child.issuer != parent.subject:
+            return f"the certificate after {child.subject.rfc4514_string()} is not its issuer: order them leaf first"
+    last = chain[-1]
+    if last.issuer == last.subject:
+        return ""  # the chain ends in a root
+    if cluster_ca.exists() and x509.load_pem_x509_certificate(cluster_ca.read_bytes()).subject == last.issuer:
+        return ""
+    if SYSTEM_TRUST.exists():
+        with warnings.catch_warnings():  # a few roots in the system bundle have serials RFC 5280 disallows
+            warnings.simplefilter("ignore")
+            roots = x509.load_pem_x509_certificates(SYSTEM_TRUST.read_bytes())
+        if any(root.subject == last.issuer for root in roots):
+            return ""
+    return (
+        f"the chain is incomplete: nothing here issued {last.subject.rfc4514_string()} (issuer "
+        f"{last.issuer.rfc4514_string()}); append the intermediate certificate(s) after it"
+    )
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _load_chain(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def _load_ec_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path}: not an EC private key")
+    return key
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -120,13 +315,32 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _provisioning_host(cluster: Cluster) -> str:
+    return urlsplit(cluster.provisioning_url).hostname or "localhost"
 
 
 def _ca_cert(cluster: Cluster, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"kiln {cluster.name} cluster CA")])
     now = _now()
+    usage = x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -136,31 +350,10 @@ def _ca_cert(cluster: Cluster, key: ec.EllipticCurvePrivateKey) -> x509.Certific
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=365 * CA_YEARS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-
-
-def _site_names(cluster: Cluster) -> list[str]:
-    names = [cluster.domain, str(cluster.network.vip)]
-    host = urlsplit(cluster.provisioning_url).hostname
-    if host and host not in names:
-        names.append(host)
-    return names
 
 
 def _san(name: str) -> x509.GeneralName:
@@ -170,22 +363,20 @@ def _san(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
-def _site_cert(
-    cluster: Cluster,
-    key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
+def _leaf_cert(
+    names: list[str], key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
 ) -> x509.Certificate:
+    """A server certificate for `names` (the first is also its common name), issued by the cluster CA."""
     now = _now()
     return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cluster.domain)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.SubjectAlternativeName([_san(n) for n in _site_names(cluster)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)

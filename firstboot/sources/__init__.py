@@ -1,9 +1,13 @@
 """Where the provisioning URL and this host's identity come from; each provider is small, first found wins.
 
-kernel command line   kiln.url= kiln.host= BOOTIF=01-aa-bb-cc-dd-ee-ff   (PXE)
-seed file             /etc/kiln/seed.json {"url", "host", "mac"}        (written by the PXE installer)
-EC2 IMDSv2 user-data  {"url": ..., "host": ...} or kiln.url=... lines    (AWS)
-baked URL             /etc/kiln/agent.json {"url": ...}                   (image build time)
+kernel command line   kiln.url= kiln.host= kiln.token= BOOTIF=01-aa-...     (PXE)
+seed file             /etc/kiln/seed.json {"url", "host", "mac", "token"}  (written by the PXE installer)
+QEMU fw_cfg           opt/org.kiln/seed, the same JSON                     (VMs booted from a disk image)
+EC2 IMDSv2 user-data  {"url", "host", "token"} or kiln.url=... lines     (AWS)
+baked URL             /etc/kiln/agent.json {"url": ...}                     (image build time; no token)
+
+The token is the host's one-time enrolment token (./inv reprovision mints it; GET /v1/hosts/NAME/seed shows
+it to the operator): without one a host cannot enrol, so a baked URL alone provisions nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class Source:
     origin: str
     host: str = ""
     mac: str = ""  # the boot interface's MAC when the source knows it (BOOTIF, installer seed)
+    token: str = ""  # the enrolment token, when the source carries one
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,12 @@ Provider = Callable[[Paths, Settings], "Source | None"]
 
 
 def providers() -> Sequence[tuple[str, Provider]]:
-    from firstboot.sources import baked, cmdline, imds, seed
+    from firstboot.sources import baked, cmdline, fwcfg, imds, seed
 
     return (
         ("kernel command line", cmdline.source),
         ("seed file", seed.source),
+        ("QEMU fw_cfg", fwcfg.source),
         ("EC2 user-data", imds.source),
         ("baked URL", baked.source),
     )
@@ -75,13 +81,13 @@ def source_from_mapping(data: dict[str, object], origin: str) -> Source | None:
     url = data.get("url")
     if not isinstance(url, str) or not url:
         return None
-    host = data.get("host")
-    mac = data.get("mac")
+    host, mac, token = data.get("host"), data.get("mac"), data.get("token")
     return Source(
         url=url.rstrip("/"),
         origin=origin,
         host=host if isinstance(host, str) else "",
         mac=normalize(mac) if isinstance(mac, str) and mac else "",
+        token=token if isinstance(token, str) else "",
     )
 
 
@@ -103,7 +109,7 @@ def parse_key_values(text: str) -> dict[str, str]:
         key, sep, value = token.partition("=")
         if not sep:
             continue
-        if key in ("kiln.url", "kiln.host"):
+        if key in ("kiln.url", "kiln.host", "kiln.token"):
             found[key.removeprefix("kiln.")] = value
         elif key == "BOOTIF":
             found["mac"] = value

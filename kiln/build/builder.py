@@ -71,6 +71,7 @@ def role_inputs_hash(env: BuildEnv, spec: ImageSpec) -> str:
         "env": dict(spec.env),
         "size": spec.size,
         "provisioning_url": env.cluster.provisioning_url,
+        "cluster_id": env.store.cluster_id(),
     }
     closure = [env.elements / n for n in element_closure(spec.elements, env.elements)]
     return inputs_hash(elements=closure, settings=settings, files=files, dib_version=dib.version())
@@ -159,6 +160,7 @@ def _stage_firstboot(env: BuildEnv, work: Path) -> Path:
         ca_pem=env.store.ca_pem,
         provisioning_url=env.cluster.provisioning_url,
         unit=env.agent_unit,
+        cluster_id=env.store.cluster_id(),
     )
 
 

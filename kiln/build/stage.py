@@ -25,9 +25,17 @@ class StageError(Exception):
 
 
 def firstboot_stage(
-    stage: Path, *, agent_dir: Path, signing_pub: Path, ca_pem: Path, provisioning_url: str, unit: Path
+    stage: Path,
+    *,
+    agent_dir: Path,
+    signing_pub: Path,
+    ca_pem: Path,
+    provisioning_url: str,
+    unit: Path,
+    cluster_id: str = "",
 ) -> Path:
-    """Fill `stage` with agent/, signing.pub, ca.pem, agent.json and the agent's unit; return it."""
+    """Fill `stage` with agent/, signing.pub, ca.pem, agent.json (the provisioning URL, and the cluster the image
+    is for: its agent refuses another cluster's bundles) and the agent's unit; return it."""
     if not (agent_dir / AGENT_EXECUTABLE).is_file():
         raise StageError(
             f"the frozen agent {agent_dir / AGENT_EXECUTABLE} is missing: run ./inv freeze "
@@ -47,7 +55,8 @@ def firstboot_stage(
     shutil.copy2(signing_pub, stage / "signing.pub")
     shutil.copy2(ca_pem, stage / "ca.pem")
     shutil.copy2(unit, stage / "firstboot.service")
-    write_atomic(stage / "agent.json", json.dumps({"url": provisioning_url}, sort_keys=True).encode() + b"\n")
+    baked = {"url": provisioning_url, **({"cluster_id": cluster_id} if cluster_id else {})}
+    write_atomic(stage / "agent.json", json.dumps(baked, sort_keys=True).encode() + b"\n")
     return stage
 
 

@@ -8,16 +8,19 @@ import os
 import shutil
 import socket
 import time
+import urllib.error
 from pathlib import Path
 
 from kiln import roles
-from kiln.lab import procs
+from kiln.fsutil import write_atomic
+from kiln.lab import client, procs
 from kiln.lab.layout import DISK_SIZE, Lab, tap_name
 from kiln.model import Host
 from kiln.run import run
 
 DISK = "disk"
 PXE = "pxe"
+FW_CFG_SEED = "opt/org.kiln/seed"  # what firstboot/sources/fwcfg.py reads
 
 
 def proc_name(host: Host) -> str:
@@ -72,7 +75,9 @@ def make_disk(lab: Lab, host: Host, boot: str) -> None:
         run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), size])
 
 
-def argv(lab: Lab, host: Host, boot: str) -> list[str]:
+def argv(lab: Lab, host: Host, boot: str, seed: Path | None = None) -> list[str]:
+    """QEMU's command line; `seed`: a JSON file the guest reads through fw_cfg (the disk boot's enrolment)."""
+    fw_cfg = ["-fw_cfg", f"name={FW_CFG_SEED},file={seed}"] if seed is not None else []
     return [
         "qemu-system-x86_64",
         "-name",
@@ -97,6 +102,7 @@ def argv(lab: Lab, host: Host, boot: str) -> list[str]:
         f"virtio-net-pci,netdev=net0,mac={host.mac}",
         "-boot",
         "order=n" if boot == PXE else "order=c",
+        *fw_cfg,
     ]
 
 
@@ -112,11 +118,28 @@ def _keep_backing(lab: Lab, host: Host) -> None:
 
 
 def start(lab: Lab, host: Host, boot: str) -> int:
-    """Power the VM on (its serial log starts afresh only when its disk does)."""
+    """Power the VM on (its serial log starts afresh only when its disk does). Booted from its disk image, a host
+    has no installer to hand it its enrolment token: the lab asks the server for its seed (as the operator) and
+    gives it to the VM through QEMU's fw_cfg, as a cloud gives user-data."""
     lab.logs.mkdir(parents=True, exist_ok=True)
+    seed = None
     if boot == DISK:
         _keep_backing(lab, host)
-    return procs.start(proc_name(host), argv(lab, host, boot), lab.run, lab.logs / f"{host.name}.qemu.log")
+        seed = _seed_file(lab, host)
+    return procs.start(proc_name(host), argv(lab, host, boot, seed), lab.run, lab.logs / f"{host.name}.qemu.log")
+
+
+def _seed_file(lab: Lab, host: Host) -> Path | None:
+    """run/<host>.seed.json (0600) from the server; the one written before when its token is spent (a restart)."""
+    path = lab.run / f"{host.name}.seed.json"
+    try:
+        data = client.seed(lab, host.name)
+    except urllib.error.HTTPError as e:
+        if e.code == 409 and path.exists():  # enrolled already: the guest no longer needs it
+            return path
+        raise
+    write_atomic(path, json.dumps(data).encode(), 0o600)
+    return path
 
 
 def running(lab: Lab, host: Host) -> bool:

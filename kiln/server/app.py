@@ -1,14 +1,17 @@
-"""The two Starlette applications: `http_app` (boot scripts, images) and `tls_app` (bundles, events,
-host states, dashboard). Blocking work (the database, rendering) runs in the thread pool."""
+"""The two Starlette applications: `http_app` (boot scripts, images) and `tls_app` (enrolment, bundles,
+shared contents, events, host states, dashboard). Blocking work (the database, rendering) runs in the thread
+pool. Who may call what is kiln/server/auth.py's: the operator reads, hosts write their own, nobody by MAC."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +28,17 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from kiln import roles
+from kiln import hostauth, roles
+from kiln.mac import normalize
 from kiln.model import Cluster, Host
 from kiln.secrets import SecretMissing
 from kiln.server import ipxe
-from kiln.server.bundles import BundleCache
+from kiln.server.auth import OPERATOR_COOKIE, Authority, Denied, bearer, peer
+from kiln.server.bundles import BundleCache, Signed
 from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, parse_event, parse_mac
+from kiln.server.limits import Limits
 from kiln.server.states import progress
-from kiln.server.store import StateStore, UnknownHost
+from kiln.server.store import CredentialError, StateStore, UnknownHost
 
 LOG = logging.getLogger("kiln.server")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -53,7 +59,9 @@ class Provisioner:
     bundles: BundleCache
     images: ipxe.ImageCatalog
     installer: ipxe.Installer
+    authority: Authority
     dashboard_url: str = ""  # where the HTTP listener sends a browser asking for /
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         self._by_name = {h.name: h for h in self.cluster.hosts}
@@ -74,7 +82,62 @@ class Provisioner:
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    headers = {"WWW-Authenticate": 'Bearer realm="kiln"'} if status == 401 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _refused(
+    p: Provisioner, request: Request, action: str, denied: Denied | CredentialError, host: str | None
+) -> Response:
+    """Log the refusal with the peer, keep it in the access log (the dashboard shows it), answer it."""
+    reason = denied.reason
+    LOG.warning("refused %s from %s%s: %s", action, peer(request), f" for {host}" if host else "", reason)
+    await p.blocking(p.store.note_access, peer(request), host, action, "refused", reason)
+    return _error(denied.status, reason)
+
+
+async def _operator_only(p: Provisioner, request: Request, action: str) -> Response | None:
+    """None for the operator; the refusal (logged) for anyone else."""
+    try:
+        p.authority.operator(request)
+    except Denied as e:
+        return await _refused(p, request, action, e, None)
+    return None
+
+
+async def _granted(p: Provisioner, request: Request, action: str, host: str, detail: str) -> None:
+    LOG.info("%s %s to %s from %s", action, detail, host, peer(request))
+    await p.blocking(p.store.note_access, peer(request), host, action, "granted", detail)
+
+
+async def _body(request: Request, limit: int) -> bytes | Response:
+    """The request body, at most `limit` bytes (413 beyond, counted as it arrives)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return _error(413, f"a body here is at most {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return _error(413, f"a body here is at most {limit} bytes")
+    return bytes(body)
+
+
+def _throttled(p: Provisioner, request: Request, host: str | None) -> Response | None:
+    """429 when the peer address (or the host) writes faster than its rate (kiln/server/limits.py)."""
+    wait = p.limits.wait(peer(request), host)
+    if wait <= 0:
+        return None
+    seconds = max(1, int(wait + 0.999))
+    return JSONResponse(
+        {"error": f"too many requests; retry in {seconds} s"}, status_code=429, headers={"Retry-After": str(seconds)}
+    )
+
+
+def _json_only(request: Request) -> Response | None:
+    """POST bodies are JSON, declared so: a browser cannot send that cross-site without a preflight."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return None if kind == "application/json" else _error(415, "the body must be application/json")
 
 
 def _ipxe(text: str, status: int = 200) -> PlainTextResponse:
@@ -95,6 +158,8 @@ async def boot_ipxe(request: Request) -> Response:
 
 async def host_ipxe(request: Request) -> Response:
     p: Provisioner = request.app.state.provisioner
+    if p.limits.wait(peer(request), None) > 0:  # a flood of made-up MACs from one address is slowed down
+        return _ipxe(f"#!ipxe\nsleep {ipxe.RETRY_SECONDS}\nexit 1\n", 429)
     try:
         mac = parse_mac(request.query_params.get("mac"))
     except BadInput as e:
@@ -107,14 +172,18 @@ async def host_ipxe(request: Request) -> Response:
         return _ipxe(ipxe.unknown_script(mac, installer.http_base))
     if await p.blocking(p.store.is_installed, host.name):
         return _ipxe(ipxe.disk_script(host))
+    token = await p.blocking(p.store.armed_token, host.name)
+    if token is None:
+        return _ipxe(ipxe.unarmed_script(host, installer.http_base))
     try:
         p.images.check_installer()
         image = p.images.install_image(host.role)
     except ipxe.NotBuilt as e:
         LOG.warning("%s: cannot install: %s", host.name, e)
         return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)], installer.http_base))
-    await p.blocking(p.store.record_pxe, host.name, f"installer script served ({host.role} image)")
-    return _ipxe(ipxe.install_script(host, image, installer))
+    # the token travels in plain HTTP here (stock iPXE verifies no private CA): README says what that exposes
+    await p.blocking(p.store.record_pxe, host.name, f"installer script served ({host.role} image) to {peer(request)}")
+    return _ipxe(ipxe.install_script(host, image, installer, token))
 
 
 async def image_data(request: Request) -> Response:
@@ -138,47 +207,101 @@ async def http_root(request: Request) -> Response:
 # --- HTTPS: bundles, events, hosts, dashboard ------------------------------------------------------
 
 
-async def bundle(request: Request) -> Response:
-    p: Provisioner = request.app.state.provisioner
-    try:
-        mac = parse_mac(request.query_params.get("mac"))
-    except BadInput as e:
-        return _error(400, str(e))
-    host = p.host_by_mac(mac)
-    if host is None:
-        await p.blocking(p.store.note_unknown, mac)
-        return _error(404, f"no host with MAC {mac} in roles.yaml")
-    signed = await asyncio.to_thread(_signed_bundle, p, host)  # renders on first use: keep the state thread free
-    if isinstance(signed, Response):
-        return signed
+ENROL_BYTES = 4096  # an enrolment body: a public key and a few MACs
+
+
+def _bundle_response(signed: Signed, host: str) -> Response:
     return Response(
         signed.body,
         media_type="application/json",
-        headers={SIGNATURE_HEADER: signed.signature, "Cache-Control": "no-store"},
+        headers={SIGNATURE_HEADER: signed.signature, "Cache-Control": "no-store", "X-Kiln-Host": host},
     )
 
 
-def _signed_bundle(p: Provisioner, host: Host) -> Any:
-    if not p.bundles.has_secrets(host):
+def _signed_for(p: Provisioner, host: Host, with_secrets: bool) -> Signed | Response:
+    """The host's signed bundle, with its secrets when `with_secrets` (and it has any)."""
+    if not with_secrets or not p.bundles.has_secrets(host):
         return p.bundles.without_secrets(host)
     try:
-        values = p.bundles.secret_values(host)  # read before claiming: a missing file must not use up the claim
+        return p.bundles.with_secrets(host, p.bundles.secret_values(host))
     except SecretMissing as e:
         LOG.error("%s: cannot hand out secrets: %s", host.name, e)
         return _error(503, f"the server lacks a secret for {host.name}: {e}")
-    claim = p.store.claim_secrets(host.name)
-    if claim.granted:
-        LOG.info("%s: bundle with secrets handed out (once per provisioning)", host.name)
-        return p.bundles.with_secrets(host, values)
-    LOG.warning(
-        "%s: secrets requested again (%d refused before); bundle sent without them", host.name, claim.denied_before
+
+
+async def enrol(request: Request) -> Response:
+    """POST /v1/enrol: Bearer ENROLMENT_TOKEN, {"host_key": BASE64, "macs": [...]} -> the signed bundle with its
+    secrets. Binds the host key; the same token and key again is a retry after a lost response."""
+    p: Provisioner = request.app.state.provisioner
+    wrong = _json_only(request) or _throttled(p, request, None)
+    if wrong is not None:
+        return wrong
+    body = await _body(request, ENROL_BYTES)
+    if isinstance(body, Response):
+        return body
+    try:
+        data = json.loads(body)
+        key = str(data["host_key"])
+        hostauth.load_public(key)
+        macs = {normalize(str(m)) for m in data["macs"]}
+    except (ValueError, KeyError, TypeError, hostauth.AuthError):
+        return _error(400, 'expected {"host_key": "<base64 Ed25519 public key>", "macs": ["aa:bb:cc:dd:ee:ff", ...]}')
+    token = bearer(request)
+    if token is None:
+        return await _refused(p, request, "enrol", Denied(401, "an enrolment token is required"), None)
+    holder = await p.blocking(p.store.token_holder, token)
+    if holder is not None and p.cluster.host(holder).mac not in macs:  # checked before anything is bound
+        message = f"this token is {holder}'s (MAC {p.cluster.host(holder).mac}), which is none of this machine's NICs"
+        return await _refused(p, request, "enrol", Denied(403, message), holder)
+    try:
+        enrolment = await p.blocking(p.store.enrol, token, key, peer(request))
+    except CredentialError as e:
+        if e.status == 403 and e.host:
+            await p.blocking(p.store.flag_credential, e.host, e.reason)
+        return await _refused(p, request, "enrol", e, e.host)
+    host = p.cluster.host(enrolment.host)
+    signed = await asyncio.to_thread(_signed_for, p, host, enrolment.secrets)
+    if isinstance(signed, Response):
+        return signed
+    what = "key bound" if enrolment.first else "same key again (a retry)"
+    await _granted(
+        p, request, "enrol", host.name, f"{what}; bundle {'with' if enrolment.secrets else 'without'} secrets"
     )
-    return p.bundles.without_secrets(host)
+    return _bundle_response(signed, host.name)
+
+
+async def bundle(request: Request) -> Response:
+    """GET /v1/bundle, signed by an enrolled host: its bundle, with its secrets until it acknowledged them."""
+    p: Provisioner = request.app.state.provisioner
+    if request.method != "GET":
+        return _error(405, "GET only: a HEAD is never a grant")
+    try:
+        name = await p.blocking(p.authority.host, request, b"")
+    except Denied as e:
+        return await _refused(p, request, "bundle", e, None)
+    host = p.cluster.host(name)
+    with_secrets = p.bundles.has_secrets(host) and await p.blocking(p.store.secrets_for, name)
+    signed = await asyncio.to_thread(_signed_for, p, host, with_secrets)
+    if isinstance(signed, Response):
+        return signed
+    if p.bundles.has_secrets(host):
+        await _granted(
+            p, request, "bundle", name, "with secrets" if with_secrets else "secrets withheld (acknowledged)"
+        )
+    return _bundle_response(signed, name)
 
 
 async def shared(request: Request) -> Response:
-    """A content every host of the cluster shares (/etc/hosts, the tier sets), by the sha256 its bundle names."""
+    """A content every host of the cluster shares (/etc/hosts, the tier sets), by the sha256 its bundle names;
+    for an enrolled host (or the operator)."""
     p: Provisioner = request.app.state.provisioner
+    try:
+        p.authority.operator(request)
+    except Denied:
+        try:
+            await p.blocking(p.authority.host, request, b"")
+        except Denied as e:
+            return await _refused(p, request, "shared", e, None)
     body = p.bundles.shared(request.path_params["digest"])
     if body is None:
         return _error(404, "no shared content with that sha256 (re-fetch the bundle)")
@@ -186,27 +309,68 @@ async def shared(request: Request) -> Response:
 
 
 async def post_event(request: Request) -> Response:
+    """POST /v1/hosts/NAME/events: from NAME itself (its host key, or before it has one its enrolment token)."""
     p: Provisioner = request.app.state.provisioner
     name = request.path_params["name"]
-    if p.host_by_name(name) is None:
-        return _error(404, f"no host named {name[:64]!r} in roles.yaml")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_EVENT_BYTES):
-        return _error(413, f"an event body is at most {MAX_EVENT_BYTES} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_EVENT_BYTES:
-            return _error(413, f"an event body is at most {MAX_EVENT_BYTES} bytes")
+    wrong = _json_only(request) or _throttled(p, request, name[:64])
+    if wrong is not None:
+        return wrong
+    body = await _body(request, MAX_EVENT_BYTES)
+    if isinstance(body, Response):
+        return body
     try:
-        event = parse_event(bytes(body))
+        if request.headers.get("authorization", "").startswith(hostauth.SCHEME + " "):
+            sender, by_key = await p.blocking(p.authority.host, request, body), True
+        else:  # the installer, or the agent before it enrolled: the host's enrolment token
+            sender, by_key = await p.blocking(p.authority.installer, request), False
+    except Denied as e:
+        return await _refused(p, request, "event", e, name if p.host_by_name(name) else None)
+    if sender != name:
+        return await _refused(
+            p, request, "event", Denied(403, f"{sender}'s credential cannot write {name[:64]}'s events"), sender
+        )
+    try:
+        event = parse_event(body)
     except BadInput as e:
         return _error(400, str(e))
     try:
         state = await p.blocking(p.store.record_event, name, event)
     except UnknownHost:
         return _error(404, f"no host named {name!r} in the state database")
+    if by_key and event.step == "secrets" and event.status == "ok" and await p.blocking(p.store.ack_secrets, name):
+        await _granted(p, request, "secrets", name, "acknowledged: not handed out again, enrolment token spent")
     return JSONResponse({"host": name, "state": state.value}, status_code=201)
+
+
+async def seed(request: Request) -> Response:
+    """GET /v1/hosts/NAME/seed (operator): what a machine that does not boot the PXE installer needs to enrol:
+    the provisioning URL, its name and MAC, and its enrolment token (for EC2 user-data, QEMU fw_cfg, a USB key)."""
+    p: Provisioner = request.app.state.provisioner
+    refused = await _operator_only(p, request, "seed")
+    if refused is not None:
+        return refused
+    host = p.host_by_name(request.path_params["name"])
+    if host is None:
+        return _error(404, "no such host in roles.yaml")
+    token = await p.blocking(p.store.armed_token, host.name)
+    if token is None:
+        return _error(409, f"{host.name} holds no valid enrolment token: ./inv reprovision {host.name}")
+    await _granted(p, request, "seed", host.name, "enrolment token handed to the operator")
+    return JSONResponse(
+        {"url": p.installer.provisioning_url, "host": host.name, "mac": host.mac, "token": token},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def access(request: Request) -> Response:
+    """GET /v1/access (operator): the newest access log lines, grants and refusals, with their peers."""
+    p: Provisioner = request.app.state.provisioner
+    refused = await _operator_only(p, request, "access")
+    if refused is not None:
+        return refused
+    outcome = request.query_params.get("outcome")
+    rows = await p.blocking(p.store.access_log, limit=200, outcome=outcome)
+    return JSONResponse({"access": rows}, headers={"Cache-Control": "no-store"})
 
 
 SINCE_OVERLAP = 5.0  # seconds a delta poll reaches back: a change committed just after the last answer still shows
@@ -215,6 +379,9 @@ SINCE_OVERLAP = 5.0  # seconds a delta poll reaches back: a change committed jus
 async def hosts(request: Request) -> Response:
     """Every host; with ?since=T (the `now` of an earlier answer) only the hosts changed since, with every alert."""
     p: Provisioner = request.app.state.provisioner
+    refused = await _operator_only(p, request, "hosts")
+    if refused is not None:
+        return refused
     with_timeline = request.query_params.get("timeline", "1") not in ("0", "false", "no")
     since = None
     if "since" in request.query_params:
@@ -237,8 +404,17 @@ def _alerts(host: Host, row: dict[str, Any]) -> list[dict[str, str]]:
             {
                 "kind": "secrets-twice",
                 "host": host.name,
-                "message": f"secrets requested twice for {host.name}",
+                "message": f"{host.name} asked for its secrets again after it acknowledged them",
                 "hint": f"if this host is being reinstalled on purpose, run ./inv reprovision {host.name}",
+            }
+        )
+    if row.get("credential_alert"):
+        found.append(
+            {
+                "kind": "credential",
+                "host": host.name,
+                "message": str(row["credential_alert"]),
+                "hint": f"find the machine that used it; then ./inv reprovision {host.name}",
             }
         )
     if row.get("state") == "failed":
@@ -273,6 +449,8 @@ def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool) -> dict[st
         "installed": bool(row.get("installed")),
         "provisioning": row.get("generation", 1),
         "secrets": _secrets_status(row),
+        "credential": _credential_status(row, time.time()),
+        "enrolled_from": row.get("enrolled_from"),
         "secrets_refused": row.get("secrets_denied", 0),
         "step_started": row.get("step_started"),
         "last_event": last,
@@ -317,13 +495,50 @@ def hosts_view(
 
 
 def _secrets_status(row: dict[str, Any]) -> str:
-    if row.get("secrets_denied"):
-        return "withheld"
+    if row.get("secrets_acked_at"):
+        return "withheld" if row.get("secrets_denied") else "acknowledged"
     return "handed out" if row.get("secrets_served_at") else "armed"
 
 
+def _credential_status(row: dict[str, Any], now: float) -> str:
+    if row.get("host_key"):
+        return "enrolled"
+    if not row.get("enrol_token"):
+        return "spent"
+    expires = row.get("enrol_expires")
+    return "expired" if expires is not None and expires < now else "armed"
+
+
 async def dashboard(request: Request) -> Response:
+    p: Provisioner = request.app.state.provisioner
+    try:
+        p.authority.operator(request)
+    except Denied:
+        return RedirectResponse("/login", status_code=303)
     return FileResponse(STATIC / "dashboard.html", headers=DASHBOARD_HEADERS)
+
+
+LOGIN_BYTES = 1024
+
+
+async def login(request: Request) -> Response:
+    """GET: the form; POST (form-encoded token): the operator's cookie (HttpOnly, Secure, SameSite=Strict)."""
+    p: Provisioner = request.app.state.provisioner
+    if request.method == "GET":
+        return FileResponse(STATIC / "login.html", headers=DASHBOARD_HEADERS)
+    throttled = _throttled(p, request, "operator-login")  # guesses of the token are as slow as one host's events
+    if throttled is not None:
+        return throttled
+    body = await _body(request, LOGIN_BYTES)
+    if isinstance(body, Response):
+        return body
+    given = urllib.parse.parse_qs(body.decode(errors="replace")).get("token", [""])[0].strip()
+    if not p.authority.operator_token_ok(given):
+        return await _refused(p, request, "login", Denied(401, "wrong operator token"), None)
+    await _granted(p, request, "login", "operator", "dashboard session")
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(OPERATOR_COOKIE, given, httponly=True, secure=True, samesite="strict")
+    return response
 
 
 # --- the applications -------------------------------------------------------------------------------
@@ -332,22 +547,27 @@ async def dashboard(request: Request) -> Response:
 def _api_routes() -> list[Route | Mount]:
     return [
         Route("/", dashboard),
+        Route("/login", login, methods=["GET", "POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        Route("/v1/enrol", enrol, methods=["POST"]),
         Route("/v1/bundle", bundle),
         Route("/v1/shared/{digest:str}", shared),
         Route("/v1/hosts", hosts),
         Route("/v1/hosts/{name}/events", post_event, methods=["POST"]),
+        Route("/v1/hosts/{name}/seed", seed),
+        Route("/v1/access", access),
     ]
 
 
-def http_app(p: Provisioner, images_root: Path, *, allow_http_bundles: bool = False) -> Starlette:
+def http_app(p: Provisioner, images_root: Path) -> Starlette:
+    """Boot scripts and images only: nothing that needs a credential ever goes over plain HTTP."""
     routes: list[Route | Mount] = [
         Route("/boot.ipxe", boot_ipxe),
         Route("/ipxe", host_ipxe),
         Route("/images/{role}/{name}.data", image_data),
         Mount("/images", app=StaticFiles(directory=images_root, check_dir=False), name="images"),
     ]
-    routes += _api_routes() if allow_http_bundles else [Route("/", http_root)]
+    routes.append(Route("/", http_root))
     app = Starlette(routes=routes)
     app.state.provisioner = p
     return app

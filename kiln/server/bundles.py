@@ -1,9 +1,11 @@
 """Signed bundles: each host's bundle is rendered once per roles.yaml load and kept; the copy without
-secrets is signed once; the copy with secrets is built and signed for the one fetch that gets it."""
+secrets is signed and kept until half its lifetime is gone; the copy with secrets is built and signed for each
+request that may have it. Every signed bundle names the cluster and its generation, and expires."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,22 +19,34 @@ from kiln.secrets import SecretStore
 
 # A change every served bundle gets after rendering and before signing (the lab adds its SSH access).
 BundleHook = Callable[[Bundle], Bundle]
+BUNDLE_TTL = 24 * 3600.0  # seconds a signed bundle is valid: a replayed old one is refused after that
 
 
 @dataclass(frozen=True)
 class Signed:
     body: bytes
     signature: str  # the X-Kiln-Signature header value
+    issued: float = 0.0
 
 
 class BundleCache:
     def __init__(
-        self, cluster: Cluster, secrets: SecretStore, key: Ed25519PrivateKey, hook: BundleHook | None = None
+        self,
+        cluster: Cluster,
+        secrets: SecretStore,
+        key: Ed25519PrivateKey,
+        hook: BundleHook | None = None,
+        *,
+        generation: int = 1,
+        ttl: float = BUNDLE_TTL,
     ) -> None:
         self.cluster = cluster
         self.secrets = secrets
         self.key = key
         self.hook = hook
+        self.cluster_id = secrets.cluster_id()
+        self.generation = generation
+        self.ttl = ttl
         self._renderer = Renderer(cluster)  # cluster-wide values and files, computed once, not once per host
         self._rendered: dict[str, Bundle] = {}
         self._withheld: dict[str, Signed] = {}
@@ -72,12 +86,14 @@ class BundleCache:
         return self._sign(self.rendered(host).with_secret_values(values))
 
     def without_secrets(self, host: Host) -> Signed:
-        """The bundle with every secret value null and "secrets_withheld": true (signed once, then kept)."""
+        """The bundle with every secret value null and "secrets_withheld": true (kept while fresh)."""
         signed = self._withheld.get(host.name)
-        if signed is None:
-            signed = self._withheld.setdefault(host.name, self._sign(self.rendered(host).withheld()))
+        if signed is None or time.time() - signed.issued > self.ttl / 2:
+            signed = self._sign(self.rendered(host).withheld())
+            self._withheld[host.name] = signed
         return signed
 
     def _sign(self, bundle: Bundle) -> Signed:
-        body = bundle.to_json()
-        return Signed(body, signing.sign(body, self.key))
+        now = time.time()
+        body = bundle.stamped(cluster_id=self.cluster_id, generation=self.generation, now=now, ttl=self.ttl).to_json()
+        return Signed(body, signing.sign(body, self.key), now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -20,7 +21,6 @@ def serve_command(
     database: str | None = None,
     secrets: str | None = None,
     images: str | None = None,
-    allow_http_bundles: bool = False,
     bundle_hook: BundleHook | None = None,
 ) -> int:
     cluster = project.load_or_report()
@@ -35,8 +35,8 @@ def serve_command(
             database=database or DEFAULT_DATABASE,
             listen=parse_address(listen or f"0.0.0.0:{DEFAULT_HTTP_PORT}", "--listen"),
             tls_listen=parse_address(tls_listen or default_tls_listen(cluster), "--tls-listen"),
-            allow_http_bundles=allow_http_bundles,
             bundle_hook=bundle_hook,
+            roles_digest=hashlib.sha256(project.roles_path.read_bytes()).hexdigest(),
         )
         return serve(config)
     except (ConfigError, ValueError) as e:

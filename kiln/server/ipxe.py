@@ -86,8 +86,9 @@ class InstallImage:
     size: int  # bytes of the raw image: what ends up on the disk, data and zeros
 
 
-def install_script(host: Host, image: InstallImage, installer: Installer) -> str:
-    """The installer's kernel command line: where the map and the data chunks are, and what they must hash to."""
+def install_script(host: Host, image: InstallImage, installer: Installer, token: str) -> str:
+    """The installer's kernel command line: where the map and the data chunks are, what they must hash to, and the
+    host's enrolment token (the installer reports with it and writes it into the installed disk's seed)."""
     role = image.role
     base = installer.http_base
     bootif = "01-" + host.mac.replace(":", "-")
@@ -101,6 +102,7 @@ def install_script(host: Host, image: InstallImage, installer: Installer) -> str
             f"kiln.disk={host.disk}",
             f"kiln.url={installer.provisioning_url}",
             f"kiln.host={host.name}",
+            f"kiln.token={token}",
             f"BOOTIF={bootif}",
             "console=ttyS0",
         ]
@@ -116,6 +118,14 @@ def install_script(host: Host, image: InstallImage, installer: Installer) -> str
             ]
         )
         + "\n"
+    )
+
+
+def unarmed_script(host: Host, http_base: str) -> str:
+    """A host that is neither installed nor holds a valid enrolment token: it waits for an operator."""
+    return retry_script(
+        [f"{host.name} is not armed (its enrolment token was spent or expired):", f"./inv reprovision {host.name}"],
+        http_base,
     )
 
 

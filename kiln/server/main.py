@@ -23,8 +23,9 @@ import uvicorn
 from kiln import signing
 from kiln.model import Cluster
 from kiln.secrets import SecretStore
-from kiln.server import ipxe
+from kiln.server import ipxe, limits
 from kiln.server.app import Provisioner, http_app, tls_app
+from kiln.server.auth import Authority
 from kiln.server.bundles import BundleCache, BundleHook
 from kiln.server.store import StateStore
 
@@ -77,8 +78,8 @@ class ServerConfig:
     database: str
     listen: Address
     tls_listen: Address
-    allow_http_bundles: bool = False
     bundle_hook: BundleHook | None = None
+    roles_digest: str = ""  # sha256 of the roles file: a changed file is the next generation
 
 
 def default_tls_listen(cluster: Cluster) -> str:
@@ -109,9 +110,9 @@ def _uvicorn_config(app: Any, **tls: Any) -> uvicorn.Config:
         access_log=False,
         server_header=False,
         proxy_headers=False,
-        timeout_keep_alive=30,
         timeout_graceful_shutdown=5,
         backlog=2048,
+        **limits.uvicorn_limits(),
         **tls,
     )
 
@@ -123,20 +124,19 @@ def serve(config: ServerConfig) -> int:
     created = store_keys.ensure(cluster)
     for path in created:
         print(f"created {path}", flush=True)
-    uncovered = store_keys.uncovered_names(cluster)
-    if uncovered:
-        print(
-            f"warning: {config.secrets / 'tls.pem'} does not cover {', '.join(uncovered)}, so hosts will refuse "
-            "this server: remove it and run ./inv keys to reissue it",
-            file=sys.stderr,
-            flush=True,
-        )
+    for note in store_keys.notes:
+        print(note, flush=True)
+    problems = store_keys.check_site(cluster)
+    if problems:  # the load balancers would serve it: refuse before any host gets it
+        raise ConfigError("the site certificate cannot be served: " + "; ".join(problems))
     key = signing.load_private_key(config.secrets / "signing.key")
     fingerprint = signing.fingerprint(key.public_key())
 
     store = StateStore.open(config.database, config.project)
     store.ensure_hosts(h.name for h in cluster.hosts)
     store.forget_unknown(h.mac for h in cluster.hosts)
+    generation = store.publish(config.roles_digest, floor=store_keys.generation())
+    store_keys.note_generation(generation)
 
     http_sock = _bind(config.listen)
     tls_sock = _bind(config.tls_listen)
@@ -153,7 +153,7 @@ def serve(config: ServerConfig) -> int:
     )
     tls_base = f"https://{tls_host}:{tls_port}"
 
-    bundles = BundleCache(cluster, store_keys, key, config.bundle_hook)
+    bundles = BundleCache(cluster, store_keys, key, config.bundle_hook, generation=generation)
     started = time.monotonic()
     rendered = bundles.render_all()
     print(f"rendered {rendered} bundles in {time.monotonic() - started:.2f}s", flush=True)
@@ -163,33 +163,32 @@ def serve(config: ServerConfig) -> int:
         bundles=bundles,
         images=ipxe.ImageCatalog(config.images),
         installer=ipxe.Installer(http_base=http_base, provisioning_url=cluster.provisioning_url),
+        authority=Authority(store, store_keys.operator_token()),
         dashboard_url=f"{tls_base}/",
     )
     tls_config = _uvicorn_config(
         tls_app(provisioner),
-        ssl_certfile=str(config.secrets / "tls.pem"),
-        ssl_keyfile=str(config.secrets / "tls.key"),
+        ssl_certfile=str(store_keys.server_pem),  # the server's own identity: never in a bundle
+        ssl_keyfile=str(store_keys.server_key),
         ssl_ciphers=TLS_CIPHERS,
     )
     tls_config.load()
     assert tls_config.ssl is not None
     tls_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
     servers = [
-        _Server(_uvicorn_config(http_app(provisioner, config.images, allow_http_bundles=config.allow_http_bundles))),
+        _Server(_uvicorn_config(http_app(provisioner, config.images))),
         _Server(tls_config),
     ]
     lines = [
-        f"kiln serve: cluster {cluster.name}, {len(cluster.hosts)} hosts, state in {_redacted(config.database)}",
+        f"kiln serve: cluster {cluster.name}, {len(cluster.hosts)} hosts, generation {generation}, "
+        f"state in {_redacted(config.database)}",
         f"  boot scripts   {http_base}/boot.ipxe   (HTTP, also /ipxe?mac=MAC and /images/)",
-        f"  bundles        {tls_base}/v1/bundle?mac=MAC   (HTTPS, cluster CA {config.secrets / 'ca.pem'})",
+        f"  bundles        {tls_base}/v1/enrol, /v1/bundle   (HTTPS, {store_keys.server_pem.name} from the cluster CA "
+        f"{config.secrets / 'ca.pem'}; hosts authenticate)",
         f"  events         {tls_base}/v1/hosts/NAME/events",
-        f"  dashboard      {tls_base}/",
+        f"  dashboard      {tls_base}/   (log in with {config.secrets / 'operator.token'})",
         f"  signing key    {fingerprint}   ({config.secrets / 'signing.pub'})",
     ]
-    if config.allow_http_bundles:
-        lines.append(
-            f"  WARNING: --allow-http-bundles: bundles and secrets are also served unencrypted on {http_base}/v1/"
-        )
     if config.listen.unspecified and config.listen.port == 0:
         lines.append(f"  (listening on all addresses, HTTP port {http_port}, HTTPS port {tls_port})")
     print("\n".join(lines), flush=True)

@@ -1,4 +1,9 @@
-"""The server's state: hosts, their events, unknown machines and the one-time secrets rule.
+"""The server's state: hosts, their events, their credentials, unknown machines and the access log.
+
+A host's credential: arming it (first sight, ./inv reprovision) mints a one-time enrolment token for that
+provisioning, valid for ENROL_TTL; the host's first bundle request presents it with the host key it made, and
+the key is bound. Its secrets are handed out to that credential (again, if a response was lost) until the host
+acknowledges them (its `secrets ok` event); then never again without a re-arm, and the token is spent.
 
 SQLAlchemy Core over SQLite by default (`sqlite:///state/kiln.db`, WAL, created on first use) or
 PostgreSQL (`postgresql://user:pass@host/db`, through psycopg) when several servers share one state.
@@ -10,6 +15,8 @@ The `reprovision` task opens the same database beside a running server.
 from __future__ import annotations
 
 import contextlib
+import hmac
+import secrets as pysecrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -23,8 +30,11 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from kiln.server.inputs import Event
 from kiln.server.states import PXE_STEP, State, next_state, step_index
 
-TIMELINE_LIMIT = 200  # events per host returned by hosts(); all of them stay in the table
-UNKNOWN_LIMIT = 1000  # unknown machines remembered; beyond that new ones are not recorded
+TIMELINE_LIMIT = 200  # events per host returned by hosts(); older ones stay until EVENTS_KEPT per host
+EVENTS_KEPT = 2000  # events per host kept in the table; older ones go (retention)
+UNKNOWN_LIMIT = 1000  # unknown machines remembered; beyond that the least recently seen is forgotten
+ACCESS_KEPT = 20000  # access log entries kept; older ones go
+ENROL_TTL = 7 * 24 * 3600.0  # seconds an enrolment token stays valid after arming: re-arm after that
 
 metadata = sa.MetaData()
 
@@ -47,6 +57,13 @@ hosts_table = sa.Table(
     sa.Column("secrets_denied", sa.Integer, nullable=False, server_default="0"),
     sa.Column("secrets_denied_at", sa.Float),
     sa.Column("updated", sa.Float),  # the server's clock at the row's last change: GET /v1/hosts?since= reads it
+    sa.Column("enrol_token", sa.String(64)),  # this provisioning's one-time token; null once spent
+    sa.Column("enrol_expires", sa.Float),
+    sa.Column("host_key", sa.String(64)),  # the Ed25519 public key bound at enrolment (base64)
+    sa.Column("enrolled_at", sa.Float),
+    sa.Column("enrolled_from", sa.String(64)),  # the peer address that enrolled
+    sa.Column("secrets_acked_at", sa.Float),  # the host acknowledged its secrets: never handed out again
+    sa.Column("credential_alert", sa.Text),  # its credential was refused in a way an operator must see (re-arm clears)
 )
 
 events_table = sa.Table(
@@ -62,6 +79,25 @@ events_table = sa.Table(
     sa.Column("received", sa.Float, nullable=False),  # the server's clock
     sa.Column("duration", sa.Float),
     sa.Index("events_host_generation", "host", "generation", "id"),
+)
+
+meta_table = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(32), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+access_table = sa.Table(
+    "access",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("peer", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(64)),
+    sa.Column("action", sa.String(32), nullable=False),  # enrol, bundle, secrets, event, hosts, shared, ...
+    sa.Column("outcome", sa.String(16), nullable=False),  # granted | refused
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
 )
 
 unknown_table = sa.Table(
@@ -100,21 +136,6 @@ _UPDATE_AFTER_EVENT = (
 )
 _INSERT_EVENT = events_table.insert()
 _SELECT_INSTALLED = sa.select(hosts_table.c.installed).where(hosts_table.c.name == sa.bindparam("host_name"))
-_GRANT_SECRETS = (
-    hosts_table.update()
-    .where(hosts_table.c.name == sa.bindparam("host_name"), hosts_table.c.secrets_served_at.is_(None))
-    .values(secrets_served_at=sa.bindparam("now"), updated=sa.bindparam("now"))
-)
-_REFUSE_SECRETS = (
-    hosts_table.update()
-    .where(hosts_table.c.name == sa.bindparam("host_name"))
-    .values(
-        secrets_denied=hosts_table.c.secrets_denied + 1,
-        secrets_denied_at=sa.bindparam("now"),
-        updated=sa.bindparam("now"),
-    )
-    .returning(hosts_table.c.secrets_denied)
-)
 
 
 class UnknownHost(KeyError):
@@ -173,12 +194,40 @@ def _sqlite_transactions(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("kiln_write") else "BEGIN")
 
 
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of a bundle fetch for the one-time secrets rule."""
+class CredentialError(Exception):
+    """A request whose credential does not hold; `status` is the HTTP answer (401 unknown, 403 not yours)."""
 
-    granted: bool
-    denied_before: int  # how many fetches were refused secrets before this one
+    def __init__(self, status: int, reason: str, host: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.host = host
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """The outcome of a host's enrolment: which host, whether its bundle carries secrets, whether the key was
+    bound just now (a retry after a lost response binds nothing new)."""
+
+    host: str
+    secrets: bool
+    first: bool
+
+
+def _minted(now: float) -> dict[str, Any]:
+    """The credential columns of a newly armed provisioning."""
+    return {
+        "enrol_token": pysecrets.token_urlsafe(32),
+        "enrol_expires": now + ENROL_TTL,
+        "host_key": None,
+        "enrolled_at": None,
+        "enrolled_from": None,
+        "secrets_acked_at": None,
+        "secrets_served_at": None,
+        "secrets_denied": 0,
+        "secrets_denied_at": None,
+        "credential_alert": None,
+    }
 
 
 class StateStore:
@@ -236,7 +285,10 @@ class StateStore:
             missing = sorted(wanted - have)
             if missing:
                 now = time.time()
-                conn.execute(hosts_table.insert(), [{"name": n, "armed_at": now, "updated": now} for n in missing])
+                conn.execute(
+                    hosts_table.insert(),
+                    [{"name": n, "armed_at": now, "updated": now, **_minted(now)} for n in missing],
+                )
 
     def record_event(self, name: str, event: Event, *, now: float | None = None) -> State:
         """Store one event and move the host's state; raise UnknownHost for a host without a row."""
@@ -269,7 +321,7 @@ class StateStore:
                     "updated": now,
                 },
             )
-            conn.execute(
+            inserted = conn.execute(
                 _INSERT_EVENT,
                 {
                     "host": name,
@@ -281,7 +333,13 @@ class StateStore:
                     "received": now,
                     "duration": duration,
                 },
-            )
+            ).inserted_primary_key
+            if inserted and int(inserted[0]) % 100 == 0:  # retention now and then: the host's newest EVENTS_KEPT
+                e = events_table
+                cutoff = (
+                    sa.select(e.c.id).where(e.c.host == name).order_by(e.c.id.desc()).offset(EVENTS_KEPT).limit(1)
+                ).scalar_subquery()
+                conn.execute(e.delete().where(e.c.host == name, e.c.id <= cutoff))
         return state
 
     def record_pxe(self, name: str, detail: str) -> None:
@@ -295,22 +353,153 @@ class StateStore:
             raise UnknownHost(name)
         return bool(installed)
 
-    def claim_secrets(self, name: str, *, now: float | None = None) -> Claim:
-        """Grant the host its secrets if this provisioning has not had them yet; count a refusal otherwise.
+    def publish(self, digest: str, *, floor: int = 0) -> int:
+        """The cluster's generation for the roles file with this digest: the same file keeps its generation, a
+        changed one is the next (a monotonic number every signed bundle carries; agents never go back). `floor`:
+        the highest generation ever published, kept outside this database, so a new database never goes back."""
+        with self._transaction() as conn:
+            stored = dict(conn.execute(sa.select(meta_table.c.key, meta_table.c.value)).tuples().all())
+            generation = max(int(stored.get("generation", "0")), floor)
+            if stored.get("roles_digest") != digest or generation > int(stored.get("generation", "0")):
+                generation += 1
+                for key, value in (("generation", str(generation)), ("roles_digest", digest)):
+                    if key in stored:
+                        conn.execute(meta_table.update().where(meta_table.c.key == key).values(value=value))
+                    else:
+                        conn.execute(meta_table.insert().values(key=key, value=value))
+        return generation
 
-        The grant is one conditional UPDATE, so of two concurrent first fetches exactly one wins."""
+    # --- credentials -----------------------------------------------------------------------------------
+
+    def enrol(self, token: str, host_key: str, peer: str, *, now: float | None = None) -> Enrolment:
+        """Bind `host_key` to the host this token was minted for; the same key again is a retry (lost response).
+
+        Raise CredentialError: 401 for a token no armed host holds or one that expired, 403 for a token already
+        bound to another key (the host is someone else's now: an operator must look)."""
         now = time.time() if now is None else now
         with self._transaction() as conn:
-            if conn.execute(_GRANT_SECRETS, {"host_name": name, "now": now}).rowcount:
-                return Claim(True, 0)
-            result = conn.execute(_REFUSE_SECRETS, {"host_name": name, "now": now}).scalar()
-        if result is None:
+            query = sa.select(hosts_table).where(hosts_table.c.enrol_token == token)
+            row = conn.execute(query.with_for_update() if self._pg else query).mappings().first()
+            if row is None or not hmac.compare_digest(row["enrol_token"] or "", token):
+                raise CredentialError(401, "no armed host holds this enrolment token (spent, or never minted)")
+            name = row["name"]
+            if row["enrol_expires"] is not None and row["enrol_expires"] < now:
+                raise CredentialError(
+                    401, f"the enrolment token of {name} expired; re-arm it: ./inv reprovision {name}", name
+                )
+            if row["host_key"] is not None and row["host_key"] != host_key:
+                raise CredentialError(
+                    403,
+                    f"{name}'s enrolment token was already used by another machine (from {row['enrolled_from']}); "
+                    f"if that was not {name}, its secrets are exposed: rotate them and re-arm it",
+                    name,
+                )
+            first = row["host_key"] is None
+            values: dict[str, Any] = {"host_key": host_key, "enrolled_from": peer, "secrets_served_at": now}
+            conn.execute(
+                hosts_table.update()
+                .where(hosts_table.c.name == name)
+                .values(**values, enrolled_at=now if first else row["enrolled_at"], updated=now)
+            )
+        return Enrolment(name, secrets=row["secrets_acked_at"] is None, first=first)
+
+    def flag_credential(self, name: str, message: str, *, now: float | None = None) -> None:
+        """Raise an alert on the host (shown until it is re-armed): its credential was misused."""
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            conn.execute(
+                hosts_table.update().where(hosts_table.c.name == name).values(credential_alert=message, updated=now)
+            )
+
+    def host_key(self, name: str) -> str | None:
+        """The public key bound to the host's current provisioning (None: not enrolled)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(hosts_table.c.host_key).where(hosts_table.c.name == name)).scalar()
+
+    def secrets_for(self, name: str, *, now: float | None = None) -> bool:
+        """Whether an authenticated bundle request of the host gets its secrets: until it acknowledged them.
+        A request after that is counted (and alerts): a host that lost its secrets needs a re-arm."""
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            row = self._locked_host(conn, name)
+            if row["secrets_acked_at"] is None:
+                conn.execute(
+                    hosts_table.update().where(hosts_table.c.name == name).values(secrets_served_at=now, updated=now)
+                )
+                return True
+            conn.execute(
+                hosts_table.update()
+                .where(hosts_table.c.name == name)
+                .values(secrets_denied=hosts_table.c.secrets_denied + 1, secrets_denied_at=now, updated=now)
+            )
+            return False
+
+    def ack_secrets(self, name: str, *, now: float | None = None) -> bool:
+        """The host has its secrets: they are not handed out again and its token is spent. Whether this changed."""
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            done = conn.execute(
+                hosts_table.update()
+                .where(hosts_table.c.name == name, hosts_table.c.secrets_acked_at.is_(None))
+                .values(secrets_acked_at=now, enrol_token=None, updated=now)
+            ).rowcount
+        return bool(done)
+
+    def token_holder(self, token: str, *, now: float | None = None, unbound: bool = False) -> str | None:
+        """The host whose valid (armed, unexpired, unspent) enrolment token this is; with `unbound`, only while
+        no key is bound to it yet (what authenticates an installer's events: after enrolment the host signs)."""
+        now = time.time() if now is None else now
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(
+                    hosts_table.c.name, hosts_table.c.enrol_token, hosts_table.c.enrol_expires, hosts_table.c.host_key
+                ).where(hosts_table.c.enrol_token == token)
+            ).first()
+        if row is None or not hmac.compare_digest(row.enrol_token or "", token):
+            return None
+        if unbound and row.host_key is not None:
+            return None
+        return None if row.enrol_expires is not None and row.enrol_expires < now else str(row.name)
+
+    def armed_token(self, name: str, *, now: float | None = None) -> str | None:
+        """The host's enrolment token while it is valid: what its installer and seed carry."""
+        now = time.time() if now is None else now
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(hosts_table.c.enrol_token, hosts_table.c.enrol_expires).where(hosts_table.c.name == name)
+            ).first()
+        if row is None:
             raise UnknownHost(name)
-        return Claim(False, result - 1)
+        if row.enrol_token is None or (row.enrol_expires is not None and row.enrol_expires < now):
+            return None
+        return str(row.enrol_token)
+
+    def note_access(
+        self, peer: str, host: str | None, action: str, outcome: str, detail: str = "", *, now: float | None = None
+    ) -> None:
+        """One line of the access log (every grant and every refusal), oldest lines dropped past ACCESS_KEPT."""
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                access_table.insert().values(
+                    at=now, peer=peer[:64], host=host, action=action, outcome=outcome, detail=detail[:500]
+                )
+            ).inserted_primary_key
+            new_id = int(inserted[0]) if inserted else 0
+            if new_id % 1000 == 0:  # retention now and then, not on every line
+                conn.execute(access_table.delete().where(access_table.c.id <= new_id - ACCESS_KEPT))
+
+    def access_log(self, *, limit: int = 100, outcome: str | None = None) -> list[dict[str, Any]]:
+        """The newest access log lines first."""
+        query = sa.select(access_table).order_by(access_table.c.id.desc()).limit(limit)
+        if outcome is not None:
+            query = query.where(access_table.c.outcome == outcome)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     def rearm(self, name: str, *, now: float | None = None) -> int:
-        """Start a new provisioning for the host: installer on next PXE boot, secrets once more,
-        state waiting, alerts cleared. Return the new provisioning number."""
+        """Start a new provisioning for the host: installer on next PXE boot, a new enrolment token (the old key is
+        unbound), secrets once more, state waiting, alerts cleared. Return the new provisioning number."""
         now = time.time() if now is None else now
         with self._transaction() as conn:
             host = self._locked_host(conn, name)
@@ -330,10 +519,8 @@ class StateStore:
                     last_duration=None,
                     step_started=None,
                     armed_at=now,
-                    secrets_served_at=None,
-                    secrets_denied=0,
-                    secrets_denied_at=None,
                     updated=now,
+                    **_minted(now),
                 )
             )
         return generation
@@ -346,11 +533,13 @@ class StateStore:
                 .where(unknown_table.c.mac == mac)
                 .values(last_seen=now, requests=unknown_table.c.requests + 1)
             ).rowcount
-            if (
-                not updated
-                and conn.execute(sa.select(sa.func.count()).select_from(unknown_table)).scalar_one() < UNKNOWN_LIMIT
-            ):
-                conn.execute(unknown_table.insert().values(mac=mac, first_seen=now, last_seen=now, requests=1))
+            if updated:
+                return
+            if conn.execute(sa.select(sa.func.count()).select_from(unknown_table)).scalar_one() >= UNKNOWN_LIMIT:
+                # full: the machine seen longest ago goes, so a new one always shows (random MACs cannot pin it)
+                oldest = sa.select(unknown_table.c.mac).order_by(unknown_table.c.last_seen).limit(1).scalar_subquery()
+                conn.execute(unknown_table.delete().where(unknown_table.c.mac == oldest))
+            conn.execute(unknown_table.insert().values(mac=mac, first_seen=now, last_seen=now, requests=1))
 
     def forget_unknown(self, macs: Iterable[str]) -> None:
         """Drop unknown-machine entries for MACs that roles.yaml now lists."""
@@ -383,7 +572,11 @@ class StateStore:
         """The rows of hosts that need an operator: failed, or refused their secrets (every poll shows them all)."""
         with self.engine.connect() as conn:
             query = sa.select(hosts_table).where(
-                sa.or_(hosts_table.c.state == State.failed.value, hosts_table.c.secrets_denied > 0)
+                sa.or_(
+                    hosts_table.c.state == State.failed.value,
+                    hosts_table.c.secrets_denied > 0,
+                    hosts_table.c.credential_alert.is_not(None),
+                )
             )
             return {r["name"]: dict(r) for r in conn.execute(query).mappings()}
 

@@ -204,14 +204,18 @@ def test_agent_and_trust_material(image: tuple[str, Path]) -> None:
     from kiln.model import load_roles
 
     url = load_roles(PROJECT / "roles.yaml").provisioning_url
-    assert json.loads((root / "etc/kiln/agent.json").read_text()) == {"url": url}
+    cluster_id = SecretStore(PROJECT / "secrets").cluster_id()
+    assert json.loads((root / "etc/kiln/agent.json").read_text()) == {"url": url, "cluster_id": cluster_id}
 
 
 def test_no_secrets_or_private_keys(image: tuple[str, Path]) -> None:
     _, root = image
     store = SecretStore(PROJECT / "secrets")
     needles = [store.value(name).encode() for name in PASSWORDS]
-    needles += [(store.root / name).read_bytes().strip() for name in ("signing.key", "ca.key", "tls.key")]
+    needles += [
+        (store.root / name).read_bytes().strip()
+        for name in ("signing.key", "ca.key", "server.key", "site.key", "operator.token")
+    ]
     found = []
     for top in ("etc", "opt", "root", "home", "srv", "usr/local", "var/lib"):
         for path in (root / top).rglob("*"):

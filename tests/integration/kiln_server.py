@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -11,12 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from kiln import hostauth
 from kiln.secrets import SecretStore
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
@@ -49,12 +52,59 @@ class RunningServer:
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.secrets.ca_pem))
 
-    def client(self, *, timeout: float = 10, **kwargs: Any) -> httpx.Client:
-        """Verifies the server with secrets/ca.pem only, as a booting host does."""
-        return httpx.Client(verify=self.tls_context(), timeout=timeout, **kwargs)
+    def client(
+        self, *, timeout: float = 10, operator: bool = True, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Client:
+        """Verifies the server with secrets/ca.pem only, as a booting host does; as the operator (their token
+        as a bearer token) unless `operator=False` or other credentials in `headers`: then it is anyone."""
+        sent = {"Authorization": f"Bearer {self.secrets.operator_token()}"} if operator else {}
+        return httpx.Client(verify=self.tls_context(), timeout=timeout, headers={**sent, **(headers or {})}, **kwargs)
+
+    def token(self, host: str) -> str:
+        """The host's enrolment token, as the operator reads it (GET /v1/hosts/NAME/seed)."""
+        with self.client() as c:
+            answer = c.get(f"{self.tls_url}/v1/hosts/{host}/seed")
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["token"])
+
+    def host(self, name: str, mac: str) -> HostClient:
+        return HostClient(self, name, mac)
 
     def inv(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*INV, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+@dataclass
+class HostClient:
+    """A host as the agent talks to the server: enrol with its token and its own key, then sign every call."""
+
+    server: RunningServer
+    name: str
+    mac: str
+    key: Ed25519PrivateKey = field(default_factory=hostauth.generate_key)
+
+    def enrol(self, token: str | None = None, *, macs: list[str] | None = None) -> httpx.Response:
+        body = json.dumps({"host_key": hostauth.public_text(self.key.public_key()), "macs": macs or [self.mac]})
+        headers = {
+            "Authorization": f"Bearer {token or self.server.token(self.name)}",
+            "Content-Type": "application/json",
+        }
+        with self.server.client(operator=False) as c:
+            return c.post(f"{self.server.tls_url}/v1/enrol", content=body, headers=headers)
+
+    def signed(self, method: str, path: str, body: bytes = b"", **headers: str) -> httpx.Response:
+        auth = hostauth.authorization(self.key, self.name, method, path, body)
+        with self.server.client(operator=False) as c:
+            return c.request(
+                method, f"{self.server.tls_url}{path}", content=body, headers={"Authorization": auth, **headers}
+            )
+
+    def bundle(self) -> httpx.Response:
+        return self.signed("GET", "/v1/bundle")
+
+    def event(self, step: str, status: str, detail: str = "") -> httpx.Response:
+        body = json.dumps({"step": step, "status": status, "detail": detail}).encode()
+        return self.signed("POST", f"/v1/hosts/{self.name}/events", body, **{"Content-Type": "application/json"})
 
 
 def _wait_started(process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> str:

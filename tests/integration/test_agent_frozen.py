@@ -7,10 +7,23 @@ from pathlib import Path
 
 import pytest
 
+from kiln import signing
+from kiln.bundle import shared_digest
 from kiln.model import Cluster
 from kiln.render import render
 from kiln.secrets import SecretStore
 from tests.integration.agent_frozen import frozen_binary, without_python
+from tests.unit.agent_support import (
+    HOSTS,
+    SECRETS,
+    StandIn,
+    bundle,
+    host_public_key,
+    machine,
+    seed,
+    tls_for_loopback,
+    with_shared_hosts,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +66,25 @@ def test_frozen_offline_apply_of_a_rendered_bundle(
     assert second.returncode == 0 and second.stdout.rstrip().endswith(": unchanged")
     for s in bundle.secrets:
         assert s.value and s.value not in first.stdout + first.stderr + second.stdout + second.stderr
+
+
+def test_frozen_run_enrols_signs_and_provisions(frozen: Path, tmp_path: Path) -> None:
+    """The whole boot path without Python: a host key made, enrolment with the token, a signed fetch of the shared
+    contents, signed events, the bundle's signature and stamps checked (cryptography and TLS frozen in)."""
+    key = signing.generate_private_key()
+    ca, context = tls_for_loopback(tmp_path)
+    root = machine(tmp_path / "root", key, ca=ca)
+    shared = {shared_digest(HOSTS): HOSTS.encode()}
+    with StandIn(with_shared_hosts(bundle()), key, context, shared=shared).running() as server:
+        seed(root, server.url)
+        result = without_python(
+            [str(frozen), "run", "--root", str(root), "--imds-endpoint", "", "--fetch-deadline", "10"]
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server.host_key == host_public_key(root)
+    assert (root / "etc/hosts").read_text() == HOSTS
+    assert (root / "etc/kiln/secrets/db_app_password").read_text() == SECRETS["db_app_password"]
+    assert ("key", "secrets", "ok") in [(by, e["step"], e["status"]) for by, e in server.events]
 
 
 def test_frozen_status_on_a_fresh_host(frozen: Path, tmp_path: Path) -> None:

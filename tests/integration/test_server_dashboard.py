@@ -1,5 +1,5 @@
-"""The dashboard in a real headless Chromium (Debian's chromium + chromedriver through Selenium): it loads,
-shows every host, and events, alerts and unknown machines appear without a reload."""
+"""The dashboard in a real headless Chromium (Debian's chromium + chromedriver through Selenium): it asks for the
+operator's token, then shows every host, and events, alerts and unknown machines appear without a reload."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def browser(server: RunningServer, tmp_path_factory: pytest.TempPathFactory):
         "--window-size=1400,900",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
         # trust exactly the server's certificate (the cluster CA is not in the browser's store)
-        f"--ignore-certificate-errors-spki-list={spki_hash((server.secrets.root / 'tls.pem').read_bytes())}",
+        f"--ignore-certificate-errors-spki-list={spki_hash(server.secrets.server_pem.read_bytes())}",
     ):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
@@ -77,50 +77,69 @@ def wait_for(driver, condition, message: str):
     return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: condition(d), message)
 
 
-def row_state(driver, host: str) -> str | None:
+def event(server: RunningServer, host: str, body: dict) -> None:
+    """An event as the host's installer sends it (with its enrolment token)."""
+    with server.client(operator=False, headers={"Authorization": f"Bearer {server.token(host)}"}) as c:
+        assert c.post(f"{server.tls_url}/v1/hosts/{host}/events", json=body).status_code == 201
+
+
+def log_in(server: RunningServer, browser) -> None:
     from selenium.webdriver.common.by import By
 
-    rows = driver.find_elements(By.CSS_SELECTOR, f'#hosts tr[data-host="{host}"]')
-    return rows[0].get_attribute("data-state") if rows else None
+    browser.get(f"{server.tls_url}/")
+    wait_for(browser, lambda d: d.current_url.endswith("/login"), "the dashboard sends a stranger to /login")
+    browser.find_element(By.ID, "token").send_keys(server.secrets.operator_token())
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#hosts"), "the dashboard after logging in")
+
+
+def text_of(driver, selector: str) -> str | None:
+    """The element's text in one call (the page redraws its rows every second: a held element goes stale)."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return e && e.innerText", selector)
+
+
+def texts(driver, selector: str) -> list[str]:
+    return driver.execute_script("return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)", selector)
+
+
+def row_state(driver, host: str) -> str | None:
+    """The row's data-state, read in one call (rows are redrawn every second)."""
+    return driver.execute_script(
+        "const r = document.querySelector(`#hosts tr[data-host='${arguments[0]}']`); return r && r.dataset.state",
+        host,
+    )
 
 
 def test_dashboard_shows_every_host_and_updates_live(server: RunningServer, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    browser.get(f"{server.tls_url}/")
+    log_in(server, browser)
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#hosts tbody tr")) == 7, "7 host rows")
-    names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#hosts tbody td.name")]
+    names = texts(browser, "#hosts tbody td.name")
     assert names == ["lb1", "lb2", "web1", "web2", "app1", "db1", "db2"]
     assert {row_state(browser, n) for n in names} == {"waiting"}
     loaded = browser.execute_script("return performance.timeOrigin")
 
-    with server.client() as c:
-        c.post(
-            f"{server.tls_url}/v1/hosts/web1/events",
-            json={"step": "install", "status": "start", "detail": "writing web.raw"},
-        )
-        c.post(
-            f"{server.tls_url}/v1/hosts/app1/events",
-            json={"step": "join", "status": "fail", "detail": "db1:3306 refused"},
-        )
-        for _ in range(2):  # the second fetch is refused its secrets and raises the alert
-            c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:42"})
+    event(server, "web1", {"step": "install", "status": "start", "detail": "writing web.raw"})
+    event(server, "app1", {"step": "join", "status": "fail", "detail": "db1:3306 refused"})
+    db2, token = server.host("db2", "52:54:00:10:00:42"), server.token("db2")
+    assert db2.enrol(token).status_code == 200
+    assert server.host("db2", "52:54:00:10:00:42").enrol(token).status_code == 403  # another machine, same token
     httpx.get(f"{server.http_url}/ipxe", params={"mac": "52:54:00:de:ad:01"})
+    with server.client(operator=False) as anyone:  # someone on the network asks for a bundle by MAC
+        assert anyone.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:41"}).status_code == 401
 
     wait_for(browser, lambda d: row_state(d, "web1") == "installing", "web1 shown installing")
-    web1 = browser.find_element(By.CSS_SELECTOR, '#hosts tr[data-host="web1"]')
-    assert "install start" in web1.find_element(By.CSS_SELECTOR, "td.step").text
-    assert "writing web.raw" in web1.text
+    row = wait_for(browser, lambda d: text_of(d, '#hosts tr[data-host="web1"]'), "web1's row")
+    assert "install start" in row and "writing web.raw" in row
     wait_for(browser, lambda d: row_state(d, "app1") == "failed", "app1 shown failed")
-    alerts = wait_for(
-        browser, lambda d: [a.text for a in d.find_elements(By.CSS_SELECTOR, "#alerts .alert")] or None, "alerts"
-    )
-    assert any("secrets requested twice for db2" in a for a in alerts), alerts
+    alerts = wait_for(browser, lambda d: texts(d, "#alerts .alert") or None, "alerts")
+    assert any("db2's enrolment token was already used by another machine" in a for a in alerts), alerts
     assert any("app1 failed at join: db1:3306 refused" in a for a in alerts), alerts
-    unknown = wait_for(
-        browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#unknown tr[data-mac="52:54:00:de:ad:01"]'), "unknown"
-    )
-    assert "unknown machine" in unknown[0].text
+    unknown = wait_for(browser, lambda d: text_of(d, '#unknown tr[data-mac="52:54:00:de:ad:01"]'), "unknown")
+    assert "unknown machine" in unknown
+    refused = wait_for(browser, lambda d: text_of(d, '#refused tr[data-action="bundle"]'), "the refusal, with its peer")
+    assert "127.0.0.1" in refused and "host credential required" in refused
     assert browser.execute_script("return performance.timeOrigin") == loaded  # no reload happened
     browser.save_screenshot(str(tmp_path / "dashboard.png"))
 
@@ -128,14 +147,9 @@ def test_dashboard_shows_every_host_and_updates_live(server: RunningServer, brow
 def test_event_detail_is_shown_as_text_never_as_html(server: RunningServer, browser) -> None:
     from selenium.webdriver.common.by import By
 
-    browser.get(f"{server.tls_url}/")
+    browser.get(f"{server.tls_url}/")  # logged in already: the session cookie
     evil = '<img src=x onerror="document.body.dataset.pwned=1">'
-    with server.client() as c:
-        c.post(f"{server.tls_url}/v1/hosts/lb2/events", json={"step": "files", "status": "start", "detail": evil})
-    wait_for(
-        browser,
-        lambda d: evil in d.find_element(By.CSS_SELECTOR, '#hosts tr[data-host="lb2"] td.detail').text,
-        "detail",
-    )
+    event(server, "lb2", {"step": "files", "status": "start", "detail": evil})
+    wait_for(browser, lambda d: evil in (text_of(d, '#hosts tr[data-host="lb2"] td.detail') or ""), "detail")
     assert browser.execute_script("return document.body.dataset.pwned") is None
     assert not browser.find_elements(By.CSS_SELECTOR, "#hosts img")

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from kiln import blockmap, signing
+from kiln import blockmap, hostauth, signing
 from kiln.bundle import Bundle
 from kiln.server.app import SINCE_OVERLAP
 from tests.integration.kiln_server import LOOPBACK_URL, RunningServer, running_server
@@ -52,6 +52,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, images: Path):
         yield s
 
 
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory: pytest.TempPathFactory, images: Path):
+    """A server of its own for the credential tests: they enrol hosts, whose tokens then no longer sign events."""
+    with running_server(tmp_path_factory.mktemp("serve-creds"), images=images) as s:
+        yield s
+
+
 def host_view(server: RunningServer, name: str) -> dict:
     with server.client() as c:
         data = c.get(f"{server.tls_url}/v1/hosts").json()
@@ -59,8 +66,13 @@ def host_view(server: RunningServer, name: str) -> dict:
 
 
 def post(server: RunningServer, host: str, body: object) -> httpx.Response:
-    with server.client() as c:
+    """An event as the host's installer sends it: with the host's enrolment token."""
+    token = server.token(host) if host in HOSTS else "x" * 43
+    with server.client(operator=False, headers={"Authorization": f"Bearer {token}"}) as c:
         return c.post(f"{server.tls_url}/v1/hosts/{host}/events", json=body)
+
+
+HOSTS = {"lb1", "lb2", "web1", "web2", "app1", "db1", "db2"}
 
 
 def test_startup_prints_the_signing_key_fingerprint(server: RunningServer) -> None:
@@ -89,6 +101,7 @@ def test_install_script_carries_the_contract_command_line(server: RunningServer)
         "kiln.disk=/dev/vda",
         f"kiln.url={LOOPBACK_URL}",
         "kiln.host=web1",
+        f"kiln.token={server.token('web1')}",
         "BOOTIF=01-52-54-00-10-00-21",
         "console=ttyS0",
     } <= set(words)
@@ -139,73 +152,125 @@ def test_installed_host_boots_from_its_disk(server: RunningServer) -> None:
     assert "kiln.host=web2" in script and "sanboot" not in script
 
 
-def test_bundle_is_signed_over_its_exact_bytes(server: RunningServer) -> None:
-    with server.client() as c:
-        r = c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:22"})
-    assert r.status_code == 200
-    key = signing.load_public_key(server.secrets.signing_pub.read_bytes())
+def test_bundle_is_signed_over_its_exact_bytes_and_stamped(creds: RunningServer) -> None:
+    r = creds.host("web2", "52:54:00:10:00:22").enrol()
+    assert r.status_code == 200, r.text
+    key = signing.load_public_key(creds.secrets.signing_pub.read_bytes())
     signing.verify(r.content, r.headers["X-Kiln-Signature"], key)
-    bundle = json.loads(r.content)
-    assert bundle["host"]["name"] == "web2" and bundle["host"]["mac"] == "52:54:00:10:00:22"
+    bundle = Bundle.from_json(r.content)
+    assert (bundle.host.name, bundle.host.mac) == ("web2", "52:54:00:10:00:22")
+    assert bundle.cluster_id == creds.secrets.cluster_id() and bundle.generation >= 1
+    assert 0 < bundle.expires_at - time.time() <= 24 * 3600 + 5 and abs(bundle.issued_at - time.time()) < 60
     with pytest.raises(signing.SignatureError):
         signing.verify(r.content.replace(b"web2", b"web1"), r.headers["X-Kiln-Signature"], key)
 
 
-def test_shared_contents_are_served_by_the_digest_the_bundle_names(server: RunningServer) -> None:
+def test_shared_contents_are_served_by_the_digest_the_bundle_names_to_hosts_only(creds: RunningServer) -> None:
+    web2 = creds.host("lb2", "52:54:00:10:00:12")
+    bundle = Bundle.from_json(web2.enrol().content)
+    hosts = next(f for f in bundle.files if f.path == "/etc/hosts")
+    assert hosts.shared and not hosts.content, "/etc/hosts travels once per cluster, not in every bundle"
+    for digest in bundle.shared_digests():
+        got = web2.signed("GET", f"/v1/shared/{digest}")
+        assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == digest
+    assert "10.10.0.41\tdb1.foobar db1" in web2.signed("GET", f"/v1/shared/{hosts.shared}").text
+    assert web2.signed("GET", f"/v1/shared/{'0' * 64}").status_code == 404
+    with creds.client(operator=False) as anyone:
+        assert anyone.get(f"{creds.tls_url}/v1/shared/{hosts.shared}").status_code == 401
+
+
+def test_a_mac_selects_nothing_and_authorises_nothing(server: RunningServer) -> None:
+    """Anyone on the network asking by MAC, or with no credential, gets a 401 and no secret."""
+    with server.client(operator=False) as anyone:
+        for mac in ("52:54:00:10:00:42", "52:54:00:99:99:99"):
+            r = anyone.get(f"{server.tls_url}/v1/bundle", params={"mac": mac})
+            assert r.status_code == 401 and server.secrets.value("db_replication_password") not in r.text
+        assert anyone.get(f"{server.tls_url}/v1/hosts").status_code == 401
+        assert anyone.get(f"{server.tls_url}/v1/hosts/db2/seed").status_code == 401
+        assert anyone.get(f"{server.tls_url}/", follow_redirects=False).headers["location"] == "/login"
+    refused = [a for a in _access(server) if a["outcome"] == "refused" and a["action"] == "bundle"]
+    assert refused and refused[0]["peer"] == "127.0.0.1", "every refusal is logged with the peer address"
+
+
+def _access(server: RunningServer) -> list[dict]:
     with server.client() as c:
-        bundle = Bundle.from_json(c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:22"}).content)
-        hosts = next(f for f in bundle.files if f.path == "/etc/hosts")
-        assert hosts.shared and not hosts.content, "/etc/hosts travels once per cluster, not in every bundle"
-        for digest in bundle.shared_digests():
-            got = c.get(f"{server.tls_url}/v1/shared/{digest}")
-            assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == digest
-        assert "10.10.0.41\tdb1.foobar db1" in c.get(f"{server.tls_url}/v1/shared/{hosts.shared}").text
-        assert c.get(f"{server.tls_url}/v1/shared/{'0' * 64}").status_code == 404
+        return c.get(f"{server.tls_url}/v1/access").json()["access"]
 
 
-def test_bundle_for_an_unknown_mac_is_a_json_404(server: RunningServer) -> None:
-    with server.client() as c:
-        r = c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:99:99:99"})
-    assert r.status_code == 404
-    assert "52:54:00:99:99:99" in r.json()["error"]
+def test_secrets_until_acknowledged_a_lost_response_is_retried_then_none_without_a_rearm(creds: RunningServer) -> None:
+    db2 = creds.host("db2", "52:54:00:10:00:42")
+    token = creds.token("db2")
+    first = Bundle.from_json(db2.enrol(token).content)
+    assert not first.secrets_withheld
+    assert {s.name: s.value for s in first.secrets} == {s.name: creds.secrets.value(s.name) for s in first.secrets}
+    # the answer was lost: the same token and key again get the secrets again
+    again = db2.enrol(token)
+    assert again.status_code == 200 and not Bundle.from_json(again.content).secrets_withheld
+    assert not Bundle.from_json(db2.bundle().content).secrets_withheld, "signed by the key, before the ack"
+    assert db2.signed("HEAD", "/v1/bundle").status_code == 405, "a HEAD is never a grant"
+    assert db2.event("secrets", "ok").status_code == 201  # the acknowledgement
+    after = Bundle.from_json(db2.bundle().content)
+    assert after.secrets_withheld and all(s.value is None for s in after.secrets)
+    assert db2.enrol(token).status_code == 401, "the token is spent"
+    view = host_view(creds, "db2")
+    assert view["secrets"] == "withheld" and view["credential"] == "enrolled"
+    assert "db2 asked for its secrets again after it acknowledged them" in [a["message"] for a in view["alerts"]]
 
-
-def test_secrets_once_per_provisioning_then_alert_until_reprovision(server: RunningServer) -> None:
-    url = f"{server.tls_url}/v1/bundle"
-    with server.client() as c:
-        first = json.loads(c.get(url, params={"mac": "52:54:00:10:00:42"}).content)
-        second = json.loads(c.get(url, params={"mac": "52:54:00:10:00:42"}).content)
-    assert first["secrets_withheld"] is False
-    assert {s["name"]: s["value"] for s in first["secrets"]} == {
-        s["name"]: server.secrets.value(s["name"]) for s in first["secrets"]
-    }
-    assert first["secrets"] and all(s["value"] for s in first["secrets"])
-    assert second["secrets_withheld"] is True
-    assert [s["value"] for s in second["secrets"]] == [None] * len(first["secrets"])
-    db2 = host_view(server, "db2")
-    assert db2["secrets"] == "withheld"
-    assert "secrets requested twice for db2" in [a["message"] for a in db2["alerts"]]
-
-    # the operator re-arms db2 with the task, against the same database, while the server runs
-    done = server.inv("reprovision", "db2", "--roles", str(server.roles), "--database", server.database)
+    # the operator re-arms db2 with the task, against the same database, while the creds runs
+    done = creds.inv("reprovision", "db2", "--roles", str(creds.roles), "--database", creds.database)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "db2: re-armed" in done.stdout
-    db2 = host_view(server, "db2")
-    assert db2["alerts"] == [] and db2["state"] == "waiting" and db2["provisioning"] == 2
-    with server.client() as c:
-        third = json.loads(c.get(url, params={"mac": "52:54:00:10:00:42"}).content)
-    assert third["secrets_withheld"] is False and all(s["value"] for s in third["secrets"])
+    view = host_view(creds, "db2")
+    assert view["alerts"] == [] and view["state"] == "waiting" and view["provisioning"] == 2
+    assert db2.bundle().status_code == 401, "the old key is unbound"
+    fresh = creds.host("db2", "52:54:00:10:00:42")
+    third = Bundle.from_json(fresh.enrol().content)
+    assert not third.secrets_withheld and all(s.value for s in third.secrets)
 
 
-def test_concurrent_first_fetches_hand_out_secrets_once(server: RunningServer) -> None:
-    def fetch(_: int) -> dict:
-        with server.client() as c:
-            return json.loads(c.get(f"{server.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:11"}).content)
-
+def test_a_token_used_by_another_machine_first_is_refused_to_the_second_and_alerts(creds: RunningServer) -> None:
+    token = creds.token("lb1")
+    machines = [creds.host("lb1", "52:54:00:10:00:11") for _ in range(12)]
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        bundles = list(pool.map(fetch, range(12)))
-    assert sum(not b["secrets_withheld"] for b in bundles) == 1
-    assert host_view(server, "lb1")["secrets_refused"] == 11
+        codes = list(pool.map(lambda m: m.enrol(token).status_code, machines))
+    assert sorted(codes) == [200] + [403] * 11, "exactly one key is bound"
+    lb1 = host_view(creds, "lb1")
+    assert any(a["kind"] == "credential" and "already used by another machine" in a["message"] for a in lb1["alerts"])
+    done = creds.inv("reprovision", "lb1", "--roles", str(creds.roles), "--database", creds.database)
+    assert done.returncode == 0 and host_view(creds, "lb1")["alerts"] == []
+
+
+def test_a_token_is_only_for_its_own_machine(creds: RunningServer) -> None:
+    app1 = creds.host("app1", "52:54:00:10:00:31")
+    r = app1.enrol(creds.token("app1"), macs=["52:54:00:77:77:77"])
+    assert r.status_code == 403 and "none of this machine's NICs" in r.json()["error"]
+    assert app1.enrol(creds.token("app1")).status_code == 200, "nothing was bound by the refused attempt"
+
+
+def test_events_come_only_from_the_host_itself(creds: RunningServer) -> None:
+    web1 = creds.host("web1", "52:54:00:10:00:21")
+    with creds.client(operator=False) as anyone:
+        url = f"{creds.tls_url}/v1/hosts/web1/events"
+        body = {"step": "install", "status": "ok", "detail": "forged"}
+        assert anyone.post(url, json=body).status_code == 401
+        assert anyone.post(url, json=body, headers={"Authorization": "Bearer " + "x" * 43}).status_code == 401
+        plain = anyone.post(url, content=json.dumps(body), headers={"Content-Type": "text/plain"})
+        assert plain.status_code == 415, "text/plain is what a browser could send cross-site"
+        other = anyone.post(url, json=body, headers={"Authorization": f"Bearer {creds.token('db1')}"})
+        assert other.status_code == 403, "db1's token cannot write web1's events"
+    assert web1.enrol().status_code == 200
+    forged = web1.signed(
+        "POST", "/v1/hosts/db1/events", b'{"step": "install", "status": "ok"}', **{"Content-Type": "application/json"}
+    )
+    assert forged.status_code == 403
+    replayed_auth = hostauth.authorization(web1.key, "web1", "POST", "/v1/hosts/web1/events", b"{}")
+    with creds.client(operator=False) as anyone:
+        headers = {"Authorization": replayed_auth, "Content-Type": "application/json"}
+        tampered = anyone.post(
+            f"{creds.tls_url}/v1/hosts/web1/events", content=b'{"step": "done", "status": "ok"}', headers=headers
+        )
+    assert tampered.status_code == 401, "a signature covers its body"
+    assert host_view(creds, "db1")["installed"] is False, "nothing forged changed db1's boot decision"
 
 
 def test_reprovision_of_an_unknown_host_fails_clearly(server: RunningServer) -> None:
@@ -288,9 +353,6 @@ def test_a_failed_step_shows_as_failed_with_an_alert_and_resumes(server: Running
 def test_malformed_macs_are_refused(server: RunningServer, mac: str) -> None:
     r = httpx.get(f"{server.http_url}/ipxe", params={"mac": mac})
     assert r.status_code == 400 and "mac" in r.text.lower()
-    with server.client() as c:
-        r = c.get(f"{server.tls_url}/v1/bundle", params={"mac": mac})
-    assert r.status_code == 400 and "error" in r.json()
 
 
 @pytest.mark.parametrize(
@@ -306,20 +368,22 @@ def test_malformed_macs_are_refused(server: RunningServer, mac: str) -> None:
     ],
 )
 def test_malformed_events_are_400_with_the_reason(server: RunningServer, body: bytes, reason: str) -> None:
-    with server.client() as c:
-        r = c.post(f"{server.tls_url}/v1/hosts/web1/events", content=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {server.token('web1')}"}
+    with server.client(operator=False) as c:
+        r = c.post(f"{server.tls_url}/v1/hosts/web1/events", content=body, headers=headers)
     assert r.status_code == 400
     assert reason in r.json()["error"]
 
 
-def test_event_for_an_unknown_host_is_404(server: RunningServer) -> None:
+def test_event_for_an_unknown_host_is_refused(server: RunningServer) -> None:
     r = post(server, "nosuch", {"step": "install", "status": "ok"})
-    assert r.status_code == 404 and "nosuch" in r.json()["error"]
+    assert r.status_code == 401
 
 
 def test_huge_bodies_are_refused_and_the_server_stays_up(server: RunningServer) -> None:
     huge = b'{"step": "install", "status": "ok", "detail": "' + b"x" * 5_000_000 + b'"}'
-    with server.client() as c:
+    headers = {"Content-Type": "application/json"}
+    with server.client(headers=headers) as c:
         assert c.post(f"{server.tls_url}/v1/hosts/web1/events", content=huge).status_code == 413
 
         def chunks():  # no Content-Length: the limit holds for a streamed body too
@@ -358,15 +422,18 @@ def test_path_traversal_under_images_is_refused(server: RunningServer, target: s
     assert b"not for download" not in response and b"root:" not in response
 
 
-def test_bundles_are_not_served_over_plain_http_without_the_lab_flag(server: RunningServer) -> None:
+def test_bundles_are_never_served_over_plain_http(server: RunningServer) -> None:
     assert httpx.get(f"{server.http_url}/v1/bundle", params={"mac": "52:54:00:10:00:21"}).status_code == 404
+    assert httpx.post(f"{server.http_url}/v1/enrol", json={}).status_code in (404, 405)
     r = httpx.get(f"{server.http_url}/")
     assert r.status_code == 307 and r.headers["location"] == f"{server.tls_url}/"
 
 
 def test_concurrent_events_for_one_host_are_all_kept(server: RunningServer) -> None:
+    token = server.token("web1")
+
     def send(i: int) -> int:
-        with server.client() as c:
+        with server.client(operator=False, headers={"Authorization": f"Bearer {token}"}) as c:
             return c.post(
                 f"{server.tls_url}/v1/hosts/web1/events",
                 json={"step": "files", "status": "start" if i % 2 else "ok", "detail": f"#{i}"},
@@ -382,14 +449,9 @@ def test_concurrent_events_for_one_host_are_all_kept(server: RunningServer) -> N
     assert server.process.poll() is None
 
 
-def test_lab_flag_serves_bundles_over_http_and_sigterm_stops_cleanly(tmp_path: Path, images: Path) -> None:
-    with running_server(tmp_path, images=images, extra=("--allow-http-bundles",)) as s:
-        assert "--allow-http-bundles" in s.output()
-        r = httpx.get(f"{s.http_url}/v1/bundle", params={"mac": "52:54:00:10:00:21"})
-        assert r.status_code == 200
-        signing.verify(
-            r.content, r.headers["X-Kiln-Signature"], signing.load_public_key(s.secrets.signing_pub.read_bytes())
-        )
+def test_sigterm_stops_cleanly(tmp_path: Path, images: Path) -> None:
+    with running_server(tmp_path, images=images) as s:
+        assert "generation 1" in s.output()
     assert s.process.returncode == 0  # SIGTERM: both listeners closed, the database closed
     assert s.output().rstrip().endswith("kiln serve: stopped")
 
@@ -410,6 +472,8 @@ def test_the_installers_busybox_wget_can_report_over_https(server: RunningServer
             "--no-check-certificate",
             "--header",
             JSON_HEADER,
+            "--header",
+            f"Authorization: Bearer {server.token('db1')}",
             "--post-data",
             '{"step": "install", "status": "start", "detail": "from busybox"}',
             f"{server.tls_url}/v1/hosts/db1/events",

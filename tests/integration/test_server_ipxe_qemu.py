@@ -137,11 +137,9 @@ def test_unknown_machine_chains_by_its_mac(server: RunningServer, qemu) -> None:
 
 
 def test_installed_host_boots_its_disk_through_sanboot(server: RunningServer, qemu, tmp_path: Path) -> None:
-    with server.client() as c:
-        assert (
-            c.post(f"{server.tls_url}/v1/hosts/web2/events", json={"step": "install", "status": "ok"}).status_code
-            == 201
-        )
+    installer = {"Authorization": f"Bearer {server.token('web2')}"}  # as its installer reports
+    with server.client(operator=False, headers=installer) as c:
+        assert c.post(f"{server.tls_url}/v1/hosts/web2/events", json={"step": "install", "status": "ok"}).is_success
     disk = tmp_path / "disk.raw"
     disk.write_bytes(boot_sector() + b"\0" * (1024 * 1024 - 512))
     _, serial = qemu(server, "52:54:00:10:00:22", disk)
@@ -192,6 +190,7 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
         base = f"http://{GUEST_HOST}:{port}/images/web"  # the Host the machine used
         assert f"kiln.image={base}/web.data kiln.map={base}/web.map kiln.sha256={block_map.digest}".encode() in text
         assert b"kiln.host=web1" in text and b"BOOTIF=01-52-54-00-10-00-21" in text
+        assert f"kiln.token={server.token('web1')}".encode() in text, "the installer carries the host's token"
         wait_until(
             lambda: host(server, "web1")["installed"] or host(server, "web1")["state"] == "failed", 240, "install ok"
         )

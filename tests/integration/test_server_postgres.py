@@ -81,22 +81,28 @@ def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path
     ):
         assert PASSWORD not in a.output() and "kiln:***@127.0.0.1" in a.output()  # the banner hides the password
 
-        with a.client() as ca, b.client() as cb:
-            first = json.loads(ca.get(f"{a.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:41"}).content)
-            second = json.loads(cb.get(f"{b.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:41"}).content)
-            assert first["secrets_withheld"] is False and all(s["value"] for s in first["secrets"])
-            assert second["secrets_withheld"] is True  # the other instance knows the secrets went out
-
-            assert (
-                ca.post(f"{a.tls_url}/v1/hosts/db1/events", json={"step": "install", "status": "start"}).status_code
-                == 201
-            )
-            assert (
-                cb.post(f"{b.tls_url}/v1/hosts/db1/events", json={"step": "install", "status": "ok"}).status_code == 201
-            )
-            db1 = next(h for h in ca.get(f"{a.tls_url}/v1/hosts").json()["hosts"] if h["name"] == "db1")
-        assert [(e["step"], e["status"]) for e in db1["timeline"]] == [("install", "start"), ("install", "ok")]
-        assert db1["installed"] and "secrets requested twice for db1" in [x["message"] for x in db1["alerts"]]
+        token = a.token("db1")
+        installer = {"Authorization": f"Bearer {token}"}
+        with a.client(operator=False, headers=installer) as ca, b.client(operator=False, headers=installer) as cb:
+            assert ca.post(f"{a.tls_url}/v1/hosts/db1/events", json={"step": "install", "status": "start"}).is_success
+            assert cb.post(f"{b.tls_url}/v1/hosts/db1/events", json={"step": "install", "status": "ok"}).is_success
+        # enrolled through one instance, the host's key is known to the other: one credential, one state
+        db1 = a.host("db1", "52:54:00:10:00:41")
+        assert db1.enrol(token).status_code == 200
+        db1.server = b
+        first = json.loads(db1.bundle().content)
+        assert first["secrets_withheld"] is False and all(s["value"] for s in first["secrets"])
+        assert db1.event("secrets", "ok").status_code == 201  # acknowledged through b ...
+        db1.server = a
+        second = json.loads(db1.bundle().content)
+        assert second["secrets_withheld"] is True  # ... and a knows it
+        with a.client() as ca:
+            view = next(h for h in ca.get(f"{a.tls_url}/v1/hosts").json()["hosts"] if h["name"] == "db1")
+        steps = [(e["step"], e["status"]) for e in view["timeline"]]
+        assert steps == [("install", "start"), ("install", "ok"), ("secrets", "ok")]
+        assert view["installed"] and "db1 asked for its secrets again after it acknowledged them" in [
+            x["message"] for x in view["alerts"]
+        ]
 
         # as the README says: the password from PGPASSWORD, not the URL
         no_password = postgres_url.replace(f":{PASSWORD}@", "@")
@@ -110,7 +116,7 @@ def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path
         )
         assert done.returncode == 0, done.stdout + done.stderr
         with b.client() as cb:
-            db1 = next(h for h in cb.get(f"{b.tls_url}/v1/hosts").json()["hosts"] if h["name"] == "db1")
-            again = json.loads(cb.get(f"{b.tls_url}/v1/bundle", params={"mac": "52:54:00:10:00:41"}).content)
-        assert db1["state"] == "waiting" and db1["alerts"] == [] and not db1["installed"]
+            view = next(h for h in cb.get(f"{b.tls_url}/v1/hosts").json()["hosts"] if h["name"] == "db1")
+        again = json.loads(b.host("db1", "52:54:00:10:00:41").enrol(b.token("db1")).content)
+        assert view["state"] == "waiting" and view["alerts"] == [] and not view["installed"]
         assert again["secrets_withheld"] is False

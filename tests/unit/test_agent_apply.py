@@ -16,7 +16,7 @@ import pytest
 
 from firstboot.apply import apply
 from kiln.bundle import Bundle, File, dumps, shared_digest
-from tests.unit.agent_support import HOSTS, SECRETS, as_data, bundle, with_shared_hosts
+from tests.unit.agent_support import HOSTS, SECRETS, as_data, bundle, stamped, with_shared_hosts
 
 
 def tree(root: Path) -> Path:
@@ -170,3 +170,11 @@ def test_a_file_that_is_not_a_bundle_is_refused_without_a_traceback(tmp_path: Pa
         assert "Traceback" not in result.stdout + result.stderr
     missing = apply(tmp_path / "nowhere.json", tmp_path / "root", live=False)
     assert missing == 1 and not (tmp_path / "root").exists()
+
+
+def test_offline_apply_takes_a_served_bundle_whatever_its_stamps(tmp_path: Path) -> None:
+    """Stamps guard what a server hands a booting host; a file an operator applies by hand is theirs to choose."""
+    root = tree(tmp_path / "root")
+    old = stamped(bundle(), cluster_id="ab" * 16, generation=1, issued=0, ttl=60)  # another cluster's, long expired
+    assert apply(write_bundle(tmp_path, old), root, live=False) == 0
+    assert (root / "etc/hostname").read_text() == "db1\n"

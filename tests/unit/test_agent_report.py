@@ -6,9 +6,17 @@ import json
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from firstboot import credential as credential_module
+from firstboot.credential import Credential
+from firstboot.paths import Paths
 from firstboot.report import EventQueue, Reporter
-from tests.unit.agent_support import http_stand_in, reply
+from firstboot.transport import tls_context
+from kiln import signing
+from tests.unit.agent_support import TOKEN, StandIn, bundle, http_stand_in, reply, tls_for_loopback
 
 
 def closed_port() -> int:
@@ -60,3 +68,42 @@ def test_events_wait_until_the_host_name_is_known(tmp_path: Path) -> None:
     reporter = Reporter(EventQueue(tmp_path / "events"))
     reporter.event("fetch", "start")
     assert not reporter.flush() and len(reporter.queue.pending()) == 1
+
+
+def test_events_go_with_the_token_before_enrolment_and_signed_after(tmp_path: Path) -> None:
+    ca, context = tls_for_loopback(tmp_path)
+    (tmp_path / "ca.pem").write_bytes(ca)
+    credential = Credential(Paths(tmp_path / "root"), token=TOKEN)
+    credential.paths.state_dir.mkdir(parents=True)
+    with StandIn(bundle(), signing.generate_private_key(), context).running() as server:
+        reporter = Reporter(EventQueue(tmp_path / "events"), credential)
+        reporter.target(server.url, "db1", tls_context(tmp_path / "ca.pem"))
+        reporter.event("fetch", "start")
+        assert reporter.flush()
+        server.host_key = credential.public()  # the enrolment bound the key
+        credential.host, credential.enrolled = "db1", True
+        reporter.event("fetch", "ok")
+        assert reporter.flush()
+    assert [(by, e["status"]) for by, e in server.events] == [("token", "start"), ("key", "ok")]
+    assert server.requests[0].authorization == f"Bearer {TOKEN}"
+    assert server.requests[1].authorization.startswith("KilnHost host=db1, ts=")
+
+
+def test_a_host_whose_clock_is_off_gets_its_signed_events_in_at_the_next_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed run may send events before any bundle request: the server's Date on the refusal sets the clock."""
+    ca, context = tls_for_loopback(tmp_path)
+    (tmp_path / "ca.pem").write_bytes(ca)
+    real = time.time
+    monkeypatch.setattr(credential_module, "time", SimpleNamespace(time=lambda: real() - 3600))  # an hour slow
+    credential = Credential(Paths(tmp_path / "root"), host="db1", enrolled=True)
+    credential.paths.state_dir.mkdir(parents=True)
+    with StandIn(bundle(), signing.generate_private_key(), context).running() as server:
+        server.host_key = credential.public()
+        reporter = Reporter(EventQueue(tmp_path / "events"), credential)
+        reporter.target(server.url, "db1", tls_context(tmp_path / "ca.pem"))
+        reporter.event("files", "ok")
+        assert not reporter.flush()  # signed with the host's clock: refused, kept
+        assert reporter.flush()  # signed with the server's
+    assert [r.status for r in server.requests] == [401, 201] and len(server.events) == 1

@@ -66,7 +66,7 @@ def test_a_broken_seed_does_not_hide_the_baked_url(tmp_path: Path) -> None:
 
 
 def test_no_source_names_what_was_tried(tmp_path: Path) -> None:
-    with pytest.raises(NoSource, match="kernel command line, seed file, EC2 user-data, baked URL"):
+    with pytest.raises(NoSource, match="kernel command line, seed file, QEMU fw_cfg, EC2 user-data, baked URL"):
         discover(Paths(tmp_path), NO_IMDS)
 
 
@@ -131,3 +131,40 @@ def test_macs_put_the_boot_interface_first_and_skip_loopback(tmp_path: Path) -> 
         write(tmp_path, f"sys/class/net/{name}/address", mac + "\n")
     assert macs(Paths(tmp_path)) == ["52:54:00:00:00:0a", "52:54:00:00:00:0b"]
     assert macs(Paths(tmp_path), "01-52-54-00-00-00-0B") == ["52:54:00:00:00:0b", "52:54:00:00:00:0a"]
+
+
+def test_bootif_naming_a_mac_no_nic_has_is_not_believed(tmp_path: Path) -> None:
+    """A BOOTIF (or a seed) naming another host's MAC only orders this machine's own MACs; it adds none."""
+    write(tmp_path, "sys/class/net/eth0/address", "52:54:00:00:00:0a\n")
+    assert macs(Paths(tmp_path), "01-52-54-00-10-00-41") == ["52:54:00:00:00:0a"]
+    assert macs(Paths(tmp_path), "not a mac") == ["52:54:00:00:00:0a"]
+
+
+def test_every_source_that_can_carry_the_enrolment_token_does(tmp_path: Path) -> None:
+    write(tmp_path / "cmd", "proc/cmdline", "kiln.url=https://10.10.0.1:8443 kiln.host=db2 kiln.token=T-cmd quiet\n")
+    assert discover(Paths(tmp_path / "cmd"), NO_IMDS).token == "T-cmd"
+    seed = {"url": "https://10.10.0.1:8443", "host": "db2", "mac": "52:54:00:10:00:42", "token": "T-seed"}
+    write(tmp_path / "seed", "etc/kiln/seed.json", json.dumps(seed))
+    assert discover(Paths(tmp_path / "seed"), NO_IMDS).token == "T-seed"
+    write(tmp_path / "baked", "etc/kiln/agent.json", json.dumps({"url": "https://baked:8443", "token": 7}))
+    assert discover(Paths(tmp_path / "baked"), NO_IMDS).token == ""  # not a string: no token
+
+
+def test_a_vm_booted_from_its_disk_takes_its_seed_from_qemu_fw_cfg(tmp_path: Path) -> None:
+    seed = {"url": "https://10.10.0.1:8443", "host": "web1", "mac": "52:54:00:10:00:21", "token": "T-fwcfg"}
+    write(tmp_path, "sys/firmware/qemu_fw_cfg/by_name/opt/org.kiln/seed/raw", json.dumps(seed))
+    write(tmp_path, "etc/kiln/agent.json", json.dumps({"url": "https://baked:8443"}))  # the fw_cfg seed comes first
+    found = discover(Paths(tmp_path), NO_IMDS)
+    assert (found.origin, found.url, found.host, found.mac, found.token) == (
+        "QEMU fw_cfg",
+        "https://10.10.0.1:8443",
+        "web1",
+        "52:54:00:10:00:21",
+        "T-fwcfg",
+    )
+
+
+def test_imds_user_data_carries_the_token(tmp_path: Path) -> None:
+    data = {"url": "https://10.10.0.1:8443", "host": "app1", "token": "T-imds"}
+    with http_stand_in(_token_flow(json.dumps(data).encode())) as (url, _):
+        assert discover(Paths(tmp_path), Settings(imds_endpoint=url)).token == "T-imds"

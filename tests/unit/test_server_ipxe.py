@@ -20,6 +20,7 @@ from kiln.server.ipxe import (
 )
 
 SHA = "ab" * 32
+TOKEN = "Zm9vYmFyLXRva2VuLWZvci10aGUtaW5zdGFsbGVyLXRlc3Q"  # what secrets.token_urlsafe(32) looks like
 
 
 def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
@@ -27,7 +28,7 @@ def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
     installer = Installer("http://10.10.0.1:8080", cluster.provisioning_url)
     for script in (
         boot_script(installer.http_base),
-        install_script(host, InstallImage("db", SHA, 2 << 30), installer),
+        install_script(host, InstallImage("db", SHA, 2 << 30), installer, TOKEN),
         disk_script(host),
         unknown_script("52:54:00:00:00:01", installer.http_base),
     ):
@@ -37,12 +38,12 @@ def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
 
 def test_install_script_for_db2(cluster: Cluster) -> None:
     installer = Installer("http://10.10.0.1:8080", cluster.provisioning_url)
-    script = install_script(cluster.host("db2"), InstallImage("db", SHA, 2 << 30), installer)
+    script = install_script(cluster.host("db2"), InstallImage("db", SHA, 2 << 30), installer, TOKEN)
     assert script.splitlines()[2:] == [
         "kernel http://10.10.0.1:8080/images/installer/vmlinuz initrd=initrd.img"
         " kiln.image=http://10.10.0.1:8080/images/db/db.data kiln.map=http://10.10.0.1:8080/images/db/db.map"
         f" kiln.sha256={SHA} kiln.size=2147483648 kiln.disk=/dev/vda kiln.url=https://10.10.0.1:8443 kiln.host=db2"
-        " BOOTIF=01-52-54-00-10-00-42 console=ttyS0",
+        f" kiln.token={TOKEN} BOOTIF=01-52-54-00-10-00-42 console=ttyS0",
         "initrd http://10.10.0.1:8080/images/installer/initrd.img",
         "boot",
     ]

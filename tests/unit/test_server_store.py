@@ -1,5 +1,6 @@
-"""The state store on a real SQLite file: events move states, secrets are granted once even under
-concurrency, re-arming starts a new provisioning, a second process sees the same state."""
+"""The state store on a real SQLite file: events move states, an enrolment token binds one key even under
+concurrency, secrets go to that key until acknowledged, re-arming starts a new provisioning with a new token,
+a second process sees the same state, unknown machines and the access log stay bounded."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kiln.server.inputs import Event
-from kiln.server.store import UNKNOWN_LIMIT, StateStore, UnknownHost
+from kiln.server.store import UNKNOWN_LIMIT, CredentialError, StateStore, UnknownHost
 
 
 @pytest.fixture()
@@ -44,35 +45,52 @@ def test_unknown_host_is_refused(store: StateStore) -> None:
     with pytest.raises(UnknownHost):
         store.record_event("nosuch", ev("install", "ok"))
     with pytest.raises(UnknownHost):
-        store.claim_secrets("nosuch")
+        store.secrets_for("nosuch")
     with pytest.raises(UnknownHost):
         store.rearm("nosuch")
 
 
-def test_secrets_are_granted_once_among_concurrent_claims(tmp_path: Path, store: StateStore) -> None:
+def test_a_token_binds_exactly_one_key_among_concurrent_enrolments(tmp_path: Path, store: StateStore) -> None:
+    token = store.armed_token("db2")
+    assert token and store.token_holder(token) == "db2"
     other = StateStore.open("sqlite:///state/kiln.db", tmp_path)  # a second engine, like a second process
+
+    def enrol(i: int) -> str:
+        try:
+            return "bound" if (store if i % 2 else other).enrol(token, f"key{i}", "10.0.0.9").first else "again"
+        except CredentialError as e:
+            return str(e.status)
+
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        claims = list(pool.map(lambda i: (store if i % 2 else other).claim_secrets("db2"), range(16)))
+        outcomes = list(pool.map(enrol, range(16)))
     other.close()
-    assert sum(c.granted for c in claims) == 1
-    assert store.host_rows()["db2"]["secrets_denied"] == 15
+    assert sorted(outcomes) == ["403"] * 15 + ["bound"]
+    bound = store.host_key("db2")
+    again = store.enrol(token, bound or "", "10.0.0.9")
+    assert again.host == "db2" and again.secrets and not again.first, "the same key again: a lost response retried"
 
 
-def test_rearm_starts_a_new_provisioning(store: StateStore) -> None:
-    store.record_event("db2", ev("install", "ok"))
-    store.claim_secrets("db2")
-    store.claim_secrets("db2")
-    assert store.rearm("db2") == 2
-    row = store.host_rows()["db2"]
-    assert (row["state"], row["installed"], row["secrets_denied"], row["secrets_served_at"], row["timeline"]) == (
-        "waiting",
-        False,
-        0,
-        None,
-        [],
-    )
-    assert store.claim_secrets("db2").granted
-    assert not store.is_installed("db2")
+def test_secrets_until_acknowledged_then_counted_refusals(store: StateStore) -> None:
+    token = store.armed_token("db2")
+    assert token is not None
+    store.enrol(token, "k", "10.0.0.9", now=10.0)
+    assert store.secrets_for("db2") and store.secrets_for("db2"), "until the host says it has them"
+    assert store.ack_secrets("db2") and not store.ack_secrets("db2")
+    assert not store.secrets_for("db2")
+    assert store.host_rows()["db2"]["secrets_denied"] == 1
+    assert store.armed_token("db2") is None and store.token_holder(token) is None, "the token is spent"
+    with pytest.raises(CredentialError) as refused:
+        store.enrol(token, "k", "10.0.0.9")
+    assert refused.value.status == 401
+
+
+def test_an_expired_token_is_refused_with_the_fix(store: StateStore) -> None:
+    token = store.armed_token("web1")
+    assert token is not None
+    with pytest.raises(CredentialError) as refused:
+        store.enrol(token, "k", "10.0.0.9", now=10_000_000_000.0)
+    assert refused.value.status == 401 and "./inv reprovision web1" in refused.value.reason
+    assert store.armed_token("web1", now=10_000_000_000.0) is None
 
 
 def test_unknown_machines_are_counted_and_bounded(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,11 +99,14 @@ def test_unknown_machines_are_counted_and_bounded(store: StateStore, monkeypatch
     assert store.unknown_machines() == [
         {"mac": "52:54:00:00:00:01", "first_seen": 1.0, "last_seen": 2.0, "requests": 2}
     ]
-    monkeypatch.setattr("kiln.server.store.UNKNOWN_LIMIT", 1)
-    store.note_unknown("52:54:00:00:00:02")
-    assert [u["mac"] for u in store.unknown_machines()] == ["52:54:00:00:00:01"]
-    store.forget_unknown(["52:54:00:00:00:01"])
-    assert store.unknown_machines() == [] and UNKNOWN_LIMIT >= 1000
+    monkeypatch.setattr("kiln.server.store.UNKNOWN_LIMIT", 2)
+    store.note_unknown("52:54:00:00:00:02", now=3.0)
+    for i in range(50):  # a flood of random MACs keeps the table at its cap ...
+        store.note_unknown(f"02:00:00:00:00:{i:02x}", now=10.0 + i)
+    store.note_unknown("52:54:00:00:00:03", now=100.0)  # ... and a new real machine still shows, newest first
+    assert [u["mac"] for u in store.unknown_machines()] == ["52:54:00:00:00:03", "02:00:00:00:00:31"]
+    store.forget_unknown(["52:54:00:00:00:03"])
+    assert [u["mac"] for u in store.unknown_machines()] == ["02:00:00:00:00:31"] and UNKNOWN_LIMIT >= 1000
 
 
 def test_concurrent_events_for_one_host_all_land(store: StateStore) -> None:
@@ -122,7 +143,8 @@ def test_since_returns_only_the_hosts_changed_since(store: StateStore) -> None:
     store.record_event("web1", ev("install", "start"), now=10_000_000_000.0)  # in the future: newer than ensure_hosts
     assert set(store.host_rows(since=9_999_999_999.0, timeline=False)) == {"web1"}
     assert store.host_rows(since=20_000_000_000.0) == {}
-    store.claim_secrets("db2", now=10_000_000_001.0)
+    store.note_access("127.0.0.1", "db2", "bundle", "granted", now=10_000_000_001.0)  # not a change of the host
+    store.record_event("db2", ev("install", "start"), now=10_000_000_001.0)
     assert set(store.host_rows(since=10_000_000_000.5, timeline=False)) == {"db2"}
 
 

@@ -81,13 +81,27 @@ function render(data) {
     el("tr", { "data-mac": u.mac }, el("td", {}, u.mac), el("td", {}, u.label), el("td", {}, u.requests), el("td", {}, ago(u.last_seen, now)))));
 }
 
+const ACCESS_EVERY = 5; // polls between two looks at the access log
+
+async function pollAccess(now) {
+  const response = await fetch("/v1/access?outcome=refused", { cache: "no-store" });
+  if (!response.ok) return;
+  const rows = (await response.json()).access.slice(0, 50);
+  document.getElementById("refused-section").hidden = rows.length === 0;
+  document.querySelector("#refused tbody").replaceChildren(...rows.map((a) =>
+    el("tr", { "data-action": a.action }, el("td", {}, ago(a.at, now)), el("td", {}, a.peer), el("td", {}, a.host || ""),
+      el("td", {}, a.action), el("td", { class: "detail" }, a.detail))));
+}
+
 async function poll() {
   try {
     const delta = lastNow !== null && polls % FULL_EVERY !== 0;
     polls += 1;
     const response = await fetch("/v1/hosts?timeline=0" + (delta ? "&since=" + lastNow : ""), { cache: "no-store" });
     if (!response.ok) throw new Error("HTTP " + response.status);
-    render(await response.json());
+    const data = await response.json();
+    render(data);
+    if (polls % ACCESS_EVERY === 1) await pollAccess(data.now);
   } catch (e) {
     const alerts = document.getElementById("alerts");
     alerts.replaceChildren(el("div", { class: "alert stale" }, "cannot reach the server (" + e.message + "); retrying"));

@@ -1,0 +1,143 @@
+"""What one client may cost the server (kiln/server/limits.py), on real sockets: uvicorn with kiln's protocol and
+settings on loopback (in this process, so its deadlines can be shortened), and the real ./inv serve for rates.
+
+Timings are not asserted: the tests check that a limit acts (a connection closed, a request refused) and that
+the other clients are answered meanwhile; bench/server.py measures how long they wait."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from kiln.server import limits
+from tests.integration.kiln_server import RunningServer, running_server
+
+pytestmark = pytest.mark.integration
+
+
+async def _hello(request: object) -> PlainTextResponse:
+    return PlainTextResponse("hello\n")
+
+
+@pytest.fixture()
+def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
+    """uvicorn with kiln's limits (a 1 s head deadline, 1 s idle timeout) on a loopback port, in a thread."""
+    monkeypatch.setattr(limits, "HEADER_TIMEOUT", 1.0)
+    settings = {**limits.uvicorn_limits(), "timeout_keep_alive": 1}
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(Starlette(routes=[Route("/", _hello)]), lifespan="off", log_level="critical", **settings)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve([sock])), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield sock.getsockname()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _closed_within(s: socket.socket, seconds: float) -> bytes | None:
+    """What the server sent before closing the connection, or None when it was still open after `seconds`."""
+    s.settimeout(seconds)
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_a_slow_head_is_cut_off_and_others_are_answered_meanwhile(guarded: tuple[str, int]) -> None:
+    host, port = guarded
+    with socket.create_connection((host, port)) as slow:
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # ... and the rest never comes
+        for _ in range(3):
+            assert httpx.get(f"http://{host}:{port}/", timeout=5).text == "hello\n"
+        assert _closed_within(slow, 5) is not None, "the slow client is disconnected at its deadline"
+
+
+def test_a_connection_that_sends_nothing_is_closed(guarded: tuple[str, int]) -> None:
+    with socket.create_connection(guarded) as idle:
+        assert _closed_within(idle, 5) is not None
+
+
+def test_a_kept_alive_connection_gets_a_new_deadline_for_its_next_head(guarded: tuple[str, int]) -> None:
+    with socket.create_connection(guarded) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        assert b"hello" in s.recv(65536)
+        s.sendall(b"GET / HTTP/1.1\r\n")  # a second request that stalls half-way
+        assert _closed_within(s, 5) is not None
+
+
+def test_a_huge_head_is_refused_without_reading_it_all(guarded: tuple[str, int]) -> None:
+    host, port = guarded
+    with socket.create_connection((host, port)) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        try:
+            for _ in range(160):  # up to 10 MB
+                s.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _closed_within(s, 5)
+    assert answer is not None and answer.startswith(b"HTTP/1.1 431"), answer
+    assert sent < 10 * 1024 * 1024, "the server closed the connection before taking 10 MB"
+    assert httpx.get(f"http://{host}:{port}/", timeout=5).text == "hello\n"
+
+
+def test_rates_are_limited_per_key_and_refill() -> None:
+    rate = limits.RateLimit(rate=2, burst=3, keys=2)
+    assert [rate.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert rate.take("a", now=0.0) == pytest.approx(0.5)
+    assert rate.take("b", now=0.0) == 0.0, "another key has its own bucket"
+    assert rate.take("a", now=1.0) == 0.0, "two more a second"
+    rate.take("c", now=1.0)
+    assert len(rate._buckets) == 2, "the least recently used key is forgotten past `keys`"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("serve")) as s:
+        yield s
+
+
+def test_a_host_that_posts_too_fast_is_told_to_wait(server: RunningServer) -> None:
+    token = server.token("web1")
+    headers = {"Authorization": f"Bearer {token}"}
+    with server.client(operator=False, headers=headers) as c:
+        codes = [
+            c.post(f"{server.tls_url}/v1/hosts/web1/events", json={"step": "files", "status": "start"})
+            for _ in range(int(limits.Limits().per_host.burst) + 20)
+        ]
+    refused = [r for r in codes if r.status_code == 429]
+    assert refused and int(refused[0].headers["retry-after"]) >= 1
+    assert {r.status_code for r in codes} == {201, 429}
+    with server.client() as c:
+        assert c.get(f"{server.tls_url}/v1/hosts").status_code == 200, "others are not held up"
+
+
+def test_the_limits_are_what_the_server_runs_with(server: RunningServer, tmp_path: Path) -> None:
+    """A real ./inv serve refuses a head over 16 KiB and keeps serving."""
+    big = {"X-Big": "a" * (limits.MAX_HEAD_BYTES + 1024)}
+    with server.client() as c:
+        assert c.get(f"{server.tls_url}/v1/hosts", headers=big).status_code == 431
+        assert c.get(f"{server.tls_url}/v1/hosts").status_code == 200
