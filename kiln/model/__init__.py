@@ -98,9 +98,9 @@ def _build(marked: Marked) -> Cluster:
             disk=h.get("disk", host_defaults["disk"]["default"]),
             priority=h.get("priority"),
             db_role=DbRole(h["db_role"]) if "db_role" in h else None,
-            index=i,
+            server_id=h.get("server_id"),
         )
-        for i, h in enumerate(d["hosts"])
+        for h in d["hosts"]
     )
     image = {**_defaults("image"), **d["image"]}
     return Cluster(

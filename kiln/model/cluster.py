@@ -39,7 +39,7 @@ class Host:
     disk: str
     priority: int | None = None
     db_role: DbRole | None = None
-    index: int = 0  # position in roles.yaml; gives stable ids such as MariaDB server_id
+    server_id: int | None = None  # db only: MariaDB's server_id when roles.yaml sets it (kiln.roles.db.server_id)
 
     @property
     def is_primary(self) -> bool:

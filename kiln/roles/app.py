@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,8 @@ def _context(cluster: Cluster, host: Host, c: HostContext) -> Mapping[str, Any]:
     primary = cluster.db_primary
     replicas = cluster.db_replicas
     assert primary is not None
-    # Reads spread over replicas by the app host's position; writes always go to the primary.
-    read_host = replicas[host.index % len(replicas)] if replicas else primary
+    # Reads spread over replicas by the app host's name (not its place in the list); writes go to the primary.
+    read_host = replicas[zlib.crc32(host.name.encode()) % len(replicas)] if replicas else primary
     return {
         "app_port": settings.port,
         "app_workers": settings.workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ EXPORTER_USER = "prometheus"
 EXPORTER_PORT = 9104
 MARIADB_CNF = "/etc/mysql/mariadb.conf.d/60-kiln.cnf"
 EXPORTER_DEFAULT = "/etc/default/prometheus-mysqld-exporter"
+MAX_SERVER_ID = 4294967295  # MariaDB's server_id: 1 .. 2^32 - 1
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,19 @@ def settings_of(cluster: Cluster) -> DbSettings:
     return typed_settings(cluster, NAME, DbSettings)
 
 
+def server_id(host: Host) -> int:
+    """MariaDB's server_id: roles.yaml's when it sets one, else derived from the host's name, never from its place
+    in the list (inserting or removing a host must not renumber the others: replicas with one id fight)."""
+    if host.server_id is not None:
+        return host.server_id
+    return zlib.crc32(host.name.encode()) % MAX_SERVER_ID + 1
+
+
 def _context(cluster: Cluster, host: Host, c: HostContext) -> Mapping[str, Any]:
     return {
         "database": settings_of(cluster).database,
         "db_port": PORT,
-        "server_id": host.index + 1,
+        "server_id": server_id(host),
         "is_replica": not host.is_primary,
         "exporter_db_user": EXPORTER_USER,
         "mysqld_exporter_port": EXPORTER_PORT,
@@ -60,7 +70,7 @@ def _join(cluster: Cluster, host: Host, c: HostContext) -> b.Join:
             kind="db-primary",
             database=database,
             port=PORT,
-            server_id=host.index + 1,
+            server_id=server_id(host),
             replication_user=REPLICATION_USER,
             app_user=APP_USER,
             exporter_user=EXPORTER_USER,
@@ -71,7 +81,7 @@ def _join(cluster: Cluster, host: Host, c: HostContext) -> b.Join:
         kind="db-replica",
         database=database,
         port=PORT,
-        server_id=host.index + 1,
+        server_id=server_id(host),
         replication_user=REPLICATION_USER,
         app_user=APP_USER,
         primary=str(primary.ip),
@@ -83,6 +93,24 @@ def _checks(cluster: Cluster, host: Host, c: HostContext) -> tuple[b.Check, ...]
         b.TcpCheck(kind="tcp", name="mariadb accepts connections", host=c.ip, port=PORT),
         b.HttpCheck(kind="http", name="mysqld exporter answers", url=f"http://{c.ip}:{EXPORTER_PORT}/metrics"),
     )
+
+
+def _server_ids(facts: Facts) -> Found:
+    """Every db host's server_id (set or derived from its name) differs: a replica whose id another one has is kicked
+    off the primary again and again (errno 4052)."""
+    seen: dict[int, int] = {}
+    for i, h in facts.hosts_of(NAME):
+        name, explicit = h.get("name"), h.get("server_id")
+        if isinstance(explicit, int) and not isinstance(explicit, bool):
+            sid = explicit
+        elif isinstance(name, str):
+            sid = zlib.crc32(name.encode()) % MAX_SERVER_ID + 1
+        else:
+            continue
+        if sid in seen:
+            yield f"$.hosts[{i}]", f"server_id {sid} is also $.hosts[{seen[sid]}]'s", "server_id: a distinct number"
+        else:
+            seen[sid] = i
 
 
 def _db_role_missing(facts: Facts) -> Found:
@@ -148,6 +176,12 @@ ROLE = RoleSpec(
     },
     settings=lambda s: DbSettings(**s),
     host_keys={
+        "server_id": {
+            "description": "db only: MariaDB's server_id; by default derived from the host's name, never its place.",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_SERVER_ID,
+        },
         "db_role": {
             "description": "db only: `primary` (exactly one) or `replica`.",
             "type": "string",
@@ -179,5 +213,6 @@ ROLE = RoleSpec(
         ("db-role-missing", _db_role_missing),
         ("db-one-primary", _one_primary),
         ("db-reserved-database", _reserved_database),
+        ("db-server-id-duplicate", _server_ids),
     ),
 )

@@ -222,6 +222,23 @@ def test_replica_of_a_primary_with_rows_seeds_from_it(
     assert r.value("SELECT @@read_only") == "1"
 
 
+def test_a_replica_whose_server_id_another_follows_with_is_refused(
+    primary: Mariadb, bundles: dict[str, Bundle], base: Path, template: Path, servers: list[Mariadb]
+) -> None:
+    """db3 (above) follows the primary with server_id 3; a new replica rendered with the same id is refused before
+    it touches replication, naming the one that has it (two such replicas kick each other off: errno 4052)."""
+    bundle = loopback_bundle(bundles["db2"], primary, server_id=3)
+    bundle = replace(bundle, host=replace(bundle.host, name="db5"))
+    cnf = cnf_of(bundles["db2"]).replace("server_id = ", "server_id = 3\n# was ")
+    replica = start("db5", base, template, cnf.replace("report_host = 10.10.0.42", "report_host = 10.10.0.45"))
+    servers.append(replica)
+    result = apply_join(bundle, replica, base / "db5-root")
+    assert result.returncode == 1, result.stdout
+    assert "server_id 3 is already used by 10.10.0.42, which follows the primary" in result.stdout
+    assert "hosts[].server_id" in result.stdout  # the next action
+    assert replica.root().status("SHOW SLAVE STATUS") == {}, "nothing of replication was set up"
+
+
 def test_a_replica_waits_bounded_for_its_primary_and_says_so(
     bundles: dict[str, Bundle], base: Path, template: Path, servers: list[Mariadb]
 ) -> None:

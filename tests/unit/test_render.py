@@ -89,7 +89,7 @@ def test_db_server_ids_unique_and_replica_read_only(rendered, bundles):
         kind="db-replica",
         database="foobar",
         port=3306,
-        server_id=7,
+        server_id=797172300,  # derived from the name "db2", never from its place in the list
         replication_user="repl",
         app_user="app",
         primary="10.10.0.41",
@@ -270,3 +270,28 @@ def test_haproxy_gives_its_own_answers_nginx_security_headers_and_alone_sets_hst
         for f in bundle.files:
             if f.path != "/etc/haproxy/haproxy.cfg":
                 assert "Strict-Transport-Security" not in rendered.content(bundle, f.path), f.path
+
+
+def _identity(bundle: b.Bundle) -> tuple[object, ...]:
+    """What a running host depends on staying put: who it is, and the ids its join and configs carry."""
+    join = bundle.join
+    ids = tuple(getattr(join, k) for k in ("server_id", "priority", "vip", "interface") if hasattr(join, k))
+    return bundle.host, bundle.network.interface, ids
+
+
+def test_no_identity_depends_on_a_hosts_place_in_roles_yaml(shipped_roles: Path) -> None:
+    """Reorder the hosts, insert one in the middle, remove one: every surviving host keeps its identity (MariaDB's
+    server_id once came from the position: retiring web2 renumbered db1 and db2 under a running replica)."""
+    text = shipped_roles.read_text()
+    lines = text.splitlines()
+    hosts = [line for line in lines if line.startswith("  - {name:")]
+    head = [line for line in lines if not line.startswith("  - {name:")]
+    before = render_cluster(parse_roles(text))
+    shuffled = [hosts[i] for i in (6, 3, 0, 5, 1, 4, 2) if "web2" not in hosts[i]]
+    shuffled.insert(2, '  - {name: db3,  role: db,  mac: "52:54:00:10:00:43", ip: 10.10.0.43, db_role: replica}')
+    after = render_cluster(parse_roles("\n".join(head + shuffled) + "\n"))
+    assert set(after) == set(before) - {"web2"} | {"db3"}
+    for name in set(before) & set(after):
+        assert _identity(after[name]) == _identity(before[name]), name
+    ids = [x.join.server_id for x in after.values() if isinstance(x.join, b.DbPrimaryJoin | b.DbReplicaJoin)]
+    assert len(set(ids)) == len(ids) == 3

@@ -23,6 +23,7 @@ SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 REPLICATION_PRIVILEGES = frozenset(
     {"REPLICATION SLAVE", "BINLOG MONITOR", "SELECT", "RELOAD", "LOCK TABLES", "SHOW VIEW", "EVENT", "TRIGGER"}
     | {"SHOW DATABASES"}  # the rendered config sets skip_show_database; the seed dump lists the databases
+    | {"REPLICATION MASTER ADMIN"}  # SHOW SLAVE HOSTS: a new replica checks no other one has its server_id
 )
 APP_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "INDEX", "ALTER"})
 # the mysqld exporter: status, variables, processlist, binlog and replica status; no table data
@@ -247,6 +248,20 @@ def _verify_threads(local: Server, deadline: float) -> dict[str, str]:
         time.sleep(0.2)
 
 
+def _refuse_a_taken_server_id(primary: Server, local: Server) -> None:
+    """Another replica following the primary with this server_id would be kicked off it again and again (errno
+    4052) while both report their threads running: refuse to join instead, naming the other one."""
+    mine, me = local.value("SELECT @@server_id"), local.value("SELECT @@report_host")
+    for row in primary.rows("SHOW SLAVE HOSTS"):  # Server_id, Host (its report_host), Port, Master_id
+        if row and row[0] == mine and (len(row) < 2 or row[1] != me):
+            other = row[1] if len(row) > 1 and row[1] else "another replica"
+            raise StepFailed(
+                f"server_id {mine} is already used by {other}, which follows the primary",
+                "give this host a distinct server_id (roles.yaml hosts[].server_id), ./inv apply, then run "
+                "`firstboot run`",
+            )
+
+
 def join_replica(spec: DbReplicaJoin, secret: Secret, local: Server, *, verify_seconds: float = 60.0) -> str:
     """Follow the primary by GTID, seeding from it first when it already holds data; read_only on."""
     user = spec.replication_user
@@ -260,6 +275,7 @@ def join_replica(spec: DbReplicaJoin, secret: Secret, local: Server, *, verify_s
             raise StepFailed(
                 "this replica has the same server_id as its primary", "restart mariadb so it reads 60-kiln.cnf"
             )
+        _refuse_a_taken_server_id(primary, local)
         local_changes = Changes()
         _harden(local, local_changes)
         local_changes.apply(local, init=NO_BINLOG)
