@@ -57,15 +57,18 @@ class TierSet:
 class Renderer:
     """Renders the hosts of one cluster; cluster-wide values and files are computed once, not once per host."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, retiring: tuple[Host, ...] = ()) -> None:
+        """`retiring`: hosts roles.yaml no longer lists, drained (out of the pools) but still allowed in, for the
+        generation between a removal and the one that drops them (./inv apply publishes both)."""
         self.cluster = cluster
-        self.view: ClusterView = cluster_view(cluster, roles.names())
+        self.retiring = retiring
+        self.view: ClusterView = cluster_view(cluster, roles.names(), retiring)
         self._by_template: dict[str, str] = {}  # template -> sha256 of its cluster-wide content
         self.shared: dict[str, str] = {}  # sha256 -> content of every cluster-wide file rendered so far
         self.shared_modes: dict[str, str] = {}  # sha256 -> the mode of the files holding it
         self.tier_sets = tuple(
             TierSet(f"{role.upper()}_NODES", ", ".join(p.ip for p in peers))
-            for role, peers in self.view.nodes.items()
+            for role, peers in self.view.access.items()
             if peers
         )
 
@@ -135,9 +138,9 @@ class Rendered:
         return self.shared[f.shared] if f.shared else f.content
 
 
-def render(cluster: Cluster) -> Rendered:
-    """Every host's bundle and the shared contents they name."""
-    renderer = Renderer(cluster)
+def render(cluster: Cluster, retiring: tuple[Host, ...] = ()) -> Rendered:
+    """Every host's bundle and the shared contents they name. `retiring`: see Renderer (they get no bundle)."""
+    renderer = Renderer(cluster, retiring)
     bundles = {h.name: renderer.bundle(h) for h in cluster.hosts}
     return Rendered(bundles, renderer.shared)
 

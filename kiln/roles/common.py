@@ -19,7 +19,7 @@ FILES = (
     FileSpec("/etc/systemd/network/10-kiln0.link", "kiln0.link.j2"),
     FileSpec(NETWORK_FILE, "kiln0.network.j2"),
     FileSpec(TIER_SETS, "kiln-tiers.nft.j2", mode="0600", cluster_wide=True),
-    FileSpec(NFTABLES_CONF, "nftables.conf.j2", mode="0700"),
+    FileSpec(NFTABLES_CONF, "nftables.conf.j2", mode="0700", check=("nft", "-c", "-f", NFTABLES_CONF)),
     FileSpec(NODE_EXPORTER_DEFAULT, "node-exporter.default.j2"),
 )
 DIRECTORIES = (DirSpec(SECRETS_DIR, mode="0711"), DirSpec("/etc/nftables.d", mode="0700"))

@@ -24,16 +24,22 @@ class ClusterView:
     """Cluster-wide values every host's context shares; computed once per render, not once per host."""
 
     hosts: tuple[Peer, ...]
-    nodes: Mapping[str, tuple[Peer, ...]]  # by role, in roles.yaml order
+    nodes: Mapping[str, tuple[Peer, ...]]  # by role, in roles.yaml order: who serves (load balancer and proxy pools)
+    access: Mapping[str, tuple[Peer, ...]]  # by role: who may connect (firewall sets, database grants)
     provisioning_host: str
     provisioning_port: int
 
 
-def cluster_view(cluster: Cluster, roles: tuple[str, ...]) -> ClusterView:
+def cluster_view(cluster: Cluster, roles: tuple[str, ...], retiring: tuple[Host, ...] = ()) -> ClusterView:
+    """`retiring`: hosts leaving the cluster, drained first: out of every pool, still allowed in (their requests in
+    flight finish; the next generation removes them)."""
     url = urlsplit(cluster.provisioning_url)
+    serving = {r: tuple(Peer(h.name, str(h.ip)) for h in cluster.by_role(r)) for r in roles}
+    leaving = {r: tuple(Peer(h.name, str(h.ip)) for h in retiring if h.role == r) for r in roles}
     return ClusterView(
-        hosts=tuple(Peer(h.name, str(h.ip)) for h in cluster.hosts),
-        nodes={r: tuple(Peer(h.name, str(h.ip)) for h in cluster.by_role(r)) for r in roles},
+        hosts=tuple(Peer(h.name, str(h.ip)) for h in (*cluster.hosts, *retiring)),
+        nodes=serving,
+        access={r: serving[r] + leaving[r] for r in roles},
         provisioning_host=url.hostname or "",
         provisioning_port=url.port or (443 if url.scheme == "https" else 80),
     )
@@ -59,7 +65,8 @@ class HostContext:
     provisioning_host: str
     provisioning_port: int
     hosts: tuple[Peer, ...]
-    nodes: Mapping[str, tuple[Peer, ...]]
+    nodes: Mapping[str, tuple[Peer, ...]]  # who serves, by role
+    access: Mapping[str, tuple[Peer, ...]]  # who may connect, by role (the serving and the retiring)
     node_exporter_port: int = NODE_EXPORTER_PORT
     secrets_dir: str = SECRETS_DIR
 
@@ -84,4 +91,5 @@ def host_context(cluster: Cluster, host: Host, view: ClusterView) -> HostContext
         provisioning_port=view.provisioning_port,
         hosts=view.hosts,
         nodes=view.nodes,
+        access=view.access,
     )

@@ -75,7 +75,7 @@ def _join(cluster: Cluster, host: Host, c: HostContext) -> b.Join:
             app_user=APP_USER,
             exporter_user=EXPORTER_USER,
             replica_hosts=tuple(str(h.ip) for h in cluster.db_replicas),
-            app_hosts=tuple(str(h.ip) for h in cluster.by_role("app")),
+            app_hosts=tuple(p.ip for p in c.access["app"]),  # retiring app hosts keep theirs until they are gone
         )
     return b.DbReplicaJoin(
         kind="db-replica",
@@ -195,7 +195,12 @@ ROLE = RoleSpec(
     elements=("kiln-db",),
     lab_memory_mib=896,
     files=(
-        FileSpec(MARIADB_CNF, "mariadb.cnf.j2"),
+        FileSpec(
+            MARIADB_CNF,
+            "mariadb.cnf.j2",
+            # --help --verbose parses every option and exits: an unknown option or bad value fails it.
+            check=("mariadbd", f"--defaults-file={MARIADB_CNF}", "--user=mysql", "--help", "--verbose"),
+        ),
         # the Debian package's postinst sets 0640 prometheus:prometheus; kept so (it holds no password: unix_socket)
         FileSpec(EXPORTER_DEFAULT, "mysqld-exporter.default.j2", mode="0640", group="prometheus"),
     ),

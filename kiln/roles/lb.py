@@ -150,8 +150,16 @@ ROLE = RoleSpec(
     elements=("kiln-lb",),
     lab_memory_mib=512,
     files=(
-        FileSpec(HAPROXY_CFG, "haproxy.cfg.j2", mode="0640", group="haproxy"),
-        FileSpec(KEEPALIVED_CONF, "keepalived.conf.j2", mode="0640"),
+        FileSpec(
+            HAPROXY_CFG,
+            "haproxy.cfg.j2",
+            mode="0640",
+            group="haproxy",
+            check=("haproxy", "-c", "-q", "-f", HAPROXY_CFG),
+        ),
+        FileSpec(
+            KEEPALIVED_CONF, "keepalived.conf.j2", mode="0640", check=("keepalived", f"--config-test={KEEPALIVED_CONF}")
+        ),
         FileSpec(READY_SCRIPT, "haproxy-ready.j2", mode="0755"),  # root's: enable_script_security
         FileSpec("/etc/sysctl.d/60-kiln-lb.conf", "sysctl-lb.conf.j2"),
     ),

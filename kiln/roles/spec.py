@@ -41,6 +41,8 @@ class FileSpec:
     owner: str = "root"
     group: str = "root"
     cluster_wide: bool = False  # the same content on every host: rendered once per cluster
+    # The daemon's own config test, run as if the file were at `path` (kiln/render/check.py): () = none.
+    check: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

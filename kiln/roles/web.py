@@ -87,7 +87,7 @@ ROLE = RoleSpec(
     elements=("kiln-web",),
     lab_memory_mib=512,
     files=(
-        FileSpec(NGINX_CONF, "nginx.conf.j2"),
+        FileSpec(NGINX_CONF, "nginx.conf.j2", check=("nginx", "-t", "-q", "-c", NGINX_CONF)),
         FileSpec(SITE_CONF, "nginx-site.conf.j2"),
         FileSpec(APP_POOL_CONF, "nginx-app-pool.conf.j2", cluster_wide=True),
         FileSpec("/etc/default/prometheus-nginx-exporter", "nginx-exporter.default.j2"),

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kiln.model import Cluster, parse_roles, schema
+from kiln.render.check import Checker
 from kiln.roles import db
 from kiln.secrets import SecretStore
-from tests.integration.hostroot import applied_bundles, lay_out, run_applied
-from tests.integration.test_render_checkers import CHECKS, FIREWALL
+from tests.integration.hostroot import applied_bundles
 
 pytestmark = pytest.mark.integration
 
@@ -151,48 +149,32 @@ def _checked_hosts(cluster: Cluster) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def netns() -> Iterator[str]:
-    """keepalived's config test needs the interface it names (kiln0) to exist: a namespace with a veth of that name."""
-    name = f"kiln-t-fuzz-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(
-            ["ip", "-n", name, "link", "add", "kiln0", "type", "veth", "peer", "name", "kiln0-peer"], check=True
-        )
-        subprocess.run(["ip", "-n", name, "link", "set", "kiln0", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+def checker() -> Iterator[Checker]:
+    with Checker() as c:
+        yield c
 
 
-def refusals(cluster: Cluster, netns: str, work: Path) -> list[str]:
+def refusals(cluster: Cluster, checker: Checker, work: Path) -> list[str]:
     """Render the cluster and run every checker on the checked hosts' configs: what the checkers refused."""
     store = SecretStore(work / "secrets")
     store.ensure(cluster)
     bundles = applied_bundles(cluster, store)
-    refused = []
-    for name in _checked_hosts(cluster):
-        root = lay_out(bundles[name], work / name, store)
-        for path, argv in [FIREWALL, *CHECKS.get(cluster.host(name).role, [])]:
-            result = run_applied(root, argv, netns=netns)
-            if result.returncode != 0:
-                refused.append(f"{name}: {' '.join(argv)} refused the rendered {path}:\n{result.stdout}")
-    return refused
+    return [r.format() for name in _checked_hosts(cluster) for r in checker.check(bundles[name])]
 
 
 @settings(max_examples=8, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=roles_documents())
 def test_fuzzed_valid_roles_render_configs_every_checker_accepts(
-    doc: dict[str, Any], netns: str, tmp_path_factory: pytest.TempPathFactory
+    doc: dict[str, Any], checker: Checker, tmp_path_factory: pytest.TempPathFactory
 ):
     text = yaml.safe_dump(doc, sort_keys=False)
     cluster = parse_roles(text)  # valid: InvalidRoles here names the problem
-    refused = refusals(cluster, netns, tmp_path_factory.mktemp("fuzz"))
+    refused = refusals(cluster, checker, tmp_path_factory.mktemp("fuzz"))
     assert not refused, "roles.yaml:\n" + text + "\n".join(refused)
 
 
-def test_the_checkers_refuse_a_name_the_schema_used_to_admit(cluster: Cluster, netns: str, tmp_path: Path):
+def test_the_checkers_refuse_a_name_the_schema_used_to_admit(cluster: Cluster, checker: Checker, tmp_path: Path):
     """The harness can fail: 'web2\\n' (what the old pattern's $ let through) breaks haproxy's server line."""
     hosts = tuple(replace(h, name="web2\n") if h.name == "web2" else h for h in cluster.hosts)
-    refused = refusals(replace(cluster, hosts=hosts), netns, tmp_path)
+    refused = refusals(replace(cluster, hosts=hosts), checker, tmp_path)
     assert any("haproxy" in r for r in refused), refused

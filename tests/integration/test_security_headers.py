@@ -30,10 +30,11 @@ from typing import Any
 import pytest
 
 from kiln.model import Cluster
+from kiln.render.check import lay_out
 from kiln.roles import app, lb, web
 from kiln.secrets import SecretStore
 from tests.integration.agent_netns import Lab, sh
-from tests.integration.hostroot import applied_bundles, lay_out
+from tests.integration.hostroot import applied_bundles
 from tests.integration.test_agent_tiers import file_of, relocate_haproxy, relocate_nginx
 
 pytestmark = pytest.mark.integration
@@ -187,13 +188,13 @@ def tier(tmp_path_factory: pytest.TempPathFactory, cluster: Cluster, secret_stor
         stand_in = [sys.executable, "-c", STAND_IN_APP, str(hosts["app1"].ip), str(app.settings_of(cluster).port)]
         the_lab.start("app1-stand-in", the_lab.ns("app1"), stand_in)
         for name in ("web1", "web2"):
-            tree = lay_out(bundles[name], base / "trees" / name, secret_store)
+            tree = lay_out(bundles[name], base / "trees" / name)
             run = base / f"{name}-run"
             run.mkdir()
             start_nginx(the_lab, name, tree, run, shared / f"{name}-cache", static)
         vip = bundles["lb1"].network.vip
         sh("ip", "-n", the_lab.ns("lb1"), "addr", "add", f"{vip}/{cluster.network.subnet.prefixlen}", "dev", "kiln0")
-        tree = lay_out(bundles["lb1"], base / "trees" / "lb1", secret_store)
+        tree = lay_out(bundles["lb1"], base / "trees" / "lb1")
         run = base / "lb1-run"
         run.mkdir()
         the_lab.start("lb1-haproxy", the_lab.ns("lb1"), ["haproxy", "-db", "-f", str(relocate_haproxy(tree, run))])

@@ -295,3 +295,33 @@ def test_no_identity_depends_on_a_hosts_place_in_roles_yaml(shipped_roles: Path)
         assert _identity(after[name]) == _identity(before[name]), name
     ids = [x.join.server_id for x in after.values() if isinstance(x.join, b.DbPrimaryJoin | b.DbReplicaJoin)]
     assert len(set(ids)) == len(ids) == 3
+
+
+def test_retiring_hosts_are_drained_from_the_pools_but_still_let_in(shipped_roles: Path) -> None:
+    """The generation between removing web2 and app1 from roles.yaml and dropping them: HAProxy and nginx no longer
+    send them requests, but the firewalls and the database still admit them (what they have in flight finishes)."""
+    full = parse_roles(shipped_roles.read_text())
+    leaving = tuple(h for h in full.hosts if h.name in ("web2", "app1"))
+    app2 = '  - {name: app2, role: app, mac: "52:54:00:10:00:32", ip: 10.10.0.32}'
+    lines = [
+        line
+        for line in shipped_roles.read_text().splitlines()
+        if not line.startswith(("  - {name: web2,", "  - {name: app1,"))
+    ]
+    at = next(i for i, line in enumerate(lines) if line.startswith("  - {name: db1"))
+    staying = parse_roles("\n".join([*lines[:at], app2, *lines[at:]]) + "\n")
+    drained = render(staying, leaving)
+    assert set(drained.bundles) == {h.name for h in staying.hosts}, "a retiring host gets no new bundle"
+    haproxy = _file(drained, "lb1", "/etc/haproxy/haproxy.cfg")
+    assert "server web1 " in haproxy and "web2" not in haproxy
+    nginx = _file(drained, "web1", "/etc/nginx/conf.d/kiln-app-pool.conf")
+    assert "10.10.0.32:" in nginx and "10.10.0.31:" not in nginx
+    tiers = _file(drained, "app2", "/etc/nftables.d/kiln-tiers.nft")
+    assert "define WEB_NODES = { 10.10.0.21, 10.10.0.22 }" in tiers
+    assert "define APP_NODES = { 10.10.0.32, 10.10.0.31 }" in tiers
+    primary = drained.bundles["db1"].join
+    assert isinstance(primary, b.DbPrimaryJoin) and set(primary.app_hosts) == {"10.10.0.31", "10.10.0.32"}
+    final = render(staying)
+    assert "10.10.0.22" not in _file(final, "app2", "/etc/nftables.d/kiln-tiers.nft")
+    final_join = final.bundles["db1"].join
+    assert isinstance(final_join, b.DbPrimaryJoin) and final_join.app_hosts == ("10.10.0.32",)
