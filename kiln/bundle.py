@@ -87,6 +87,13 @@ class File:
     owner: str = field(default="root", metadata=pattern(ACCOUNT))
     group: str = field(default="root", metadata=pattern(ACCOUNT))
     shared: str = field(default="", metadata=pattern(SHA256, "sha256 (hex) of the shared content, or empty"))
+    check: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "the daemon's own config test (argv, e.g. haproxy -c -f PATH): run after a change is written and before "
+            "any service reloads; a refusal puts the previous files back"
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class Renderer:
     def file(self, spec: FileSpec, variables: Mapping[str, Any]) -> b.File:
         """The bundle's entry for a file: its content, or for a cluster-wide file the digest of the content every
         host shares (rendered once; the bundle stays small however many hosts the file lists)."""
-        owner = {"mode": spec.mode, "owner": spec.owner, "group": spec.group}
+        owner = {"mode": spec.mode, "owner": spec.owner, "group": spec.group, "check": spec.check}
         if not spec.cluster_wide:
             return b.File(path=spec.path, content=render_template(spec.template, variables), **owner)
         digest = self._by_template.get(spec.template)
