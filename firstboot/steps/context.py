@@ -34,6 +34,7 @@ class StepContext:
     tuning: Tuning = field(default_factory=Tuning)
     changed: set[str] = field(default_factory=set)  # host paths changed by earlier steps (this run or recorded)
     note_changes: Callable[[list[str]], None] = _ignore  # persists paths before they are written
+    converging: bool = False  # a running host following a newer generation: nothing destructive reruns
 
     def secret(self, name: str) -> str:
         """A secret's value as written to disk by the secrets step (passwords without the trailing newline)."""

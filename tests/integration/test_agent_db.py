@@ -22,6 +22,8 @@ from typing import Any
 import pymysql
 import pytest
 
+from firstboot.errors import StepFailed
+from firstboot.steps.join import db as db_join
 from firstboot.steps.join.sql import Server
 from kiln.bundle import Bundle, DbPrimaryJoin, DbReplicaJoin
 from kiln.model import Cluster
@@ -297,3 +299,62 @@ def test_the_mysqld_exporter_logs_in_by_socket_on_primary_and_replica(
     metrics = exporter_metrics(bundles["db2"], replica, free_port())
     assert re.search(r"(?m)^mysql_up 1$", metrics), metrics[:2000]
     assert re.search(r"(?m)^mysql_slave_status_slave_sql_running\{.*\} 1$", metrics), "no replica status"
+
+
+def primary_notes(stderr: str) -> set[str]:
+    return set(re.findall(r"db-primary: (.*)", stderr))
+
+
+def test_a_primary_join_again_drops_and_creates_exactly_the_app_hosts_that_changed(
+    primary: Mariadb, bundles: dict[str, Bundle], base: Path
+) -> None:
+    """A converge reruns the primary's join when roles.yaml gains and loses app hosts: one account goes, one
+    comes, nothing else moves."""
+    db = primary.root()
+    before = loopback_bundle(bundles["db1"], primary, app_hosts=("127.0.0.1", "10.10.0.31"))
+    join(before, primary, base / "db1-root")
+    after = loopback_bundle(bundles["db1"], primary, app_hosts=("127.0.0.1", "10.10.0.32"))
+    out = join(after, primary, base / "db1-root")
+    notes = primary_notes(out.stderr)
+    assert "drop app@10.10.0.31 (no longer in roles.yaml)" in notes and "create app@10.10.0.32" in notes
+    assert notes - {"drop app@10.10.0.31 (no longer in roles.yaml)", "create app@10.10.0.32"} == {
+        "grant ALTER, CREATE, DELETE, INDEX, INSERT, SELECT, UPDATE on `foobar`.* to app@10.10.0.32"
+    }
+    assert {r[0] for r in db.rows("SELECT Host FROM mysql.user WHERE User = 'app'")} == {"127.0.0.1", "10.10.0.32"}
+    assert {r[0] for r in db.rows("SELECT Host FROM mysql.user WHERE User = 'repl'")} == {"127.0.0.1"}
+    back = join(loopback_bundle(bundles["db1"], primary), primary, base / "db1-root")
+    assert primary_notes(back.stderr) == {"drop app@10.10.0.32 (no longer in roles.yaml)"}
+
+
+def test_a_converging_replica_follows_another_primary_without_reset_or_reseed(
+    primary: Mariadb, bundles: dict[str, Bundle], servers: list[Mariadb], secret_store: SecretStore
+) -> None:
+    """db2 follows db1; roles.yaml now names db3 (a replica of db1 that logs what it applies) as its primary.
+    Converge re-points db2 where it stands: its binary log, its rows and its GTID position stay, no seed is
+    taken, and what the first primary writes reaches it through the new one."""
+    db2, db3 = (next(s for s in servers if s.name == n) for n in ("db2", "db3"))
+    password = secret_store.value("db_app_password")
+    as_app(primary, password, "CREATE TABLE IF NOT EXISTS chain (id INT PRIMARY KEY)")
+    as_app(primary, password, "INSERT INTO chain VALUES (1)")
+    r2, r3 = db2.root(), db3.root()
+    for replica in (r2, r3):
+        assert wait_rows(replica, "SELECT COUNT(*) FROM foobar.chain", "1") == "1"
+    kept = (r2.value("SELECT @@gtid_binlog_pos"), r2.value("SELECT COUNT(*) FROM foobar.notes"))
+    spec = loopback_bundle(bundles["db2"], primary).join
+    assert isinstance(spec, DbReplicaJoin)
+    spec = replace(spec, port=db3.port)
+    out = db_join.join_replica(spec, secret_store.value, r2, repoint=True)
+    assert "replica 1 changes" in out
+    status = r2.status("SHOW SLAVE STATUS")
+    assert (status["Master_Port"], status["Using_Gtid"]) == (str(db3.port), "Slave_Pos")
+    assert (status["Slave_IO_Running"], status["Slave_SQL_Running"]) == ("Yes", "Yes")
+    assert (r2.value("SELECT @@gtid_binlog_pos"), r2.value("SELECT COUNT(*) FROM foobar.notes")) == kept
+    as_app(primary, password, "INSERT INTO chain VALUES (2)")
+    assert wait_rows(r2, "SELECT COUNT(*) FROM foobar.chain", "2") == "2"  # db1 -> db3 -> db2
+    assert "replica unchanged" in db_join.join_replica(spec, secret_store.value, r2, repoint=True)
+    # a server that never replicated is not made a replica by converge (that would reset it)
+    position = primary.root().value("SELECT @@gtid_binlog_pos")
+    with pytest.raises(StepFailed, match="does not replicate yet, and converge never resets or seeds"):
+        db_join.join_replica(spec, secret_store.value, primary.root(), repoint=True)
+    assert primary.root().value("SELECT @@gtid_binlog_pos") == position
+    assert primary.root().status("SHOW SLAVE STATUS") == {}

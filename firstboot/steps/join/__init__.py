@@ -25,7 +25,7 @@ def join(ctx: StepContext) -> Outcome:
             try:
                 if isinstance(spec, DbPrimaryJoin):
                     return Outcome(db.join_primary(spec, ctx.secret, local))
-                return Outcome(db.join_replica(spec, ctx.secret, local))
+                return Outcome(db.join_replica(spec, ctx.secret, local, repoint=ctx.converging))
             except SqlError as e:
                 raise StepFailed(
                     f"{spec.kind}: {e}", "check mariadb on this host (journalctl -u mariadb), then run `firstboot run`"

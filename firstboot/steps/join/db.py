@@ -262,13 +262,68 @@ def _refuse_a_taken_server_id(primary: Server, local: Server) -> None:
             )
 
 
-def join_replica(spec: DbReplicaJoin, secret: Secret, local: Server, *, verify_seconds: float = 60.0) -> str:
-    """Follow the primary by GTID, seeding from it first when it already holds data; read_only on."""
+def _change_master(spec: DbReplicaJoin, password: str) -> str:
+    """The statement that points this replica at the bundle's primary, from its own gtid_slave_pos."""
+    return (
+        f"CHANGE MASTER TO MASTER_HOST = {quote(spec.primary)}, MASTER_PORT = {spec.port}, "
+        f"MASTER_USER = {quote(spec.replication_user)}, MASTER_PASSWORD = {quote(password)}, "
+        "MASTER_CONNECT_RETRY = 5, MASTER_USE_GTID = slave_pos;\n"
+    )
+
+
+def _replicated_position(status: dict[str, str], local: Server, spec: DbReplicaJoin) -> str:
+    """The GTID position of a replica that replicates already (SHOW SLAVE STATUS rows, or a gtid_slave_pos);
+    StepFailed for a server that never did: converge does not reset or seed one."""
+    position = local.value("SELECT @@gtid_slave_pos")
+    if not status and not position:
+        raise StepFailed(
+            "this host does not replicate yet, and converge never resets or seeds a database",
+            f"make it a replica on purpose: re-provision it (./inv reprovision HOST), whose first boot seeds it "
+            f"from {spec.primary}",
+        )
+    return position
+
+
+def _repoint(spec: DbReplicaJoin, password: str, status: dict[str, str], position: str, local: Server) -> str:
+    """Follow another primary from the GTID position this replica has: its data and its position are the
+    cluster's, so nothing is reset and nothing seeded."""
+    was = f"{status.get('Master_Host')}:{status.get('Master_Port')}" if status else "no primary"
+    local.execute(f"STOP SLAVE;\n{_change_master(spec, password)}START SLAVE;\n")
+    return f"re-pointed from {was} to {spec.primary}:{spec.port} at GTID {position or '(empty)'}"
+
+
+def _new_replica(spec: DbReplicaJoin, password: str, primary: Server, local: Server) -> list[str]:
+    """A new replica: hardened, nothing of its own kept, seeded when the primary has data, then following it."""
+    local_changes = Changes()
+    _harden(local, local_changes)
+    local_changes.apply(local, init=NO_BINLOG)
+    notes = local_changes.notes
+    local.execute("STOP SLAVE;\nRESET SLAVE ALL;\nRESET MASTER;\n")  # a new replica: nothing of its own to keep
+    if _primary_has_data(primary):
+        position = _seed(primary, local)
+        notes.append(f"seeded from the primary at GTID {position}")
+    else:
+        position = ""
+        notes.append("primary holds no data: following it from the start of its binary log")
+    local.execute(f"SET GLOBAL gtid_slave_pos = {quote(position)};\n{_change_master(spec, password)}START SLAVE;\n")
+    notes.append(f"following {spec.primary}:{spec.port} with MASTER_USE_GTID=slave_pos")
+    return notes
+
+
+def join_replica(
+    spec: DbReplicaJoin, secret: Secret, local: Server, *, verify_seconds: float = 60.0, repoint: bool = False
+) -> str:
+    """Follow the primary by GTID, seeding from it first when it already holds data; read_only on.
+
+    `repoint` (converge, on a running replica): one that replicates already and must follow another primary
+    changes only where it replicates from (STOP SLAVE, CHANGE MASTER TO, START SLAVE): never RESET MASTER, never a
+    seed; one that does not replicate at all is refused rather than reset."""
     user = spec.replication_user
     password = secret("db_replication_password")
     status = local.status("SHOW SLAVE STATUS")
     notes: list[str] = []
     if not _replicating(status, spec):
+        position = _replicated_position(status, local, spec) if repoint else ""
         primary = Server(host=spec.primary, port=spec.port, user=user, password=password)
         _wait_for_primary(primary, float(spec.wait_seconds))
         if local.value("SELECT @@server_id") == primary.value("SELECT @@server_id"):
@@ -276,24 +331,10 @@ def join_replica(spec: DbReplicaJoin, secret: Secret, local: Server, *, verify_s
                 "this replica has the same server_id as its primary", "restart mariadb so it reads 60-kiln.cnf"
             )
         _refuse_a_taken_server_id(primary, local)
-        local_changes = Changes()
-        _harden(local, local_changes)
-        local_changes.apply(local, init=NO_BINLOG)
-        notes += local_changes.notes
-        local.execute("STOP SLAVE;\nRESET SLAVE ALL;\nRESET MASTER;\n")  # a new replica: nothing of its own to keep
-        if _primary_has_data(primary):
-            position = _seed(primary, local)
-            notes.append(f"seeded from the primary at GTID {position}")
+        if repoint:
+            notes.append(_repoint(spec, password, status, position, local))
         else:
-            position = ""
-            notes.append("primary holds no data: following it from the start of its binary log")
-        local.execute(
-            f"SET GLOBAL gtid_slave_pos = {quote(position)};\n"
-            f"CHANGE MASTER TO MASTER_HOST = {quote(spec.primary)}, MASTER_PORT = {spec.port}, "
-            f"MASTER_USER = {quote(user)}, MASTER_PASSWORD = {quote(password)}, MASTER_CONNECT_RETRY = 5, "
-            "MASTER_USE_GTID = slave_pos;\nSTART SLAVE;\n"
-        )
-        notes.append(f"following {spec.primary}:{spec.port} with MASTER_USE_GTID=slave_pos")
+            notes += _new_replica(spec, password, primary, local)
     elif status.get("Slave_IO_Running") != "Yes" or status.get("Slave_SQL_Running") != "Yes":
         local.execute("START SLAVE;\n")
         notes.append("started the replica threads")
