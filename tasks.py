@@ -53,6 +53,54 @@ def test(c, quick=False, lab=True, k=None):
     c.run(shlex.join(args), pty=sys.stdout.isatty())
 
 
+DAY2 = {
+    "roles": "roles.yaml (default: the shipped one)",
+    "server": "the provisioning server's URL (default: roles.yaml's provisioning URL)",
+    "lab": "talk to the lab's server (./inv lab up), from inside its network namespace",
+    "secrets": "secrets directory with the cluster CA and operator token (default: secrets/)",
+}
+
+
+@task(
+    help={
+        **DAY2,
+        "diff": "show each changed file's diff (--no-diff: only what changes)",
+        "check": "run every changed config through its checker (--no-check: skip)",
+    }
+)
+def plan(c, roles=None, server=None, lab=False, secrets=None, diff=True, check=True):
+    """What publishing roles.yaml would do to the running cluster, host by host; "no changes" when nothing."""
+    _exit(cli.plan(Project(roles=roles), server=server, lab=lab, secrets=secrets, diff=diff, check=check))
+
+
+@task(
+    help={
+        **DAY2,
+        "wait": "wait until the running hosts run it (--no-wait: return once published)",
+        "timeout": "seconds to wait per generation",
+        "check": "run every changed config through its checker first (--no-check: skip it; unsafe)",
+    }
+)
+def apply(c, roles=None, server=None, lab=False, secrets=None, wait=True, timeout=300.0, check=True):
+    """Publish roles.yaml to the running server as the next generation; removed hosts are drained first."""
+    options = {"server": server, "lab": lab, "secrets": secrets, "wait": wait, "check": check}
+    _exit(cli.apply_roles(Project(roles=roles), timeout=float(timeout), **options))
+
+
+@task(
+    help={
+        **DAY2,
+        "json": "print the server's answer as JSON",
+        "wait": "wait until every running host converged",
+        "timeout": "seconds --wait waits",
+    }
+)
+def hosts(c, roles=None, server=None, lab=False, secrets=None, json=False, wait=False, timeout=300.0):
+    """Every host: its state, the generation it runs, whether the cluster converged; retiring and retired hosts."""
+    options = {"server": server, "lab": lab, "secrets": secrets, "as_json": json, "wait": wait}
+    _exit(cli.hosts(Project(roles=roles), timeout=float(timeout), **options))
+
+
 @task(help={"quick": "smaller inputs, for a fast look"})
 def bench(c, quick=False):
     """Run the benchmarks under bench/: results to bench/results/*.json and a table on stdout."""
@@ -158,4 +206,20 @@ def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
     _exit(lab_cli.run(Project(roles=roles), action=action, host=host, boot=boot, timeout=float(timeout)))
 
 
-ns = Collection(validate, render, keys, test, bench, upload_ami, build, build_all, serve, reprovision, freeze, lab)
+ns = Collection(
+    validate,
+    render,
+    keys,
+    plan,
+    apply,
+    hosts,
+    test,
+    bench,
+    upload_ami,
+    build,
+    build_all,
+    serve,
+    reprovision,
+    freeze,
+    lab,
+)

@@ -1,4 +1,5 @@
-"""`./inv validate`, `render` and `keys`: functions that return an exit code and print for an operator."""
+"""`./inv validate`, `render`, `keys`, `plan`, `apply` and `hosts`: functions that return an exit code and print
+for an operator."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from kiln import signing
+from kiln import apply, fleet, signing
 from kiln.model import InvalidRoles
+from kiln.operator import Server
 from kiln.project import Project
 from kiln.render import Renderer
 from kiln.render.output import write_tree
@@ -75,3 +77,70 @@ def keys(project: Project, *, secrets: str | None = None) -> int:
     if expires:
         _err(f"site certificate: {store.site_pem} expires on {expires:%Y-%m-%d}: renew it")
     return 1 if problems else 0
+
+
+def _server(project: Project, *, server: str | None, lab: bool, secrets: str | None) -> Server | None:
+    """The provisioning server the operator commands talk to; with `lab`, the lab's (this process enters the lab's
+    network namespace). None after saying why not."""
+    cluster = project.load_or_report()
+    if cluster is None:
+        return None
+    if lab:
+        from kiln.lab import netns
+
+        if not netns.exists():
+            _err("the lab is down: ./inv lab up first")
+            return None
+        netns.enter()
+    return Server.of(cluster, Path(secrets) if secrets else project.secrets, server)
+
+
+def plan(
+    project: Project,
+    *,
+    server: str | None = None,
+    lab: bool = False,
+    secrets: str | None = None,
+    diff: bool = True,
+    check: bool = True,
+) -> int:
+    target = _server(project, server=server, lab=lab, secrets=secrets)
+    if target is None:
+        return 1
+    store = SecretStore(target.ca.parent)
+    return apply.plan_command(target, project.roles_path.read_text(), store, diffs=diff, check=check)
+
+
+def apply_roles(
+    project: Project,
+    *,
+    server: str | None = None,
+    lab: bool = False,
+    secrets: str | None = None,
+    wait: bool = True,
+    timeout: float = 300.0,
+    check: bool = True,
+) -> int:
+    target = _server(project, server=server, lab=lab, secrets=secrets)
+    if target is None:
+        _err("apply: nothing was published")
+        return 1
+    store = SecretStore(target.ca.parent)
+    text = project.roles_path.read_text()
+    return apply.apply_command(target, text, store, wait=wait, timeout=timeout, check=check)
+
+
+def hosts(
+    project: Project,
+    *,
+    server: str | None = None,
+    lab: bool = False,
+    secrets: str | None = None,
+    as_json: bool = False,
+    wait: bool = False,
+    timeout: float = 300.0,
+) -> int:
+    target = _server(project, server=server, lab=lab, secrets=secrets)
+    if target is None:
+        return 1
+    return fleet.hosts_command(target, as_json=as_json, wait=wait, timeout=timeout)

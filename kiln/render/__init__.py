@@ -89,9 +89,10 @@ class Renderer:
     def file(self, spec: FileSpec, variables: Mapping[str, Any]) -> b.File:
         """The bundle's entry for a file: its content, or for a cluster-wide file the digest of the content every
         host shares (rendered once; the bundle stays small however many hosts the file lists)."""
-        owner = {"mode": spec.mode, "owner": spec.owner, "group": spec.group, "check": spec.check}
+        owner = {"mode": spec.mode, "owner": spec.owner, "group": spec.group}
         if not spec.cluster_wide:
-            return b.File(path=spec.path, content=render_template(spec.template, variables), **owner)
+            content = render_template(spec.template, variables)
+            return b.File(path=spec.path, content=content, check=spec.check, **owner)
         digest = self._by_template.get(spec.template)
         if digest is None:
             content = render_template(spec.template, variables)
@@ -99,7 +100,7 @@ class Renderer:
             self.shared[digest] = content
             self.shared_modes[digest] = spec.mode
             self._by_template[spec.template] = digest
-        return b.File(path=spec.path, shared=digest, **owner)
+        return b.File(path=spec.path, shared=digest, check=spec.check, **owner)
 
     def bundle(self, host: Host) -> b.Bundle:
         """One host's unsigned bundle, secrets by reference (value null)."""

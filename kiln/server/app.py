@@ -37,6 +37,7 @@ from kiln.server.auth import OPERATOR_COOKIE, Authority, Denied, bearer, peer
 from kiln.server.bundles import BundleCache, Signed
 from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, parse_event, parse_mac
 from kiln.server.limits import Limits
+from kiln.server.publish import Live, Publisher, Rejected, poll_interval
 from kiln.server.states import progress
 from kiln.server.store import CredentialError, StateStore, UnknownHost
 
@@ -52,33 +53,53 @@ DASHBOARD_HEADERS = {
 
 @dataclass
 class Provisioner:
-    """Everything the routes share: the cluster, its state, its bundles and images."""
+    """Everything the routes share: the generation served (`live`: cluster and bundles, swapped whole by a
+    publication), the state, the images. A route that reads the cluster and its bundles takes `live` once."""
 
-    cluster: Cluster
+    live: Live
     store: StateStore
-    bundles: BundleCache
     images: ipxe.ImageCatalog
     installer: ipxe.Installer
     authority: Authority
+    publisher: Publisher | None = None  # None: this server does not take publications (tests of other routes)
     dashboard_url: str = ""  # where the HTTP listener sends a browser asking for /
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
-        self._by_name = {h.name: h for h in self.cluster.hosts}
-        self._by_mac = {h.mac: h for h in self.cluster.hosts}
         # Database work runs off the event loop, in as many threads as the database can use at once:
         # one for SQLite (a single writer; one thread hands over faster than several queueing on its lock).
         self._executor = ThreadPoolExecutor(self.store.threads, thread_name_prefix="kiln-state")
+        self._running: dict[str, int] = {}  # host -> the generation it last said it runs (saves a write per poll)
+
+    @property
+    def cluster(self) -> Cluster:
+        return self.live.cluster
+
+    @property
+    def bundles(self) -> BundleCache:
+        return self.live.bundles
 
     async def blocking(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     def host_by_name(self, name: str) -> Host | None:
-        return self._by_name.get(name)
+        return self.live.by_name.get(name)
 
     def host_by_mac(self, mac: str) -> Host | None:
         """`mac` as parse_mac returns it (lower case, colons)."""
-        return self._by_mac.get(mac)
+        return self.live.by_mac.get(mac)
+
+    def swap(self, live: Live) -> None:
+        """Serve `live` from now on; the previous generation's shared contents stay fetchable (an agent may be
+        between its bundle and the contents it names)."""
+        live.bundles.fallback = self.live.bundles.shared_contents()
+        self.live = live
+
+    async def running(self, name: str, generation: int) -> None:
+        """Record that the host runs `generation` (it polled for a newer one) when that is news."""
+        if self._running.get(name) != generation:
+            await self.blocking(self.store.note_running, name, generation)
+            self._running[name] = generation
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -218,12 +239,12 @@ def _bundle_response(signed: Signed, host: str) -> Response:
     )
 
 
-def _signed_for(p: Provisioner, host: Host, with_secrets: bool) -> Signed | Response:
+def _signed_for(bundles: BundleCache, host: Host, with_secrets: bool) -> Signed | Response:
     """The host's signed bundle, with its secrets when `with_secrets` (and it has any)."""
-    if not with_secrets or not p.bundles.has_secrets(host):
-        return p.bundles.without_secrets(host)
+    if not with_secrets or not bundles.has_secrets(host):
+        return bundles.without_secrets(host)
     try:
-        return p.bundles.with_secrets(host, p.bundles.secret_values(host))
+        return bundles.with_secrets(host, bundles.secret_values(host))
     except SecretMissing as e:
         LOG.error("%s: cannot hand out secrets: %s", host.name, e)
         return _error(503, f"the server lacks a secret for {host.name}: {e}")
@@ -249,9 +270,13 @@ async def enrol(request: Request) -> Response:
     token = bearer(request)
     if token is None:
         return await _refused(p, request, "enrol", Denied(401, "an enrolment token is required"), None)
+    live = p.live
     holder = await p.blocking(p.store.token_holder, token)
-    if holder is not None and p.cluster.host(holder).mac not in macs:  # checked before anything is bound
-        message = f"this token is {holder}'s (MAC {p.cluster.host(holder).mac}), which is none of this machine's NICs"
+    if holder is not None and holder not in live.by_name:
+        message = f"{holder} is no longer in roles.yaml (retiring): it cannot enrol"
+        return await _refused(p, request, "enrol", Denied(403, message), holder)
+    if holder is not None and live.by_name[holder].mac not in macs:  # checked before anything is bound
+        message = f"this token is {holder}'s (MAC {live.by_name[holder].mac}), which is none of this machine's NICs"
         return await _refused(p, request, "enrol", Denied(403, message), holder)
     try:
         enrolment = await p.blocking(p.store.enrol, token, key, peer(request))
@@ -259,8 +284,8 @@ async def enrol(request: Request) -> Response:
         if e.status == 403 and e.host:
             await p.blocking(p.store.flag_credential, e.host, e.reason)
         return await _refused(p, request, "enrol", e, e.host)
-    host = p.cluster.host(enrolment.host)
-    signed = await asyncio.to_thread(_signed_for, p, host, enrolment.secrets)
+    host = live.by_name[enrolment.host]
+    signed = await asyncio.to_thread(_signed_for, live.bundles, host, enrolment.secrets)
     if isinstance(signed, Response):
         return signed
     what = "key bound" if enrolment.first else "same key again (a retry)"
@@ -271,20 +296,35 @@ async def enrol(request: Request) -> Response:
 
 
 async def bundle(request: Request) -> Response:
-    """GET /v1/bundle, signed by an enrolled host: its bundle, with its secrets until it acknowledged them."""
+    """GET /v1/bundle, signed by an enrolled host: its bundle, with its secrets until it acknowledged them.
+
+    With ?after=G (a joined host's converge poll; G is the generation it runs, which is recorded): the bundle only
+    when a newer generation is published, else 204 with Retry-After, the seconds until it should ask again."""
     p: Provisioner = request.app.state.provisioner
     if request.method != "GET":
         return _error(405, "GET only: a HEAD is never a grant")
+    after = request.query_params.get("after")
+    if after is not None and not (after.isdigit() and len(after) < 19):
+        return _error(400, "after: expected the generation the host runs (an integer)")
     try:
         name = await p.blocking(p.authority.host, request, b"")
     except Denied as e:
         return await _refused(p, request, "bundle", e, None)
-    host = p.cluster.host(name)
-    with_secrets = p.bundles.has_secrets(host) and await p.blocking(p.store.secrets_for, name)
-    signed = await asyncio.to_thread(_signed_for, p, host, with_secrets)
+    live = p.live
+    host = live.by_name.get(name)
+    if after is not None:
+        await p.running(name, int(after))
+    if host is None or (after is not None and live.generation <= int(after)):
+        # nothing newer (a retiring host gets nothing new: it keeps serving what it has until it is powered off)
+        wait = str(poll_interval(len(live.cluster.hosts)))
+        return Response(status_code=204, headers={"Retry-After": wait, "Cache-Control": "no-store"})
+    # a converge poll never asks for secrets (they are on the host): it is not counted as asking for them again
+    converging = after is not None
+    with_secrets = not converging and live.bundles.has_secrets(host) and await p.blocking(p.store.secrets_for, name)
+    signed = await asyncio.to_thread(_signed_for, live.bundles, host, with_secrets)
     if isinstance(signed, Response):
         return signed
-    if p.bundles.has_secrets(host):
+    if live.bundles.has_secrets(host) and not converging:
         await _granted(
             p, request, "bundle", name, "with secrets" if with_secrets else "secrets withheld (acknowledged)"
         )
@@ -373,6 +413,71 @@ async def access(request: Request) -> Response:
     return JSONResponse({"access": rows}, headers={"Cache-Control": "no-store"})
 
 
+PUBLISH_BYTES = 8 * 1024 * 1024  # a roles.yaml of 10,000 hosts is about 1 MB
+
+
+async def publish(request: Request) -> Response:
+    """POST /v1/publish (operator), {"roles": TEXT, "retiring": [NAME, ...]}: the next generation (kiln/server/
+    publish.py). 200 with what it did; 422 with every problem when it is refused (then nothing changed)."""
+    p: Provisioner = request.app.state.provisioner
+    refused = await _operator_only(p, request, "publish")
+    if refused is not None:
+        return refused
+    if p.publisher is None:
+        return _error(503, "this server does not take publications")
+    wrong = _json_only(request)
+    if wrong is not None:
+        return wrong
+    body = await _body(request, PUBLISH_BYTES)
+    if isinstance(body, Response):
+        return body
+    try:
+        data = json.loads(body)
+        text, retiring = data["roles"], data.get("retiring", [])
+        if not isinstance(text, str) or not isinstance(retiring, list) or not all(isinstance(n, str) for n in retiring):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return _error(400, 'expected {"roles": "<roles.yaml text>", "retiring": ["<host>", ...]}')
+    live = p.live
+    publisher = p.publisher
+    try:
+        _, outcome = await asyncio.to_thread(
+            lambda: publisher.publish(text, retiring, known=live.known(), before=live.generation)
+        )
+    except Rejected as e:
+        LOG.warning("publication refused: %s", e)
+        return JSONResponse({"error": "the roles were not published", "problems": e.problems}, status_code=422)
+    detail = f"generation {outcome.generation}" + ("" if outcome.changed else " (unchanged)")
+    await _granted(p, request, "publish", "operator", detail)
+    LOG.info(
+        "published generation %d: added %s, retiring %s, retired %s",
+        outcome.generation,
+        list(outcome.added),
+        list(outcome.retiring),
+        list(outcome.retired),
+    )
+    return JSONResponse(outcome.as_json(), headers={"Cache-Control": "no-store"})
+
+
+async def published(request: Request) -> Response:
+    """GET /v1/published (operator): the generation served, its roles.yaml text and the hosts it drains."""
+    p: Provisioner = request.app.state.provisioner
+    refused = await _operator_only(p, request, "published")
+    if refused is not None:
+        return refused
+    stored = await p.blocking(p.store.published)
+    live = p.live
+    return JSONResponse(
+        {
+            "generation": live.generation,
+            "roles": stored.roles if stored.generation == live.generation else "",
+            "retiring": [{"name": h.name, "role": h.role, "ip": str(h.ip)} for h in live.retiring],
+            "hosts": len(live.cluster.hosts),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 SINCE_OVERLAP = 5.0  # seconds a delta poll reaches back: a change committed just after the last answer still shows
 
 
@@ -390,10 +495,11 @@ async def hosts(request: Request) -> Response:
         except ValueError:
             return _error(400, "since: expected a number (the `now` of an earlier answer)")
     now = time.time()
+    live = p.live
     rows = await p.blocking(p.store.host_rows, None, timeline=with_timeline, since=since)
     alert_rows = await p.blocking(p.store.alert_rows)
     unknown = await p.blocking(p.store.unknown_machines)
-    view = hosts_view(p.cluster, rows, alert_rows, unknown, with_timeline, full=since is None)
+    view = hosts_view(live, rows, alert_rows, unknown, with_timeline, full=since is None)
     return JSONResponse({**view, "now": now}, headers={"Cache-Control": "no-store"})
 
 
@@ -417,6 +523,15 @@ def _alerts(host: Host, row: dict[str, Any]) -> list[dict[str, str]]:
                 "hint": f"find the machine that used it; then ./inv reprovision {host.name}",
             }
         )
+    if row.get("converge_error"):
+        found.append(
+            {
+                "kind": "converge",
+                "host": host.name,
+                "message": f"{host.name} could not apply {row['converge_error']}",
+                "hint": f"it runs the generation before; ./inv plan shows the change, `firstboot status` on {host.ip}",
+            }
+        )
     if row.get("state") == "failed":
         found.append(
             {
@@ -429,7 +544,7 @@ def _alerts(host: Host, row: dict[str, Any]) -> list[dict[str, str]]:
     return found
 
 
-def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool) -> dict[str, Any]:
+def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool, generation: int) -> dict[str, Any]:
     last = None
     if row.get("last_step"):
         last = {
@@ -453,6 +568,9 @@ def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool) -> dict[st
         "enrolled_from": row.get("enrolled_from"),
         "secrets_refused": row.get("secrets_denied", 0),
         "step_started": row.get("step_started"),
+        "generation": row.get("running_generation"),  # the bundle generation it runs (null: not told yet)
+        "converged": (row.get("running_generation") or 0) >= generation,
+        "converge_error": row.get("converge_error"),
         "last_event": last,
         "alerts": _alerts(host, row),
     }
@@ -465,7 +583,7 @@ def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool) -> dict[st
 
 
 def hosts_view(
-    cluster: Cluster,
+    live: Live,
     rows: dict[str, dict[str, Any]],
     alert_rows: dict[str, dict[str, Any]],
     unknown: list[dict[str, Any]],
@@ -474,21 +592,32 @@ def hosts_view(
     full: bool = True,
 ) -> dict[str, Any]:
     """The /v1/hosts answer: every host in roles.yaml order (full), or only those in `rows` (a delta); the alerts
-    of every host either way."""
+    of every host either way; the generation served and how many hosts run it; the hosts retired (in `rows`)."""
+    cluster, generation = live.cluster, live.generation
     if full:
-        listed = [_host_entry(h, rows.get(h.name, {}), with_timeline) for h in cluster.hosts]
+        listed = [_host_entry(h, rows.get(h.name, {}), with_timeline, generation) for h in cluster.hosts]
     else:
-        listed = [_host_entry(cluster.host(n), row, with_timeline) for n, row in rows.items() if n in cluster.names]
+        listed = [
+            _host_entry(live.by_name[n], row, with_timeline, generation) for n, row in rows.items() if n in live.by_name
+        ]
     alerts = [a for h in cluster.hosts if h.name in alert_rows for a in _alerts(h, alert_rows[h.name])]
     machines = [
         {"label": "unknown machine", **{k: u[k] for k in ("mac", "first_seen", "last_seen", "requests")}}
         for u in unknown
     ]
+    retired = [
+        {"name": n, "was": row.get("retired_as") or "", "retired_at": row.get("retired_at")}
+        for n, row in sorted(rows.items())
+        if row.get("state") == "retired" and n not in live.by_name
+    ]
     return {
         "cluster": cluster.name,
         "full": full,
         "count": len(cluster.hosts),
+        "generation": generation,
+        "retiring": [h.name for h in live.retiring],
         "hosts": listed,
+        "retired": retired,
         "unknown_machines": machines,
         "alerts": alerts,
     }
@@ -556,6 +685,8 @@ def _api_routes() -> list[Route | Mount]:
         Route("/v1/hosts/{name}/events", post_event, methods=["POST"]),
         Route("/v1/hosts/{name}/seed", seed),
         Route("/v1/access", access),
+        Route("/v1/publish", publish, methods=["POST"]),
+        Route("/v1/published", published),
     ]
 
 

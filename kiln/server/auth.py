@@ -76,14 +76,17 @@ class Authority:
         return bool(given) and hmac.compare_digest(given.encode(), self.operator_token.encode())
 
     def host(self, request: Request, body: bytes, *, now: float | None = None) -> str:
-        """The enrolled host that signed this exact request; Denied(401) for anything else. Blocking (the key is
-        read from the state store): run it off the event loop."""
+        """The enrolled host that signed this exact request; Denied(403) for a retired host, Denied(401) for anything
+        else. Blocking (the key is read from the state store): run it off the event loop."""
         now = time.time() if now is None else now
         try:
             claim = hostauth.parse(request.headers.get("authorization"))
         except hostauth.AuthError as e:
             raise Denied(401, f"host credential required: {e}") from None
         key_text = self.store.host_key(claim.host) if claim.host else None
+        if key_text is None and claim.host and self.store.is_retired(claim.host):
+            # the agent stops following its bundle on this answer (firstboot converge)
+            raise Denied(403, f"{claim.host} is retired (roles.yaml no longer lists it): its key was revoked")
         if key_text is None:
             raise Denied(401, f"{claim.host} has no enrolled key (enrol with its token first)")
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,7 +39,9 @@ class BundleCache:
         *,
         generation: int = 1,
         ttl: float = BUNDLE_TTL,
+        retiring: tuple[Host, ...] = (),
     ) -> None:
+        """`retiring`: hosts being drained (kiln.render.Renderer): out of the pools, still admitted; no bundle."""
         self.cluster = cluster
         self.secrets = secrets
         self.key = key
@@ -47,10 +49,12 @@ class BundleCache:
         self.cluster_id = secrets.cluster_id()
         self.generation = generation
         self.ttl = ttl
-        self._renderer = Renderer(cluster)  # cluster-wide values and files, computed once, not once per host
+        self._renderer = Renderer(cluster, retiring)  # cluster-wide values and files, computed once, not once per host
         self._rendered: dict[str, Bundle] = {}
         self._withheld: dict[str, Signed] = {}
         self._lock = threading.Lock()
+        # the previous generation's shared contents: an agent may ask for one after a publication swapped us in
+        self.fallback: Mapping[str, str] = {}
 
     def rendered(self, host: Host) -> Bundle:
         """The host's bundle as rendered (secret values null); rendered on first use, then kept."""
@@ -72,8 +76,12 @@ class BundleCache:
 
     def shared(self, digest: str) -> bytes | None:
         """A cluster-wide content the bundles name by its sha256 (None for a digest no bundle names)."""
-        content = self._renderer.shared.get(digest)
+        content = self._renderer.shared.get(digest) or self.fallback.get(digest)
         return None if content is None else content.encode()
+
+    def shared_contents(self) -> Mapping[str, str]:
+        """sha256 -> content of every cluster-wide file rendered so far (render_all: every one)."""
+        return dict(self._renderer.shared)
 
     def has_secrets(self, host: Host) -> bool:
         return bool(self.rendered(host).secrets)

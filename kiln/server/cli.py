@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -36,7 +35,7 @@ def serve_command(
             listen=parse_address(listen or f"0.0.0.0:{DEFAULT_HTTP_PORT}", "--listen"),
             tls_listen=parse_address(tls_listen or default_tls_listen(cluster), "--tls-listen"),
             bundle_hook=bundle_hook,
-            roles_digest=hashlib.sha256(project.roles_path.read_bytes()).hexdigest(),
+            roles_text=project.roles_path.read_text(),
         )
         return serve(config)
     except (ConfigError, ValueError) as e:

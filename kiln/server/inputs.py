@@ -24,6 +24,7 @@ EVENT_SCHEMA: dict[str, Any] = {
         "detail": {"type": "string", "maxLength": MAX_DETAIL_CHARS},
         "at": {"type": "string", "maxLength": 64},
         "duration": {"type": "number", "minimum": 0, "maximum": 86400 * 7},
+        "generation": {"type": "integer", "minimum": 1, "maximum": 2**62},  # converge: the generation it is about
     },
 }
 _EVENT_VALIDATOR = jsonschema.Draft202012Validator(EVENT_SCHEMA)
@@ -50,6 +51,7 @@ class Event:
     detail: str
     at: str | None
     duration: float | None
+    generation: int | None = None
 
 
 def parse_event(body: bytes) -> Event:
@@ -69,4 +71,5 @@ def parse_event(body: bytes) -> Event:
         data.get("detail", ""),
         data.get("at"),
         float(duration) if duration is not None else None,
+        data.get("generation"),
     )

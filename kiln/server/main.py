@@ -21,12 +21,13 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from kiln import signing
-from kiln.model import Cluster
+from kiln.model import Cluster, Host, InvalidRoles, parse_roles
 from kiln.secrets import SecretStore
-from kiln.server import ipxe, limits
+from kiln.server import ipxe, limits, publish
 from kiln.server.app import Provisioner, http_app, tls_app
 from kiln.server.auth import Authority
-from kiln.server.bundles import BundleCache, BundleHook
+from kiln.server.bundles import BundleHook
+from kiln.server.publish import Live, Publisher
 from kiln.server.store import StateStore
 
 LOG = logging.getLogger("kiln.server")
@@ -79,7 +80,7 @@ class ServerConfig:
     listen: Address
     tls_listen: Address
     bundle_hook: BundleHook | None = None
-    roles_digest: str = ""  # sha256 of the roles file: a changed file is the next generation
+    roles_text: str = ""  # the --roles file's text: a changed file is the next generation
 
 
 def default_tls_listen(cluster: Cluster) -> str:
@@ -133,10 +134,13 @@ def serve(config: ServerConfig) -> int:
     fingerprint = signing.fingerprint(key.public_key())
 
     store = StateStore.open(config.database, config.project)
-    store.ensure_hosts(h.name for h in cluster.hosts)
-    store.forget_unknown(h.mac for h in cluster.hosts)
-    generation = store.publish(config.roles_digest, floor=store_keys.generation())
-    store_keys.note_generation(generation)
+    publisher = Publisher(store, store_keys, key, config.bundle_hook)
+    started = time.monotonic()
+    live, note = _first_generation(publisher, store, config)
+    print(f"rendered {len(live.cluster.hosts)} bundles in {time.monotonic() - started:.2f}s", flush=True)
+    if note:
+        print(note, flush=True)
+    cluster, generation = live.cluster, live.generation
 
     http_sock = _bind(config.listen)
     tls_sock = _bind(config.tls_listen)
@@ -153,19 +157,16 @@ def serve(config: ServerConfig) -> int:
     )
     tls_base = f"https://{tls_host}:{tls_port}"
 
-    bundles = BundleCache(cluster, store_keys, key, config.bundle_hook, generation=generation)
-    started = time.monotonic()
-    rendered = bundles.render_all()
-    print(f"rendered {rendered} bundles in {time.monotonic() - started:.2f}s", flush=True)
     provisioner = Provisioner(
-        cluster=cluster,
+        live=live,
         store=store,
-        bundles=bundles,
         images=ipxe.ImageCatalog(config.images),
         installer=ipxe.Installer(http_base=http_base, provisioning_url=cluster.provisioning_url),
         authority=Authority(store, store_keys.operator_token()),
+        publisher=publisher,
         dashboard_url=f"{tls_base}/",
     )
+    publisher.on_swap = provisioner.swap
     tls_config = _uvicorn_config(
         tls_app(provisioner),
         ssl_certfile=str(store_keys.server_pem),  # the server's own identity: never in a bundle
@@ -187,10 +188,15 @@ def serve(config: ServerConfig) -> int:
         f"{config.secrets / 'ca.pem'}; hosts authenticate)",
         f"  events         {tls_base}/v1/hosts/NAME/events",
         f"  dashboard      {tls_base}/   (log in with {config.secrets / 'operator.token'})",
+        f"  publications   {tls_base}/v1/publish   (./inv plan, ./inv apply: the next generation, no restart)",
         f"  signing key    {fingerprint}   ({config.secrets / 'signing.pub'})",
     ]
     if config.listen.unspecified and config.listen.port == 0:
         lines.append(f"  (listening on all addresses, HTTP port {http_port}, HTTPS port {tls_port})")
+    # A signal from the moment we say we are up stops us cleanly, also before the event loop takes it over.
+    early: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: early.append(signum))
     print("\n".join(lines), flush=True)
 
     async def run_both() -> None:
@@ -202,7 +208,13 @@ def serve(config: ServerConfig) -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
-        await asyncio.gather(servers[0].serve([http_sock]), servers[1].serve([tls_sock]))
+        if early:
+            stop()
+        follower = asyncio.create_task(_follow(provisioner, publisher, store))
+        try:
+            await asyncio.gather(servers[0].serve([http_sock]), servers[1].serve([tls_sock]))
+        finally:
+            follower.cancel()
 
     try:
         with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
@@ -211,6 +223,50 @@ def serve(config: ServerConfig) -> int:
         store.close()
     print("kiln serve: stopped", flush=True)
     return 0
+
+
+def _first_generation(publisher: Publisher, store: StateStore, config: ServerConfig) -> tuple[Live, str]:
+    """What the server serves at its start, and a note on why: its --roles file, unless `./inv apply` published
+    other roles since the file last changed (the file is then older than what runs: serving it would undo the
+    apply). Hosts the previous roles listed and these do not are retired (a restart cannot drain them first)."""
+    stored = store.published()
+    file_digest = publish.digest(config.roles_text)
+    text, note = config.roles_text, ""
+    if stored.roles and stored.file_digest == file_digest and stored.digest != file_digest:
+        text = stored.roles
+        note = (
+            f"serving generation {stored.generation}, published by ./inv apply: the roles file is unchanged since "
+            "this server last started (./inv plan --roles FILE shows how a file differs from what runs)"
+        )
+    known: dict[str, Host] = {}
+    if stored.roles:
+        try:
+            known = {h.name: h for h in parse_roles(stored.roles).hosts}
+        except InvalidRoles:
+            LOG.warning("the roles published before no longer parse: hosts they dropped are not retired")
+    try:
+        live, _ = publisher.publish(text, known=known, file_digest=file_digest)
+    except publish.Rejected as e:
+        raise ConfigError("; ".join(e.problems)) from None
+    store.retire({n: "" for n in stored.retiring if n not in live.by_name})  # drained before the restart
+    return live, note
+
+
+FOLLOW_EVERY = 5.0  # seconds between two looks for a generation another server published (shared PostgreSQL)
+
+
+async def _follow(provisioner: Provisioner, publisher: Publisher, store: StateStore) -> None:
+    """Serve what another server sharing the database publishes, within FOLLOW_EVERY seconds."""
+    while True:
+        await asyncio.sleep(FOLLOW_EVERY)
+        try:
+            stored = await provisioner.blocking(store.published)
+            live = provisioner.live
+            if stored.generation > live.generation and stored.roles:
+                await asyncio.to_thread(publisher.follow, stored, live.known())
+                LOG.info("now serving generation %d (published by another server)", stored.generation)
+        except Exception:  # a database hiccup or a bad publication must not stop the server: try again later
+            LOG.exception("following the published generation failed; retrying in %.0f s", FOLLOW_EVERY)
 
 
 def _redacted(url: str) -> str:

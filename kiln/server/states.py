@@ -13,11 +13,13 @@ class State(StrEnum):
     configuring = "configuring"  # the first-boot agent is at work
     joined = "joined"  # the agent reported done
     failed = "failed"  # a step reported fail
+    retired = "retired"  # roles.yaml no longer lists it: drained, its credential revoked (./inv apply)
 
 
 # Steps in the order a host goes through them: the installer's, then the agent's.
 STEPS = ("install", "fetch", "network", "files", "secrets", "firewall", "services", "join", "checks", "done")
-REPORTED_STEPS = STEPS  # what hosts may POST; "pxe" is recorded by the server itself
+CONVERGE_STEP = "converge"  # a joined host applying a newer generation: never moves its state
+REPORTED_STEPS = (*STEPS, CONVERGE_STEP)  # what hosts may POST; "pxe" is recorded by the server itself
 PXE_STEP = "pxe"
 STATUSES = ("start", "ok", "fail")
 

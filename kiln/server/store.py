@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import secrets as pysecrets
 import threading
 import time
@@ -28,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from kiln.server.inputs import Event
-from kiln.server.states import PXE_STEP, State, next_state, step_index
+from kiln.server.states import CONVERGE_STEP, PXE_STEP, State, next_state, step_index
 
 TIMELINE_LIMIT = 200  # events per host returned by hosts(); older ones stay until EVENTS_KEPT per host
 EVENTS_KEPT = 2000  # events per host kept in the table; older ones go (retention)
@@ -64,6 +65,10 @@ hosts_table = sa.Table(
     sa.Column("enrolled_from", sa.String(64)),  # the peer address that enrolled
     sa.Column("secrets_acked_at", sa.Float),  # the host acknowledged its secrets: never handed out again
     sa.Column("credential_alert", sa.Text),  # its credential was refused in a way an operator must see (re-arm clears)
+    sa.Column("running_generation", sa.Integer),  # the bundle generation the host runs (converge ok, or its poll)
+    sa.Column("converge_error", sa.Text),  # the last generation it failed to apply, and why (cleared by a success)
+    sa.Column("retired_at", sa.Float),  # roles.yaml dropped it: credential revoked, listed as retired
+    sa.Column("retired_as", sa.Text),  # "role ip mac" it had, for the listing (roles.yaml no longer says)
 )
 
 events_table = sa.Table(
@@ -205,6 +210,15 @@ class CredentialError(Exception):
 
 
 @dataclass(frozen=True)
+class Published:
+    generation: int
+    digest: str  # sha256 of the roles text
+    roles: str  # the roles.yaml text (empty: only its digest was published, by an older kiln)
+    retiring: tuple[str, ...]  # hosts removed from roles.yaml, drained but still admitted, in this generation
+    file_digest: str  # the server's --roles file when it last started
+
+
+@dataclass(frozen=True)
 class Enrolment:
     """The outcome of a host's enrolment: which host, whether its bundle carries secrets, whether the key was
     bound just now (a retry after a lost response binds nothing new)."""
@@ -281,7 +295,9 @@ class StateStore:
         """A row for every host of the cluster (new hosts start armed, in state waiting)."""
         wanted = set(names)
         with self._transaction() as conn:
-            have = set(conn.execute(sa.select(hosts_table.c.name)).scalars())
+            rows = [(r.name, r.state) for r in conn.execute(sa.select(hosts_table.c.name, hosts_table.c.state))]
+            have = {name for name, _ in rows}
+            back = sorted(name for name, state in rows if name in wanted and state == State.retired.value)
             missing = sorted(wanted - have)
             if missing:
                 now = time.time()
@@ -289,6 +305,8 @@ class StateStore:
                     hosts_table.insert(),
                     [{"name": n, "armed_at": now, "updated": now, **_minted(now)} for n in missing],
                 )
+        for name in back:  # listed again after it was retired: a new provisioning, as for a new host
+            self.rearm(name)
 
     def record_event(self, name: str, event: Event, *, now: float | None = None) -> State:
         """Store one event and move the host's state; raise UnknownHost for a host without a row."""
@@ -303,8 +321,18 @@ class StateStore:
                 and host["last_step"] == event.step
             ):
                 duration = max(0.0, now - host["step_started"])
-            state = next_state(event.step, event.status)
             ok = event.status == "ok"
+            converge = event.step == CONVERGE_STEP
+            state = State(host["state"]) if converge else next_state(event.step, event.status)
+            if converge and event.status != "start":
+                conn.execute(
+                    hosts_table.update()
+                    .where(hosts_table.c.name == name)
+                    .values(
+                        running_generation=event.generation if ok else host["running_generation"],
+                        converge_error=None if ok else f"generation {event.generation}: {event.detail}",
+                    )
+                )
             conn.execute(
                 _UPDATE_AFTER_EVENT,
                 {
@@ -316,7 +344,11 @@ class StateStore:
                     "last_received": now,
                     "last_duration": duration,
                     "step_started": now if event.status == "start" else None,
-                    "max_ok_index": max(host["max_ok_index"], step_index(event.step)) if ok else host["max_ok_index"],
+                    "max_ok_index": (
+                        max(host["max_ok_index"], step_index(event.step))
+                        if ok and not converge
+                        else host["max_ok_index"]
+                    ),
                     "installed": host["installed"] or (ok and event.step == "install"),
                     "updated": now,
                 },
@@ -353,21 +385,82 @@ class StateStore:
             raise UnknownHost(name)
         return bool(installed)
 
-    def publish(self, digest: str, *, floor: int = 0) -> int:
-        """The cluster's generation for the roles file with this digest: the same file keeps its generation, a
-        changed one is the next (a monotonic number every signed bundle carries; agents never go back). `floor`:
-        the highest generation ever published, kept outside this database, so a new database never goes back."""
+    def published(self) -> Published:
+        """What was published last: its generation, roles text and the hosts it drains (empty on a new database)."""
+        with self.engine.connect() as conn:
+            stored = dict(conn.execute(sa.select(meta_table.c.key, meta_table.c.value)).tuples().all())
+        return Published(
+            generation=int(stored.get("generation", "0")),
+            digest=stored.get("roles_digest", ""),
+            roles=stored.get("roles_text", ""),
+            retiring=tuple(json.loads(stored.get("retiring", "[]"))),
+            file_digest=stored.get("file_digest", ""),
+        )
+
+    def publish(
+        self, digest: str, *, roles: str = "", retiring: Iterable[str] = (), floor: int = 0, file_digest: str = ""
+    ) -> int:
+        """The cluster's generation for these roles (sha256 `digest`, text `roles`) and hosts being drained: the same
+        roles and drained hosts keep their generation, anything else is the next (a monotonic number every signed
+        bundle carries; agents never go back). `floor`: the highest generation ever published, kept outside this
+        database, so a new database never goes back. `file_digest`: the server's --roles file at its start."""
+        drained = json.dumps(sorted(retiring))
         with self._transaction() as conn:
             stored = dict(conn.execute(sa.select(meta_table.c.key, meta_table.c.value)).tuples().all())
             generation = max(int(stored.get("generation", "0")), floor)
-            if stored.get("roles_digest") != digest or generation > int(stored.get("generation", "0")):
+            same = stored.get("roles_digest") == digest and stored.get("retiring", "[]") == drained
+            if not same or generation > int(stored.get("generation", "0")):
                 generation += 1
-                for key, value in (("generation", str(generation)), ("roles_digest", digest)):
-                    if key in stored:
-                        conn.execute(meta_table.update().where(meta_table.c.key == key).values(value=value))
-                    else:
-                        conn.execute(meta_table.insert().values(key=key, value=value))
+            values = {"generation": str(generation), "roles_digest": digest, "retiring": drained}
+            if roles:
+                values["roles_text"] = roles
+            if file_digest:
+                values["file_digest"] = file_digest
+            for key, value in values.items():
+                if stored.get(key) == value:
+                    continue
+                if key in stored:
+                    conn.execute(meta_table.update().where(meta_table.c.key == key).values(value=value))
+                else:
+                    conn.execute(meta_table.insert().values(key=key, value=value))
         return generation
+
+    def note_running(self, name: str, generation: int, *, now: float | None = None) -> None:
+        """The host says (signed) it runs `generation`: its poll for a newer one names it."""
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            conn.execute(
+                hosts_table.update()
+                .where(
+                    hosts_table.c.name == name,
+                    sa.or_(hosts_table.c.running_generation.is_(None), hosts_table.c.running_generation != generation),
+                )
+                .values(running_generation=generation, updated=now)
+            )
+
+    def retire(self, hosts: dict[str, str], *, now: float | None = None) -> list[str]:
+        """Hosts roles.yaml no longer lists (name -> "role ip mac"): state retired, key and token revoked, so nothing
+        they sign or present is accepted again. Return the names that were not retired before."""
+        now = time.time() if now is None else now
+        done = []
+        with self._transaction() as conn:
+            for name, identity in sorted(hosts.items()):
+                changed = conn.execute(
+                    hosts_table.update()
+                    .where(hosts_table.c.name == name, hosts_table.c.state != State.retired.value)
+                    .values(
+                        state=State.retired.value,
+                        host_key=None,
+                        enrol_token=None,
+                        enrol_expires=None,
+                        retired_at=now,
+                        retired_as=identity,
+                        updated=now,
+                    )
+                ).rowcount
+                if changed:
+                    done.append(name)
+        return done
 
     # --- credentials -----------------------------------------------------------------------------------
 
@@ -415,6 +508,11 @@ class StateStore:
         """The public key bound to the host's current provisioning (None: not enrolled)."""
         with self.engine.connect() as conn:
             return conn.execute(sa.select(hosts_table.c.host_key).where(hosts_table.c.name == name)).scalar()
+
+    def is_retired(self, name: str) -> bool:
+        with self.engine.connect() as conn:
+            state = conn.execute(sa.select(hosts_table.c.state).where(hosts_table.c.name == name)).scalar()
+        return state == State.retired.value
 
     def secrets_for(self, name: str, *, now: float | None = None) -> bool:
         """Whether an authenticated bundle request of the host gets its secrets: until it acknowledged them.
@@ -520,6 +618,10 @@ class StateStore:
                     step_started=None,
                     armed_at=now,
                     updated=now,
+                    running_generation=None,
+                    converge_error=None,
+                    retired_at=None,
+                    retired_as=None,
                     **_minted(now),
                 )
             )
@@ -569,13 +671,15 @@ class StateStore:
         return rows
 
     def alert_rows(self) -> dict[str, dict[str, Any]]:
-        """The rows of hosts that need an operator: failed, or refused their secrets (every poll shows them all)."""
+        """The rows of hosts that need an operator: failed, refused their secrets, misused credentials, or a
+        generation they could not apply (every poll shows them all)."""
         with self.engine.connect() as conn:
             query = sa.select(hosts_table).where(
                 sa.or_(
                     hosts_table.c.state == State.failed.value,
                     hosts_table.c.secrets_denied > 0,
                     hosts_table.c.credential_alert.is_not(None),
+                    hosts_table.c.converge_error.is_not(None),
                 )
             )
             return {r["name"]: dict(r) for r in conn.execute(query).mappings()}
