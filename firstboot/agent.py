@@ -8,7 +8,7 @@ events to the server, live on the host); `firstboot.apply` the offline one (into
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -86,16 +86,18 @@ def step(policy: Policy, name: str, fn: Callable[[], OutcomeT]) -> OutcomeT:
     return outcome
 
 
-def execute(policy: Policy) -> int:
-    """Exit code 0 when every step the policy wants succeeded, 1 at the first that failed."""
+def execute(policy: Policy, steps: Mapping[str, StepFn] | None = None) -> int:
+    """Exit code 0 when every step the policy wants succeeded, 1 at the first that failed. `steps`: the steps
+    between fetch and done, in order (default: the first boot's, STEP_FUNCTIONS in the order of STEPS)."""
     policy.start()
     try:
         bundle = policy.resume() or step(policy, FETCH, policy.fetch).bundle
         ctx = policy.context(bundle)
-        for name in STEPS:
-            if name in (FETCH, DONE) or not policy.wanted(name):
+        order = steps if steps is not None else {n: STEP_FUNCTIONS[n] for n in STEPS if n not in (FETCH, DONE)}
+        for name, fn in order.items():
+            if not policy.wanted(name):
                 continue
-            outcome = step(policy, name, partial(STEP_FUNCTIONS[name], ctx))
+            outcome = step(policy, name, partial(fn, ctx))
             ctx.changed |= set(outcome.changed)
         step(policy, DONE, partial(policy.done, ctx))
         return 0

@@ -1,4 +1,4 @@
-"""firstboot run | status | apply --bundle FILE --root DIR [--no-services] | --version"""
+"""firstboot run | converge [--once] | status | apply --bundle FILE --root DIR [--no-services] | --version"""
 
 from __future__ import annotations
 
@@ -29,6 +29,25 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--check-deadline", type=float, default=120.0, help="seconds each health check may take to pass")
     run.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help="the local MariaDB socket (db joins)")
     run.add_argument("-v", "--verbose", action="store_true")
+
+    converge = sub.add_parser(
+        "converge", help="after the first boot, keep following this host's bundle (the kiln-converge unit)"
+    )
+    converge.add_argument("--root", type=Path, default=Path("/"), help="prefix for every path the agent uses (tests)")
+    converge.add_argument(
+        "--once",
+        action="store_true",
+        help="one poll and, when there is a newer generation, one apply; exit 0 (nothing newer, or applied) or 1",
+    )
+    converge.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        help="seconds between polls when the server names none (it does, with Retry-After, when nothing is newer)",
+    )
+    converge.add_argument("--check-deadline", type=float, default=120.0, help=argparse.SUPPRESS)
+    converge.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help=argparse.SUPPRESS)
+    converge.add_argument("-v", "--verbose", action="store_true")
 
     status = sub.add_parser("status", help="what is done, what failed and why")
     status.add_argument("--root", type=Path, default=Path("/"))
@@ -69,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         only = tuple(s for s in args.only.split(",") if s)
         tuning = Tuning(join_deadline=args.join_deadline, db_socket=args.db_socket)
         return apply(args.bundle, args.root, live=not args.no_services, only=only, tuning=tuning)
+    if args.command == "converge":
+        return _converge(args)
     from firstboot.backoff import Backoff
     from firstboot.paths import Paths
     from firstboot.run import RunOptions, run
@@ -85,6 +106,30 @@ def main(argv: list[str] | None = None) -> int:
         fetch=Backoff(deadline=args.fetch_deadline),
     )
     return run(opts)
+
+
+def _converge(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from firstboot import log
+    from firstboot.converge import ConvergeOptions, converge, refusal
+    from firstboot.paths import Paths
+    from firstboot.steps.context import Tuning
+
+    paths = Paths(args.root)
+    if refusal(paths) is None:  # a refused start writes no log
+        log.setup(paths.log, verbose=args.verbose)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # stop between two steps, never in the middle of one
+        signal.signal(signum, lambda *_: stopping.set())
+    opts = ConvergeOptions(
+        paths=paths,
+        tuning=Tuning(check_deadline=args.check_deadline, db_socket=args.db_socket),
+        interval=args.interval,
+        once=args.once,
+    )
+    return converge(opts, stopping)
 
 
 if __name__ == "__main__":

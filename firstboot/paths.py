@@ -68,6 +68,21 @@ class Paths:
         return self.state_dir / "done"
 
     @property
+    def converge_state(self) -> Path:
+        """The generation this host runs, its join, the last converge error (firstboot.state.ConvergeState)."""
+        return self.state_dir / "converge.json"
+
+    @property
+    def retired(self) -> Path:
+        """Exists once the server revoked this host's key (retired): kiln-converge.service is skipped by it."""
+        return self.state_dir / "retired"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one `firstboot run` or converge at work (firstboot.lock)."""
+        return self.state_dir / "lock"
+
+    @property
     def bundle_body(self) -> Path:
         """The verified bundle as fetched (0600, holds secrets until the host is done, then removed)."""
         return self.state_dir / "bundle.json"

@@ -32,10 +32,15 @@ class EventQueue:
         self._seq = 0
         self._lock = threading.Lock()
 
-    def put(self, step: str, status: str, detail: str = "", duration: float | None = None) -> Path:
+    def put(
+        self, step: str, status: str, detail: str = "", duration: float | None = None, generation: int | None = None
+    ) -> Path:
+        """Queue one event; `generation`: the generation a converge event is about."""
         event: dict[str, object] = {"step": step, "status": status, "detail": redact(detail), "at": now_iso()}
         if duration is not None:
             event["duration"] = round(duration, 3)
+        if generation is not None:
+            event["generation"] = generation
         with self._lock:
             self._seq += 1
             name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:04d}.json"
@@ -92,9 +97,11 @@ class Reporter:
         self.url, self.host, self.context = url, host, context
         self._wake.set()
 
-    def event(self, step: str, status: str, detail: str = "", duration: float | None = None) -> None:
+    def event(
+        self, step: str, status: str, detail: str = "", duration: float | None = None, generation: int | None = None
+    ) -> None:
         try:
-            self.queue.put(step, status, detail, duration)
+            self.queue.put(step, status, detail, duration, generation)
         except OSError as e:
             LOG.warning("cannot queue the %s/%s event: %s", step, status, e)
         self._wake.set()

@@ -6,12 +6,11 @@ not); events are queued on disk first and sent by a background thread; a done ho
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
 from dataclasses import dataclass, field
 
-from firstboot import agent
+from firstboot import agent, lock
 from firstboot.backoff import Backoff
 from firstboot.credential import Credential
 from firstboot.errors import StepFailed
@@ -20,7 +19,7 @@ from firstboot.owners import Owners
 from firstboot.paths import Paths
 from firstboot.report import EventQueue, Reporter
 from firstboot.sources import Settings, Source
-from firstboot.state import FETCH, State
+from firstboot.state import FETCH, ConvergeState, State
 from firstboot.steps.context import Outcome, StepContext, Tuning
 from firstboot.steps.fetch import Expect, FetchContext, Fetched, baked_cluster_id, cached_bundle, forget
 from firstboot.steps.fetch import fetch as fetch_step
@@ -168,6 +167,7 @@ class RunPolicy:
         LOG.error("next: %s", failure.next_action)
 
     def done(self, ctx: StepContext) -> Outcome:
+        ConvergeState.applied(ctx.bundle).save(self.paths.converge_state)  # what `firstboot converge` starts from
         done = json.dumps({"host": self.state.host, "at": time.time()}) + "\n"
         write_atomic(self.paths.done, done.encode(), 0o644, durable=True)
         forget(self.paths)  # the fetched bundle held the secrets; they are on disk where they belong now
@@ -180,11 +180,8 @@ def run(opts: RunOptions) -> int:
     if paths.done.exists() and State.load(paths.state).outcome == "done":
         print(f"firstboot: this host is provisioned ({paths.done}); nothing to do")
         return 0
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(paths.state_dir / "lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # one run at a time (the unit, an operator's re-run)
-        except BlockingIOError:
-            print("firstboot: another `firstboot run` is in progress; see `firstboot status`")
+    with lock.held(paths) as mine:  # one run at a time (the unit, an operator's re-run)
+        if not mine:
+            print("firstboot: another `firstboot run` is in progress (or a converge); see `firstboot status`")
             return 1
         return agent.execute(RunPolicy(opts))

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from firstboot.redact import redact
+from kiln.bundle import Bundle, dumps
 from kiln.fsutil import write_atomic
+from kiln.typedjson import encode
 
 FETCH, DONE = "fetch", "done"  # the first step (the bundle) and the last (the host is provisioned)
 STEPS = (FETCH, "network", "files", "secrets", "firewall", "services", "join", "checks", DONE)
@@ -95,3 +97,48 @@ class State:
 
     def failed_step(self) -> str | None:
         return next((s for s, r in self.steps.items() if r.outcome == "fail"), None)
+
+
+@dataclass
+class ConvergeState:
+    """/var/lib/firstboot/converge.json: what converge starts from and what `firstboot status` shows.
+
+    `generation` is the generation this host runs (the first boot's, then each one converge applied) and `join`
+    its join as JSON (a join reruns only when the new one differs). `pending` holds the paths a converge changed
+    for a generation it has not finished: after a crash the next attempt still checks and reloads for them.
+    """
+
+    generation: int = 0
+    join: Any = None
+    applied_at: float | None = None
+    last_error: str | None = None  # the last converge that failed, and why; None once one succeeds
+    pending: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> ConvergeState:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(raw, dict):
+            return cls()
+        return cls(
+            generation=int(raw.get("generation") or 0),
+            join=raw.get("join"),
+            applied_at=raw.get("applied_at"),
+            last_error=raw.get("last_error"),
+            pending=[str(p) for p in raw.get("pending") or []],
+        )
+
+    @classmethod
+    def applied(cls, bundle: Bundle) -> ConvergeState:
+        """The state of a host that now runs `bundle` (its generation and its join)."""
+        return cls(generation=bundle.generation, join=encode(bundle.join), applied_at=time.time())
+
+    def same_join(self, bundle: Bundle) -> bool:
+        """Whether `bundle`'s join is the one applied last (compared as canonical JSON)."""
+        return self.join is not None and dumps(self.join) == dumps(encode(bundle.join))
+
+    def save(self, path: Path) -> None:
+        self.last_error = redact(self.last_error) if self.last_error else self.last_error
+        write_atomic(path, json.dumps(asdict(self), indent=2).encode() + b"\n", 0o600, durable=True)

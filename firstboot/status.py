@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from firstboot.paths import Paths
 from firstboot.redact import redact, register_secrets
 from firstboot.report import EventQueue
-from firstboot.state import STEPS, State
+from firstboot.state import STEPS, ConvergeState, State
 from kiln.bundle import Bundle, BundleError
 
 NOT_STARTED, DONE, FAILED, IN_PROGRESS = 3, 0, 1, 2
@@ -17,6 +19,20 @@ def _load_cached_secrets(paths: Paths) -> None:
         register_secrets(Bundle.from_json(paths.bundle_body.read_bytes()))
     except (OSError, BundleError):
         pass
+
+
+def _converge_lines(paths: Paths) -> list[str]:
+    """What `firstboot converge` left: the generation this host runs, its last error, whether it is retired."""
+    lines = []
+    if paths.converge_state.exists():
+        conv = ConvergeState.load(paths.converge_state)
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(conv.applied_at)) if conv.applied_at else "?"
+        lines += ["", f"converge: runs generation {conv.generation} (applied {since})"]
+        if conv.last_error:
+            lines.append("  last error: " + conv.last_error.replace("\n", "\n    "))
+    if paths.retired.exists():
+        lines.append(f"converge: RETIRED: the server revoked this host's key ({paths.retired}); converge stopped")
+    return lines
 
 
 def render(paths: Paths) -> tuple[str, int]:
@@ -50,6 +66,7 @@ def render(paths: Paths) -> tuple[str, int]:
     if failed:
         rec = state.steps[failed]
         lines += ["", f"reason: {rec.detail}", f"next:   {rec.next_action}"]
+    lines += _converge_lines(paths)
     queued = len(EventQueue(paths.events).pending())
     if queued:
         lines.append(f"\n{queued} events queued for the server in {paths.events}")

@@ -191,7 +191,7 @@ def forget(paths: Paths) -> None:
     shutil.rmtree(paths.shared, ignore_errors=True)
 
 
-def _tls(url: str, ca_pem: Path) -> ssl.SSLContext:
+def tls_for(url: str, ca_pem: Path) -> ssl.SSLContext:
     """The context for the provisioning server: https only, the cluster CA pinned."""
     if urlsplit(url).scheme != "https":
         raise FetchFailed(
@@ -205,7 +205,7 @@ def _tls(url: str, ca_pem: Path) -> ssl.SSLContext:
         ) from None
 
 
-def _call(
+def call(
     url: str, path: str, context: ssl.SSLContext, credential: Credential, *, body: bytes | None = None
 ) -> tuple[int, bytes, dict[str, str]]:
     """Status, body and headers of GET (or POST `body` as JSON) `path` under `url`, with the host's credential;
@@ -225,7 +225,7 @@ def _call(
     return answer.status, answer.body, answer.headers
 
 
-def _server_said(body: bytes) -> str:
+def server_said(body: bytes) -> str:
     try:
         return str(json.loads(body)["error"])
     except (ValueError, KeyError, TypeError):
@@ -256,22 +256,22 @@ def download(
 ) -> Signed:
     """The host's bundle: enrol with its token the first time (the server binds the host key), then signed with
     that key. Transient failures are retried; a refused credential is not (it needs an operator)."""
-    context = _tls(url, ca_pem)
+    context = tls_for(url, ca_pem)
     if not host_macs:
         raise FetchFailed("this machine has no network interface with a MAC address")
 
     def attempt() -> Signed:
         if credential.enrolled:
             synced = credential.synced
-            status, body, headers = _call(url, "/v1/bundle", context, credential)
+            status, body, headers = call(url, "/v1/bundle", context, credential)
             what = "the signed bundle request"
             if status == 401 and not synced and credential.synced and abs(credential.offset) >= hostauth.MAX_SKEW - 2:
                 # signed with this host's own clock, off by more than the server takes (before NTP): now the
                 # server's clock is known (its Date header), the next attempt is signed with it
-                raise Retry(f"{url}: HTTP 401: {_server_said(body)} (signing with the server's clock next)")
+                raise Retry(f"{url}: HTTP 401: {server_said(body)} (signing with the server's clock next)")
             if status == 401 and credential.token:
                 # the server knows no key for this host (re-armed): the token it was given enrols it again
-                LOG.warning("the server refused the host key (%s); enrolling again with the token", _server_said(body))
+                LOG.warning("the server refused the host key (%s); enrolling again with the token", server_said(body))
                 credential.enrolled = False
         if not credential.enrolled:
             if not credential.token:
@@ -281,7 +281,7 @@ def download(
                     REARM,
                 )
             payload = json.dumps({"host_key": credential.public(), "macs": host_macs}).encode()
-            status, body, headers = _call(url, "/v1/enrol", context, credential, body=payload)
+            status, body, headers = call(url, "/v1/enrol", context, credential, body=payload)
             what = "this host's enrolment token"
         if status == 200:
             if not credential.enrolled:
@@ -290,8 +290,8 @@ def download(
             LOG.info("fetched the bundle (%d bytes)", len(body))
             return Signed(body, headers.get(SIGNATURE_HEADER.lower()))
         if status in (401, 403):
-            raise FetchFailed(f"the server refused {what}: HTTP {status}: {_server_said(body)}", REARM)
-        raise Retry(f"{url}: HTTP {status}: {_server_said(body)}")
+            raise FetchFailed(f"the server refused {what}: HTTP {status}: {server_said(body)}", REARM)
+        raise Retry(f"{url}: HTTP {status}: {server_said(body)}")
 
     try:
         return retry(attempt, "fetch bundle", backoff)
@@ -332,13 +332,13 @@ def download_shared(
     missing = [d for d in digests if d not in contents]
     if not missing:
         return contents
-    context = _tls(url, ca_pem)
+    context = tls_for(url, ca_pem)
 
     def attempt() -> None:
         for digest in [d for d in missing if d not in contents]:
-            status, body, _ = _call(url, f"/v1/shared/{digest}", context, credential)
+            status, body, _ = call(url, f"/v1/shared/{digest}", context, credential)
             if status != 200:
-                raise Retry(f"{url}/v1/shared/{digest}: HTTP {status}: {_server_said(body)}")
+                raise Retry(f"{url}/v1/shared/{digest}: HTTP {status}: {server_said(body)}")
             contents[digest] = _checked(digest, body, f"{url}/v1/shared/{digest}")
             write_atomic(paths.shared / digest, body, 0o600, durable=True)
 
@@ -359,6 +359,13 @@ def _from_tree(bundle_file: Path, digest: str) -> str:
         f"the bundle names shared content {digest}, found in neither {places[0].parent} nor {places[1].parent}",
         "apply a bundle from a tree ./inv render --out DIR wrote (it keeps shared contents in DIR/_shared/)",
     )
+
+
+def verify_served(paths: Paths, signed: Signed, expect: Expect, first_mac: str = "") -> Bundle:
+    """A bundle as the server sent it, verified (`verify`) with the key baked into this image, against this
+    machine's MACs (`first_mac` first) and `expect`; Refused otherwise."""
+    key, host_macs = _signing_key(paths), _this_machine(paths, first_mac)
+    return verify(signed.body, signed.signature, key, host_macs, expect)
 
 
 def cached_bundle(paths: Paths, first_mac: str, expect: Expect) -> Bundle | None:
@@ -382,11 +389,11 @@ def fetch(ctx: FetchContext) -> Fetched:
     if src.token:
         ctx.credential.token = src.token
     ctx.found(src)
-    key, host_macs = _signing_key(paths), _this_machine(paths, src.mac)
-    bundle = _cached(paths, key, host_macs, ctx.expect)
+    host_macs = _this_machine(paths, src.mac)
+    bundle = _cached(paths, _signing_key(paths), host_macs, ctx.expect)
     if bundle is None:
         signed = download(src.url, host_macs, paths.ca_pem, ctx.backoff, ctx.credential, ctx.enrolled)
-        bundle = verify(signed.body, signed.signature, key, host_macs, ctx.expect)
+        bundle = verify_served(paths, signed, ctx.expect, src.mac)
         write_atomic(paths.bundle_body, signed.body, 0o600, durable=True)
         write_atomic(paths.bundle_signature, (signed.signature or "").encode(), 0o600, durable=True)
     ctx.verified(bundle)

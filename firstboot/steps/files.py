@@ -22,6 +22,7 @@ from kiln.fsutil import differs, ensure_file, remove_stale_temps
 from kiln.run import CommandError, run
 
 NETWORK_PATHS = ("/etc/hostname", "/etc/hosts", "/etc/systemd/network/")
+SYSCTL_DIR = "/etc/sysctl.d/"
 WITHHELD = "secrets were already handed out; re-arm the host with ./inv reprovision HOST"
 
 
@@ -104,6 +105,30 @@ def network(ctx: StepContext) -> Outcome:
     return Outcome(detail, tuple(changed))
 
 
+def _apply_sysctl(ctx: StepContext, changed: Sequence[str]) -> list[str]:
+    """Live: load the changed sysctl.d files at once; return those loaded."""
+    loaded = [path for path in changed if path.startswith(SYSCTL_DIR)]
+    if not (ctx.live and ctx.paths.is_host):
+        return []
+    for path in loaded:
+        try:
+            run(["sysctl", "-p", path])
+        except CommandError as e:
+            raise StepFailed(f"applying {path}: {e}") from None
+    return loaded
+
+
+def sysctl(ctx: StepContext) -> Outcome:
+    """Converge's own step for what `files` does live at the first boot: the changed sysctl.d files are loaded
+    only once their generation passed its checks."""
+    if not any(p.startswith(SYSCTL_DIR) for p in ctx.changed):
+        return Outcome("unchanged")
+    if not (ctx.live and ctx.paths.is_host):
+        return Outcome("skipped (offline)")
+    loaded = _apply_sysctl(ctx, sorted(ctx.changed))
+    return Outcome(f"loaded {', '.join(loaded)}")
+
+
 def files(ctx: StepContext) -> Outcome:
     """Directories, then every other file; live: changed sysctl.d files are applied at once."""
     dirs_changed = []
@@ -116,13 +141,7 @@ def files(ctx: StepContext) -> Outcome:
             raise StepFailed(str(e), "remove what is in the way, then run `firstboot run`") from None
     entries = [f for f in ctx.bundle.files if not _is_network(f.path)]
     changed = _write(ctx, entries)
-    if ctx.live and ctx.paths.is_host:
-        for path in changed:
-            if path.startswith("/etc/sysctl.d/"):
-                try:
-                    run(["sysctl", "-p", path])
-                except CommandError as e:
-                    raise StepFailed(f"applying {path}: {e}") from None
+    _apply_sysctl(ctx, changed)
     detail = _summary(changed, len(entries), "files")
     if dirs_changed:
         detail += f"; {len(dirs_changed)} directories changed"

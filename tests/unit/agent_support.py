@@ -256,6 +256,9 @@ class StandIn:
     POST /v1/enrol          Bearer `token` + {"host_key", "macs"}: binds the key; the same key again is a retry
                             (200 again), another key 403, another token 401; answers the bundle, X-Kiln-Host
     GET /v1/bundle          signed by the bound key (KilnHost), each nonce once: the bundle
+    GET /v1/bundle?after=G  signed likewise (converge): the bundle when its generation is newer than G, else 204
+                            with Retry-After `retry_after`; 403 once `retired` (the host's key revoked);
+                            `ignore_after`: answers like GET /v1/bundle (a server that does not know ?after=)
     GET /v1/shared/SHA256   signed likewise: `shared[SHA256]`
     POST /v1/hosts/H/events the token before the secrets are acknowledged, or signed; a signed `secrets ok`
                             spends the token and later bundles come without secrets (secrets_withheld)
@@ -272,6 +275,9 @@ class StandIn:
     shared: dict[str, bytes] = field(default_factory=dict)
     stamp: dict[str, Any] = field(default_factory=dict)
     drop_enrol: int = 0
+    retry_after: str = "30"
+    retired: bool = False
+    ignore_after: bool = False
     url: str = ""
     host_key: str | None = None  # base64, as enrolment registers it
     acked: bool = False
@@ -319,6 +325,14 @@ class StandIn:
             if by == "key" and (event.get("step"), event.get("status")) == ("secrets", "ok"):
                 self.acked = True
             return 201, b"{}", {"Content-Type": "application/json"}
+        if method == "GET" and path.startswith("/v1/bundle?after="):
+            if not self._signer(method, path, auth, body):
+                return _refusal(401, "host credential required")
+            if self.retired:
+                return _refusal(403, f"{self.host} is retired: its key was revoked")
+            if not self.ignore_after and self.stamp.get("generation", 1) <= int(path.partition("=")[2]):
+                return 204, b"", {"Retry-After": self.retry_after}
+            return self._bundle_answer()
         if method == "GET" and (path == "/v1/bundle" or path.startswith("/v1/shared/")):
             if not self._signer(method, path, auth, body):
                 return _refusal(401, "host credential required")
