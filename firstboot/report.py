@@ -55,6 +55,13 @@ class EventQueue:
             return []
 
 
+class Rejected(OSError):
+    """The server will never take this event (HTTP 400, 413, 422: malformed, too large, not in its schema)."""
+
+
+NEVER = (400, 413, 422)
+
+
 def post_event(
     url: str,
     host: str,
@@ -63,8 +70,8 @@ def post_event(
     credential: Credential | None = None,
     timeout: float = SEND_TIMEOUT,
 ) -> None:
-    """Raise OSError unless the server accepts the event (2xx); `credential` authenticates it (the server refuses
-    events from anyone but the host itself)."""
+    """Raise OSError unless the server accepts the event (2xx), Rejected when it never will; `credential`
+    authenticates it (the server refuses events from anyone but the host itself)."""
     path = f"/v1/hosts/{quote(host)}/events"
     headers = {"Content-Type": "application/json"}
     if credential is not None:
@@ -75,6 +82,8 @@ def post_event(
         raise OSError(str(e)) from None
     if credential is not None:
         credential.observe(answer.headers.get("date"))  # a refusal for this host's clock is not repeated
+    if answer.status in NEVER:
+        raise Rejected(f"HTTP {answer.status}: {answer.body[:200].decode(errors='replace')}")
     if not 200 <= answer.status < 300:
         raise OSError(f"HTTP {answer.status}")
 
@@ -117,6 +126,8 @@ class Reporter:
         for path in self.queue.pending():
             try:
                 post_event(self.url, self.host, path.read_bytes(), self.context, self.credential)
+            except Rejected as e:  # sending it again cannot help, and it must not hold back the events after it
+                LOG.warning("the server refused the event %s for good (%s); dropped", path.name, e)
             except (OSError, ValueError) as e:
                 LOG.debug("reporting to %s failed (%s); %d events stay queued", self.url, e, len(self.queue.pending()))
                 return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 import time
@@ -62,6 +63,25 @@ def test_a_server_that_refuses_an_event_keeps_it_queued(tmp_path: Path) -> None:
         reporter.target(url, "db1", None)
         assert not reporter.flush()
     assert len(seen) == 1 and len(queue.pending()) == 1
+
+
+def test_an_event_the_server_will_never_take_is_dropped_and_holds_back_none_after_it(tmp_path: Path) -> None:
+    """A server that does not know a field (here "generation", which converge events carry) answers 400: sending
+    it again cannot help, and the events queued after it still go out."""
+    queue = EventQueue(tmp_path / "events")
+    queue.put("converge", "ok", "generation 2 applied", generation=2)
+    queue.put("converge", "start", "applying generation 3", generation=3)
+
+    answers = [reply(400, b'{"error": "additional properties are not allowed"}'), reply(201)]
+
+    def strict(h: http.server.BaseHTTPRequestHandler) -> None:
+        answers.pop(0)(h)
+
+    with http_stand_in({("POST", "/v1/hosts/db1/events"): strict}) as (url, seen):
+        reporter = Reporter(queue)
+        reporter.target(url, "db1", None)
+        assert reporter.flush()
+    assert [json.loads(body)["generation"] for _, _, body in seen] == [2, 3] and queue.pending() == []
 
 
 def test_events_wait_until_the_host_name_is_known(tmp_path: Path) -> None:
