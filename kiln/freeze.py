@@ -29,6 +29,9 @@ SOURCES = (
     "kiln/fsutil.py",
     "kiln/mac.py",
 )
+# the agent's systemd units, shipped beside it in firstboot/ (frozen with it as data, baked by kiln-firstboot):
+# the first boot, then converge, which the path unit starts once the first boot wrote /var/lib/firstboot/done
+UNITS = ("firstboot.service", "kiln-converge.service", "kiln-converge.path")
 ENTRY = "import sys\nfrom firstboot.cli import main\nsys.exit(main())\n"
 EXCLUDES = (
     "tkinter",
@@ -110,8 +113,7 @@ def freeze(out: Path = OUT, *, force: bool = False) -> int:
             work,
             "--paths",
             PROJECT,
-            "--add-data",
-            f"{PROJECT / 'firstboot' / 'firstboot.service'}:firstboot",
+            *[a for unit in UNITS for a in ("--add-data", f"{PROJECT / 'firstboot' / unit}:firstboot")],
             *[a for m in EXCLUDES for a in ("--exclude-module", m)],
             work / "firstboot_main.py",
         ]

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln import blockmap, roles
+from kiln import blockmap, freeze, roles
 from kiln.build import devmapper, dib, manifest
 from kiln.build.inputs import inputs_hash
 from kiln.build.mirror import Mirror
@@ -28,7 +28,7 @@ from kiln.run import CommandError, run
 from kiln.secrets import SecretStore
 
 DIB_TIMEOUT = 3600.0
-AGENT_UNIT = ROOT / "firstboot" / "firstboot.service"  # the agent's unit, baked by kiln-firstboot
+AGENT_UNITS = tuple(ROOT / "firstboot" / unit for unit in freeze.UNITS)  # the agent's units, baked by kiln-firstboot
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class BuildEnv:
     images: Path = IMAGES_DIR
     elements: Path = ELEMENTS_DIR
     agent: Path = IMAGES_DIR / "firstboot"
-    agent_unit: Path = AGENT_UNIT
+    agent_units: tuple[Path, ...] = AGENT_UNITS
     project: Path = ROOT  # where a role's image_inputs are (kilnapp/ for the app role)
 
     @property
@@ -62,7 +62,7 @@ def role_inputs_hash(env: BuildEnv, spec: ImageSpec) -> str:
         "agent": env.agent,
         "signing.pub": env.store.signing_pub,
         "ca.pem": env.store.ca_pem,
-        "firstboot.service": env.agent_unit,
+        **{unit.name: unit for unit in env.agent_units},
     }
     for rel in roles.get(spec.role).image_inputs:
         files[rel] = env.project / rel
@@ -159,7 +159,7 @@ def _stage_firstboot(env: BuildEnv, work: Path) -> Path:
         signing_pub=env.store.signing_pub,
         ca_pem=env.store.ca_pem,
         provisioning_url=env.cluster.provisioning_url,
-        unit=env.agent_unit,
+        units=env.agent_units,
         cluster_id=env.store.cluster_id(),
     )
 

@@ -12,6 +12,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from kiln.fsutil import write_atomic
@@ -31,18 +32,19 @@ def firstboot_stage(
     signing_pub: Path,
     ca_pem: Path,
     provisioning_url: str,
-    unit: Path,
+    units: Sequence[Path],
     cluster_id: str = "",
 ) -> Path:
     """Fill `stage` with agent/, signing.pub, ca.pem, agent.json (the provisioning URL, and the cluster the image
-    is for: its agent refuses another cluster's bundles) and the agent's unit; return it."""
+    is for: its agent refuses another cluster's bundles) and the agent's units (by their names); return it."""
     if not (agent_dir / AGENT_EXECUTABLE).is_file():
         raise StageError(
             f"the frozen agent {agent_dir / AGENT_EXECUTABLE} is missing: run ./inv freeze "
             f"(kiln-firstboot bakes it into every image)"
         )
-    if not unit.is_file():
-        raise StageError(f"the agent's unit {unit} is missing (it ships with the agent, in firstboot/)")
+    for unit in units:
+        if not unit.is_file():
+            raise StageError(f"the agent's unit {unit} is missing (it ships with the agent, in firstboot/)")
     for path in (signing_pub, ca_pem):
         if not path.is_file():
             raise StageError(f"{path} is missing: run ./inv keys")
@@ -54,7 +56,8 @@ def firstboot_stage(
     shutil.copytree(agent_dir, stage / "agent", symlinks=True)
     shutil.copy2(signing_pub, stage / "signing.pub")
     shutil.copy2(ca_pem, stage / "ca.pem")
-    shutil.copy2(unit, stage / "firstboot.service")
+    for unit in units:
+        shutil.copy2(unit, stage / unit.name)
     baked = {"url": provisioning_url, **({"cluster_id": cluster_id} if cluster_id else {})}
     write_atomic(stage / "agent.json", json.dumps(baked, sort_keys=True).encode() + b"\n")
     return stage

@@ -198,6 +198,13 @@ def test_agent_and_trust_material(image: tuple[str, Path]) -> None:
     unit = (root / "etc/systemd/system/firstboot.service").read_text()
     assert "ExecStart=/usr/local/bin/firstboot run" in unit and "Type=exec" in unit
     assert enabled(root, "firstboot.service")
+    # converge takes over once the first boot wrote its done file, and never runs on a retired host
+    converge = (root / "etc/systemd/system/kiln-converge.service").read_text()
+    assert "ExecStart=/usr/local/bin/firstboot converge" in converge and "Restart=always" in converge
+    assert "ConditionPathExists=/var/lib/firstboot/done" in converge
+    assert "ConditionPathExists=!/var/lib/firstboot/retired" in converge
+    assert "PathExists=/var/lib/firstboot/done" in (root / "etc/systemd/system/kiln-converge.path").read_text()
+    assert enabled(root, "kiln-converge.service") and enabled(root, "kiln-converge.path")
     store = SecretStore(PROJECT / "secrets")
     assert (root / "etc/kiln/signing.pub").read_bytes() == store.signing_pub.read_bytes()
     assert (root / "etc/kiln/ca.pem").read_bytes() == store.ca_pem.read_bytes()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln import freeze
 from kiln.build import builder, manifest
 from kiln.build.builder import BuildEnv
 from kiln.build.inputs import inputs_hash, tree_digest
@@ -38,7 +39,7 @@ def env(tmp_path: Path, cluster: Cluster, secret_store: SecretStore) -> BuildEnv
         images=tmp_path / "images",
         elements=elements,
         agent=agent,
-        agent_unit=tmp_path / "firstboot.service",
+        agent_units=tuple(tmp_path / unit for unit in freeze.UNITS),
         project=tmp_path,
     )
 
@@ -82,8 +83,11 @@ def test_agent_key_url_and_dib_version_count(env: BuildEnv, monkeypatch: pytest.
     (env.agent / "firstboot").write_bytes(b"#!/bin/sh\necho agent v2\n")
     agent_changed = _hash(env)
     assert agent_changed != base
-    env.agent_unit.write_text("[Service]\n")
-    assert _hash(env) != agent_changed
+    seen = {agent_changed}
+    for unit in env.agent_units:  # the first boot's unit and converge's two
+        unit.write_text(f"[Unit]\nDescription={unit.name}\n")
+        seen.add(_hash(env))
+    assert len(seen) == 1 + len(env.agent_units)
     monkeypatch.setattr(builder.dib, "version", lambda: "9.9.9")
     assert _hash(env) != agent_changed
 
