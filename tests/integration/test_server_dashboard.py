@@ -153,3 +153,40 @@ def test_event_detail_is_shown_as_text_never_as_html(server: RunningServer, brow
     wait_for(browser, lambda d: evil in (text_of(d, '#hosts tr[data-host="lb2"] td.detail') or ""), "detail")
     assert browser.execute_script("return document.body.dataset.pwned") is None
     assert not browser.find_elements(By.CSS_SELECTOR, "#hosts img")
+
+
+def test_dashboard_shows_generations_converge_failures_and_retired_hosts(server: RunningServer, browser) -> None:
+    """Day 2 on the page: the generation each host runs, a host that could not apply one, and a retired host."""
+    import json
+
+    browser.get(f"{server.tls_url}/")
+    lb1 = server.host("lb1", "52:54:00:10:00:11")
+    assert lb1.enrol().status_code == 200
+    for step in ("secrets", "done"):
+        lb1.event(step, "ok")
+    with server.client() as c:
+        generation = c.get(f"{server.tls_url}/v1/published").json()["generation"]
+    assert lb1.signed("GET", f"/v1/bundle?after={generation}").status_code == 204
+    wait_for(
+        browser,
+        lambda d: (text_of(d, '#hosts tr[data-host="lb1"] td.generation') or "") == str(generation),
+        "lb1 runs the served generation",
+    )
+    summary = wait_for(browser, lambda d: text_of(d, "#summary"), "the summary")
+    assert f"generation {generation}: 1/1 running hosts converged" in summary
+
+    text = server.roles.read_text()
+    smaller = "".join(line for line in text.splitlines(keepends=True) if "name: web2," not in line)
+    with server.client() as c:
+        assert c.post(f"{server.tls_url}/v1/publish", json={"roles": smaller}).status_code == 200
+    failed = {"step": "converge", "status": "fail", "generation": generation + 1, "detail": "haproxy -c: [ALERT] bad"}
+    lb1.signed("POST", "/v1/hosts/lb1/events", json.dumps(failed).encode(), **{"Content-Type": "application/json"})
+    retired = wait_for(browser, lambda d: text_of(d, '#retired tr[data-host="web2"]'), "web2 listed as retired")
+    assert "web 10.10.0.22" in retired and "credential revoked" in retired
+    wait_for(browser, lambda d: "web2" not in texts(d, "#hosts tbody td.name"), "web2 leaves the host table")
+    behind = wait_for(
+        browser, lambda d: "behind" in (text_of(d, '#hosts tr[data-host="lb1"] td.generation') or "") or None, "behind"
+    )
+    assert behind
+    alerts = wait_for(browser, lambda d: texts(d, '#alerts .alert[data-kind="converge"]') or None, "converge alert")
+    assert f"lb1 could not apply generation {generation + 1}: haproxy -c: [ALERT] bad" in alerts[0]

@@ -7,6 +7,7 @@
 const POLL_MS = 1000;
 const FULL_EVERY = 60;
 const known = new Map(); // host name -> its latest entry, in the server's order
+const retired = new Map(); // host name -> {name, was, retired_at}
 let lastNow = null;
 let polls = 0;
 
@@ -45,6 +46,7 @@ function hostRow(h, now) {
     el("td", {}, h.ip, el("br"), el("small", { class: "muted" }, h.mac)),
     el("td", {}, el("span", { class: "state state-" + h.state }, h.state)),
     el("td", {}, bar, " " + h.progress + "%"),
+    el("td", { class: "generation" }, h.generation == null ? "" : String(h.generation) + (h.converged ? "" : " (behind)")),
     el("td", { class: "step" }, step),
     el("td", {}, duration),
     el("td", { class: "detail" }, detail),
@@ -55,6 +57,7 @@ function hostRow(h, now) {
 function merge(data) {
   if (data.full) known.clear();
   for (const h of data.hosts) known.set(h.name, h);
+  for (const name of [...data.retiring, ...data.retired.map((r) => r.name)]) known.delete(name); // no longer listed
   lastNow = data.now;
   return [...known.values()];
 }
@@ -65,8 +68,11 @@ function render(data) {
   document.getElementById("cluster").textContent = data.cluster;
   const counts = {};
   for (const h of hosts) counts[h.state] = (counts[h.state] || 0) + 1;
+  const running = hosts.filter((h) => h.state === "joined");
+  const converged = running.filter((h) => h.converged).length;
   document.getElementById("summary").textContent =
-    hosts.length + " hosts: " + Object.entries(counts).map(([s, n]) => n + " " + s).join(", ");
+    hosts.length + " hosts: " + Object.entries(counts).map(([s, n]) => n + " " + s).join(", ") +
+    "; generation " + data.generation + ": " + converged + "/" + running.length + " running hosts converged";
   document.getElementById("updated").textContent = "updated " + new Date(now * 1000).toLocaleTimeString();
 
   const alerts = document.getElementById("alerts");
@@ -74,6 +80,16 @@ function render(data) {
     el("div", { class: "alert", "data-kind": a.kind, "data-host": a.host }, a.message, el("small", {}, a.hint))));
 
   document.querySelector("#hosts tbody").replaceChildren(...hosts.map((h) => hostRow(h, now)));
+
+  // retired hosts come like the others: all in a full answer, the newly retired in a delta
+  if (data.full) retired.clear();
+  for (const r of data.retired) retired.set(r.name, r);
+  for (const h of data.hosts) retired.delete(h.name); // listed again: a new host
+  const gone = data.retiring.map((name) => ({ name: name, was: "", what: "retiring: drained, still admitted" }))
+    .concat([...retired.values()].map((r) => ({ name: r.name, was: r.was, what: "retired " + ago(r.retired_at, now) + ": credential revoked" })));
+  document.getElementById("retired-section").hidden = gone.length === 0;
+  document.querySelector("#retired tbody").replaceChildren(...gone.map((r) =>
+    el("tr", { "data-host": r.name }, el("td", {}, r.name), el("td", {}, r.was), el("td", {}, r.what))));
 
   const unknown = data.unknown_machines;
   document.getElementById("unknown-section").hidden = unknown.length === 0;
