@@ -7,6 +7,7 @@ differ for it, runs its real checkers (nft, nginx) against the tree, tells the s
 generation, and asks again for nothing (204). A config its checker refuses cannot be published (the server
 checks first), so that case goes through the converge policy in this process, fed the host's own bundle with a
 broken nginx.conf, and reports to the real server: the old files stay and the server hears nginx's words.
+A host the operator drops from roles.yaml is retired: its poll is refused (403) and its converge stops for good.
 """
 
 from __future__ import annotations
@@ -155,3 +156,21 @@ def test_a_config_nginx_refuses_leaves_the_old_files_and_the_server_hears_why(
     assert state["generation"] == runs and "this_is_not_nginx" in state["last_error"]
     text = firstboot("status", "--root", str(root)).stdout
     assert f"converge: runs generation {runs}" in text and "last error:" in text
+
+
+def test_a_host_the_operator_removes_is_retired_and_its_converge_stops_for_good(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    root = tmp_path / "db2"
+    provisioned(server, root, "db2")
+    with server.client() as c:
+        text = c.get(f"{server.tls_url}/v1/published").json()["roles"]
+    assert "name: db2," in text
+    publish(server, "".join(line for line in text.splitlines(keepends=True) if "name: db2," not in line))
+    result = firstboot("converge", "--root", str(root), "--once")
+    assert result.returncode == 0, result.stderr
+    assert "HTTP 403" in result.stderr and "the host is retired" in result.stderr
+    assert (root / "var/lib/firstboot/retired").exists()
+    again = firstboot("converge", "--root", str(root))  # what the unit would run: it ends at once
+    assert again.returncode == 0 and "this host is retired" in again.stdout
+    assert "RETIRED" in firstboot("status", "--root", str(root)).stdout
