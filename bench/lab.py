@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The lab under TCG on this machine: power-on to joined per host and for the whole cluster, replication lag
-under a write loop, failover seconds and requests lost per drill (./inv lab chaos). Results: bench/results/lab.json.
+under a write loop, failover seconds and requests lost per drill (./inv lab chaos), and per day-2 change (lab up
+--roles on the running lab: --scale here, or ./inv test's) apply→converged seconds per host, failed requests, and
+seconds until a new host takes traffic. Results: bench/results/lab.json.
 
 Goal (issue 6): the whole cluster joined in under 10 min. A full run brings the lab up (--boot disk, or --boot pxe),
 runs verify and the drills and takes the lab down again (--keep: leaves it up), about 45 min; --running does the
@@ -22,9 +24,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kiln.lab import chaos, lifecycle, netns, verify  # noqa: E402
+from kiln.lab import change, chaos, lifecycle, netns, verify  # noqa: E402
 from kiln.lab.layout import Lab  # noqa: E402
 from kiln.lab.probe import request  # noqa: E402
+from kiln.model import load_roles  # noqa: E402
 from kiln.project import Project  # noqa: E402
 
 RESULTS = HERE / "results" / "lab.json"
@@ -83,7 +86,60 @@ def recorded(lab: Lab) -> list[dict[str, object]]:
                     "works": r["works"],
                 }
             )
+    for n, c in enumerate(_changes(lab), start=1):
+        what = ", ".join([f"+{h}" for h in c.get("added", [])] + [f"-{h}" for h in c.get("removed", [])]) or "none"
+        figures.append(
+            {
+                "name": f"day-2 change {n} ({what}): failed requests through the VIP",
+                "value": f"{c['failed_requests']}/{c['requests']}",
+                "unit": "",
+                "goal": "0",
+            }
+        )
+        for generation, hosts in sorted(c.get("host_seconds", {}).items()):
+            for host, seconds in sorted(hosts.items()):
+                figures.append(
+                    {
+                        "name": f"change {n}: apply to {host} running generation {generation}",
+                        "value": seconds,
+                        "unit": "s",
+                    }
+                )
+        for host, seconds in sorted(c.get("joined_seconds", {}).items()):
+            figures.append({"name": f"change {n}: power-on to joined: {host}", "value": seconds, "unit": "s"})
+        for host, seconds in sorted(c.get("traffic_seconds", {}).items()):
+            figures.append(
+                {
+                    "name": f"change {n}: {host} takes traffic after joining",
+                    "value": seconds,
+                    "unit": "s",
+                    "goal": "< 60 s",
+                }
+            )
     return figures
+
+
+def _changes(lab: Lab) -> list[dict]:
+    try:
+        return list(json.loads((lab.root / "changes.json").read_text()))
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def scale(lab: Lab) -> int:
+    """The reference day-2 drill on the running lab: web3 and app2 added, then web2 and app1 removed."""
+    from rich.console import Console
+
+    text = (HERE.parent / "roles.yaml").read_text()
+    code = 0
+    for name, roles in (
+        ("scaled-out", change.roles_with(text, add=change.SCALE_OUT)),
+        ("scaled-in", change.roles_with(text, add=change.SCALE_OUT, drop=change.SCALE_IN)),
+    ):
+        path = lab.root / f"roles-{name}.yaml"
+        path.write_text(roles)
+        code |= change.change(Lab(load_roles(path), roles_file=path), Console(), timeout=1200)
+    return code
 
 
 def main() -> int:
@@ -92,6 +148,9 @@ def main() -> int:
     parser.add_argument("--boot", default="disk", choices=("disk", "pxe"))
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards (e.g. for ./inv lab audit)")
     parser.add_argument("--running", action="store_true", help="measure, verify and drill the lab that is up now")
+    parser.add_argument(
+        "--scale", action="store_true", help="then scale out by web3 + app2 and in by web2 + app1 (day 2)"
+    )
     parser.add_argument(
         "--recorded",
         action="store_true",
@@ -125,6 +184,12 @@ def main() -> int:
             extra.append(
                 {"name": "lab chaos wall time (all drills)", "value": round(time.monotonic() - began), "unit": "s"}
             )
+            if opts.scale:
+                began = time.monotonic()
+                code |= scale(lab)
+                extra.append(
+                    {"name": "day-2 scale out and in, wall time", "value": round(time.monotonic() - began), "unit": "s"}
+                )
         finally:
             if not (opts.keep or opts.running):
                 lifecycle.down(lab)

@@ -37,6 +37,7 @@ class Applied:
     plan: Plan
     generations: list[int] = field(default_factory=list)
     converged_seconds: dict[int, float] = field(default_factory=dict)
+    host_seconds: dict[int, dict[str, float]] = field(default_factory=dict)  # generation -> host -> seconds to run it
     added: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
     behind: list[str] = field(default_factory=list)  # running hosts not on the final generation when the wait ended
@@ -69,15 +70,20 @@ def _publish(server: Server, text: str, retiring: list[str]) -> dict[str, Any]:
     return dict(answer)
 
 
-def _wait(server: Server, generation: int, timeout: float, say: Callable[[str], None]) -> fleet.Fleet:
+def _wait(
+    server: Server, generation: int, timeout: float, say: Callable[[str], None], took: dict[str, float]
+) -> fleet.Fleet:
+    """Wait for the running hosts to run `generation`; `took` gets each host's seconds since the wait began."""
     seen: dict[str, int | None] = {}
+    began = time.monotonic()
 
     def progress(f: fleet.Fleet) -> None:
         for h in f.running():
             if seen.get(h["name"]) != h.get("generation"):
                 seen[h["name"]] = h.get("generation")
                 if (h.get("generation") or 0) >= generation:
-                    say(f"  {h['name']} runs generation {generation}")
+                    took.setdefault(h["name"], round(time.monotonic() - began, 1))
+                    say(f"  {h['name']} runs generation {generation} ({took[h['name']]:.0f} s)")
         for h in f.failed(generation):
             if seen.get(h["name"] + "!") is None:
                 seen[h["name"] + "!"] = generation
@@ -115,7 +121,7 @@ def apply_roles(
         applied.added += answer["added"]
         say(f"generation {drain}: draining {', '.join(removed)} (out of every pool, still admitted)")
         started = time.monotonic()
-        state = _wait(server, drain, timeout, say)
+        state = _wait(server, drain, timeout, say, applied.host_seconds.setdefault(drain, {}))
         applied.converged_seconds[drain] = round(time.monotonic() - started, 1)
         if state.failed(drain):
             names = ", ".join(h["name"] for h in state.failed(drain))
@@ -137,7 +143,7 @@ def apply_roles(
         say(f"  retired: {', '.join(applied.retired)} (credentials revoked: power them off)")
     if wait:
         started = time.monotonic()
-        state = _wait(server, final, timeout, say)
+        state = _wait(server, final, timeout, say, applied.host_seconds.setdefault(final, {}))
         applied.converged_seconds[final] = round(time.monotonic() - started, 1)
         say(fleet.summary(state))
         applied.behind = state.behind(final)

@@ -23,6 +23,7 @@ from kiln.render.check import Checker, Refusal, missing_tools
 from kiln.secrets import SecretMissing, SecretStore
 
 MASK = "********"
+UNIT_DIRS = ("/etc/systemd/system/", "/lib/systemd/system/")
 Retiring = tuple[str, str, str]  # a host being drained: name, role, ip (GET /v1/published lists them)
 
 
@@ -88,7 +89,13 @@ def _join_changes(old: b.Join | None, new: b.Join | None) -> tuple[str, ...]:
 def _services(old: b.Bundle, new: b.Bundle, changed: set[str]) -> tuple[str, ...]:
     before = {s.unit for s in old.services}
     after = {s.unit for s in new.services}
-    lines = [f"{s.unit} reload-or-restart" for s in new.services if s.unit in before and set(s.restart_on) & changed]
+    units = {p for p in changed if p.startswith(UNIT_DIRS)}
+    lines = ["systemd daemon-reload"] if units else []
+    for s in new.services:
+        if s.unit not in before or not set(s.restart_on) & changed:
+            continue
+        own = any(p.endswith("/" + s.unit) for p in units)  # its command line may have changed: a reload is not enough
+        lines.append(f"{s.unit} restart (its unit file changed)" if own else f"{s.unit} reload-or-restart")
     lines += [f"{u} start" for u in sorted(after - before)]
     lines += [f"{u} stays as it runs (no longer in the bundle)" for u in sorted(before - after)]
     if any(p == "/etc/nftables.conf" or p.startswith("/etc/nftables.d/") for p in changed):

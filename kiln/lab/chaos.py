@@ -62,6 +62,7 @@ class Loops:
     lab: Lab
     tag: str = field(default_factory=lambda: f"chaos-{uuid.uuid4().hex[:8]}")
     requests: list[tuple[float, float, bool]] = field(default_factory=list)  # (sent, answered or gave up, ok)
+    served_by: dict[str, float] = field(default_factory=dict)  # app host (X-Kiln-App) -> when it first answered
     written: list[int] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -87,7 +88,9 @@ class Loops:
     def _probe(self) -> None:
         at = time.monotonic()
         try:
-            ok = self._get("/health").status == 200
+            reply = self._get("/health")
+            ok = reply.status == 200
+            self.served_by.setdefault(reply.headers.get("x-kiln-app", "?"), time.monotonic())
         except OSError:
             ok = False
         self.requests.append((at, time.monotonic(), ok))
@@ -180,7 +183,7 @@ def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
     return results
 
 
-def _web_status(lab: Lab, lb: str, web: str) -> str:
+def web_status(lab: Lab, lb: str, web: str) -> str:
     import urllib.request
 
     url = f"http://{lab.cluster.host(lb).ip}:8404/stats;csv"
@@ -200,7 +203,7 @@ def drill_nginx_stop(lab: Lab, loops: Loops) -> list[Result]:
     try:
         down = wait(
             f"HAProxy marks {web1} down",
-            lambda: all(_web_status(lab, lb, web1).startswith("DOWN") for lb in lbs),
+            lambda: all(web_status(lab, lb, web1).startswith("DOWN") for lb in lbs),
             60,
             step=0.5,
         )
@@ -208,7 +211,7 @@ def drill_nginx_stop(lab: Lab, loops: Loops) -> list[Result]:
         _, failed, total = loops.failed_seconds(began, time.monotonic())
     finally:
         ssh(lab, web1, "systemctl start nginx")
-    wait(f"{web1} UP again", lambda: all(_web_status(lab, lb, web1) == "UP" for lb in lbs), 60, step=0.5)
+    wait(f"{web1} UP again", lambda: all(web_status(lab, lb, web1) == "UP" for lb in lbs), 60, step=0.5)
     return [
         Result(
             f"stop nginx on {web1}",

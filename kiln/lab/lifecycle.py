@@ -134,6 +134,7 @@ def _fresh(lab: Lab) -> None:
         d.mkdir(parents=True, exist_ok=True)
     lab.database.unlink(missing_ok=True)
     lab.known_hosts.unlink(missing_ok=True)
+    (lab.root / "changes.json").unlink(missing_ok=True)  # day-2 changes of the lab before (kiln/lab/change.py)
 
 
 def start_infrastructure(lab: Lab, console: Console) -> None:
@@ -163,8 +164,13 @@ def up(lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = 
     except NotReady as e:
         console.print(f"[red]lab up: {e}[/]")
         return 1
+    if netns.exists() and procs.pid_of(server.NAME, lab.run) is not None:
+        from kiln.lab.change import change  # the running lab follows the roles file: the day-2 path
+
+        console.print("lab up: the lab is up; applying the roles file to it (./inv lab down first for a new one)")
+        return change(lab, console, timeout=timeout)
     if netns.exists() or any(lab.run.glob("*.pid")):
-        console.print("lab up: a lab is already up; taking it down first")
+        console.print("lab up: a lab is half up; taking it down first")
         down(lab, console)
     watch = Watch(lab)
     began = time.monotonic()
@@ -172,7 +178,7 @@ def up(lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = 
         start_infrastructure(lab, console)
         write_atomic(lab.boot_record, (json.dumps({"boot": boot, "outcome": "starting"}) + "\n").encode())
         power_on(lab, lab.cluster.hosts, boot, watch)
-        outcome = _watch(lab, watch, timeout, console)
+        outcome = watch_until_joined(lab, watch, timeout, console)
     except BaseException:
         console.print("[red]lab up: setting up failed; taking the lab down[/]")
         down(lab, console)
@@ -203,7 +209,8 @@ def up(lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = 
     return 1
 
 
-def _watch(lab: Lab, watch: Watch, timeout: float, console: Console) -> str:
+def watch_until_joined(lab: Lab, watch: Watch, timeout: float, console: Console) -> str:
+    """Poll the server until every host joined: joined, failed (past the agent's retry), timeout or vm exited."""
     deadline = time.monotonic() + timeout
     # A terminal gets a live table; a log (CI, a pipe) gets a line per change instead of one final table.
     live = Live(watch.table(), console=console, refresh_per_second=1, transient=False, auto_refresh=console.is_terminal)

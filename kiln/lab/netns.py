@@ -34,9 +34,14 @@ def create(gateway: str, prefix: int, taps: list[str]) -> None:
     ip("addr", "add", f"{OUTSIDE}/32", "dev", BRIDGE)
     ip("link", "set", BRIDGE, "up")
     for tap in taps:
-        ip("tuntap", "add", "dev", tap, "mode", "tap")
-        ip("link", "set", tap, "master", BRIDGE)
-        ip("link", "set", tap, "up")
+        add_tap(tap)
+
+
+def add_tap(tap: str) -> None:
+    """A VM's tap on the bridge (`lab up` on a running lab adds those of the hosts roles.yaml gained)."""
+    ip("tuntap", "add", "dev", tap, "mode", "tap")
+    ip("link", "set", tap, "master", BRIDGE)
+    ip("link", "set", tap, "up")
 
 
 def destroy() -> bool:

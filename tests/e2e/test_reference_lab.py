@@ -1,6 +1,7 @@
 """The reference lab as a user runs it, inside `./inv test`: the images (reused when up to date), `lab up` (seven
-VMs boot the role images and join), `lab verify`, `lab chaos`, and `lab down`, which always runs, also after a
-failure, and leaves no VM, process or namespace behind.
+VMs boot the role images and join), `lab verify`, `lab chaos`, day 2 on the same boot (`lab up --roles` adding web3
+and app2, then removing web2 and app1, a request loop running; `lab verify` on what is left), and `lab down`, which
+always runs, also after a failure, and leaves no VM, process or namespace behind.
 
 `--boot disk` here: a PXE `lab up` streams and hashes 2 GB per host under TCG, about 27 min for the seven hosts on
 two cores, which with verify and chaos would not fit CI's 90 minutes. The PXE path itself (iPXE, installer, image,
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.lab.change import SCALE_IN, SCALE_OUT, roles_with
 from kiln.lab.layout import NETNS, Lab
 from kiln.model import load_roles
 from tests.e2e.image_helpers import build_all_images
@@ -102,3 +104,34 @@ def test_lab_chaos_drills_pass(lab: subprocess.CompletedProcess[str]) -> None:
     # every drill ran and held (timings are benchmarks: bench/lab.py --recorded reports them)
     drills = json.loads((LAB.root / "chaos.json").read_text())
     assert len(drills) == 6 and all(d["works"] for d in drills), drills
+
+
+def _last_change() -> dict:
+    return json.loads((LAB.root / "changes.json").read_text())[-1]
+
+
+def test_lab_scales_out_then_in_without_a_failed_request(lab: subprocess.CompletedProcess[str]) -> None:
+    """Day 2 on the same lab boot, after verify and chaos: `lab up --roles` with web3 and app2 added (they boot and
+    join, every peer admits them, they get traffic), then with web2 and app1 removed (drained, then retired and
+    powered off), a request loop through the VIP running throughout; then `lab verify` on the cluster that is left.
+    Timings are benchmarks (bench/lab.py --recorded); what must hold is asserted."""
+    assert lab.returncode == 0, "the lab did not come up"
+    text = (PROJECT / "roles.yaml").read_text()
+    grown = LAB.root / "roles-scaled-out.yaml"
+    grown.write_text(roles_with(text, add=SCALE_OUT))
+    out = inv("up", "--roles", str(grown), "--timeout", "1200", timeout=1500)
+    assert out.returncode == 0, tail(out, 80)
+    change = _last_change()
+    assert change["added"] == ["web3", "app2"] and change["failed_requests"] == 0, change
+    assert set(change["traffic_seconds"]) == {"web3", "app2"} and "app2" in change["served_by"], change
+
+    shrunk = LAB.root / "roles-scaled-in.yaml"
+    shrunk.write_text(roles_with(text, add=SCALE_OUT, drop=SCALE_IN))
+    smaller = inv("up", "--roles", str(shrunk), "--timeout", "600", timeout=900)
+    assert smaller.returncode == 0, tail(smaller, 80)
+    change = _last_change()
+    assert change["removed"] == ["app1", "web2"] and change["failed_requests"] == 0, change
+    assert len(change["generations"]) == 2, "drained first, then retired"
+
+    verified = inv("verify", "--roles", str(shrunk), timeout=1800)
+    assert verified.returncode == 0, tail(verified, 120)

@@ -195,7 +195,7 @@ def test_the_request_loop_does_not_wait_for_a_hung_request(monkeypatch: pytest.M
             hung.set()
             time.sleep(1.5)  # the first request hangs, then fails
             raise OSError("timed out")
-        return types.SimpleNamespace(status=200)
+        return types.SimpleNamespace(status=200, headers={"x-kiln-app": "app1"})
 
     monkeypatch.setattr(chaos.Loops, "_get", get)
     loops = chaos.Loops(lab=None)  # _get replaced: no lab needed
