@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,17 @@ def test_frozen_run_enrols_signs_and_provisions(frozen: Path, tmp_path: Path) ->
         result = without_python(
             [str(frozen), "run", "--root", str(root), "--imds-endpoint", "", "--fetch-deadline", "10"]
         )
+        # then converge: a newer generation polled for (signed ?after=1), verified and applied
+        newer = with_shared_hosts(bundle())
+        newer = replace(
+            newer, files=tuple(replace(f, content="A=2\n") if f.path.endswith("app.env") else f for f in newer.files)
+        )
+        server.bundle, server.stamp = newer, {"generation": 2}
+        converged = without_python([str(frozen), "converge", "--root", str(root), "--once"])
     assert result.returncode == 0, result.stdout + result.stderr
+    assert converged.returncode == 0, converged.stdout + converged.stderr
+    assert (root / "etc/kiln/app.env").read_text() == "A=2\n"
+    assert ("converge", "ok", 2) in [(e["step"], e["status"], e.get("generation")) for _, e in server.events]
     assert server.host_key == host_public_key(root)
     assert (root / "etc/hosts").read_text() == HOSTS
     assert (root / "etc/kiln/secrets/db_app_password").read_text() == SECRETS["db_app_password"]
@@ -92,8 +103,12 @@ def test_frozen_status_on_a_fresh_host(frozen: Path, tmp_path: Path) -> None:
     assert result.returncode == 3 and "not run yet" in result.stdout
 
 
-def test_the_unit_file_ships_with_the_agent(frozen: Path) -> None:
-    unit = (frozen.parent / "_internal" / "firstboot" / "firstboot.service").read_text()
+def test_the_unit_files_ship_with_the_agent(frozen: Path) -> None:
+    shipped = frozen.parent / "_internal" / "firstboot"
+    converge = (shipped / "kiln-converge.service").read_text()
+    assert "ExecStart=/usr/local/bin/firstboot converge" in converge
+    assert "PathExists=/var/lib/firstboot/done" in (shipped / "kiln-converge.path").read_text()
+    unit = (shipped / "firstboot.service").read_text()
     for line in (
         "Type=exec",
         "Restart=on-failure",
