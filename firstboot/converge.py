@@ -92,6 +92,8 @@ STEPS: dict[str, StepFn] = {
 }
 # a failure up to here leaves nothing live touched: the files changed so far go back
 BEFORE_LIVE = (FETCH, "network", "files", "secrets", "check")
+# how a step's outcome begins when it did nothing (not worth the applied event's detail)
+NOTHING_DONE = ("unchanged", "skipped", "nothing changed", "no file")
 
 
 class Stopped(StepFailed):
@@ -109,10 +111,9 @@ class Record:
 
     def load(self) -> ConvergeState:
         """converge.json as it is now (another converge may have moved it on since)."""
-        if self.paths.converge_state.exists():
-            self.state = ConvergeState.load(self.paths.converge_state)
-        else:
-            self.state = ConvergeState(generation=self.fallback)
+        self.state = ConvergeState.load(self.paths.converge_state)
+        # never below what the first boot accepted (a host from before converge.json, or a file that is unreadable)
+        self.state.generation = max(self.state.generation, self.fallback)
         return self.state
 
     def pending(self, host_paths: list[str]) -> None:
@@ -230,9 +231,7 @@ class ConvergePolicy:
             self.record.started(outcome.bundle.generation)
         if name in ("network", "files", "secrets"):
             self.changed += outcome.changed
-        elif name in ("sysctl", "firewall", "services", "join") and not outcome.detail.startswith(
-            ("unchanged", "skipped")
-        ):
+        elif name not in (FETCH, DONE) and not outcome.detail.startswith(NOTHING_DONE):
             self.actions.append(f"{name}: {outcome.detail}")
         LOG.info("converge %-8s ok in %.2fs: %s", name, duration, redact(outcome.detail))
 

@@ -402,3 +402,22 @@ def test_a_stop_between_steps_puts_back_what_was_written(tmp_path: Path) -> None
     assert (root / "etc/kiln/app.env").read_text() == "A=1\n"
     fail = queued(paths)[-1]
     assert "stopped (SIGTERM) before step secrets" in fail["detail"] and "put back" in fail["detail"]
+
+
+def test_files_a_crashed_converge_wrote_are_still_checked(tmp_path: Path) -> None:
+    """The power went after generation 2's ruleset was written and before the generation was recorded: the files
+    are already as generation 2 wants them, yet the next attempt checks them (and would reload for them)."""
+    root = with_accounts(tmp_path / "root")
+    first = replace(bundle(), files=(File(NFT_CONF, GOOD_RULES, mode="0700", check=NFT_CHECK),), generation=1)
+    assert offline(root, first)[0] == 0
+    newer = GOOD_RULES.replace("policy accept", "policy drop")
+    (root / "etc/nftables.conf").write_text(newer)
+    interrupted = state(root)
+    interrupted.pending = [NFT_CONF]
+    interrupted.save(Paths(root).converge_state)
+    code, paths = offline(root, replace(first, files=(replace(first.files[0], content=newer),), generation=2))
+    assert code == 0
+    ok = queued(paths)[-1]
+    assert ok["detail"].startswith("generation 2 applied: no file changed")
+    assert "check: 1 configs passed their checkers: /etc/nftables.conf" in ok["detail"]
+    assert state(root).pending == [] and state(root).generation == 2
