@@ -31,7 +31,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -124,9 +124,10 @@ class Record:
         LOG.info("converge: applying generation %d (this host runs %d)", generation, self.state.generation)
         self.reporter.event(EVENT_STEP, "start", f"applying generation {generation}", generation=generation)
 
-    def failed(self, reason: str, generation: int | None, *, put_back: bool = False) -> None:
-        if put_back:
-            self.state.pending = []  # the files are the running generation's again
+    def failed(self, reason: str, generation: int | None, *, put_back: Sequence[str] = ()) -> None:
+        # the paths put back are the running generation's again; any other pending one (written by an attempt
+        # that crashed) still differs from what the services loaded
+        self.state.pending = sorted(set(self.state.pending) - set(put_back))
         about = f"generation {generation}: " if generation is not None else ""
         self.state.last_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {about}{reason}"
         self.state.save(self.paths.converge_state)
@@ -238,13 +239,13 @@ class ConvergePolicy:
     def failed(self, name: str, failure: StepFailed, duration: float) -> None:
         generation = self.bundle.generation if self.bundle is not None else None
         reason = f"{name}: {failure.reason}"
-        kept = len(self.snapshot)
+        kept, restored = len(self.snapshot), []
         if name in BEFORE_LIVE and kept:
             restored = self.snapshot.restore()
             reason += f"\n{len(restored)} of {kept} changed files put back; no service was touched"
         elif name in BEFORE_LIVE:
             reason += "\nnothing was changed; no service was touched"
-        self.record.failed(reason, generation, put_back=name in BEFORE_LIVE)
+        self.record.failed(reason, generation, put_back=restored)
         LOG.error("converge next: %s", failure.next_action)
 
     def done(self, ctx: StepContext) -> Outcome:
