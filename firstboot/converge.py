@@ -383,7 +383,7 @@ class Converger:
     def _failed_turn(self, why: str) -> Turn:
         self.failures += 1
         wait = wait_after(None, min(MAX_WAIT, self.opts.interval * 2 ** min(self.failures, 10)), self.rng)
-        LOG.warning("converge: %s; asking again in %.0fs", why, wait)
+        LOG.warning("converge: %s%s", why, "" if self.opts.once else f"; asking again in {wait:.0f}s")
         return Turn(1, wait)
 
     def _retire(self, reason: str) -> Turn:
