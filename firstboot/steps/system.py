@@ -82,20 +82,26 @@ def services(ctx: StepContext) -> Outcome:
     active = _states("is-active", names)
     enabled = _states("is-enabled", [svc.unit for svc in units if svc.enable])
     running = {unit for unit, state in active.items() if state in ("active", "reloading")}
-    restart = [svc.unit for svc in units if svc.unit in running and set(svc.restart_on) & ctx.changed]
+    changed = [svc.unit for svc in units if svc.unit in running and set(svc.restart_on) & ctx.changed]
+    # a unit whose own file changed may have a new command line (gunicorn's --workers): only a restart reads it
+    restart = [u for u in changed if any(p.endswith((f"/{u}", f"/{u}.d/")) or f"/{u}.d/" in p for p in ctx.changed)]
+    reload = [u for u in changed if u not in restart]
     enable = [unit for unit, state in enabled.items() if state not in ENABLED_STATES]
     start = [unit for unit in names if unit not in running]
     actions = []
     if restart:
-        _systemctl("reload-or-restart", *restart)
+        _systemctl("restart", *restart)
         actions.append("restarted " + ", ".join(restart))
-        if NETWORKD in restart:
-            # the units started next may listen on the host's address; networkd configures it asynchronously
-            ip = ctx.bundle.host.ip
-            try:
-                wait_for(lambda: _address_present(ip), "the host's address after restarting networkd", ADDRESS_WAIT)
-            except ProbeFailed as e:
-                raise StepFailed(str(e), "see `networkctl status` and /etc/systemd/network/") from None
+    if reload:
+        _systemctl("reload-or-restart", *reload)  # HAProxy, nginx, keepalived reload: no connection dropped
+        actions.append("reloaded or restarted " + ", ".join(reload))
+    if NETWORKD in changed:
+        # the units started next may listen on the host's address; networkd configures it asynchronously
+        ip = ctx.bundle.host.ip
+        try:
+            wait_for(lambda: _address_present(ip), "the host's address after restarting networkd", ADDRESS_WAIT)
+        except ProbeFailed as e:
+            raise StepFailed(str(e), "see `networkctl status` and /etc/systemd/network/") from None
     if enable:
         # symlinks only: nothing below needs systemd to re-read them
         _systemctl("enable", "--no-reload", *enable, env={**os.environ, "SYSTEMCTL_SKIP_SYSV": "1"})

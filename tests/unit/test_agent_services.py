@@ -33,7 +33,7 @@ case "$action" in
   start)
     for u; do [ "$u" = broken.service ] && { echo "Job for broken.service failed" >&2; exit 1; }; done
     for u; do echo "$u" >> "$KILN_AGT_STATE/active"; done ;;
-  reload-or-restart|daemon-reload) ;;
+  reload-or-restart|restart|daemon-reload) ;;
   *) exit 2 ;;
 esac
 """
@@ -84,8 +84,24 @@ def test_running_units_restart_only_when_their_files_changed(systemd: Path) -> N
     (systemd / "active").write_text("nginx.service\nkiln-app.service\n")
     assert services(ctx(UNITS, set())).detail == "unchanged (all enabled and running)"
     assert "daemon-reload" not in calls(systemd)
-    assert services(ctx(UNITS, {"/etc/nginx/nginx.conf"})).detail == "restarted nginx.service"
+    assert services(ctx(UNITS, {"/etc/nginx/nginx.conf"})).detail == "reloaded or restarted nginx.service"
     assert "reload-or-restart kiln-app.service" not in calls(systemd)
+
+
+def test_a_unit_whose_own_file_changed_is_restarted_not_reloaded(systemd: Path) -> None:
+    """Its command line may have changed (gunicorn's --workers): a reload would keep the old one."""
+    (systemd / "enabled").write_text("nginx.service\nkiln-app.service\n")
+    (systemd / "active").write_text("nginx.service\nkiln-app.service\n")
+    changed = {"/etc/systemd/system/kiln-app.service", "/etc/nginx/nginx.conf"}
+    detail = services(ctx(UNITS, changed)).detail
+    assert detail == "restarted kiln-app.service; reloaded or restarted nginx.service"
+    assert calls(systemd) == [
+        "daemon-reload",
+        "is-active nginx.service kiln-app.service",
+        "is-enabled nginx.service kiln-app.service",
+        "restart kiln-app.service",
+        "reload-or-restart nginx.service",
+    ]
 
 
 def test_a_unit_that_fails_to_start_fails_the_step_with_its_name(systemd: Path) -> None:
@@ -103,7 +119,9 @@ def test_restarts_come_before_starts_and_wait_for_the_address_after_networkd(sys
     ]
     (systemd / "active").write_text("systemd-networkd.service\n")
     step = ctx(units, {"/etc/systemd/network/10-kiln.network"}, ip="127.0.0.1")  # on lo: the wait passes at once
-    assert services(step).detail == "restarted systemd-networkd.service; enabled nginx.service; started nginx.service"
+    assert services(step).detail == (
+        "reloaded or restarted systemd-networkd.service; enabled nginx.service; started nginx.service"
+    )
 
 
 def test_an_address_that_never_appears_fails_the_step(systemd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
