@@ -28,6 +28,7 @@ SOURCES = (
     "kiln/run.py",
     "kiln/fsutil.py",
     "kiln/mac.py",
+    "kiln/hostauth.py",
 )
 # the agent's systemd units, shipped beside it in firstboot/ (frozen with it as data, baked by kiln-firstboot):
 # the first boot, then converge, which the path unit starts once the first boot wrote /var/lib/firstboot/done

@@ -155,10 +155,13 @@ ROLE = RoleSpec(
             "haproxy.cfg.j2",
             mode="0640",
             group="haproxy",
-            check=("haproxy", "-c", "-q", "-f", HAPROXY_CFG),
+            check=("haproxy", "-c", "-f", HAPROXY_CFG),
         ),
         FileSpec(
-            KEEPALIVED_CONF, "keepalived.conf.j2", mode="0640", check=("keepalived", f"--config-test={KEEPALIVED_CONF}")
+            KEEPALIVED_CONF,
+            "keepalived.conf.j2",
+            mode="0640",
+            check=("keepalived", "--config-test", f"--use-file={KEEPALIVED_CONF}"),
         ),
         FileSpec(READY_SCRIPT, "haproxy-ready.j2", mode="0755"),  # root's: enable_script_security
         FileSpec("/etc/sysctl.d/60-kiln-lb.conf", "sysctl-lb.conf.j2"),

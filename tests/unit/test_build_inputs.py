@@ -159,3 +159,33 @@ def test_element_closure_follows_kiln_deps_only() -> None:
 def test_size_in_gb() -> None:
     assert size_in_gb("4G") == "4"
     assert size_in_gb("1536M") == "1.5"
+
+
+def test_the_frozen_agent_holds_every_kiln_module_it_imports() -> None:
+    """kiln/freeze.py's SOURCES decide when the agent is frozen again: a kiln module the agent imports (directly or
+    through another) but SOURCES lacks would change without a new freeze (kiln/hostauth.py once did)."""
+    import ast
+
+    from kiln.freeze import SOURCES
+    from kiln.project import ROOT
+
+    def kiln_imports(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "kiln":
+                if node.module == "kiln":
+                    found |= {f"kiln/{a.name}.py" for a in node.names}
+                else:
+                    found.add(node.module.replace(".", "/") + ".py")
+            elif isinstance(node, ast.Import):
+                found |= {a.name.replace(".", "/") + ".py" for a in node.names if a.name.startswith("kiln.")}
+        return found
+
+    todo = list((ROOT / "firstboot").rglob("*.py"))
+    seen: set[str] = set()
+    while todo:
+        for module in kiln_imports(todo.pop()) - seen:
+            seen.add(module)
+            todo.append(ROOT / module)
+    frozen = {s for s in SOURCES if s.endswith(".py")}
+    assert seen <= frozen, f"the agent imports {sorted(seen - frozen)}: add them to kiln/freeze.py SOURCES"
