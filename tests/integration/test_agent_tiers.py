@@ -271,6 +271,7 @@ def wait_for_holder(c: Cluster6, want: list[str], seconds: float) -> float:
     return time.monotonic() - began
 
 
+@pytest.mark.slow  # half a minute of VRRP failover and back
 def test_the_vip_leaves_an_lb_whose_haproxy_cannot_serve_and_returns_once_it_can(running: Cluster6) -> None:
     """lb1's HAProxy stops: its readiness check fails, its priority drops below lb2's and lb2 takes the VIP.
     HAProxy back: lb1 takes the VIP again only after the check passes again and preempt_delay has passed."""

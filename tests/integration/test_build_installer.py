@@ -17,7 +17,7 @@ from kiln.build.progress import Display
 from kiln.model import Cluster
 from kiln.secrets import SecretStore
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # builds the initramfs twice: half a minute
 
 
 @pytest.fixture(scope="module")
