@@ -16,6 +16,7 @@ from pathlib import Path
 from kiln.build import cli as build_cli
 from kiln.build.imagefs import mounted
 from kiln.build.plan import IMAGES_DIR
+from kiln.lab.vm import FW_CFG_SEED
 from kiln.project import Project
 
 ROLES = ("lb", "web", "app", "db")
@@ -44,10 +45,12 @@ class Vm:
         mac: str = "52:54:00:12:34:56",
         memory: int = 1024,
         isolated: bool = True,
+        seed: Path | None = None,
     ) -> None:
         """QEMU user networking. `isolated` (restrict=on): DHCP works and the guest reaches nothing at all; a
         role image must be isolated, since its agent would try the provisioning URL baked into it. Otherwise
-        the guest reaches the host's loopback as 10.0.2.2 (for a guest that only goes where the test sends it)."""
+        the guest reaches the host's loopback as 10.0.2.2 (for a guest that only goes where the test sends it).
+        `seed`: a JSON file the guest reads through fw_cfg, as the lab gives a disk-booted VM its enrolment."""
         self.workdir = workdir
         self.console = workdir / "console.log"
         self.monitor = workdir / "monitor.sock"
@@ -69,6 +72,8 @@ class Vm:
             "-no-reboot",
         ]
         argv += ["-nic", f"user,model=virtio-net-pci,mac={mac}" + (",restrict=on" if isolated else "")]
+        if seed is not None:
+            argv += ["-fw_cfg", f"name={FW_CFG_SEED},file={seed}"]
         if kernel is not None:
             argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append or ""]
         self.argv = argv

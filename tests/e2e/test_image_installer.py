@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[2]
 MAC = "52:54:00:12:34:56"
+TOKEN = "enrol-" + "x" * 37  # the host's one-time enrolment token, as ./inv reprovision mints it
 IMAGE_SIZE = 48 << 20
 
 
@@ -89,7 +90,7 @@ class Server:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                events.append({"path": self.path, **json.loads(body)})
+                events.append({"path": self.path, "auth": self.headers.get("Authorization"), **json.loads(body)})
                 self.send_response(204)
                 self.end_headers()
 
@@ -124,7 +125,7 @@ def _boot(tmp_path: Path, installer_dir: Path, server: Server, sha: str, extra: 
     base = f"http://{HOST_LOOPBACK}:{server.port}"  # the test's server on the host's loopback
     append = (
         f"kiln.image={base}/small.data kiln.map={base}/small.map kiln.sha256={sha} kiln.disk=/dev/vda "
-        f"kiln.url={base} kiln.host=web1 "
+        f"kiln.url={base} kiln.host=web1 kiln.token={TOKEN} "
         f"kiln.size={IMAGE_SIZE} BOOTIF=01-{MAC.replace(':', '-')} console=ttyS0 {extra}"
     )
     # not isolated: the installer only goes to the URLs given on its command line
@@ -158,7 +159,8 @@ def test_installs_the_image_and_writes_the_seed(
     assert written[IMAGE_SIZE:] == DIRTY * 16, "nothing past the image is touched"
     with mounted(disk) as root:
         seed = json.loads((root / "etc" / "kiln" / "seed.json").read_text())
-    assert seed == {"host": "web1", "mac": MAC, "url": f"http://{HOST_LOOPBACK}:{server.port}"}
+    assert seed == {"host": "web1", "mac": MAC, "url": f"http://{HOST_LOOPBACK}:{server.port}", "token": TOKEN}
+    assert {e["auth"] for e in server.events} == {f"Bearer {TOKEN}"}, "the events carry the host's token"
     steps = [(e["path"], e["step"], e["status"]) for e in server.events]
     assert steps == [("/v1/hosts/web1/events", "install", "start"), ("/v1/hosts/web1/events", "install", "ok")]
     assert image_map.digest in str(server.events[-1]["detail"])
