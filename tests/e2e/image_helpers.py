@@ -46,6 +46,7 @@ class Vm:
         memory: int = 1024,
         isolated: bool = True,
         seed: Path | None = None,
+        cpus: int = 2,
     ) -> None:
         """QEMU user networking. `isolated` (restrict=on): DHCP works and the guest reaches nothing at all; a
         role image must be isolated, since its agent would try the provisioning URL baked into it. Otherwise
@@ -61,7 +62,7 @@ class Vm:
             "-m",
             str(memory),
             "-smp",
-            "2",
+            str(cpus),
             "-nographic",
             "-serial",
             f"file:{self.console}",

@@ -125,6 +125,8 @@ def test_sysctl_and_modules(image: tuple[str, Path]) -> None:
     coredump = (root / "etc/systemd/coredump.conf.d/90-kiln-nocore.conf").read_text()
     assert "Storage=none" in coredump and "ProcessSizeMax=0" in coredump
     assert "ulimit -c 0" in (root / "etc/profile.d/kiln-umask.sh").read_text()
+    start_timeout = (root / "etc/systemd/system.conf.d/60-kiln-start-timeout.conf").read_text()
+    assert "\nDefaultTimeoutStartSec=300s\n" in start_timeout, "a busy host's first boot waits for its daemons"
 
 
 def test_sshd_keys_only_no_root(image: tuple[str, Path]) -> None:
