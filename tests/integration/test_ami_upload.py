@@ -441,7 +441,8 @@ def test_a_file_that_is_not_the_manifests_image_is_not_registered(tmp_path, prox
 def test_ctrl_c_during_the_upload_deletes_the_snapshot(tmp_path, proxy, direct):
     make_disk(tmp_path, "web", blocks=128, data_at=set(range(0, 128, 2)))  # 64 blocks to send, 16 at a time
     image = locate(tmp_path, "web")
-    proxy.delays["PutSnapshotBlock"] = 0.5
+    # four rounds of 2 s: the interrupt lands mid-upload even when a busy machine is slow to notice the first put
+    proxy.delays["PutSnapshotBlock"] = 2.0
     argv = [
         sys.executable,
         "-m",

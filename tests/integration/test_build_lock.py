@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import time
@@ -27,10 +28,14 @@ def test_second_build_waits_for_the_first(tmp_path: Path) -> None:
         second = subprocess.Popen(
             [sys.executable, "-c", SECOND, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        time.sleep(1.5)
+        assert second.stderr is not None
+        # its first line, once it reached the lock (a busy machine may take seconds to start Python), bounded
+        ready, _, _ = select.select([second.stderr], [], [], 60)
+        said = second.stderr.readline() if ready else ""
+        assert "waiting for the build already running (pid " in said, said
+        time.sleep(0.5)
         assert second.poll() is None, "the second build went ahead while the first held the lock"
         released = time.monotonic()
     out, err = second.communicate(timeout=30)
     assert second.returncode == 0, err
     assert float(out.split()[1]) >= released
-    assert "waiting for the build already running (pid " in err
