@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from firstboot import __version__
+from firstboot.steps.context import CHECK_DEADLINE
 
 IMDS_ENV = "FIRSTBOOT_IMDS_ENDPOINT"  # tests point the EC2 provider at a stand-in on loopback
 
@@ -26,7 +27,9 @@ def parser() -> argparse.ArgumentParser:
         "--imds-endpoint", default=os.environ.get(IMDS_ENV, "http://169.254.169.254"), help="EC2 metadata service"
     )
     run.add_argument("--fetch-deadline", type=float, default=600.0, help="seconds to keep retrying the bundle fetch")
-    run.add_argument("--check-deadline", type=float, default=120.0, help="seconds each health check may take to pass")
+    run.add_argument(
+        "--check-deadline", type=float, default=CHECK_DEADLINE, help="seconds each health check may take to pass"
+    )
     run.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help="the local MariaDB socket (db joins)")
     run.add_argument("-v", "--verbose", action="store_true")
 
@@ -45,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between polls when the server names none (it does, with Retry-After, when nothing is newer)",
     )
-    converge.add_argument("--check-deadline", type=float, default=120.0, help=argparse.SUPPRESS)
+    converge.add_argument("--check-deadline", type=float, default=CHECK_DEADLINE, help=argparse.SUPPRESS)
     converge.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help=argparse.SUPPRESS)
     converge.add_argument("-v", "--verbose", action="store_true")
 
