@@ -6,9 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from firstboot import __version__
-from firstboot.steps.context import CHECK_DEADLINE
+
+if TYPE_CHECKING:
+    from firstboot.steps.context import Tuning
 
 IMDS_ENV = "FIRSTBOOT_IMDS_ENDPOINT"  # tests point the EC2 provider at a stand-in on loopback
 
@@ -27,9 +30,7 @@ def parser() -> argparse.ArgumentParser:
         "--imds-endpoint", default=os.environ.get(IMDS_ENV, "http://169.254.169.254"), help="EC2 metadata service"
     )
     run.add_argument("--fetch-deadline", type=float, default=600.0, help="seconds to keep retrying the bundle fetch")
-    run.add_argument(
-        "--check-deadline", type=float, default=CHECK_DEADLINE, help="seconds each health check may take to pass"
-    )
+    run.add_argument("--check-deadline", type=float, help="seconds each health check may take to pass (default 300)")
     run.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help="the local MariaDB socket (db joins)")
     run.add_argument("-v", "--verbose", action="store_true")
 
@@ -48,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between polls when the server names none (it does, with Retry-After, when nothing is newer)",
     )
-    converge.add_argument("--check-deadline", type=float, default=CHECK_DEADLINE, help=argparse.SUPPRESS)
+    converge.add_argument("--check-deadline", type=float, help=argparse.SUPPRESS)
     converge.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help=argparse.SUPPRESS)
     converge.add_argument("-v", "--verbose", action="store_true")
 
@@ -105,10 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     opts = RunOptions(
         paths=paths,
         sources=Settings(imds_endpoint=args.imds_endpoint),
-        tuning=Tuning(check_deadline=args.check_deadline, db_socket=args.db_socket),
+        tuning=_tuning(args),
         fetch=Backoff(deadline=args.fetch_deadline),
     )
     return run(opts)
+
+
+def _tuning(args: argparse.Namespace) -> Tuning:
+    """The step tuning from the command line; Tuning's own defaults where an option is not given."""
+    from firstboot.steps.context import Tuning
+
+    given = {} if args.check_deadline is None else {"check_deadline": args.check_deadline}
+    return Tuning(db_socket=args.db_socket, **given)
 
 
 def _converge(args: argparse.Namespace) -> int:
@@ -118,7 +127,6 @@ def _converge(args: argparse.Namespace) -> int:
     from firstboot import log
     from firstboot.converge import ConvergeOptions, converge, refusal
     from firstboot.paths import Paths
-    from firstboot.steps.context import Tuning
 
     paths = Paths(args.root)
     if refusal(paths) is None:  # a refused start writes no log
@@ -128,7 +136,7 @@ def _converge(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     opts = ConvergeOptions(
         paths=paths,
-        tuning=Tuning(check_deadline=args.check_deadline, db_socket=args.db_socket),
+        tuning=_tuning(args),
         interval=args.interval,
         once=args.once,
     )

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from kiln.build.imagefs import mounted
-from tests.e2e.image_helpers import ROLES, Vm, booted_root, build_all_images, journal, overlay
+from tests.e2e.image_helpers import GUEST_MAC, ROLES, Vm, booted_root, build_all_images, journal, overlay
 
 pytestmark = pytest.mark.slow
 
 BOOT_TIMEOUT = 900  # TCG, four guests on two cores: about 6 min until the agent runs; the margin is for a slow host
 WAITING = r"firstboot.*(fetch bundle: attempt \d+ failed|waiting for the bundle)"
 SETTLED = r"firstboot.*(fetch bundle: attempt (9|\d\d+) failed|waiting for the bundle)"
-MAC = "52:54:00:12:34:56"
+MAC = GUEST_MAC
 ROLE_SERVICES = {
     "lb": ("haproxy", "keepalived", "prometheus-node-exporter"),
     "web": ("nginx", "prometheus-nginx-exporter", "prometheus-node-exporter"),

@@ -22,12 +22,12 @@ from kiln.build import installer
 from kiln.build.imagefs import mounted
 from kiln.build.progress import Display
 from kiln.project import Project
-from tests.e2e.image_helpers import HOST_LOOPBACK, Vm
+from tests.e2e.image_helpers import GUEST_MAC, HOST_LOOPBACK, Vm
 
 pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[2]
-MAC = "52:54:00:12:34:56"
+MAC = GUEST_MAC
 TOKEN = "enrol-" + "x" * 37  # the host's one-time enrolment token, as ./inv reprovision mints it
 IMAGE_SIZE = 48 << 20
 
