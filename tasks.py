@@ -51,7 +51,8 @@ def test(c, quick=False, lab=True, k=None, day2=False):
     # slow tier (image builds, QEMU boots, the lab) after it, alone, since the emulated CPUs need every core
     runs = [base + ["-m", "not slow", "-n", str(2 * (os.cpu_count() or 1)), "--dist", "loadfile"]]
     if not quick:
-        runs.append(base + ["-m", "slow" if lab else "slow and not lab"])
+        # each slow test's time in the report: CI's 90 minutes are spent here
+        runs.append(base + ["-m", "slow" if lab else "slow and not lab", "--durations=25"])
     env = {"KILN_LAB_DAY2": "1"} if day2 else {}
     codes = [c.run(shlex.join(argv), pty=sys.stdout.isatty(), warn=True, env=env).exited for argv in runs]
     no_tests = 5  # pytest's code when -k selected nothing in that tier
@@ -139,12 +140,18 @@ def build(c, role, force=False):
     _exit(build_cli.build(Project(), role=role, force=force))
 
 
-@task(name="build-all", help={"force": "rebuild every image even when up to date"})
-def build_all(c, force=False):
-    """Build every role image roles.yaml uses and the PXE installer, skipping what is up to date."""
+@task(
+    name="build-all",
+    help={
+        "force": "rebuild every image even when up to date",
+        "jobs": "images built side by side (default: one per core, at most 4)",
+    },
+)
+def build_all(c, force=False, jobs=0):
+    """Build every role image roles.yaml uses, side by side, and the PXE installer, skipping what is up to date."""
     from kiln.build import cli as build_cli
 
-    _exit(build_cli.build_all(Project(), force=force))
+    _exit(build_cli.build_all(Project(), force=force, jobs=int(jobs) or None))
 
 
 @task(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import blockmap, freeze, roles
-from kiln.build import devmapper, dib, manifest
+from kiln.build import dib, manifest
 from kiln.build.inputs import inputs_hash
 from kiln.build.mirror import Mirror
 from kiln.build.plan import ELEMENTS_DIR, IMAGES_DIR, ImageSpec, element_closure, image_spec
@@ -77,7 +77,11 @@ def role_inputs_hash(env: BuildEnv, spec: ImageSpec) -> str:
     return inputs_hash(elements=closure, settings=settings, files=files, dib_version=dib.version())
 
 
-def build_role(env: BuildEnv, role: str, display: Display, *, force: bool = False) -> Outcome:
+def build_role(
+    env: BuildEnv, role: str, display: Display, *, force: bool = False, cache: Path | None = None
+) -> Outcome:
+    """Build `role`'s image unless it is up to date. `cache`: DIB_IMAGE_CACHE for this run (DIB's default when
+    None); builds running side by side need one each."""
     started = time.monotonic()
     spec = image_spec(env.cluster, role, env.mirror)
     name = spec.name
@@ -97,6 +101,8 @@ def build_role(env: BuildEnv, role: str, display: Display, *, force: bool = Fals
     display.set(name, "building", "staging")
     try:
         extra = {"DIB_KILN_FIRSTBOOT_STAGE": str(_stage_firstboot(env, work))}
+        if cache is not None:
+            extra["DIB_IMAGE_CACHE"] = str(cache)
         stage = roles.get(role).stage
         if stage is not None:
             extra.update(stage(work, env.project, env.elements))
@@ -105,8 +111,6 @@ def build_role(env: BuildEnv, role: str, display: Display, *, force: bool = Fals
         )
     except Exception as e:  # staging failed before DIB ran; say what and keep the old image
         error = e
-    finally:
-        devmapper.remove_empty_mapper_dir()
     seconds = time.monotonic() - started
     if error is not None:
         return _failed(env, name, work, log, display, seconds, error)

@@ -30,6 +30,8 @@ class Display:
     console: Console = field(default_factory=lambda: Console(highlight=False))
     rows: dict[str, Row] = field(init=False)
     _live: Live | None = field(init=False, default=None)
+    # builds run side by side: one row change and its redraw at a time
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.rows = {n: Row(n) for n in self.names}
@@ -63,6 +65,10 @@ class Display:
         self.console.print(message, markup=False)
 
     def set(self, name: str, state: str, phase: str | None = None, seconds: float | None = None) -> None:
+        with self._lock:
+            self._set(name, state, phase, seconds)
+
+    def _set(self, name: str, state: str, phase: str | None, seconds: float | None) -> None:
         row = self.rows.setdefault(name, Row(name))
         if state == "building" and row.started is None:
             row.started = time.monotonic()
