@@ -207,3 +207,38 @@ def test_the_request_loop_does_not_wait_for_a_hung_request(monkeypatch: pytest.M
     assert len(answered_early) >= 5, "requests kept going out and being answered while the first one hung"
     outage, failed, _ = loops.failed_seconds(began, began + 1.9)
     assert failed == 1 and outage < 1.0
+
+
+def test_chaos_runs_a_phase_side_by_side_and_phases_in_order() -> None:
+    """The drills of one phase run at once (each waits for the others at a barrier: run one after another they
+    would time out), the next phase only after; results keep the listed order, and a drill that raises
+    becomes a failed result without stopping the others."""
+    import io
+    import threading
+
+    from rich.console import Console
+
+    from kiln.lab import chaos
+
+    barrier = threading.Barrier(3, timeout=10)
+    log: list[str] = []
+
+    def meets(name: str) -> list[chaos.Result]:
+        barrier.wait()
+        log.append(name)
+        return [chaos.Result(name, "met", "", goal_met=True)]
+
+    def fails() -> list[chaos.Result]:
+        barrier.wait()
+        raise TimeoutError("db2 replicating again: not within 600 s")
+
+    phases = [
+        [("a", lambda: meets("a")), ("b", fails), ("c", lambda: meets("c"))],
+        [("d", lambda: [chaos.Result("d", "after", "", goal_met=True, works=bool(log.append("d")) or True)])],
+    ]
+    results = chaos.run_phases(phases, Console(file=io.StringIO()))
+
+    assert [r.drill for r in results] == ["a", "b", "c", "d"]
+    assert [r.works for r in results] == [True, False, True, True]
+    assert results[1].measured == "error: db2 replicating again: not within 600 s"
+    assert sorted(log[:2]) == ["a", "c"] and log[2] == "d", "phase two started only after phase one ended"
