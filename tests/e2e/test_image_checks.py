@@ -127,6 +127,9 @@ def test_sysctl_and_modules(image: tuple[str, Path]) -> None:
     assert "ulimit -c 0" in (root / "etc/profile.d/kiln-umask.sh").read_text()
     start_timeout = (root / "etc/systemd/system.conf.d/60-kiln-start-timeout.conf").read_text()
     assert "\nDefaultTimeoutStartSec=300s\n" in start_timeout, "a busy host's first boot waits for its daemons"
+    # boot work a kiln host never needs: udev-settle (only growroot wants it) is masked, e2scrub_reap off
+    assert os.readlink(root / "etc/systemd/system/systemd-udev-settle.service") == "/dev/null"
+    assert not enabled(root, "e2scrub_reap.service")
 
 
 def test_sshd_keys_only_no_root(image: tuple[str, Path]) -> None:
