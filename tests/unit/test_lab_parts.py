@@ -163,6 +163,39 @@ def test_a_failed_host_ends_lab_up_only_if_the_agents_own_retry_does_not_help() 
     assert watch.failed(grace=0) == [] and watch.failed_since == {}
 
 
+def test_lab_up_powers_on_back_tiers_first_one_booting_host_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hosts wait for a boot slot: no more booting at once than `slots`, the database tier first, and the next
+    one starts when the server hears from a booting host's agent (its state leaves booting/installing).
+    The VM itself is what the lab e2e test boots; here only which host starts when."""
+    from kiln.lab import lifecycle
+
+    lab = _lab()
+    powered: list[str] = []
+    monkeypatch.setattr(vm, "make_disk", lambda lab, host, boot: None)
+    monkeypatch.setattr(vm, "start", lambda lab, host, boot: powered.append(host.name))
+    monkeypatch.setattr(lifecycle.os, "cpu_count", lambda: 2)
+    watch = lifecycle.Watch(lab=lab)
+
+    lifecycle.power_on(lab, lab.cluster.hosts, vm.DISK, watch)
+    assert powered == ["db1", "db2"], "two cores: two booting at once, the database tier first"
+    rows = {h.name: {"name": h.name, "state": "waiting"} for h in lab.cluster.hosts}
+    rows["db1"]["state"] = "booting"
+    watch.update(list(rows.values()))
+    assert lifecycle.start_pending(lab, watch) == [], "both still booting"
+    rows["db1"]["state"] = "configuring"
+    watch.update(list(rows.values()))
+    assert lifecycle.start_pending(lab, watch) == ["app1"]
+    for name in ("db2", "app1"):
+        rows[name]["state"] = "failed"  # booted, even if its agent failed: the slot is free
+    watch.update(list(rows.values()))
+    assert lifecycle.start_pending(lab, watch) == ["web1", "web2"]
+    for name in ("web1", "web2"):
+        rows[name]["state"] = "joined"
+    watch.update(list(rows.values()))
+    assert lifecycle.start_pending(lab, watch) == ["lb1", "lb2"] and not watch.pending
+    assert powered == ["db1", "db2", "app1", "web1", "web2", "lb1", "lb2"]
+
+
 @pytest.mark.parametrize(
     ("action", "said"),
     [("ssh", "lab ssh: no host 'nohost' in roles.yaml"), ("audit", "lab audit: no host nohost in roles.yaml")],
