@@ -242,6 +242,33 @@ def test_the_request_loop_does_not_wait_for_a_hung_request(monkeypatch: pytest.M
     assert failed == 1 and outage < 1.0
 
 
+def test_the_request_loop_never_queues_more_than_the_app_can_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app that stops answering gets at most MAX_IN_FLIGHT requests of the loop, not one per tick: a queue it
+    could never drain would time out every check behind it. Once it answers, the loop sends on schedule again."""
+    import types
+
+    from kiln.lab import chaos
+
+    monkeypatch.setattr(chaos, "INTERVAL", 0.05)
+    answering = threading.Event()
+    sent: list[float] = []
+
+    def get(self: chaos.Loops, path: str, **kw: object) -> object:
+        sent.append(time.monotonic())
+        answering.wait(10)
+        return types.SimpleNamespace(status=200, headers={"x-kiln-app": "app1"})
+
+    monkeypatch.setattr(chaos.Loops, "_get", get)
+    loops = chaos.Loops(lab=None)  # _get replaced: no lab needed
+    threading.Thread(target=loops._request_loop, daemon=True).start()
+    time.sleep(1.0)  # twenty ticks while nothing answers
+    assert len(sent) == chaos.MAX_IN_FLIGHT
+    answering.set()
+    time.sleep(1.0)
+    loops.stop.set()
+    assert len(sent) > chaos.MAX_IN_FLIGHT + 10, "answered again: a request every tick"
+
+
 def test_chaos_runs_a_phase_side_by_side_and_phases_in_order() -> None:
     """The drills of one phase run at once (each waits for the others at a barrier: run one after another they
     would time out), the next phase only after; results keep the listed order, and a drill that raises
