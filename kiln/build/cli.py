@@ -87,8 +87,9 @@ def _build(project: Project, names: list[str] | None, *, force: bool, with_insta
 
 def _build_roles(env: BuildEnv, wanted: tuple[str, ...], display: Display, *, force: bool, jobs: int) -> list[Outcome]:
     """Outcomes in `wanted`'s order; up to `jobs` DIB runs at once, each in a cache slot of its own."""
-    slots: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for slot in range(max(1, min(jobs, len(wanted)))):
+    workers = max(1, min(jobs, len(wanted)))
+    slots: queue.SimpleQueue[int] = queue.SimpleQueue()  # which cache each running build holds
+    for slot in range(workers):
         slots.put(slot)
 
     def one(role: str) -> Outcome:
@@ -99,7 +100,7 @@ def _build_roles(env: BuildEnv, wanted: tuple[str, ...], display: Display, *, fo
             slots.put(slot)
 
     try:
-        with ThreadPoolExecutor(max(1, min(jobs, len(wanted))), thread_name_prefix="build") as pool:
+        with ThreadPoolExecutor(workers, thread_name_prefix="build") as pool:
             return list(pool.map(one, wanted))
     finally:
         # the stand-in's /dev/mapper goes once no build can be between its mkdir and its links

@@ -104,5 +104,6 @@ class Display:
                 found = dib.phase(line)
                 if found:
                     self.set(name, "building", found)
-            if self._live is not None:
-                self._live.update(self._table())
+            with self._lock:  # the elapsed column; other builds redraw too
+                if self._live is not None:
+                    self._live.update(self._table())

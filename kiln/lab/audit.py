@@ -14,6 +14,7 @@ from kiln.fsutil import write_atomic
 from kiln.lab import netns
 from kiln.lab.chaos import ssh
 from kiln.lab.layout import Lab
+from kiln.lab.ssh import config_file
 from kiln.run import CommandError
 
 GOAL = 85
@@ -57,6 +58,7 @@ def audit(lab: Lab, *, only: str = "") -> int:
     if unknown:
         print(f"lab audit: no host {', '.join(unknown)} in roles.yaml", file=sys.stderr)
         return 1
+    config_file(lab)  # the ssh_config every audit's SSH reads
     netns.enter()
     console = Console()
     console.print(f"lab audit: Lynis on {len(names)} hosts at once (about 10 min or more under TCG) ...")

@@ -20,6 +20,7 @@ from kiln.fsutil import write_atomic
 from kiln.lab import client, dnsmasq, netns, procs, server, vm
 from kiln.lab.layout import Lab, tap_name
 from kiln.model import Host
+from kiln.server.states import State
 
 TIMEOUT = 1800.0  # the whole cluster under TCG on two cores; the goal is under 10 min
 # firstboot.service restarts a failed agent after 60 s (RestartSec): a host counts as failed only when it is
@@ -29,7 +30,7 @@ FAILED_GRACE = 180.0
 # emulated guests booting together on two cores took 640-780 s each to start their agent (2026-11-30), against
 # 68 s for one alone: far more than sharing the cores explains. The others wait their turn, back tiers first.
 BOOTING_PER_CORE = 1
-BOOTED = frozenset({"configuring", "joined", "failed", "retired"})
+BOOTED = frozenset({State.configuring, State.joined, State.failed, State.retired})  # the server heard the agent
 
 
 class NotReady(Exception):
@@ -170,10 +171,9 @@ def power_on(lab: Lab, hosts: tuple[Host, ...], boot: str, watch: Watch) -> None
     start_pending(lab, watch)
 
 
-def start_pending(lab: Lab, watch: Watch, slots: int | None = None) -> list[str]:
-    """Power on pending hosts while fewer than `slots` (default: BOOTING_PER_CORE per core) are booting; the
-    names started."""
-    slots = slots or max(1, BOOTING_PER_CORE * (os.cpu_count() or 1))
+def start_pending(lab: Lab, watch: Watch) -> list[str]:
+    """Power on pending hosts while fewer than BOOTING_PER_CORE per core are booting; the names started."""
+    slots = max(1, BOOTING_PER_CORE * (os.cpu_count() or 1))
     started = []
     while watch.pending and len(watch.booting()) < slots:
         host = watch.pending.pop(0)

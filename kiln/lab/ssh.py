@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kiln.fsutil import write_atomic
 from kiln.lab.layout import Lab
 from kiln.run import run
@@ -30,9 +32,14 @@ def ssh_argv(lab: Lab, address: str) -> list[str]:
     return ["ssh", *options(lab), f"root@{address}"]
 
 
+def config_path(lab: Lab) -> Path:
+    """Where config_file() writes the lab's ssh_config."""
+    return lab.ssh_key.parent / "config"
+
+
 def config_file(lab: Lab) -> str:
     """An ssh_config naming every host (testinfra's ssh backend reads it): `ssh -F FILE lb1`."""
-    path = lab.ssh_key.parent / "config"
+    path = config_path(lab)
     blocks = []
     for h in lab.cluster.hosts:
         blocks.append(
