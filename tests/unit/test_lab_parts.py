@@ -210,7 +210,9 @@ def test_lab_takes_the_host_as_an_option_and_works_without_it(action: str, said:
     assert out.returncode != 0
     status = subprocess.run([*invoke, "status"], capture_output=True, text=True, timeout=120)
     assert "positional" not in status.stdout + status.stderr, "an action without a host still parses"
-    assert "the lab is down" in status.stdout or "kiln lab" in status.stdout
+    # whatever state the host's lab is in (a lab of another checkout may be up on this kernel), status reports it
+    said = ("the lab is down", "the provisioning server does not answer", "kiln lab")
+    assert any(s in status.stdout for s in said), status.stdout + status.stderr
 
 
 def test_the_request_loop_does_not_wait_for_a_hung_request(monkeypatch: pytest.MonkeyPatch) -> None:
