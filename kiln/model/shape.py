@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable, Iterator
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 
@@ -93,7 +93,30 @@ def schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(schema(), format_checker=FORMAT_CHECKER)
+    return jsonschema.Draft202012Validator(_inlined(schema()), format_checker=FORMAT_CHECKER)
+
+
+def _inlined(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with each local `$ref` to a $defs entry replaced by that entry (merged with its sibling keywords):
+    resolving a $ref costs jsonschema a lookup per value, about 40 % of validating a 10,000-host file. The
+    result validates the same: the $defs do not refer to each other, and a $ref whose siblings repeat one of
+    its target's keywords is left as it is."""
+    defs = doc.get("$defs", {})
+
+    def walk(node: object) -> object:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {key: walk(value) for key, value in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs:
+            target, siblings = defs[ref[8:]], {k: v for k, v in out.items() if k != "$ref"}
+            if "$ref" not in target and not siblings.keys() & target.keys():
+                return {**target, **siblings}
+        return out
+
+    return cast(dict[str, Any], walk(doc))
 
 
 def _path(parts: Iterable[str | int]) -> str:
