@@ -123,9 +123,13 @@ def main() -> int:
             figures += measure(hosts, 1 if opts.quick or hosts > 1000 else 3, Path(tmp))
     for f in figures:
         print(f"{f['name']:<40} {f['value']} {f['unit']}")
-    result = {"machine": platform.node(), "cpus": os.cpu_count(), "figures": figures}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "render.json").write_text(json.dumps(result, indent=2) + "\n")
+    # a run of some sizes (--hosts 10000, --quick) keeps the recorded figures of the others
+    path = HERE / "results" / "render.json"
+    measured = {f["name"] for f in figures}
+    kept = [f for f in json.loads(path.read_text())["figures"] if f["name"] not in measured] if path.exists() else []
+    result = {"machine": platform.node(), "cpus": os.cpu_count(), "figures": kept + figures}
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

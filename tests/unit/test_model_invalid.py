@@ -115,3 +115,24 @@ def test_a_replica_set_without_any_db_role_names_each_host(shipped_roles: Path):
     messages = [(p.path, p.message) for p in raised.value.problems]
     assert ("$.hosts[5]", "db host without a db_role") in messages
     assert ("$.hosts[6]", "db host without a db_role") in messages
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_inlined_schema_finds_what_the_schema_with_refs_finds(case: str):
+    # validation runs on the schema with its $refs inlined (for speed): it must reject exactly what the published
+    # schema, refs and all, rejects, with the same messages at the same paths
+    import jsonschema
+
+    from kiln.model import shape
+    from kiln.model.yamlmarks import YamlSyntaxError, load_marked
+
+    try:
+        data = load_marked((INVALID / f"{case}.yaml").read_text()).data
+    except YamlSyntaxError:
+        pytest.skip("not YAML: the schema never sees it")
+    published = jsonschema.Draft202012Validator(shape.schema(), format_checker=shape.FORMAT_CHECKER)
+
+    def found(validator: jsonschema.Draft202012Validator) -> list[tuple[str, str, str]]:
+        return sorted((str(list(e.absolute_path)), e.validator, e.message) for e in validator.iter_errors(data))
+
+    assert found(shape._validator()) == found(published)
