@@ -88,18 +88,21 @@ def disk_usage(root: Path) -> tuple[int, int]:
 
 
 def measure(hosts: int, runs: int, tmp: Path) -> list[dict[str, object]]:
+    """Each render goes into a directory of its own: a second render into the same one writes nothing (measured
+    apart, as the re-render). Nothing is deleted between runs: on ext4 a fresh file right after mass deletion
+    costs several times more kernel time (the inode allocator skips recently freed inodes)."""
     roles = tmp / f"roles-{hosts}.yaml"
     roles.write_text(generate(counts_for(hosts)))
-    out = tmp / f"out-{hosts}"
     validate = min(timed([*INV, "validate", "--roles", str(roles)])[0] for _ in range(runs))
-    render, rss = timed([*INV, "render", "--roles", str(roles), "--out", str(out)])
-    for _ in range(runs - 1):
-        render = min(render, timed([*INV, "render", "--roles", str(roles), "--out", str(out)])[0])
-    used, files = disk_usage(out)
+    outs = [tmp / f"out-{hosts}-{i}" for i in range(runs)]
+    render, rss = min(timed([*INV, "render", "--roles", str(roles), "--out", str(out)]) for out in outs)
+    again = timed([*INV, "render", "--roles", str(roles), "--out", str(outs[0])])[0]
+    used, files = disk_usage(outs[0])
     goal_render = "< 3 s" if hosts <= 1000 else "< 15 s"
-    return [
+    figures: list[dict[str, object]] = [
         {"name": f"validate {hosts} hosts", "value": round(validate, 2), "unit": "s", "goal": "< 3 s"},
         {"name": f"render {hosts} hosts", "value": round(render, 2), "unit": "s", "goal": goal_render},
+        {"name": f"render {hosts} hosts again, nothing changed", "value": round(again, 2), "unit": "s"},
         {
             "name": f"render {hosts} hosts: output on disk",
             "value": round(used / 1e6, 1),
@@ -109,6 +112,12 @@ def measure(hosts: int, runs: int, tmp: Path) -> list[dict[str, object]]:
         {"name": f"render {hosts} hosts: files", "value": files, "unit": ""},
         {"name": f"render {hosts} hosts: peak memory", "value": round(rss / 1024), "unit": "MB"},
     ]
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):  # the same work without the disk: what kiln itself costs
+        with tempfile.TemporaryDirectory(dir=shm) as memory:
+            took = timed([*INV, "render", "--roles", str(roles), "--out", memory + "/out"])[0]
+        figures.append({"name": f"render {hosts} hosts into memory (tmpfs)", "value": round(took, 2), "unit": "s"})
+    return figures
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ CPU (forked after the cluster is parsed: a 10,000-host cluster is about 100,000 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,7 +25,6 @@ import orjson
 from kiln.bundle import Bundle
 from kiln.fsutil import ensure_file
 from kiln.render import Renderer
-from kiln.typedjson import encode
 
 SHARED = "_shared"  # not a host name: host names start with a letter
 BUNDLE = "bundle.json"
@@ -61,7 +61,7 @@ def write_tree(renderer: Renderer, out: Path, *, workers: int | None = None) -> 
     _remove_stale(shared_dir, {shared_dir / d for d in renderer.shared})
     wanted = set(names)
     for old in out.iterdir():
-        if old.is_dir() and old.name not in wanted and (old / BUNDLE).exists():
+        if old.name not in wanted and old.is_dir() and (old / BUNDLE).exists():
             shutil.rmtree(old)  # a host removed from roles.yaml; only directories this command made
     return stats
 
@@ -107,15 +107,17 @@ def _write_hosts(renderer: Renderer, names: Iterable[str], out: Path) -> Written
 
 
 def _pretty(bundle: Bundle) -> bytes:
-    """Indented for reading and diffing (orjson: the standard library's indenting encoder is pure Python)."""
-    return orjson.dumps(encode(bundle), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
+    """Indented for reading and diffing, keys sorted as in the signed bundle. orjson encodes dataclasses itself but
+    sorts only dict keys, so it encodes twice: still half the time of building the dict in Python."""
+    plain = orjson.loads(orjson.dumps(bundle))
+    return orjson.dumps(plain, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
 
 
 def _write_host(host_dir: Path, bundle: Bundle, shared_dir: Path) -> Written:
     text = _pretty(bundle)
-    targets = {host_dir / "root" / f.path.lstrip("/") for f in bundle.files}
     if not host_dir.exists():
         return _write_new_host(host_dir, bundle, text, shared_dir)
+    targets = {host_dir / "root" / f.path.lstrip("/") for f in bundle.files}
     if _unchanged(host_dir, text, targets):
         return Written(files=len(bundle.files))
     stats = Written(files=len(bundle.files))
@@ -143,31 +145,38 @@ def _unchanged(host_dir: Path, text: bytes, targets: set[Path]) -> bool:
 
 
 def _write_new_host(host_dir: Path, bundle: Bundle, text: bytes, shared_dir: Path) -> Written:
-    """A host seen for the first time: its whole tree in a temporary directory, then renamed into place."""
-    temp = host_dir.with_name(f".{host_dir.name}.new-{os.getpid()}")
+    """A host seen for the first time: its whole tree in a temporary directory, then renamed into place.
+    Plain strings and one mkdir per directory: at 10,000 hosts Path objects and makedirs' retries cost seconds."""
+    temp = str(host_dir.with_name(f".{host_dir.name}.new-{os.getpid()}"))
     shutil.rmtree(temp, ignore_errors=True)
-    made: set[Path] = set()
-    _create(temp / BUNDLE, text, 0o644, made)
-    for f in bundle.files:
-        target = temp / "root" / f.path.lstrip("/")
+    paths = tuple(f.path.lstrip("/") for f in bundle.files)
+    os.mkdir(temp)
+    for directory in _directories(paths):
+        os.mkdir(f"{temp}/{directory}")
+    _create(f"{temp}/{BUNDLE}", text, 0o644)
+    shared = str(shared_dir)
+    for f, path in zip(bundle.files, paths, strict=True):
         if f.shared:
-            _mkdirs(target.parent, made)
-            os.link(shared_dir / f.shared, target)
+            os.link(f"{shared}/{f.shared}", f"{temp}/root/{path}")
         else:
-            _create(target, f.content.encode(), int(f.mode, 8), made)
+            _create(f"{temp}/root/{path}", f.content.encode(), int(f.mode, 8))
     os.rename(temp, host_dir)
     return Written(files=len(bundle.files), changed=len(bundle.files) + 1)
 
 
-def _mkdirs(directory: Path, made: set[Path]) -> None:
-    if directory not in made:
-        directory.mkdir(parents=True, exist_ok=True)
-        made.add(directory)
+@functools.cache
+def _directories(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Every directory under a host's tree that these relative file paths need, parents first ("root" included);
+    hosts of one role share one list."""
+    needed = {"root"}
+    for path in paths:
+        parts = path.split("/")[:-1]
+        needed.update("/".join(["root", *parts[: i + 1]]) for i in range(len(parts)))
+    return tuple(sorted(needed, key=lambda d: (d.count("/"), d)))
 
 
-def _create(path: Path, data: bytes, mode: int, made: set[Path]) -> None:
+def _create(path: str, data: bytes, mode: int) -> None:
     """A new file in a directory nobody else sees yet: created with its mode, no temp file needed."""
-    _mkdirs(path.parent, made)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
