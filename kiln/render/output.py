@@ -117,9 +117,9 @@ def _write_host(host_dir: Path, bundle: Bundle, shared_dir: Path) -> Written:
     text = _pretty(bundle)
     if not host_dir.exists():
         return _write_new_host(host_dir, bundle, text, shared_dir)
-    targets = {host_dir / "root" / f.path.lstrip("/") for f in bundle.files}
-    if _unchanged(host_dir, text, targets):
+    if _unchanged(str(host_dir), text, {f"{host_dir}/root/{f.path.lstrip('/')}" for f in bundle.files}):
         return Written(files=len(bundle.files))
+    targets = {host_dir / "root" / f.path.lstrip("/") for f in bundle.files}
     stats = Written(files=len(bundle.files))
     stats.changed += ensure_file(host_dir / BUNDLE, text, sync=False)
     for f in bundle.files:
@@ -132,15 +132,17 @@ def _write_host(host_dir: Path, bundle: Bundle, shared_dir: Path) -> Written:
     return stats
 
 
-def _unchanged(host_dir: Path, text: bytes, targets: set[Path]) -> bool:
+def _unchanged(host_dir: str, text: bytes, targets: set[str]) -> bool:
     """bundle.json holds exactly `text` and the tree holds exactly the files it names: the files were written
-    from this very bundle, so they are not read again (a 10,000-host re-render reads 10,000 files, not 100,000)."""
+    from this very bundle, so they are not read again (a 10,000-host re-render reads 10,000 files, not 100,000).
+    `targets`: absolute file paths as strings, as os.walk joins them."""
     try:
-        if (host_dir / BUNDLE).read_bytes() != text:
-            return False
+        with open(f"{host_dir}/{BUNDLE}", "rb") as held:
+            if held.read() != text:
+                return False
     except FileNotFoundError:
         return False
-    present = {Path(d) / n for d, _, files in os.walk(host_dir / "root") for n in files}
+    present = {os.path.join(d, n) for d, _, files in os.walk(f"{host_dir}/root") for n in files}
     return present == targets
 
 
