@@ -35,10 +35,10 @@ from kiln.secrets import SecretMissing
 from kiln.server import ipxe
 from kiln.server.auth import OPERATOR_COOKIE, Authority, Denied, bearer, peer
 from kiln.server.bundles import BundleCache, Signed
-from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, parse_event, parse_mac
+from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, Event, parse_event, parse_mac
 from kiln.server.limits import Limits
 from kiln.server.publish import Live, Publisher, Rejected, poll_interval
-from kiln.server.states import progress
+from kiln.server.states import State, progress
 from kiln.server.store import CredentialError, StateStore, UnknownHost
 
 LOG = logging.getLogger("kiln.server")
@@ -348,6 +348,41 @@ async def shared(request: Request) -> Response:
     return Response(body, media_type="text/plain; charset=utf-8", headers={"Cache-Control": "max-age=86400"})
 
 
+async def _signed_event(p: Provisioner, request: Request, name: str, body: bytes) -> tuple[State, Event] | None:
+    """The common event, a well-formed one signed by the host it is about, in one trip to the state store (key,
+    signature and write in one transaction). None for any other: _checked_event answers it, in its order."""
+    try:
+        claim = hostauth.parse(request.headers.get("authorization"))
+        event = parse_event(body)
+    except (hostauth.AuthError, BadInput):
+        return None
+    if claim.host != name:
+        return None
+    return await p.blocking(p.authority.signed_event, request, body, claim, event), event
+
+
+async def _checked_event(
+    p: Provisioner, request: Request, name: str, body: bytes, by_key: bool
+) -> tuple[State, Event] | Response:
+    """Credential first (Denied), then who it may write for (403), the body (400), the host's row (404)."""
+    if by_key:
+        sender = await p.blocking(p.authority.host, request, body)
+    else:  # the installer, or the agent before it enrolled: the host's enrolment token
+        sender = await p.blocking(p.authority.installer, request)
+    if sender != name:
+        return await _refused(
+            p, request, "event", Denied(403, f"{sender}'s credential cannot write {name[:64]}'s events"), sender
+        )
+    try:
+        event = parse_event(body)
+    except BadInput as e:
+        return _error(400, str(e))
+    try:
+        return await p.blocking(p.store.record_event, name, event), event
+    except UnknownHost:
+        return _error(404, f"no host named {name!r} in the state database")
+
+
 async def post_event(request: Request) -> Response:
     """POST /v1/hosts/NAME/events: from NAME itself (its host key, or before it has one its enrolment token)."""
     p: Provisioner = request.app.state.provisioner
@@ -358,25 +393,16 @@ async def post_event(request: Request) -> Response:
     body = await _body(request, MAX_EVENT_BYTES)
     if isinstance(body, Response):
         return body
+    by_key = request.headers.get("authorization", "").startswith(hostauth.SCHEME + " ")
     try:
-        if request.headers.get("authorization", "").startswith(hostauth.SCHEME + " "):
-            sender, by_key = await p.blocking(p.authority.host, request, body), True
-        else:  # the installer, or the agent before it enrolled: the host's enrolment token
-            sender, by_key = await p.blocking(p.authority.installer, request), False
+        stored: tuple[State, Event] | Response | None = await _signed_event(p, request, name, body) if by_key else None
+        if stored is None:
+            stored = await _checked_event(p, request, name, body, by_key)
     except Denied as e:
         return await _refused(p, request, "event", e, name if p.host_by_name(name) else None)
-    if sender != name:
-        return await _refused(
-            p, request, "event", Denied(403, f"{sender}'s credential cannot write {name[:64]}'s events"), sender
-        )
-    try:
-        event = parse_event(body)
-    except BadInput as e:
-        return _error(400, str(e))
-    try:
-        state = await p.blocking(p.store.record_event, name, event)
-    except UnknownHost:
-        return _error(404, f"no host named {name!r} in the state database")
+    if isinstance(stored, Response):
+        return stored
+    state, event = stored
     if by_key and event.step == "secrets" and event.status == "ok" and await p.blocking(p.store.ack_secrets, name):
         await _granted(p, request, "secrets", name, "acknowledged: not handed out again, enrolment token spent")
     return JSONResponse({"host": name, "state": state.value}, status_code=201)

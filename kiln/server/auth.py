@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from kiln import hostauth
-from kiln.server.store import StateStore
+from kiln.server.inputs import Event
+from kiln.server.states import State
+from kiln.server.store import StateStore, UnknownHost
 
 OPERATOR_COOKIE = "kiln_operator"
 
@@ -78,14 +80,40 @@ class Authority:
     def host(self, request: Request, body: bytes, *, now: float | None = None) -> str:
         """The enrolled host that signed this exact request; Denied(403) for a retired host, Denied(401) for anything
         else. Blocking (the key is read from the state store): run it off the event loop."""
-        now = time.time() if now is None else now
+        claim = self.claim(request)
+        key_text = self.store.host_key(claim.host) if claim.host else None
+        retired = key_text is None and bool(claim.host) and self.store.is_retired(claim.host)
+        self._admit(request, body, claim, key_text, retired, time.time() if now is None else now)
+        return claim.host
+
+    def claim(self, request: Request) -> hostauth.Claim:
+        """What the request's KilnHost credential says, not yet verified; Denied(401) when it has none."""
         try:
-            claim = hostauth.parse(request.headers.get("authorization"))
+            return hostauth.parse(request.headers.get("authorization"))
         except hostauth.AuthError as e:
             raise Denied(401, f"host credential required: {e}") from None
-        key_text = self.store.host_key(claim.host) if claim.host else None
-        if key_text is None and claim.host and self.store.is_retired(claim.host):
-            # the agent stops following its bundle on this answer (firstboot converge)
+
+    def signed_event(
+        self, request: Request, body: bytes, claim: hostauth.Claim, event: Event, *, now: float | None = None
+    ) -> State:
+        """Store the event of the host `claim` names, admitted exactly as host() admits: the key is read, the
+        signature checked and the event written in one transaction (one trip to the state store, the common
+        request of a boot storm). Denied as host() would; blocking."""
+        now = time.time() if now is None else now
+
+        def admit(key_text: str | None, state: str) -> None:
+            retired = key_text is None and state == State.retired.value
+            self._admit(request, body, claim, key_text, retired, now)
+
+        try:
+            return self.store.record_event(claim.host, event, admit=admit)
+        except UnknownHost:  # as for any host without a key: whether a name exists is not told
+            raise Denied(401, f"{claim.host} has no enrolled key (enrol with its token first)") from None
+
+    def _admit(
+        self, request: Request, body: bytes, claim: hostauth.Claim, key_text: str | None, retired: bool, now: float
+    ) -> None:
+        if retired:  # the agent stops following its bundle on this answer (firstboot converge)
             raise Denied(403, f"{claim.host} is retired (roles.yaml no longer lists it): its key was revoked")
         if key_text is None:
             raise Denied(401, f"{claim.host} has no enrolled key (enrol with its token first)")
@@ -96,7 +124,6 @@ class Authority:
             raise Denied(401, f"{claim.host}: {e}") from None
         if not self.nonces.first_use(claim.host, claim.nonce, now):
             raise Denied(401, f"{claim.host}: a request was replayed (its nonce was seen)")
-        return claim.host
 
     def installer(self, request: Request) -> str:
         """The host whose valid enrolment token this request bears; Denied(401) otherwise. Blocking."""

@@ -20,7 +20,7 @@ import json
 import secrets as pysecrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,11 +308,21 @@ class StateStore:
         for name in back:  # listed again after it was retired: a new provisioning, as for a new host
             self.rearm(name)
 
-    def record_event(self, name: str, event: Event, *, now: float | None = None) -> State:
-        """Store one event and move the host's state; raise UnknownHost for a host without a row."""
+    def record_event(
+        self,
+        name: str,
+        event: Event,
+        *,
+        now: float | None = None,
+        admit: Callable[[str | None, str], None] | None = None,
+    ) -> State:
+        """Store one event and move the host's state; raise UnknownHost for a host without a row. `admit(host_key,
+        state)` sees the host's row first, in the same transaction: what it raises leaves nothing written."""
         now = time.time() if now is None else now
         with self._transaction() as conn:
             host = self._locked_host(conn, name)
+            if admit is not None:
+                admit(host["host_key"], host["state"])
             duration = event.duration
             if (
                 duration is None

@@ -256,6 +256,23 @@ def test_events_go_with_the_token_until_enrolment_then_signed_and_a_tampered_one
         assert c.post(f"{server.tls_url}{path}", content=event, headers=headers).status_code == 201
         replayed = c.post(f"{server.tls_url}{path}", content=event, headers=headers)
         assert replayed.status_code == 401 and "replayed" in replayed.json()["error"]
+        # a signed event is admitted in the transaction that stores it; each refusal there still writes nothing
+        stranger = hostauth.generate_key()
+
+        def signed(key: Ed25519PrivateKey, host: str, target: str, body: bytes = event) -> httpx.Response:
+            auth = {"Authorization": hostauth.authorization(key, host, "POST", target, body)}
+            return c.post(f"{server.tls_url}{target}", content=body, headers={**headers, **auth})
+
+        forged = signed(stranger, "lb1", path)
+        assert forged.status_code == 401 and "signature does not match" in forged.json()["error"]
+        ghost = signed(stranger, "ghost", "/v1/hosts/ghost/events")
+        assert ghost.status_code == 401 and "no enrolled key" in ghost.json()["error"], "whether a name exists"
+        other = signed(credential.key(), "lb1", "/v1/hosts/lb2/events")
+        assert other.status_code == 403 and "cannot write lb2's events" in other.json()["error"]
+        garbled = signed(credential.key(), "lb1", path, b'{"step": "network"}')
+        assert garbled.status_code == 400, "a body is judged once its credential is"
+        unsigned_garble = signed(stranger, "lb1", path, b'{"step": "network"}')
+        assert unsigned_garble.status_code == 401, "and not before"
     details = [e["detail"] for e in host_view(server, "lb1")["timeline"]]
     assert details == ["before enrolment, with the token", "after enrolment, signed", "as signed"]
 
