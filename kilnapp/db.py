@@ -1,4 +1,8 @@
-"""Database access with PyMySQL: writes go to the primary, reads to this app node's replica (or the primary)."""
+"""Database access with PyMySQL: writes go to the primary, reads to this app node's replica (or the primary).
+
+Each worker keeps one connection per database server (Connections): a MariaDB handshake per request was most of
+what a request cost the app and the database, and under load it is what made a starved app node fall behind.
+"""
 
 from __future__ import annotations
 
@@ -21,61 +25,92 @@ NOTES_TABLE = """CREATE TABLE IF NOT EXISTS notes (
 MAX_NOTE = 500
 
 
-@contextlib.contextmanager
-def connect(config: Config, host: str) -> Iterator[pymysql.connections.Connection]:
-    conn = pymysql.connect(
-        host=host,
-        port=config.db_port,
-        user=config.db_user,
-        password=config.password(),
-        database=config.db_name,
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=QUERY_TIMEOUT,
-        write_timeout=QUERY_TIMEOUT,
-        charset="utf8mb4",
-        cursorclass=pymysql.cursors.DictCursor,
-        autocommit=True,
-    )
-    try:
-        yield conn
-    finally:
+class Connections:
+    """One open connection per database address, for one worker process (gunicorn's sync workers serve one request
+    at a time; nothing here is shared between threads)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._open: dict[str, pymysql.connections.Connection] = {}
+
+    @contextlib.contextmanager
+    def to(self, host: str) -> Iterator[pymysql.connections.Connection]:
+        """The kept connection to `host`, checked with a COM_PING first (one round trip; a connection the server
+        closed is opened again, with the password file read again). A statement is never retried: a failure
+        drops the connection and reaches the caller, so a write is not sent twice."""
+        conn = self._open.pop(host, None)
+        if conn is not None:
+            try:
+                conn.ping(reconnect=False)
+            except (pymysql.MySQLError, OSError):
+                _close(conn)
+                conn = None
+        if conn is None:
+            conn = self._connect(host)
+        try:
+            yield conn
+        except BaseException:
+            _close(conn)
+            raise
+        self._open[host] = conn
+
+    def _connect(self, host: str) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host=host,
+            port=self.config.db_port,
+            user=self.config.db_user,
+            password=self.config.password(),
+            database=self.config.db_name,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=QUERY_TIMEOUT,
+            write_timeout=QUERY_TIMEOUT,
+            charset="utf8mb4",
+            cursorclass=pymysql.cursors.DictCursor,
+            autocommit=True,
+        )
+
+
+def _close(conn: pymysql.connections.Connection) -> None:
+    with contextlib.suppress(Exception):
         conn.close()
 
 
-def server_identity(config: Config, host: str) -> dict[str, Any]:
+def server_identity(db: Connections, host: str) -> dict[str, Any]:
     """Which database server answered: its hostname, server_id and whether it is read-only (a replica)."""
-    with connect(config, host) as conn, conn.cursor() as cur:
+    with db.to(host) as conn, conn.cursor() as cur:
         cur.execute("SELECT @@hostname AS hostname, @@server_id AS server_id, @@read_only AS read_only")
         row = cur.fetchone()
     return {"address": host, **row, "read_only": bool(row["read_only"])}
 
 
-def ping(config: Config) -> None:
-    with connect(config, config.db_write_host) as conn, conn.cursor() as cur:
+def ping(db: Connections) -> None:
+    with db.to(db.config.db_write_host) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1")
 
 
-def add_note(config: Config, text: str) -> dict[str, Any]:
-    with connect(config, config.db_write_host) as conn, conn.cursor() as cur:
+def add_note(db: Connections, text: str) -> dict[str, Any]:
+    config = db.config
+    with db.to(config.db_write_host) as conn, conn.cursor() as cur:
         cur.execute(NOTES_TABLE)
         cur.execute("INSERT INTO notes (text, app_host) VALUES (%s, %s)", (text[:MAX_NOTE], config.host))
         note_id = cur.lastrowid
     return {"id": note_id, "text": text[:MAX_NOTE], "app_host": config.host, "db": config.db_write_host}
 
 
-def reader(config: Config) -> str:
+def reader(db: Connections) -> str:
     """The replica for reads when it answers, else the primary (reads keep working while a replica is down)."""
+    config = db.config
     if config.db_read_host == config.db_write_host:
         return config.db_write_host
     try:
-        with connect(config, config.db_read_host):
+        with db.to(config.db_read_host):
             return config.db_read_host
     except (pymysql.MySQLError, OSError):
         return config.db_write_host
 
 
-def list_notes(config: Config, host: str, limit: int = 50) -> list[dict[str, Any]]:
-    with connect(config, host) as conn, conn.cursor() as cur:
+def list_notes(db: Connections, host: str, limit: int = 50) -> list[dict[str, Any]]:
+    with db.to(host) as conn, conn.cursor() as cur:
         try:
             cur.execute("SELECT id, text, app_host, created FROM notes ORDER BY id DESC LIMIT %s", (limit,))
         except pymysql.err.ProgrammingError:  # no note written yet: the table does not exist

@@ -6,6 +6,7 @@ import html
 import json
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,16 +25,28 @@ StartResponse = Callable[..., Any]
 Response = tuple[str, str, bytes]  # status, content type, body
 MAX_BODY = 16 * 1024
 ROUTED = ("/", "/health", "/metrics", "/api/notes")
+HEALTH_FRESH = 1.0  # seconds an answer of /health is given again: the LBs' and webs' checks need not each reach the DB
+
+
+@dataclass
+class State:
+    """One worker's app: its settings, its database connections and its last health answer."""
+
+    config: Config
+    db: db.Connections
+    clock: Callable[[], float] = time.monotonic
+    health: tuple[float, Response] | None = None
 
 
 def _json(status: str, data: object) -> Response:
     return status, "application/json", json.dumps(data).encode() + b"\n"
 
 
-def index(config: Config, environ: dict[str, Any]) -> Response:
+def index(app: State, environ: dict[str, Any]) -> Response:
+    config = app.config
     try:
-        primary = db.server_identity(config, config.db_write_host)
-        reader = db.server_identity(config, db.reader(config))
+        primary = db.server_identity(app.db, config.db_write_host)
+        reader = db.server_identity(app.db, db.reader(app.db))
         rows = (
             f"<li>writes go to the primary <b>{html.escape(str(primary['hostname']))}</b> ({primary['address']},"
             f" server_id {primary['server_id']})</li>"
@@ -53,17 +66,25 @@ def index(config: Config, environ: dict[str, Any]) -> Response:
     return status, "text/html; charset=utf-8", page.encode()
 
 
-def health(config: Config, environ: dict[str, Any]) -> Response:
+def health(app: State, environ: dict[str, Any]) -> Response:
+    """Whether the primary answered, asked at most once a second per worker."""
+    now = app.clock()
+    if app.health is not None and 0 <= now - app.health[0] < HEALTH_FRESH:
+        return app.health[1]
+    config = app.config
     try:
-        db.ping(config)
+        db.ping(app.db)
     except (pymysql.MySQLError, OSError) as e:
         DB_UP.set(0)
-        return _json("503 Service Unavailable", {"status": "fail", "app": config.host, "db": e.__class__.__name__})
-    DB_UP.set(1)
-    return _json("200 OK", {"status": "ok", "app": config.host, "db": config.db_write_host})
+        answer = _json("503 Service Unavailable", {"status": "fail", "app": config.host, "db": e.__class__.__name__})
+    else:
+        DB_UP.set(1)
+        answer = _json("200 OK", {"status": "ok", "app": config.host, "db": config.db_write_host})
+    app.health = (app.clock(), answer)  # fresh from when the answer came, not from when it was asked
+    return answer
 
 
-def metrics(config: Config, environ: dict[str, Any]) -> Response:
+def metrics(app: State, environ: dict[str, Any]) -> Response:
     return "200 OK", CONTENT_TYPE_LATEST, generate_latest()
 
 
@@ -82,25 +103,25 @@ def _note_text(environ: dict[str, Any]) -> str:
     return text.strip()
 
 
-def notes(config: Config, environ: dict[str, Any]) -> Response:
+def notes(app: State, environ: dict[str, Any]) -> Response:
     try:
         if environ["REQUEST_METHOD"] == "POST":
             try:
                 text = _note_text(environ)
             except ValueError as e:
                 return _json("400 Bad Request", {"error": str(e)})
-            note = db.add_note(config, text)
+            note = db.add_note(app.db, text)
             NOTES_WRITTEN.inc()
             return _json("201 Created", note)
         if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
-            host = db.reader(config)
-            return _json("200 OK", {"read_from": host, "notes": db.list_notes(config, host)})
+            host = db.reader(app.db)
+            return _json("200 OK", {"read_from": host, "notes": db.list_notes(app.db, host)})
         return _json("405 Method Not Allowed", {"error": "GET or POST"})
     except (pymysql.MySQLError, OSError) as e:
         return _json("503 Service Unavailable", {"error": f"database: {e.__class__.__name__}"})
 
 
-ROUTES: dict[str, Callable[[Config, dict[str, Any]], Response]] = {
+ROUTES: dict[str, Callable[[State, dict[str, Any]], Response]] = {
     "/": index,
     "/health": health,
     "/metrics": metrics,
@@ -108,14 +129,17 @@ ROUTES: dict[str, Callable[[Config, dict[str, Any]], Response]] = {
 }
 
 
-def make_app(config: Config | None = None) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+def make_app(
+    config: Config | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
     cfg = config or Config.from_env()
+    state = State(cfg, db.Connections(cfg), clock)
 
     def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         started = time.perf_counter()
         handler = ROUTES.get(path)
-        status, ctype, body = handler(cfg, environ) if handler else _json("404 Not Found", {"error": "not found"})
+        status, ctype, body = handler(state, environ) if handler else _json("404 Not Found", {"error": "not found"})
         label = path if path in ROUTED else "other"
         REQUESTS.labels(label, status.split()[0]).inc()
         LATENCY.labels(label).observe(time.perf_counter() - started)
