@@ -111,7 +111,7 @@ def hosts(c, roles=None, server=None, lab=False, secrets=None, json=False, wait=
 
 @task(help={"quick": "smaller inputs, for a fast look"})
 def bench(c, quick=False):
-    """Run the benchmarks under bench/: results to bench/results/*.json and a table on stdout; latest figures in docs/benchmarks.md."""
+    """Run the benchmarks under bench/: a table on stdout, results in bench/results/, latest in docs/benchmarks.md."""
     _exit(benchrun.run_all(quick=quick))
 
 

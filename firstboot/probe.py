@@ -48,16 +48,22 @@ def tcp_open(host: str, port: int, timeout: float = 3.0) -> str:
 
 
 def wait_for(probe: Callable[[], str], what: str, deadline: float, interval: float = 0.5) -> str:
-    """Run `probe` until it passes or `deadline` seconds pass; log the reason every few failures."""
+    """Run `probe` until it passes or `deadline` seconds pass; log the reason every few failures.
+
+    After a failed try the next waits at least as long as that try took: a probe that timed out on a busy peer
+    asks again only after as long again, so the checks never take more than half of what they wait for (retrying
+    at once stacked node exporter scrapes until the VM did nothing else)."""
     end = time.monotonic() + deadline
     failures = 0
     while True:
+        began = time.monotonic()
         try:
             return probe()
         except ProbeFailed as e:
             failures += 1
-            if time.monotonic() >= end:
+            now = time.monotonic()
+            if now >= end:
                 raise ProbeFailed(f"{what}: still failing after {deadline:.0f}s: {e}") from None
             if failures in (1, 5) or failures % 20 == 0:
                 LOG.info("waiting for %s: %s", what, e)
-            time.sleep(interval)
+            time.sleep(min(max(interval, now - began), end - now))
