@@ -110,11 +110,22 @@ class Secret:
 
 @dataclass(frozen=True)
 class Service:
-    """A systemd unit to enable and run; restarted (or reloaded) when one of `restart_on` changed."""
+    """A systemd unit to enable and run; reloaded when one of `restart_on` changed, restarted when that file sets
+    its command line (see `restarts_for`)."""
 
     unit: str = field(metadata=pattern(UNIT))
     enable: bool = True
     restart_on: tuple[str, ...] = ()
+
+    def restarts_for(self, path: str) -> bool:
+        """Whether a change of `path` needs a restart, not a reload: the unit's own file or drop-in, or an
+        /etc/default file (Debian's EnvironmentFile, e.g. the exporters' ARGS). A reload keeps the old command
+        line, and some daemons exit on its SIGHUP (node_exporter did, and was not started again)."""
+        return (
+            path.endswith(f"/{self.unit}")
+            or f"/{self.unit}.d/" in path
+            or (path.startswith("/etc/default/") and path in self.restart_on)
+        )
 
 
 # --- joins: how a host proves it took its place; one kind per way of proving it ----------------------------

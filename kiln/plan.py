@@ -94,8 +94,8 @@ def _services(old: b.Bundle, new: b.Bundle, changed: set[str]) -> tuple[str, ...
     for s in new.services:
         if s.unit not in before or not set(s.restart_on) & changed:
             continue
-        own = any(p.endswith("/" + s.unit) for p in units)  # its command line may have changed: a reload is not enough
-        lines.append(f"{s.unit} restart (its unit file changed)" if own else f"{s.unit} reload-or-restart")
+        restart = any(s.restarts_for(p) for p in changed)  # a reload keeps the old command line
+        lines.append(f"{s.unit} restart (its command line may change)" if restart else f"{s.unit} reload-or-restart")
     lines += [f"{u} start" for u in sorted(after - before)]
     lines += [f"{u} stays as it runs (no longer in the bundle)" for u in sorted(before - after)]
     if any(p == "/etc/nftables.conf" or p.startswith("/etc/nftables.d/") for p in changed):

@@ -82,10 +82,10 @@ def services(ctx: StepContext) -> Outcome:
     active = _states("is-active", names)
     enabled = _states("is-enabled", [svc.unit for svc in units if svc.enable])
     running = {unit for unit, state in active.items() if state in ("active", "reloading")}
-    changed = [svc.unit for svc in units if svc.unit in running and set(svc.restart_on) & ctx.changed]
-    # a unit whose own file changed may have a new command line (gunicorn's --workers): only a restart reads it
-    restart = [u for u in changed if any(p.endswith((f"/{u}", f"/{u}.d/")) or f"/{u}.d/" in p for p in ctx.changed)]
-    reload = [u for u in changed if u not in restart]
+    changed = [svc for svc in units if svc.unit in running and set(svc.restart_on) & ctx.changed]
+    # a new command line (gunicorn's --workers, an exporter's ARGS) is read only by a restart
+    restart = [svc.unit for svc in changed if any(svc.restarts_for(p) for p in ctx.changed)]
+    reload = [svc.unit for svc in changed if svc.unit not in restart]
     enable = [unit for unit, state in enabled.items() if state not in ENABLED_STATES]
     start = [unit for unit in names if unit not in running]
     actions = []
@@ -95,7 +95,7 @@ def services(ctx: StepContext) -> Outcome:
     if reload:
         _systemctl("reload-or-restart", *reload)  # HAProxy, nginx, keepalived reload: no connection dropped
         actions.append("reloaded or restarted " + ", ".join(reload))
-    if NETWORKD in changed:
+    if any(svc.unit == NETWORKD for svc in changed):
         # the units started next may listen on the host's address; networkd configures it asynchronously
         ip = ctx.bundle.host.ip
         try:

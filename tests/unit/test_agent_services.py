@@ -104,6 +104,17 @@ def test_a_unit_whose_own_file_changed_is_restarted_not_reloaded(systemd: Path) 
     ]
 
 
+def test_a_unit_whose_default_file_changed_is_restarted_not_reloaded(systemd: Path) -> None:
+    """/etc/default/X is the unit's EnvironmentFile (the exporters' ARGS): a reload keeps the old command line, and
+    node_exporter exits on the SIGHUP Debian's unit reloads it with (seen in the lab: the exporter was gone)."""
+    exporter = Service("prometheus-node-exporter.service", restart_on=("/etc/default/prometheus-node-exporter",))
+    (systemd / "enabled").write_text("prometheus-node-exporter.service\n")
+    (systemd / "active").write_text("prometheus-node-exporter.service\n")
+    detail = services(ctx([exporter], {"/etc/default/prometheus-node-exporter"})).detail
+    assert detail == "restarted prometheus-node-exporter.service"
+    assert "reload-or-restart prometheus-node-exporter.service" not in calls(systemd)
+
+
 def test_a_unit_that_fails_to_start_fails_the_step_with_its_name(systemd: Path) -> None:
     with pytest.raises(StepFailed) as e:
         services(ctx([Service("broken.service", enable=False)], set()))
