@@ -79,7 +79,7 @@ class Authority:
 
     def host(self, request: Request, body: bytes, *, now: float | None = None) -> str:
         """The enrolled host that signed this exact request; Denied(403) for a retired host, Denied(401) for anything
-        else. Blocking (the key is read from the state store): run it off the event loop."""
+        else. Reads the key from the state store: call it through Provisioner.state."""
         claim = self.claim(request)
         key_text = self.store.host_key(claim.host) if claim.host else None
         retired = key_text is None and bool(claim.host) and self.store.is_retired(claim.host)
@@ -98,7 +98,7 @@ class Authority:
     ) -> State:
         """Store the event of the host `claim` names, admitted exactly as host() admits: the key is read, the
         signature checked and the event written in one transaction (one trip to the state store, the common
-        request of a boot storm). Denied as host() would; blocking."""
+        request of a boot storm). Denied as host() would; through Provisioner.state."""
         now = time.time() if now is None else now
 
         def admit(key_text: str | None, state: str) -> None:
@@ -126,7 +126,8 @@ class Authority:
             raise Denied(401, f"{claim.host}: a request was replayed (its nonce was seen)")
 
     def installer(self, request: Request) -> str:
-        """The host whose valid enrolment token this request bears; Denied(401) otherwise. Blocking."""
+        """The host whose valid enrolment token this request bears; Denied(401) otherwise. Through
+        Provisioner.state."""
         token = bearer(request)
         holder = self.store.token_holder(token, unbound=True) if token else None
         if holder is None:

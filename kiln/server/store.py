@@ -257,6 +257,11 @@ class StateStore:
         """How many threads may usefully use this store at once."""
         return 8 if self._pg else 1
 
+    @property
+    def local(self) -> bool:
+        """SQLite: a file on this machine, a short call takes well under a millisecond (no network round trip)."""
+        return not self._pg
+
     @classmethod
     def open(cls, url: str, project: Path) -> StateStore:
         store = cls(engine_for(url, project))
