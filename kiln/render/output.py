@@ -117,18 +117,17 @@ def _write_host(host_dir: Path, bundle: Bundle, shared_dir: Path) -> Written:
     text = _pretty(bundle)
     if not host_dir.exists():
         return _write_new_host(host_dir, bundle, text, shared_dir)
-    if _unchanged(str(host_dir), text, {f"{host_dir}/root/{f.path.lstrip('/')}" for f in bundle.files}):
+    targets = [f"{host_dir}/root/{f.path.lstrip('/')}" for f in bundle.files]  # os.walk's own spelling
+    if _unchanged(str(host_dir), text, set(targets)):
         return Written(files=len(bundle.files))
-    targets = {host_dir / "root" / f.path.lstrip("/") for f in bundle.files}
     stats = Written(files=len(bundle.files))
     stats.changed += ensure_file(host_dir / BUNDLE, text, sync=False)
-    for f in bundle.files:
-        target = host_dir / "root" / f.path.lstrip("/")
+    for f, target in zip(bundle.files, map(Path, targets), strict=True):
         if f.shared:
             stats.changed += _link(shared_dir / f.shared, target)
         else:
             stats.changed += ensure_file(target, f.content.encode(), int(f.mode, 8), sync=False)
-    _remove_stale(host_dir, targets | {host_dir / BUNDLE})
+    _remove_stale(host_dir, {Path(t) for t in targets} | {host_dir / BUNDLE})
     return stats
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kiln import bundle as b
+from kiln import freeze
 from kiln.roles.context import NODE_EXPORTER_PORT, SECRETS_DIR, HostContext
 from kiln.roles.spec import DirSpec, FileSpec, ServiceSpec
 
@@ -51,5 +52,6 @@ def systemd_units(services: tuple[ServiceSpec, ...]) -> str:
     """node_exporter's --collector.systemd.unit-include: the host's own services and kiln's agent, `.` as `[.]` (no
     backslash to survive /etc/default's quoting). Its systemd collector asked D-Bus about every unit: 13 of a
     scrape's 17 s on an emulated VM."""
-    units = sorted({s.unit for s in services} | {"firstboot.service", "kiln-converge.service"})
+    agent = {u for u in freeze.UNITS if u.endswith(".service")}
+    units = sorted({s.unit for s in services} | agent)
     return "(" + "|".join(u.replace(".", "[.]") for u in units) + ")"

@@ -81,9 +81,8 @@ class Authority:
         """The enrolled host that signed this exact request; Denied(403) for a retired host, Denied(401) for anything
         else. Reads the key from the state store: call it through Provisioner.state."""
         claim = self.claim(request)
-        key_text = self.store.host_key(claim.host) if claim.host else None
-        retired = key_text is None and bool(claim.host) and self.store.is_retired(claim.host)
-        self._admit(request, body, claim, key_text, retired, time.time() if now is None else now)
+        key_text, state = (self.store.credential(claim.host) if claim.host else None) or (None, "")
+        self._admit(request, body, claim, key_text, state, time.time() if now is None else now)
         return claim.host
 
     def claim(self, request: Request) -> hostauth.Claim:
@@ -102,8 +101,7 @@ class Authority:
         now = time.time() if now is None else now
 
         def admit(key_text: str | None, state: str) -> None:
-            retired = key_text is None and state == State.retired.value
-            self._admit(request, body, claim, key_text, retired, now)
+            self._admit(request, body, claim, key_text, state, now)
 
         try:
             return self.store.record_event(claim.host, event, admit=admit)
@@ -111,9 +109,11 @@ class Authority:
             raise Denied(401, f"{claim.host} has no enrolled key (enrol with its token first)") from None
 
     def _admit(
-        self, request: Request, body: bytes, claim: hostauth.Claim, key_text: str | None, retired: bool, now: float
+        self, request: Request, body: bytes, claim: hostauth.Claim, key_text: str | None, state: str, now: float
     ) -> None:
-        if retired:  # the agent stops following its bundle on this answer (firstboot converge)
+        """Denied unless the claim is signed by the host's bound key; the host's `state` tells a retired host (its
+        key revoked: 403) from one that never enrolled (401)."""
+        if key_text is None and state == State.retired.value:  # the agent stops following its bundle on this answer
             raise Denied(403, f"{claim.host} is retired (roles.yaml no longer lists it): its key was revoked")
         if key_text is None:
             raise Denied(401, f"{claim.host} has no enrolled key (enrol with its token first)")

@@ -519,15 +519,14 @@ class StateStore:
                 hosts_table.update().where(hosts_table.c.name == name).values(credential_alert=message, updated=now)
             )
 
-    def host_key(self, name: str) -> str | None:
-        """The public key bound to the host's current provisioning (None: not enrolled)."""
+    def credential(self, name: str) -> tuple[str | None, str] | None:
+        """(the public key bound to the host's current provisioning or None, its state), as record_event's `admit`
+        sees them; None for a name without a row."""
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(hosts_table.c.host_key).where(hosts_table.c.name == name)).scalar()
-
-    def is_retired(self, name: str) -> bool:
-        with self.engine.connect() as conn:
-            state = conn.execute(sa.select(hosts_table.c.state).where(hosts_table.c.name == name)).scalar()
-        return state == State.retired.value
+            row = conn.execute(
+                sa.select(hosts_table.c.host_key, hosts_table.c.state).where(hosts_table.c.name == name)
+            ).first()
+        return None if row is None else (row.host_key, row.state)
 
     def secrets_for(self, name: str, *, now: float | None = None) -> bool:
         """Whether an authenticated bundle request of the host gets its secrets: until it acknowledged them.

@@ -53,12 +53,21 @@ class RunningServer:
         return ssl.create_default_context(cafile=str(self.secrets.ca_pem))
 
     def client(
-        self, *, timeout: float = 10, operator: bool = True, headers: dict[str, str] | None = None, **kwargs: Any
+        self,
+        *,
+        timeout: float = 10,
+        operator: bool = True,
+        headers: dict[str, str] | None = None,
+        check_hostname: bool = True,
+        **kwargs: Any,
     ) -> httpx.Client:
         """Verifies the server with secrets/ca.pem only, as a booting host does; as the operator (their token
-        as a bearer token) unless `operator=False` or other credentials in `headers`: then it is anyone."""
+        as a bearer token) unless `operator=False` or other credentials in `headers`: then it is anyone.
+        `check_hostname=False` for a certificate that names another address (the guest's view of this machine)."""
         sent = {"Authorization": f"Bearer {self.secrets.operator_token()}"} if operator else {}
-        return httpx.Client(verify=self.tls_context(), timeout=timeout, headers={**sent, **(headers or {})}, **kwargs)
+        context = self.tls_context()
+        context.check_hostname = check_hostname
+        return httpx.Client(verify=context, timeout=timeout, headers={**sent, **(headers or {})}, **kwargs)
 
     def token(self, host: str) -> str:
         """The host's enrolment token, as the operator reads it (GET /v1/hosts/NAME/seed)."""

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from kiln import blockmap
@@ -110,17 +109,8 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> ob
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def operator(server: RunningServer) -> httpx.Client:
-    """The operator's client (the host list and seeds are theirs), trusting the cluster CA without checking the
-    name: the installer test's certificate names 10.0.2.2, the guest's view of us."""
-    context = server.tls_context()
-    context.check_hostname = False
-    token = {"Authorization": f"Bearer {server.secrets.operator_token()}"}
-    return httpx.Client(verify=context, timeout=10, headers=token)
-
-
 def host(server: RunningServer, name: str) -> dict:
-    with operator(server) as c:
+    with server.client(check_hostname=False) as c:  # its certificate names 10.0.2.2, the guest's view of us
         return next(h for h in c.get(f"{server.tls_url}/v1/hosts").json()["hosts"] if h["name"] == name)
 
 
@@ -197,7 +187,7 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
         base = f"http://{GUEST_HOST}:{port}/images/web"  # the Host the machine used
         assert f"kiln.image={base}/web.data kiln.map={base}/web.map kiln.sha256={block_map.digest}".encode() in text
         assert b"kiln.host=web1" in text and b"BOOTIF=01-52-54-00-10-00-21" in text
-        with operator(server) as c:
+        with server.client(check_hostname=False) as c:
             token = c.get(f"{server.tls_url}/v1/hosts/web1/seed").json()["token"]
         assert f"kiln.token={token}".encode() in text, "the installer carries the host's token"
         wait_until(

@@ -65,7 +65,7 @@ def test_a_token_binds_exactly_one_key_among_concurrent_enrolments(tmp_path: Pat
         outcomes = list(pool.map(enrol, range(16)))
     other.close()
     assert sorted(outcomes) == ["403"] * 15 + ["bound"]
-    bound = store.host_key("db2")
+    bound, _ = store.credential("db2") or (None, "")
     again = store.enrol(token, bound or "", "10.0.0.9")
     assert again.host == "db2" and again.secrets and not again.first, "the same key again: a lost response retried"
 
