@@ -18,6 +18,7 @@ so a captured request cannot be replayed; the signed path and body bind the sign
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import secrets
@@ -59,6 +60,7 @@ def public_text(key: Ed25519PublicKey) -> str:
     return base64.b64encode(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
 
 
+@functools.lru_cache(maxsize=16384)  # a host's key is parsed once, not on every request it signs
 def load_public(text: str) -> Ed25519PublicKey:
     try:
         raw = base64.b64decode(text, validate=True)

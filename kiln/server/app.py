@@ -250,7 +250,8 @@ def _bundle_response(signed: Signed, host: str) -> Response:
 
 
 def _signed_for(bundles: BundleCache, host: Host, with_secrets: bool) -> Signed | Response:
-    """The host's signed bundle, with its secrets when `with_secrets` (and it has any)."""
+    """The host's signed bundle, with its secrets when `with_secrets` (and it has any). On the event loop: a
+    signature over a rendered bundle takes about 0.4 ms, less than handing it to a thread and back under load."""
     if not with_secrets or not bundles.has_secrets(host):
         return bundles.without_secrets(host)
     try:
@@ -295,7 +296,7 @@ async def enrol(request: Request) -> Response:
             await p.state(p.store.flag_credential, e.host, e.reason)
         return await _refused(p, request, "enrol", e, e.host)
     host = live.by_name[enrolment.host]
-    signed = await asyncio.to_thread(_signed_for, live.bundles, host, enrolment.secrets)
+    signed = _signed_for(live.bundles, host, enrolment.secrets)
     if isinstance(signed, Response):
         return signed
     what = "key bound" if enrolment.first else "same key again (a retry)"
@@ -331,7 +332,7 @@ async def bundle(request: Request) -> Response:
     # a converge poll never asks for secrets (they are on the host): it is not counted as asking for them again
     converging = after is not None
     with_secrets = not converging and live.bundles.has_secrets(host) and await p.state(p.store.secrets_for, name)
-    signed = await asyncio.to_thread(_signed_for, live.bundles, host, with_secrets)
+    signed = _signed_for(live.bundles, host, with_secrets)
     if isinstance(signed, Response):
         return signed
     if live.bundles.has_secrets(host) and not converging:
