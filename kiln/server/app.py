@@ -212,7 +212,7 @@ async def host_ipxe(request: Request) -> Response:
     except ipxe.NotBuilt as e:
         LOG.warning("%s: cannot install: %s", host.name, e)
         return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)], installer.http_base))
-    # the token travels in plain HTTP here (stock iPXE verifies no private CA): README says what that exposes
+    # the token travels in plain HTTP here (stock iPXE verifies no private CA): docs/server.md says what that exposes
     await p.state(p.store.record_pxe, host.name, f"installer script served ({host.role} image) to {peer(request)}")
     return _ipxe(ipxe.install_script(host, image, installer, token))
 

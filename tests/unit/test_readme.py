@@ -51,3 +51,18 @@ def test_the_published_roles_schema_is_the_one_the_model_uses():
 
     published = (PROJECT / "docs" / "roles.schema.json").read_text()
     assert published == schema_json(), "regenerate: python -m kiln.model.docs > docs/roles.schema.json"
+
+
+def test_the_readme_example_cluster_validates_and_renders(tmp_path, capsys):
+    """The quick start's site file is what a new user copies first: it must pass validate and render as shown."""
+    from kiln import cli
+    from kiln.model import load_roles
+    from kiln.project import Project
+
+    example = README.split("## Your own cluster", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    site = tmp_path / "site.yaml"
+    site.write_text(example)
+    assert sorted(h.role for h in load_roles(site).hosts) == ["app", "db", "lb", "lb", "web"], "the 5-host minimum"
+    assert cli.validate(Project(roles=str(site)), as_json=False) == 0, capsys.readouterr()
+    assert cli.render(Project(roles=str(site)), out=str(tmp_path / "preview")) == 0, capsys.readouterr()
+    assert (tmp_path / "preview" / "lb1" / "bundle.json").is_file()
