@@ -13,7 +13,7 @@ _KIND_NAMES = {
     "cidr": "IPv4 CIDR",
     "mac": "MAC address",
     "path": "absolute path",
-    "server_url": "http(s) URL of an IPv4 address",
+    "server_url": "https URL of an IPv4 address",
     "mirror": "`auto` \\| http(s) URL",
 }
 
