@@ -161,9 +161,14 @@ def _timelines(names: list[str] | None) -> Any:
     return sa.select(*columns).where(inner.c.newest <= TIMELINE_LIMIT).order_by(inner.c.host, inner.c.id)
 
 
-def engine_for(url: str, project: Path) -> Engine:
-    """An engine for a database URL: sqlite:///relative/path is relative to the project directory;
-    postgresql:// and postgres:// use psycopg (version 3)."""
+class NotAStateDatabase(ValueError):
+    """A database URL that does not lead to kiln's state (StateStore.open without create)."""
+
+
+def engine_for(url: str, project: Path, *, create: bool = True) -> Engine:
+    """An engine for a database URL: sqlite:///relative/path is relative to the project directory (its directory
+    made when `create`, else NotAStateDatabase for a missing file); postgresql:// and postgres:// use psycopg
+    (version 3)."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -171,6 +176,8 @@ def engine_for(url: str, project: Path) -> Engine:
         if not db or db == ":memory:":
             raise ValueError("an SQLite state database needs a file path, e.g. sqlite:///state/kiln.db")
         path = Path(db) if Path(db).is_absolute() else project / db
+        if not create and not path.is_file():
+            raise NotAStateDatabase(f"{url}: no such state database ({path} does not exist)")
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed.set(database=str(path)), pool_size=8, max_overflow=32)
         _sqlite_transactions(engine)
@@ -263,9 +270,17 @@ class StateStore:
         return not self._pg
 
     @classmethod
-    def open(cls, url: str, project: Path) -> StateStore:
-        store = cls(engine_for(url, project))
-        metadata.create_all(store.engine)
+    def open(cls, url: str, project: Path, *, create: bool = True) -> StateStore:
+        """The state database at `url` (engine_for), its tables created when `create`; without it (a tool that
+        changes what a running server uses, e.g. reprovision) NotAStateDatabase for a database without kiln's
+        tables, and for an SQLite file that does not exist, which is left uncreated: a mistyped URL is refused,
+        not answered with a new empty database."""
+        store = cls(engine_for(url, project, create=create))
+        if create:
+            metadata.create_all(store.engine)
+        elif not sa.inspect(store.engine).has_table(hosts_table.name):
+            store.close()
+            raise NotAStateDatabase(f"{url}: not a kiln state database (it has no {hosts_table.name} table)")
         store._add_new_columns()
         return store
 

@@ -7,6 +7,7 @@ import concurrent.futures
 import hashlib
 import json
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -277,6 +278,21 @@ def test_reprovision_of_an_unknown_host_fails_clearly(server: RunningServer) -> 
     done = server.inv("reprovision", "nosuch", "--roles", str(server.roles), "--database", server.database)
     assert done.returncode == 1
     assert "no host named 'nosuch'" in done.stderr
+
+
+def test_reprovision_refuses_a_database_that_is_not_the_servers(server: RunningServer, tmp_path: Path) -> None:
+    """A mistyped --database is refused and left uncreated, not answered with a fresh empty database that
+    "re-arms" a host the running server never hears of; so is an SQLite file that is not kiln's."""
+    mistyped = tmp_path / "wrong.db"
+    done = server.inv("reprovision", "web1", "--roles", str(server.roles), "--database", f"sqlite:///{mistyped}")
+    assert done.returncode == 1 and "re-armed" not in done.stdout
+    assert "no such state database" in done.stderr and "./inv serve uses" in done.stderr, done.stderr
+    assert not mistyped.exists()
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE notes (x)").connection.commit()
+    done = server.inv("reprovision", "web1", "--roles", str(server.roles), "--database", f"sqlite:///{other}")
+    assert done.returncode == 1 and "not a kiln state database" in done.stderr, done.stderr
+    assert [r[0] for r in sqlite3.connect(other).execute("SELECT name FROM sqlite_master")] == ["notes"]
 
 
 def test_data_of_an_image_that_is_not_there_is_404(server: RunningServer) -> None:
