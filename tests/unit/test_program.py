@@ -13,13 +13,16 @@ import pytest
 from invoke import Collection, Exit, FilesystemLoader
 from invoke.parser import ParserContext
 
-from kiln import hostdeps
+from kiln import freeze, hostdeps
 from kiln.program import KilnProgram
 
 PROJECT = Path(__file__).resolve().parents[2]
 INV = PROJECT / "inv"
 # what tools and tests write under the project whatever the task: never what a task's help would write
 CACHES = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache"}
+# the frozen agent, which the quick tier's frozen-agent tests write while this may run (freeze --help is told by
+# its output)
+SHARED = freeze.OUT
 
 
 def _tasks() -> list[ParserContext]:
@@ -106,7 +109,7 @@ def _tree() -> dict[str, int]:
     with its modification time."""
     found = {}
     for root, dirs, files in os.walk(PROJECT):
-        dirs[:] = [d for d in dirs if d not in CACHES and not d.endswith(".egg-info")]
+        dirs[:] = [d for d in dirs if d not in CACHES and not d.endswith(".egg-info") and Path(root, d) != SHARED]
         for name in files:
             path = os.path.join(root, name)
             found[os.path.relpath(path, PROJECT)] = os.stat(path, follow_symlinks=False).st_mtime_ns
