@@ -182,6 +182,7 @@ def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=No
 
 @task(
     help={
+        "host": "the host to re-arm, by its name in roles.yaml (required)",
         "roles": "roles.yaml the host is in (default: the shipped one)",
         "database": "state database URL (as for serve)",
     }
