@@ -20,9 +20,10 @@ PROJECT = Path(__file__).resolve().parents[2]
 INV = PROJECT / "inv"
 # what tools and tests write under the project whatever the task: never what a task's help would write
 CACHES = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache"}
-# the frozen agent, which the quick tier's frozen-agent tests write while this may run (freeze --help is told by
-# its output)
-SHARED = freeze.OUT
+# written by other runs while this may run: the frozen agent (the quick tier's frozen-agent tests), DIB's scratch
+# and the lab's state (an image build or a lab on the same checkout); a help that started a build or a lab is told
+# by its output and the apt tripwire
+SHARED = {freeze.OUT, PROJECT / "images" / ".work", PROJECT / "state" / "lab"}
 
 
 def _tasks() -> list[ParserContext]:
@@ -109,7 +110,7 @@ def _tree() -> dict[str, int]:
     with its modification time."""
     found = {}
     for root, dirs, files in os.walk(PROJECT):
-        dirs[:] = [d for d in dirs if d not in CACHES and not d.endswith(".egg-info") and Path(root, d) != SHARED]
+        dirs[:] = [d for d in dirs if d not in CACHES and not d.endswith(".egg-info") and Path(root, d) not in SHARED]
         for name in files:
             path = os.path.join(root, name)
             found[os.path.relpath(path, PROJECT)] = os.stat(path, follow_symlinks=False).st_mtime_ns
