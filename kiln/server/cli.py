@@ -36,6 +36,7 @@ def serve_command(
             tls_listen=parse_address(tls_listen or default_tls_listen(cluster), "--tls-listen"),
             bundle_hook=bundle_hook,
             roles_text=project.roles_path.read_text(),
+            roles_shown=project.roles_shown,
         )
         return serve(config)
     except (ConfigError, ValueError) as e:
