@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from kiln.model.docs import reference_markdown
 
@@ -66,3 +69,37 @@ def test_the_readme_example_cluster_validates_and_renders(tmp_path, capsys):
     assert cli.validate(Project(roles=str(site)), as_json=False) == 0, capsys.readouterr()
     assert cli.render(Project(roles=str(site)), out=str(tmp_path / "preview")) == 0, capsys.readouterr()
     assert (tmp_path / "preview" / "lb1" / "bundle.json").is_file()
+
+
+def _command_lines(text: str) -> list[str]:
+    """Every `./inv ...` command line a reader may copy: in code blocks (up to a comment) and in inline code with
+    arguments, leaving out usage patterns with placeholders (TASK, HOST, [--flag])."""
+    found = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+        found += [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("./inv ")]
+    found += [c for c in re.findall(r"`(\./inv [^`]+)`", text) if len(c.split()) > 2]  # `./inv render`: a name
+    return [c for c in found if "[" not in c and not re.search(r"\b[A-Z][A-Z_]+\b", c) and "&&" not in c]
+
+
+@pytest.mark.parametrize("document", ["README.md", *sorted(p.name for p in (PROJECT / "docs").glob("*.md"))])
+def test_every_inv_command_line_in_the_docs_parses(document: str) -> None:
+    """A command copied from the docs runs the task it names with flags it has: parsed as ./inv parses it."""
+    from invoke import Exit
+
+    from kiln.program import KilnProgram
+
+    path = PROJECT / document if document == "README.md" else PROJECT / "docs" / document
+    commands = _command_lines(path.read_text())
+    wrong = []
+    for command in commands:
+        keep = sys.dont_write_bytecode  # Invoke's parse sets it for the process
+        try:
+            KilnProgram().parse(["./inv", "--search-root", str(PROJECT), *shlex.split(command)[1:]])
+        except Exit as e:
+            if e.code != 0:
+                wrong.append(f"{command}: {e.message}")
+        finally:
+            sys.dont_write_bytecode = keep
+    assert not wrong, "\n".join(wrong)
+    if document == "README.md":
+        assert len(commands) >= 7, commands  # the extraction found the quick start
