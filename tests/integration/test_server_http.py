@@ -358,6 +358,14 @@ def test_a_failed_step_shows_as_failed_with_an_alert_and_resumes(server: Running
     lb2 = host_view(server, "lb2")
     assert lb2["state"] == "failed"
     assert lb2["alerts"][0]["message"] == "lb2 failed at join: keepalived did not start"
+    # the server's log tells every event as it comes, on one line, whatever the host's text holds
+    post(server, "lb2", {"step": "join", "status": "fail", "detail": "line one\nline two\r\x1b[31m" + "x" * 400})
+    log = server.output()
+    assert "lb2: join fail: keepalived did not start (now failed)" in log
+    [forged] = [line for line in log.splitlines() if "lb2: join fail: line one" in line]
+    shown = "line one line two [31m"  # control characters as one space each run; cut at 300 characters
+    assert forged.endswith(f": join fail: {shown}{'x' * (300 - len(shown))}… (now failed)"), forged
+    assert "\x1b" not in log
     assert lb2["last_event"]["duration"] is not None  # measured from the step's start
     assert post(server, "lb2", {"step": "join", "status": "start"}).json()["state"] == "configuring"
 
