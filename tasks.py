@@ -167,6 +167,23 @@ def build_all(c, force=False, jobs=0, roles=None):
 
 @task(
     help={
+        "roles": "the cluster file (default: $KILN_ROLES, then the shipped roles.yaml)",
+        "images": "images directory (default: images/)",
+        "secrets": "secrets directory (default: secrets/)",
+    }
+)
+def doctor(c, roles=None, images=None, secrets=None):
+    """Check the whole setup before machines boot: secrets, certificates, images, installer, ports, packages."""
+    from pathlib import Path
+
+    from kiln.doctor import doctor as run_doctor
+
+    project = Project(roles=roles)
+    _exit(run_doctor(project, images=Path(images) if images else None, secrets=Path(secrets) if secrets else None))
+
+
+@task(
+    help={
         "roles": "roles.yaml to serve (default: the shipped one)",
         "listen": "HTTP listener for iPXE scripts and images, ADDR:PORT (default 0.0.0.0:8080)",
         "tls_listen": "HTTPS listener for bundles, events and the dashboard (default 0.0.0.0:<provisioning URL port>)",
@@ -244,6 +261,7 @@ ns = Collection(
     upload_ami,
     build,
     build_all,
+    doctor,
     serve,
     reprovision,
     freeze,
