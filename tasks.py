@@ -38,12 +38,11 @@ def keys(c, roles=None, secrets=None):
 @task(
     help={
         "quick": "skip image builds and the lab (under 3 minutes)",
-        "lab": "include the reference lab: PXE install, verify, chaos (--no-lab: everything else)",
+        "lab": "include the reference lab: boot, verify, chaos, day 2 (--no-lab: everything else)",
         "k": "only tests matching this pytest -k expression",
-        "day2": "also run the lab's day-2 change on the same boot (scale out and in; not passing yet: docs/day2.md)",
     }
 )
-def test(c, quick=False, lab=True, k=None, day2=False):
+def test(c, quick=False, lab=True, k=None):
     """Run the whole test suite: unit, integration with real daemons, and (without --quick) the slow tiers."""
     base = [sys.executable, "-m", "pytest", *(["-k", k] if k else [])]
     # the quick tier on two workers per core (its tests wait on daemons about half the time: 2:30 instead of
@@ -53,8 +52,7 @@ def test(c, quick=False, lab=True, k=None, day2=False):
     if not quick:
         # each slow test's time in the report: CI's 90 minutes are spent here
         runs.append(base + ["-m", "slow" if lab else "slow and not lab", "--durations=25"])
-    env = {"KILN_LAB_DAY2": "1"} if day2 else {}
-    codes = [c.run(shlex.join(argv), pty=sys.stdout.isatty(), warn=True, env=env).exited for argv in runs]
+    codes = [c.run(shlex.join(argv), pty=sys.stdout.isatty(), warn=True).exited for argv in runs]
     no_tests = 5  # pytest's code when -k selected nothing in that tier
     failed = [code for code in codes if code not in (0, no_tests)]
     if failed or all(code == no_tests for code in codes):

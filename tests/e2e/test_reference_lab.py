@@ -1,8 +1,7 @@
 """The reference lab as a user runs it, inside `./inv test`: the images (reused when up to date), `lab up` (seven
-VMs boot the role images and join), `lab verify`, `lab chaos`, with `./inv test --day2` day 2 on the same boot (`lab
-up --roles` adding web3 and app2, then removing web2 and app1, a request loop running; `lab verify` on what is
-left), and `lab down`, which always runs, also after a failure, and leaves no VM, process or namespace behind.
-The day-2 phase is opt-in until it passes: on 2026-11-30 three hosts could not apply the scale-out (docs/day2.md).
+VMs boot the role images and join), `lab verify`, `lab chaos`, then day 2 on the same boot (`lab up --roles` adding
+web3 and app2, then removing web2 and app1, a request loop running; `lab verify` on what is left), and `lab down`,
+which always runs, also after a failure, and leaves no VM, process or namespace behind.
 
 `--boot disk` here: a PXE `lab up` streams and hashes 2 GB per host under TCG, about 27 min for the seven hosts on
 two cores, which with verify and chaos would not fit CI's 90 minutes. The PXE path itself (iPXE, installer, image,
@@ -111,10 +110,6 @@ def _last_change() -> dict:
     return json.loads((LAB.root / "changes.json").read_text())[-1]
 
 
-@pytest.mark.skipif(
-    os.environ.get("KILN_LAB_DAY2") != "1",
-    reason="./inv test --day2: the lab's day-2 change has not passed yet (docs/day2.md); CI runs without it",
-)
 def test_lab_scales_out_then_in_without_a_failed_request(lab: subprocess.CompletedProcess[str]) -> None:
     """Day 2 on the same lab boot, after verify and chaos: `lab up --roles` with web3 and app2 added (they boot and
     join, every peer admits them, they get traffic), then with web2 and app1 removed (drained, then retired and
