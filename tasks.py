@@ -220,6 +220,30 @@ def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
     _exit(lab_cli.run(Project(roles=roles), action=action, host=host, boot=boot, timeout=float(timeout)))
 
 
+@task(
+    positional=["action"],
+    help={
+        "action": "backup, archive, backups or restore-test",
+        "backup": "restore-test: the backup to restore (default: the newest before the target)",
+        "to_gtid": "restore-test: restore up to this checkpoint's GTID (default: the newest checkpoint)",
+        "to_time": "restore-test: up to the newest checkpoint at or before this time (ISO 8601, UTC)",
+        "roles": "roles.yaml with roles.db.backup (default: the shipped one)",
+        "secrets": "secrets directory with backup.key and the bucket's credentials (default: secrets/)",
+        "workdir": "where backup and restore-test keep their temporary files (default: the system's temp dir)",
+        "json": "backups, restore-test: print JSON",
+        "keep": "restore-test: keep the scratch server's files",
+    },
+)
+def db(
+    c, action, backup=None, to_gtid=None, to_time=None, roles=None, secrets=None, workdir=None, json=False, keep=False
+):
+    """The data tier: ACTION backup, archive (binlogs), backups (list), restore-test [--backup ID] [--to-gtid G]."""
+    from kiln.db import cli as db_cli  # boto3 loads only for this task
+
+    options = {"backup": backup, "to_gtid": to_gtid, "to_time": to_time, "workdir": workdir, "keep": keep}
+    _exit(db_cli.run(Project(roles=roles), action, secrets=secrets, as_json=json, **options))
+
+
 ns = Collection(
     validate,
     render,
@@ -236,4 +260,5 @@ ns = Collection(
     reprovision,
     freeze,
     lab,
+    db,
 )
