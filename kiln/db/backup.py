@@ -202,7 +202,8 @@ def list_binlogs(store: Store, host: str | None = None) -> list[dict[str, Any]]:
 
 def list_checkpoints(store: Store) -> list[dict[str, Any]]:
     """Every checkpoint, oldest first."""
-    return sorted((store.get_json(n) for n in store.names("checkpoints/")), key=lambda c: c["time"])
+    checkpoints = (store.get_json(n) for n in store.names("checkpoints/"))
+    return sorted(checkpoints, key=lambda c: (c["time"], Position.parse(c["gtid"]).transactions_after(Position())))
 
 
 _HEADER = re.compile(r"^#(\d{6})\s+(\d{1,2}:\d\d:\d\d) server id \d+\s+end_log_pos \d+.*?\t(.*)$")

@@ -294,6 +294,11 @@ def test_a_point_the_archived_binlogs_do_not_reach_is_refused_before_restoring(
         store.put_json(meta, saved)
     with pytest.raises(RestoreError, match="no checkpoint at GTID 0-1-999999"):
         plan_restore(store, to_gtid="0-1-999999")
+    with pytest.raises(RestoreError, match="no checkpoint at or before 2000-01-01"):
+        plan_restore(store, to_time="2000-01-01")
+    with pytest.raises(RestoreError, match="is not a time"):
+        plan_restore(store, to_time="yesterday")
+    assert plan_restore(store, to_time=story["newest"]["time"]).checkpoint["gtid"] == story["newest"]["gtid"]
 
 
 def test_a_restore_that_differs_from_the_source_fails_and_says_where(
