@@ -4,6 +4,7 @@
     archive        a checkpoint and the binary logs closed since the last run (run it often: it bounds the RPO)
     backups        every backup: id, host, time, GTID, sizes; the archived binlogs and checkpoints
     restore-test   a backup and binlogs restored into a scratch server here, compared with a checkpoint
+    schedule       the runner's systemd timers for backup and archive, written to --out DIR
 
 The runner (the machine this runs on) holds the store's credentials and the sealing key; it reaches the replica
 with `ssh root@ADDRESS` (the operator's ssh configuration and keys).
@@ -11,31 +12,36 @@ with `ssh root@ADDRESS` (the operator's ssh configuration and keys).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kiln.db.backup import BackupError, Retention, archive, list_backups, list_binlogs, list_checkpoints, run_backup
 from kiln.db.gtid import GtidError
 from kiln.db.restore import RestoreError, plan_restore, restore_test
+from kiln.db.schedule import ScheduleError, units
 from kiln.db.scratch import ScratchError
 from kiln.db.seal import SealError
 from kiln.db.source import DbHost, SourceError
 from kiln.db.store import Store, StoreError, Target
+from kiln.fsutil import ensure_file
 from kiln.model import Cluster
 from kiln.project import Project
 from kiln.roles.db import BackupSettings, backup_source, settings_of
 from kiln.run import CommandError
 from kiln.secrets import SecretMissing, SecretStore
 
-ACTIONS = ("backup", "archive", "backups", "restore-test")
+ACTIONS = ("backup", "archive", "backups", "restore-test", "schedule")
 FAILURES = (
     BackupError,
     RestoreError,
     ScratchError,
+    ScheduleError,
     SealError,
     SourceError,
     StoreError,
@@ -128,6 +134,7 @@ def run(
     workdir: str | None = None,
     as_json: bool = False,
     keep: bool = False,
+    out: str | None = None,
 ) -> int:
     if action not in ACTIONS:
         _err(f"db: unknown action {action!r} (one of: {', '.join(ACTIONS)})")
@@ -139,16 +146,18 @@ def run(
 
     def body() -> int:
         settings = _settings(cluster)
+        if action == "schedule":
+            return _schedule(project, cluster, out)
         store = store_of(settings, store_secrets)
         if action == "backups":
             store.check()
             if as_json:
-                out: dict[str, Any] = {
+                listing: dict[str, Any] = {
                     "backups": list_backups(store),
                     "binlogs": list_binlogs(store),
                     "checkpoints": [{k: c[k] for k in ("gtid", "time", "host")} for c in list_checkpoints(store)],
                 }
-                print(json.dumps(out, indent=2))
+                print(json.dumps(listing, indent=2))
             else:
                 print("\n".join(backups_table(store)))
             return 0
@@ -156,7 +165,7 @@ def run(
         if action in ("backup", "archive"):
             host = backup_source(cluster)
             source = DbHost.over_ssh(host.name, str(host.ip))
-            with tempfile.TemporaryDirectory(prefix="kiln-db-", dir=workdir) as tmp:
+            with _runner_lock(project), tempfile.TemporaryDirectory(prefix="kiln-db-", dir=workdir) as tmp:
                 if action == "backup":
                     retention = Retention(keep=settings.keep, keep_days=settings.keep_days)
                     run_backup(store, source, key, retention, workdir=Path(tmp))
@@ -174,6 +183,35 @@ def run(
         return 0
 
     return _guarded(action, body)
+
+
+@contextlib.contextmanager
+def _runner_lock(project: Project) -> Iterator[None]:
+    """One backup or archive run at a time on this runner (a timer's run waits for a manual one): they share the
+    replica's SQL thread and binary log."""
+    project.state.mkdir(parents=True, exist_ok=True)
+    with open(project.state / "db-runner.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _err("db: another backup or archive run is under way here; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _schedule(project: Project, cluster: Cluster, out: str | None) -> int:
+    if not out:
+        _err("db schedule: --out DIR is required (where the unit files are written)")
+        return 2
+    directory = Path(out)
+    for name, text in units(cluster, project=project.root, roles=project.roles_path.resolve()).items():
+        ensure_file(directory / name, text.encode(), 0o644)
+        print(f"wrote {directory / name}")
+    print(
+        f"install: cp {directory}/kiln-db-*.service {directory}/kiln-db-*.timer /etc/systemd/system/ && "
+        "systemctl daemon-reload && systemctl enable --now kiln-db-backup.timer kiln-db-archive.timer"
+    )
+    return 0
 
 
 def restore_summary(report: dict[str, Any]) -> str:

@@ -37,6 +37,8 @@ class BackupSettings:
     source: str | None = None  # `from`: the replica backups are taken from; None: the first replica
     keep: int = 7
     keep_days: int = 14
+    backup_at: str = "daily"  # systemd OnCalendar expressions for the runner's timers (./inv db schedule)
+    archive_at: str = "*:0/15"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ def _settings(s: Mapping[str, Any]) -> DbSettings:
         return DbSettings(database=s["database"])
     s3 = backup["s3"]
     options = {k: v for k, v in backup.items() if k in ("credentials", "keep", "keep_days")}
+    schedule = backup.get("schedule", {})
+    options.update({f"{k}_at": schedule[k] for k in ("backup", "archive") if k in schedule})
     return DbSettings(
         database=s["database"],
         backup=BackupSettings(
@@ -289,6 +293,25 @@ ROLE = RoleSpec(
                         "minimum": 0,
                         "maximum": 3650,
                         "default": 14,
+                    },
+                    "schedule": {
+                        "description": "When the runner's timers run (systemd OnCalendar; ./inv db schedule).",
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "backup": {
+                                "description": "A base backup (and retention).",
+                                "type": "string",
+                                "pattern": "^[A-Za-z0-9*:/,. ~-]{1,64}$(?!\\n)",
+                                "default": "daily",
+                            },
+                            "archive": {
+                                "description": "A checkpoint and the binary logs: this bounds the RPO.",
+                                "type": "string",
+                                "pattern": "^[A-Za-z0-9*:/,. ~-]{1,64}$(?!\\n)",
+                                "default": "*:0/15",
+                            },
+                        },
                     },
                 },
             },
