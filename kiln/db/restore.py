@@ -208,7 +208,6 @@ def restore_test(
     directory = Path(tempfile.mkdtemp(prefix="kiln-restore-", dir=workdir))
     directory.chmod(0o700)
     scratch = Scratch(directory, buffer_pool=buffer_pool)
-    scratch.datadir.mkdir()
     phases: dict[str, float] = {}
     clock = time.monotonic()
 
@@ -225,7 +224,9 @@ def restore_test(
         )
         t = time.monotonic()
         try:
-            with streaming(["mbstream", "-x", "-C", str(scratch.datadir)], stdin=subprocess.PIPE) as mbstream:
+            with streaming(
+                scratch.argv(["mbstream", "-x", "-C", str(scratch.datadir)]), stdin=subprocess.PIPE
+            ) as mbstream:
                 restored = unsealed_to(store, backup, key, directory / "backup.sealed", mbstream.stdin)
         except CommandError as e:
             raise RestoreError(f"extracting backup {backup['id']}: {e}") from None
@@ -242,7 +243,7 @@ def restore_test(
                 f"{backup['gtid']}"
             )
         try:
-            run(["mariadb-backup", "--no-defaults", "--prepare", f"--target-dir={scratch.datadir}"], timeout=None)
+            run(scratch.argv(["mariadb-backup", "--no-defaults", "--prepare", f"--target-dir={scratch.datadir}"]))
         except CommandError as e:
             raise RestoreError(f"mariadb-backup --prepare of {backup['id']}: {e}") from None
         t = phase("prepare", t)
@@ -258,13 +259,11 @@ def restore_test(
                 path.with_suffix(".tmp").rename(path)
                 files.append(path)
             transactions = plan.target.transactions_after(plan.start)
-            reader_argv = [
-                "mariadb-binlog",
-                f"--start-position={plan.start}",
-                f"--stop-position={plan.target}",
-                *map(str, files),
-            ]
-            client_argv = ["mariadb", *scratch.host.client, "--binary-mode"]
+            reader_argv = scratch.argv(
+                ["mariadb-binlog", f"--start-position={plan.start}", f"--stop-position={plan.target}", *map(str, files)]
+            )
+            # --sandbox: the statements come from the db host; no \! or file access for them on this machine
+            client_argv = ["mariadb", *scratch.host.client, "--binary-mode", "--sandbox"]
             try:
                 with streaming(reader_argv) as reader:
                     with streaming(client_argv, stdin=reader.stdout):
@@ -307,6 +306,7 @@ def restore_test(
             "seconds": {**phases, "total": round(time.monotonic() - clock, 2)},
             "rpo_seconds": int((now - newest).total_seconds()),
             "newest_checkpoint": newest.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **({"kept": str(directory)} if keep else {}),
         }
     finally:
         scratch.stop()

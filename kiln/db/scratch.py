@@ -1,10 +1,16 @@
 """A scratch MariaDB server on a restored datadir: unix socket only (no network), its own directory, an
 administrative account of its own made at start-up (the restored grants are the source's, which this machine's
-users may not match); stopped and its files removed afterwards."""
+users may not match); stopped and its files removed afterwards.
+
+What a restore reads was written by a db host, which the runner must not trust with its own files (it holds every
+secret): run as root, the tools that parse it (mbstream, mariadb-backup --prepare, mariadb-binlog) and the server
+run as the OS user mysql (`Scratch.argv`), so a crafted stream can write nowhere but the scratch directory.
+"""
 
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -14,6 +20,7 @@ from pathlib import Path
 from kiln.db.source import DbHost
 
 ADMIN = "kiln_restore"
+OWNER = "mysql"  # the OS user the scratch tools and server run as, when the runner is root
 
 
 class ScratchError(Exception):
@@ -28,6 +35,17 @@ class Scratch:
         self.datadir = directory / "data"
         self.buffer_pool = buffer_pool
         self.process: subprocess.Popen[bytes] | None = None
+        self.owner = _owner()
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        if self.owner:
+            for path in (directory, self.datadir):
+                os.chown(path, self.owner.pw_uid, self.owner.pw_gid)
+
+    def argv(self, command: list[str]) -> list[str]:
+        """`command` as the scratch owner (unchanged when the runner is not root)."""
+        if not self.owner:
+            return command
+        return ["setpriv", f"--reuid={self.owner.pw_uid}", f"--regid={self.owner.pw_gid}", "--init-groups", *command]
 
     @property
     def socket(self) -> Path:
@@ -59,6 +77,8 @@ class Scratch:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(text)
+        if self.owner:  # the server reads the init file; the client (the runner's user) reads client.cnf
+            os.chown(init, self.owner.pw_uid, self.owner.pw_gid)
         argv = [
             "mariadbd",
             "--no-defaults",
@@ -110,3 +130,12 @@ class Scratch:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _owner() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(OWNER)
+    except KeyError:
+        raise ScratchError(f"no OS user {OWNER!r} to run the scratch server as (install mariadb-server)") from None

@@ -2,16 +2,17 @@
 config), a moto S3 server, mariadb-backup, mbstream and mariadb-binlog.
 
 One story, in order: rows are written on the primary; a backup of the replica is streamed, sealed and uploaded
-(the primary sees no connection); more writes, a checkpoint in the middle of a binary log, more writes, an archive
-run; restore-test brings the backup plus binlogs to each checkpoint in a scratch server and every table matches
-the source there. Then what must fail does: a wrong key, an altered object, a gap in the binlogs, data that
-differs from the checkpoint, a backup of the primary.
+(the primary sees no connection); more writes, a checkpoint in the middle of a binary log, an archive run, more
+writes, another archive run; restore-test brings the backup plus binlogs to each checkpoint in a scratch server,
+and every table matches the source there. Then what must fail does: a wrong key, an altered object, a gap in the
+binlogs, data that differs from the checkpoint, a backup of the primary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pwd
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,7 @@ PREFIX = "foobar/"
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(prefix="kiln-db-backup-"))
+    directory.chmod(0o711)  # restore-test's scratch directories below belong to the OS user mysql
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
 
@@ -170,6 +172,9 @@ def story(servers: tuple[Mariadb, Mariadb], store: Store, secrets: SecretStore, 
     caught_up(primary, replica)
     middle = take_checkpoint(store, source_of(replica), flush=False)  # no flush: it ends inside a binary log
     middle_counts = {t: primary.root().value(f"SELECT COUNT(*) FROM foobar.{t}") for t in ("notes", "orders")}
+    write(primary, "UPDATE foobar.orders SET total = total + 1 WHERE id < 50;")  # after the checkpoint, same binlog
+    caught_up(primary, replica)
+    archive(store, source_of(replica), key, workdir=base)  # closes that binlog
     write(primary, "DELETE FROM foobar.orders WHERE id % 2 = 0; UPDATE foobar.notes SET text = 'c' WHERE id < 100;")
     caught_up(primary, replica)
     newest, copied = archive(store, source_of(replica), key, workdir=base)
@@ -231,8 +236,12 @@ def test_restore_test_stops_inside_a_binlog_at_a_checkpoint_and_matches_the_sour
     middle = story["middle"]
     plan = plan_restore(store, backup_id=story["first"]["id"], to_gtid=middle["gtid"])
     assert plan.binlogs, "the checkpoint is after the backup: binlogs are applied"
-    report = restore_test(store, secrets.backup_key(), plan, workdir=base, buffer_pool="32M")
+    report = restore_test(store, secrets.backup_key(), plan, workdir=base, buffer_pool="32M", keep=True)
     assert report["to_gtid"] == middle["gtid"] and report["tables"] == 2
+    # what the db host wrote was unpacked and served by the OS user mysql, not by root
+    restored = Path(report["kept"]) / "data" / "foobar" / "notes.ibd"
+    assert restored.stat().st_uid == pwd.getpwnam("mysql").pw_uid
+    shutil.rmtree(report["kept"])
     assert report["rows"] == sum(int(n) for n in story["middle_counts"].values())
     # the binlog holds later transactions (the archive run came after): the stop was inside it
     last = Position.parse(plan.binlogs[-1]["end"])
@@ -249,6 +258,7 @@ def test_inv_db_restore_test_reaches_the_newest_checkpoint_and_prints_rpo_and_ti
     assert code == 0, out.err
     report = json.loads(out.out)
     assert report["to_gtid"] == story["newest"]["gtid"] and report["backup"] == story["first"]["id"]
+    assert report["binlog_files"] == 2  # one mariadb-binlog run across the files, from the backup to the checkpoint
     assert 0 <= report["rpo_seconds"] < 120 and report["seconds"]["total"] > 0
     print(f"\nrestore-test: {db_cli.restore_summary(report)}")
 
@@ -281,7 +291,7 @@ def test_a_point_the_archived_binlogs_do_not_reach_is_refused_before_restoring(
     story: dict[str, Any], store: Store
 ) -> None:
     copied = story["copied"]
-    assert [b["file"] for b in copied] == ["mariadb-bin.000002"], "the archive run copies only what is new"
+    assert [b["file"] for b in copied] == ["mariadb-bin.000003"], "an archive run copies only what is new"
     meta = f"{copied[0]['object']}.json"
     saved = store.get_json(meta)
     store.delete([meta])
@@ -346,6 +356,6 @@ def test_retention_keeps_the_newest_and_what_they_need(
     assert not store.names(f"backups/{story['first']['id']}/")
     # what no kept backup needs went with the first backup; the newest binlog stays (archiving goes on from it)
     assert all(Position.parse(c["gtid"]).covers(Position.parse(second["gtid"])) for c in list_checkpoints(store))
-    assert [b["file"] for b in list_binlogs(store)] == ["mariadb-bin.000003"]
+    assert [b["file"] for b in list_binlogs(store)] == ["mariadb-bin.000004"]
     plan = plan_restore(store)
     assert plan.backup["id"] == second["id"] and plan.checkpoint["gtid"] == second["gtid"]
