@@ -10,6 +10,7 @@ binlogs, data that differs from the checkpoint, a backup of the primary.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import pwd
@@ -31,6 +32,7 @@ from kiln.db.backup import (
     BackupError,
     Retention,
     archive,
+    expire,
     list_backups,
     list_binlogs,
     list_checkpoints,
@@ -359,3 +361,27 @@ def test_retention_keeps_the_newest_and_what_they_need(
     assert [b["file"] for b in list_binlogs(store)] == ["mariadb-bin.000004"]
     plan = plan_restore(store)
     assert plan.backup["id"] == second["id"] and plan.checkpoint["gtid"] == second["gtid"]
+
+
+def test_retention_by_count_and_age(endpoint: str) -> None:
+    """Backups go when neither among the `keep` newest nor younger than `keep_days`; binlogs and checkpoints wholly
+    before the oldest kept backup go with them, but each host's newest binlog stays."""
+    store = Store(
+        Target(bucket=BUCKET, prefix="retention/", endpoint=endpoint, access_key_id="t", secret_access_key="t")
+    )
+    now = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    ages = {"a": 30, "b": 20, "c": 10, "d": 1}  # days old; GTIDs 0-1-10, 0-1-20, ...
+    for i, (name, days) in enumerate(ages.items(), start=1):
+        started = (now - dt.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        manifest = {"id": name, "started": started, "gtid": f"0-1-{i * 10}", "object": f"backups/{name}/data"}
+        store.put_json(f"backups/{name}/manifest.json", manifest)
+        store.put_json(f"backups/{name}/data", {})
+        store.put_json(f"checkpoints/{i}.json", {"gtid": f"0-1-{i * 10}", "time": started, "host": "db2"})
+        binlog = {"host": "db2", "file": f"mariadb-bin.00000{i}", "start": f"0-1-{i * 10 - 10}", "end": f"0-1-{i * 10}"}
+        store.put_json(f"binlogs/db2/mariadb-bin.00000{i}.json", {**binlog, "object": f"binlogs/db2/{binlog['file']}"})
+    assert expire(store, Retention(keep=1, keep_days=14), now=now) == ["b", "a"]
+    assert [m["id"] for m in list_backups(store)] == ["c", "d"]
+    assert [c["gtid"] for c in list_checkpoints(store)] == ["0-1-30", "0-1-40"]
+    assert [b["file"] for b in list_binlogs(store)] == ["mariadb-bin.000004"]  # ends after c's GTID: c needs it
+    assert expire(store, Retention(keep=1, keep_days=0), now=now) == ["c"]
+    assert [b["file"] for b in list_binlogs(store)] == ["mariadb-bin.000004"]  # covered by d, but the newest

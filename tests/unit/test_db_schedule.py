@@ -53,3 +53,12 @@ def test_a_time_systemd_cannot_read_is_refused(
     assert db_cli.run(Project(roles=roles), "schedule", out=str(tmp_path / "units")) == 1
     assert "'every tuesday' is not a systemd calendar time" in capsys.readouterr().err
     assert not (tmp_path / "units").exists()
+
+
+def test_without_a_backup_target_every_action_says_what_to_set(capsys: pytest.CaptureFixture[str]) -> None:
+    assert db_cli.run(Project(), "backups") == 1  # the shipped roles.yaml names no bucket
+    assert "roles.db.backup is not set: name the S3 bucket there first" in capsys.readouterr().err
+    assert db_cli.run(Project(), "restore") == 2
+    assert (
+        "unknown action 'restore' (one of: backup, archive, backups, restore-test, schedule)" in capsys.readouterr().err
+    )
