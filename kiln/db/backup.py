@@ -137,9 +137,22 @@ _SLAVE_GTID = re.compile(r"gtid_slave_pos '([^']*)'")
 _BINLOG_POS = re.compile(r"MySQL binlog position: filename '([^']*)', position '(\d+)'")
 
 
+def _resume_sql_thread(source: DbHost, was_running: bool, progress: Progress) -> None:
+    """After a failed or interrupted backup: --safe-slave-backup may have left the SQL thread stopped (mariadb-backup
+    restarts it only when it finishes); start it again when it ran before."""
+    if not was_running:
+        return
+    try:
+        if source.slave_status().get("Slave_SQL_Running") != "Yes":
+            source.sql("START SLAVE SQL_THREAD")
+            progress(f"{source.name}: restarted the replica's SQL thread the interrupted backup had stopped")
+    except SourceError as e:
+        progress(f"{source.name}: check its replication (SHOW SLAVE STATUS): {e}")
+
+
 def take_backup(store: Store, source: DbHost, key: bytes, *, progress: Progress = _stderr) -> dict[str, Any]:
     """A base backup of the replica `source`, streamed, sealed and uploaded; its manifest (written last)."""
-    require_replica(source)
+    was_running = require_replica(source).get("Slave_SQL_Running") == "Yes"
     started = utcnow()
     backup_id = f"{started:%Y%m%dT%H%M%SZ}-{source.name}"
     name = f"backups/{backup_id}/data"
@@ -154,9 +167,12 @@ def take_backup(store: Store, source: DbHost, key: bytes, *, progress: Progress 
             with streaming(argv, log=log) as process:
                 assert process.stdout is not None
                 stored = store.put_stream(name, seal(_counted(process.stdout, "backup", progress, raw), key, name))
-        except CommandError as e:
+        except BaseException as e:
             store.delete([name])
-            raise BackupError(f"mariadb-backup on {source.name} failed: {e}") from None
+            _resume_sql_thread(source, was_running, progress)
+            if isinstance(e, CommandError):
+                raise BackupError(f"mariadb-backup on {source.name} failed: {e}") from None
+            raise
         log.seek(0)
         output = log.read().decode(errors="replace")
     gtid = _SLAVE_GTID.search(output)

@@ -347,6 +347,19 @@ def test_the_primary_is_never_backed_up_and_an_unreachable_store_is_named(
         ).check()
 
 
+def test_a_failed_backup_leaves_nothing_in_the_bucket_and_replication_running(
+    servers: tuple[Mariadb, Mariadb], store: Store, secrets: SecretStore
+) -> None:
+    _, replica = servers
+    before = store.names("")
+    broken = DbHost("db2", client=source_of(replica).client, backup=("--defaults-file=/nonexistent/my.cnf",))
+    with pytest.raises(BackupError, match=r"mariadb-backup on db2 failed: .* exited"):
+        take_backup(store, broken, secrets.backup_key())
+    assert store.names("") == before
+    status = replica.root().status("SHOW SLAVE STATUS")
+    assert (status["Slave_IO_Running"], status["Slave_SQL_Running"]) == ("Yes", "Yes")
+
+
 def test_retention_keeps_the_newest_and_what_they_need(
     story: dict[str, Any], servers: tuple[Mariadb, Mariadb], store: Store, secrets: SecretStore, base: Path
 ) -> None:
