@@ -233,6 +233,7 @@ def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
         "json": "backups, restore-test: print JSON",
         "keep": "restore-test: keep the scratch server's files",
         "out": "schedule: the directory the runner's systemd units are written to",
+        "lab": "backup, archive: reach the lab's replica (./inv lab up) from inside its network namespace",
     },
 )
 def db(
@@ -247,12 +248,13 @@ def db(
     json=False,
     keep=False,
     out=None,
+    lab=False,
 ):
     """The data tier: ACTION backup, archive (binlogs), backups, restore-test [--backup ID], schedule --out DIR."""
     from kiln.db import cli as db_cli  # boto3 loads only for this task
 
     options = {"backup": backup, "to_gtid": to_gtid, "to_time": to_time, "workdir": workdir, "keep": keep}
-    _exit(db_cli.run(Project(roles=roles), action, secrets=secrets, as_json=json, out=out, **options))
+    _exit(db_cli.run(Project(roles=roles), action, secrets=secrets, as_json=json, out=out, lab=lab, **options))
 
 
 ns = Collection(

@@ -30,7 +30,7 @@ from kiln.db.seal import SealError
 from kiln.db.source import DbHost, SourceError
 from kiln.db.store import Store, StoreError, Target
 from kiln.fsutil import ensure_file
-from kiln.model import Cluster
+from kiln.model import Cluster, Host
 from kiln.project import Project
 from kiln.roles.db import BackupSettings, backup_source, settings_of
 from kiln.run import CommandError
@@ -135,6 +135,7 @@ def run(
     as_json: bool = False,
     keep: bool = False,
     out: str | None = None,
+    lab: bool = False,
 ) -> int:
     if action not in ACTIONS:
         _err(f"db: unknown action {action!r} (one of: {', '.join(ACTIONS)})")
@@ -164,7 +165,7 @@ def run(
         key = store_secrets.backup_key()
         if action in ("backup", "archive"):
             host = backup_source(cluster)
-            source = DbHost.over_ssh(host.name, str(host.ip))
+            source = _lab_host(cluster, host) if lab else DbHost.over_ssh(host.name, str(host.ip))
             with _runner_lock(project), tempfile.TemporaryDirectory(prefix="kiln-db-", dir=workdir) as tmp:
                 if action == "backup":
                     retention = Retention(keep=settings.keep, keep_days=settings.keep_days)
@@ -183,6 +184,19 @@ def run(
         return 0
 
     return _guarded(action, body)
+
+
+def _lab_host(cluster: Cluster, host: Host) -> DbHost:
+    """The lab's db host: this process enters the lab's network namespace (the bucket must answer there too) and
+    ssh uses the lab's key (kiln.lab.ssh)."""
+    from kiln.lab import netns
+    from kiln.lab import ssh as lab_ssh
+    from kiln.lab.layout import Lab
+
+    if not netns.exists():
+        raise BackupError("the lab is down: ./inv lab up first")
+    netns.enter()
+    return DbHost.over_ssh(host.name, str(host.ip), lab_ssh.options(Lab(cluster)))
 
 
 @contextlib.contextmanager

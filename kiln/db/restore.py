@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln.db.backup import list_backups, list_binlogs, list_checkpoints, table_sums, utcnow
+from kiln.db.backup import PROGRESS_SECONDS, list_backups, list_binlogs, list_checkpoints, table_sums, utcnow
 from kiln.db.gtid import Position
 from kiln.db.scratch import Scratch
 from kiln.db.seal import unseal
@@ -157,14 +157,20 @@ def plan_restore(
     return RestorePlan(backup, checkpoint, binlogs)
 
 
-def _download(store: Store, meta: dict[str, Any], path: Path) -> None:
+def _download(store: Store, meta: dict[str, Any], path: Path, progress: Progress = _stderr) -> None:
     """Object `meta['object']` into `path`; RestoreError unless its sha256 and size are the manifest's."""
     digest, size = hashlib.sha256(), 0
+    last = time.monotonic()
     with path.open("wb") as f:
         for block in store.get_stream(meta["object"]):
             digest.update(block)
             size += len(block)
             f.write(block)
+            if time.monotonic() - last >= PROGRESS_SECONDS:
+                progress(
+                    f"restore-test: {meta['object']}: {size / 2**20:.0f} of {meta['stored_bytes'] / 2**20:.0f} MiB"
+                )
+                last = time.monotonic()
     if digest.hexdigest() != meta["sha256"] or size != meta["stored_bytes"]:
         raise RestoreError(
             f"{meta['object']} is not the object its manifest describes (sha256 {digest.hexdigest()[:16]}.., "
@@ -178,10 +184,12 @@ def _file_blocks(path: Path) -> Iterator[bytes]:
             yield data
 
 
-def unsealed_to(store: Store, meta: dict[str, Any], key: bytes, path: Path, out: Any) -> int:
+def unsealed_to(
+    store: Store, meta: dict[str, Any], key: bytes, path: Path, out: Any, progress: Progress = _stderr
+) -> int:
     """Download `meta`'s object to `path`, check it, and write its original bytes into the binary file `out`;
     the number of bytes written."""
-    _download(store, meta, path)
+    _download(store, meta, path, progress)
     total = 0
     for data in unseal(_file_blocks(path), key, meta["object"]):
         out.write(data)
@@ -227,7 +235,7 @@ def restore_test(
             with streaming(
                 scratch.argv(["mbstream", "-x", "-C", str(scratch.datadir)]), stdin=subprocess.PIPE
             ) as mbstream:
-                restored = unsealed_to(store, backup, key, directory / "backup.sealed", mbstream.stdin)
+                restored = unsealed_to(store, backup, key, directory / "backup.sealed", mbstream.stdin, progress)
         except CommandError as e:
             raise RestoreError(f"extracting backup {backup['id']}: {e}") from None
         t = phase("download_extract", t)
@@ -255,7 +263,7 @@ def restore_test(
             for b in plan.binlogs:
                 path = directory / b["file"]
                 with path.with_suffix(".tmp").open("wb") as out:
-                    unsealed_to(store, b, key, directory / f"{b['file']}.sealed", out)
+                    unsealed_to(store, b, key, directory / f"{b['file']}.sealed", out, progress)
                 path.with_suffix(".tmp").rename(path)
                 files.append(path)
             transactions = plan.target.transactions_after(plan.start)
