@@ -69,10 +69,6 @@ def parse_time(text: str) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-def _time(text: str) -> dt.datetime:
-    return parse_time(text)
-
-
 def _chain(backup: dict[str, Any], target: Position, binlogs: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
     """The archived binlogs of the backup's host that take it from its GTID to `target`, in order; RestoreError
     naming the first GTID not covered."""
@@ -120,7 +116,7 @@ def plan_restore(
             )
     elif to_time:
         limit = parse_time(to_time)
-        chosen = [c for c in checkpoints if _time(c["time"]) <= limit]
+        chosen = [c for c in checkpoints if parse_time(c["time"]) <= limit]
         if not chosen:
             raise RestoreError(
                 f"no checkpoint at or before {to_time}: the oldest is "
@@ -299,7 +295,7 @@ def restore_test(
             )
         ok = True
         now = utcnow()
-        newest = max(_time(c["time"]) for c in list_checkpoints(store))
+        newest = max(parse_time(c["time"]) for c in list_checkpoints(store))
         return {
             "backup": backup["id"],
             "from_gtid": backup["gtid"],
