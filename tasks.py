@@ -123,21 +123,31 @@ def bench(c, quick=False):
         "name": "AMI name (default: kiln-ami-<role>-<first 16 hex of the image sha256>)",
         "wait": "wait until the AMI is available (--no-wait: return once it is registered)",
         "images": "images directory (default: images/)",
+        "roles": "the cluster the image must be baked for (default: $KILN_ROLES, then the shipped roles.yaml)",
     }
 )
-def upload_ami(c, role, region=None, endpoint_url=None, name=None, wait=True, images=None):
+def upload_ami(c, role, region=None, endpoint_url=None, name=None, wait=True, images=None, roles=None):
     """Publish a role image as an AMI through the EBS direct APIs; reuse the AMI already holding the same image."""
     from kiln.aws.cli import upload_ami as run_upload  # boto3 loads only for this task
 
-    _exit(run_upload(role, region=region, endpoint_url=endpoint_url, name=name, wait=wait, images=images))
+    project = Project(roles=roles)
+    _exit(
+        run_upload(role, region=region, endpoint_url=endpoint_url, name=name, wait=wait, images=images, project=project)
+    )
 
 
-@task(help={"role": "the role to build: lb, web, app or db (required)", "force": "rebuild even when up to date"})
-def build(c, role, force=False):
+@task(
+    help={
+        "role": "the role to build: lb, web, app or db (required)",
+        "force": "rebuild even when up to date",
+        "roles": "the cluster file whose provisioning URL and keys the image bakes (default: $KILN_ROLES, roles.yaml)",
+    }
+)
+def build(c, role, force=False, roles=None):
     """Build one role image with diskimage-builder into images/<role>/ (raw, qcow2, manifest.json, build.log)."""
     from kiln.build import cli as build_cli
 
-    _exit(build_cli.build(Project(), role=role, force=force))
+    _exit(build_cli.build(Project(roles=roles), role=role, force=force))
 
 
 @task(
@@ -145,13 +155,31 @@ def build(c, role, force=False):
     help={
         "force": "rebuild every image even when up to date",
         "jobs": "images built side by side (default: one per core, at most 4)",
+        "roles": "the cluster file whose roles are built (default: $KILN_ROLES, then the shipped roles.yaml)",
     },
 )
-def build_all(c, force=False, jobs=0):
+def build_all(c, force=False, jobs=0, roles=None):
     """Build every role image roles.yaml uses, side by side, and the PXE installer, skipping what is up to date."""
     from kiln.build import cli as build_cli
 
-    _exit(build_cli.build_all(Project(), force=force, jobs=int(jobs) or None))
+    _exit(build_cli.build_all(Project(roles=roles), force=force, jobs=int(jobs) or None))
+
+
+@task(
+    help={
+        "roles": "the cluster file (default: $KILN_ROLES, then the shipped roles.yaml)",
+        "images": "images directory (default: images/)",
+        "secrets": "secrets directory (default: secrets/)",
+    }
+)
+def doctor(c, roles=None, images=None, secrets=None):
+    """Check the whole setup before machines boot: secrets, certificates, images, installer, ports, packages."""
+    from pathlib import Path
+
+    from kiln.doctor import doctor as run_doctor
+
+    project = Project(roles=roles)
+    _exit(run_doctor(project, images=Path(images) if images else None, secrets=Path(secrets) if secrets else None))
 
 
 @task(
@@ -182,6 +210,7 @@ def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=No
 
 @task(
     help={
+        "host": "the host to re-arm, by its name in roles.yaml (required)",
         "roles": "roles.yaml the host is in (default: the shipped one)",
         "database": "state database URL (as for serve)",
     }
@@ -269,6 +298,7 @@ ns = Collection(
     upload_ami,
     build,
     build_all,
+    doctor,
     serve,
     reprovision,
     freeze,

@@ -14,7 +14,7 @@ from kiln.model import InvalidRoles
 from kiln.operator import Server
 from kiln.project import Project
 from kiln.render import Renderer
-from kiln.render.output import write_tree
+from kiln.render.output import SUMMARY, Written, write_tree
 from kiln.secrets import SecretStore
 
 
@@ -51,9 +51,26 @@ def render(project: Project, *, out: str) -> int:
     took = time.monotonic() - started
     print(
         f"rendered {len(cluster.hosts)} hosts, {written.files} files into {out} "
-        f"({written.changed} changed) in {took:.2f}s"
+        f"({written.changed} changed) in {took:.2f}s; the cluster on one page: {Path(out) / SUMMARY}"
     )
+    for line in change_report(written):
+        print(line)
     return 0
+
+
+def change_report(written: Written, most: int = 40) -> list[str]:
+    """What a render changed, one line per host, at most `most` lines per kind (then how many more): `+ HOST`
+    (new), `~ HOST: PATH, ...` (its changed files; -PATH removed), `- HOST` (no longer in roles.yaml)."""
+
+    def capped(lines: list[str]) -> list[str]:
+        return lines[:most] + ([f"  ... and {len(lines) - most} more"] if len(lines) > most else [])
+
+    changed = [f"  ~ {host}: {', '.join(paths)}" for host, paths in written.changed_files.items()]
+    return (
+        capped([f"  + {host}" for host in written.new])
+        + capped(changed)
+        + capped([f"  - {host}" for host in written.removed])
+    )
 
 
 def keys(project: Project, *, secrets: str | None = None) -> int:

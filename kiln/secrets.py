@@ -282,6 +282,18 @@ class SecretStore:
             problems.append(f"{self.site_pem}: {gap}")
         return problems
 
+    def check_server(self, cluster: Cluster) -> list[str]:
+        """Why the server certificate cannot serve this cluster (empty when it can): it must name the provisioning
+        host. Raise nothing."""
+        host = _provisioning_host(cluster)
+        try:
+            leaf = _load_chain(self.server_pem)[0]
+        except (FileNotFoundError, ValueError) as e:
+            return [f"{self.server_pem} cannot be read ({e}): run ./inv keys"]
+        if uncovered(leaf, [host]):
+            return [f"{self.server_pem} does not name {host}: run ./inv keys, which reissues it"]
+        return []
+
     def site_expires_soon(self, *, now: dt.datetime | None = None) -> dt.datetime | None:
         """When the site certificate expires, if that is within EXPIRY_WARNING_DAYS."""
         now = now or dt.datetime.now(dt.UTC)

@@ -45,7 +45,7 @@ def _json(status: str, data: object) -> Response:
 def index(app: State, environ: dict[str, Any]) -> Response:
     config = app.config
     try:
-        primary = db.server_identity(app.db, config.db_write_host)
+        primary = db.server_identity(app.db, db.writer(app.db))
         reader = db.server_identity(app.db, db.reader(app.db))
         rows = (
             f"<li>writes go to the primary <b>{html.escape(str(primary['hostname']))}</b> ({primary['address']},"
@@ -67,19 +67,19 @@ def index(app: State, environ: dict[str, Any]) -> Response:
 
 
 def health(app: State, environ: dict[str, Any]) -> Response:
-    """Whether the primary answered, asked at most once a second per worker."""
+    """Whether the writable server answered, asked at most once a second per worker."""
     now = app.clock()
     if app.health is not None and 0 <= now - app.health[0] < HEALTH_FRESH:
         return app.health[1]
     config = app.config
     try:
-        db.ping(app.db)
+        primary = db.ping(app.db)
     except (pymysql.MySQLError, OSError) as e:
         DB_UP.set(0)
         answer = _json("503 Service Unavailable", {"status": "fail", "app": config.host, "db": e.__class__.__name__})
     else:
         DB_UP.set(1)
-        answer = _json("200 OK", {"status": "ok", "app": config.host, "db": config.db_write_host})
+        answer = _json("200 OK", {"status": "ok", "app": config.host, "db": primary})
     app.health = (app.clock(), answer)  # fresh from when the answer came, not from when it was asked
     return answer
 

@@ -17,7 +17,10 @@ from kiln.aws.blocks import block_count
 from kiln.aws.bootmode import NotBootable
 from kiln.aws.calls import AwsCallError, Caller, RetryPolicy
 from kiln.aws.image import ImageError, locate
-from kiln.project import ROOT
+from kiln.build import manifest
+from kiln.model import InvalidRoles
+from kiln.project import ROOT, Project
+from kiln.secrets import SecretMissing, SecretStore
 
 DEFAULT_IMAGES = ROOT / "images"
 
@@ -38,6 +41,25 @@ def _mib(n: int) -> str:
     return f"{n / 1024**2:.0f} MiB" if n < 10 * 1024**3 else f"{n / 1024**3:.1f} GiB"
 
 
+def _check_baked(directory: Path, role: str, project: Project) -> None:
+    """ImageError when the image's manifest says it is baked for another cluster than the project's."""
+    data = manifest.read(directory) or {}
+    if manifest.BAKED not in data:
+        return  # built by an older kiln: it cannot tell
+    try:
+        expected = manifest.baked(project.cluster(), SecretStore(project.secrets), project.roles_shown)
+    except (InvalidRoles, SecretMissing, FileNotFoundError) as e:
+        raise ImageError(
+            f"cannot tell whether the {role} image is baked for {project.roles_shown}'s cluster: {e}"
+        ) from None
+    other = manifest.built_for_another(data, expected)
+    if other is not None:
+        raise ImageError(
+            f"the {role} image cannot join {project.roles_shown}'s cluster ({other}): rebuild it with "
+            f"./inv build --role {role} --roles {project.roles_shown}"
+        )
+
+
 def upload_ami(
     role: str,
     *,
@@ -47,11 +69,15 @@ def upload_ami(
     wait: bool = True,
     images: str | os.PathLike[str] | None = None,
     workers: int = 16,
+    project: Project | None = None,
 ) -> int:
+    """`project`: the cluster (--roles) the image must be baked for; an image baked for another is refused."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)
     try:
         image = locate(Path(images) if images else DEFAULT_IMAGES, role)
+        if project is not None:
+            _check_baked(image.path.parent, role, project)
         clients = make_clients(region, endpoint_url, workers=workers)
     except ImageError as e:
         err.print(f"upload-ami: {e}")

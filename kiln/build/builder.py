@@ -51,6 +51,7 @@ class BuildEnv:
     agent: Path = IMAGES_DIR / "firstboot"
     agent_units: tuple[Path, ...] = AGENT_UNITS
     project: Path = ROOT  # where a role's image_inputs are (kilnapp/ for the app role)
+    roles: str = "roles.yaml"  # the cluster file, as the manifest records it
 
     @property
     def work(self) -> Path:
@@ -89,6 +90,7 @@ def build_role(
     digest = role_inputs_hash(env, spec)
     if not force and manifest.up_to_date(out, digest):
         detail = _add_block_map(out, name)
+        _add_baked(env, out)
         seconds = time.monotonic() - started
         display.set(name, "up to date", detail or None, seconds=seconds)
         return Outcome(name, "up to date", seconds, detail)
@@ -129,6 +131,7 @@ def build_role(
         "elements": list(spec.elements),
         "settings": dict(spec.env),
         "size": spec.size,
+        manifest.BAKED: manifest.baked(env.cluster, env.store, env.roles),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / manifest.MANIFEST).unlink(missing_ok=True)
@@ -139,6 +142,15 @@ def build_role(
     shutil.rmtree(work)
     display.set(name, "built", "done", seconds=seconds)
     return Outcome(name, "built", seconds)
+
+
+def _add_baked(env: BuildEnv, out: Path) -> None:
+    """An up-to-date image built before manifests said which cluster it is baked for gets the record: its inputs
+    hash covers the cluster id, the provisioning URL and the signing key, so they are this run's."""
+    data = manifest.read(out)
+    if data is not None and manifest.BAKED not in data:
+        data[manifest.BAKED] = manifest.baked(env.cluster, env.store, env.roles)
+        manifest.write(out, data)
 
 
 def _add_block_map(out: Path, name: str) -> str:

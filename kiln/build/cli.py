@@ -71,7 +71,7 @@ def _build(project: Project, names: list[str] | None, *, force: bool, with_insta
     labels = [*wanted] + (["installer"] if with_installer else [])
     with one_build_at_a_time(project.images):
         try:
-            env = prepare(cluster, images=project.images, secrets=project.secrets)
+            env = prepare(cluster, images=project.images, secrets=project.secrets, roles=project.roles_shown)
         except (MirrorNotFound, CommandError, FreezeFailed) as e:
             print(f"build: {e}", file=sys.stderr)
             return 1
@@ -127,13 +127,14 @@ def one_build_at_a_time(images: Path) -> Iterator[None]:
         yield
 
 
-def prepare(cluster: Cluster, *, images: Path, secrets: Path) -> BuildEnv:
-    """What a build needs before DIB runs: the keys, the frozen agent, the mirror."""
+def prepare(cluster: Cluster, *, images: Path, secrets: Path, roles: str = "roles.yaml") -> BuildEnv:
+    """What a build needs before DIB runs: the keys, the frozen agent, the mirror. `roles`: the cluster file as
+    the manifests record it."""
     store = SecretStore(secrets)
     store.ensure(cluster)
     freeze_agent(images / "firstboot")
     mirror = resolve(cluster.image.mirror, cluster.image.release)
-    return BuildEnv(cluster=cluster, mirror=mirror, store=store, images=images, agent=images / "firstboot")
+    return BuildEnv(cluster=cluster, mirror=mirror, store=store, images=images, agent=images / "firstboot", roles=roles)
 
 
 class FreezeFailed(Exception):

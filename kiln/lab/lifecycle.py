@@ -16,10 +16,12 @@ from rich.live import Live
 from rich.table import Table
 
 from kiln import roles
+from kiln.build import manifest
 from kiln.fsutil import write_atomic
 from kiln.lab import client, dnsmasq, netns, procs, server, vm
 from kiln.lab.layout import Lab, tap_name
 from kiln.model import Host
+from kiln.secrets import SecretStore
 from kiln.server.states import State
 
 TIMEOUT = 1800.0  # the whole cluster under TCG on two cores; the goal is under 10 min
@@ -68,6 +70,14 @@ def check_images(lab: Lab, boot: str) -> None:
                 raise NotReady(f"the PXE installer images/installer/{name} is not built: run ./inv build-all")
     if not (lab.secrets / "ca.pem").is_file() or not (lab.secrets / "signing.pub").is_file():
         raise NotReady("secrets/ is incomplete (the images bake its signing key): run ./inv keys, then build-all")
+    roles_shown = str(lab.roles_file or "roles.yaml")
+    expected = manifest.baked(lab.cluster, SecretStore(lab.secrets), roles_shown)
+    for role in sorted({h.role for h in lab.cluster.hosts}):
+        other = manifest.built_for_another(manifest.read(lab.images / role) or {}, expected)
+        if other is not None:
+            raise NotReady(
+                f"the {role} image cannot join this cluster ({other}): run ./inv build-all --roles {roles_shown}"
+            )
 
 
 @dataclass

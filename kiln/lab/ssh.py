@@ -46,7 +46,9 @@ def config_file(lab: Lab) -> str:
             f"Host {h.name}\n    HostName {h.ip}\n    User root\n    IdentityFile {lab.ssh_key}\n"
             f"    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking accept-new\n"
             f"    UserKnownHostsFile {lab.known_hosts}\n    ConnectTimeout 10\n    LogLevel ERROR\n"
-            "    ServerAliveInterval 5\n    ServerAliveCountMax 3\n"
+            # an emulated guest starved of CPU for 15 s is slow, not gone: the shared connection every test
+            # command rides on (ControlMaster) is dropped only after a minute without an answer
+            "    ServerAliveInterval 10\n    ServerAliveCountMax 6\n"
             f"    ControlMaster auto\n    ControlPath {lab.ssh_key.parent}/cm-%h\n    ControlPersist 120\n"
         )
     write_atomic(path, "\n".join(blocks).encode(), mode=0o600)

@@ -1,4 +1,4 @@
-"""The roles.yaml reference, generated from the schema, so the README cannot drift from it; and the whole schema
+"""The roles.yaml reference, generated from the schema, so docs/roles.md cannot drift from it; and the whole schema
 as one file (docs/roles.schema.json) for editors that validate YAML against a JSON Schema."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ _KIND_NAMES = {
     "cidr": "IPv4 CIDR",
     "mac": "MAC address",
     "path": "absolute path",
-    "server_url": "http(s) URL of an IPv4 address",
+    "server_url": "https URL of an IPv4 address",
     "mirror": "`auto` \\| http(s) URL",
 }
 

@@ -50,8 +50,9 @@ _KINDS = {
         "'/'-separated letters, digits, '.', '_' and '-' like /srv/www, no '.' or '..' component",
     ),
     "server_url": (
-        "an http(s) URL of an IPv4 address",
-        "like https://10.10.0.1:8443: a port 1..65535, a path of letters, digits and . _ ~ + -",
+        "an https URL of an IPv4 address",
+        "like https://10.10.0.1:8443: agents talk to the server only over TLS; a port 1..65535, a path of letters,"
+        " digits and . _ ~ + -",
     ),
     "mirror": (
         "'auto' or an http(s) URL",

@@ -3,6 +3,7 @@
     DIR/<host>/bundle.json            the bundle as the server would sign it (secrets by reference), indented
     DIR/<host>/root/<absolute path>   every file the bundle writes, with its mode
     DIR/_shared/<sha256>              each cluster-wide content once; the hosts' copies are hard links to it
+    DIR/SUMMARY.md                    the cluster on one page: hosts, roles, addresses, MACs, ports, services
 
 Only what changed is written; what an earlier render left for a host or content that is gone is removed.
 A host seen for the first time is written into a temporary directory renamed into place whole; a host whose
@@ -17,7 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
@@ -25,20 +26,31 @@ import orjson
 from kiln.bundle import Bundle
 from kiln.fsutil import ensure_file
 from kiln.render import Renderer
+from kiln.render.summary import summary_markdown
 
 SHARED = "_shared"  # not a host name: host names start with a letter
 BUNDLE = "bundle.json"
+SUMMARY = "SUMMARY.md"  # a file, so never taken for a host's directory
 PARALLEL_FROM = 500  # hosts; below this one process is faster than forking
 
 
 @dataclass
 class Written:
+    """What a render wrote: file counts, and by name the hosts it wrote afresh, those whose tree changed (with the
+    paths that did: "bundle.json", a file's absolute path, "-PATH" for one removed) and those it removed."""
+
     files: int = 0
     changed: int = 0
+    new: list[str] = field(default_factory=list)
+    changed_files: dict[str, list[str]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
 
     def add(self, other: Written) -> None:
         self.files += other.files
         self.changed += other.changed
+        self.new += other.new
+        self.changed_files.update(other.changed_files)
+        self.removed += other.removed
 
 
 def write_tree(renderer: Renderer, out: Path, *, workers: int | None = None) -> Written:
@@ -60,9 +72,14 @@ def write_tree(renderer: Renderer, out: Path, *, workers: int | None = None) -> 
         stats.add(_in_processes(renderer, names, out, workers))
     _remove_stale(shared_dir, {shared_dir / d for d in renderer.shared})
     wanted = set(names)
-    for old in out.iterdir():
+    for old in sorted(out.iterdir()):
         if old.name not in wanted and old.is_dir() and (old / BUNDLE).exists():
             shutil.rmtree(old)  # a host removed from roles.yaml; only directories this command made
+            stats.removed.append(old.name)
+    stats.changed += ensure_file(out / SUMMARY, summary_markdown(renderer).encode(), sync=False)
+    order = {name: i for i, name in enumerate(names)}  # roles.yaml's order, whichever process wrote the host
+    stats.new.sort(key=order.__getitem__)
+    stats.changed_files = dict(sorted(stats.changed_files.items(), key=lambda item: order[item[0]]))
     return stats
 
 
@@ -77,7 +94,7 @@ def _in_processes(renderer: Renderer, names: list[str], out: Path, workers: int)
             code = 0
             try:
                 done = _write_hosts(renderer, names[k::workers], out)
-                os.write(write, json.dumps([done.files, done.changed]).encode())
+                os.write(write, json.dumps(asdict(done)).encode())
             except BaseException as e:  # reported by the parent, which exits non-zero
                 os.write(write, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
                 code = 1
@@ -90,10 +107,10 @@ def _in_processes(renderer: Renderer, names: list[str], out: Path, workers: int)
         with os.fdopen(read, "rb") as pipe:
             report = json.loads(pipe.read() or b'{"error": "no report"}')
         os.waitpid(pid, 0)
-        if isinstance(report, dict):
+        if "error" in report:
             errors.append(report["error"])
         else:
-            total.add(Written(*report))
+            total.add(Written(**report))
     if errors:
         raise OSError(f"writing the render failed: {'; '.join(errors)}")
     return total
@@ -120,15 +137,18 @@ def _write_host(host_dir: Path, bundle: Bundle, shared_dir: Path) -> Written:
     targets = [f"{host_dir}/root/{f.path.lstrip('/')}" for f in bundle.files]  # os.walk's own spelling
     if _unchanged(str(host_dir), text, set(targets)):
         return Written(files=len(bundle.files))
-    stats = Written(files=len(bundle.files))
-    stats.changed += ensure_file(host_dir / BUNDLE, text, sync=False)
+    changed = [BUNDLE] if ensure_file(host_dir / BUNDLE, text, sync=False) else []
     for f, target in zip(bundle.files, map(Path, targets), strict=True):
         if f.shared:
-            stats.changed += _link(shared_dir / f.shared, target)
+            wrote = _link(shared_dir / f.shared, target)
         else:
-            stats.changed += ensure_file(target, f.content.encode(), int(f.mode, 8), sync=False)
-    _remove_stale(host_dir, {Path(t) for t in targets} | {host_dir / BUNDLE})
-    return stats
+            wrote = ensure_file(target, f.content.encode(), int(f.mode, 8), sync=False)
+        if wrote:
+            changed.append(f.path)
+    root = host_dir / "root"
+    for gone in _remove_stale(host_dir, {Path(t) for t in targets} | {host_dir / BUNDLE}):
+        changed.append(f"-/{gone.relative_to(root)}" if gone.is_relative_to(root) else f"-{gone.name}")
+    return Written(files=len(bundle.files), changed=len(changed), changed_files={host_dir.name: changed})
 
 
 def _unchanged(host_dir: str, text: bytes, targets: set[str]) -> bool:
@@ -162,7 +182,7 @@ def _write_new_host(host_dir: Path, bundle: Bundle, text: bytes, shared_dir: Pat
         else:
             _create(f"{temp}/root/{path}", f.content.encode(), int(f.mode, 8))
     os.rename(temp, host_dir)
-    return Written(files=len(bundle.files), changed=len(bundle.files) + 1)
+    return Written(files=len(bundle.files), changed=len(bundle.files) + 1, new=[host_dir.name])
 
 
 @functools.cache
@@ -203,11 +223,15 @@ def _link(blob: Path, target: Path) -> bool:
     return True
 
 
-def _remove_stale(directory: Path, wanted: set[Path]) -> None:
+def _remove_stale(directory: Path, wanted: set[Path]) -> list[Path]:
+    """Remove every file under `directory` that is not `wanted`, and directories left empty; the files removed."""
     if not directory.is_dir():
-        return
+        return []
+    removed = []
     for path in sorted(directory.rglob("*"), reverse=True):
         if path.is_file() and path not in wanted:
             path.unlink()
+            removed.append(path)
         elif path.is_dir() and not any(path.iterdir()):
             path.rmdir()
+    return sorted(removed)

@@ -37,7 +37,8 @@ def _context(cluster: Cluster, host: Host, c: HostContext) -> Mapping[str, Any]:
     primary = cluster.db_primary
     replicas = cluster.db_replicas
     assert primary is not None
-    # Reads spread over replicas by the app host's name (not its place in the list); writes go to the primary.
+    # Reads spread over replicas by the app host's name (not its place in the list); writes go to the writable one
+    # of the db hosts, the named primary asked first (kilnapp.db: after a failover the app follows).
     read_host = replicas[zlib.crc32(host.name.encode()) % len(replicas)] if replicas else primary
     return {
         "app_port": settings.port,
@@ -47,6 +48,7 @@ def _context(cluster: Cluster, host: Host, c: HostContext) -> Mapping[str, Any]:
         "app_db_user": db.APP_USER,
         "db_write_host": str(primary.ip),
         "db_read_host": str(read_host.ip),
+        "db_hosts": ",".join(str(h.ip) for h in (primary, *replicas)),
         "db_port": db.PORT,
     }
 

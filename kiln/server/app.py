@@ -8,6 +8,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -212,7 +213,7 @@ async def host_ipxe(request: Request) -> Response:
     except ipxe.NotBuilt as e:
         LOG.warning("%s: cannot install: %s", host.name, e)
         return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)], installer.http_base))
-    # the token travels in plain HTTP here (stock iPXE verifies no private CA): README says what that exposes
+    # the token travels in plain HTTP here (stock iPXE verifies no private CA): docs/server.md says what that exposes
     await p.state(p.store.record_pxe, host.name, f"installer script served ({host.role} image) to {peer(request)}")
     return _ipxe(ipxe.install_script(host, image, installer, token))
 
@@ -394,6 +395,18 @@ async def _checked_event(
         return _error(404, f"no host named {name!r} in the state database")
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+LOGGED_DETAIL = 300  # characters of an event's detail in the server log (the dashboard has all of it)
+
+
+def _shown(detail: str | None) -> str:
+    """An event's detail for one log line: a host's text on one line, control characters as spaces, cut short."""
+    if not detail:
+        return ""
+    text = _UNPRINTABLE.sub(" ", detail).strip()
+    return ": " + (text if len(text) <= LOGGED_DETAIL else text[:LOGGED_DETAIL] + "…")
+
+
 async def post_event(request: Request) -> Response:
     """POST /v1/hosts/NAME/events: from NAME itself (its host key, or before it has one its enrolment token)."""
     p: Provisioner = request.app.state.provisioner
@@ -414,6 +427,7 @@ async def post_event(request: Request) -> Response:
     if isinstance(stored, Response):
         return stored
     state, event = stored
+    LOG.info("%s: %s %s%s (now %s)", name, event.step, event.status, _shown(event.detail), state.value)
     if by_key and event.step == "secrets" and event.status == "ok" and await p.state(p.store.ack_secrets, name):
         await _granted(p, request, "secrets", name, "acknowledged: not handed out again, enrolment token spent")
     return JSONResponse({"host": name, "state": state.value}, status_code=201)

@@ -9,7 +9,7 @@ from kiln.project import DEFAULT_DATABASE, Project
 from kiln.render import RenderError
 from kiln.server.bundles import BundleHook
 from kiln.server.main import DEFAULT_HTTP_PORT, ConfigError, ServerConfig, default_tls_listen, parse_address, serve
-from kiln.server.store import StateStore, UnknownHost
+from kiln.server.store import NotAStateDatabase, StateStore, UnknownHost
 
 
 def serve_command(
@@ -36,6 +36,7 @@ def serve_command(
             tls_listen=parse_address(tls_listen or default_tls_listen(cluster), "--tls-listen"),
             bundle_hook=bundle_hook,
             roles_text=project.roles_path.read_text(),
+            roles_shown=project.roles_shown,
         )
         return serve(config)
     except (ConfigError, ValueError) as e:
@@ -57,7 +58,14 @@ def reprovision_command(project: Project, *, host: str, database: str | None = N
         print(f"no host named {host!r} in {project.roles_shown} (hosts: {names})", file=sys.stderr)
         return 1
     try:
-        store = StateStore.open(database or DEFAULT_DATABASE, project.root)
+        store = StateStore.open(database or DEFAULT_DATABASE, project.root, create=False)
+    except NotAStateDatabase as e:
+        print(
+            f"kiln reprovision: {e}; give --database the URL ./inv serve uses (default {DEFAULT_DATABASE}, made "
+            "when the server first starts: with no server run yet every host is armed already)",
+            file=sys.stderr,
+        )
+        return 1
     except ValueError as e:
         print(f"kiln reprovision: {e}", file=sys.stderr)
         return 1

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import blockmap
+from kiln.build.manifest import built_for_another
 from kiln.model import Host
 
 RETRY_SECONDS = 30
@@ -149,8 +150,11 @@ class NotBuilt(Exception):
 class ImageCatalog:
     """Reads images/<role>/manifest.json (re-read when it changes) and checks the installer is there."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, baked: Mapping[str, str] | None = None) -> None:
+        """`baked`: the cluster the server serves (kiln.build.manifest.baked); an image baked for another is
+        refused as not built, with the reason."""
         self.root = root
+        self.baked = baked
         self._cache: dict[Path, tuple[tuple[int, int], InstallImage]] = {}
 
     def check_installer(self) -> None:
@@ -178,7 +182,8 @@ class ImageCatalog:
         if cached and cached[0] == key:
             return cached[1]
         try:
-            entry = json.loads(manifest.read_text())["blockmap"]
+            data = json.loads(manifest.read_text())
+            entry = data["blockmap"]
             digest, map_name = entry["sha256"], entry["file"]
         except (ValueError, KeyError, TypeError):
             raise NotBuilt(
@@ -189,6 +194,12 @@ class ImageCatalog:
             raise NotBuilt(f"images/{role}/manifest.json: its block map entry is malformed: {rebuild}")
         if not (self.root / role / map_name).is_file():
             raise NotBuilt(f"images/{role}/{map_name} is missing: {rebuild}")
+        other = None if self.baked is None else built_for_another(data, self.baked)
+        if other is not None and self.baked is not None:
+            raise NotBuilt(
+                f"the {role} image cannot join this cluster ({other}): "
+                f"rebuild it with ./inv build-all --roles {self.baked['roles']}"
+            )
         image = InstallImage(role, digest, raw.stat().st_size)
         self._cache[manifest] = (key, image)
         return image

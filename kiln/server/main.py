@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from kiln import signing
+from kiln.build import manifest
 from kiln.model import Cluster, Host, InvalidRoles, parse_roles
 from kiln.secrets import SecretStore
 from kiln.server import ipxe, limits, publish
@@ -81,6 +82,7 @@ class ServerConfig:
     tls_listen: Address
     bundle_hook: BundleHook | None = None
     roles_text: str = ""  # the --roles file's text: a changed file is the next generation
+    roles_shown: str = "roles.yaml"  # the --roles file as the operator typed it, for messages
 
 
 def default_tls_listen(cluster: Cluster) -> str:
@@ -157,10 +159,11 @@ def serve(config: ServerConfig) -> int:
     )
     tls_base = f"https://{tls_host}:{tls_port}"
 
+    images = ipxe.ImageCatalog(config.images, manifest.baked(cluster, store_keys, config.roles_shown))
     provisioner = Provisioner(
         live=live,
         store=store,
-        images=ipxe.ImageCatalog(config.images),
+        images=images,
         installer=ipxe.Installer(http_base=http_base, provisioning_url=cluster.provisioning_url),
         authority=Authority(store, store_keys.operator_token()),
         publisher=publisher,
@@ -193,6 +196,11 @@ def serve(config: ServerConfig) -> int:
     ]
     if config.listen.unspecified and config.listen.port == 0:
         lines.append(f"  (listening on all addresses, HTTP port {http_port}, HTTPS port {tls_port})")
+    for role in sorted(cluster.roles_used):  # said now, not first when a machine boots into a refusal
+        try:
+            images.install_image(role)
+        except ipxe.NotBuilt as e:
+            lines.append(f"  not served     {e}")
     # A signal from the moment we say we are up stops us cleanly, also before the event loop takes it over.
     early: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):

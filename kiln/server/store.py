@@ -69,6 +69,9 @@ hosts_table = sa.Table(
     sa.Column("converge_error", sa.Text),  # the last generation it failed to apply, and why (cleared by a success)
     sa.Column("retired_at", sa.Float),  # roles.yaml dropped it: credential revoked, listed as retired
     sa.Column("retired_as", sa.Text),  # "role ip mac" it had, for the listing (roles.yaml no longer says)
+    # an enrolment and an installer's event find their host by its token: without the index, a scan of every row
+    # (a 1000-host boot storm's enrolments spent a third of their time there)
+    sa.Index("hosts_enrol_token", "enrol_token"),
 )
 
 events_table = sa.Table(
@@ -161,9 +164,14 @@ def _timelines(names: list[str] | None) -> Any:
     return sa.select(*columns).where(inner.c.newest <= TIMELINE_LIMIT).order_by(inner.c.host, inner.c.id)
 
 
-def engine_for(url: str, project: Path) -> Engine:
-    """An engine for a database URL: sqlite:///relative/path is relative to the project directory;
-    postgresql:// and postgres:// use psycopg (version 3)."""
+class NotAStateDatabase(ValueError):
+    """A database URL that does not lead to kiln's state (StateStore.open without create)."""
+
+
+def engine_for(url: str, project: Path, *, create: bool = True) -> Engine:
+    """An engine for a database URL: sqlite:///relative/path is relative to the project directory (its directory
+    made when `create`, else NotAStateDatabase for a missing file); postgresql:// and postgres:// use psycopg
+    (version 3)."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -171,6 +179,8 @@ def engine_for(url: str, project: Path) -> Engine:
         if not db or db == ":memory:":
             raise ValueError("an SQLite state database needs a file path, e.g. sqlite:///state/kiln.db")
         path = Path(db) if Path(db).is_absolute() else project / db
+        if not create and not path.is_file():
+            raise NotAStateDatabase(f"{url}: no such state database ({path} does not exist)")
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed.set(database=str(path)), pool_size=8, max_overflow=32)
         _sqlite_transactions(engine)
@@ -263,14 +273,23 @@ class StateStore:
         return not self._pg
 
     @classmethod
-    def open(cls, url: str, project: Path) -> StateStore:
-        store = cls(engine_for(url, project))
-        metadata.create_all(store.engine)
+    def open(cls, url: str, project: Path, *, create: bool = True) -> StateStore:
+        """The state database at `url` (engine_for), its tables created when `create`; without it (a tool that
+        changes what a running server uses, e.g. reprovision) NotAStateDatabase for a database without kiln's
+        tables, and for an SQLite file that does not exist, which is left uncreated: a mistyped URL is refused,
+        not answered with a new empty database."""
+        store = cls(engine_for(url, project, create=create))
+        if create:
+            metadata.create_all(store.engine)
+        elif not sa.inspect(store.engine).has_table(hosts_table.name):
+            store.close()
+            raise NotAStateDatabase(f"{url}: not a kiln state database (it has no {hosts_table.name} table)")
         store._add_new_columns()
         return store
 
     def _add_new_columns(self) -> None:
-        """A database made by an older kiln lacks the columns added since: add them (nullable, so no rewrite)."""
+        """A database made by an older kiln lacks the columns and indexes added since: add them (columns nullable,
+        so no rewrite)."""
         inspector = sa.inspect(self.engine)
         for table in metadata.sorted_tables:
             have = {c["name"] for c in inspector.get_columns(table.name)}
@@ -279,6 +298,11 @@ class StateStore:
                     kind = column.type.compile(dialect=self.engine.dialect)
                     with self._transaction() as conn:
                         conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+            indexed = {i["name"] for i in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in indexed:
+                    with self._transaction() as conn:
+                        index.create(conn, checkfirst=True)
 
     def close(self) -> None:
         self.engine.dispose()

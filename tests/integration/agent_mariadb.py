@@ -75,8 +75,11 @@ class Mariadb:
         shutil.rmtree(self.directory / "data", ignore_errors=True)
 
 
-def start(name: str, base: Path, template: Path, rendered_cnf: str, *, netns: str = "") -> Mariadb:
-    """On loopback with a free port; or, in a network namespace, at the rendered address and port unchanged."""
+def start(
+    name: str, base: Path, template: Path, rendered_cnf: str, *, netns: str = "", address: tuple[str, int] | None = None
+) -> Mariadb:
+    """On loopback with a free port (or at `address`, e.g. 127.0.0.2 and a port other servers share); or, in a
+    network namespace, at the rendered address and port unchanged."""
     directory = base / name
     directory.mkdir(parents=True)
     shutil.copytree(template, directory / "data", symlinks=True)
@@ -85,8 +88,8 @@ def start(name: str, base: Path, template: Path, rendered_cnf: str, *, netns: st
     if netns:
         port = int(re.search(r"(?m)^port = (\d+)$", cnf)[1])
     else:
-        port = free_port()
-        cnf = re.sub(r"(?m)^bind_address = .*$", "bind_address = 127.0.0.1", cnf)
+        ip, port = address or ("127.0.0.1", free_port())
+        cnf = re.sub(r"(?m)^bind_address = .*$", f"bind_address = {ip}", cnf)
         cnf = re.sub(r"(?m)^port = .*$", f"port = {port}", cnf)
     cnf = re.sub(r"(?m)^secure_file_priv = .*$", f"secure_file_priv = {directory / 'files'}", cnf)
     cnf += (

@@ -358,3 +358,64 @@ def test_a_converging_replica_follows_another_primary_without_reset_or_reseed(
         db_join.join_replica(spec, secret_store.value, primary.root(), repoint=True)
     assert primary.root().value("SELECT @@gtid_binlog_pos") == position
     assert primary.root().status("SHOW SLAVE STATUS") == {}
+
+
+def test_commits_wait_for_a_replica_and_go_on_without_one_after_the_timeout(
+    primary: Mariadb, bundles: dict[str, Bundle], base: Path, template: Path, servers: list[Mariadb]
+) -> None:
+    """Semi-sync (AFTER_SYNC): with its replica connected a commit is acknowledged only once the replica has it;
+    with the replica's IO thread stopped the next commit waits the rendered timeout, once, then the primary goes
+    on asynchronously; when the replica is back and caught up, commits are semi-synchronous again."""
+    import time
+
+    from kiln.roles.db import SEMI_SYNC_TIMEOUT_MS
+
+    def follows_the_primary(server: Mariadb) -> bool:
+        return server is not primary and server.root().status("SHOW SLAVE STATUS").get("Master_Port") == str(
+            primary.port
+        )
+
+    replicas = [s.root() for s in servers if follows_the_primary(s)]  # after the others: db2 and db3 follow
+    if not replicas:  # run alone: its own replica
+        replica = start("db2", base, template, cnf_of(bundles["db2"]))
+        servers.append(replica)
+        join(loopback_bundle(bundles["db1"], primary), primary, base / "db1-root")
+        join(loopback_bundle(bundles["db2"], primary), replica, base / "db2-root")
+        replicas = [replica.root()]
+    p, r = primary.root(), replicas[0]
+    assert p.value("SELECT @@rpl_semi_sync_master_wait_point") == "AFTER_SYNC"
+
+    def status(name: str) -> str:
+        return p.status(f"SHOW STATUS LIKE '{name}'")["Value"]
+
+    def write(text: str) -> float:
+        began = time.monotonic()
+        p.execute(
+            f"CREATE TABLE IF NOT EXISTS foobar.acks (text VARCHAR(40));\nINSERT INTO foobar.acks VALUES ('{text}');\n"
+        )
+        return time.monotonic() - began
+
+    deadline = time.monotonic() + 20
+    while status("Rpl_semi_sync_master_clients") != str(len(replicas)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    write("warm-up")  # the replica is caught up: semi-sync is on
+    yes = int(status("Rpl_semi_sync_master_yes_tx"))
+    assert write("acknowledged") < SEMI_SYNC_TIMEOUT_MS / 1000
+    assert status("Rpl_semi_sync_master_status") == "ON" and int(status("Rpl_semi_sync_master_yes_tx")) > yes
+
+    for replica in replicas:
+        replica.execute("STOP SLAVE IO_THREAD;\n")
+    try:
+        waited = write("no replica")
+        assert SEMI_SYNC_TIMEOUT_MS / 1000 - 0.2 <= waited < SEMI_SYNC_TIMEOUT_MS / 1000 + 5, waited
+        assert status("Rpl_semi_sync_master_status") == "OFF"
+        assert write("asynchronous") < SEMI_SYNC_TIMEOUT_MS / 1000 - 0.5, "the timeout is waited once, not per commit"
+    finally:
+        for replica in replicas:
+            replica.execute("START SLAVE IO_THREAD;\n")
+    deadline = time.monotonic() + 20
+    while status("Rpl_semi_sync_master_status") != "ON" and time.monotonic() < deadline:
+        write("catching up")
+        time.sleep(0.2)
+    assert status("Rpl_semi_sync_master_status") == "ON", "semi-sync again once the replica caught up"
+    assert wait_rows(r, "SELECT COUNT(*) FROM foobar.acks WHERE text = 'no replica'", "1") == "1"

@@ -7,6 +7,7 @@ import concurrent.futures
 import hashlib
 import json
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -279,6 +280,21 @@ def test_reprovision_of_an_unknown_host_fails_clearly(server: RunningServer) -> 
     assert "no host named 'nosuch'" in done.stderr
 
 
+def test_reprovision_refuses_a_database_that_is_not_the_servers(server: RunningServer, tmp_path: Path) -> None:
+    """A mistyped --database is refused and left uncreated, not answered with a fresh empty database that
+    "re-arms" a host the running server never hears of; so is an SQLite file that is not kiln's."""
+    mistyped = tmp_path / "wrong.db"
+    done = server.inv("reprovision", "web1", "--roles", str(server.roles), "--database", f"sqlite:///{mistyped}")
+    assert done.returncode == 1 and "re-armed" not in done.stdout
+    assert "no such state database" in done.stderr and "./inv serve uses" in done.stderr, done.stderr
+    assert not mistyped.exists()
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE notes (x)").connection.commit()
+    done = server.inv("reprovision", "web1", "--roles", str(server.roles), "--database", f"sqlite:///{other}")
+    assert done.returncode == 1 and "not a kiln state database" in done.stderr, done.stderr
+    assert [r[0] for r in sqlite3.connect(other).execute("SELECT name FROM sqlite_master")] == ["notes"]
+
+
 def test_data_of_an_image_that_is_not_there_is_404(server: RunningServer) -> None:
     assert httpx.get(f"{server.http_url}/images/db/db.data").status_code == 404  # not built
     assert httpx.get(f"{server.http_url}/images/web/db.data").status_code == 404
@@ -342,6 +358,14 @@ def test_a_failed_step_shows_as_failed_with_an_alert_and_resumes(server: Running
     lb2 = host_view(server, "lb2")
     assert lb2["state"] == "failed"
     assert lb2["alerts"][0]["message"] == "lb2 failed at join: keepalived did not start"
+    # the server's log tells every event as it comes, on one line, whatever the host's text holds
+    post(server, "lb2", {"step": "join", "status": "fail", "detail": "line one\nline two\r\x1b[31m" + "x" * 400})
+    log = server.output()
+    assert "lb2: join fail: keepalived did not start (now failed)" in log
+    [forged] = [line for line in log.splitlines() if "lb2: join fail: line one" in line]
+    shown = "line one line two [31m"  # control characters as one space each run; cut at 300 characters
+    assert forged.endswith(f": join fail: {shown}{'x' * (300 - len(shown))}… (now failed)"), forged
+    assert "\x1b" not in log
     assert lb2["last_event"]["duration"] is not None  # measured from the step's start
     assert post(server, "lb2", {"step": "join", "status": "start"}).json()["state"] == "configuring"
 

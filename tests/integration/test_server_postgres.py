@@ -104,7 +104,7 @@ def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path
             x["message"] for x in view["alerts"]
         ]
 
-        # as the README says: the password from PGPASSWORD, not the URL
+        # as docs/server.md says: the password from PGPASSWORD, not the URL
         no_password = postgres_url.replace(f":{PASSWORD}@", "@")
         done = subprocess.run(
             [*INV, "reprovision", "db1", "--roles", str(roles), "--database", no_password],

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from kiln.hostdeps import task_of
-
 PROJECT = Path(__file__).resolve().parents[2]
 INVALID = PROJECT / "tests" / "fixtures" / "roles" / "invalid"
 
@@ -63,11 +61,3 @@ def test_render_of_an_invalid_file_reports_and_writes_nothing(tmp_path: Path):
     result = inv("render", "--roles", str(INVALID / "one_lb.yaml"), "--out", str(tmp_path / "out"))
     assert result.returncode == 1 and "lb host" in result.stderr
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize(
-    "argv,task",
-    [(["test", "--quick"], "test"), (["--list"], None), (["-e", "build-all"], "build-all"), ([], None)],
-)
-def test_the_launcher_finds_the_task_it_installs_packages_for(argv, task):
-    assert task_of(argv) == task

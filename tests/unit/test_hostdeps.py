@@ -14,4 +14,11 @@ def test_the_test_task_needs_the_real_checkers():
 
 
 def test_a_task_without_packages_needs_nothing():
-    assert hostdeps.ensure("validate") == 0
+    assert hostdeps.needed(["validate"]) == ()
+    assert hostdeps.ensure(["validate"]) == 0
+
+
+def test_tasks_run_together_need_each_package_once():
+    both = hostdeps.needed(["lab", "build"])
+    assert set(both) == {*hostdeps.PACKAGES["lab"], *hostdeps.PACKAGES["build"]}
+    assert len(both) == len(set(both)), "qemu-utils is in both: asked for once"

@@ -206,7 +206,7 @@ def test_names_that_only_look_like_one_are_fine(name: str):
 URL, MIRROR, ROOT = ("provisioning", "url"), ("image", "mirror"), ("roles", "web", "static_root")
 ACCEPTED = [
     (URL, "https://10.10.0.1:8443"),
-    (URL, "http://192.168.1.254"),
+    (URL, "https://192.168.1.254"),
     (URL, "https://10.10.0.1:65535/kiln/"),
     (MIRROR, "auto"),
     (MIRROR, "http://deb.debian.org/debian"),
@@ -226,6 +226,7 @@ REFUSED = [
     (URL, "https://10.10.0.1:8443/?a=b"),
     (URL, "https://10.10.0.1:8443/#x"),
     (URL, "ftp://10.10.0.1"),
+    (URL, "http://10.10.0.1:8443"),  # agents would never find a plain-HTTP API: the server has none
     (MIRROR, "Auto"),
     (MIRROR, "http://999.1.1.1/debian"),
     (MIRROR, "http://-deb.example/debian"),

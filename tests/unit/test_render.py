@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from kiln import bundle as b
+from kiln import cli
 from kiln.bundle import BUNDLE_SCHEMA
 from kiln.model import parse_roles
+from kiln.project import Project
 from kiln.render import Rendered, render, render_cluster
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -166,11 +168,49 @@ def test_render_command_writes_bundles_and_file_trees_and_drops_stale_ones(tmp_p
     assert not (out / "ghost").exists() and (out / "notmine").exists()
     (out / "db2" / "root" / "etc" / "stale.conf").write_text("old")
     again = subprocess.run(inv, capture_output=True, text=True, check=True)
-    assert "(0 changed)" in again.stdout
+    assert "(1 changed)" in again.stdout and "  ~ db2: -/etc/stale.conf\n" in again.stdout, again.stdout
     assert not (out / "db2" / "root" / "etc" / "stale.conf").exists()
+    quiet = subprocess.run(inv, capture_output=True, text=True, check=True)
+    assert "(0 changed)" in quiet.stdout and "~" not in quiet.stdout
     (out / "_shared" / ("0" * 64)).write_text("a content no host names any more")
     subprocess.run(inv, capture_output=True, text=True, check=True)
     assert not (out / "_shared" / ("0" * 64)).exists()
+
+
+def test_render_names_what_changed_per_host_and_summarises_the_cluster(
+    tmp_path: Path, shipped_roles: Path, capsys: pytest.CaptureFixture[str]
+):
+    """An operator reviewing a roles.yaml change sees which hosts and files it touches, and SUMMARY.md: the
+    cluster on one page (who is where, on which MAC, listening on what, running which services)."""
+    out = tmp_path / "out"
+    assert cli.render(Project(roles=str(shipped_roles)), out=str(out)) == 0
+    first = capsys.readouterr().out
+    assert [line for line in first.splitlines() if line.startswith("  + ")] == [
+        "  + lb1",
+        "  + lb2",
+        "  + web1",
+        "  + web2",
+        "  + app1",
+        "  + db1",
+        "  + db2",
+    ]
+    summary = (out / "SUMMARY.md").read_text()
+    assert "| db2 | db | 10.10.0.42 | 52:54:00:10:00:42 | /dev/vda | replica |" in summary
+    assert "| lb1 | lb | 10.10.0.11 | 52:54:00:10:00:11 | /dev/vda | priority 150 |" in summary
+    assert "- listens: tcp 3306 from the app hosts" in summary and "tcp 80, 443 from anyone" in summary
+    assert "kiln-app.service" in summary.split("## app")[1].split("## db")[0]
+
+    changed = tmp_path / "changed.yaml"
+    text = shipped_roles.read_text().replace("balance: roundrobin", "balance: leastconn")
+    changed.write_text("\n".join(line for line in text.splitlines() if "web2" not in line) + "\n")
+    assert cli.render(Project(roles=str(changed)), out=str(out)) == 0
+    report = capsys.readouterr().out.splitlines()
+    lb1 = next(line for line in report if line.startswith("  ~ lb1: "))
+    assert "/etc/haproxy/haproxy.cfg" in lb1 and "bundle.json" in lb1
+    assert "  - web2" in report and not any(line.startswith("  + ") for line in report)
+    assert not any("web2" in line for line in report if line.startswith("  ~ ")), "a removed host is not changed"
+    assert "web2" not in (out / "SUMMARY.md").read_text()
+    assert not (out / "web2").exists()
 
 
 SECURITY_HEADERS = ("X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy", "Content-Security-Policy")

@@ -148,7 +148,7 @@ def test_since_returns_only_the_hosts_changed_since(store: StateStore) -> None:
     assert set(store.host_rows(since=10_000_000_000.5, timeline=False)) == {"db2"}
 
 
-def test_a_database_from_an_older_kiln_gets_the_new_columns(tmp_path: Path) -> None:
+def test_a_database_from_an_older_kiln_gets_the_new_columns_and_indexes(tmp_path: Path) -> None:
     import sqlite3
 
     path = tmp_path / "state" / "kiln.db"
@@ -166,5 +166,11 @@ def test_a_database_from_an_older_kiln_gets_the_new_columns(tmp_path: Path) -> N
     try:
         store.record_event("web1", ev("install", "start"), now=123.0)
         assert store.host_rows()["web1"]["updated"] == 123.0
+        # and the indexes added since: a token finds its host through one, not by reading every row
+        with sqlite3.connect(path) as db:
+            plan = " ".join(
+                row[-1] for row in db.execute("EXPLAIN QUERY PLAN SELECT name FROM hosts WHERE enrol_token = 'x'")
+            )
+        assert "USING INDEX hosts_enrol_token" in plan, plan
     finally:
         store.close()

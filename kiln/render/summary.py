@@ -1,0 +1,68 @@
+"""SUMMARY.md next to a render: the cluster on one page, for the review before any machine boots and for whoever
+wires the rack: every host with its role, address and MAC, and per role what it listens on, for whom, and which
+services it runs. Everything here comes from the same Renderer the bundles come from."""
+
+from __future__ import annotations
+
+from kiln.model import Host
+from kiln.render import Renderer
+from kiln.roles import common
+from kiln.roles.spec import Rule
+
+
+def _who(saddr: str) -> str:
+    """A firewall rule's source for a reader rather than nft ($WEB_NODES: the tier set of the web hosts)."""
+    if not saddr:
+        return "anyone"
+    if saddr == "$LB_PEERS":
+        return "the other lb hosts"
+    if saddr.startswith("$") and saddr.endswith("_NODES"):
+        return f"the {saddr[1:-6].lower()} hosts"
+    return saddr
+
+
+def _listens(rule: Rule) -> str:
+    ports = ", ".join(str(p) for p in rule.ports)
+    what = f"{rule.proto} {ports}" if ports else rule.proto
+    return f"{what} from {_who(rule.saddr)}"
+
+
+def _extras(host: Host) -> str:
+    """A host's own settings beyond name, role, address, MAC and disk (an lb's priority, a db's db_role)."""
+    shown = [] if host.priority is None else [f"priority {host.priority}"]
+    if host.db_role is not None:
+        shown.append(host.db_role.value)
+    if host.server_id is not None:
+        shown.append(f"server_id {host.server_id}")
+    return ", ".join(shown)
+
+
+def summary_markdown(renderer: Renderer) -> str:
+    """The page as Markdown text (ends with a newline)."""
+    cluster = renderer.cluster
+    net = cluster.network
+    lines = [
+        f"# {cluster.name}: {cluster.domain}",
+        "",
+        f"{len(cluster.hosts)} hosts in {net.subnet}, gateway {net.gateway}, VIP {net.vip}; "
+        f"admin network {', '.join(str(a) for a in net.admin)}; provisioning {cluster.provisioning_url}.",
+        "",
+        "| host | role | address | MAC | disk | settings |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {h.name} | {h.role} | {h.ip} | {h.mac} | {h.disk} | {_extras(h)} |" for h in cluster.hosts]
+    for role_name in cluster.roles_used:
+        first = cluster.by_role(role_name)[0]
+        c, _, role, firewall = renderer.variables(first)
+        admin_ports = ", ".join(str(p) for p in (22, c.node_exporter_port, *firewall.exporter_ports))
+        units = sorted({s.unit for s in common.SERVICES + role.services})
+        lines += [
+            "",
+            f"## {role_name}: {role.summary}",
+            "",
+            f"- hosts: {', '.join(h.name for h in cluster.by_role(role_name))}",
+            f"- listens: {'; '.join(_listens(r) for r in firewall.inbound) or 'nothing beyond the admin ports'}",
+            f"- admin network: tcp {admin_ports} (SSH, exporters)",
+            f"- services: {', '.join(units)}",
+        ]
+    return "\n".join(lines) + "\n"
