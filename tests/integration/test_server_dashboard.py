@@ -242,6 +242,17 @@ def test_a_click_opens_the_hosts_timeline_loaded_on_demand_and_a_click_or_escape
     assert events[-1][2:] == ["fail", "", evil]
     assert browser.execute_script("return document.body.dataset.pwned") is None
     assert not browser.find_elements(By.CSS_SELECTOR, "#hosts img")
+    # an open timeline stays put between polls (its text can be selected and copied): marked, then a poll later
+    mark = "const t = document.querySelector('#hosts tr.timeline-row table');"
+    browser.execute_script(
+        mark + "t.dataset.mark = 'kept'; window.polled = document.getElementById('updated').innerText"
+    )
+    wait_for(
+        browser,
+        lambda d: d.execute_script("return window.polled !== document.getElementById('updated').innerText"),
+        "a poll",
+    )
+    assert browser.execute_script(mark + "return t && t.dataset.mark") == "kept"
     asked = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert any(u.endswith("/v1/hosts/db1") for u in asked), "the timeline comes from GET /v1/hosts/NAME"
     polls = [u for u in asked if "/v1/hosts?" in u]

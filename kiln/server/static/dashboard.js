@@ -96,7 +96,10 @@ async function loadTimeline(name) {
   }
 }
 
+let timelineDrawn = [undefined, null]; // [the timeline it shows, the row]: redrawn only when that changes
+
 function timelineRow(name) {
+  if (timelineDrawn[0] === timeline && timelineDrawn[1].dataset.timeline === name) return timelineDrawn[1];
   const columns = document.querySelectorAll("#hosts thead th").length;
   let body;
   if (!timeline || timeline.name !== name) {
@@ -114,8 +117,10 @@ function timelineRow(name) {
           el("td", { class: "detail" }, e.detail || "")))));
     if (!events.length) body = el("p", { class: "muted" }, "no events in this provisioning yet");
   }
-  return el("tr", { class: "timeline-row", "data-timeline": name }, el("td", { colspan: String(columns) },
+  const row = el("tr", { class: "timeline-row", "data-timeline": name }, el("td", { colspan: String(columns) },
     el("h3", {}, name + ": this provisioning's events (newest last)"), body));
+  timelineDrawn = [timeline, row];
+  return row;
 }
 
 function toggle(name) {
