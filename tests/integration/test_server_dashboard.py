@@ -264,6 +264,9 @@ def test_a_click_opens_the_hosts_timeline_loaded_on_demand_and_a_click_or_escape
     wait_for(browser, lambda d: timeline_rows(d, "db1"), "open again")
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     wait_for(browser, lambda d: timeline_rows(d, "db1") is None, "Escape closes it")
+    browser.execute_script("document.querySelector(`#hosts tr[data-host='db1']`).focus()")  # as Tab would
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for(browser, lambda d: timeline_rows(d, "db1"), "Enter on the focused row opens it")
 
 
 def test_the_bar_shows_the_installers_own_progress(server: RunningServer, browser) -> None:

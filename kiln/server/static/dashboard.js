@@ -60,7 +60,7 @@ function detailCell(h) {
 
 function hostRow(h, now) {
   const flags = h.alerts.length ? el("span", { class: "flag", title: h.alerts.length + " alert(s) above" }, "⚠") : "";
-  return el("tr", { "data-host": h.name, "data-state": h.state, class: "host", "aria-expanded": String(openHost === h.name) },
+  return el("tr", { "data-host": h.name, "data-state": h.state, class: "host", tabindex: "0", "aria-expanded": String(openHost === h.name) },
     el("td", { class: "name", title: h.name }, h.name),
     el("td", { class: "role" }, h.role),
     el("td", { class: "address" }, h.ip, el("br"), el("small", { class: "muted" }, h.mac)),
@@ -258,6 +258,11 @@ document.querySelector("#hosts tbody").addEventListener("click", (event) => {
 });
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && openHost !== null) toggle(openHost);
+  const row = event.target.closest && event.target.closest("tr[data-host]");
+  if (row && (event.key === "Enter" || event.key === " ")) {
+    event.preventDefault(); // Space would scroll the page
+    toggle(row.dataset.host);
+  }
 });
 for (const id of ["filter-state", "filter-role"]) document.getElementById(id).addEventListener("change", draw);
 document.getElementById("filters").addEventListener("submit", (event) => event.preventDefault());
