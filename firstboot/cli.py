@@ -1,4 +1,5 @@
-"""firstboot run | converge [--once] | status | apply --bundle FILE --root DIR [--no-services] | --version"""
+"""firstboot run | converge [--once] | status [--json] [--wait [--timeout S]] | apply --bundle FILE --root DIR
+[--no-services] | --version"""
 
 from __future__ import annotations
 
@@ -53,8 +54,26 @@ def parser() -> argparse.ArgumentParser:
     converge.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help=argparse.SUPPRESS)
     converge.add_argument("-v", "--verbose", action="store_true")
 
-    status = sub.add_parser("status", help="what is done, what failed and why")
+    status = sub.add_parser(
+        "status",
+        help="what is done, what failed and why",
+        description="What the first-boot agent did on this host: each step, and for a failure the reason and the "
+        "next action.",
+        epilog="exit codes: 0 provisioned (joined the cluster), 1 failed, 2 usage error, 3 in progress (with "
+        "--wait: still running at the timeout), 4 not run yet (with --wait: still not started at the timeout)",
+    )
     status.add_argument("--root", type=Path, default=Path("/"))
+    status.add_argument("--json", action="store_true", help="print the status as one JSON object (docs/agent.md)")
+    status.add_argument(
+        "--wait", action="store_true", help="first wait until the agent finished: provisioned, or failed"
+    )
+    status.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="with --wait: give up after S seconds (default 1800) and report the state as it is then",
+    )
 
     apply = sub.add_parser("apply", help="apply a bundle file to a directory tree (offline: files, secrets)")
     apply.add_argument("--bundle", type=Path, required=True, help="bundle.json (as ./inv render writes it)")
@@ -73,15 +92,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.command == "status":
-        from firstboot import status
-        from firstboot.paths import Paths
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError("expected 0 to 86400 seconds")
+    return value
 
-        text, code = status.render(Paths(args.root))
-        print(text)
-        return code
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command == "status":
+        return _status(p, args)
     from firstboot import log
     from firstboot.steps.context import Tuning
 
@@ -110,6 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         fetch=Backoff(deadline=args.fetch_deadline),
     )
     return run(opts)
+
+
+def _status(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from firstboot import status
+    from firstboot.paths import Paths
+
+    if args.timeout is not None and not args.wait:
+        p.error("status: --timeout goes with --wait")  # exits 2
+    paths = Paths(args.root)
+    if args.wait:
+        status.wait(paths, status.WAIT_TIMEOUT if args.timeout is None else args.timeout)
+    text, code = status.to_json(paths) if args.json else status.render(paths)
+    print(text)
+    return code
 
 
 def _tuning(args: argparse.Namespace) -> Tuning:

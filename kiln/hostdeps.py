@@ -50,6 +50,10 @@ _SERVER_TEST = ("chromium", "chromium-driver", "postgresql")
 _FREEZE = ("binutils", "libc-bin")
 _AGENT_TEST = (*_FREEZE, "util-linux", "procps", "prometheus-mysqld-exporter")
 
+# ./inv db: backups (mariadb-backup, mbstream) taken over the transport, restored into a scratch server here
+# (mariadbd, mariadb-binlog, the mariadb client); ssh reaches the db hosts.
+_DB = ("mariadb-server", "mariadb-client", "mariadb-backup", "openssh-client")
+
 # The lab: QEMU (TCG) with iPXE NIC ROMs, qcow2 overlays, dnsmasq's binary without its system service
 # (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit.
 _LAB = ("qemu-system-x86", "ipxe-qemu", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
@@ -61,13 +65,14 @@ _CI_TEST = ("npm",)
 COMMANDS = {"npm": "npm"}
 
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB, *_CI_TEST),
+    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB, *_DB, *_CI_TEST),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
     "build": _IMAGE_BUILD,
     "build-all": _IMAGE_BUILD,
     "freeze": _FREEZE,
     "lab": _LAB,
+    "db": _DB,
 }
 
 

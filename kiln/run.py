@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 TAIL_LINES = 20
 
@@ -53,3 +56,47 @@ def run(
     if check and result.returncode != 0:
         raise CommandError(args, result.returncode, result.stdout)
     return result
+
+
+@contextlib.contextmanager
+def streaming(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    stdin: IO[bytes] | int | None = None,
+    stdout: IO[bytes] | int | None = subprocess.PIPE,
+    log: IO[bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `argv` while the body reads its stdout (a byte pipe by default) or feeds its stdin (pass
+    subprocess.PIPE): for commands whose output is data (a backup stream), not text. Its stderr goes to `log`
+    (a binary file the caller reads afterwards) or a temp file. On leaving, the process is waited for and a
+    non-zero exit raises CommandError with the tail of its stderr; when the body raises, the process is killed
+    first and the body's error stands."""
+    args = [os.fspath(a) for a in argv]
+    with contextlib.ExitStack() as stack:
+        errors = log if log is not None else stack.enter_context(tempfile.TemporaryFile())
+        start = errors.tell()
+        try:
+            process = subprocess.Popen(
+                args,
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=errors,
+                env=dict(env) if env is not None else None,
+            )
+        except FileNotFoundError:
+            raise CommandError(args, 127, f"{args[0]}: not found") from None
+        try:
+            yield process
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    pipe.close()
+        returncode = process.wait()
+        if returncode != 0:
+            errors.seek(start)
+            raise CommandError(args, returncode, errors.read().decode(errors="replace"))

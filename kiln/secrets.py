@@ -9,6 +9,10 @@ site.key / site.pem         the site certificate the load balancers serve (the d
 operator.token              the operator credential for GET /v1/hosts and the dashboard
 cluster.id                  a random identity of this cluster, named in every bundle
 db_*_password               per-cluster database passwords
+backup.key                  the key backups are sealed with (32 random bytes, base64): without it no backup
+                            restores, so keep a copy of it away from the cluster (docs/database.md)
+<credentials>               the backup bucket's access key, named by roles.db.backup.credentials (AWS credentials
+                            file format); the operator puts it there, kiln never creates it
 
 A secrets/ made by an older kiln held one certificate (tls.pem) for both the server and the site, so an LB's
 copy could impersonate the server: it is moved to secrets/retired/ and never used again.
@@ -16,6 +20,9 @@ copy could impersonate the server: it is moved to secrets/retired/ and never use
 
 from __future__ import annotations
 
+import base64
+import binascii
+import configparser
 import datetime as dt
 import ipaddress
 import os
@@ -99,6 +106,38 @@ class SecretStore:
         except FileNotFoundError:
             raise SecretMissing(f"{self.root / 'operator.token'} is missing; run ./inv keys") from None
 
+    def backup_key(self) -> bytes:
+        """The 32-byte key backups are sealed with (kiln.db.seal)."""
+        path = self.root / "backup.key"
+        try:
+            key = base64.b64decode(path.read_text().strip(), validate=True)
+        except FileNotFoundError:
+            raise SecretMissing(f"{path} is missing; run ./inv keys") from None
+        except (binascii.Error, ValueError):
+            raise SecretMissing(f"{path} is not base64 text") from None
+        if len(key) != 32:
+            raise SecretMissing(f"{path} holds {len(key)} bytes, not 32")
+        return key
+
+    def s3_credentials(self, name: str) -> tuple[str, str]:
+        """(access key id, secret access key) from secrets/NAME, an AWS credentials file ([default] section)."""
+        path = self.root / name
+        parser = configparser.ConfigParser()
+        try:
+            parser.read_string(path.read_text())
+            section = parser["default"]
+            return section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip()
+        except FileNotFoundError:
+            raise SecretMissing(
+                f"{path} is missing: put the backup bucket's access key there, as\n"
+                "[default]\naws_access_key_id = ...\naws_secret_access_key = ..."
+            ) from None
+        except (configparser.Error, KeyError):
+            raise SecretMissing(
+                f"{path} is not an AWS credentials file with aws_access_key_id and aws_secret_access_key "
+                "under [default]"
+            ) from None
+
     def generation(self) -> int:
         """The highest generation the server published for this cluster (0: none yet): kept beside its identity,
         so a new state database never publishes a lower one, which every enrolled agent would refuse."""
@@ -170,6 +209,8 @@ class SecretStore:
         for name in PASSWORDS:
             if not (self.root / name).exists():
                 create(name, pysecrets.token_urlsafe(24).encode() + b"\n")
+        if not (self.root / "backup.key").exists():
+            create("backup.key", base64.b64encode(pysecrets.token_bytes(32)) + b"\n")
         return created
 
     def _retire_combined_certificate(self) -> None:

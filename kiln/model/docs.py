@@ -1,4 +1,4 @@
-"""The roles.yaml reference, generated from the schema, so the README cannot drift from it; and the whole schema
+"""The roles.yaml reference, generated from the schema, so docs/roles.md cannot drift from it; and the whole schema
 as one file (docs/roles.schema.json) for editors that validate YAML against a JSON Schema."""
 
 from __future__ import annotations

@@ -29,8 +29,55 @@ SEMI_SYNC_TIMEOUT_MS = 2000
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    """roles.db.backup: where backups go and how long they stay (kiln.db; the schema below has the meanings)."""
+
+    bucket: str
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    prefix: str = ""
+    credentials: str = "backup_s3"  # a file in secrets/
+    source: str | None = None  # `from`: the replica backups are taken from; None: the first replica
+    keep: int = 7
+    keep_days: int = 14
+    backup_at: str = "daily"  # systemd OnCalendar expressions for the runner's timers (./inv db schedule)
+    archive_at: str = "*:0/15"
+
+
+@dataclass(frozen=True)
 class DbSettings:
     database: str
+    backup: BackupSettings | None = None
+
+
+def _settings(s: Mapping[str, Any]) -> DbSettings:
+    backup = s.get("backup")
+    if backup is None:
+        return DbSettings(database=s["database"])
+    s3 = backup["s3"]
+    options = {k: v for k, v in backup.items() if k in ("credentials", "keep", "keep_days")}
+    schedule = backup.get("schedule", {})
+    options.update({f"{k}_at": schedule[k] for k in ("backup", "archive") if k in schedule})
+    return DbSettings(
+        database=s["database"],
+        backup=BackupSettings(
+            bucket=s3["bucket"],
+            endpoint=s3.get("endpoint"),
+            **{k: s3[k] for k in ("region", "prefix") if k in s3},
+            source=backup.get("from"),
+            **options,
+        ),
+    )
+
+
+def backup_source(cluster: Cluster) -> Host:
+    """The replica backups are taken from: roles.db.backup.from, else the first replica (validation makes sure
+    there is one when roles.db.backup is set)."""
+    settings = settings_of(cluster).backup
+    assert settings is not None
+    if settings.source:
+        return cluster.host(settings.source)
+    return cluster.db_replicas[0]
 
 
 def settings_of(cluster: Cluster) -> DbSettings:
@@ -145,6 +192,21 @@ def _reserved_database(facts: Facts) -> Found:
         )
 
 
+def _backup_source(facts: Facts) -> Found:
+    """roles.db.backup.from names a db replica; without it, some replica exists: backups never load the primary."""
+    settings = (facts.roles or {}).get(NAME)
+    backup = settings.get("backup") if isinstance(settings, dict) else None
+    if not isinstance(backup, dict):
+        return
+    replicas = {h.get("name") for _, h in facts.hosts_of(NAME) if h.get("db_role") == DbRole.replica}
+    source = backup.get("from")
+    expected = "the name of a db host with db_role: replica (backups never load the primary)"
+    if isinstance(source, str) and source not in replicas:
+        yield f"$.roles.{NAME}.backup.from", f"{source!r} is not a db replica", expected
+    elif source is None and not replicas:
+        yield f"$.roles.{NAME}.backup", "backups are set but there is no db replica to take them from", expected
+
+
 def _one_primary(facts: Facts) -> Found:
     dbs = facts.hosts_of(NAME)
     primaries = [i for i, h in dbs if h.get("db_role") == DbRole.primary]
@@ -176,9 +238,90 @@ ROLE = RoleSpec(
                 "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$(?!\\n)",  # $(?!\n): see roles.schema.json's $comment
                 "default": "app",
             },
+            "backup": {
+                "description": "Backups of a replica and its binary logs to an S3 bucket (./inv db; docs/database.md).",
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["s3"],
+                "properties": {
+                    "s3": {
+                        "description": "The bucket backups go to; it must exist.",
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["bucket"],
+                        "properties": {
+                            "endpoint": {
+                                "description": "The S3 API's URL (default: AWS S3 in the region).",
+                                "type": "string",
+                                "pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$(?!\\n)",
+                            },
+                            "bucket": {
+                                "description": "The bucket's name.",
+                                "type": "string",
+                                "pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$(?!\\n)",
+                            },
+                            "region": {
+                                "description": "The bucket's region.",
+                                "type": "string",
+                                "pattern": "^[a-z0-9-]{1,32}$(?!\\n)",
+                                "default": "us-east-1",
+                            },
+                            "prefix": {
+                                "description": "Where in the bucket: empty or ending in `/`.",
+                                "type": "string",
+                                "pattern": "^([A-Za-z0-9._-]+/)*$(?!\\n)",
+                                "default": "",
+                            },
+                        },
+                    },
+                    "credentials": {
+                        "description": "The file in secrets/ holding the bucket's access key (AWS credentials format).",
+                        "type": "string",
+                        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$(?!\\n)",
+                        "default": "backup_s3",
+                    },
+                    "from": {
+                        "description": "The db replica backups are taken from (default: the first replica).",
+                        "$ref": "#/$defs/name",
+                    },
+                    "keep": {
+                        "description": "The newest backups always kept.",
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 1000,
+                        "default": 7,
+                    },
+                    "keep_days": {
+                        "description": "Backups younger than this many days are kept too.",
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 3650,
+                        "default": 14,
+                    },
+                    "schedule": {
+                        "description": "When the runner's timers run (systemd OnCalendar; ./inv db schedule).",
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "backup": {
+                                "description": "A base backup (and retention).",
+                                "type": "string",
+                                "pattern": "^[A-Za-z0-9*:/,. ~-]{1,64}$(?!\\n)",
+                                "default": "daily",
+                            },
+                            "archive": {
+                                "description": "A checkpoint and the binary logs: this bounds the RPO.",
+                                "type": "string",
+                                "pattern": "^[A-Za-z0-9*:/,. ~-]{1,64}$(?!\\n)",
+                                "default": "*:0/15",
+                            },
+                        },
+                    },
+                },
+            },
         },
     },
-    settings=lambda s: DbSettings(**s),
+    settings=_settings,
     host_keys={
         "server_id": {
             "description": "db only: MariaDB's server_id; by default derived from the host's name, never its place.",
@@ -223,5 +366,6 @@ ROLE = RoleSpec(
         ("db-one-primary", _one_primary),
         ("db-reserved-database", _reserved_database),
         ("db-server-id-duplicate", _server_ids),
+        ("db-backup-source", _backup_source),
     ),
 )

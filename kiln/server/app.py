@@ -39,7 +39,7 @@ from kiln.server.bundles import BundleCache, Signed
 from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, Event, parse_event, parse_mac
 from kiln.server.limits import Limits
 from kiln.server.publish import Live, Publisher, Rejected, poll_interval
-from kiln.server.states import State, progress
+from kiln.server.states import State, progress, step_progress
 from kiln.server.store import CredentialError, StateStore, UnknownHost
 
 LOG = logging.getLogger("kiln.server")
@@ -554,6 +554,22 @@ async def hosts(request: Request) -> Response:
     return JSONResponse({**view, "now": now}, headers={"Cache-Control": "no-store"})
 
 
+async def one_host(request: Request) -> Response:
+    """GET /v1/hosts/NAME (operator): that host's entry as /v1/hosts gives it, with its timeline (the dashboard
+    asks for it when the operator opens the host); 404 for a name roles.yaml does not list."""
+    p: Provisioner = request.app.state.provisioner
+    refused = await _operator_only(p, request, "hosts")
+    if refused is not None:
+        return refused
+    live = p.live
+    host = live.by_name.get(request.path_params["name"])
+    if host is None:
+        return _error(404, "no such host in roles.yaml")
+    rows = await p.state(p.store.host_rows, [host.name], timeline=True)
+    entry = _host_entry(host, rows.get(host.name, {}), True, live.generation)
+    return JSONResponse({**entry, "now": time.time()}, headers={"Cache-Control": "no-store"})
+
+
 def _alerts(host: Host, row: dict[str, Any]) -> list[dict[str, str]]:
     found = []
     if row.get("secrets_denied"):
@@ -604,6 +620,7 @@ def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool, generation
             "detail": row["last_detail"],
             "received": row["last_received"],
             "duration": row["last_duration"],
+            "progress": step_progress(row["last_status"], row["last_detail"]),  # the step's own, when it says
         }
     entry: dict[str, Any] = {
         "name": host.name,
@@ -733,6 +750,7 @@ def _api_routes() -> list[Route | Mount]:
         Route("/v1/bundle", bundle),
         Route("/v1/shared/{digest:str}", shared),
         Route("/v1/hosts", hosts),
+        Route("/v1/hosts/{name}", one_host),
         Route("/v1/hosts/{name}/events", post_event, methods=["POST"]),
         Route("/v1/hosts/{name}/seed", seed),
         Route("/v1/access", access),

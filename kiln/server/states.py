@@ -3,6 +3,7 @@ joined, or to failed from any step; a step started again after a failure resumes
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
@@ -44,3 +45,20 @@ def step_index(step: str) -> int:
 def progress(max_ok_index: int) -> int:
     """Percent of the steps done, from the furthest step reported ok."""
     return round(100 * (max_ok_index + 1) / len(STEPS))
+
+
+# "writing: 300 of 851 MB", "checking: 120 of 300 MB": what the PXE installer reports while it works
+_AMOUNT = re.compile(r"(\d+(?:\.\d+)?) of (\d+(?:\.\d+)?) (?:[KMGT]i?B|files|bytes)\b")
+
+
+def step_progress(status: str, detail: str | None) -> int | None:
+    """Percent of its own work a running step has done, when its detail says ("N of M MB"); None otherwise."""
+    if status != "start" or not detail:
+        return None
+    found = _AMOUNT.search(detail)
+    if found is None:
+        return None
+    done, total = float(found[1]), float(found[2])
+    if total <= 0:
+        return None
+    return max(0, min(100, int(100 * done / total)))

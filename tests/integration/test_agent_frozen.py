@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -100,7 +101,9 @@ def test_frozen_run_enrols_signs_and_provisions(frozen: Path, tmp_path: Path) ->
 
 def test_frozen_status_on_a_fresh_host(frozen: Path, tmp_path: Path) -> None:
     result = without_python([str(frozen), "status", "--root", str(tmp_path)])
-    assert result.returncode == 3 and "not run yet" in result.stdout
+    assert result.returncode == 4 and "not run yet" in result.stdout  # 4: not run yet (docs/agent.md)
+    result = without_python([str(frozen), "status", "--root", str(tmp_path), "--json", "--wait", "--timeout", "0"])
+    assert result.returncode == 4 and json.loads(result.stdout)["status"] == "not-started", result.stderr
 
 
 def test_the_unit_files_ship_with_the_agent(frozen: Path) -> None:

@@ -93,6 +93,13 @@ def log_in(server: RunningServer, browser) -> None:
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#hosts"), "the dashboard after logging in")
 
 
+def open_dashboard(server: RunningServer, browser) -> None:
+    """The dashboard afresh (filters and open timelines reset), logging in first when this test runs alone."""
+    browser.get(f"{server.tls_url}/")
+    if browser.current_url.endswith("/login"):
+        log_in(server, browser)
+
+
 def text_of(driver, selector: str) -> str | None:
     """The element's text in one call (the page redraws its rows every second: a held element goes stale)."""
     return driver.execute_script("const e = document.querySelector(arguments[0]); return e && e.innerText", selector)
@@ -190,3 +197,174 @@ def test_dashboard_shows_generations_converge_failures_and_retired_hosts(server:
     assert behind
     alerts = wait_for(browser, lambda d: texts(d, '#alerts .alert[data-kind="converge"]') or None, "converge alert")
     assert f"lb1 could not apply generation {generation + 1}: haproxy -c: [ALERT] bad" in alerts[0]
+
+
+def click_row(driver, host: str) -> bool:
+    """A real click on the host's row; False when the row was redrawn under the click (the caller retries)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        driver.find_element(By.CSS_SELECTOR, f'#hosts tr[data-host="{host}"] td.name').click()
+    except StaleElementReferenceException:
+        return False
+    return True
+
+
+def timeline_rows(driver, host: str) -> list[list[str]] | None:
+    """The open timeline's events as cell texts; None while it is closed (or still loading)."""
+    return driver.execute_script(
+        "const t = document.querySelector(`#hosts tr.timeline-row[data-timeline='${arguments[0]}'] table`);"
+        "return t && [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.innerText))",
+        host,
+    )
+
+
+def test_a_click_opens_the_hosts_timeline_loaded_on_demand_and_a_click_or_escape_closes_it(
+    server: RunningServer, browser
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    open_dashboard(server, browser)
+    event(server, "db1", {"step": "install", "status": "start", "detail": "writing db.raw to /dev/vda"})
+    event(server, "db1", {"step": "install", "status": "ok", "duration": 42.5, "detail": "installed"})
+    wait_for(browser, lambda d: row_state(d, "db1") == "booting", "db1 shown booting")
+    assert timeline_rows(browser, "db1") is None, "closed until asked for"
+    wait_for(browser, lambda d: click_row(d, "db1"), "a click on db1")
+    events = wait_for(browser, lambda d: timeline_rows(d, "db1"), "db1's timeline")
+    assert [e[1:4] for e in events[-2:]] == [["install", "start", ""], ["install", "ok", "42.5 s"]], events
+    assert events[-2][4] == "writing db.raw to /dev/vda" and events[-1][0], "the detail, and the time it came"
+
+    evil = '<img src=x onerror="document.body.dataset.pwned=1">'  # a new event shows while it is open, as text
+    event(server, "db1", {"step": "fetch", "status": "fail", "detail": evil})
+    events = wait_for(browser, lambda d: (t := timeline_rows(d, "db1")) and t[-1][1] == "fetch" and t, "new event")
+    assert events[-1][2:] == ["fail", "", evil]
+    assert browser.execute_script("return document.body.dataset.pwned") is None
+    assert not browser.find_elements(By.CSS_SELECTOR, "#hosts img")
+    # an open timeline stays put between polls (its text can be selected and copied): marked, then a poll later
+    mark = "const t = document.querySelector('#hosts tr.timeline-row table');"
+    browser.execute_script(
+        mark + "t.dataset.mark = 'kept'; window.polled = document.getElementById('updated').innerText"
+    )
+    wait_for(
+        browser,
+        lambda d: d.execute_script("return window.polled !== document.getElementById('updated').innerText"),
+        "a poll",
+    )
+    assert browser.execute_script(mark + "return t && t.dataset.mark") == "kept"
+    asked = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert any(u.endswith("/v1/hosts/db1") for u in asked), "the timeline comes from GET /v1/hosts/NAME"
+    polls = [u for u in asked if "/v1/hosts?" in u]
+    assert polls and all("timeline=0" in u for u in polls), "the list poll never carries the timelines"
+
+    wait_for(browser, lambda d: click_row(d, "db1"), "a second click on db1")
+    wait_for(browser, lambda d: timeline_rows(d, "db1") is None, "a second click closes it")
+    wait_for(browser, lambda d: click_row(d, "db1"), "a click on db1 again")
+    wait_for(browser, lambda d: timeline_rows(d, "db1"), "open again")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    wait_for(browser, lambda d: timeline_rows(d, "db1") is None, "Escape closes it")
+    browser.execute_script("document.querySelector(`#hosts tr[data-host='db1']`).focus()")  # as Tab would
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for(browser, lambda d: timeline_rows(d, "db1"), "Enter on the focused row opens it")
+
+
+def test_the_bar_shows_the_installers_own_progress(server: RunningServer, browser) -> None:
+    open_dashboard(server, browser)
+    event(server, "web1", {"step": "install", "status": "start", "detail": "writing: 300 of 851 MB"})
+    label = wait_for(
+        browser, lambda d: (t := text_of(d, '#hosts tr[data-host="web1"] .bar .label')) and "35%" in t and t, "35%"
+    )
+    assert label == "install 35%"
+    width = browser.execute_script(
+        "const b = document.querySelector(`#hosts tr[data-host='web1'] .bar`);"
+        "return b.querySelector('.fill').getBoundingClientRect().width / b.getBoundingClientRect().width"
+    )
+    assert 0.33 < width < 0.37, width
+    event(server, "web1", {"step": "install", "status": "start", "detail": "checking: 851 of 851 MB"})
+    wait_for(browser, lambda d: text_of(d, '#hosts tr[data-host="web1"] .bar .label') == "install 100%", "100%")
+
+
+def test_each_error_shows_once(server: RunningServer, browser) -> None:
+    open_dashboard(server, browser)
+    error = "app1-checks: port 8080 closed after 30 s"
+    event(server, "app1", {"step": "checks", "status": "fail", "detail": error})
+    wait_for(browser, lambda d: error in (text_of(d, "#alerts") or ""), "the alert")
+    wait_for(browser, lambda d: "(in the alert above)" in (text_of(d, '#hosts tr[data-host="app1"]') or ""), "row")
+    page = browser.execute_script("return document.body.innerText")
+    assert page.count(error) == 1, page
+    assert text_of(browser, '#hosts tr[data-host="app1"] .flag') == "⚠"
+
+
+def select(driver, element_id: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element(By.ID, element_id)).select_by_value(value)
+
+
+def test_filters_by_state_and_role_hold_through_live_updates(server: RunningServer, browser) -> None:
+    open_dashboard(server, browser)
+    wait_for(browser, lambda d: len(texts(d, "#hosts tbody td.name")) > 3, "every host")
+    select(browser, "filter-state", "failed")
+    shown = wait_for(browser, lambda d: texts(d, "#hosts tbody td.name"), "the failed hosts")
+    assert "app1" in shown and "lb2" not in shown and {row_state(browser, n) for n in shown} == {"failed"}
+    event(server, "lb2", {"step": "join", "status": "fail", "detail": "keepalived did not start"})
+    wait_for(browser, lambda d: "lb2" in texts(d, "#hosts tbody td.name"), "lb2 joins the failed hosts on a poll")
+    select(browser, "filter-role", "lb")
+    wait_for(browser, lambda d: texts(d, "#hosts tbody td.name") == ["lb2"], "the failed lb hosts")
+    event(server, "lb2", {"step": "join", "status": "start"})
+    wait_for(browser, lambda d: texts(d, "#hosts tbody td.name") == [], "lb2 leaves the view when it resumes")
+    assert "showing 0 of" in (text_of(browser, "#shown") or "")
+    assert browser.execute_script("return document.getElementById('filter-state').value") == "failed"
+    select(browser, "filter-state", "")
+    wait_for(browser, lambda d: "lb2" in texts(d, "#hosts tbody td.name"), "every lb host again")
+    assert set(texts(browser, "#hosts tbody td.name")) <= {"lb1", "lb2"}
+
+
+LONG_NAME = "db-replica-eu-west-07"
+
+
+@pytest.mark.parametrize("width", [900, 1400])
+def test_the_layout_holds_from_900_px(server: RunningServer, browser, width: int, tmp_path: Path) -> None:
+    """Nothing wider than the window, and no host name or state broken over two lines, with a long host name, a
+    long unbroken detail, the alerts and an open timeline on the page."""
+    if LONG_NAME not in server.roles.read_text():
+        with server.client() as c:
+            text = c.get(f"{server.tls_url}/v1/published").json()["roles"]
+            line = f'  - {{name: {LONG_NAME}, role: db, mac: "52:54:00:10:00:43", ip: 10.10.0.43, db_role: replica}}\n'
+            answer = c.post(f"{server.tls_url}/v1/publish", json={"roles": text + line})
+            assert answer.status_code == 200, answer.text
+        server.roles.write_text(text + line)
+        path = "/srv/www/releases/2026-12-01T11:00:00Z/" + "static/assets/" * 8 + "app.js"
+        event(server, LONG_NAME, {"step": "files", "status": "fail", "detail": f"cannot write {path}: no space"})
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+    )
+    try:
+        open_dashboard(server, browser)
+        wait_for(browser, lambda d: row_state(d, LONG_NAME) == "failed", "the long-named host, failed")
+        wait_for(browser, lambda d: click_row(d, LONG_NAME), "open its timeline")
+        wait_for(browser, lambda d: timeline_rows(d, LONG_NAME), "its timeline")
+        assert browser.execute_script("return window.innerWidth") == width
+        scroll = browser.execute_script("return document.documentElement.scrollWidth")
+        wide = browser.execute_script(
+            """const w = e => Math.round(e.getBoundingClientRect().width);
+               return [[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right>innerWidth)
+                         .slice(0, 8).map(e => e.tagName + '.' + e.className + ' ' + w(e)),
+                       [...document.querySelectorAll('#hosts > thead th')].map(w)]"""
+        )
+        assert scroll <= width, f"the page is {scroll} px wide in a {width} px window: {wide[0]}; columns {wide[1]}"
+        lines = browser.execute_script(
+            """return [...document.querySelectorAll('#hosts td.name, #hosts .state')].map(e => {
+                 const r = document.createRange(); r.selectNodeContents(e);
+                 return [e.innerText, new Set([...r.getClientRects()].map(x => Math.round(x.top))).size,
+                         e.scrollWidth <= e.clientWidth];
+               })"""
+        )
+        assert len(lines) >= 2 * 7 and any(name == LONG_NAME for name, _, _ in lines)
+        assert [x for x in lines if x[1] != 1] == [], "a host name or state over two lines"
+        assert [x for x in lines if not x[2]] == [], "a host name or state cut short"
+        browser.save_screenshot(str(tmp_path / f"dashboard-{width}.png"))
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -335,6 +335,26 @@ def test_events_move_a_host_to_joined_with_its_timeline(server: RunningServer) -
     assert app1["timeline"][0]["at"] == "2026-11-23T10:00:00Z" and app1["timeline"][1]["duration"] == 1.5
 
 
+def test_one_host_with_its_timeline_for_the_operator_only(server: RunningServer) -> None:
+    """GET /v1/hosts/NAME: what the dashboard loads when the operator opens a host; the installer's "N of M MB"
+    gives the running step its own progress."""
+    post(server, "lb1", {"step": "install", "status": "start", "detail": "writing web.raw to /dev/vda"})
+    post(server, "lb1", {"step": "install", "status": "start", "detail": "writing: 300 of 851 MB"})
+    with server.client() as c:
+        lb1 = c.get(f"{server.tls_url}/v1/hosts/lb1").json()
+        listed = c.get(f"{server.tls_url}/v1/hosts?timeline=0").json()
+        assert c.get(f"{server.tls_url}/v1/hosts/nosuch").status_code == 404
+    assert lb1["name"] == "lb1" and lb1["state"] == "installing" and lb1["progress"] == 0
+    assert [e["detail"] for e in lb1["timeline"]][-2:] == ["writing web.raw to /dev/vda", "writing: 300 of 851 MB"]
+    assert lb1["last_event"]["progress"] == 35, "300 of 851 MB"
+    assert all("timeline" not in h for h in listed["hosts"]), "the list poll leaves every timeline out"
+    with server.client(operator=False) as anyone:
+        assert anyone.get(f"{server.tls_url}/v1/hosts/lb1").status_code == 401
+    post(server, "lb1", {"step": "install", "status": "ok"})
+    with server.client() as c:
+        assert c.get(f"{server.tls_url}/v1/hosts/lb1").json()["last_event"]["progress"] is None
+
+
 def test_a_poll_with_since_carries_only_the_hosts_changed_and_every_alert(server: RunningServer) -> None:
     with server.client() as c:
         time.sleep(SINCE_OVERLAP + 0.2)  # nothing else changed within the overlap a delta poll reaches back

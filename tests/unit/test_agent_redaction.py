@@ -62,6 +62,17 @@ def failing_join(ctx: StepContext) -> Outcome:
     return Outcome("unreachable")
 
 
+def texts_in(value: object) -> list[str]:
+    """Every string in a JSON value, as a script reading it sees them (newlines and quotes unescaped)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in texts_in(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in texts_in(v)]
+    return []
+
+
 def test_a_run_full_of_secrets_leaks_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -86,6 +97,8 @@ def test_a_run_full_of_secrets_leaks_none(
         "status": text,
         "stdout/stderr": out + err,
         "events": "".join(p.read_text() for p in Paths(tmp_path).events.iterdir()),
+        "status --json": status.to_json(Paths(tmp_path))[0],
+        "status --json, its texts decoded": "\n".join(texts_in(status.summary(Paths(tmp_path)))),
     }
     assert "sh -c" in places["state"] and MASK in places["state"]  # the failure is there, its secrets are not
     for where, content in places.items():

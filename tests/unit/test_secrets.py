@@ -30,6 +30,7 @@ ALL = {
     "site.pem",
     "operator.token",
     "cluster.id",
+    "backup.key",
     *PASSWORDS,
 }
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kiln.server.inputs import MAX_DETAIL_CHARS, BadInput, parse_event, parse_mac
-from kiln.server.states import STEPS, State, next_state, progress
+from kiln.server.states import STEPS, State, next_state, progress, step_progress
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,13 @@ def test_progress_counts_steps_done() -> None:
     assert progress(-1) == 0
     assert progress(STEPS.index("install")) == 10
     assert progress(STEPS.index("done")) == 100
+
+
+def test_a_running_step_has_its_own_progress_when_its_detail_counts() -> None:
+    """The PXE installer's report_progress events ("writing: N of M MB", "checking: N of M MB")."""
+    assert step_progress("start", "writing: 300 of 851 MB") == 35
+    assert step_progress("start", "checking: 851 of 851 MB") == 100
+    assert step_progress("start", "writing web.raw to /dev/vda (851 MB of data in 4096 MB)") is None
+    assert step_progress("ok", "writing: 300 of 851 MB") is None, "a finished step has no progress of its own"
+    assert step_progress("start", "writing: 3 of 0 MB") is None
+    assert step_progress("start", None) is None

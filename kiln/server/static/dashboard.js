@@ -29,29 +29,152 @@ function ago(t, now) {
   return t == null ? "" : seconds(Math.max(0, now - t)) + " ago";
 }
 
-function hostRow(h, now) {
+function stepText(h, now) {
   const last = h.last_event;
-  let step = "", duration = "", detail = "";
-  if (last) {
-    step = last.step + " " + last.status;
-    duration = last.status === "start" && h.step_started ? seconds(now - h.step_started) + " so far" : seconds(last.duration);
-    detail = last.detail || "";
+  if (!last) return "";
+  const duration = last.status === "start" && h.step_started ? seconds(now - h.step_started) + " so far" : seconds(last.duration);
+  return last.step + " " + last.status + (duration ? ", " + duration : "");
+}
+
+// The bar: the running step's own percent when it counts its work (the installer's "writing: 300 of 851 MB"),
+// else the percent of the steps done; its label says which, with the step.
+function progressBar(h) {
+  const last = h.last_event;
+  const own = last && last.progress != null;
+  const percent = own ? last.progress : h.progress;
+  const fill = el("span", { class: "fill" });
+  fill.style.width = percent + "%"; // CSSOM, not a style attribute: the page's CSP allows no inline styles
+  const label = own ? last.step + " " + percent + "%" : percent + "%" + (last ? " · " + last.step : "");
+  const title = own ? last.detail + " (" + h.progress + "% of the steps done)" : h.progress + "% of the steps done";
+  return el("span", { class: own ? "bar own" : "bar", title: title }, fill, el("span", { class: "label" }, label));
+}
+
+// An error shows once: a detail that an alert above already quotes is not repeated in the row.
+function detailCell(h) {
+  const detail = (h.last_event && h.last_event.detail) || "";
+  if (detail && h.alerts.some((a) => a.message.includes(detail))) {
+    return el("td", { class: "detail muted" }, "(in the alert above)");
   }
-  const fill = el("span");
-  fill.style.width = h.progress + "%"; // CSSOM, not a style attribute: the page's CSP allows no inline styles
-  const bar = el("span", { class: "bar", title: h.progress + "%" }, fill);
-  return el("tr", { "data-host": h.name, "data-state": h.state },
-    el("td", { class: "name" }, h.name),
-    el("td", {}, h.role),
-    el("td", {}, h.ip, el("br"), el("small", { class: "muted" }, h.mac)),
-    el("td", {}, el("span", { class: "state state-" + h.state }, h.state)),
-    el("td", {}, bar, " " + h.progress + "%"),
+  return el("td", { class: "detail" }, detail);
+}
+
+function hostRow(h, now) {
+  const flags = h.alerts.length ? el("span", { class: "flag", title: h.alerts.length + " alert(s) above" }, "⚠") : "";
+  return el("tr", { "data-host": h.name, "data-state": h.state, class: "host", tabindex: "0", "aria-expanded": String(openHost === h.name) },
+    el("td", { class: "name", title: h.name }, h.name),
+    el("td", { class: "role" }, h.role),
+    el("td", { class: "address" }, h.ip, el("br"), el("small", { class: "muted" }, h.mac)),
+    el("td", { class: "state-cell" }, el("span", { class: "state state-" + h.state }, h.state), flags),
+    el("td", { class: "progress" }, progressBar(h), el("small", { class: "step" }, stepText(h, now))),
     el("td", { class: "generation" }, h.generation == null ? "" : String(h.generation) + (h.converged ? "" : " (behind)")),
-    el("td", { class: "step" }, step),
-    el("td", {}, duration),
-    el("td", { class: "detail" }, detail),
-    el("td", { class: "host-alerts" }, h.alerts.map((a) => a.message).join("; ")),
+    detailCell(h),
   );
+}
+
+// --- a host's timeline: loaded on demand (GET /v1/hosts/NAME) when its row is opened, again when it changes ---
+
+let openHost = null; // the host whose timeline is open
+let timeline = null; // {name, received, entry}: what was loaded for it
+let loading = false;
+
+function received(h) {
+  return h && h.last_event ? h.last_event.received : null;
+}
+
+async function loadTimeline(name) {
+  loading = true;
+  try {
+    const response = await fetch("/v1/hosts/" + encodeURIComponent(name), { cache: "no-store" });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    const entry = await response.json();
+    if (openHost === name) timeline = { name: name, received: received(entry), entry: entry };
+  } catch (e) {
+    if (openHost === name) timeline = { name: name, received: null, error: e.message };
+  } finally {
+    loading = false;
+    draw();
+  }
+}
+
+let timelineDrawn = [undefined, null]; // [the timeline it shows, the row]: redrawn only when that changes
+
+function timelineRow(name) {
+  if (timelineDrawn[0] === timeline && timelineDrawn[1].dataset.timeline === name) return timelineDrawn[1];
+  const columns = document.querySelectorAll("#hosts thead th").length;
+  let body;
+  if (!timeline || timeline.name !== name) {
+    body = el("p", { class: "muted" }, "loading the timeline…");
+  } else if (timeline.error) {
+    body = el("p", { class: "muted" }, "cannot load the timeline (" + timeline.error + "); retrying");
+  } else {
+    const events = timeline.entry.timeline;
+    body = el("table", { class: "timeline" },
+      el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "step"), el("th", {}, "status"), el("th", {}, "duration"), el("th", {}, "detail"))),
+      el("tbody", {}, ...events.map((e) =>
+        el("tr", { "data-status": e.status },
+          el("td", { class: "time", title: e.at ? "host clock " + e.at : "" }, new Date(e.received * 1000).toLocaleTimeString()),
+          el("td", {}, e.step), el("td", { class: "status-" + e.status }, e.status), el("td", {}, seconds(e.duration)),
+          el("td", { class: "detail" }, e.detail || "")))));
+    if (!events.length) body = el("p", { class: "muted" }, "no events in this provisioning yet");
+  }
+  const row = el("tr", { class: "timeline-row", "data-timeline": name }, el("td", { colspan: String(columns) },
+    el("h3", {}, name + ": this provisioning's events (newest last)"), body));
+  timelineDrawn = [timeline, row];
+  return row;
+}
+
+function toggle(name) {
+  openHost = openHost === name ? null : name;
+  timeline = null;
+  draw();
+  if (openHost !== null) loadTimeline(openHost);
+}
+
+// --- filters: kept in the form, applied at every redraw ---
+
+function matches(h) {
+  const state = document.getElementById("filter-state").value;
+  const role = document.getElementById("filter-role").value;
+  return (!state || h.state === state) && (!role || h.role === role);
+}
+
+function roleOptions(hosts) {
+  const select = document.getElementById("filter-role");
+  const have = new Set([...select.options].map((o) => o.value));
+  for (const role of [...new Set(hosts.map((h) => h.role))].sort()) {
+    if (!have.has(role)) select.append(el("option", { value: role }, role));
+  }
+}
+
+let lastNowDrawn = null;
+const drawn = new Map(); // host name -> [its row's HTML, the row]: an unchanged row is kept (clicks, selection)
+
+function draw() {
+  if (lastNowDrawn === null) return;
+  const now = lastNowDrawn;
+  const hosts = [...known.values()];
+  roleOptions(hosts);
+  const shown = hosts.filter(matches);
+  document.getElementById("shown").textContent = shown.length === hosts.length ? "" : "showing " + shown.length + " of " + hosts.length;
+  const rows = [];
+  for (const h of shown) {
+    const fresh = hostRow(h, now);
+    const html = fresh.outerHTML;
+    const before = drawn.get(h.name);
+    const row = before && before[0] === html ? before[1] : fresh;
+    drawn.set(h.name, [html, row]);
+    rows.push(row);
+    if (openHost === h.name) rows.push(timelineRow(h.name));
+  }
+  for (const name of drawn.keys()) if (!known.has(name)) drawn.delete(name);
+  document.querySelector("#hosts tbody").replaceChildren(...rows);
+}
+
+function refreshTimeline() {
+  const open = openHost && known.get(openHost);
+  if (open && timeline && timeline.name === openHost && !loading && received(open) !== timeline.received) {
+    loadTimeline(openHost); // a new event since it was loaded (or the last load failed): at most once a poll
+  }
 }
 
 function merge(data) {
@@ -79,7 +202,9 @@ function render(data) {
   alerts.replaceChildren(...data.alerts.map((a) =>
     el("div", { class: "alert", "data-kind": a.kind, "data-host": a.host }, a.message, el("small", {}, a.hint))));
 
-  document.querySelector("#hosts tbody").replaceChildren(...hosts.map((h) => hostRow(h, now)));
+  lastNowDrawn = now;
+  draw();
+  refreshTimeline();
 
   // retired hosts come like the others: all in a full answer, the newly retired in a delta
   if (data.full) retired.clear();
@@ -125,5 +250,21 @@ async function poll() {
     setTimeout(poll, POLL_MS);
   }
 }
+
+document.querySelector("#hosts tbody").addEventListener("click", (event) => {
+  if (event.target.closest(".timeline-row")) return; // a click inside an open timeline (selecting text) keeps it
+  const row = event.target.closest("tr[data-host]");
+  if (row) toggle(row.dataset.host);
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && openHost !== null) toggle(openHost);
+  const row = event.target.closest && event.target.closest("tr[data-host]");
+  if (row && (event.key === "Enter" || event.key === " ")) {
+    event.preventDefault(); // Space would scroll the page
+    toggle(row.dataset.host);
+  }
+});
+for (const id of ["filter-state", "filter-role"]) document.getElementById(id).addEventListener("change", draw);
+document.getElementById("filters").addEventListener("submit", (event) => event.preventDefault());
 
 poll();
