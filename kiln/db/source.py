@@ -9,6 +9,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from firstboot.steps.join.sql import parse_vertical
 from kiln.run import CommandError, run
 
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR")
@@ -58,9 +59,4 @@ class DbHost:
             out = run(argv, input="SHOW SLAVE STATUS", timeout=60).stdout
         except CommandError as e:
             raise SourceError(f"{self.name}: {e}") from None
-        status: dict[str, str] = {}
-        for line in out.splitlines():
-            key, sep, value = line.strip().partition(": ")
-            if sep or line.strip().endswith(":"):
-                status[key.rstrip(":")] = value
-        return status
+        return parse_vertical(out)

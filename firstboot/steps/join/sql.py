@@ -51,6 +51,16 @@ def _option_file(user: str, password: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def parse_vertical(out: str) -> dict[str, str]:
+    """The mariadb client's --vertical output of one row ("  Key: value" lines) as a dict; {} for no row."""
+    result: dict[str, str] = {}
+    for line in out.splitlines():
+        key, sep, value = line.strip().partition(": ")
+        if sep or line.strip().endswith(":"):
+            result[key.rstrip(":")] = value
+    return result
+
+
 @dataclass(frozen=True)
 class Server:
     """How to reach one server: the local one as root by socket, or a remote one by host, port, user, password."""
@@ -102,12 +112,7 @@ class Server:
                 out = run([*args, "--batch", "--raw", "--vertical"], input=sql, timeout=self.timeout).stdout
             except CommandError as e:
                 raise SqlError(f"{self.describe()}: {e.output.strip()}") from None
-        result: dict[str, str] = {}
-        for line in out.splitlines():
-            key, sep, value = line.strip().partition(": ")
-            if sep or line.strip().endswith(":"):
-                result[key.rstrip(":")] = value
-        return result
+        return parse_vertical(out)
 
     def dump(self, out: Path, options: Sequence[str]) -> None:
         with self._args(DUMP) as args:
