@@ -29,9 +29,11 @@ def site_file() -> str:
 
 
 def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
+    """Seconds, exit code and the last line of output."""
     started = time.perf_counter()
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
-    return time.perf_counter() - started, done.returncode, (done.stdout + done.stderr).strip().splitlines()[-1:]
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return time.perf_counter() - started, done.returncode, lines[-1] if lines else ""
 
 
 def main() -> int:
@@ -51,7 +53,7 @@ def main() -> int:
             total += seconds
             # doctor exits 1 here: no image is built yet, which it says; the others must succeed
             ok = code == 0 or (name == "doctor" and code == 1)
-            print(f"{name:<9} {seconds:6.2f} s  exit {code}  {last[0] if last else ''}")
+            print(f"{name:<9} {seconds:6.2f} s  exit {code}  {last}")
             if not ok:
                 print(f"{name} failed", file=sys.stderr)
                 return 1

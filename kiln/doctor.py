@@ -42,10 +42,10 @@ def examine(
 ) -> list[Problem]:
     """Every problem found, in the order an operator fixes them (keys before images). `ports`: the TCP ports
     `./inv serve` listens on (default: 8080 and the provisioning URL's)."""
-    roles = project.roles_shown
-    found = _secrets(cluster, SecretStore(secrets), roles)
-    if not any("secrets" in p.what for p in found):  # images are judged against the keys they must bake
-        found += _images(cluster, SecretStore(secrets), images, roles)
+    roles, store = project.roles_shown, SecretStore(secrets)
+    found = _secrets(cluster, store, roles)
+    if not found:  # images are judged against the keys they must bake
+        found += _images(cluster, store, images, roles)
     found += _ports(ports if ports is not None else (DEFAULT_HTTP_PORT, urlsplit(cluster.provisioning_url).port or 443))
     found += _packages()
     return found
