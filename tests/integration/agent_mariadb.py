@@ -1,4 +1,4 @@
-"""Real MariaDB servers for the agent's join tests: own datadirs, sockets and loopback ports (13306-13399).
+"""Real MariaDB servers for the agent's join tests: own datadirs, sockets and loopback ports (13306 on, per worker).
 
 Each server runs the db role's rendered 60-kiln.cnf (binlog, GTID, server_id, read_only on replicas),
 with only its address, port and paths moved onto this machine.
@@ -6,6 +6,7 @@ with only its address, port and paths moved onto this machine.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -16,7 +17,11 @@ from pathlib import Path
 
 from firstboot.steps.join.sql import Server
 
-PORTS = range(13306, 13400)
+# each pytest-xdist worker its own 100 ports: free_port() only checks a port before mariadbd binds it, so two
+# workers starting servers at once could both pick the same one (seen: setup errors in test_agent_db beside
+# test_db_backup)
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+PORTS = range(13306 + 100 * _WORKER, 13406 + 100 * _WORKER)
 
 
 def free_port() -> int:
@@ -27,7 +32,7 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port in 13306-13399")
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def template_datadir(directory: Path) -> Path:
