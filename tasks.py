@@ -250,17 +250,18 @@ def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
 @task(
     positional=["action"],
     help={
-        "action": "backup, archive, backups, restore-test or schedule",
+        "action": "backup, archive, backups, restore-test, schedule, status, switchover or monitor",
         "backup": "restore-test: the backup to restore (default: the newest before the target)",
         "to_gtid": "restore-test: restore up to this checkpoint's GTID (default: the newest checkpoint)",
         "to_time": "restore-test: up to the newest checkpoint at or before this time (ISO 8601, UTC)",
         "roles": "roles.yaml with roles.db.backup (default: the shipped one)",
         "secrets": "secrets directory with backup.key and the bucket's credentials (default: secrets/)",
         "workdir": "where backup and restore-test keep their temporary files (default: the system's temp dir)",
-        "json": "backups, restore-test: print JSON",
+        "json": "backups, restore-test, status: print JSON",
+        "to": "switchover: the replica that becomes the primary",
         "keep": "restore-test: keep the scratch server's files",
         "out": "schedule: the directory the runner's systemd units are written to",
-        "lab": "backup, archive: reach the lab's replica (./inv lab up) from inside its network namespace",
+        "lab": "backup, archive, status, switchover, monitor: reach the lab's db hosts from inside its namespace",
     },
 )
 def db(
@@ -276,12 +277,14 @@ def db(
     keep=False,
     out=None,
     lab=False,
+    to=None,
 ):
-    """The data tier: ACTION backup, archive (binlogs), backups, restore-test [--backup ID], schedule --out DIR."""
+    """The data tier: ACTION backup, archive, backups, restore-test [--backup ID], schedule --out DIR, status,
+    switchover --to HOST, monitor."""
     from kiln.db import cli as db_cli  # boto3 loads only for this task
 
     options = {"backup": backup, "to_gtid": to_gtid, "to_time": to_time, "workdir": workdir, "keep": keep}
-    _exit(db_cli.run(Project(roles=roles), action, secrets=secrets, as_json=json, out=out, lab=lab, **options))
+    _exit(db_cli.run(Project(roles=roles), action, secrets=secrets, as_json=json, out=out, lab=lab, to=to, **options))
 
 
 ns = Collection(

@@ -1,5 +1,5 @@
 """firstboot run | converge [--once] | status [--json] [--wait [--timeout S]] | apply --bundle FILE --root DIR
-[--no-services] | --version"""
+[--no-services] | db-guard --config FILE | --version"""
 
 from __future__ import annotations
 
@@ -89,6 +89,15 @@ def parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("--join-deadline", type=float, default=300.0, help=argparse.SUPPRESS)
     apply.add_argument("--db-socket", default="/run/mysqld/mysqld.sock", help=argparse.SUPPRESS)
+
+    guard = sub.add_parser(
+        "db-guard",
+        help="on a db host: fence this MariaDB when it is writable and cut off (the kiln-db-guard unit)",
+        description="Keeps at most one writable db host: a writable server that sees neither the failover monitor "
+        "nor a replica hearing it for a few seconds turns read-only (docs/database.md).",
+    )
+    guard.add_argument("--config", type=Path, default=Path("/etc/kiln/db-guard.json"))
+    guard.add_argument("--db-socket", default="/run/mysqld/mysqld.sock")
     return p
 
 
@@ -119,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return apply(args.bundle, args.root, live=not args.no_services, only=only, tuning=tuning)
     if args.command == "converge":
         return _converge(args)
+    if args.command == "db-guard":
+        return _db_guard(args)
     from firstboot.backoff import Backoff
     from firstboot.paths import Paths
     from firstboot.run import RunOptions, run
@@ -180,6 +191,19 @@ def _converge(args: argparse.Namespace) -> int:
         once=args.once,
     )
     return converge(opts, stopping)
+
+
+def _db_guard(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from firstboot import dbguard, log
+
+    log.setup(None)  # the journal
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    return dbguard.run(args.config, args.db_socket, stopping.is_set)
 
 
 if __name__ == "__main__":

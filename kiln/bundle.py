@@ -155,7 +155,8 @@ class ServiceJoin:
 
 @dataclass(frozen=True)
 class DbPrimaryJoin:
-    """Binary log and GTID on; the replication, app and exporter accounts for exactly the listed hosts."""
+    """Binary log and GTID on; the replication, app, exporter and monitor accounts for exactly the listed hosts;
+    writable once no other db host is."""
 
     kind: Literal["db-primary"]
     database: str
@@ -164,8 +165,10 @@ class DbPrimaryJoin:
     replication_user: str
     app_user: str
     exporter_user: str
-    replica_hosts: tuple[str, ...]
+    replica_hosts: tuple[str, ...]  # every db host: after a failover any of them follows another
     app_hosts: tuple[str, ...]
+    monitor_user: str = "kiln_monitor"
+    monitor_hosts: tuple[str, ...] = ()  # the admin networks, as MariaDB host patterns ("10.10.0.0/255.255.255.0")
 
 
 @dataclass(frozen=True)

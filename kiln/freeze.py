@@ -29,6 +29,8 @@ SOURCES = (
     "kiln/fsutil.py",
     "kiln/mac.py",
     "kiln/hostauth.py",
+    "kiln/db/__init__.py",  # the package of gtid.py, which the db guard shares with the failover monitor
+    "kiln/db/gtid.py",
 )
 # the agent's systemd units, shipped beside it in firstboot/ (frozen with it as data, baked by kiln-firstboot):
 # the first boot, then converge, which the path unit starts once the first boot wrote /var/lib/firstboot/done

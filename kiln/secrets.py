@@ -42,7 +42,7 @@ from kiln import signing
 from kiln.fsutil import create_exclusive, write_atomic
 from kiln.model import Cluster
 
-PASSWORDS = ("db_replication_password", "db_app_password", "db_admin_password")
+PASSWORDS = ("db_replication_password", "db_app_password", "db_admin_password", "db_monitor_password")
 CA_YEARS = 10
 CERT_DAYS = 825  # the longest lifetime clients commonly accept for a leaf certificate
 EXPIRY_WARNING_DAYS = 21

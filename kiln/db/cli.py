@@ -5,6 +5,9 @@
     backups        every backup: id, host, time, GTID, sizes; the archived binlogs and checkpoints
     restore-test   a backup and binlogs restored into a scratch server here, compared with a checkpoint
     schedule       the runner's systemd timers for backup and archive, written to --out DIR
+    status         every db host: primary or replica, GTID position, whom it follows, lag, semi-sync
+    switchover     --to HOST: a planned change of primary, no write lost
+    monitor        the failover monitor, in the foreground (its systemd unit: schedule)
 
 The runner (the machine this runs on) holds the store's credentials and the sealing key; it reaches the replica
 with `ssh root@ADDRESS` (the operator's ssh configuration and keys).
@@ -23,6 +26,7 @@ from typing import Any
 
 from kiln.db.backup import BackupError, Retention, archive, list_backups, list_binlogs, list_checkpoints, run_backup
 from kiln.db.gtid import GtidError
+from kiln.db.replication import ReplicationError
 from kiln.db.restore import RestoreError, plan_restore, restore_test
 from kiln.db.schedule import ScheduleError, units
 from kiln.db.scratch import ScratchError
@@ -36,7 +40,8 @@ from kiln.roles.db import BackupSettings, backup_source, settings_of
 from kiln.run import CommandError
 from kiln.secrets import SecretMissing, SecretStore
 
-ACTIONS = ("backup", "archive", "backups", "restore-test", "schedule")
+ACTIONS = ("backup", "archive", "backups", "restore-test", "schedule", "status", "switchover", "monitor")
+TOPOLOGY = ("status", "switchover", "monitor")  # need the db hosts, not the backup store
 FAILURES = (
     BackupError,
     RestoreError,
@@ -48,6 +53,7 @@ FAILURES = (
     SecretMissing,
     GtidError,
     CommandError,
+    ReplicationError,
 )
 
 
@@ -136,19 +142,29 @@ def run(
     keep: bool = False,
     out: str | None = None,
     lab: bool = False,
+    to: str | None = None,
 ) -> int:
     if action not in ACTIONS:
         _err(f"db: unknown action {action!r} (one of: {', '.join(ACTIONS)})")
+        return 2
+    if (action == "switchover") != bool(to):
+        _err("db switchover needs --to HOST (and only switchover takes it)")
         return 2
     cluster = project.load_or_report()
     if cluster is None:
         return 1
     store_secrets = SecretStore(Path(secrets) if secrets else project.secrets)
+    if action in TOPOLOGY:
+        from kiln.db import topology
+
+        return _guarded(
+            action, lambda: topology.run(project, cluster, store_secrets, action, to=to, as_json=as_json, lab=lab)
+        )
 
     def body() -> int:
-        settings = _settings(cluster)
         if action == "schedule":
             return _schedule(project, cluster, out)
+        settings = _settings(cluster)
         store = store_of(settings, store_secrets)
         if action == "backups":
             store.check()
@@ -218,12 +234,14 @@ def _schedule(project: Project, cluster: Cluster, out: str | None) -> int:
         _err("db schedule: --out DIR is required (where the unit files are written)")
         return 2
     directory = Path(out)
-    for name, text in units(cluster, project=project.root, roles=project.roles_path.resolve()).items():
+    written = units(cluster, project=project.root, roles=project.roles_path.resolve())
+    for name, text in written.items():
         ensure_file(directory / name, text.encode(), 0o644)
         print(f"wrote {directory / name}")
+    timers = sorted(name for name in written if name.endswith(".timer"))
     print(
-        f"install: cp {directory}/kiln-db-*.service {directory}/kiln-db-*.timer /etc/systemd/system/ && "
-        "systemctl daemon-reload && systemctl enable --now kiln-db-backup.timer kiln-db-archive.timer"
+        f"install: cp {' '.join(f'{directory}/{n}' for n in written)} /etc/systemd/system/ && systemctl daemon-reload "
+        f"&& systemctl enable --now kiln-db-monitor.service {' '.join(timers)}".rstrip()
     )
     return 0
 

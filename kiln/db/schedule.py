@@ -1,6 +1,8 @@
-"""The backup runner's systemd timers: ./inv db backup and ./inv db archive at roles.db.backup.schedule's times.
+"""The runner's systemd units: the failover monitor (./inv db monitor), and ./inv db backup and ./inv db archive at
+roles.db.backup.schedule's times when backups are set.
 
-    units(cluster, project=..., roles=...)   {file name: content}: kiln-db-{backup,archive}.{service,timer}
+    units(cluster, project=..., roles=...)   {file name: content}: kiln-db-monitor.service,
+                                             kiln-db-{backup,archive}.{service,timer}
     check_calendar(expression)               ScheduleError unless systemd-analyze accepts it (when installed)
 
 The units run where they are installed (the operator's or provisioning host, which holds secrets/); they are
@@ -38,10 +40,11 @@ def check_calendar(expression: str) -> None:
 
 
 def units(cluster: Cluster, *, project: Path, roles: Path) -> dict[str, str]:
+    base = {"cluster": cluster.name, "project": str(project), "roles": str(roles)}
+    out = {"kiln-db-monitor.service": render_template("kiln-db-monitor.service.j2", base)}
     settings = settings_of(cluster).backup
     if settings is None:
-        raise ScheduleError("roles.db.backup is not set: nothing to schedule")
-    out: dict[str, str] = {}
+        return out
     for action, when in (("backup", settings.backup_at), ("archive", settings.archive_at)):
         check_calendar(when)
         context = {

@@ -82,7 +82,7 @@ class Renderer:
             tier_sets=self.tier_sets,
             tier_sets_include=common.TIER_SETS.removeprefix("/etc/"),  # relative: found on nft's include path
             firewall=firewall,
-            admin_ports=", ".join(str(p) for p in (c.node_exporter_port, *firewall.exporter_ports)),
+            admin_ports=", ".join(str(p) for p in (c.node_exporter_port, *firewall.admin_ports)),
             systemd_units=common.systemd_units(common.SERVICES + role.services),
         )
         return c, variables, role, firewall

@@ -54,7 +54,7 @@ def summary_markdown(renderer: Renderer) -> str:
     for role_name in cluster.roles_used:
         first = cluster.by_role(role_name)[0]
         c, _, role, firewall = renderer.variables(first)
-        admin_ports = ", ".join(str(p) for p in (22, c.node_exporter_port, *firewall.exporter_ports))
+        admin_ports = ", ".join(str(p) for p in (22, c.node_exporter_port, *firewall.admin_ports))
         units = sorted({s.unit for s in common.SERVICES + role.services})
         lines += [
             "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,8 +25,16 @@ MARIADB_CNF = "/etc/mysql/mariadb.conf.d/60-kiln.cnf"
 EXPORTER_DEFAULT = "/etc/default/prometheus-mysqld-exporter"
 MAX_SERVER_ID = 4294967295  # MariaDB's server_id: 1 .. 2^32 - 1
 # How long the primary holds a commit for a replica's acknowledgement when none answers, before it goes on
-# asynchronously (MariaDB's default is 10 s): a replica's reboot stalls the app's writes once for this long.
-SEMI_SYNC_TIMEOUT_MS = 2000
+# asynchronously (MariaDB's default): a replica's reboot stalls the app's writes once for this long. It must exceed
+# the guard's fence time (firstboot.dbguard.FENCE_AFTER) by a margin: a primary cut off from everyone fences itself,
+# cutting the commits still waiting, before any of them could be acknowledged without a replica having it.
+SEMI_SYNC_TIMEOUT_MS = 10000
+# A replica's IO thread gives up on a silent primary after this long and reconnects (MariaDB's default is 60 s; the
+# primary sends a heartbeat every half of it): the failover monitor promotes only once no replica hears the primary.
+SLAVE_NET_TIMEOUT = 4
+MONITOR_USER = "kiln_monitor"
+GUARD_CONFIG = "/etc/kiln/db-guard.json"
+GUARD_UNIT = "/etc/systemd/system/kiln-db-guard.service"
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,18 @@ def _context(cluster: Cluster, host: Host, c: HostContext) -> Mapping[str, Any]:
         "server_id": server_id(host),
         "is_replica": not host.is_primary,
         "semi_sync_timeout_ms": SEMI_SYNC_TIMEOUT_MS,
+        "slave_net_timeout": SLAVE_NET_TIMEOUT,
+        "guard_config_path": GUARD_CONFIG,
+        "guard_config": json.dumps(
+            {
+                "address": str(host.ip),
+                "port": PORT,
+                "peers": [str(h.ip) for h in cluster.by_role(NAME) if h.name != host.name],
+                "peer_user": REPLICATION_USER,
+                "password_file": f"{SECRETS_DIR}/db_replication_password",
+            },
+            indent=2,
+        ),
         "exporter_db_user": EXPORTER_USER,
         "mysqld_exporter_port": EXPORTER_PORT,
     }
@@ -108,7 +129,7 @@ def _firewall(cluster: Cluster, host: Host, c: HostContext) -> Firewall:
     return Firewall(
         inbound=(Rule("tcp", (PORT,), saddr="$APP_NODES"), Rule("tcp", (PORT,), saddr="$DB_NODES")),
         outbound=(Rule("tcp", (PORT,), daddr="$DB_NODES"),),
-        exporter_ports=(EXPORTER_PORT,),
+        admin_ports=(EXPORTER_PORT, PORT),  # PORT: the failover monitor (kiln.db.failover), as kiln_monitor only
     )
 
 
@@ -125,8 +146,10 @@ def _join(cluster: Cluster, host: Host, c: HostContext) -> b.Join:
             replication_user=REPLICATION_USER,
             app_user=APP_USER,
             exporter_user=EXPORTER_USER,
-            replica_hosts=tuple(str(h.ip) for h in cluster.db_replicas),
+            replica_hosts=tuple(str(h.ip) for h in cluster.by_role(NAME)),
             app_hosts=tuple(p.ip for p in c.access["app"]),  # retiring app hosts keep theirs until they are gone
+            monitor_user=MONITOR_USER,
+            monitor_hosts=tuple(f"{n.network_address}/{n.netmask}" for n in cluster.network.admin),
         )
     return b.DbReplicaJoin(
         kind="db-replica",
@@ -350,16 +373,20 @@ ROLE = RoleSpec(
         ),
         # the Debian package's postinst sets 0640 prometheus:prometheus; kept so (it holds no password: unix_socket)
         FileSpec(EXPORTER_DEFAULT, "mysqld-exporter.default.j2", mode="0640", group="prometheus"),
+        FileSpec(GUARD_CONFIG, "db-guard.json.j2", mode="0600"),
+        FileSpec(GUARD_UNIT, "kiln-db-guard.service.j2"),
     ),
     directories=(DirSpec("/var/lib/mysql-files", mode="0750", owner="mysql", group="mysql"),),
     secrets=(
         SecretSpec("db_app_password", f"{SECRETS_DIR}/db_app_password"),
         SecretSpec("db_replication_password", f"{SECRETS_DIR}/db_replication_password"),
         SecretSpec("db_admin_password", f"{SECRETS_DIR}/db_admin_password"),
+        SecretSpec("db_monitor_password", f"{SECRETS_DIR}/db_monitor_password"),
     ),
     services=(
         ServiceSpec("mariadb.service", (MARIADB_CNF,)),
         ServiceSpec("prometheus-mysqld-exporter.service", (EXPORTER_DEFAULT,)),
+        ServiceSpec("kiln-db-guard.service", (GUARD_CONFIG, GUARD_UNIT)),
     ),
     meaning=(
         ("db-role-missing", _db_role_missing),

@@ -60,7 +60,7 @@ def _firewall(cluster: Cluster, host: Host, c: HostContext) -> Firewall:
     return Firewall(
         inbound=(Rule("tcp", (80, 443), daddr=c.vip), Rule("vrrp", saddr="$LB_PEERS", daddr=c.ip)),
         outbound=(Rule("vrrp", daddr="$LB_PEERS"),),
-        exporter_ports=(STATS_PORT,),
+        admin_ports=(STATS_PORT,),
         defines=(("LB_PEERS", peers),),
     )
 

@@ -111,7 +111,7 @@ class Firewall:
 
     inbound: tuple[Rule, ...] = ()
     outbound: tuple[Rule, ...] = ()
-    exporter_ports: tuple[int, ...] = ()  # reached from the admin network, like the node exporter
+    admin_ports: tuple[int, ...] = ()  # reached from the admin network (exporters; the db failover monitor)
     defines: tuple[tuple[str, str], ...] = ()  # (name, "a, b"): host-specific nftables sets, e.g. LB_PEERS
 
 

@@ -45,7 +45,7 @@ def _firewall(cluster: Cluster, host: Host, c: HostContext) -> Firewall:
     return Firewall(
         inbound=(Rule("tcp", (PORT,), saddr="$LB_NODES"),),
         outbound=(Rule("tcp", (app.settings_of(cluster).port,), daddr="$APP_NODES"),),
-        exporter_ports=(EXPORTER_PORT,),
+        admin_ports=(EXPORTER_PORT,),
     )
 
 

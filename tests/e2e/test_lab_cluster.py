@@ -177,6 +177,7 @@ def matrix(cluster: Cluster | None) -> list[tuple[str, str, int, bool]]:
     rows += [(one_app, h.name, db.PORT, True) for h in dbs]
     rows += [(h.name, primary.name, db.PORT, True) for h in replicas]
     rows += [("admin", one_app, 22, True), ("admin", one_db, NODE_EXPORTER_PORT, True)]
+    rows += [("admin", h.name, db.PORT, True) for h in dbs]  # the failover monitor (kiln.db.failover)
     rows += [
         (one_web, primary.name, db.PORT, False),
         (one_lb, one_app, app_port, False),
@@ -188,7 +189,7 @@ def matrix(cluster: Cluster | None) -> list[tuple[str, str, int, bool]]:
         ("outside", dbs[-1].name, 22, False),
         ("outside", one_lb, lb.STATS_PORT, False),
         ("admin", one_app, app_port, False),
-        ("admin", primary.name, db.PORT, False),
+        ("admin", one_web, web.PORT, False),
     ]
     return rows
 
@@ -216,7 +217,7 @@ def expected_ports(cluster: Cluster, name: str) -> set[int]:
     """SSH, the node exporter, and what the host's role opens in its firewall (the role module says)."""
     _, _, _, firewall = Renderer(cluster).variables(cluster.host(name))
     role_ports = {p for rule in firewall.inbound if rule.proto == "tcp" for p in rule.ports}
-    return {22, NODE_EXPORTER_PORT, *role_ports, *firewall.exporter_ports}
+    return {22, NODE_EXPORTER_PORT, *role_ports, *firewall.admin_ports}
 
 
 def _listening(host: Any) -> set[int]:

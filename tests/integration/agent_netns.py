@@ -35,15 +35,20 @@ class Lab:
     prefix: int
     namespaces: list[str] = field(default_factory=list)
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    names: str = PREFIX  # each test module its own, so two xdist workers never share a namespace
 
     def ns(self, host: str) -> str:
-        return f"{PREFIX}{host}"
+        return f"{self.names}{host}"
+
+    @property
+    def switch(self) -> str:
+        return f"{self.names}sw"
 
     def open(self) -> None:
-        self._add_ns(SWITCH)
-        sh("ip", "-n", SWITCH, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", SWITCH, "addr", "add", f"{self.gateway}/{self.prefix}", "dev", "br0")
-        sh("ip", "-n", SWITCH, "link", "set", "br0", "up")
+        self._add_ns(self.switch)
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch, "addr", "add", f"{self.gateway}/{self.prefix}", "dev", "br0")
+        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
 
     def _add_ns(self, name: str) -> None:
         sh("ip", "netns", "del", name, check=False)  # left over from a killed run
@@ -55,8 +60,8 @@ class Lab:
         ns = self.ns(name)
         self._add_ns(ns)
         port = f"p-{name}"[:15]
-        sh("ip", "-n", SWITCH, "link", "add", port, "type", "veth", "peer", "name", "kiln0", "netns", ns)
-        sh("ip", "-n", SWITCH, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "kiln0", "netns", ns)
+        sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
         sh("ip", "-n", ns, "addr", "add", f"{address}/{self.prefix}", "dev", "kiln0")
         sh("ip", "-n", ns, "link", "set", "kiln0", "up")
         return ns
@@ -99,8 +104,8 @@ class Lab:
 
 
 @contextlib.contextmanager
-def lab(base: Path, gateway: str, prefix: int) -> Iterator[Lab]:
-    the_lab = Lab(base, gateway, prefix)
+def lab(base: Path, gateway: str, prefix: int, names: str = PREFIX) -> Iterator[Lab]:
+    the_lab = Lab(base, gateway, prefix, names=names)
     try:
         the_lab.open()
         yield the_lab

@@ -330,8 +330,10 @@ def test_a_converging_replica_follows_another_primary_without_reset_or_reseed(
     primary: Mariadb, bundles: dict[str, Bundle], servers: list[Mariadb], secret_store: SecretStore
 ) -> None:
     """db2 follows db1; roles.yaml now names db3 (a replica of db1 that logs what it applies) as its primary.
-    Converge re-points db2 where it stands: its binary log, its rows and its GTID position stay, no seed is
-    taken, and what the first primary writes reaches it through the new one."""
+    While db3 is read-only, converge leaves db2 where it is (a read-only primary in roles.yaml is a failover or
+    switchover roles.yaml has not caught up with). Once db3 is writable, converge re-points db2 where it stands:
+    its binary log, its rows and its GTID position stay, no seed is taken, and what the first primary writes
+    reaches it through the new one."""
     db2, db3 = (next(s for s in servers if s.name == n) for n in ("db2", "db3"))
     password = secret_store.value("db_app_password")
     as_app(primary, password, "CREATE TABLE IF NOT EXISTS chain (id INT PRIMARY KEY)")
@@ -344,6 +346,13 @@ def test_a_converging_replica_follows_another_primary_without_reset_or_reseed(
     assert isinstance(spec, DbReplicaJoin)
     spec = replace(spec, port=db3.port)
     out = db_join.join_replica(spec, secret_store.value, r2, repoint=True)
+    assert "is read-only: set db_role to match ./inv db status" in out
+    assert r2.status("SHOW SLAVE STATUS")["Master_Port"] == str(primary.port)
+    r3.execute("SET GLOBAL read_only = OFF;\n")  # as if promoted, still applying what db1 sends
+    try:
+        out = db_join.join_replica(spec, secret_store.value, r2, repoint=True)
+    finally:
+        r3.execute("SET GLOBAL read_only = ON;\n")
     assert "replica 1 changes" in out
     status = r2.status("SHOW SLAVE STATUS")
     assert (status["Master_Port"], status["Using_Gtid"]) == (str(db3.port), "Slave_Pos")
@@ -352,10 +361,17 @@ def test_a_converging_replica_follows_another_primary_without_reset_or_reseed(
     as_app(primary, password, "INSERT INTO chain VALUES (2)")
     assert wait_rows(r2, "SELECT COUNT(*) FROM foobar.chain", "2") == "2"  # db1 -> db3 -> db2
     assert "replica unchanged" in db_join.join_replica(spec, secret_store.value, r2, repoint=True)
-    # a server that never replicated is not made a replica by converge (that would reset it)
+    # a server that never replicated is not made a replica by converge (that would reset it): the writable one is
+    # taken for a primary promoted since roles.yaml was written, a read-only one is refused
     position = primary.root().value("SELECT @@gtid_binlog_pos")
-    with pytest.raises(StepFailed, match="does not replicate yet, and converge never resets or seeds"):
-        db_join.join_replica(spec, secret_store.value, primary.root(), repoint=True)
+    out = db_join.join_replica(spec, secret_store.value, primary.root(), repoint=True)
+    assert out.startswith("not a replica: the writable primary since a failover or switchover")
+    primary.root().execute("SET GLOBAL read_only = ON;\n")
+    try:
+        with pytest.raises(StepFailed, match="does not replicate yet, and converge never resets or seeds"):
+            db_join.join_replica(spec, secret_store.value, primary.root(), repoint=True)
+    finally:
+        primary.root().execute("SET GLOBAL read_only = OFF;\n")
     assert primary.root().value("SELECT @@gtid_binlog_pos") == position
     assert primary.root().status("SHOW SLAVE STATUS") == {}
 

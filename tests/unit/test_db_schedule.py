@@ -32,6 +32,7 @@ def test_the_timers_are_valid_units_at_the_configured_times(
         "kiln-db-archive.timer",
         "kiln-db-backup.service",
         "kiln-db-backup.timer",
+        "kiln-db-monitor.service",
     ]
     assert "OnCalendar=*:0/5\n" in (out / "kiln-db-archive.timer").read_text()
     assert "OnCalendar=daily\n" in (out / "kiln-db-backup.timer").read_text()
@@ -43,7 +44,18 @@ def test_the_timers_are_valid_units_at_the_configured_times(
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "systemctl enable --now kiln-db-backup.timer kiln-db-archive.timer" in capsys.readouterr().out
+    assert f"inv db monitor --roles {roles}\n" in (out / "kiln-db-monitor.service").read_text()
+    enable = "systemctl enable --now kiln-db-monitor.service kiln-db-archive.timer kiln-db-backup.timer"
+    assert enable in capsys.readouterr().out
+
+
+def test_without_a_backup_target_only_the_monitor_is_scheduled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "units"
+    assert db_cli.run(Project(), "schedule", out=str(out)) == 0  # the shipped roles.yaml names no bucket
+    assert [p.name for p in out.iterdir()] == ["kiln-db-monitor.service"]
+    assert "systemctl enable --now kiln-db-monitor.service\n" in capsys.readouterr().out
 
 
 def test_a_time_systemd_cannot_read_is_refused(
@@ -60,5 +72,6 @@ def test_without_a_backup_target_every_action_says_what_to_set(capsys: pytest.Ca
     assert "roles.db.backup is not set: name the S3 bucket there first" in capsys.readouterr().err
     assert db_cli.run(Project(), "restore") == 2
     assert (
-        "unknown action 'restore' (one of: backup, archive, backups, restore-test, schedule)" in capsys.readouterr().err
+        "unknown action 'restore' (one of: backup, archive, backups, restore-test, schedule, status, switchover, "
+        "monitor)" in capsys.readouterr().err
     )

@@ -53,11 +53,16 @@ def test_every_host_gets_a_bundle_bound_to_its_identity(rendered, bundles, clust
 def test_secrets_are_referenced_never_inlined(bundles, secret_store):
     for bundle in bundles.values():
         text = bundle.to_json().decode()
-        for name in ("db_app_password", "db_replication_password", "db_admin_password"):
+        for name in ("db_app_password", "db_replication_password", "db_admin_password", "db_monitor_password"):
             assert secret_store.value(name) not in text
         assert all(s.value is None for s in bundle.secrets)
     assert bundles["lb1"].secret_names() == ["tls_pem"]
-    assert set(bundles["db2"].secret_names()) == {"db_app_password", "db_replication_password", "db_admin_password"}
+    assert set(bundles["db2"].secret_names()) == {
+        "db_app_password",
+        "db_replication_password",
+        "db_admin_password",
+        "db_monitor_password",
+    }
     assert bundles["app1"].secret_names() == ["db_app_password"]
     assert bundles["web1"].secrets == ()
 
@@ -86,7 +91,8 @@ def test_db_server_ids_unique_and_replica_read_only(rendered, bundles):
     }
     ids = [line for c in cnfs.values() for line in c.splitlines() if line.startswith("server_id")]
     assert len(set(ids)) == len(ids) == 2
-    assert "read_only = ON" in cnfs["db2"] and "read_only = OFF" in cnfs["db1"]
+    # every db host starts read-only, the primary too: its join, guard or the failover monitor make it writable
+    assert all("\nread_only = ON\n" in cnf for cnf in cnfs.values())
     assert bundles["db2"].join == b.DbReplicaJoin(
         kind="db-replica",
         database="foobar",
@@ -99,7 +105,9 @@ def test_db_server_ids_unique_and_replica_read_only(rendered, bundles):
     )
     primary = bundles["db1"].join
     assert isinstance(primary, b.DbPrimaryJoin)
-    assert (primary.replica_hosts, primary.app_hosts) == (("10.10.0.42",), ("10.10.0.31",))
+    # every db host may follow another after a failover; the monitor's account is for the admin network only
+    assert (primary.replica_hosts, primary.app_hosts) == (("10.10.0.41", "10.10.0.42"), ("10.10.0.31",))
+    assert primary.monitor_hosts == ("10.10.0.0/255.255.255.0",)
 
 
 def test_app_writes_to_primary_reads_from_replica(rendered, bundles):

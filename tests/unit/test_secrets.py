@@ -93,7 +93,7 @@ def test_what_the_load_balancers_get_is_the_site_identity_not_the_servers(secret
     assert secret_store.site_pem.read_text() in pem and secret_store.site_key.read_text() in pem
     assert secret_store.server_key.read_text() not in pem
     passwords = {secret_store.value(n) for n in PASSWORDS}
-    assert len(passwords) == 3 and all(len(p) >= 32 for p in passwords)
+    assert len(passwords) == len(PASSWORDS) == 4 and all(len(p) >= 32 for p in passwords)
 
 
 def test_a_new_provisioning_host_reissues_the_server_cert_and_a_new_domain_the_ca_issued_site_cert(

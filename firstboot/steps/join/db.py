@@ -24,10 +24,17 @@ REPLICATION_PRIVILEGES = frozenset(
     {"REPLICATION SLAVE", "BINLOG MONITOR", "SELECT", "RELOAD", "LOCK TABLES", "SHOW VIEW", "EVENT", "TRIGGER"}
     | {"SHOW DATABASES"}  # the rendered config sets skip_show_database; the seed dump lists the databases
     | {"REPLICATION MASTER ADMIN"}  # SHOW SLAVE HOSTS: a new replica checks no other one has its server_id
+    | {"SLAVE MONITOR"}  # SHOW SLAVE STATUS: each db host's guard asks its peers whom they follow (firstboot.dbguard)
 )
 APP_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "INDEX", "ALTER"})
 # the mysqld exporter: status, variables, processlist, binlog and replica status; no table data
 EXPORTER_PRIVILEGES = frozenset({"PROCESS", "BINLOG MONITOR", "SLAVE MONITOR"})  # SLAVE MONITOR: as 10.11 lists it
+# the failover monitor (kiln.db.failover) from the admin network: watch, set read_only, re-point replicas, cut the
+# connections of a fenced primary; no data privilege (READ_ONLY ADMIN would let it write, it has nothing to write with)
+MONITOR_PRIVILEGES = frozenset(
+    {"SLAVE MONITOR", "BINLOG MONITOR", "PROCESS", "REPLICATION SLAVE ADMIN", "REPLICATION MASTER ADMIN"}
+    | {"READ_ONLY ADMIN", "CONNECTION ADMIN", "RELOAD"}  # read_only; KILL; RESET SLAVE ALL
+)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 NO_BINLOG = "SET SESSION sql_log_bin=0"
 
@@ -117,8 +124,39 @@ def _drop_others(local: Server, changes: Changes, user: str, hosts: Sequence[str
         changes.add(f"drop {user}@{host} (no longer in roles.yaml)", f"DROP USER IF EXISTS {account(user, host)}")
 
 
+def _peers_read_only(spec: DbPrimaryJoin, secret: Secret, local: Server) -> tuple[list[str], list[str]]:
+    """The other db hosts that are writable, and those that do not answer (asked as the replication user)."""
+    me = local.value("SELECT @@report_host")
+    password = secret("db_replication_password")
+    writable, silent = [], []
+    for host in spec.replica_hosts:
+        if host == me:
+            continue
+        peer = Server(host=host, port=spec.port, user=spec.replication_user, password=password, timeout=10)
+        try:
+            if peer.value("SELECT @@read_only") == "0":
+                writable.append(host)
+        except SqlError:
+            silent.append(host)
+    return writable, silent
+
+
 def join_primary(spec: DbPrimaryJoin, secret: Secret, local: Server) -> str:
-    """Binlog + GTID on, replication user for the replicas only, app user for the app hosts only, hardened."""
+    """Binlog + GTID on, replication user for the db hosts, app user for the app hosts, the failover monitor's
+    account for the admin network, hardened; then writable, unless another db host is (a failover happened).
+
+    A host roles.yaml names primary that follows another one (demoted by a failover or switchover) changes
+    nothing: its accounts come from the current primary by replication."""
+    following = local.status("SHOW SLAVE STATUS").get("Master_Host")
+    if following:
+        LOG.warning(
+            "db-primary: follows %s since a failover or switchover; accounts are the primary's to manage", following
+        )
+        return (
+            f"not the primary: follows {following} (a failover or switchover); roles.yaml still names this host "
+            "primary: set db_role to match ./inv db status, then ./inv apply"
+        )
+    fresh = local.value("SELECT @@gtid_binlog_pos") == ""  # a first boot: no replica can be ahead of it
     log_bin = local.value("SELECT @@log_bin")
     if log_bin != "1":
         raise StepFailed(
@@ -148,6 +186,9 @@ def join_primary(spec: DbPrimaryJoin, secret: Secret, local: Server) -> str:
     exporter = spec.exporter_user
     _ensure_user(local, changes, exporter, "localhost", None, EXPORTER_PRIVILEGES, "*.*")
     _drop_others(local, changes, exporter, ["localhost"])
+    for host in spec.monitor_hosts:
+        _ensure_user(local, changes, spec.monitor_user, host, secret("db_monitor_password"), MONITOR_PRIVILEGES, "*.*")
+    _drop_others(local, changes, spec.monitor_user, spec.monitor_hosts)
     admin = secret("db_admin_password")
     priv = local.value("SELECT Priv FROM mysql.global_priv WHERE User = 'root' AND Host = 'localhost'")
     if local.value(f"SELECT PASSWORD({quote(admin)})") not in priv or "unix_socket" not in priv:
@@ -156,7 +197,21 @@ def join_primary(spec: DbPrimaryJoin, secret: Secret, local: Server) -> str:
             "ALTER USER root@localhost IDENTIFIED VIA unix_socket "
             f"OR mysql_native_password USING PASSWORD({quote(admin)})",
         )
+    read_only = local.value("SELECT @@read_only") == "1"
+    writable_peers, silent_peers = _peers_read_only(spec, secret, local) if read_only else ([], [])
+    if writable_peers:
+        raise StepFailed(
+            f"{', '.join(writable_peers)} is writable: it became the primary (a failover or switchover) while this "
+            "host was away",
+            "make roles.yaml say so (db_role: primary there, replica here), ./inv apply, then re-provision this host "
+            "(./inv reprovision HOST --force) so it seeds from the current primary",
+        )
     changes.apply(local)
+    if read_only and (fresh or not silent_peers):
+        local.execute("SET GLOBAL rpl_semi_sync_master_enabled = ON;\nSET GLOBAL read_only = OFF;\n")
+        changes.notes.append("writable (no other db host is)")
+    elif read_only:  # a peer that does not answer might have been promoted: the guard or the monitor decides
+        changes.notes.append(f"left read-only: {', '.join(silent_peers)} do not answer")
     position = local.value("SELECT @@gtid_binlog_pos")
     notes = hardening.notes + changes.notes
     for note in notes:
@@ -310,6 +365,15 @@ def _new_replica(spec: DbReplicaJoin, password: str, primary: Server, local: Ser
     return notes
 
 
+def _demoted(spec: DbReplicaJoin, password: str) -> bool:
+    """roles.yaml's primary answers and is read-only: a failover or switchover made another host primary."""
+    primary = Server(host=spec.primary, port=spec.port, user=spec.replication_user, password=password, timeout=10)
+    try:
+        return primary.value("SELECT @@read_only") == "1"
+    except SqlError:
+        return False
+
+
 def join_replica(
     spec: DbReplicaJoin, secret: Secret, local: Server, *, verify_seconds: float = 60.0, repoint: bool = False
 ) -> str:
@@ -321,7 +385,21 @@ def join_replica(
     user = spec.replication_user
     password = secret("db_replication_password")
     status = local.status("SHOW SLAVE STATUS")
+    if repoint and not status and local.value("SELECT @@read_only") == "0":
+        LOG.warning("db-replica: this host is the primary since a failover or switchover; not re-pointed")
+        return (
+            "not a replica: the writable primary since a failover or switchover; roles.yaml still names it replica: "
+            "set db_role to match ./inv db status, then ./inv apply"
+        )
     notes: list[str] = []
+    if repoint and status and not _replicating(status, spec) and _demoted(spec, password):
+        LOG.warning(
+            "db-replica: %s is read-only (demoted); keeps following %s", spec.primary, status.get("Master_Host")
+        )
+        return (
+            f"follows {status.get('Master_Host')}, the primary since a failover or switchover; roles.yaml's primary "
+            f"{spec.primary} is read-only: set db_role to match ./inv db status, then ./inv apply"
+        )
     if not _replicating(status, spec):
         position = _replicated_position(status, local, spec) if repoint else ""
         primary = Server(host=spec.primary, port=spec.port, user=user, password=password)

@@ -71,6 +71,7 @@ class Server:
     user: str = ""
     password: str = ""
     timeout: float = 120.0
+    connect_timeout: int = 5  # seconds; the client's --connect-timeout for a remote server
 
     @contextlib.contextmanager
     def _args(self, program: str) -> Iterator[list[str]]:
@@ -85,7 +86,7 @@ class Server:
                 f"--host={self.host}",
                 f"--port={self.port}",
             ]
-            yield args + (["--connect-timeout=5"] if program == CLIENT else [])
+            yield args + ([f"--connect-timeout={self.connect_timeout}"] if program == CLIENT else [])
 
     def execute(self, sql: str, *, init: str = "") -> str:
         with self._args(CLIENT) as args:

@@ -1,0 +1,155 @@
+"""./inv db status | switchover --to HOST | monitor: who is primary, changing it on purpose, and failing over.
+
+The runner reaches each db host's MariaDB from the admin network as `kiln_monitor` (secrets/db_monitor_password;
+the db role's firewall lets the admin network reach port 3306, and the account has no data privilege). The
+monitor's decisions are kiln.db.failover's; this module runs them: one monitor per runner (state/db-monitor.lock),
+a switchover and the monitor's ticks never at the same time (state/db-failover.lock), the monitor's memory in
+state/db-monitor.json, every event it logs also appended to state/db-events.jsonl.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from kiln.db.failover import TICK, Event, Memory, Monitor, switchover
+from kiln.db.replication import DbNode, Replication, ReplicationError, Seen
+from kiln.model import Cluster
+from kiln.project import Project
+from kiln.roles import db
+from kiln.secrets import SecretStore
+
+
+def replication_of(cluster: Cluster, secrets: SecretStore) -> Replication:
+    return Replication(
+        [DbNode(h.name, str(h.ip), db.PORT) for h in cluster.by_role(db.NAME)],
+        password=secrets.value("db_monitor_password"),
+        replication_user=db.REPLICATION_USER,
+        replication_password=secrets.value("db_replication_password"),
+    )
+
+
+def status_lines(seen: list[Seen]) -> list[str]:
+    """The table ./inv db status prints."""
+    by_address = {s.address: s.name for s in seen}
+    lines = [f"{'HOST':<8} {'ROLE':<12} {'GTID':<22} {'FOLLOWS':<8} {'IO':<10} {'SQL':<4} {'LAG':>5}  SEMI-SYNC"]
+    for s in seen:
+        if not s.answered:
+            lines.append(f"{s.name:<8} {'unreachable':<12} {s.error}")
+            continue
+        role = "primary" if not s.read_only else ("replica" if s.master_host else "read-only")
+        follows = by_address.get(s.master_host, s.master_host) or "-"
+        lag = "-" if s.lag is None else str(s.lag)
+        semi = ("on" if s.semi_sync else "OFF (async)") if not s.read_only else "-"
+        lines.append(
+            f"{s.name:<8} {role:<12} {s.binlog_pos or '-':<22} {follows:<8} {s.io_running or '-':<10} "
+            f"{s.sql_running or '-':<4} {lag:>5}  {semi}"
+        )
+        if s.io_error:
+            lines.append(f"         IO error: {s.io_error}")
+    return lines
+
+
+def healthy(seen: list[Seen]) -> bool:
+    """Exactly one writable host, and every other one replicating from it."""
+    writable = [s for s in seen if s.answered and not s.read_only]
+    if len(writable) != 1:
+        return False
+    p = writable[0]
+    return all(s is p or (s.master_host == p.address and s.io_running == s.sql_running == "Yes") for s in seen)
+
+
+@contextlib.contextmanager
+def _lock(path: Path, *, wait: bool) -> Iterator[bool]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _log(project: Project, event: Event) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {event.line()}", flush=True)
+    with open(project.state / "db-events.jsonl", "a") as f:
+        f.write(json.dumps(asdict(event)) + "\n")
+
+
+def monitor(project: Project, r: Replication, stopping: threading.Event) -> int:
+    """The monitor's loop until `stopping` is set; 1 when another monitor runs on this runner."""
+    with _lock(project.state / "db-monitor.lock", wait=False) as mine:
+        if not mine:
+            print("db monitor: another monitor runs on this runner already (state/db-monitor.lock)", file=sys.stderr)
+            return 1
+        memory_file = project.state / "db-monitor.json"
+        memory = Memory.load(memory_file)
+        mon = Monitor(r, memory)
+        print(f"db monitor: watching {', '.join(r.nodes)}; failover after {mon.detect:.0f}s out of sight", flush=True)
+        while not stopping.is_set():
+            started = time.monotonic()
+            with _lock(project.state / "db-failover.lock", wait=True):
+                try:
+                    events = mon.tick()
+                except ReplicationError as e:
+                    events = [Event("refused", "-", str(e))]
+                except Exception as e:  # a change that failed half-way is looked at again next tick
+                    events = [Event("error", "-", f"{type(e).__name__}: {e}")]
+            for event in events:
+                _log(project, event)
+            if events:
+                memory.save(memory_file)
+            stopping.wait(max(0.0, TICK - (time.monotonic() - started)))
+    return 0
+
+
+def run(
+    project: Project,
+    cluster: Cluster,
+    secrets: SecretStore,
+    action: str,
+    *,
+    to: str | None = None,
+    as_json: bool = False,
+    lab: bool = False,
+) -> int:
+    if lab:
+        from kiln.lab import netns
+
+        netns.enter()  # the lab's hosts answer only inside its network namespace
+    r = replication_of(cluster, secrets)
+    try:
+        if action == "status":
+            seen = r.see_all()
+            if as_json:
+                print(json.dumps([s.summary() for s in seen], indent=2))
+            else:
+                print("\n".join(status_lines(seen)))
+            return 0 if healthy(seen) else 1
+        if action == "switchover":
+            assert to is not None
+            with _lock(project.state / "db-failover.lock", wait=True):
+                result, events = switchover(r, to)
+            for event in events:
+                _log(project, event)
+            print(
+                f"switchover done: {result.new} is the primary (was {result.old}) at {result.position}; writes "
+                f"paused {result.pause:.2f}s. roles.yaml still names {result.old} primary: set db_role: primary on "
+                f"{result.new} and replica on {result.old}, then ./inv apply"
+            )
+            return 0
+        stopping = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stopping.set())
+        return monitor(project, r, stopping)
+    finally:
+        r.close()
