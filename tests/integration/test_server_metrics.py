@@ -14,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kiln import monitoring
 from kiln.server.states import State
 from tests.integration.kiln_server import RunningServer, loopback_roles, running_server
 
@@ -115,6 +116,8 @@ def test_hosts_by_state_match_the_store(server: RunningServer) -> None:
         assert value(samples, "kiln_server_host_credentials", credential=credential) == expected, credential
     assert value(samples, "kiln_server_generation") == 1
     assert value(samples, "kiln_server_store_up") == 1
+    wanted = monitoring.EXPORTED["kiln server (kiln/server/metrics.py)"]  # what kiln's alert rules read
+    assert set(wanted) <= {name for name, _ in samples}
     for certificate in ("ca", "server", "site"):
         assert value(samples, "kiln_server_certificate_expiry_timestamp_seconds", certificate=certificate) > 0
 
