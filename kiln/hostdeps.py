@@ -50,6 +50,10 @@ _SERVER_TEST = ("chromium", "chromium-driver", "postgresql")
 _FREEZE = ("binutils", "libc-bin")
 _AGENT_TEST = (*_FREEZE, "util-linux", "procps", "prometheus-mysqld-exporter")
 
+# The monitoring files' real checkers: promtool (check rules, test rules, check config; Debian ships it in prometheus),
+# amtool (prometheus-alertmanager), and the node exporter whose metric names the rules read.
+_MONITORING_TEST = ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
+
 # ./inv db: backups (mariadb-backup, mbstream) taken over the transport, restored into a scratch server here
 # (mariadbd, mariadb-binlog, the mariadb client); ssh reaches the db hosts.
 _DB = ("mariadb-server", "mariadb-client", "mariadb-backup", "openssh-client")
@@ -65,7 +69,7 @@ _CI_TEST = ("npm",)
 COMMANDS = {"npm": "npm"}
 
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB, *_DB, *_CI_TEST),
+    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB, *_DB, *_CI_TEST, *_MONITORING_TEST),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
     "build": _IMAGE_BUILD,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
@@ -28,6 +30,7 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
 
 from kiln import hostauth, roles
 from kiln.mac import normalize
@@ -38,6 +41,7 @@ from kiln.server.auth import OPERATOR_COOKIE, Authority, Denied, bearer, peer
 from kiln.server.bundles import BundleCache, Signed
 from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, Event, parse_event, parse_mac
 from kiln.server.limits import Limits
+from kiln.server.metrics import METRICS_CONTENT_TYPE, UNMATCHED, ServerMetrics, StateCollector, healthz
 from kiln.server.publish import Live, Publisher, Rejected, poll_interval
 from kiln.server.states import State, progress, step_progress
 from kiln.server.store import CredentialError, StateStore, UnknownHost
@@ -65,6 +69,8 @@ class Provisioner:
     publisher: Publisher | None = None  # None: this server does not take publications (tests of other routes)
     dashboard_url: str = ""  # where the HTTP listener sends a browser asking for /
     limits: Limits = field(default_factory=Limits)
+    certificates: dict[str, Path] = field(default_factory=dict)  # name -> PEM whose expiry /metrics reports
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     def __post_init__(self) -> None:
         # Long database work (listings) runs off the event loop, in as many threads as the database can use at
@@ -72,6 +78,7 @@ class Provisioner:
         # Short calls go through state().
         self._executor = ThreadPoolExecutor(self.store.threads, thread_name_prefix="kiln-state")
         self._running: dict[str, int] = {}  # host -> the generation it last said it runs (saves a write per poll)
+        self.metrics.watch(StateCollector(lambda: self.store.census(), lambda: self.live.generation, self.certificates))
 
     @property
     def cluster(self) -> Cluster:
@@ -123,6 +130,7 @@ async def _refused(
 ) -> Response:
     """Log the refusal with the peer, keep it in the access log (the dashboard shows it), answer it."""
     reason = denied.reason
+    p.metrics.refused(action, "forbidden" if denied.status == 403 else "unauthenticated")
     LOG.warning("refused %s from %s%s: %s", action, peer(request), f" for {host}" if host else "", reason)
     await p.state(p.store.note_access, peer(request), host, action, "refused", reason)
     return _error(denied.status, reason)
@@ -138,38 +146,47 @@ async def _operator_only(p: Provisioner, request: Request, action: str) -> Respo
 
 
 async def _granted(p: Provisioner, request: Request, action: str, host: str, detail: str) -> None:
+    p.metrics.grants.labels(action).inc()
     LOG.info("%s %s to %s from %s", action, detail, host, peer(request))
     await p.state(p.store.note_access, peer(request), host, action, "granted", detail)
 
 
-async def _body(request: Request, limit: int) -> bytes | Response:
+async def _body(request: Request, limit: int, action: str) -> bytes | Response:
     """The request body, at most `limit` bytes (413 beyond, counted as it arrives)."""
+    p: Provisioner = request.app.state.provisioner
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        p.metrics.refused(action, "body_too_large")
         return _error(413, f"a body here is at most {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
+            p.metrics.refused(action, "body_too_large")
             return _error(413, f"a body here is at most {limit} bytes")
     return bytes(body)
 
 
-def _throttled(p: Provisioner, request: Request, host: str | None) -> Response | None:
+def _throttled(p: Provisioner, request: Request, host: str | None, action: str) -> Response | None:
     """429 when the peer address (or the host) writes faster than its rate (kiln/server/limits.py)."""
     wait = p.limits.wait(peer(request), host)
     if wait <= 0:
         return None
+    p.metrics.refused(action, "rate_limited")
     seconds = max(1, int(wait + 0.999))
     return JSONResponse(
         {"error": f"too many requests; retry in {seconds} s"}, status_code=429, headers={"Retry-After": str(seconds)}
     )
 
 
-def _json_only(request: Request) -> Response | None:
+def _json_only(request: Request, action: str) -> Response | None:
     """POST bodies are JSON, declared so: a browser cannot send that cross-site without a preflight."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return None if kind == "application/json" else _error(415, "the body must be application/json")
+    if kind == "application/json":
+        return None
+    p: Provisioner = request.app.state.provisioner
+    p.metrics.refused(action, "not_json")
+    return _error(415, "the body must be application/json")
 
 
 def _ipxe(text: str, status: int = 200) -> PlainTextResponse:
@@ -191,6 +208,7 @@ async def boot_ipxe(request: Request) -> Response:
 async def host_ipxe(request: Request) -> Response:
     p: Provisioner = request.app.state.provisioner
     if p.limits.wait(peer(request), None) > 0:  # a flood of made-up MACs from one address is slowed down
+        p.metrics.refused("ipxe", "rate_limited")
         return _ipxe(f"#!ipxe\nsleep {ipxe.RETRY_SECONDS}\nexit 1\n", 429)
     try:
         mac = parse_mac(request.query_params.get("mac"))
@@ -200,6 +218,7 @@ async def host_ipxe(request: Request) -> Response:
     host = p.host_by_mac(mac)
     if host is None:
         await p.state(p.store.note_unknown, mac)
+        p.metrics.refused("ipxe", "unknown_machine")
         LOG.info("unknown machine %s asked for its boot script", mac)
         return _ipxe(ipxe.unknown_script(mac, installer.http_base))
     if await p.state(p.store.is_installed, host.name):
@@ -266,10 +285,10 @@ async def enrol(request: Request) -> Response:
     """POST /v1/enrol: Bearer ENROLMENT_TOKEN, {"host_key": BASE64, "macs": [...]} -> the signed bundle with its
     secrets. Binds the host key; the same token and key again is a retry after a lost response."""
     p: Provisioner = request.app.state.provisioner
-    wrong = _json_only(request) or _throttled(p, request, None)
+    wrong = _json_only(request, "enrol") or _throttled(p, request, None, "enrol")
     if wrong is not None:
         return wrong
-    body = await _body(request, ENROL_BYTES)
+    body = await _body(request, ENROL_BYTES, "enrol")
     if isinstance(body, Response):
         return body
     try:
@@ -301,6 +320,7 @@ async def enrol(request: Request) -> Response:
     if isinstance(signed, Response):
         return signed
     what = "key bound" if enrolment.first else "same key again (a retry)"
+    p.metrics.enrolments.labels("bound" if enrolment.first else "retry").inc()
     await _granted(
         p, request, "enrol", host.name, f"{what}; bundle {'with' if enrolment.secrets else 'without'} secrets"
     )
@@ -411,10 +431,10 @@ async def post_event(request: Request) -> Response:
     """POST /v1/hosts/NAME/events: from NAME itself (its host key, or before it has one its enrolment token)."""
     p: Provisioner = request.app.state.provisioner
     name = request.path_params["name"]
-    wrong = _json_only(request) or _throttled(p, request, name[:64])
+    wrong = _json_only(request, "event") or _throttled(p, request, name[:64], "event")
     if wrong is not None:
         return wrong
-    body = await _body(request, MAX_EVENT_BYTES)
+    body = await _body(request, MAX_EVENT_BYTES, "event")
     if isinstance(body, Response):
         return body
     by_key = request.headers.get("authorization", "").startswith(hostauth.SCHEME + " ")
@@ -476,10 +496,10 @@ async def publish(request: Request) -> Response:
         return refused
     if p.publisher is None:
         return _error(503, "this server does not take publications")
-    wrong = _json_only(request)
+    wrong = _json_only(request, "publish")
     if wrong is not None:
         return wrong
-    body = await _body(request, PUBLISH_BYTES)
+    body = await _body(request, PUBLISH_BYTES, "publish")
     if isinstance(body, Response):
         return body
     try:
@@ -723,10 +743,11 @@ async def login(request: Request) -> Response:
     p: Provisioner = request.app.state.provisioner
     if request.method == "GET":
         return FileResponse(STATIC / "login.html", headers=DASHBOARD_HEADERS)
-    throttled = _throttled(p, request, "operator-login")  # guesses of the token are as slow as one host's events
+    # guesses of the token are as slow as one host's events
+    throttled = _throttled(p, request, "operator-login", "login")
     if throttled is not None:
         return throttled
-    body = await _body(request, LOGIN_BYTES)
+    body = await _body(request, LOGIN_BYTES, "login")
     if isinstance(body, Response):
         return body
     given = urllib.parse.parse_qs(body.decode(errors="replace")).get("token", [""])[0].strip()
@@ -738,11 +759,86 @@ async def login(request: Request) -> Response:
     return response
 
 
+# --- both listeners: health and metrics -------------------------------------------------------------
+
+
+def metrics_allowed(p: Provisioner, request: Request) -> bool:
+    """/metrics is for the admin networks (where the mon host scrapes from) and loopback, or anyone holding the
+    operator token: it tells host counts and states, no secret, but nothing the rest of the world needs."""
+    try:
+        address = ipaddress.ip_address(peer(request))
+    except ValueError:
+        address = None
+    admin = p.live.cluster.network.admin  # the generation served: a publication may change them
+    if address is not None and (address.is_loopback or any(address in net for net in admin)):
+        return True
+    try:
+        p.authority.operator(request)
+    except Denied:
+        return False
+    return True
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text format (kiln/server/metrics.py); 403 outside the admin networks."""
+    p: Provisioner = request.app.state.provisioner
+    if not metrics_allowed(p, request):
+        p.metrics.refused("metrics", "not_admin_network")
+        return _error(403, "/metrics is served to the admin networks (roles.yaml network.admin) and the operator")
+    body = await p.blocking(generate_latest, p.metrics.registry)  # the host census is a query: off the loop
+    return Response(body, media_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+
+async def health(request: Request) -> Response:
+    """GET /healthz: 200 and {"status": "ok", ...} when the state store answers, else 503 (for a load balancer in
+    front of several servers, and for monitoring). Open to anyone: it says no more than up or down."""
+    p: Provisioner = request.app.state.provisioner
+    try:
+        status, body = await asyncio.wait_for(p.blocking(healthz, p.store.ping, p.live.generation), HEALTH_TIMEOUT)
+    except TimeoutError:
+        status, body = 503, {"status": "unavailable", "store": f"no answer within {HEALTH_TIMEOUT:.0f} s"}
+    return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+HEALTH_TIMEOUT = 5.0  # seconds the state store has to answer /healthz's query
+
+
+class Instrumented:
+    """ASGI middleware: counts each request by its route's template (never the raw path: a client cannot grow
+    the label set) and status, and times it to its response's last byte."""
+
+    def __init__(self, app: Starlette, listener: str, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.listener = listener
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees when the app raised before answering
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            self.metrics.request(self.listener, route, scope["method"], status, time.perf_counter() - started)
+
+
 # --- the applications -------------------------------------------------------------------------------
 
 
 def _api_routes() -> list[Route | Mount]:
     return [
+        Route("/metrics", metrics),
+        Route("/healthz", health),
         Route("/", dashboard),
         Route("/login", login, methods=["GET", "POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
@@ -759,10 +855,12 @@ def _api_routes() -> list[Route | Mount]:
     ]
 
 
-def http_app(p: Provisioner, images_root: Path) -> Starlette:
+def http_app(p: Provisioner, images_root: Path) -> Instrumented:
     """Boot scripts and images only: nothing that needs a credential ever goes over plain HTTP."""
     routes: list[Route | Mount] = [
         Route("/boot.ipxe", boot_ipxe),
+        Route("/metrics", metrics),
+        Route("/healthz", health),
         Route("/ipxe", host_ipxe),
         Route("/images/{role}/{name}.data", image_data),
         Mount("/images", app=StaticFiles(directory=images_root, check_dir=False), name="images"),
@@ -770,10 +868,10 @@ def http_app(p: Provisioner, images_root: Path) -> Starlette:
     routes.append(Route("/", http_root))
     app = Starlette(routes=routes)
     app.state.provisioner = p
-    return app
+    return Instrumented(app, "http", p.metrics)
 
 
-def tls_app(p: Provisioner) -> Starlette:
+def tls_app(p: Provisioner) -> Instrumented:
     app = Starlette(routes=_api_routes())
     app.state.provisioner = p
-    return app
+    return Instrumented(app, "https", p.metrics)

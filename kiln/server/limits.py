@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,10 @@ class GuardedH11(H11Protocol):
     _head_deadline: asyncio.TimerHandle | None = None
     _head_bytes = 0  # of the head that is arriving
 
+    @staticmethod
+    def refused(action: str, reason: str) -> None:
+        """Counts a connection refused here (uvicorn_limits binds the server's metrics); nothing by default."""
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
         self._arm()
@@ -49,6 +54,7 @@ class GuardedH11(H11Protocol):
             self._head_bytes += len(data) if end < 0 else end + 4
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._disarm()
+                self.refused("request", "head_too_large")
                 self.transport.write(TOO_LARGE)
                 self.transport.close()
                 return
@@ -80,13 +86,23 @@ class GuardedH11(H11Protocol):
     def _too_slow(self) -> None:
         self._head_deadline = None
         if not self.transport.is_closing():
+            self.refused("request", "head_timeout")
             self.transport.close()
 
 
-def uvicorn_limits() -> dict[str, Any]:
-    """The uvicorn.Config settings that apply these limits."""
+def uvicorn_limits(refused: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """The uvicorn.Config settings that apply these limits; `refused(action, reason)` counts what the protocol
+    refuses (kiln/server/metrics.py)."""
+    protocol: type[GuardedH11] = GuardedH11
+    if refused is not None:
+
+        class Counted(GuardedH11):
+            pass
+
+        Counted.refused = staticmethod(refused)  # type: ignore[method-assign,assignment]
+        protocol = Counted
     return {
-        "http": GuardedH11,
+        "http": protocol,
         "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         "timeout_keep_alive": IDLE_TIMEOUT,
         "limit_concurrency": CONCURRENCY,

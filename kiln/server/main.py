@@ -12,7 +12,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: Any, **tls: Any) -> uvicorn.Config:
+def _uvicorn_config(app: Any, refused: Callable[[str, str], None], **tls: Any) -> uvicorn.Config:
+    """`refused(action, reason)` counts what the protocol refuses before the app sees a request."""
     return uvicorn.Config(
         app,
         lifespan="off",
@@ -115,7 +116,7 @@ def _uvicorn_config(app: Any, **tls: Any) -> uvicorn.Config:
         proxy_headers=False,
         timeout_graceful_shutdown=5,
         backlog=2048,
-        **limits.uvicorn_limits(),
+        **limits.uvicorn_limits(refused),
         **tls,
     )
 
@@ -168,10 +169,12 @@ def serve(config: ServerConfig) -> int:
         authority=Authority(store, store_keys.operator_token()),
         publisher=publisher,
         dashboard_url=f"{tls_base}/",
+        certificates={"ca": store_keys.ca_pem, "server": store_keys.server_pem, "site": store_keys.site_pem},
     )
     publisher.on_swap = provisioner.swap
     tls_config = _uvicorn_config(
         tls_app(provisioner),
+        refused=provisioner.metrics.refused,
         ssl_certfile=str(store_keys.server_pem),  # the server's own identity: never in a bundle
         ssl_keyfile=str(store_keys.server_key),
         ssl_ciphers=TLS_CIPHERS,
@@ -180,7 +183,7 @@ def serve(config: ServerConfig) -> int:
     assert tls_config.ssl is not None
     tls_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
     servers = [
-        _Server(_uvicorn_config(http_app(provisioner, config.images))),
+        _Server(_uvicorn_config(http_app(provisioner, config.images), refused=provisioner.metrics.refused)),
         _Server(tls_config),
     ]
     lines = [
@@ -192,6 +195,8 @@ def serve(config: ServerConfig) -> int:
         f"  events         {tls_base}/v1/hosts/NAME/events",
         f"  dashboard      {tls_base}/   (log in with {config.secrets / 'operator.token'})",
         f"  publications   {tls_base}/v1/publish   (./inv plan, ./inv apply: the next generation, no restart)",
+        f"  monitoring     {http_base}/metrics, /healthz   (also over HTTPS; /metrics to "
+        f"{', '.join(str(n) for n in cluster.network.admin)} and loopback)",
         f"  signing key    {fingerprint}   ({config.secrets / 'signing.pub'})",
     ]
     if config.listen.unspecified and config.listen.port == 0:

@@ -722,6 +722,27 @@ class StateStore:
             )
             return {r["name"]: dict(r) for r in conn.execute(query).mappings()}
 
+    def census(self, *, now: float | None = None) -> dict[tuple[str, str], tuple[int, float | None]]:
+        """(state, credential) -> (hosts, the oldest `updated` among them), in one grouped query: what /metrics
+        reports at each scrape, whatever the number of hosts. The credential as /v1/hosts names it: enrolled (a key
+        is bound), spent (no token left), expired, armed."""
+        now = time.time() if now is None else now
+        h = hosts_table.c
+        credential = sa.case(
+            (h.host_key.is_not(None), "enrolled"),
+            (h.enrol_token.is_(None), "spent"),
+            (sa.and_(h.enrol_expires.is_not(None), h.enrol_expires < now), "expired"),
+            else_="armed",
+        ).label("credential")
+        query = sa.select(h.state, credential, sa.func.count(), sa.func.min(h.updated)).group_by(h.state, credential)
+        with self.engine.connect() as conn:
+            return {(state, cred): (int(n), oldest) for state, cred, n, oldest in conn.execute(query)}
+
+    def ping(self) -> None:
+        """Raise when the database does not answer a trivial query (GET /healthz)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(1)).scalar_one()
+
     def unknown_machines(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             query = sa.select(unknown_table).order_by(unknown_table.c.last_seen.desc())

@@ -139,7 +139,9 @@ def running_server(
     extra: tuple[str, ...] = (),
     tls_port: int = 0,
     start_timeout: float = 30,
+    address: str = "127.0.0.1",
 ) -> Iterator[RunningServer]:
+    """`address`: where both listeners bind (the URLs given name it; 0.0.0.0 is named by its loopback)."""
     tmp.mkdir(parents=True, exist_ok=True)
     roles = roles or loopback_roles(tmp)
     database = database or f"sqlite:///{tmp / 'state' / 'kiln.db'}"
@@ -152,9 +154,9 @@ def running_server(
         "--roles",
         str(roles),
         "--listen",
-        "127.0.0.1:0",
+        f"{address}:0",
         "--tls-listen",
-        f"127.0.0.1:{tls_port}",
+        f"{address}:{tls_port}",
         "--database",
         database,
         "--secrets",

@@ -25,6 +25,7 @@ import pytest
 from firstboot.errors import StepFailed
 from firstboot.steps.join import db as db_join
 from firstboot.steps.join.sql import Server
+from kiln import monitoring
 from kiln.bundle import Bundle, DbPrimaryJoin, DbReplicaJoin
 from kiln.model import Cluster
 from kiln.secrets import SecretStore
@@ -299,6 +300,11 @@ def test_the_mysqld_exporter_logs_in_by_socket_on_primary_and_replica(
     metrics = exporter_metrics(bundles["db2"], replica, free_port())
     assert re.search(r"(?m)^mysql_up 1$", metrics), metrics[:2000]
     assert re.search(r"(?m)^mysql_slave_status_slave_sql_running\{.*\} 1$", metrics), "no replica status"
+    # the names kiln's alert rules read (kiln/monitoring), as this exporter really exports them
+    exported = set(re.findall(r"(?m)^([a-z_]+)[{ ]", metrics))
+    wanted = set(monitoring.EXPORTED["prometheus-mysqld-exporter 0.14 (--collect.slave_status)"])
+    assert wanted <= exported, sorted(wanted - exported)
+    assert re.search(r"(?m)^mysql_global_variables_read_only 1$", metrics), "the replica is read-only"
 
 
 def primary_notes(stderr: str) -> set[str]:

@@ -11,8 +11,10 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kiln.run import run
@@ -36,8 +38,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Postgres:
+    url: str
+    pg_ctl: list[str | Path]  # pg_ctl as the postgres user, with the data directory
+
+    def stop(self) -> None:
+        run([*self.pg_ctl, "-m", "immediate", "-w", "stop"], check=False, timeout=60)
+
+
 @pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
+def postgres() -> Iterator[Postgres]:
     """A throw-away PostgreSQL cluster run as the postgres user, listening on 127.0.0.1 only."""
     bin_dir = _pg_bin()
     top = Path(tempfile.mkdtemp(prefix="kiln-srv-pg-"))
@@ -64,12 +75,18 @@ def postgres_url() -> Iterator[str]:
         timeout=120,
     )
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off"
-    run([*as_pg, bin_dir / "pg_ctl", "-D", data, "-l", top / "log", "-o", options, "-w", "start"], timeout=60)
+    pg_ctl: list[str | Path] = [*as_pg, bin_dir / "pg_ctl", "-D", data]
+    run([*pg_ctl, "-l", top / "log", "-o", options, "-w", "start"], timeout=60)
     try:
-        yield f"postgresql://kiln:{PASSWORD}@127.0.0.1:{port}/postgres"
+        yield Postgres(f"postgresql://kiln:{PASSWORD}@127.0.0.1:{port}/postgres", pg_ctl)
     finally:
-        run([*as_pg, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], check=False, timeout=60)
+        run([*pg_ctl, "-m", "immediate", "-w", "stop"], check=False, timeout=60)
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.url
 
 
 def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path) -> None:
@@ -120,3 +137,17 @@ def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path
         again = json.loads(b.host("db1", "52:54:00:10:00:41").enrol(b.token("db1")).content)
         assert view["state"] == "waiting" and view["alerts"] == [] and not view["installed"]
         assert again["secrets_withheld"] is False
+
+
+def test_healthz_says_when_the_database_does_not_answer(postgres: Postgres, tmp_path: Path) -> None:
+    """Last in this module: it stops the database."""
+    with running_server(tmp_path / "health", database=postgres.url) as s:
+        assert httpx.get(f"{s.http_url}/healthz").json()["status"] == "ok"
+        postgres.stop()
+        down = httpx.get(f"{s.http_url}/healthz", timeout=30)
+        assert down.status_code == 503 and down.json()["status"] == "unavailable"
+        assert PASSWORD not in down.text
+        scraped = httpx.get(f"{s.http_url}/metrics", timeout=30)
+        assert scraped.status_code == 200  # the scrape still answers, and says the store did not
+        assert "kiln_server_store_up 0.0" in scraped.text
+        assert "kiln_server_hosts{" not in scraped.text

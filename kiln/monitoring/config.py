@@ -1,0 +1,109 @@
+"""The mon role's Prometheus and Alertmanager configs, computed from the cluster model: every host's node exporter,
+the lb hosts' HAProxy, the web hosts' nginx exporter, the db hosts' mysqld exporter, the app nodes' /metrics and
+the provisioning server's own. Their job names are the ones the alert rules name (kiln/monitoring/rules/).
+
+    prometheus_config(cluster)                  prometheus.yml's text
+    alertmanager_config(cluster, webhook_url)   alertmanager.yml's text
+
+Both are YAML dumped from plain data (not a template): every value is quoted as YAML needs, whatever a host name
+holds. File paths in them are relative to the config file's directory (Prometheus and Alertmanager resolve them
+so): the mon role installs kiln.rules.yml and the cluster CA beside prometheus.yml.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from kiln.model import Cluster
+from kiln.roles import app, db, lb, web
+from kiln.roles.context import NODE_EXPORTER_PORT
+
+SCRAPE_INTERVAL = "15s"  # the drills ask for an alert within 60 s: 15 s scrapes and evaluations, then `for`
+RULES_FILE = "kiln.rules.yml"
+CA_FILE = "kiln-ca.pem"  # the cluster CA: the provisioning server's certificate is issued by it
+ALERTMANAGER = "127.0.0.1:9093"  # on the mon host itself
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    role: str | None  # None: every host
+    port: int
+
+
+JOBS = (
+    Job("node", None, NODE_EXPORTER_PORT),
+    Job("haproxy", lb.NAME, lb.STATS_PORT),
+    Job("nginx", web.NAME, web.EXPORTER_PORT),
+    Job("mysqld", db.NAME, db.EXPORTER_PORT),
+)
+
+
+def _targets(cluster: Cluster, role: str | None, port: int) -> list[dict[str, Any]]:
+    """One static config per host, labelled with its name and role (alerts then say `web1`, not an address)."""
+    hosts = cluster.hosts if role is None else cluster.by_role(role)
+    return [{"targets": [f"{h.ip}:{port}"], "labels": {"host": h.name, "role": h.role}} for h in hosts]
+
+
+def prometheus_config(cluster: Cluster) -> str:
+    scrapes: list[dict[str, Any]] = [
+        {"job_name": job.name, "static_configs": _targets(cluster, job.role, job.port)}
+        for job in JOBS
+        if job.role is None or cluster.by_role(job.role)
+    ]
+    if cluster.by_role(app.NAME):
+        scrapes.append(
+            {"job_name": "app", "static_configs": _targets(cluster, app.NAME, app.settings_of(cluster).port)}
+        )
+    server = urlsplit(cluster.provisioning_url)
+    scrapes.append(
+        {
+            "job_name": "kiln-server",
+            "scheme": "https",  # the server's address and port are provisioning.url's; /metrics to the admin networks
+            "tls_config": {"ca_file": CA_FILE},
+            "static_configs": [{"targets": [server.netloc], "labels": {"host": "provisioning"}}],
+        }
+    )
+    document = {
+        "global": {
+            "scrape_interval": SCRAPE_INTERVAL,
+            "evaluation_interval": SCRAPE_INTERVAL,
+            "external_labels": {"cluster": cluster.name},
+        },
+        "rule_files": [RULES_FILE],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [ALERTMANAGER]}]}]},
+        "scrape_configs": scrapes,
+    }
+    return _header(cluster, "Prometheus") + yaml.safe_dump(document, sort_keys=False)
+
+
+def alertmanager_config(cluster: Cluster, webhook_url: str) -> str:
+    """Every alert to one webhook (roles.yaml will name it; the provisioning server can be it), grouped by alert
+    and host, first sent 10 s after it fires (the drills expect it within 60 s), resent every 4 h while it lasts."""
+    document = {
+        "route": {
+            "receiver": "kiln-webhook",
+            "group_by": ["alertname", "host", "vip"],
+            "group_wait": "10s",
+            "group_interval": "1m",
+            "repeat_interval": "4h",
+        },
+        "receivers": [{"name": "kiln-webhook", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
+        # an app node that is down is AppNodeDown's to say: its InstanceDown would say it again
+        "inhibit_rules": [
+            {
+                "source_matchers": ["alertname = AppNodeDown"],
+                "target_matchers": ["alertname = InstanceDown"],
+                "equal": ["instance"],
+            }
+        ],
+    }
+    return _header(cluster, "Alertmanager") + yaml.safe_dump(document, sort_keys=False)
+
+
+def _header(cluster: Cluster, what: str) -> str:
+    return f"# Rendered by kiln for {cluster.name}: {what}'s configuration (kiln/monitoring/config.py).\n"
