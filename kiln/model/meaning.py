@@ -255,10 +255,11 @@ def admin_user(facts: Facts) -> Found:
     name = facts.access.get("admin_user")
     if not isinstance(name, str):
         return
-    entries = [*common.FILES, *common.DIRECTORIES]
+    owned = [(f.owner, f.group) for f in common.FILES] + [(d.owner, d.group) for d in common.DIRECTORIES]
     for r in roles.all_roles():
-        entries += [*r.files, *r.directories, *r.secrets]
-    daemons = frozenset({e.owner for e in entries} | {e.group for e in entries})
+        owned += [(f.owner, f.group) for f in r.files] + [(d.owner, d.group) for d in r.directories]
+        owned += [(s.owner, s.group) for s in r.secrets]
+    daemons = frozenset(name for pair in owned for name in pair)
     why = access.account_problem(name, daemons)
     if why:
         yield "$.access.admin_user", why, "an account name of its own for operators, e.g. kiln"
