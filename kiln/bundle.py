@@ -287,7 +287,7 @@ class Bundle:
         except DecodeError as e:
             raise BundleError(e.path, e.message) from None
 
-    # --- the server's and the lab's changes ---
+    # --- the server's changes ---
     def stamped(self, *, cluster_id: str, generation: int, now: float, ttl: float) -> Bundle:
         """A copy naming its cluster and generation, issued now and valid for `ttl` seconds."""
         issued = int(now)
@@ -307,21 +307,6 @@ class Bundle:
         """A copy with every secret's value null, marked as withheld when it has secrets at all."""
         secrets = tuple(replace(s, value=None) for s in self.secrets)
         return replace(self, secrets=secrets, secrets_withheld=bool(secrets))
-
-    def extended(
-        self,
-        *,
-        directories: tuple[Directory, ...] = (),
-        files: tuple[File, ...] = (),
-        services: tuple[Service, ...] = (),
-    ) -> Bundle:
-        """A copy with these added after the bundle's own (the lab adds its SSH access this way)."""
-        return replace(
-            self,
-            directories=self.directories + directories,
-            files=self.files + files,
-            services=self.services + services,
-        )
 
     def shared_digests(self) -> list[str]:
         """The sha256 of every shared content the bundle's files name, once each, in file order."""
