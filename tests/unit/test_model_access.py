@@ -1,5 +1,6 @@
 """Operator access in roles.yaml: the admin account's name and the SSH keys, per cluster and per role, as the model
-reads them, the renderer puts them in each bundle, and the sudoers drop-in names the account."""
+reads them, the renderer puts them in each bundle, the sudoers drop-in names the account and the dashboard tells
+operators to log in as it."""
 
 from __future__ import annotations
 
@@ -106,3 +107,11 @@ def test_the_schema_alone_refuses_a_trailing_newline():
         jsonschema.validate(value, defs[name])
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(value + "\n", defs[name])
+
+
+def test_the_dashboard_tells_operators_to_log_in_as_the_admin_account(shipped_roles: Path):
+    from kiln.server.app import _alerts
+
+    cluster = parse_roles(_with_access(shipped_roles, "access: {admin_user: ops}"))
+    [alert] = _alerts(cluster.host("db2"), {"state": "failed", "last_step": "join"}, cluster.access.admin_user)
+    assert alert["hint"] == "ssh ops@10.10.0.42, then sudo firstboot status"
