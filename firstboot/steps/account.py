@@ -5,7 +5,7 @@ password: the shadow field is `*`, which matches no password, and no password ag
 from the hardened login.defs, an aged password would expire and lock key logins out a year later). sudo comes
 from the rendered /etc/sudoers.d/60-kiln-admin. `~/.ssh/authorized_keys` (0600, the account's) is the bundle's
 keys, whole: a key removed from roles.yaml vanishes at the next converge. Into a tree (`firstboot apply --root`)
-useradd edits that tree's /etc files (`--prefix`); on the host it edits the host's.
+useradd edits that tree's /etc files (`--prefix`), when the tree has an /etc/passwd; on the host, the host's.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from firstboot.errors import StepFailed
+from firstboot.log import LOG
 from firstboot.owners import Owners
 from firstboot.steps.context import StepContext
 from kiln.bundle import Admin
@@ -79,6 +80,11 @@ def ensure_admin(ctx: StepContext) -> list[str]:
     host paths that changed (`/etc/passwd` when the account was created)."""
     admin = ctx.bundle.admin
     if admin is None:
+        return []
+    if not ctx.paths.is_host and not ctx.paths.under("/etc/passwd").exists():
+        # a tree that is no system (a test's, a preview's): useradd would start a passwd holding only this account,
+        # and every other owner would stop resolving in it
+        LOG.warning("no /etc/passwd under %s: the admin account %s is not made there", ctx.paths.root, admin.name)
         return []
     changed = []
     ids = _ids(ctx, admin.name)
