@@ -244,7 +244,10 @@ def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
 
     if action not in lab_cli.ACTIONS:
         raise Exit(f"lab: unknown action {action!r} (expected one of: {', '.join(lab_cli.ACTIONS)})", code=2)
-    _exit(lab_cli.run(Project(roles=roles), action=action, host=host, boot=boot, timeout=float(timeout)))
+    # ssh: what follows `--` runs on the host as the admin account (./inv lab ssh --host db1 -- sudo mariadb)
+    command = c.remainder if action == "ssh" else ""
+    project = Project(roles=roles)
+    _exit(lab_cli.run(project, action=action, host=host, boot=boot, timeout=float(timeout), command=command))
 
 
 @task(
@@ -262,6 +265,7 @@ def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
         "keep": "restore-test: keep the scratch server's files",
         "out": "schedule: the directory the runner's systemd units are written to",
         "lab": "backup, archive, status, switchover, monitor: reach the lab's db hosts from inside its namespace",
+        "ssh_user": "backup, archive: log in to the replica as this account (default: roles.yaml access.admin_user)",
     },
 )
 def db(
@@ -278,13 +282,15 @@ def db(
     out=None,
     lab=False,
     to=None,
+    ssh_user=None,
 ):
     """The data tier: ACTION backup, archive, backups, restore-test [--backup ID], schedule --out DIR, status,
     switchover --to HOST, monitor."""
     from kiln.db import cli as db_cli  # boto3 loads only for this task
 
     options = {"backup": backup, "to_gtid": to_gtid, "to_time": to_time, "workdir": workdir, "keep": keep}
-    _exit(db_cli.run(Project(roles=roles), action, secrets=secrets, as_json=json, out=out, lab=lab, to=to, **options))
+    options.update(lab=lab, ssh_user=ssh_user, to=to)
+    _exit(db_cli.run(Project(roles=roles), action, secrets=secrets, as_json=json, out=out, **options))
 
 
 ns = Collection(

@@ -71,6 +71,11 @@ class Owners:
             )
         return 0
 
+    def account(self, name: str) -> tuple[int, int] | None:
+        """(uid, gid) of the user `name` and its group of the same name; None when either is missing."""
+        uid, gid = self._lookup(name, "user"), self._lookup(name, "group")
+        return None if uid is None or gid is None else (uid, gid)
+
     def ids(self, entry: Directory | File | Secret) -> tuple[int, int]:
         """The (uid, gid) a bundle entry is to be owned by."""
         return self.resolve(entry.owner, "user", entry.path), self.resolve(entry.group, "group", entry.path)

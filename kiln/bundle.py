@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kiln.typedjson import DecodeError, decode, doc, encode, json_schema, pattern
 
-BUNDLE_SCHEMA = 2  # the agent refuses any other
+BUNDLE_SCHEMA = 3  # the agent refuses any other (3: the admin account)
 
 # What a bundle may name. Every pattern matches the whole string: no trailing newline, no control characters.
 ABSOLUTE_PATH = r"/(?:(?!\.\.?(?:/|$))[A-Za-z0-9._@+-]+/?)*"  # no "." or "..", no spaces, no metacharacters
@@ -30,6 +31,12 @@ ACCOUNT = r"[a-z_][a-z0-9_-]{0,31}"
 UNIT = r"[A-Za-z0-9@._-]+\.(?:service|socket|timer|target|path)"
 SECRET_NAME = r"[a-z][a-z0-9_]{0,63}"
 SHA256 = r"(?:[0-9a-f]{64})?"
+# an OpenSSH public key line, no options (roles.yaml's keys, parsed for real by kiln.model.access); one line
+SSH_KEY_TYPE = (
+    r"(?:ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com"
+    r"|ssh-rsa)"
+)
+SSH_KEY = SSH_KEY_TYPE + r" AAAA[A-Za-z0-9+/]+={0,2}(?: [^ \x00-\x1f\x7f][^\x00-\x1f\x7f]*)?"
 
 
 class BundleError(ValueError):
@@ -126,6 +133,27 @@ class Service:
             or f"/{self.unit}.d/" in path
             or (path.startswith("/etc/default/") and path in self.restart_on)
         )
+
+
+@dataclass(frozen=True)
+class Admin:
+    """The operators' account (roles.yaml access): created on the first boot (no password, /bin/bash, home 0700),
+    its ~/.ssh/authorized_keys kept equal to `keys` on every converge; sudo comes from a rendered sudoers drop-in."""
+
+    name: str = field(metadata=pattern(ACCOUNT))
+    keys: tuple[str, ...] = field(default=(), metadata=doc("OpenSSH public key lines, no options, one line each"))
+
+    def __post_init__(self) -> None:
+        if self.name == "root":
+            raise ValueError("the admin account cannot be root")
+        for i, key in enumerate(self.keys):
+            if not re.fullmatch(SSH_KEY, key):
+                raise ValueError(f"keys[{i}]: not one OpenSSH public key line without options")
+
+    def authorized_keys(self) -> str:
+        """The whole authorized_keys file: the keys, one a line, and a header saying who writes it."""
+        header = "# written by kiln's agent from roles.yaml access.ssh_keys: edits here are replaced\n"
+        return header + "".join(f"{key}\n" for key in self.keys)
 
 
 # --- joins: how a host proves it took its place; one kind per way of proving it ----------------------------
@@ -230,6 +258,7 @@ class Bundle:
     services: tuple[Service, ...]
     join: Join
     checks: tuple[Check, ...]
+    admin: Admin | None = field(default=None, metadata=doc("the operators' account; null: the agent manages none"))
     secrets_withheld: bool = field(default=False, metadata=doc("true: the server handed this host's secrets out"))
     # stamped by the server when it signs (a render leaves them empty): which cluster, which publish of its
     # roles file, and when; an agent refuses another cluster's bundle, an expired one and an older generation
@@ -261,7 +290,7 @@ class Bundle:
         except DecodeError as e:
             raise BundleError(e.path, e.message) from None
 
-    # --- the server's and the lab's changes ---
+    # --- the server's changes ---
     def stamped(self, *, cluster_id: str, generation: int, now: float, ttl: float) -> Bundle:
         """A copy naming its cluster and generation, issued now and valid for `ttl` seconds."""
         issued = int(now)
@@ -281,21 +310,6 @@ class Bundle:
         """A copy with every secret's value null, marked as withheld when it has secrets at all."""
         secrets = tuple(replace(s, value=None) for s in self.secrets)
         return replace(self, secrets=secrets, secrets_withheld=bool(secrets))
-
-    def extended(
-        self,
-        *,
-        directories: tuple[Directory, ...] = (),
-        files: tuple[File, ...] = (),
-        services: tuple[Service, ...] = (),
-    ) -> Bundle:
-        """A copy with these added after the bundle's own (the lab adds its SSH access this way)."""
-        return replace(
-            self,
-            directories=self.directories + directories,
-            files=self.files + files,
-            services=self.services + services,
-        )
 
     def shared_digests(self) -> list[str]:
         """The sha256 of every shared content the bundle's files name, once each, in file order."""

@@ -14,7 +14,17 @@ import sys
 from collections.abc import Iterable, Sequence
 
 # Config checkers and daemons the tests run for real; the tools behind render checks.
-_CHECKERS = ("haproxy", "nginx", "keepalived", "nftables", "mariadb-server", "mariadb-client", "iproute2", "openssl")
+_CHECKERS = (
+    "haproxy",
+    "nginx",
+    "keepalived",
+    "nftables",
+    "mariadb-server",
+    "mariadb-client",
+    "iproute2",
+    "openssl",
+    "sudo",
+)  # sudo: visudo checks the admin sudoers drop-in
 
 # diskimage-builder's host tools, the kpartx/dmsetup the stand-in replaces on hosts without device-mapper,
 # and what the PXE installer is assembled with (kernel and busybox come from apt-get download).

@@ -103,6 +103,25 @@ def _services(old: b.Bundle, new: b.Bundle, changed: set[str]) -> tuple[str, ...
     return tuple(lines)
 
 
+def _admin_changes(old: b.Admin | None, new: b.Admin | None) -> list[str]:
+    """The admin account's line: its name, the keys added and removed (by their comments, else their type)."""
+    if old == new:
+        return []
+    if old is None or new is None or old.name != new.name:
+        return [f"admin account: {old.name if old else '(none)'} -> {new.name if new else '(none)'}"]
+
+    def label(key: str) -> str:
+        parts = key.split(" ", 2)
+        return parts[2] if len(parts) > 2 else f"{parts[0]} ...{parts[1][-8:]}"
+
+    before, after = {k.split()[1]: k for k in old.keys}, {k.split()[1]: k for k in new.keys}
+    added = [label(after[k]) for k in after if k not in before]
+    removed = [label(before[k]) for k in before if k not in after]
+    words = [f"+{', '.join(added)}"] if added else []
+    words += [f"-{', '.join(removed)}"] if removed else []
+    return [f"admin account {new.name} keys: {' '.join(words) or 'comments changed'}"]
+
+
 def host_plan(name: str, old: Rendered, new: Rendered, masks: Mapping[str, str], labels: tuple[str, str]) -> HostPlan:
     """How one host that both sides list changes."""
     ob, nb = old.bundles[name], new.bundles[name]
@@ -130,6 +149,7 @@ def host_plan(name: str, old: Rendered, new: Rendered, masks: Mapping[str, str],
         other.append("secrets: " + ", ".join(s.name for s in nb.secrets) + f" (values {MASK})")
     if ob.checks != nb.checks:
         other.append(f"health checks: {len(ob.checks)} -> {len(nb.checks)}")
+    other += _admin_changes(ob.admin, nb.admin)
     join = _join_changes(ob.join, nb.join)
     services = _services(ob, nb, set(changed))
     same = not (changed or other or join or services)

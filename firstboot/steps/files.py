@@ -16,6 +16,7 @@ from pathlib import Path
 from firstboot import nic as nic_name
 from firstboot.errors import StepFailed
 from firstboot.log import LOG
+from firstboot.steps import account
 from firstboot.steps.context import Outcome, StepContext
 from kiln.bundle import File, Secret
 from kiln.fsutil import differs, ensure_file, remove_stale_temps
@@ -130,7 +131,9 @@ def sysctl(ctx: StepContext) -> Outcome:
 
 
 def files(ctx: StepContext) -> Outcome:
-    """Directories, then every other file; live: changed sysctl.d files are applied at once."""
+    """The admin account and its keys, directories, then every other file; live: changed sysctl.d files are
+    applied at once."""
+    admin_changed = account.ensure_admin(ctx)
     dirs_changed = []
     for d in ctx.bundle.directories:
         uid, gid = ctx.owners.ids(d)
@@ -145,7 +148,9 @@ def files(ctx: StepContext) -> Outcome:
     detail = _summary(changed, len(entries), "files")
     if dirs_changed:
         detail += f"; {len(dirs_changed)} directories changed"
-    return Outcome(detail, tuple(dirs_changed + changed))
+    if admin_changed and ctx.bundle.admin is not None:
+        detail += f"; admin account {ctx.bundle.admin.name}: {', '.join(admin_changed)}"
+    return Outcome(detail, tuple(admin_changed + dirs_changed + changed))
 
 
 def secrets(ctx: StepContext) -> Outcome:

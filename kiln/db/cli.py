@@ -10,7 +10,8 @@
     monitor        the failover monitor, in the foreground (its systemd unit: schedule)
 
 The runner (the machine this runs on) holds the store's credentials and the sealing key; it reaches the replica
-with `ssh root@ADDRESS` (the operator's ssh configuration and keys).
+with `ssh USER@ADDRESS` (the operator's ssh configuration and keys; USER is roles.yaml access.admin_user unless
+--ssh-user names another) and runs mariadb-backup, mariadb and cat there through `sudo -n`.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ def run(
     out: str | None = None,
     lab: bool = False,
     to: str | None = None,
+    ssh_user: str | None = None,
 ) -> int:
     if action not in ACTIONS:
         _err(f"db: unknown action {action!r} (one of: {', '.join(ACTIONS)})")
@@ -181,7 +183,8 @@ def run(
         key = store_secrets.backup_key()
         if action in ("backup", "archive"):
             host = backup_source(cluster)
-            source = _lab_host(cluster, host) if lab else DbHost.over_ssh(host.name, str(host.ip))
+            user = ssh_user or cluster.access.admin_user
+            source = _lab_host(cluster, host) if lab else DbHost.over_ssh(host.name, str(host.ip), user)
             with _runner_lock(project), tempfile.TemporaryDirectory(prefix="kiln-db-", dir=workdir) as tmp:
                 if action == "backup":
                     retention = Retention(keep=settings.keep, keep_days=settings.keep_days)
@@ -212,7 +215,8 @@ def _lab_host(cluster: Cluster, host: Host) -> DbHost:
     if not netns.exists():
         raise BackupError("the lab is down: ./inv lab up first")
     netns.enter()
-    return DbHost.over_ssh(host.name, str(host.ip), lab_ssh.options(Lab(cluster)))
+    lab = Lab(cluster)
+    return DbHost.over_ssh(host.name, str(host.ip), lab.admin_user, lab_ssh.options(lab))
 
 
 @contextlib.contextmanager

@@ -1,20 +1,18 @@
-"""The lab's SSH access to its hosts: a key pair under state/lab/ssh/ and the files a host needs for it.
+"""The lab's SSH access to its hosts: a key pair under state/lab/ssh/, added to the cluster's operator keys.
 
-The images permit no root login and bake no keys. For the lab, the server the lab runs adds to every
-bundle root's authorized key and an sshd drop-in that permits key-only root login from the lab's own
-address (a Match block: `sshd -T` and Lynis still see PermitRootLogin no). Production clusters bring
-their own access; nothing here reaches a bundle outside the lab.
+The images permit no root login and bake no keys. The server the lab runs adds the lab's public key to the
+model's `access.ssh_keys` before it renders (kiln.lab.serve), so the key reaches every host exactly as an
+operator's key from roles.yaml does: in the bundle's admin account, written by the agent, converged on day 2.
+The lab logs in as that account (roles.yaml access.admin_user) and runs what needs root through `sudo -n`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from kiln.bundle import Bundle, Directory, File, Service
+from kiln.model import Cluster
 from kiln.run import run
-
-SSHD_DROPIN = "/etc/ssh/sshd_config.d/40-kiln-lab.conf"
-AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 
 
 def ensure_key(key: Path) -> str:
@@ -25,21 +23,8 @@ def ensure_key(key: Path) -> str:
     return key.with_suffix(".pub").read_text().strip()
 
 
-def sshd_dropin(admin_address: str) -> str:
-    return (
-        "# kiln lab: root may log in with the lab's key from the lab's address only\n"
-        f"Match Address {admin_address}\n"
-        "    PermitRootLogin prohibit-password\n"
-    )
-
-
-def add_to_bundle(bundle: Bundle, public_key: str, admin_address: str) -> Bundle:
-    """`bundle` with the lab's access files (and sshd restarted when they change)."""
-    return bundle.extended(
-        directories=(Directory(path="/root/.ssh", mode="0700"),),
-        files=(
-            File(path=AUTHORIZED_KEYS, content=public_key + "\n", mode="0600"),
-            File(path=SSHD_DROPIN, content=sshd_dropin(admin_address), mode="0600"),
-        ),
-        services=(Service(unit="ssh.service", restart_on=(SSHD_DROPIN,)),),
-    )
+def with_lab_key(cluster: Cluster, public_key: str) -> Cluster:
+    """`cluster` whose every host also accepts the lab's key (once: a roles file that lists it already keeps it)."""
+    if public_key in cluster.access.ssh_keys:
+        return cluster
+    return replace(cluster, access=cluster.access.with_keys(public_key))

@@ -31,7 +31,7 @@ from kiln.fsutil import write_atomic
 from kiln.lab import client, lifecycle, netns, vm
 from kiln.lab.layout import OUTSIDE, Lab
 from kiln.lab.probe import Reply, request
-from kiln.lab.ssh import config_file, config_path, forget
+from kiln.lab.ssh import as_root, config_file, config_path, forget
 from kiln.roles import db as db_role
 from kiln.run import CommandError, run
 
@@ -61,11 +61,11 @@ REBOOT = "systemd-run --quiet --on-active=2s /bin/systemctl reboot"
 
 
 def ssh(lab: Lab, host: str, command: str, timeout: float = SSH_COMMAND, check: bool = True) -> str:
-    """One command on a lab host, through the ssh_config chaos() wrote once; no connection sharing (a master to a
-    powered-off host would hang)."""
+    """One command on a lab host as root (through sudo: kiln.lab.ssh.as_root), through the ssh_config chaos() wrote
+    once; no connection sharing (a master to a powered-off host would hang)."""
     config = str(config_path(lab))
     argv = ["ssh", "-F", config, "-o", "ControlPath=none", "-o", f"ConnectTimeout={SSH_CONNECT}", *SSH_ALIVE]
-    argv += [host, command]
+    argv += [host, as_root(command)]
     return run(argv, timeout=timeout, check=check).stdout
 
 

@@ -59,7 +59,8 @@ def status(lab: Lab) -> int:
     return 0 if all(r["state"] == "joined" for r in rows) else 2
 
 
-def ssh(lab: Lab, *, host: str | None, command: list[str]) -> int:
+def ssh(lab: Lab, *, host: str | None, command: str = "") -> int:
+    """A shell on `host` as the admin account, or `command` run there as that account (`sudo ...` for root)."""
     if not host:
         print("lab ssh: which host? e.g. ./inv lab ssh --host lb1", file=sys.stderr)
         return 1
@@ -70,12 +71,12 @@ def ssh(lab: Lab, *, host: str | None, command: list[str]) -> int:
         return 1
     from kiln.lab.ssh import ssh_argv
 
-    argv = ["ip", "netns", "exec", netns.NETNS, *ssh_argv(lab, str(target.ip)), *command]
+    argv = ["ip", "netns", "exec", netns.NETNS, *ssh_argv(lab, str(target.ip)), *([command] if command else [])]
     os.execvp(argv[0], argv)
     return 1  # not reached
 
 
-def run(project: Project, *, action: str, host: str | None, boot: str, timeout: float) -> int:
+def run(project: Project, *, action: str, host: str | None, boot: str, timeout: float, command: str = "") -> int:
     lab = lab_of(project)
     if lab is None:
         return 1
@@ -86,7 +87,7 @@ def run(project: Project, *, action: str, host: str | None, boot: str, timeout: 
     if action == "status":
         return status(lab)
     if action == "ssh":
-        return ssh(lab, host=host, command=[])
+        return ssh(lab, host=host, command=command)
     if action == "verify":
         from kiln.lab.verify import verify
 

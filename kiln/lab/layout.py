@@ -80,6 +80,11 @@ class Lab:
         return self.root / "kiln.db"
 
     @property
+    def admin_user(self) -> str:
+        """The account the lab logs in as: the cluster's admin account (roles.yaml access.admin_user)."""
+        return self.cluster.access.admin_user
+
+    @property
     def ssh_key(self) -> Path:
         return self.root / "ssh" / "id_ed25519"
 

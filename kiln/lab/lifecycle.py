@@ -242,7 +242,7 @@ def up(lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = 
         console.print(
             f"[red]{r['name']}[/]: {r['state']} at step {last.get('step', '-')} ({last.get('status', '-')}): "
             f"{last.get('detail') or 'no detail'}\n  serial log: {lab.serial_log(host)}"
-            f"\n  on the host: ./inv lab ssh --host {r['name']}, then firstboot status"
+            f"\n  on the host: ./inv lab ssh --host {r['name']}, then sudo firstboot status"
         )
     console.print("the lab stays up for a look; ./inv lab down removes it")
     return 1

@@ -1,9 +1,10 @@
-"""`kiln serve` as the lab runs it in its namespace: the real server, with the lab's SSH access in every bundle.
+"""`kiln serve` as the lab runs it in its namespace: the real server, the lab's SSH key among the operators' keys.
 
-python -m kiln.lab.serve --public-key FILE --admin-address ADDR -- <kiln serve options>
+python -m kiln.lab.serve --public-key FILE -- <kiln serve options>
 
-Bundles are rendered from roles.yaml as usual; the server's bundle hook (`access.add_to_bundle`) adds
-root's authorized key and the sshd drop-in before signing, so the agent applies and verifies them like every other file.
+Bundles are rendered from roles.yaml as usual, every generation from a model whose `access.ssh_keys` also holds
+the lab's key (`access.with_lab_key`, the server's cluster hook), so the agent gives the admin account that key
+like any operator's.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from kiln.bundle import Bundle
 from kiln.lab import access
+from kiln.model import Cluster
 from kiln.project import Project
 from kiln.server.cli import serve_command
 
@@ -21,7 +22,6 @@ from kiln.server.cli import serve_command
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="kiln.lab.serve")
     parser.add_argument("--public-key", required=True, type=Path)
-    parser.add_argument("--admin-address", required=True)
     parser.add_argument("--roles")
     parser.add_argument("--listen", required=True)
     parser.add_argument("--tls-listen", required=True)
@@ -29,15 +29,15 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     public_key = args.public_key.read_text().strip()
 
-    def with_access(bundle: Bundle) -> Bundle:
-        return access.add_to_bundle(bundle, public_key, args.admin_address)
+    def with_access(cluster: Cluster) -> Cluster:
+        return access.with_lab_key(cluster, public_key)
 
     return serve_command(
         Project(roles=args.roles),
         listen=args.listen,
         tls_listen=args.tls_listen,
         database=args.database,
-        bundle_hook=with_access,
+        cluster_hook=with_access,
     )
 
 

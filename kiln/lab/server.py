@@ -19,8 +19,6 @@ def start(lab: Lab) -> int:
         "kiln.lab.serve",
         "--public-key",
         str(lab.ssh_key.with_suffix(".pub")),
-        "--admin-address",
-        lab.gateway,
         "--listen",
         f"{lab.gateway}:{HTTP_PORT}",
         "--tls-listen",

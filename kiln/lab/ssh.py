@@ -1,12 +1,23 @@
-"""SSH to a lab host with the lab's key (root, from the lab's address; host keys learned on first contact)."""
+"""SSH to a lab host with the lab's key, as the cluster's admin account (roles.yaml access.admin_user; the lab's
+server adds its key to the operators' keys), from the lab's address; host keys learned on first contact.
+
+Root cannot log in. Every command the lab runs on a host goes through `as_root`, here and only here: `sudo -n`
+(never a prompt: the account has no password, sudoers gives it NOPASSWD), so sudo logs it like an operator's.
+"""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from kiln.fsutil import write_atomic
 from kiln.lab.layout import Lab
 from kiln.run import run
+
+
+def as_root(command: str) -> str:
+    """The remote command line that runs the shell command `command` as root through sudo, never prompting."""
+    return f"sudo -n sh -c {shlex.quote(command)}"
 
 
 def options(lab: Lab) -> list[str]:
@@ -29,7 +40,8 @@ def options(lab: Lab) -> list[str]:
 
 
 def ssh_argv(lab: Lab, address: str) -> list[str]:
-    return ["ssh", *options(lab), f"root@{address}"]
+    """ssh to `address` as the admin account; a command after it runs as that account (`sudo ...` for root)."""
+    return ["ssh", *options(lab), f"{lab.admin_user}@{address}"]
 
 
 def config_path(lab: Lab) -> Path:
@@ -43,7 +55,7 @@ def config_file(lab: Lab) -> str:
     blocks = []
     for h in lab.cluster.hosts:
         blocks.append(
-            f"Host {h.name}\n    HostName {h.ip}\n    User root\n    IdentityFile {lab.ssh_key}\n"
+            f"Host {h.name}\n    HostName {h.ip}\n    User {lab.admin_user}\n    IdentityFile {lab.ssh_key}\n"
             f"    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking accept-new\n"
             f"    UserKnownHostsFile {lab.known_hosts}\n    ConnectTimeout 10\n    LogLevel ERROR\n"
             # an emulated guest starved of CPU for 15 s is slow, not gone: the shared connection every test

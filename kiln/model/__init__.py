@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln import mac
+from kiln.model import access
 from kiln.model.cluster import Cluster, DbRole, Host, Image, Network
 from kiln.model.meaning import check_meaning
 from kiln.model.problems import InvalidRoles, Problem
@@ -83,11 +84,12 @@ def _build(marked: Marked) -> Cluster:
 
     from kiln import roles as registry
 
-    settings = {
-        r.name: r.settings({**_defaults("roles", r.name), **roles[r.name]})
-        for r in registry.all_roles()
-        if r.name in roles
-    }
+    def own(name: str) -> dict[str, Any]:
+        """roles.<name> without its access section (the model's, not the role's) and with its defaults."""
+        given = {k: v for k, v in roles[name].items() if k != "access"}
+        return {**{k: v for k, v in _defaults("roles", name).items() if k != "access"}, **given}
+
+    settings = {r.name: r.settings(own(r.name)) for r in registry.all_roles() if r.name in roles}
     host_defaults = schema()["properties"]["hosts"]["items"]["properties"]
     hosts = tuple(
         Host(
@@ -117,4 +119,5 @@ def _build(marked: Marked) -> Cluster:
         image=Image(release=image["release"], mirror=image["mirror"], size=image["size"]),
         settings=settings,
         hosts=hosts,
+        access=access.build(d, roles),
     )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
+
+from kiln.model.access import Access
 
 
 class DbRole(StrEnum):
@@ -55,6 +57,7 @@ class Cluster:
     image: Image
     settings: Mapping[str, object]  # role name -> its typed settings (the role module's accessor types them)
     hosts: tuple[Host, ...]
+    access: Access = field(default_factory=Access)  # the admin account and its keys (kiln/model/access.py)
 
     @cached_property
     def _by_role(self) -> dict[str, tuple[Host, ...]]:

@@ -15,6 +15,8 @@ _KIND_NAMES = {
     "path": "absolute path",
     "server_url": "https URL of an IPv4 address",
     "mirror": "`auto` \\| http(s) URL",
+    "account": "account name",
+    "ssh_key": "OpenSSH public key line",
 }
 
 

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from kiln import mac
+from kiln.model import access
 from kiln.model.problems import Problem
 from kiln.model.yamlmarks import Marked
 
@@ -62,6 +63,7 @@ class Facts:
     raw_hosts: list[Any]
     hosts: list[tuple[int, dict[str, Any]]]  # (position in the list, the host) for every host that is a mapping
     subnet: ipaddress.IPv4Network | None
+    access: dict[str, Any]
 
     @classmethod
     def of(cls, data: object) -> Facts:
@@ -75,6 +77,7 @@ class Facts:
             raw_hosts=raw_hosts,
             hosts=[(i, h) for i, h in enumerate(raw_hosts) if isinstance(h, dict)],
             subnet=_net(network.get("subnet")),
+            access=_mapping(d.get("access")),
         )
 
     def hosts_of(self, role: str) -> list[tuple[int, dict[str, Any]]]:
@@ -203,6 +206,65 @@ def tier_needs(facts: Facts) -> Found:
                 )
 
 
+def _key_lists(facts: Facts) -> Iterator[tuple[str, list[Any]]]:
+    """(path, list) of every ssh_keys list: the top-level one, then each role's."""
+    keys = facts.access.get("ssh_keys")
+    if isinstance(keys, list):
+        yield "$.access.ssh_keys", keys
+    for role, settings in (facts.roles or {}).items():
+        role_keys = _mapping(_mapping(settings).get("access")).get("ssh_keys")
+        if isinstance(role_keys, list):
+            yield f"$.roles.{role}.access.ssh_keys", role_keys
+
+
+def ssh_key(facts: Facts) -> Found:
+    """Each key line parses for real: the key data decodes, is the type the line says, RSA has 2048 bits or more."""
+    for path, keys in _key_lists(facts):
+        for i, line in enumerate(keys):
+            why = access.check_key(line) if isinstance(line, str) else ""
+            if why:
+                yield f"{path}[{i}]", why, "an OpenSSH public key line: the content of a .pub file"
+
+
+def ssh_key_duplicate(facts: Facts) -> Found:
+    """A key listed twice (whatever the comments), in one list or in a role's list and the top-level one."""
+    top: dict[bytes, str] = {}
+    for path, keys in _key_lists(facts):
+        seen = dict(top)
+        for i, line in enumerate(keys):
+            if not isinstance(line, str) or access.check_key(line):
+                continue
+            try:
+                blob = access.key_blob(line)
+            except (IndexError, ValueError):
+                continue  # the shape check says why
+            here = f"{path}[{i}]"
+            if blob in seen:
+                yield here, f"the same key as {seen[blob]}", "each key once; a role's keys add to access.ssh_keys"
+            else:
+                seen[blob] = here
+        if path == "$.access.ssh_keys":
+            top = seen
+
+
+def admin_user(facts: Facts) -> Found:
+    """The admin account is a person's: not root, no system account, no daemon a rendered file belongs to."""
+    from kiln import roles
+    from kiln.roles import common
+
+    name = facts.access.get("admin_user")
+    if not isinstance(name, str):
+        return
+    owned = [(f.owner, f.group) for f in common.FILES] + [(d.owner, d.group) for d in common.DIRECTORIES]
+    for r in roles.all_roles():
+        owned += [(f.owner, f.group) for f in r.files] + [(d.owner, d.group) for d in r.directories]
+        owned += [(s.owner, s.group) for s in r.secrets]
+    daemons = frozenset(name for pair in owned for name in pair)
+    why = access.account_problem(name, daemons)
+    if why:
+        yield "$.access.admin_user", why, "an account name of its own for operators, e.g. kiln"
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("network-outside-subnet", network_outside_subnet),
     ("network-reserved-address", network_reserved_address),
@@ -215,6 +277,9 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("undefined-role", undefined_role),
     ("key-of-another-role", key_of_another_role),
     ("tier-needs", tier_needs),
+    ("ssh-key", ssh_key),
+    ("ssh-key-duplicate", ssh_key_duplicate),
+    ("admin-user", admin_user),
 )
 
 

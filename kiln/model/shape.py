@@ -54,6 +54,15 @@ _KINDS = {
         "like https://10.10.0.1:8443: agents talk to the server only over TLS; a port 1..65535, a path of letters,"
         " digits and . _ ~ + -",
     ),
+    "account": (
+        "a valid account name",
+        "a lower-case letter, then lower-case letters, digits, '_' and '-', at most 32 characters",
+    ),
+    "ssh_key": (
+        "an OpenSSH public key line",
+        "TYPE BASE64 [comment] on one line, e.g. 'ssh-ed25519 AAAAC3Nz... alice@laptop', the .pub file's content;"
+        " no options such as command= or from=",
+    ),
     "mirror": (
         "'auto' or an http(s) URL",
         "like http://deb.debian.org/debian: a port 1..65535, a path of letters, digits and . _ ~ + -",
@@ -88,9 +97,28 @@ def schema() -> dict[str, Any]:
     host = doc["properties"]["hosts"]["items"]
     host["properties"]["role"]["enum"] = list(roles.names())
     for role in roles.all_roles():
-        doc["properties"]["roles"]["properties"][role.name] = dict(role.settings_schema)
+        settings = dict(role.settings_schema)
+        settings["properties"] = {**settings.get("properties", {}), "access": _role_access(role.name)}
+        doc["properties"]["roles"]["properties"][role.name] = settings
         host["properties"].update(role.host_keys)
     return doc
+
+
+def _role_access(role: str) -> dict[str, Any]:
+    """roles.<role>.access: every role may add keys for its own hosts (kiln/model/access.py)."""
+    return {
+        "description": f"Operator access to the {role} hosts only.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "ssh_keys": {
+                "description": f"Public key lines the admin account accepts on {role} hosts, besides access.ssh_keys.",
+                "type": "array",
+                "items": {"$ref": "#/$defs/ssh_key"},
+                "default": [],
+            }
+        },
+    }
 
 
 @cache

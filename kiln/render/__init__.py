@@ -124,6 +124,7 @@ class Renderer:
             services=tuple(b.Service(unit=s.unit, restart_on=s.restart_on) for s in common.SERVICES + role.services),
             join=role.join(self.cluster, host, c),
             checks=common.checks(c) + role.checks(self.cluster, host, c),
+            admin=b.Admin(name=self.cluster.access.admin_user, keys=self.cluster.access.keys_for(host.role)),
         )
 
 

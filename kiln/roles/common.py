@@ -12,6 +12,7 @@ NFTABLES_CONF = "/etc/nftables.conf"
 TIER_SETS = "/etc/nftables.d/kiln-tiers.nft"
 NETWORK_FILE = "/etc/systemd/network/10-kiln0.network"
 NODE_EXPORTER_DEFAULT = "/etc/default/prometheus-node-exporter"
+SUDOERS_ADMIN = "/etc/sudoers.d/60-kiln-admin"  # no '.' in the name: sudo skips such files in sudoers.d
 ELEMENTS = ("kiln-base", "kiln-firstboot")  # in every image, before the role's own
 
 FILES = (
@@ -22,6 +23,7 @@ FILES = (
     FileSpec(TIER_SETS, "kiln-tiers.nft.j2", mode="0600", cluster_wide=True),
     FileSpec(NFTABLES_CONF, "nftables.conf.j2", mode="0700", check=("nft", "-c", "-f", NFTABLES_CONF)),
     FileSpec(NODE_EXPORTER_DEFAULT, "node-exporter.default.j2"),
+    FileSpec(SUDOERS_ADMIN, "sudoers-admin.j2", mode="0440", check=("visudo", "-cf", SUDOERS_ADMIN)),
 )
 DIRECTORIES = (DirSpec(SECRETS_DIR, mode="0711"), DirSpec("/etc/nftables.d", mode="0700"))
 SERVICES = (

@@ -11,6 +11,7 @@ from kiln.model.cluster import Cluster, Host
 INTERFACE = "kiln0"  # the cluster NIC, renamed by MAC with a systemd .link file, so configs can name it
 NODE_EXPORTER_PORT = 9100
 SECRETS_DIR = "/etc/kiln/secrets"
+SUDO_IOLOG_DIR = "/var/log/sudo-io"  # sudo's session recordings (sudoreplay -d DIR)
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,10 @@ class HostContext:
     hosts: tuple[Peer, ...]
     nodes: Mapping[str, tuple[Peer, ...]]  # who serves, by role
     access: Mapping[str, tuple[Peer, ...]]  # who may connect, by role (the serving and the retiring)
+    admin_user: str  # the operators' account (roles.yaml access.admin_user)
     node_exporter_port: int = NODE_EXPORTER_PORT
     secrets_dir: str = SECRETS_DIR
+    sudo_iolog_dir: str = SUDO_IOLOG_DIR
 
 
 def host_context(cluster: Cluster, host: Host, view: ClusterView) -> HostContext:
@@ -92,4 +95,5 @@ def host_context(cluster: Cluster, host: Host, view: ClusterView) -> HostContext
         hosts=view.hosts,
         nodes=view.nodes,
         access=view.access,
+        admin_user=cluster.access.admin_user,
     )

@@ -586,11 +586,12 @@ async def one_host(request: Request) -> Response:
     if host is None:
         return _error(404, "no such host in roles.yaml")
     rows = await p.state(p.store.host_rows, [host.name], timeline=True)
-    entry = _host_entry(host, rows.get(host.name, {}), True, live.generation)
+    entry = _host_entry(host, rows.get(host.name, {}), True, live.generation, live.cluster.access.admin_user)
     return JSONResponse({**entry, "now": time.time()}, headers={"Cache-Control": "no-store"})
 
 
-def _alerts(host: Host, row: dict[str, Any]) -> list[dict[str, str]]:
+def _alerts(host: Host, row: dict[str, Any], admin: str) -> list[dict[str, str]]:
+    """The host's alerts, each with what to do; `admin`: the account operators log in as (access.admin_user)."""
     found = []
     if row.get("secrets_denied"):
         found.append(
@@ -616,7 +617,8 @@ def _alerts(host: Host, row: dict[str, Any]) -> list[dict[str, str]]:
                 "kind": "converge",
                 "host": host.name,
                 "message": f"{host.name} could not apply {row['converge_error']}",
-                "hint": f"it runs the generation before; ./inv plan shows the change, `firstboot status` on {host.ip}",
+                "hint": f"it runs the generation before; ./inv plan shows the change; ssh {admin}@{host.ip}, then sudo "
+                "firstboot status",
             }
         )
     if row.get("state") == "failed":
@@ -625,13 +627,13 @@ def _alerts(host: Host, row: dict[str, Any]) -> list[dict[str, str]]:
                 "kind": "failed",
                 "host": host.name,
                 "message": f"{host.name} failed at {row.get('last_step')}: {row.get('last_detail') or 'no detail'}",
-                "hint": f"ssh to {host.ip} and run firstboot status",
+                "hint": f"ssh {admin}@{host.ip}, then sudo firstboot status",
             }
         )
     return found
 
 
-def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool, generation: int) -> dict[str, Any]:
+def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool, generation: int, admin: str) -> dict[str, Any]:
     last = None
     if row.get("last_step"):
         last = {
@@ -660,7 +662,7 @@ def _host_entry(host: Host, row: dict[str, Any], with_timeline: bool, generation
         "converged": (row.get("running_generation") or 0) >= generation,
         "converge_error": row.get("converge_error"),
         "last_event": last,
-        "alerts": _alerts(host, row),
+        "alerts": _alerts(host, row, admin),
     }
     if with_timeline:
         entry["timeline"] = [
@@ -682,13 +684,16 @@ def hosts_view(
     """The /v1/hosts answer: every host in roles.yaml order (full), or only those in `rows` (a delta); the alerts
     of every host either way; the generation served and how many hosts run it; the hosts retired (in `rows`)."""
     cluster, generation = live.cluster, live.generation
+    admin = cluster.access.admin_user
     if full:
-        listed = [_host_entry(h, rows.get(h.name, {}), with_timeline, generation) for h in cluster.hosts]
+        listed = [_host_entry(h, rows.get(h.name, {}), with_timeline, generation, admin) for h in cluster.hosts]
     else:
         listed = [
-            _host_entry(live.by_name[n], row, with_timeline, generation) for n, row in rows.items() if n in live.by_name
+            _host_entry(live.by_name[n], row, with_timeline, generation, admin)
+            for n, row in rows.items()
+            if n in live.by_name
         ]
-    alerts = [a for h in cluster.hosts if h.name in alert_rows for a in _alerts(h, alert_rows[h.name])]
+    alerts = [a for h in cluster.hosts if h.name in alert_rows for a in _alerts(h, alert_rows[h.name], admin)]
     machines = [
         {"label": "unknown machine", **{k: u[k] for k in ("mac", "first_seen", "last_seen", "requests")}}
         for u in unknown

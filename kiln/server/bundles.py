@@ -17,8 +17,9 @@ from kiln.model import Cluster, Host
 from kiln.render import Renderer
 from kiln.secrets import SecretStore
 
-# A change every served bundle gets after rendering and before signing (the lab adds its SSH access).
-BundleHook = Callable[[Bundle], Bundle]
+# A change to the cluster model before its bundles are rendered (the lab adds its SSH key to access.ssh_keys, so
+# that it reaches the hosts by the same path as an operator's key).
+ClusterHook = Callable[[Cluster], Cluster]
 BUNDLE_TTL = 24 * 3600.0  # seconds a signed bundle is valid: a replayed old one is refused after that
 
 
@@ -35,17 +36,19 @@ class BundleCache:
         cluster: Cluster,
         secrets: SecretStore,
         key: Ed25519PrivateKey,
-        hook: BundleHook | None = None,
+        hook: ClusterHook | None = None,
         *,
         generation: int = 1,
         ttl: float = BUNDLE_TTL,
         retiring: tuple[Host, ...] = (),
     ) -> None:
-        """`retiring`: hosts being drained (kiln.render.Renderer): out of the pools, still admitted; no bundle."""
+        """`retiring`: hosts being drained (kiln.render.Renderer): out of the pools, still admitted; no bundle.
+        `hook`: applied to the cluster before anything is rendered."""
+        if hook is not None:
+            cluster = hook(cluster)
         self.cluster = cluster
         self.secrets = secrets
         self.key = key
-        self.hook = hook
         self.cluster_id = secrets.cluster_id()
         self.generation = generation
         self.ttl = ttl
@@ -61,8 +64,6 @@ class BundleCache:
         bundle = self._rendered.get(host.name)
         if bundle is None:
             bundle = self._renderer.bundle(host)
-            if self.hook is not None:
-                bundle = self.hook(bundle)
             with self._lock:
                 bundle = self._rendered.setdefault(host.name, bundle)
         return bundle

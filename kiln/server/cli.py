@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kiln.project import DEFAULT_DATABASE, Project
 from kiln.render import RenderError
-from kiln.server.bundles import BundleHook
+from kiln.server.bundles import ClusterHook
 from kiln.server.main import DEFAULT_HTTP_PORT, ConfigError, ServerConfig, default_tls_listen, parse_address, serve
 from kiln.server.store import NotAStateDatabase, StateStore, UnknownHost
 
@@ -20,7 +20,7 @@ def serve_command(
     database: str | None = None,
     secrets: str | None = None,
     images: str | None = None,
-    bundle_hook: BundleHook | None = None,
+    cluster_hook: ClusterHook | None = None,
 ) -> int:
     cluster = project.load_or_report()
     if cluster is None:
@@ -34,7 +34,7 @@ def serve_command(
             database=database or DEFAULT_DATABASE,
             listen=parse_address(listen or f"0.0.0.0:{DEFAULT_HTTP_PORT}", "--listen"),
             tls_listen=parse_address(tls_listen or default_tls_listen(cluster), "--tls-listen"),
-            bundle_hook=bundle_hook,
+            cluster_hook=cluster_hook,
             roles_text=project.roles_path.read_text(),
             roles_shown=project.roles_shown,
         )

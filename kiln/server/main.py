@@ -27,7 +27,7 @@ from kiln.secrets import SecretStore
 from kiln.server import ipxe, limits, publish
 from kiln.server.app import Provisioner, http_app, tls_app
 from kiln.server.auth import Authority
-from kiln.server.bundles import BundleHook
+from kiln.server.bundles import ClusterHook
 from kiln.server.publish import Live, Publisher
 from kiln.server.store import StateStore
 
@@ -80,7 +80,7 @@ class ServerConfig:
     database: str
     listen: Address
     tls_listen: Address
-    bundle_hook: BundleHook | None = None
+    cluster_hook: ClusterHook | None = None
     roles_text: str = ""  # the --roles file's text: a changed file is the next generation
     roles_shown: str = "roles.yaml"  # the --roles file as the operator typed it, for messages
 
@@ -137,7 +137,7 @@ def serve(config: ServerConfig) -> int:
     fingerprint = signing.fingerprint(key.public_key())
 
     store = StateStore.open(config.database, config.project)
-    publisher = Publisher(store, store_keys, key, config.bundle_hook)
+    publisher = Publisher(store, store_keys, key, config.cluster_hook)
     started = time.monotonic()
     live, note = _first_generation(publisher, store, config)
     print(f"rendered {len(live.cluster.hosts)} bundles in {time.monotonic() - started:.2f}s", flush=True)

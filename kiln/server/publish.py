@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kiln.model import Cluster, Host, InvalidRoles, parse_roles
 from kiln.render import RenderError
 from kiln.secrets import SecretStore
-from kiln.server.bundles import BundleCache, BundleHook
+from kiln.server.bundles import BundleCache, ClusterHook
 from kiln.server.store import Published, StateStore
 
 
@@ -100,7 +100,7 @@ class Publisher:
     store: StateStore
     secrets: SecretStore
     key: Ed25519PrivateKey
-    hook: BundleHook | None = None
+    hook: ClusterHook | None = None
     on_swap: Callable[[Live], None] = lambda live: None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -55,7 +55,9 @@ def ssh_config(lab: Lab) -> str:
 
 @pytest.fixture(scope="session")
 def hosts(ssh_config: str) -> dict[str, Any]:
-    return {name: testinfra.get_host(f"ssh://{name}", ssh_config=ssh_config) for name in HOSTS}
+    """Every host as testinfra reaches it: logged in as the admin account, each command as root through sudo
+    (testinfra's `sudo /bin/sh -c`; the account's sudo never asks for a password)."""
+    return {name: testinfra.get_host(f"ssh://{name}", ssh_config=ssh_config, sudo=True) for name in HOSTS}
 
 
 def _get(lab: Lab, path: str = "/", **kw: Any):
@@ -248,6 +250,30 @@ def test_hardening_baseline(name: str, hosts: dict[str, Any]) -> None:
     assert host.service("auditd").is_running
     shadow = host.file("/etc/shadow")
     assert shadow.mode & 0o037 == 0 and shadow.user == "root", f"/etc/shadow mode {shadow.mode:o}"
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_operators_log_in_as_the_admin_account_with_audited_sudo_and_root_cannot(
+    name: str, lab: Lab, ssh_config: str
+) -> None:
+    """The lab's key reached the host like an operator's key (roles.yaml access.ssh_keys): it logs in as the
+    admin account, which is no root, runs root's commands through sudo -n, and sudo records them; the same key
+    cannot log in as root."""
+    import subprocess
+
+    def ssh(*argv: str, user: str = "") -> subprocess.CompletedProcess[str]:
+        target = f"{user}@{name}" if user else name
+        cmd = ["ssh", "-F", ssh_config, "-o", "ControlPath=none", target, *argv]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
+
+    who = ssh("id -un; id -u; sudo -n id -un")
+    assert who.returncode == 0, who.stderr
+    user, uid, root = who.stdout.split()
+    assert (user, root) == (lab.admin_user, "root") and int(uid) >= 1000
+    replay = ssh(f"sudo -n sudoreplay -d /var/log/sudo-io -l user {lab.admin_user}")
+    assert replay.returncode == 0 and "COMMAND=" in replay.stdout, replay.stdout + replay.stderr
+    refused = ssh("true", user="root")
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize("name", HOSTS)

@@ -90,7 +90,10 @@ def test_a_host_follows_a_published_generation_changing_only_what_changed(
         "web3" in (root / "etc/hosts").read_text()
         and "10.10.0.23" in (root / "etc/nftables.d/kiln-tiers.nft").read_text()
     )
-    assert "2 configs passed their checkers: /etc/nftables.conf, /etc/nginx/nginx.conf" in result.stderr
+    assert (
+        "3 configs passed their checkers: /etc/nftables.conf, /etc/sudoers.d/60-kiln-admin, /etc/nginx/nginx.conf"
+        in result.stderr
+    )
     assert "converge join     not rerun" in result.stderr
     view = host_view(server, "web1")
     assert (view["generation"], view["converged"], view["state"]) == (generation, True, "joined")

@@ -40,10 +40,10 @@ def test_every_role_has_its_daemons_checkers():
     """The checks are declared where the files are: a role that loses one is caught here."""
     checked = {role: {spec.check[0] for spec in checked_files(role)} for role in ("lb", "web", "app", "db")}
     assert checked == {
-        "lb": {"nft", "haproxy", "keepalived"},
-        "web": {"nft", "nginx"},
-        "app": {"nft"},
-        "db": {"nft", "mariadbd"},
+        "lb": {"nft", "visudo", "haproxy", "keepalived"},
+        "web": {"nft", "visudo", "nginx"},
+        "app": {"nft", "visudo"},
+        "db": {"nft", "visudo", "mariadbd"},
     }
 
 
@@ -60,6 +60,7 @@ BREAKAGES = [
     ("lb1", "/etc/nftables.conf", "policy drop;", "policy dropp;"),
     ("web1", "/etc/nginx/nginx.conf", "gzip on;", "gzip maybe;"),
     ("db1", "/etc/mysql/mariadb.conf.d/60-kiln.cnf", "binlog_format = ROW", "binlog_format = ROWS"),
+    ("app1", "/etc/sudoers.d/60-kiln-admin", "NOPASSWD: ALL", "NOPASSWD ALL"),
 ]
 
 

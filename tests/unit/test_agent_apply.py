@@ -138,7 +138,7 @@ MALFORMED = [
     pytest.param(_set("host.mac", None), "$.host.mac: missing", id="missing-key"),
     pytest.param(_set("network.prefix", "24"), "$.network.prefix: expected an integer", id="wrong-type"),
     pytest.param(_set("join.priority", 150), "$.join.priority: unknown key", id="unknown-key"),
-    pytest.param(_set("schema", 99), "$.schema: 99: this agent knows schema 2", id="other-schema"),
+    pytest.param(_set("schema", 99), "$.schema: 99: this agent knows schema 3", id="other-schema"),
 ]
 
 

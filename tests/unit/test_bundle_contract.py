@@ -14,6 +14,7 @@ from kiln.render import render_cluster
 
 PROJECT = Path(__file__).resolve().parents[2]
 PUBLISHED = PROJECT / "docs" / "bundle.schema.json"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFBzeWOFzYGdjWwrAlqJAJxZqUYAJKnmcP0UEySdAc1U"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,14 @@ def _mutated(bundle: b.Bundle, change) -> bytes:
         (lambda d: d["join"].update(kind="teleport"), "$.join.kind", "not a known kind"),
         (lambda d: d["checks"][0].update(argv="nft"), "$.checks[0].argv", "expected a list"),
         (lambda d: d["services"][0].update(enable="yes"), "$.services[0].enable", "expected true or false"),
-        (lambda d: d.update(schema=1), "$.schema", "this agent knows schema 2"),
+        (lambda d: d.update(schema=1), "$.schema", "this agent knows schema 3"),
+        (lambda d: d["admin"].update(name="root"), "$.admin", "cannot be root"),
+        (lambda d: d["admin"].update(name="Kiln Admin"), "$.admin.name", "does not match"),
+        # one key line each: a newline would smuggle a second line (with options) into authorized_keys
+        (lambda d: d["admin"].update(keys=[KEY + '\ncommand="sh" ' + KEY]), "$.admin", "keys[0]"),
+        (lambda d: d["admin"].update(keys=['from="10.0.0.1" ' + KEY]), "$.admin", "keys[0]"),
+        (lambda d: d["admin"].update(keys=[KEY, "-----BEGIN OPENSSH PRIVATE KEY-----"]), "$.admin", "keys[1]"),
+        (lambda d: d["admin"].update(keys=[KEY + " alice"]), None, None),
     ],
 )
 def test_what_does_not_fit_is_refused_with_its_json_path(bundles, change, path, words) -> None:

@@ -1,5 +1,6 @@
-"""The lab's pure parts: dnsmasq's leases and boot file, the access files added to bundles, TCP probes on
-loopback, Lynis report parsing and the verify table read from a real JUnit report."""
+"""The lab's pure parts: dnsmasq's leases and boot file, the lab's key among the operators' keys and the commands
+it runs on hosts (as the admin account, through sudo), TCP probes on loopback, Lynis report parsing and the verify
+table read from a real JUnit report."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from kiln.bundle import Bundle, Directory, Service
+from kiln.bundle import Bundle
 from kiln.lab import access, dnsmasq, probe, vm
 from kiln.lab.audit import parse_report
 from kiln.lab.layout import Lab, tap_name
 from kiln.lab.verify import results
 from kiln.project import Project
-from kiln.render import render_host
+from kiln.render import render
 from kiln.run import run
 
 
@@ -43,19 +44,18 @@ def test_tap_names_fit_ifnamsiz_and_differ() -> None:
     assert all(len(n) <= 15 for n in names) and len(set(names)) == len(names)
 
 
-def test_access_files_join_the_bundle_without_touching_the_rendered_one() -> None:
+def test_the_lab_key_reaches_every_host_as_an_operators_key_and_nothing_for_root() -> None:
     lab = _lab()
-    rendered = render_host(lab.cluster, lab.cluster.host("db1"))
-    files_before = len(rendered.files)
-    out = access.add_to_bundle(rendered, "ssh-ed25519 AAAA kiln-lab", "10.10.0.1")
-    assert len(rendered.files) == files_before
-    paths = {f.path: f for f in out.files}
-    assert paths[access.AUTHORIZED_KEYS].content == "ssh-ed25519 AAAA kiln-lab\n"
-    assert paths[access.AUTHORIZED_KEYS].mode == "0600"
-    assert "Match Address 10.10.0.1\n" in paths[access.SSHD_DROPIN].content
-    assert Directory(path="/root/.ssh", mode="0700", owner="root", group="root") in out.directories
-    assert out.services[-1] == Service(unit="ssh.service", enable=True, restart_on=(access.SSHD_DROPIN,))
-    assert Bundle.from_json(out.to_json()) == out, "what the lab adds still fits the bundle contract"
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFBzeWOFzYGdjWwrAlqJAJxZqUYAJKnmcP0UEySdAc1U kiln-lab"
+    served = access.with_lab_key(lab.cluster, key)
+    assert lab.cluster.access.ssh_keys == (), "the roles file's model is left as it is"
+    assert access.with_lab_key(served, key) == served, "added once"
+    rendered = render(served)
+    for name, bundle in rendered.bundles.items():
+        assert bundle.admin is not None and bundle.admin.name == lab.admin_user and key in bundle.admin.keys, name
+        assert not [f.path for f in bundle.files if f.path.startswith(("/root/", "/etc/ssh/"))], name
+        assert not [d.path for d in bundle.directories if d.path.startswith("/root")], name
+        assert Bundle.from_json(bundle.to_json()) == bundle
 
 
 def test_connect_tells_open_from_refused() -> None:
@@ -304,3 +304,40 @@ def test_chaos_runs_a_phase_side_by_side_and_phases_in_order() -> None:
     assert [r.works for r in results] == [True, False, True, True]
     assert results[1].measured == "error: db2 replicating again: not within 600 s"
     assert sorted(log[:2]) == ["a", "c"] and log[2] == "d", "phase two started only after phase one ended"
+
+
+def test_lab_commands_on_hosts_log_in_as_the_admin_and_run_through_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.lab import chaos
+    from kiln.lab import ssh as lab_ssh
+
+    lab = _lab()
+    assert lab_ssh.ssh_argv(lab, "10.10.0.41")[-1] == "kiln@10.10.0.41"
+    written: list[bytes] = []
+    monkeypatch.setattr(lab_ssh, "write_atomic", lambda path, data, mode: written.append(data))  # not the lab's
+    lab_ssh.config_file(lab)
+    assert written[0].count(b"User kiln\n") == len(lab.cluster.hosts) and b"User root" not in written[0]
+    seen: list[list[str]] = []
+    monkeypatch.setattr(chaos, "run", lambda argv, **kw: seen.append(argv) or subprocess.CompletedProcess(argv, 0, ""))
+    chaos.ssh(lab, "db2", "mariadb -e 'SHOW SLAVE STATUS\\G'")
+    assert seen[0][-2:] == ["db2", "sudo -n sh -c 'mariadb -e '\"'\"'SHOW SLAVE STATUS\\G'\"'\"''"]
+    # what the remote shell runs is exactly the command, as root
+    out = run(["sh", "-c", seen[0][-1].replace("sudo -n ", "", 1).replace("mariadb", "echo", 1)]).stdout
+    assert out == "-e SHOW SLAVE STATUS\\G\n"
+
+
+def test_lab_ssh_passes_what_follows_the_double_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """./inv lab ssh --host db1 -- sudo mariadb -e '...': the command reaches the host as the operator typed it."""
+    import invoke
+
+    import tasks
+    from kiln.lab import cli as lab_cli
+    from kiln.program import KilnProgram
+
+    program = KilnProgram()
+    argv = ["./inv", "--search-root", str(Path(tasks.__file__).parent), "lab", "ssh", "--host", "db1", "--"]
+    program.parse([*argv, "sudo", "mariadb", "-e", "SELECT 1"])
+    assert program.core.remainder == "sudo mariadb -e SELECT 1"
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(lab_cli, "run", lambda project, **kw: calls.append(kw) or 0)
+    tasks.lab(invoke.Context(remainder="sudo mariadb -e 'SELECT 1'"), "ssh", host="db1")
+    assert calls[0]["command"] == "sudo mariadb -e 'SELECT 1'"

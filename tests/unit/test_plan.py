@@ -68,3 +68,19 @@ def test_secret_values_never_show(shipped_roles: Path, tmp_path: Path) -> None:
     from kiln.plan import _mask, _masker
 
     assert _mask(f"KILN_DB_PASSWORD={password}", _masker([password])) == f"KILN_DB_PASSWORD={MASK}"
+
+
+def test_a_key_change_reaches_the_plan_of_its_roles_hosts_only(shipped_roles: Path) -> None:
+    """Keys are no file of the bundle: the plan names them, or an operator removing a key would read 'no changes'."""
+    from tests.unit.test_model_access import ALICE, BOB, CAROL
+
+    text = shipped_roles.read_text()
+    before = text.replace("\nroles:\n", f"\naccess: {{ssh_keys: ['{ALICE}', '{BOB}']}}\nroles:\n")
+    after = before.replace(f"'{BOB}'", f"'{CAROL}'")
+    plan = _plan(before, after)
+    assert [h.name for h in plan.changes] == [h.name for h in plan.hosts]
+    assert all(h.other == ("admin account kiln keys: +carol -bob",) and not h.files for h in plan.changes)
+    only_db = before.replace("db:  {database: foobar}", f"db:  {{database: foobar, access: {{ssh_keys: ['{CAROL}']}}}}")
+    assert [h.name for h in _plan(before, only_db).changes] == ["db1", "db2"]
+    lines = format_plan(_plan(before, only_db), source="roles.yaml")
+    assert any("admin account kiln keys: +carol" in line for line in lines)
