@@ -284,8 +284,7 @@ def db(
     to=None,
     ssh_user=None,
 ):
-    """The data tier: ACTION backup, archive, backups, restore-test [--backup ID], schedule --out DIR, status,
-    switchover --to HOST, monitor."""
+    """The data tier: ACTION status, switchover --to HOST, monitor, backup, archive, backups, restore-test, schedule."""
     from kiln.db import cli as db_cli  # boto3 loads only for this task
 
     options = {"backup": backup, "to_gtid": to_gtid, "to_time": to_time, "workdir": workdir, "keep": keep}

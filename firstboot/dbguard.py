@@ -7,11 +7,11 @@ first those waiting for a semi-sync acknowledgement (their commits were never ac
 `read_only` is set. The monitor promotes a replica only after the primary was out of its sight for longer than that
 (kiln.db.failover.DETECT_SECONDS), and only when no replica still hears it, so by then the old primary fenced itself.
 
-It also lifts the read_only a restart puts up (every db host starts read_only) when no monitor runs: a node that
-follows nobody, whose every peer answers, none of them writable, all following it, none ahead of it, is the primary
-it was; it turns writable again, so a primary's reboot does not need the monitor. With a monitor running (seen
-within fence_after of the guard's start) the monitor decides: two deciders could race a promotion. A fence this guard
-put up is never lifted here.
+It also lifts the read_only a restart or its own fence put up (every db host starts read_only) when no monitor
+runs: a node that follows nobody, whose every peer answers, none of them writable, all replicating from it (IO
+thread running: the monitor never promotes a replica that hears its primary), none ahead of it, is the primary it
+was; it turns writable again, so neither a primary's reboot nor a replica's (which left it alone and fenced) needs
+the monitor. With a monitor running (seen within fence_after of the guard's start) the monitor decides.
 
 The guard talks to its own server as root over the socket, to its peers as the replication user (SLAVE MONITOR).
 """
@@ -189,19 +189,21 @@ class Guard:
         return f"fenced after {alone:.1f}s without the monitor or a replica: {', '.join(notes)}"
 
     def _maybe_resume(self) -> str:
-        """Writable again after a restart, when the peers show this is still the primary (see the module doc)."""
-        if self.fenced or self.clock() - self.started < self.config.fence_after or not self.config.peers:
-            return ""  # a fence stays; a running monitor has reconnected by then; alone, nothing shows it
+        """Writable again when the peers show this is still the primary (see the module doc)."""
+        if self.clock() - self.started < self.config.fence_after or not self.config.peers:
+            return ""  # a running monitor has reconnected by then; alone, nothing shows it is the primary
         if self.monitor_seen() or self.local.status("SHOW SLAVE STATUS"):
             return ""  # the monitor decides; a replica is never made writable here
         peers = self.peers()
-        if not all(p.answered and p.read_only and p.master_host == self.config.address for p in peers):
+        me = self.config.address
+        if not all(p.answered and p.read_only and p.master_host == me and p.io_running == "Yes" for p in peers):
             return ""
         mine = self.local.value("SELECT @@gtid_binlog_pos")
         have = Position.parse(mine)
         if not all(have.covers(Position.parse(p.slave_pos)) for p in peers):
             return ""
         self.local.execute("SET GLOBAL rpl_semi_sync_master_enabled = ON;\nSET GLOBAL read_only = OFF;\n")
+        self.fenced = False
         return f"writable again: every peer follows this host and none is ahead of {mine or '(empty)'}"
 
 

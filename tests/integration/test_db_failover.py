@@ -38,7 +38,8 @@ from tests.integration.agent_mariadb import Mariadb, start, template_datadir
 from tests.integration.agent_netns import Lab, lab
 from tests.integration.hostroot import applied_bundles
 
-pytestmark = pytest.mark.integration
+# slow: five drills on three servers take about 90 s, too long for the quick tier's three minutes
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CNF = db.MARIADB_CNF
 ADMIN = "10.10.0.5"  # in the reference cluster's admin network: the monitor's kiln_monitor account covers it
 APP1 = "10.10.0.31"
@@ -412,6 +413,38 @@ def test_switchover_there_and_back_under_writes_loses_nothing(c: Cluster3) -> No
     _caught_up(c, "db1", writes.texts)
     assert there.pause < 5 and back.pause < 5
     assert [e.kind for e in events] == ["switchover", "rejoin", "rejoin"]
+
+
+def test_without_a_monitor_a_primary_left_alone_fences_itself_and_resumes_once_its_replicas_are_back(
+    c: Cluster3,
+) -> None:
+    """No monitor runs; both replicas stop hearing the primary (their IO threads stopped): its guard fences it
+    within a few seconds of being alone, and makes it writable again once both replicate from it again."""
+    old = c.writable()[0]
+    replicas = [n for n in c.nodes if n != old]
+    stopped = time.monotonic()
+    for name in replicas:
+        c.root(name).cursor().execute("STOP SLAVE IO_THREAD")
+    try:
+        deadline = time.monotonic() + 30
+        while c.read_only(old) is False:
+            assert time.monotonic() < deadline, "the guard did not fence the primary left alone"
+            time.sleep(0.2)
+        fenced = time.monotonic() - stopped
+    finally:
+        for name in replicas:
+            c.root(name).cursor().execute("START SLAVE IO_THREAD")
+    back = time.monotonic()
+    deadline = back + 30
+    while c.writable() != [old]:
+        assert time.monotonic() < deadline, f"not writable again: {c.writable()}"
+        time.sleep(0.2)
+    print(
+        f"alone: fenced {fenced:.1f}s after its replicas stopped hearing it, writable {time.monotonic() - back:.1f}s "
+        "after they replicated again"
+    )
+    assert 4 <= fenced < 12
+    assert "fenced after" in c.lab.log(f"guard-{old}") and "writable again" in c.lab.log(f"guard-{old}")
 
 
 def test_a_killed_primary_fails_over_and_comes_back_as_a_replica(c: Cluster3) -> None:
