@@ -38,7 +38,7 @@ def keys(c, roles=None, secrets=None):
 @task(
     help={
         "quick": "skip image builds and the lab (under 3 minutes)",
-        "lab": "include the reference lab: boot, verify, chaos, day 2 (--no-lab: everything else)",
+        "lab": "include the reference lab: boot, verify, chaos, day 2, db failover (--no-lab: everything else)",
         "k": "only tests matching this pytest -k expression",
     }
 )
@@ -211,13 +211,14 @@ def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=No
         "host": "the host to re-arm, by its name in roles.yaml (required)",
         "roles": "roles.yaml the host is in (default: the shipped one)",
         "database": "state database URL (as for serve)",
+        "force": "a db host: re-arm it even if it may be the primary or hold the only current copy",
     }
 )
-def reprovision(c, host, roles=None, database=None):
+def reprovision(c, host, roles=None, database=None, force=False):
     """Re-arm HOST: its next PXE boot installs it again and its secrets are handed out once more."""
     from kiln.server.cli import reprovision_command
 
-    _exit(reprovision_command(Project(roles=roles), host=host, database=database))
+    _exit(reprovision_command(Project(roles=roles), host=host, database=database, force=force))
 
 
 @task(help={"force": "freeze again even when the agent's sources did not change"})
@@ -231,7 +232,7 @@ def freeze(c, force=False):
 @task(
     positional=["action"],
     help={
-        "action": "up, status, verify, audit, chaos, down or ssh",
+        "action": "up, status, verify, audit, chaos, failover, down or ssh",
         "host": "ssh: the host to open a shell on; audit: only these hosts, comma-separated (default: every host)",
         "boot": "up: pxe (empty disks, network install; the default) or disk (overlays of the built images)",
         "timeout": "up: seconds to wait for every host to join (default 1800)",
@@ -239,7 +240,7 @@ def freeze(c, force=False):
     },
 )
 def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
-    """The reference cluster in QEMU here; ACTION: up, status, verify, audit, chaos, down, ssh (--host HOST)."""
+    """The reference cluster in QEMU here; ACTION: up, status, verify, audit, chaos, failover, down, ssh (--host H)."""
     from kiln.lab import cli as lab_cli
 
     if action not in lab_cli.ACTIONS:

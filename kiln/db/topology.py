@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from kiln.db.failover import TICK, Event, Memory, Monitor, switchover
+from kiln.db.failover import TICK, Event, Memory, Monitor, Switchover, switchover
+from kiln.db.gtid import Position
 from kiln.db.replication import DbNode, Replication, ReplicationError, Seen
 from kiln.model import Cluster
 from kiln.project import Project
@@ -67,6 +68,29 @@ def healthy(seen: list[Seen]) -> bool:
     return all(s is p or (s.master_host == p.address and s.io_running == s.sql_running == "Yes") for s in seen)
 
 
+def reprovision_refusal(cluster: Cluster, secrets: SecretStore, name: str) -> str | None:
+    """Why re-provisioning db host `name` (which wipes it and seeds it from the primary) could lose data, or None:
+    it is the primary; no other host is writable (it may hold the only current copy; or nothing answers here, so
+    nothing shows which host is the primary); it holds transactions the primary lacks."""
+    r = replication_of(cluster, secrets)
+    try:
+        seen = {s.name: s for s in r.see_all()}
+    finally:
+        r.close()
+    me = seen[name]
+    if me.answered and not me.read_only:
+        return "it is the primary (writable): ./inv db switchover --to ANOTHER first"
+    others = [s for s in seen.values() if s.answered and not s.read_only and s.name != name]
+    if not others:
+        if not any(s.answered for s in seen.values()):
+            return "no db host answers from here, so nothing shows which one is the primary"
+        return "no other db host is writable: it may hold the only current copy"
+    primary = others[0]
+    if me.answered and not Position.parse(primary.binlog_pos).covers(me.received):
+        return f"it holds transactions the primary {primary.name} lacks ({me.binlog_pos} against {primary.binlog_pos})"
+    return None
+
+
 @contextlib.contextmanager
 def _lock(path: Path, *, wait: bool) -> Iterator[bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,37 +103,60 @@ def _lock(path: Path, *, wait: bool) -> Iterator[bool]:
         yield True
 
 
-def _log(project: Project, event: Event) -> None:
+EVENTS = "db-events.jsonl"
+
+
+def _log(state: Path, event: Event) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {event.line()}", flush=True)
-    with open(project.state / "db-events.jsonl", "a") as f:
+    with open(state / EVENTS, "a") as f:
         f.write(json.dumps(asdict(event)) + "\n")
 
 
-def monitor(project: Project, r: Replication, stopping: threading.Event) -> int:
-    """The monitor's loop until `stopping` is set; 1 when another monitor runs on this runner."""
-    with _lock(project.state / "db-monitor.lock", wait=False) as mine:
+def events(state: Path) -> list[Event]:
+    """Every event the monitor and switchovers logged under `state`, oldest first."""
+    try:
+        lines = (state / EVENTS).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [Event(**json.loads(line)) for line in lines if line.strip()]
+
+
+def monitor(state: Path, r: Replication, stopping: threading.Event) -> int:
+    """The monitor's loop until `stopping` is set, its files under `state`; 1 when another monitor uses them."""
+    state.mkdir(parents=True, exist_ok=True)
+    with _lock(state / "db-monitor.lock", wait=False) as mine:
         if not mine:
-            print("db monitor: another monitor runs on this runner already (state/db-monitor.lock)", file=sys.stderr)
+            print(f"db monitor: another monitor runs here already ({state / 'db-monitor.lock'})", file=sys.stderr)
             return 1
-        memory_file = project.state / "db-monitor.json"
+        memory_file = state / "db-monitor.json"
         memory = Memory.load(memory_file)
         mon = Monitor(r, memory)
         print(f"db monitor: watching {', '.join(r.nodes)}; failover after {mon.detect:.0f}s out of sight", flush=True)
         while not stopping.is_set():
             started = time.monotonic()
-            with _lock(project.state / "db-failover.lock", wait=True):
+            with _lock(state / "db-failover.lock", wait=True):
                 try:
-                    events = mon.tick()
+                    happened = mon.tick()
                 except ReplicationError as e:
-                    events = [Event("refused", "-", str(e))]
+                    happened = [Event("refused", "-", str(e))]
                 except Exception as e:  # a change that failed half-way is looked at again next tick
-                    events = [Event("error", "-", f"{type(e).__name__}: {e}")]
-            for event in events:
-                _log(project, event)
-            if events:
+                    happened = [Event("error", "-", f"{type(e).__name__}: {e}")]
+            for event in happened:
+                _log(state, event)
+            if happened:
                 memory.save(memory_file)
             stopping.wait(max(0.0, TICK - (time.monotonic() - started)))
     return 0
+
+
+def switch(state: Path, r: Replication, to: str) -> Switchover:
+    """A switchover under the deciders' lock, its events logged under `state`."""
+    state.mkdir(parents=True, exist_ok=True)
+    with _lock(state / "db-failover.lock", wait=True):
+        result, happened = switchover(r, to)
+    for event in happened:
+        _log(state, event)
+    return result
 
 
 def run(
@@ -137,10 +184,7 @@ def run(
             return 0 if healthy(seen) else 1
         if action == "switchover":
             assert to is not None
-            with _lock(project.state / "db-failover.lock", wait=True):
-                result, events = switchover(r, to)
-            for event in events:
-                _log(project, event)
+            result = switch(project.state, r, to)
             print(
                 f"switchover done: {result.new} is the primary (was {result.old}) at {result.position}; writes "
                 f"paused {result.pause:.2f}s. roles.yaml still names {result.old} primary: set db_role: primary on "
@@ -150,6 +194,6 @@ def run(
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
-        return monitor(project, r, stopping)
+        return monitor(project.state, r, stopping)
     finally:
         r.close()

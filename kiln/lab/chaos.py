@@ -83,6 +83,13 @@ def wait(what: str, predicate: Callable[[], bool], timeout: float, step: float =
         time.sleep(step)
 
 
+def _db_of(reply: Reply) -> str:
+    try:
+        return str(reply.json().get("db", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
 @dataclass
 class Loops:
     """The request loop (GET /health through the VIP) and the write loop (POST numbered notes)."""
@@ -92,6 +99,8 @@ class Loops:
     requests: list[tuple[float, float, bool]] = field(default_factory=list)  # (sent, answered or gave up, ok)
     served_by: dict[str, float] = field(default_factory=dict)  # app host (X-Kiln-App) -> when it first answered
     written: list[int] = field(default_factory=list)
+    # (when, the db address that took it) per acknowledged write, as the app answered (its "db" field)
+    write_log: list[tuple[float, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     in_flight: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_IN_FLIGHT))
 
@@ -133,8 +142,10 @@ class Loops:
             n += 1
             body = json.dumps({"text": f"{self.tag}-{n}"}).encode()
             try:
-                if self._get("/api/notes", method="POST", body=body).status == 201:
+                reply = self._get("/api/notes", method="POST", body=body)
+                if reply.status == 201:
                     self.written.append(n)
+                    self.write_log.append((time.monotonic(), _db_of(reply)))
             except OSError:
                 pass
             time.sleep(2.0)
@@ -256,7 +267,7 @@ def drill_nginx_stop(lab: Lab, loops: Loops) -> list[Result]:
     ]
 
 
-def _count_on(lab: Lab, db: str, tag: str) -> int:
+def count_on(lab: Lab, db: str, tag: str) -> int:
     database = db_role.settings_of(lab.cluster).database
     out = ssh(lab, db, f"mariadb -N -e \"SELECT COUNT(*) FROM {database}.notes WHERE text LIKE '{tag}-%'\"")
     return int(out.strip())
@@ -275,9 +286,9 @@ def drill_db_restart(lab: Lab, loops: Loops) -> list[Result]:
     time.sleep(3)
     acked = len(loops.written)
     lag = wait(
-        "every acknowledged row on the replica", lambda: _count_on(lab, replica, loops.tag) >= acked, 30, step=0.5
+        "every acknowledged row on the replica", lambda: count_on(lab, replica, loops.tag) >= acked, 30, step=0.5
     )
-    on_replica = _count_on(lab, replica, loops.tag)
+    on_replica = count_on(lab, replica, loops.tag)
     return [
         Result(
             f"restart {replica}",
@@ -371,6 +382,22 @@ def _run(name: str, drill: Callable[[], list[Result]], console: Console) -> list
     return results
 
 
+def results_table(title: str, results: list[Result]) -> Table:
+    """One row per drill: what was measured, the goal, whether it was met, whether the drill held."""
+    table = Table(title=title, title_justify="left")
+    for col in ("drill", "measured", "goal", "goal met", "works"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            r.drill,
+            r.measured,
+            r.goal,
+            "[green]yes[/]" if r.goal_met else "[yellow]missed[/]",
+            "[green]yes[/]" if r.works else "[red]FAIL[/]",
+        )
+    return table
+
+
 def run_phases(phases: list[list[Drill]], console: Console) -> list[Result]:
     """Each phase's drills side by side, the phases one after another; results in the order drills are listed."""
     results: list[Result] = []
@@ -403,18 +430,7 @@ def chaos(lab: Lab) -> int:
     ]
     results = run_phases(phases, console)
     loops.stop.set()
-    table = Table(title="kiln lab chaos", title_justify="left")
-    for col in ("drill", "measured", "goal", "goal met", "works"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(
-            r.drill,
-            r.measured,
-            r.goal,
-            "[green]yes[/]" if r.goal_met else "[yellow]missed[/]",
-            "[green]yes[/]" if r.works else "[red]FAIL[/]",
-        )
-    console.print(table)
+    console.print(results_table("kiln lab chaos", results))
     write_atomic(lab.root / "chaos.json", (json.dumps([r.__dict__ for r in results], indent=2) + "\n").encode())
     missed = sum(not r.goal_met for r in results if r.works)
     if missed:

@@ -12,7 +12,7 @@ from kiln.lab import client, lifecycle, netns, vm
 from kiln.lab.layout import Lab
 from kiln.project import Project
 
-ACTIONS = ("up", "status", "verify", "audit", "chaos", "down", "ssh")
+ACTIONS = ("up", "status", "verify", "audit", "chaos", "failover", "down", "ssh")
 
 
 def lab_of(project: Project) -> Lab | None:
@@ -96,6 +96,10 @@ def run(project: Project, *, action: str, host: str | None, boot: str, timeout: 
         from kiln.lab.chaos import chaos
 
         return chaos(lab)
+    if action == "failover":
+        from kiln.lab.failover import failover
+
+        return failover(lab)
     if action == "audit":
         from kiln.lab.audit import audit
 

@@ -159,17 +159,24 @@ def _fresh(lab: Lab) -> None:
     lab.database.unlink(missing_ok=True)
     lab.known_hosts.unlink(missing_ok=True)
     (lab.root / "changes.json").unlink(missing_ok=True)  # day-2 changes of the lab before (kiln/lab/change.py)
+    for name in ("db-events.jsonl", "db-monitor.json"):  # the failover monitor's memory of the lab before
+        (lab.root / name).unlink(missing_ok=True)
 
 
 def start_infrastructure(lab: Lab, console: Console) -> None:
-    """Namespace, bridge, taps, dnsmasq and the server; this thread ends up inside the namespace."""
+    """Namespace, bridge, taps, dnsmasq, the server and the db failover monitor; this thread ends up inside the
+    namespace."""
     _fresh(lab)
     netns.create(lab.gateway, lab.prefix, [tap_name(h) for h in lab.cluster.hosts])
     dnsmasq.start(lab)
     server.start(lab)
+    server.start_db_monitor(lab)
     netns.enter()
     server.wait_ready(lab)
-    console.print(f"namespace {netns.NETNS}: {lab.gateway}/{lab.prefix}; dnsmasq; kiln serve at {lab.server_url}/")
+    console.print(
+        f"namespace {netns.NETNS}: {lab.gateway}/{lab.prefix}; dnsmasq; kiln serve at {lab.server_url}/; "
+        "db failover monitor"
+    )
 
 
 def power_on(lab: Lab, hosts: tuple[Host, ...], boot: str, watch: Watch) -> None:

@@ -31,6 +31,16 @@ def start(lab: Lab) -> int:
     return procs.start(NAME, argv, lab.run, lab.logs / "server.log")
 
 
+def start_db_monitor(lab: Lab) -> int:
+    """The failover monitor (kiln.lab.dbmonitor), as production runs it beside the cluster."""
+    from kiln.lab import dbmonitor
+
+    argv = [sys.executable, "-m", "kiln.lab.dbmonitor"]
+    if lab.roles_file:
+        argv += ["--roles", str(lab.roles_file)]
+    return procs.start(dbmonitor.NAME, argv, lab.run, lab.logs / f"{dbmonitor.NAME}.log")
+
+
 def wait_ready(lab: Lab, timeout: float = 60) -> None:
     """Wait for /v1/hosts to answer (the caller is inside the namespace)."""
     deadline = time.monotonic() + timeout

@@ -47,16 +47,31 @@ def serve_command(
         return 1
 
 
-def reprovision_command(project: Project, *, host: str, database: str | None = None) -> int:
+def reprovision_command(project: Project, *, host: str, database: str | None = None, force: bool = False) -> int:
     cluster = project.load_or_report()
     if cluster is None:
         return 1
     try:
-        cluster.host(host)
+        target = cluster.host(host)
     except KeyError:
         names = ", ".join(h.name for h in cluster.hosts)
         print(f"no host named {host!r} in {project.roles_shown} (hosts: {names})", file=sys.stderr)
         return 1
+    if target.role == "db" and not force:
+        from kiln.db.topology import reprovision_refusal  # asks the db hosts, as the failover monitor does
+        from kiln.secrets import SecretMissing, SecretStore
+
+        try:
+            refusal = reprovision_refusal(cluster, SecretStore(project.secrets), host)
+        except SecretMissing as e:
+            refusal = str(e)
+        if refusal:
+            print(
+                f"kiln reprovision: {host}: {refusal}. Re-provisioning seeds it afresh from the primary, so this "
+                "would lose data; --force if you are sure (./inv db status shows the db hosts)",
+                file=sys.stderr,
+            )
+            return 1
     try:
         store = StateStore.open(database or DEFAULT_DATABASE, project.root, create=False)
     except NotAStateDatabase as e:

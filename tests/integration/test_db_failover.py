@@ -385,6 +385,9 @@ def test_status_names_the_primary_and_what_each_replica_follows(
     assert lines[2].split()[:4] == ["db2", "replica", lines[1].split()[2], "db1"]
     assert topology.run(Project(), cluster, c.secrets, "status", as_json=True) == 0
     assert '"role": "replica"' in capsys.readouterr().out
+    # ./inv reprovision's guard rail: never the primary; a replica the primary covers, yes
+    assert "it is the primary" in (topology.reprovision_refusal(cluster, c.secrets, "db1") or "")
+    assert topology.reprovision_refusal(cluster, c.secrets, "db2") is None
 
 
 def test_switchover_there_and_back_under_writes_loses_nothing(c: Cluster3) -> None:

@@ -218,7 +218,8 @@ def test_secrets_until_acknowledged_a_lost_response_is_retried_then_none_without
     assert "db2 asked for its secrets again after it acknowledged them" in [a["message"] for a in view["alerts"]]
 
     # the operator re-arms db2 with the task, against the same database, while the creds runs
-    done = creds.inv("reprovision", "db2", "--roles", str(creds.roles), "--database", creds.database)
+    # --force: no db host runs here to show db2 is not the primary
+    done = creds.inv("reprovision", "db2", "--force", "--roles", str(creds.roles), "--database", creds.database)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "db2: re-armed" in done.stdout
     view = host_view(creds, "db2")

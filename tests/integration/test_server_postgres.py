@@ -124,7 +124,7 @@ def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path
         # as docs/server.md says: the password from PGPASSWORD, not the URL
         no_password = postgres_url.replace(f":{PASSWORD}@", "@")
         done = subprocess.run(
-            [*INV, "reprovision", "db1", "--roles", str(roles), "--database", no_password],
+            [*INV, "reprovision", "db1", "--force", "--roles", str(roles), "--database", no_password],
             capture_output=True,
             text=True,
             timeout=60,
