@@ -55,7 +55,8 @@ def replication_lag(lab: Lab, samples: int = 20) -> float:
 
 
 def recorded(lab: Lab) -> list[dict[str, object]]:
-    """Figures from the records a lab run leaves in state/lab/: boot.json (lab up), verify.xml, chaos.json."""
+    """Figures from the records a lab run leaves in state/lab/: boot.json (lab up), verify.xml, chaos.json,
+    failover.json."""
     figures: list[dict[str, object]] = []
     boot = json.loads(lab.boot_record.read_text())
     for host, seconds in sorted(boot["joined_seconds"].items()):
@@ -74,18 +75,20 @@ def recorded(lab: Lab) -> list[dict[str, object]]:
         figures.append(
             {"name": "lab verify", "value": f"{sum(o == 'pass' for _, o, _ in rows)}/{len(rows)} passed", "unit": ""}
         )
-    if (lab.root / "chaos.json").exists():
-        for r in json.loads((lab.root / "chaos.json").read_text()):
-            met = "met" if r["goal_met"] else "missed"
-            figures.append(
-                {
-                    "name": f"drill: {r['drill']}",
-                    "value": r["measured"],
-                    "unit": "",
-                    "goal": f"{r['goal']} ({met})",
-                    "works": r["works"],
-                }
-            )
+    drills = json.loads((lab.root / "chaos.json").read_text()) if (lab.root / "chaos.json").exists() else []
+    if (lab.root / "failover.json").exists():
+        drills += json.loads((lab.root / "failover.json").read_text())["drills"]
+    for r in drills:
+        met = "met" if r["goal_met"] else "missed"
+        figures.append(
+            {
+                "name": f"drill: {r['drill']}",
+                "value": r["measured"],
+                "unit": "",
+                "goal": f"{r['goal']} ({met})",
+                "works": r["works"],
+            }
+        )
     for n, c in enumerate(_changes(lab), start=1):
         what = ", ".join([f"+{h}" for h in c.get("added", [])] + [f"-{h}" for h in c.get("removed", [])]) or "none"
         figures.append(
