@@ -35,7 +35,14 @@ sys.path[:0] = [str(HERE.parent)]  # the project, for the test helpers that buil
 from kiln.db.failover import DETECT_SECONDS, switchover  # noqa: E402
 from kiln.project import Project  # noqa: E402
 from kiln.secrets import SecretStore  # noqa: E402
-from tests.integration.db_cluster import Cluster3, caught_up, drill, follows, three_servers  # noqa: E402
+from tests.integration.db_cluster import (  # noqa: E402
+    Cluster3,
+    caught_up,
+    drill,
+    follows,
+    there_and_back,
+    three_servers,
+)
 
 
 def lag_under_writes(c: Cluster3, seconds: float = 20) -> float:
@@ -57,19 +64,7 @@ def lag_under_writes(c: Cluster3, seconds: float = 20) -> float:
 
 
 def switchover_pauses(c: Cluster3) -> tuple[float, float, int]:
-    r = c.replication()
-    c.start_writer("sw", c.lab.ns("app1"))
-    try:
-        time.sleep(2)
-        there, _ = switchover(r, "db2")
-        follows(c, "db2")
-        time.sleep(2)
-        back, _ = switchover(r, "db1")
-        follows(c, "db1")
-        time.sleep(2)
-    finally:
-        writes = c.stop_writers()
-        r.close()
+    there, (back, _), writes = there_and_back(c, "db2", "db1")
     caught_up(c, "db1", writes.texts)
     return there.pause, back.pause, len(writes.failed)
 

@@ -25,7 +25,7 @@ import pymysql
 
 from firstboot.dbguard import GuardConfig
 from kiln.bundle import Bundle, DbPrimaryJoin, DbReplicaJoin
-from kiln.db.failover import Event, Memory, Monitor
+from kiln.db.failover import Event, Memory, Monitor, Switchover, switchover
 from kiln.db.replication import DbNode, Replication
 from kiln.model import Cluster
 from kiln.roles import db
@@ -365,3 +365,22 @@ def caught_up(c: Cluster3, primary: str, texts: set[str], seconds: float = 30) -
         while not texts <= c.notes(name):
             assert time.monotonic() < deadline, f"{name} lacks {sorted(texts - c.notes(name))[:5]}"
             time.sleep(0.2)
+
+
+def there_and_back(c: Cluster3, there: str, back: str) -> tuple[Switchover, tuple[Switchover, list[Event]], Writes]:
+    """Switchover to `there`, then to `back`, while the app writes ("sw-N"); both results (the second with its
+    events) and the writes."""
+    c.start_writer("sw", c.lab.ns("app1"))
+    time.sleep(2)
+    r = c.replication()
+    try:
+        first, _ = switchover(r, there)
+        follows(c, there)
+        time.sleep(2)
+        second = switchover(r, back)
+        follows(c, back)
+        time.sleep(2)
+    finally:
+        writes = c.stop_writers()
+        r.close()
+    return first, second, writes

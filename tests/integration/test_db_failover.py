@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln.db.failover import DETECT_SECONDS, switchover
+from kiln.db.failover import DETECT_SECONDS
 from kiln.model import Cluster
 from kiln.secrets import SecretStore
-from tests.integration.db_cluster import Cluster3, caught_up, drill, follows, three_servers
+from tests.integration.db_cluster import Cluster3, caught_up, drill, follows, there_and_back, three_servers
 
 # slow: six drills on three servers take about 95 s, too long for the quick tier's three minutes
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,19 +54,7 @@ def test_switchover_there_and_back_under_writes_loses_nothing(c: Cluster3) -> No
     """./inv db switchover: db1 -> db2 -> db1 while the app writes; every acknowledged write is on every server,
     the writes pause for well under 5 s each time, and the replicas follow the new primary each time."""
     assert c.writable() == ["db1"]
-    c.start_writer("sw", c.lab.ns("app1"))
-    time.sleep(2)
-    r = c.replication()
-    try:
-        there, _ = switchover(r, "db2")
-        follows(c, "db2")
-        time.sleep(2)
-        back, events = switchover(r, "db1")
-        follows(c, "db1")
-        time.sleep(2)
-    finally:
-        writes = c.stop_writers()
-        r.close()
+    there, (back, events), writes = there_and_back(c, "db2", "db1")
     print(
         f"switchover pauses: db1->db2 {there.pause:.3f}s, db2->db1 {back.pause:.3f}s; "
         f"{len(writes.acked)} acknowledged, {len(writes.failed)} failed; longest gap {writes.longest_gap('sw'):.2f}s"
