@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from kiln.db.failover import Event
+from kiln.db.report import Observed, backup_event, event_payload
+from tests.integration.db_views import MANIFEST, PRIMARY, REPLICA
 from tests.integration.kiln_server import RunningServer, running_server
 
 pytestmark = [
@@ -373,40 +377,13 @@ def test_the_layout_holds_from_900_px(server: RunningServer, browser, width: int
 def report_db(server: RunningServer) -> None:
     """The failover monitor's view (db1 primary, db2 its replica, 3 s behind), a failover and a backup, as the
     monitor and the backup runner send them."""
-    import time
-
-    from kiln.db.failover import Event
-    from kiln.db.replication import Seen
-    from kiln.db.report import Observed, backup_event, event_payload
-
-    primary = Seen("db1", "10.10.0.41", answered=True, read_only=False, binlog_pos="0-2-1187", semi_sync=True)
-    replica = Seen(
-        "db2",
-        "10.10.0.42",
-        answered=True,
-        binlog_pos="0-2-1185",
-        master_host="10.10.0.41",
-        io_running="Yes",
-        sql_running="Yes",
-        lag=3,
-    )
     failover = Event(
         "failover", "db1", "promoted: db2 out of sight 10.4s and no replica heard it; writable at 0-2-1187"
     )
-    backup = {
-        "id": "20261201T110000Z-db2",
-        "host": "db2",
-        "started": "2026-12-01T11:00:00Z",
-        "gtid": "0-1-1150",
-        "raw_bytes": 30_408_704,
-        "stored_bytes": 1_677_722,
-    }
+    seen = Observed([PRIMARY, REPLICA], time.time()).payload()
     with server.client() as c:
-        assert (
-            c.put(f"{server.tls_url}/v1/db", json=Observed([primary, replica], time.time()).payload()).status_code
-            == 204
-        )
-        events = {"events": [event_payload(failover), backup_event(backup)]}
+        assert c.put(f"{server.tls_url}/v1/db", json=seen).status_code == 204
+        events = {"events": [event_payload(failover), backup_event(MANIFEST)]}
         assert c.post(f"{server.tls_url}/v1/db/events", json=events).status_code == 201
 
 

@@ -19,32 +19,10 @@ from kiln.db.replication import DbNode, Replication, Seen
 from kiln.db.report import Observed, Reporter, backup_event, report_backup
 from kiln.operator import Server
 from kiln.server.dbreport import MAX_BODY_BYTES
+from tests.integration.db_views import MANIFEST, PRIMARY, REPLICA
 from tests.integration.kiln_server import RunningServer, running_server
 
 pytestmark = pytest.mark.integration
-
-PRIMARY = Seen("db1", "10.10.0.41", answered=True, read_only=False, binlog_pos="0-1-42", semi_sync=True)
-REPLICA = Seen(
-    "db2",
-    "10.10.0.42",
-    answered=True,
-    binlog_pos="0-1-42",
-    slave_pos="0-1-42",
-    master_host="10.10.0.41",
-    io_running="Yes",
-    sql_running="Yes",
-    lag=0,
-)
-MANIFEST = {
-    "id": "20261201T110000Z-db2",
-    "host": "db2",
-    "started": "2026-12-01T11:00:00Z",
-    "seconds": 1.9,
-    "gtid": "0-1-40",
-    "raw_bytes": 30_000_000,
-    "stored_bytes": 1_700_000,
-    "sha256": "ab" * 32,
-}
 
 
 @pytest.fixture(scope="module")
@@ -151,16 +129,16 @@ def test_reports_are_stored_and_returned(server: RunningServer) -> None:
     assert answer["db_hosts"] == ["db1", "db2"]
     assert answer["view"]["observed"] == now
     assert [(h["name"], h["role"], h["gtid"], h["follows"], h["lag"]) for h in answer["view"]["hosts"]] == [
-        ("db1", "primary", "0-1-42", "", None),
-        ("db2", "replica", "0-1-42", "10.10.0.41", 0),
+        ("db1", "primary", "0-2-1187", "", None),
+        ("db2", "replica", "0-2-1185", "10.10.0.41", 3),
     ]
     kinds = [(e["kind"], e["host"]) for e in answer["events"][:3]]
     assert kinds == [("backup", "db2"), ("rejoin", "db1"), ("failover", "db2")]
     backup = answer["last_backup"]
     assert (backup["id"], backup["gtid"], backup["stored_bytes"], backup["host"]) == (
         "20261201T110000Z-db2",
-        "0-1-40",
-        1_700_000,
+        "0-1-1150",
+        1_677_722,
         "db2",
     )
     alerts = [a for a in answer["alerts"] if a["message"] == "promoted: db1 out of sight 10.2s"]
@@ -177,7 +155,7 @@ def closed_port() -> int:
 def test_the_reporter_sends_a_view_and_events_to_the_server(server: RunningServer) -> None:
     reporter = Reporter(operator_of(server))
     at = time.time()
-    reporter(Observed([PRIMARY, REPLICA], at), [Event("switchover", "db2", "promoted from db1 at 0-1-42")])
+    reporter(Observed([PRIMARY, REPLICA], at), [Event("switchover", "db2", "promoted from db1 at 0-2-1187")])
     assert reporter.close(10), "everything sent"
     answer = db(server)
     assert answer["view"]["observed"] == at and [h["role"] for h in answer["view"]["hosts"]] == ["primary", "replica"]
