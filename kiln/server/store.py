@@ -818,7 +818,9 @@ class StateStore:
                     received=now,
                     backup=json.dumps(e.backup) if e.backup is not None else None,
                 )
-                added += conn.execute(insert.on_conflict_do_nothing(index_elements=[t.c.event_id])).rowcount
+                # rowcount says nothing here on PostgreSQL (-1: the driver's insert returns the new id): count rows
+                skipping = insert.on_conflict_do_nothing(index_elements=[t.c.event_id]).returning(t.c.id)
+                added += len(conn.execute(skipping).all())
                 if e.backup is not None:
                     self._put_db_state(conn, "backup", e.at, {**e.backup, "host": e.host, "at": e.at}, now)
             newest = conn.execute(sa.select(sa.func.max(t.c.id))).scalar()
