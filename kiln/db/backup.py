@@ -358,12 +358,19 @@ def run_backup(
     *,
     workdir: Path,
     progress: Progress = _stderr,
+    report: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
     """./inv db backup: a base backup, a checkpoint closing the binary log, the binary logs archived, old backups
-    expired. The new backup's manifest."""
+    expired. The new backup's manifest, handed to `report` (kiln.db.report.report_backup: the dashboard's last
+    backup) once all that succeeded; a report that fails is said, never failing the backup."""
     store.check()
     manifest = take_backup(store, source, key, progress=progress)
     archive(store, source, key, workdir=workdir, progress=progress)
     for gone in expire(store, retention):
         progress(f"expired backup {gone}")
+    if report is not None:
+        try:
+            report(manifest)
+        except Exception as e:
+            progress(f"backup {manifest['id']}: not reported ({type(e).__name__}: {e})")
     return manifest

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from typing import Any
 from kiln.db.backup import BackupError, Retention, archive, list_backups, list_binlogs, list_checkpoints, run_backup
 from kiln.db.gtid import GtidError
 from kiln.db.replication import ReplicationError
+from kiln.db.report import report_backup
 from kiln.db.restore import RestoreError, plan_restore, restore_test
 from kiln.db.schedule import ScheduleError, units
 from kiln.db.scratch import ScratchError
@@ -36,6 +38,7 @@ from kiln.db.source import DbHost, SourceError
 from kiln.db.store import Store, StoreError, Target
 from kiln.fsutil import ensure_file
 from kiln.model import Cluster, Host
+from kiln.operator import Server
 from kiln.project import Project
 from kiln.roles.db import BackupSettings, backup_source, settings_of
 from kiln.run import CommandError
@@ -188,7 +191,9 @@ def run(
             with _runner_lock(project), tempfile.TemporaryDirectory(prefix="kiln-db-", dir=workdir) as tmp:
                 if action == "backup":
                     retention = Retention(keep=settings.keep, keep_days=settings.keep_days)
-                    run_backup(store, source, key, retention, workdir=Path(tmp))
+                    server = Server.of(cluster, store_secrets.root)  # the dashboard shows the last backup
+                    reported = functools.partial(report_backup, server, log=_err)
+                    run_backup(store, source, key, retention, workdir=Path(tmp), report=reported)
                 else:
                     store.check()
                     archive(store, source, key, workdir=Path(tmp))

@@ -91,9 +91,13 @@ class Monitor:
         self.memory = memory
         self.detect = detect
         self.clock = clock
+        self.seen: list[Seen] = []  # the last look at every db host (what the dashboard is sent)
+        self.seen_at = 0.0  # when it was taken (epoch seconds)
 
     def tick(self) -> list[Event]:
-        seen = {s.name: s for s in self.r.see_all()}
+        self.seen_at = time.time()
+        self.seen = self.r.see_all()
+        seen = {s.name: s for s in self.seen}
         writable = [s for s in seen.values() if s.answered and not s.read_only]
         if len(writable) > 1:
             return list(self._split_brain(writable))

@@ -23,7 +23,9 @@ from pathlib import Path
 from kiln.db.failover import TICK, Event, Memory, Monitor, Switchover, switchover
 from kiln.db.gtid import Position
 from kiln.db.replication import DbNode, Replication, ReplicationError, Seen
+from kiln.db.report import VIEW_EVERY, Observed, Report, Reporter
 from kiln.model import Cluster
+from kiln.operator import Server
 from kiln.project import Project
 from kiln.roles import db
 from kiln.secrets import SecretStore
@@ -121,8 +123,36 @@ def events(state: Path) -> list[Event]:
     return [Event(**json.loads(line)) for line in lines if line.strip()]
 
 
-def monitor(state: Path, r: Replication, stopping: threading.Event) -> int:
-    """The monitor's loop until `stopping` is set, its files under `state`; 1 when another monitor uses them."""
+class _Reporting:
+    """What the monitor hands its Report each tick: the view when it changed or VIEW_EVERY seconds passed, and the
+    new events. A Report that raises is logged once and never stops the monitor."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.last: list[dict[str, object]] | None = None
+        self.sent_at = 0.0
+        self.failing = False
+
+    def __call__(self, seen: list[Seen], at: float, happened: list[Event]) -> None:
+        summary = [s.summary() for s in seen]
+        fresh = bool(seen) and (summary != self.last or time.monotonic() - self.sent_at >= VIEW_EVERY)
+        if not fresh and not happened:
+            return
+        try:
+            self.report(Observed(seen, at) if fresh else None, happened)
+        except Exception as e:
+            if not self.failing:
+                print(f"db monitor: reporting failed ({type(e).__name__}: {e}); the monitor goes on", flush=True)
+            self.failing = True
+            return
+        self.failing = False
+        if fresh:
+            self.last, self.sent_at = summary, time.monotonic()
+
+
+def monitor(state: Path, r: Replication, stopping: threading.Event, reporter: Report | None = None) -> int:
+    """The monitor's loop until `stopping` is set, its files under `state`; 1 when another monitor uses them.
+    `reporter` (a Report: kiln.db.report.Reporter sends to the provisioning server) gets its view and events."""
     state.mkdir(parents=True, exist_ok=True)
     with _lock(state / "db-monitor.lock", wait=False) as mine:
         if not mine:
@@ -131,6 +161,7 @@ def monitor(state: Path, r: Replication, stopping: threading.Event) -> int:
         memory_file = state / "db-monitor.json"
         memory = Memory.load(memory_file)
         mon = Monitor(r, memory)
+        reporting = _Reporting(reporter) if reporter is not None else None
         print(f"db monitor: watching {', '.join(r.nodes)}; failover after {mon.detect:.0f}s out of sight", flush=True)
         while not stopping.is_set():
             started = time.monotonic()
@@ -145,18 +176,27 @@ def monitor(state: Path, r: Replication, stopping: threading.Event) -> int:
                 _log(state, event)
             if happened:
                 memory.save(memory_file)
+            if reporting is not None:
+                reporting(mon.seen, mon.seen_at, happened)
             stopping.wait(max(0.0, TICK - (time.monotonic() - started)))
     return 0
 
 
-def switch(state: Path, r: Replication, to: str) -> Switchover:
-    """A switchover under the deciders' lock, its events logged under `state`."""
+def switch(state: Path, r: Replication, to: str, reporter: Report | None = None) -> Switchover:
+    """A switchover under the deciders' lock, its events logged under `state` (and handed to `reporter`)."""
     state.mkdir(parents=True, exist_ok=True)
     with _lock(state / "db-failover.lock", wait=True):
         result, happened = switchover(r, to)
     for event in happened:
         _log(state, event)
+    if reporter is not None:
+        reporter(None, happened)
     return result
+
+
+def reporter_for(cluster: Cluster, secrets: SecretStore, url: str | None = None) -> Reporter:
+    """A Reporter to the provisioning server (roles.yaml's URL, or `url`), as the operator."""
+    return Reporter(Server.of(cluster, secrets.root, url))
 
 
 def run(
@@ -174,6 +214,7 @@ def run(
 
         netns.enter()  # the lab's hosts answer only inside its network namespace
     r = replication_of(cluster, secrets)
+    reporter = reporter_for(cluster, secrets) if action in ("switchover", "monitor") else None
     try:
         if action == "status":
             seen = r.see_all()
@@ -184,7 +225,7 @@ def run(
             return 0 if healthy(seen) else 1
         if action == "switchover":
             assert to is not None
-            result = switch(project.state, r, to)
+            result = switch(project.state, r, to, reporter)
             print(
                 f"switchover done: {result.new} is the primary (was {result.old}) at {result.position}; writes "
                 f"paused {result.pause:.2f}s. roles.yaml still names {result.old} primary: set db_role: primary on "
@@ -194,6 +235,8 @@ def run(
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
-        return monitor(project.state, r, stopping)
+        return monitor(project.state, r, stopping, reporter)
     finally:
         r.close()
+        if reporter is not None:
+            reporter.close()

@@ -117,7 +117,11 @@ def drill_power_off_primary(lab: Lab, loops: Loops, r: Replication) -> list[Resu
 
 def drill_switchover(lab: Lab, loops: Loops, r: Replication, to: str) -> list[Result]:
     _primary(r, timeout=300)  # the rejoined host replicating, caught up
-    result = topology.switch(lab.root, r, to)
+    reporter = topology.reporter_for(lab.cluster, SecretStore(lab.secrets), lab.server_url)  # the dashboard's alert
+    try:
+        result = topology.switch(lab.root, r, to, reporter)
+    finally:
+        reporter.close()
     time.sleep(3)
     on_new, acked = _all_there(lab, loops, to)
     return [

@@ -35,10 +35,13 @@ from starlette.types import Message, Receive, Scope, Send
 from kiln import hostauth, roles
 from kiln.mac import normalize
 from kiln.model import Cluster, Host
+from kiln.roles.db import NAME as DB_ROLE
 from kiln.secrets import SecretMissing
 from kiln.server import ipxe
 from kiln.server.auth import OPERATOR_COOKIE, Authority, Denied, bearer, peer
 from kiln.server.bundles import BundleCache, Signed
+from kiln.server.dbreport import MAX_BODY_BYTES as DB_BODY_BYTES
+from kiln.server.dbreport import parse_events, parse_view
 from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, Event, parse_event, parse_mac
 from kiln.server.limits import Limits
 from kiln.server.metrics import METRICS_CONTENT_TYPE, UNMATCHED, ServerMetrics, StateCollector, healthz
@@ -549,6 +552,69 @@ async def published(request: Request) -> Response:
     )
 
 
+DB_REPORTER = "operator-db"  # the rate limiter's name for the data tier's reporters (beside the peer's own rate)
+
+DB_HINTS = {
+    "failover": "./inv db status shows the primary; set db_role to match in roles.yaml, then ./inv apply",
+    "switchover": "set db_role to match in roles.yaml, then ./inv apply",
+    "fence": "a second writable host was made read-only: find what made it writable (./inv db status)",
+    "errant": "the message says what to do; the host stays out of replication until it is re-provisioned",
+    "refused": "the monitor did not act: read the message, then ./inv db status",
+}
+
+
+async def _db_report(request: Request, action: str, parse: Any) -> Any:
+    """The operator's report, parsed by `parse` (kiln.server.dbreport), or the refusal: the operator only, JSON,
+    within the rate and the size, well-formed (400 with the reason)."""
+    p: Provisioner = request.app.state.provisioner
+    refused = await _operator_only(p, request, action)
+    if refused is not None:
+        return refused
+    wrong = _json_only(request, action) or _throttled(p, request, DB_REPORTER, action)
+    if wrong is not None:
+        return wrong
+    body = await _body(request, DB_BODY_BYTES, action)
+    if isinstance(body, Response):
+        return body
+    try:
+        return parse(body)
+    except BadInput as e:
+        return _error(400, str(e))
+
+
+async def db(request: Request) -> Response:
+    """GET /v1/db (operator): the data tier as last reported: the monitor's view, the last backup, the newest events
+    and the alerts (with hints). PUT /v1/db (operator, the monitor): {"observed", "hosts"}, its latest look."""
+    p: Provisioner = request.app.state.provisioner
+    if request.method == "PUT":
+        view = await _db_report(request, "db-view", parse_view)
+        if isinstance(view, Response):
+            return view
+        await p.state(p.store.put_db_view, view)
+        return Response(status_code=204)
+    refused = await _operator_only(p, request, "db")
+    if refused is not None:
+        return refused
+    report = await p.blocking(p.store.db_report)
+    for alert in report["alerts"]:
+        alert["hint"] = DB_HINTS.get(alert["kind"], "")
+    hosts = [h.name for h in p.live.cluster.by_role(DB_ROLE)]
+    return JSONResponse({**report, "db_hosts": hosts, "now": time.time()}, headers={"Cache-Control": "no-store"})
+
+
+async def db_events(request: Request) -> Response:
+    """POST /v1/db/events (operator: the monitor, a switchover, a backup): {"events": [...]}; 201 with how many were
+    new (an id sent before is not stored twice)."""
+    p: Provisioner = request.app.state.provisioner
+    events = await _db_report(request, "db-events", parse_events)
+    if isinstance(events, Response):
+        return events
+    added = await p.state(p.store.add_db_events, events)
+    for one in events:
+        LOG.info("db %s %s%s", one.kind, one.host, _shown(one.message))
+    return JSONResponse({"added": added}, status_code=201)
+
+
 SINCE_OVERLAP = 5.0  # seconds a delta poll reaches back: a change committed just after the last answer still shows
 
 
@@ -857,6 +923,8 @@ def _api_routes() -> list[Route | Mount]:
         Route("/v1/access", access),
         Route("/v1/publish", publish, methods=["POST"]),
         Route("/v1/published", published),
+        Route("/v1/db", db, methods=["GET", "PUT"]),
+        Route("/v1/db/events", db_events, methods=["POST"]),
     ]
 
 

@@ -13,6 +13,7 @@ from kiln.server.states import REPORTED_STEPS, STATUSES
 
 MAX_EVENT_BYTES = 16 * 1024
 MAX_DETAIL_CHARS = 4000
+MAX_SAID_CHARS = 300  # of a refusal's reason (it may quote what was sent)
 
 EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -54,16 +55,26 @@ class Event:
     generation: int | None = None
 
 
-def parse_event(body: bytes) -> Event:
-    """An event body, or BadInput naming the first problem (JSON syntax, shape, values)."""
+def checked_json(body: bytes, validator: jsonschema.Draft202012Validator) -> Any:
+    """The body's JSON when `validator` accepts it, else BadInput naming the first problem (JSON syntax, shape,
+    values) with where it is; a long value is told by the rule it breaks rather than quoted."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as e:
         raise BadInput(f"the body is not valid JSON: {e}") from None
-    error = jsonschema.exceptions.best_match(_EVENT_VALIDATOR.iter_errors(data))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        raise BadInput(f"{where}: {error.message}")
+        said = error.message
+        if len(said) > MAX_SAID_CHARS:
+            said = f"does not satisfy {error.validator} {json.dumps(error.validator_value)[:100]}"
+        raise BadInput(f"{where}: {said}")
+    return data
+
+
+def parse_event(body: bytes) -> Event:
+    """An event body, or BadInput naming the first problem (JSON syntax, shape, values)."""
+    data = checked_json(body, _EVENT_VALIDATOR)
     duration = data.get("duration")
     return Event(
         data["step"],

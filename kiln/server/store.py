@@ -1,4 +1,5 @@
-"""The server's state: hosts, their events, their credentials, unknown machines and the access log.
+"""The server's state: hosts, their events, their credentials, unknown machines, the access log, and the data
+tier as the failover monitor last reported it (its view, the last backup, its events).
 
 A host's credential: arming it (first sight, ./inv reprovision) mints a one-time enrolment token for that
 provisioning, valid for ENROL_TTL; the host's first bundle request presents it with the host key it made, and
@@ -26,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from kiln.server.dbreport import ALERT_KINDS, DbEvent
 from kiln.server.inputs import Event
 from kiln.server.states import CONVERGE_STEP, PXE_STEP, State, next_state, step_index
 
@@ -35,6 +38,9 @@ TIMELINE_LIMIT = 200  # events per host returned by hosts(); older ones stay unt
 EVENTS_KEPT = 2000  # events per host kept in the table; older ones go (retention)
 UNKNOWN_LIMIT = 1000  # unknown machines remembered; beyond that the least recently seen is forgotten
 ACCESS_KEPT = 20000  # access log entries kept; older ones go
+DB_EVENTS_KEPT = 1000  # data-tier events kept (the monitor's and the backups'); older ones go
+DB_EVENTS_SHOWN = 50  # the newest ones GET /v1/db returns
+DB_ALERT_SECONDS = 24 * 3600.0  # a failover-kind event stays an alert this long after it happened
 ENROL_TTL = 7 * 24 * 3600.0  # seconds an enrolment token stays valid after arming: re-arm after that
 
 metadata = sa.MetaData()
@@ -115,6 +121,28 @@ unknown_table = sa.Table(
     sa.Column("first_seen", sa.Float, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
     sa.Column("requests", sa.Integer, nullable=False),
+)
+
+db_state_table = sa.Table(
+    "db_state",
+    metadata,
+    sa.Column("key", sa.String(32), primary_key=True),  # "view" (the monitor's latest look), "backup" (the last one)
+    sa.Column("at", sa.Float, nullable=False),  # when it happened (the reporter's clock): an older report never wins
+    sa.Column("value", sa.Text, nullable=False),  # JSON
+    sa.Column("received", sa.Float, nullable=False),
+)
+
+db_events_table = sa.Table(
+    "db_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),  # the sender's: a resent event is kept once
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("host", sa.String(64), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),  # the reporter's clock
+    sa.Column("received", sa.Float, nullable=False),
+    sa.Column("backup", sa.Text),  # JSON, for kind backup
 )
 
 
@@ -292,6 +320,8 @@ class StateStore:
         so no rewrite)."""
         inspector = sa.inspect(self.engine)
         for table in metadata.sorted_tables:
+            if not inspector.has_table(table.name):  # a tool opening an older database: its server makes them
+                continue
             have = {c["name"] for c in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in have and column.nullable:
@@ -747,3 +777,84 @@ class StateStore:
         with self.engine.connect() as conn:
             query = sa.select(unknown_table).order_by(unknown_table.c.last_seen.desc())
             return [dict(r) for r in conn.execute(query).mappings()]
+
+    # --- the data tier, as the failover monitor and the backup runner report it ------------------------------
+
+    def _insert(self) -> Any:
+        return (postgresql if self._pg else sqlite).insert
+
+    def _put_db_state(self, conn: Connection, key: str, at: float, value: dict[str, Any], now: float) -> None:
+        """Upsert one db_state row unless the stored one happened later (a late resend never hides a newer look)."""
+        t = db_state_table
+        insert = self._insert()(t).values(key=key, at=at, value=json.dumps(value), received=now)
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[t.c.key],
+                set_={"at": insert.excluded.at, "value": insert.excluded.value, "received": insert.excluded.received},
+                where=t.c.at <= insert.excluded.at,
+            )
+        )
+
+    def put_db_view(self, view: dict[str, Any], *, now: float | None = None) -> None:
+        """The monitor's latest look at the db hosts ({"observed", "hosts"}, kiln.server.dbreport.parse_view)."""
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            self._put_db_state(conn, "view", view["observed"], view, now)
+
+    def add_db_events(self, events: list[DbEvent], *, now: float | None = None) -> int:
+        """Keep the events (an id seen before is skipped: a resend after a lost answer); the last backup is kept
+        apart, so it outlives the retention of DB_EVENTS_KEPT events. Return how many were new."""
+        now = time.time() if now is None else now
+        t = db_events_table
+        added = 0
+        with self._transaction() as conn:
+            for e in events:
+                insert = self._insert()(t).values(
+                    event_id=e.id,
+                    kind=e.kind,
+                    host=e.host,
+                    message=e.message,
+                    at=e.at,
+                    received=now,
+                    backup=json.dumps(e.backup) if e.backup is not None else None,
+                )
+                # rowcount says nothing here on PostgreSQL (-1: the driver's insert returns the new id): count rows
+                skipping = insert.on_conflict_do_nothing(index_elements=[t.c.event_id]).returning(t.c.id)
+                added += len(conn.execute(skipping).all())
+                if e.backup is not None:
+                    self._put_db_state(conn, "backup", e.at, {**e.backup, "host": e.host, "at": e.at}, now)
+            newest = conn.execute(sa.select(sa.func.max(t.c.id))).scalar()
+            if newest is not None and added:
+                conn.execute(t.delete().where(t.c.id <= newest - DB_EVENTS_KEPT))
+        return added
+
+    def db_report(self, *, now: float | None = None) -> dict[str, Any]:
+        """What GET /v1/db answers: the view (or None), the last backup (or None), the newest events (newest
+        first) and the alerts: the failover-kind events of the last DB_ALERT_SECONDS."""
+        now = time.time() if now is None else now
+        t = db_events_table
+        with self.engine.connect() as conn:
+            state = {r.key: r for r in conn.execute(sa.select(db_state_table))}
+            recent = conn.execute(sa.select(t).order_by(t.c.id.desc()).limit(DB_EVENTS_SHOWN)).mappings().all()
+            alerting = (
+                conn.execute(
+                    sa.select(t)
+                    .where(t.c.kind.in_(ALERT_KINDS), t.c.at >= now - DB_ALERT_SECONDS)
+                    .order_by(t.c.id.desc())
+                    .limit(DB_EVENTS_SHOWN)
+                )
+                .mappings()
+                .all()
+            )
+
+        def entry(r: Any) -> dict[str, Any]:
+            found = {k: r[k] for k in ("kind", "host", "message", "at", "received")}
+            return {**found, "backup": json.loads(r["backup"]) if r["backup"] else None}
+
+        view = state.get("view")
+        return {
+            "view": {**json.loads(view.value), "received": view.received} if view else None,
+            "last_backup": json.loads(state["backup"].value) if "backup" in state else None,
+            "events": [entry(r) for r in recent],
+            "alerts": [entry(r) for r in alerting],
+        }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from kiln.db.failover import Event
+from kiln.db.report import Observed, backup_event, event_payload
+from tests.integration.db_views import MANIFEST, PRIMARY, REPLICA
 from tests.integration.kiln_server import RunningServer, running_server
 
 pytestmark = [
@@ -366,5 +370,57 @@ def test_the_layout_holds_from_900_px(server: RunningServer, browser, width: int
         assert [x for x in lines if x[1] != 1] == [], "a host name or state over two lines"
         assert [x for x in lines if not x[2]] == [], "a host name or state cut short"
         browser.save_screenshot(str(tmp_path / f"dashboard-{width}.png"))
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def report_db(server: RunningServer) -> None:
+    """The failover monitor's view (db1 primary, db2 its replica, 3 s behind), a failover and a backup, as the
+    monitor and the backup runner send them."""
+    failover = Event(
+        "failover", "db1", "promoted: db2 out of sight 10.4s and no replica heard it; writable at 0-2-1187"
+    )
+    seen = Observed([PRIMARY, REPLICA], time.time()).payload()
+    with server.client() as c:
+        assert c.put(f"{server.tls_url}/v1/db", json=seen).status_code == 204
+        events = {"events": [event_payload(failover), backup_event(MANIFEST)]}
+        assert c.post(f"{server.tls_url}/v1/db/events", json=events).status_code == 201
+
+
+@pytest.mark.parametrize("width", [900, 1400])
+def test_the_database_panel_shows_roles_the_last_backup_and_failover_alerts(
+    server: RunningServer, browser, width: int, tmp_path: Path
+) -> None:
+    report_db(server)
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+    )
+    try:
+        open_dashboard(server, browser)
+        db1 = wait_for(browser, lambda d: text_of(d, '#db-hosts tr[data-host="db1"]'), "db1 in the database panel")
+        assert "primary" in db1 and "0-2-1187" in db1 and "on" in db1.split()  # semi-sync on
+        db2 = text_of(browser, '#db-hosts tr[data-host="db2"]') or ""
+        cells = browser.execute_script(
+            "return [...document.querySelectorAll(`#db-hosts tr[data-host='db2'] td`)].map(c => c.innerText)"
+        )
+        assert cells == ["db2", "replica", "0-2-1185", "db1", "Yes / Yes", "3 s", "-"], (cells, db2)
+        backup = text_of(browser, "#db-backup") or ""
+        assert "20261201T110000Z-db2" in backup and "GTID 0-1-1150" in backup and "1.6 MiB stored" in backup, backup
+        alert = wait_for(browser, lambda d: text_of(d, '#alerts .alert[data-kind="db-failover"]'), "the failover alert")
+        assert "database failover on db1: promoted: db2 out of sight 10.4s" in alert and "db_role" in alert, alert
+        assert not browser.find_elements("css selector", '#alerts .alert[data-kind="db-backup"]'), (
+            "a backup is no alert"
+        )
+        assert "as the failover monitor saw it" in (text_of(browser, "#db-observed") or "")
+        scroll = browser.execute_script("return document.documentElement.scrollWidth")
+        assert scroll <= width, f"the page is {scroll} px wide in a {width} px window"
+        lines = browser.execute_script(
+            """return [...document.querySelectorAll('#db-hosts td.name, #db-hosts .state')].map(e => {
+                 const r = document.createRange(); r.selectNodeContents(e);
+                 return [e.innerText, new Set([...r.getClientRects()].map(x => Math.round(x.top))).size];
+               })"""
+        )
+        assert len(lines) == 4 and all(n == 1 for _, n in lines), lines
+        browser.save_screenshot(str(tmp_path / f"dashboard-db-{width}.png"))
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

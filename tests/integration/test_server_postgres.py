@@ -17,7 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kiln.db.failover import Event
+from kiln.db.report import Observed, backup_event, event_payload
 from kiln.run import run
+from tests.integration.db_views import MANIFEST, PRIMARY, REPLICA
 from tests.integration.kiln_server import INV, loopback_roles, running_server
 
 pytestmark = [
@@ -137,6 +140,34 @@ def test_two_servers_share_state_in_postgresql(postgres_url: str, tmp_path: Path
         again = json.loads(b.host("db1", "52:54:00:10:00:41").enrol(b.token("db1")).content)
         assert view["state"] == "waiting" and view["alerts"] == [] and not view["installed"]
         assert again["secrets_withheld"] is False
+
+
+def test_two_servers_agree_on_the_data_tier(postgres_url: str, tmp_path: Path) -> None:
+    """The monitor's reports may reach either server behind a load balancer: the newest view wins, an event resent
+    through the other server is kept once, and both answer the same."""
+    roles = loopback_roles(tmp_path)
+    secrets = tmp_path / "secrets"
+    with (
+        running_server(tmp_path / "a", roles=roles, database=postgres_url, secrets=secrets) as a,
+        running_server(tmp_path / "b", roles=roles, database=postgres_url, secrets=secrets) as b,
+        a.client() as ca,
+        b.client() as cb,
+    ):
+        newer = Observed([PRIMARY, REPLICA], 2000.0).payload()
+        older = Observed([REPLICA], 1000.0).payload()
+        assert cb.put(f"{b.tls_url}/v1/db", json=newer).status_code == 204
+        assert ca.put(f"{a.tls_url}/v1/db", json=older).status_code == 204
+        failover = event_payload(Event("failover", "db2", "promoted"))
+        assert ca.post(f"{a.tls_url}/v1/db/events", json={"events": [failover]}).json() == {"added": 1}
+        assert cb.post(f"{b.tls_url}/v1/db/events", json={"events": [failover]}).json() == {"added": 0}
+        assert cb.post(f"{b.tls_url}/v1/db/events", json={"events": [backup_event(MANIFEST)]}).status_code == 201
+        answers = [c.get(f"{s.tls_url}/v1/db").json() for c, s in ((ca, a), (cb, b))]
+        for answer in answers:
+            assert answer["view"]["observed"] == 2000.0 and len(answer["view"]["hosts"]) == 2
+            assert [e["kind"] for e in answer["events"]] == ["backup", "failover"]
+            assert answer["last_backup"]["id"] == MANIFEST["id"]
+            assert [a["message"] for a in answer["alerts"]] == ["promoted"]
+        assert answers[0]["events"] == answers[1]["events"]
 
 
 def test_healthz_says_when_the_database_does_not_answer(postgres: Postgres, tmp_path: Path) -> None:

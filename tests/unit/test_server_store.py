@@ -8,9 +8,20 @@ import concurrent.futures
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from kiln.server.dbreport import DbEvent
 from kiln.server.inputs import Event
-from kiln.server.store import UNKNOWN_LIMIT, CredentialError, StateStore, UnknownHost
+from kiln.server.store import (
+    DB_ALERT_SECONDS,
+    DB_EVENTS_KEPT,
+    UNKNOWN_LIMIT,
+    CredentialError,
+    StateStore,
+    UnknownHost,
+    db_events_table,
+    metadata,
+)
 
 
 @pytest.fixture()
@@ -174,3 +185,49 @@ def test_a_database_from_an_older_kiln_gets_the_new_columns_and_indexes(tmp_path
         assert "USING INDEX hosts_enrol_token" in plan, plan
     finally:
         store.close()
+
+
+def db_event(i: int, kind: str = "rejoin", **backup: object) -> DbEvent:
+    return DbEvent(f"event-{i:08d}", kind, "db2", f"event {i}", 1000.0 + i, dict(backup) or None)
+
+
+def test_db_events_are_bounded_and_the_last_backup_outlives_them(store: StateStore) -> None:
+    store.add_db_events([db_event(0, "backup", id="b0", gtid="0-1-5", stored_bytes=10)], now=2000.0)
+    for start in range(1, DB_EVENTS_KEPT + 101, 100):  # events 1 .. DB_EVENTS_KEPT + 100
+        store.add_db_events([db_event(i) for i in range(start, start + 100)], now=2000.0)
+    with store.engine.connect() as conn:
+        kept = conn.execute(sa.select(sa.func.count()).select_from(db_events_table)).scalar_one()
+    assert kept == DB_EVENTS_KEPT
+    report = store.db_report(now=2000.0)
+    assert report["last_backup"] == {"id": "b0", "gtid": "0-1-5", "stored_bytes": 10, "host": "db2", "at": 1000.0}
+    assert report["events"][0]["message"] == f"event {DB_EVENTS_KEPT + 100}"  # newest first
+    assert report["alerts"] == [], "rejoins and backups are no alerts"
+
+
+def test_only_recent_failover_kind_events_are_alerts(store: StateStore) -> None:
+    store.add_db_events([db_event(1, "failover"), db_event(2, "fence"), db_event(3, "waiting")], now=2000.0)
+    assert [a["kind"] for a in store.db_report(now=2000.0)["alerts"]] == ["fence", "failover"]
+    assert store.db_report(now=1000.0 + DB_ALERT_SECONDS + 10)["alerts"] == [], "a day later they are history"
+
+
+def test_an_older_view_never_replaces_a_newer_one(store: StateStore) -> None:
+    store.put_db_view({"observed": 200.0, "hosts": [{"name": "db1"}]})
+    store.put_db_view({"observed": 100.0, "hosts": []})
+    assert store.db_report()["view"]["hosts"] == [{"name": "db1"}]
+    store.put_db_view({"observed": 300.0, "hosts": []})
+    assert store.db_report()["view"]["hosts"] == []
+
+
+def test_a_database_from_before_the_data_tier_is_opened_and_given_its_tables(tmp_path: Path) -> None:
+    old = sa.MetaData()
+    for table in metadata.sorted_tables:
+        if table.name not in ("db_state", "db_events"):
+            table.to_metadata(old)
+    path = tmp_path / "old.db"
+    old.create_all(sa.create_engine(f"sqlite:///{path}"))
+    tool = StateStore.open(f"sqlite:///{path}", tmp_path, create=False)  # ./inv reprovision beside an older server
+    tool.close()
+    server = StateStore.open(f"sqlite:///{path}", tmp_path)
+    server.add_db_events([db_event(1, "failover")], now=1001.0)
+    assert server.db_report(now=1001.0)["alerts"][0]["message"] == "event 1"
+    server.close()

@@ -1,7 +1,8 @@
 // kiln dashboard: polls /v1/hosts every second and redraws the tables. Text only (textContent), never HTML
 // from the server, since event details come from the hosts. After the first answer it asks only for what
 // changed (?since= the server's clock of the last answer) and merges that in: with 10,000 hosts a poll stays
-// small. Every FULL_EVERY polls it takes the whole list again.
+// small. Every FULL_EVERY polls it takes the whole list again. The database panel and its alerts come from
+// /v1/db (what the failover monitor and the backups last reported), every DB_EVERY polls.
 "use strict";
 
 const POLL_MS = 1000;
@@ -198,9 +199,8 @@ function render(data) {
     "; generation " + data.generation + ": " + converged + "/" + running.length + " running hosts converged";
   document.getElementById("updated").textContent = "updated " + new Date(now * 1000).toLocaleTimeString();
 
-  const alerts = document.getElementById("alerts");
-  alerts.replaceChildren(...data.alerts.map((a) =>
-    el("div", { class: "alert", "data-kind": a.kind, "data-host": a.host }, a.message, el("small", {}, a.hint))));
+  hostAlerts = data.alerts;
+  drawAlerts();
 
   lastNowDrawn = now;
   draw();
@@ -220,6 +220,79 @@ function render(data) {
   document.getElementById("unknown-section").hidden = unknown.length === 0;
   document.querySelector("#unknown tbody").replaceChildren(...unknown.map((u) =>
     el("tr", { "data-mac": u.mac }, el("td", {}, u.mac), el("td", {}, u.label), el("td", {}, u.requests), el("td", {}, ago(u.last_seen, now)))));
+}
+
+// --- the alerts: the hosts' (from /v1/hosts) then the data tier's (from /v1/db), with when they happened ---
+
+let hostAlerts = [];
+let dbAlerts = [];
+
+function drawAlerts() {
+  const alerts = document.getElementById("alerts");
+  alerts.replaceChildren(
+    ...hostAlerts.map((a) =>
+      el("div", { class: "alert", "data-kind": a.kind, "data-host": a.host }, a.message, el("small", {}, a.hint))),
+    ...dbAlerts.map((a) =>
+      el("div", { class: "alert", "data-kind": "db-" + a.kind, "data-host": a.host },
+        new Date(a.at * 1000).toLocaleString() + " · database " + a.kind + " on " + a.host + ": " + a.message,
+        el("small", {}, a.hint))));
+}
+
+// --- the database panel: each db host as the failover monitor last saw it, the last backup, recent events ---
+
+const DB_EVERY = 2; // polls between two looks at /v1/db
+const DB_STALE_S = 30; // a view older than this: the monitor is not reporting
+const DB_EVENTS_SHOWN = 10;
+
+function mib(bytes) {
+  return bytes == null ? "" : (bytes / 1048576).toFixed(1) + " MiB";
+}
+
+function dbRow(h, names) {
+  const role = h.role.startsWith("read-only") ? "read-only" : h.role; // "read-only, following nobody"
+  const following = h.follows ? names.get(h.follows) || h.follows : "";
+  const threads = following ? (h.io || "-") + " / " + (h.sql || "-") : "-";
+  const semi = role === "primary" ? (h.semi_sync ? "on" : "OFF (async)") : "-";
+  const gtid = h.answered ? h.gtid || "(empty)" : h.error;
+  return el("tr", { "data-host": h.name, "data-role": role },
+    el("td", { class: "name", title: h.name }, h.name),
+    el("td", { class: "role" }, el("span", { class: "state role-" + role }, role)),
+    el("td", { class: h.answered ? "gtid" : "detail" }, gtid),
+    el("td", { class: "follows" }, following || "-"),
+    el("td", { class: "threads" }, threads),
+    el("td", { class: "lag" }, h.lag == null ? "-" : h.lag + " s"),
+    el("td", { class: "semi-sync" }, semi));
+}
+
+function renderDb(data) {
+  const now = data.now;
+  const view = data.view;
+  document.getElementById("db-section").hidden = data.db_hosts.length === 0 && !view;
+  const observed = document.getElementById("db-observed");
+  const stale = view && now - view.observed > DB_STALE_S;
+  observed.className = stale ? "db-stale" : "muted";
+  observed.textContent = !view ? "no report from the failover monitor yet (./inv db monitor sends it)"
+    : "as the failover monitor saw it " + ago(view.observed, now) + (stale ? ": is ./inv db monitor running?" : "");
+  const hosts = view ? view.hosts : [];
+  const names = new Map(hosts.map((h) => [h.address, h.name]));
+  document.querySelector("#db-hosts tbody").replaceChildren(...hosts.map((h) => dbRow(h, names)));
+  const b = data.last_backup;
+  document.getElementById("db-backup").textContent = !b ? "last backup: none reported"
+    : "last backup: " + new Date(b.at * 1000).toLocaleString() + " (" + ago(b.at, now) + "), " + b.id + " of " + b.host +
+      ", GTID " + b.gtid + (b.stored_bytes != null ? ", " + mib(b.stored_bytes) + " stored" : "");
+  const events = data.events.slice(0, DB_EVENTS_SHOWN);
+  document.getElementById("db-events").hidden = events.length === 0;
+  document.querySelector("#db-events tbody").replaceChildren(...events.map((e) =>
+    el("tr", { "data-kind": e.kind },
+      el("td", { class: "time", title: new Date(e.at * 1000).toLocaleString() }, ago(e.at, now)),
+      el("td", { class: "role" }, e.kind), el("td", { class: "name" }, e.host), el("td", { class: "detail" }, e.message))));
+  dbAlerts = data.alerts;
+  drawAlerts();
+}
+
+async function pollDb() {
+  const response = await fetch("/v1/db", { cache: "no-store" });
+  if (response.ok) renderDb(await response.json());
 }
 
 const ACCESS_EVERY = 5; // polls between two looks at the access log
@@ -242,6 +315,7 @@ async function poll() {
     if (!response.ok) throw new Error("HTTP " + response.status);
     const data = await response.json();
     render(data);
+    if (polls % DB_EVERY === 1) await pollDb();
     if (polls % ACCESS_EVERY === 1) await pollAccess(data.now);
   } catch (e) {
     const alerts = document.getElementById("alerts");
