@@ -13,7 +13,8 @@ thread running: the monitor never promotes a replica that hears its primary), no
 was; it turns writable again, so neither a primary's reboot nor a replica's (which left it alone and fenced) needs
 the monitor. With a monitor running (seen within fence_after of the guard's start) the monitor decides.
 
-The guard talks to its own server as root over the socket, to its peers as the replication user (SLAVE MONITOR).
+The guard talks to its own server as root over the socket, to its peers as the replication user (SLAVE MONITOR),
+over kept PyMySQL connections: under emulation a `mariadb` client started twice a second kept half a core busy.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pymysql
+
 from firstboot.log import LOG
-from firstboot.steps.join.sql import Server, SqlError, quote
+from firstboot.steps.join.sql import SqlError, quote
 from kiln.db.gtid import Position
 
 MONITOR_USER = "kiln_monitor"
 FENCE_AFTER = 4.0  # seconds; kiln.db.failover.DETECT_SECONDS and the semi-sync timeout are well above it
 TICK = 1.0
 PEER_CONNECT_TIMEOUT = 1  # seconds: peers are asked side by side, so a cut-off host learns it within about this
+PEER_READ_TIMEOUT = 2  # a kept connection to a peer cut off since: its statement gives up after this
 # the PROCESSLIST state of a commit waiting for a replica's acknowledgement ("...from slave" in 10.11, "...from
 # replica" where the new terminology is built in: matched as a prefix)
 WAITING_FOR_ACK = "Waiting for semi-sync ACK from"
@@ -72,6 +76,87 @@ class GuardConfig:
 
 
 @dataclass
+class Kept:
+    """One kept connection: to the local server as root over its socket, or to a peer as a user; opened again on
+    the next statement after a failure. Values come back as the mariadb client prints them (NULL as "")."""
+
+    socket: str = ""
+    host: str = ""
+    port: int = 3306
+    user: str = "root"
+    password: str = ""
+    connect_timeout: float = 5
+    read_timeout: float = 10
+    _conn: pymysql.connections.Connection | None = field(default=None, repr=False)
+
+    def fresh(self, *, read_timeout: float | None = None) -> Kept:
+        """Another connection to the same server (a statement that blocks must not hold this one)."""
+        return Kept(
+            self.socket,
+            self.host,
+            self.port,
+            self.user,
+            self.password,
+            self.connect_timeout,
+            read_timeout if read_timeout is not None else self.read_timeout,
+        )
+
+    def _cursor(self) -> pymysql.cursors.Cursor:
+        if self._conn is None:
+            where = {"unix_socket": self.socket} if self.socket else {"host": self.host, "port": self.port}
+            self._conn = pymysql.connect(
+                **where,
+                user=self.user,
+                password=self.password,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                write_timeout=self.read_timeout,
+                autocommit=True,
+            )
+        return self._conn.cursor()
+
+    def rows(self, sql: str) -> list[list[str]]:
+        try:
+            with self._cursor() as cur:
+                cur.execute(sql)
+                return [["" if v is None else str(v) for v in row] for row in cur.fetchall()]
+        except (pymysql.MySQLError, OSError) as e:
+            self.close()
+            raise SqlError(f"{self.describe()}: {e}") from None
+
+    def value(self, sql: str) -> str:
+        rows = self.rows(sql)
+        return rows[0][0] if rows and rows[0] else ""
+
+    def status(self, sql: str) -> dict[str, str]:
+        """The first row of a statement like SHOW SLAVE STATUS as a dict ({} for none)."""
+        try:
+            with self._cursor() as cur:
+                cur.execute(sql)
+                row = cur.fetchone()
+                names = [d[0] for d in cur.description or ()]
+        except (pymysql.MySQLError, OSError) as e:
+            self.close()
+            raise SqlError(f"{self.describe()}: {e}") from None
+        return {} if row is None else {n: "" if v is None else str(v) for n, v in zip(names, row, strict=False)}
+
+    def execute(self, sql: str) -> None:
+        """Statements separated by ";\n" (as the mariadb client takes them), one by one."""
+        for statement in (s.strip() for s in sql.split(";\n")):
+            if statement:
+                self.rows(statement.rstrip(";"))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def describe(self) -> str:
+        return f"the local server ({self.socket})" if self.socket else f"{self.user}@{self.host}:{self.port}"
+
+
+@dataclass
 class Peer:
     address: str
     answered: bool
@@ -81,7 +166,7 @@ class Peer:
     slave_pos: str = ""
 
 
-def fence(local: Server, *, seconds: float = 15.0) -> list[str]:
+def fence(local: Kept, *, seconds: float = 15.0) -> list[str]:
     """read_only ON, never waiting out a commit that waits for a semi-sync acknowledgement.
 
     SET GLOBAL read_only first takes the global read lock (new commits wait behind it, and fail as read-only once it
@@ -91,26 +176,30 @@ def fence(local: Server, *, seconds: float = 15.0) -> list[str]:
     Returns notes of what it did; SqlError when read_only could not be set within `seconds`."""
     failed: list[SqlError] = []
 
+    setter = local.fresh(read_timeout=seconds + 5)
+
     def set_read_only() -> None:
         try:
-            local.execute(f"SET SESSION lock_wait_timeout = {int(seconds)};\nSET GLOBAL read_only = ON;\n")
+            setter.execute(f"SET SESSION lock_wait_timeout = {int(seconds)};\nSET GLOBAL read_only = ON;\n")
         except SqlError as e:
             failed.append(e)
+        finally:
+            setter.close()
 
-    setter = threading.Thread(target=set_read_only, daemon=True)
-    setter.start()
+    thread = threading.Thread(target=set_read_only, daemon=True)
+    thread.start()
     cut: set[str] = set()
     deadline = time.monotonic() + seconds
-    while setter.is_alive() and time.monotonic() < deadline:
-        for (thread,) in local.rows(
+    while thread.is_alive() and time.monotonic() < deadline:
+        for (waiting,) in local.rows(
             f"SELECT ID FROM information_schema.PROCESSLIST WHERE STATE LIKE {quote(WAITING_FOR_ACK + '%')}"
         ):
-            if thread not in cut:
-                cut.add(thread)
+            if waiting not in cut:
+                cut.add(waiting)
                 with contextlib.suppress(SqlError):  # gone already
-                    local.execute(f"KILL CONNECTION {int(thread)};\n")
-        setter.join(0.1)
-    if failed or setter.is_alive():
+                    local.execute(f"KILL CONNECTION {int(waiting)};\n")
+        thread.join(0.1)
+    if failed or thread.is_alive():
         raise failed[0] if failed else SqlError(f"read_only not set within {seconds:.0f}s")
     return [f"cut {len(cut)} connections waiting for a semi-sync acknowledgement", "read_only ON"]
 
@@ -118,26 +207,30 @@ def fence(local: Server, *, seconds: float = 15.0) -> list[str]:
 @dataclass
 class Guard:
     config: GuardConfig
-    local: Server
+    local: Kept
     clock: Callable[[], float] = time.monotonic
     last_seen: float = field(default_factory=time.monotonic)  # when the monitor or a replica last vouched
     started: float = field(default_factory=time.monotonic)
     fenced: bool = False
+    _peers: dict[str, Kept] = field(default_factory=dict)
 
     def _peer(self, address: str) -> Peer:
-        password = Path(self.config.password_file).read_text().strip()
-        server = Server(
-            host=address,
-            port=self.config.port,
-            user=self.config.peer_user,
-            password=password,
-            timeout=3,
-            connect_timeout=PEER_CONNECT_TIMEOUT,
-        )
+        server = self._peers.get(address)
+        if server is None:
+            password = Path(self.config.password_file).read_text().strip()
+            server = self._peers[address] = Kept(
+                host=address,
+                port=self.config.port,
+                user=self.config.peer_user,
+                password=password,
+                connect_timeout=PEER_CONNECT_TIMEOUT,
+                read_timeout=PEER_READ_TIMEOUT,
+            )
         try:
             read_only = server.value("SELECT @@read_only") == "1"
             status = server.status("SHOW SLAVE STATUS")
         except SqlError:
+            self._peers.pop(address, None)  # the password is read again with the next connection
             return Peer(address, answered=False)
         return Peer(
             address,
@@ -209,7 +302,7 @@ class Guard:
 
 def run(config_path: Path, socket: str, stopping: Callable[[], bool]) -> int:
     """The guard's loop until `stopping()`; a server that does not answer is retried every tick."""
-    guard = Guard(GuardConfig.load(config_path), Server(socket=socket, timeout=10))
+    guard = Guard(GuardConfig.load(config_path), Kept(socket=socket))
     guard.started = guard.last_seen = time.monotonic()
     LOG.info("db-guard: watching %s (fence after %.0fs)", guard.config.address, guard.config.fence_after)
     while not stopping():
