@@ -70,11 +70,12 @@ def source_files() -> list[Path]:
 
 
 def inputs_hash() -> str:
-    """Sources, the PyInstaller version and the Python version: a change to any of them means a rebuild."""
+    """Sources, the PyInstaller, PyMySQL (the db guard's) and Python versions: a change to any means a rebuild."""
     import PyInstaller
+    import pymysql
 
     h = hashlib.sha256()
-    h.update(f"pyinstaller {PyInstaller.__version__} python {sys.version}\n".encode())
+    h.update(f"pyinstaller {PyInstaller.__version__} pymysql {pymysql.__version__} python {sys.version}\n".encode())
     for path in source_files():
         h.update(str(path.relative_to(PROJECT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
