@@ -238,6 +238,20 @@ def test_only_the_expected_ports_listen(name: str, lab: Lab, hosts: dict[str, An
     assert _listening(hosts[name]) == expected_ports(lab.cluster, name)
 
 
+@pytest.mark.parametrize("name", [h.name for h in CLUSTER.by_role("db")] if CLUSTER else [])
+def test_the_db_guard_runs_steadily_on_every_db_host(name: str, hosts: dict[str, Any]) -> None:
+    """kiln-db-guard (the frozen agent's `db-guard`, with its PyMySQL connections) runs and has never restarted;
+    the primary stays writable under it (the monitor `lab up` started keeps it seen), the replica read-only."""
+    host = hosts[name]
+    unit = host.service("kiln-db-guard")
+    assert unit.is_running and unit.is_enabled
+    assert host.check_output("systemctl show -p NRestarts --value kiln-db-guard") == "0"
+    assert "db-guard: watching" in host.check_output("journalctl -u kiln-db-guard --no-pager -o cat")
+    primary = CLUSTER.db_primary if CLUSTER else None
+    read_only = host.check_output("mariadb -N -e 'SELECT @@read_only'")
+    assert read_only == ("0" if primary and name == primary.name else "1")
+
+
 @pytest.mark.parametrize("name", HOSTS)
 def test_hardening_baseline(name: str, hosts: dict[str, Any]) -> None:
     host = hosts[name]
