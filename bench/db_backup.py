@@ -87,7 +87,7 @@ def main() -> int:
                 "CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'repl-pw'; GRANT REPLICATION SLAVE ON *.* TO "
                 "repl@'127.0.0.1'; CREATE DATABASE foobar; CREATE TABLE foobar.notes (id BIGINT AUTO_INCREMENT "
                 "PRIMARY KEY, text VARCHAR(1000)) ENGINE=InnoDB;"
-                f"INSERT INTO foobar.notes (text) SELECT {ROW} FROM seq_1_to_1000;"
+                f"INSERT INTO foobar.notes (text) SELECT {ROW} FROM foobar.seq_1_to_1000;"
             )
             replica.root().execute(
                 f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl', "
@@ -113,14 +113,14 @@ def main() -> int:
             )
             figures.append({"name": "backup raw stream", "value": round(manifest["raw_bytes"] / 2**20), "unit": "MiB"})
             figures.append({"name": "backup stored", "value": round(manifest["stored_bytes"] / 2**20), "unit": "MiB"})
-            primary.root().execute(f"INSERT INTO foobar.notes (text) SELECT {ROW} FROM seq_1_to_20000;")
+            primary.root().execute(f"INSERT INTO foobar.notes (text) SELECT {ROW} FROM foobar.seq_1_to_20000;")
             caught_up(primary, replica)
             t = time.monotonic()
             archive(store, source_of(replica), key, workdir=base)
             figures.append(
                 {"name": "archive (checkpoint + binlogs)", "value": round(time.monotonic() - t, 1), "unit": "s"}
             )
-            report = restore_test(store, key, plan_restore(store), workdir=base / "restore")
+            report = restore_test(store, key, plan_restore(store), workdir=base)
             for phase, seconds in report["seconds"].items():
                 figures.append(
                     {"name": f"restore-test: {phase.replace('_', ' ')}", "value": round(seconds, 1), "unit": "s"}

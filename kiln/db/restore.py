@@ -25,7 +25,7 @@ from typing import Any
 
 from kiln.db.backup import PROGRESS_SECONDS, list_backups, list_binlogs, list_checkpoints, table_sums, utcnow
 from kiln.db.gtid import Position
-from kiln.db.scratch import Scratch
+from kiln.db.scratch import MAX_PACKET, Scratch
 from kiln.db.seal import unseal
 from kiln.db.store import Store
 from kiln.run import CommandError, run, streaming
@@ -267,7 +267,13 @@ def restore_test(
                 ["mariadb-binlog", f"--start-position={plan.start}", f"--stop-position={plan.target}", *map(str, files)]
             )
             # --sandbox: the statements come from the db host; no \! or file access for them on this machine
-            client_argv = ["mariadb", *scratch.host.client, "--binary-mode", "--sandbox"]
+            client_argv = [
+                "mariadb",
+                *scratch.host.client,
+                "--binary-mode",
+                "--sandbox",
+                f"--max-allowed-packet={MAX_PACKET}",
+            ]
             try:
                 with streaming(reader_argv) as reader:
                     with streaming(client_argv, stdin=reader.stdout):

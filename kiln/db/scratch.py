@@ -23,6 +23,9 @@ ADMIN = "kiln_restore"
 OWNER = "mysql"  # the OS user the scratch tools and server run as, when the runner is root
 
 
+MAX_PACKET = "1G"  # the server's and the client's max_allowed_packet while binlogs are applied
+
+
 class ScratchError(Exception):
     pass
 
@@ -92,6 +95,9 @@ class Scratch:
             "--server-id=4294967295",
             f"--innodb-buffer-pool-size={self.buffer_pool}",
             "--performance-schema=OFF",
+            # a binlog's row events come back as BINLOG statements as large as their transaction: MariaDB's 16 MB
+            # default refused an 18 MB insert ("Server has gone away", bench/db_backup.py); 1 GB is its maximum
+            f"--max-allowed-packet={MAX_PACKET}",
             *(["--user=root"] if os.geteuid() == 0 else []),
         ]
         self.process = subprocess.Popen(
