@@ -441,10 +441,8 @@ def test_a_file_that_is_not_the_manifests_image_is_not_registered(tmp_path, prox
 def test_ctrl_c_during_the_upload_deletes_the_snapshot(tmp_path, proxy, direct):
     make_disk(tmp_path, "web", blocks=128, data_at=set(range(0, 128, 2)))  # 64 blocks to send, 16 at a time
     image = locate(tmp_path, "web")
-    # four rounds of 5 s: the interrupt is sent once the first put is answered (after its round), and lands
-    # mid-upload even when a busy machine notices that late (with 2 s rounds, a loaded quick tier once saw the whole
-    # upload finish first)
-    proxy.delays["PutSnapshotBlock"] = 5.0
+    # four rounds of 2 s: the interrupt lands mid-upload even when a busy machine is slow to notice the first put
+    proxy.delays["PutSnapshotBlock"] = 2.0
     argv = [
         sys.executable,
         "-m",
@@ -461,8 +459,15 @@ def test_ctrl_c_during_the_upload_deletes_the_snapshot(tmp_path, proxy, direct):
         "--endpoint-url",
         proxy.url,
     ]
+    # SIGINT as a terminal sends it: a pytest-xdist worker ignores SIGINT and its children inherit that, and Python
+    # started with SIGINT ignored never raises KeyboardInterrupt (the test then saw the upload run to its end)
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **DUMMY_ENV}
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **DUMMY_ENV},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 30

@@ -175,6 +175,13 @@ def story(servers: tuple[Mariadb, Mariadb], store: Store, secrets: SecretStore, 
     middle = take_checkpoint(store, source_of(replica), flush=False)  # no flush: it ends inside a binary log
     middle_counts = {t: primary.root().value(f"SELECT COUNT(*) FROM foobar.{t}") for t in ("notes", "orders")}
     write(primary, "UPDATE foobar.orders SET total = total + 1 WHERE id < 50;")  # after the checkpoint, same binlog
+    # one transaction of 18 MB: its row events come back as one BINLOG statement, above MariaDB's 16 MB default
+    # max_allowed_packet (restore-test once failed on it with "Server has gone away")
+    write(
+        primary,
+        "CREATE TABLE foobar.big (id INT PRIMARY KEY, text VARCHAR(1000));"
+        "INSERT INTO foobar.big SELECT seq, REPEAT('x', 1000) FROM foobar.seq_1_to_18000;",
+    )
     caught_up(primary, replica)
     archive(store, source_of(replica), key, workdir=base)  # closes that binlog
     write(primary, "DELETE FROM foobar.orders WHERE id % 2 = 0; UPDATE foobar.notes SET text = 'c' WHERE id < 100;")
