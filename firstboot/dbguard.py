@@ -248,26 +248,24 @@ class Guard:
         with ThreadPoolExecutor(max_workers=len(self.config.peers)) as pool:
             return list(pool.map(self._peer, self.config.peers))
 
-    def monitor_age(self) -> float | None:
-        """Seconds since the monitor's kept connection last ran a statement (PROCESSLIST.TIME_MS resets with each);
-        None without one."""
-        age = self.local.value(
-            f"SELECT MIN(TIME_MS) FROM information_schema.PROCESSLIST WHERE USER = {quote(MONITOR_USER)}"
-        )
-        return None if age in ("", "NULL") else float(age) / 1000
-
-    def monitor_seen(self) -> bool:
-        age = self.monitor_age()
-        return age is not None and age < self.config.fence_after
+    def look(self) -> tuple[bool, float | None]:
+        """Whether the local server is read-only, and the seconds since the monitor's kept connection last ran a
+        statement (PROCESSLIST.TIME_MS resets with each; None without one): one round trip a tick."""
+        read_only, age = self.local.rows(
+            "SELECT @@read_only, (SELECT MIN(TIME_MS) FROM information_schema.PROCESSLIST "
+            f"WHERE USER = {quote(MONITOR_USER)})"
+        )[0]
+        return read_only == "1", float(age) / 1000 if age else None
 
     def tick(self) -> str:
         """One look; returns what it decided ("" for nothing to do)."""
-        read_only = self.local.value("SELECT @@read_only") == "1"
+        read_only, age = self.look()
+        if age is not None and age >= self.config.fence_after:
+            age = None  # the monitor spoke too long ago: not seen
         if read_only:
             self.last_seen = self.clock()
-            return self._maybe_resume()
-        age = self.monitor_age()
-        if age is not None and age < self.config.fence_after:
+            return "" if age is not None else self._maybe_resume()  # with a monitor running, the monitor decides
+        if age is not None:
             self.last_seen = max(self.last_seen, self.clock() - age)  # when the monitor last spoke, not now
             return ""
         peers = self.peers()
@@ -285,8 +283,8 @@ class Guard:
         """Writable again when the peers show this is still the primary (see the module doc)."""
         if self.clock() - self.started < self.config.fence_after or not self.config.peers:
             return ""  # a running monitor has reconnected by then; alone, nothing shows it is the primary
-        if self.monitor_seen() or self.local.status("SHOW SLAVE STATUS"):
-            return ""  # the monitor decides; a replica is never made writable here
+        if self.local.status("SHOW SLAVE STATUS"):
+            return ""  # a replica is never made writable here
         peers = self.peers()
         me = self.config.address
         if not all(p.answered and p.read_only and p.master_host == me and p.io_running == "Yes" for p in peers):

@@ -8,8 +8,6 @@ MASTER_GTID_WAIT, STOP/RESET SLAVE, CHANGE MASTER TO ... MASTER_USE_GTID=slave_p
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,12 +15,17 @@ from typing import Any
 
 import pymysql
 
-from firstboot.dbguard import MONITOR_USER, WAITING_FOR_ACK
+from firstboot.dbguard import MONITOR_USER, Kept, fence
+from firstboot.steps.join.sql import SqlError
 from kiln.db.gtid import Position
 
 CONNECT_TIMEOUT = 2
 QUERY_TIMEOUT = 3  # a hung primary costs a tick this long; longer waits are made of short statements
 ERRANT = 1236  # ER_MASTER_FATAL_ERROR_READING_BINLOG: the primary lacks a GTID the replica asks for
+
+
+# what Seen.role says of a db host (the dashboard's /v1/db accepts exactly these)
+ROLES = ("primary", "replica", "read-only", "unreachable")
 
 
 class ReplicationError(Exception):
@@ -75,7 +78,7 @@ class Seen:
             return "unreachable"
         if not self.read_only:
             return "primary"
-        return "replica" if self.master_host else "read-only, following nobody"
+        return "replica" if self.master_host else "read-only"  # following nobody: fenced, or back from a restart
 
 
 @dataclass(frozen=True)
@@ -184,36 +187,24 @@ class Replication:
 
     # -- changes
 
-    def fence(self, name: str, *, seconds: float = 15.0) -> None:
-        """read_only ON, cutting the connections whose commit waits for a semi-sync acknowledgement while a second
-        connection sets it (firstboot.dbguard.fence says why)."""
-        setter = self.connect(name, timeout=seconds + 5)
-        failed: list[BaseException] = []
-
-        def set_read_only() -> None:
-            try:
-                with setter.cursor() as cur:
-                    cur.execute(f"SET SESSION lock_wait_timeout = {int(seconds)}")
-                    cur.execute("SET GLOBAL read_only = ON")
-            except (pymysql.MySQLError, OSError) as e:
-                failed.append(e)
-            finally:
-                setter.close()
-
-        thread = threading.Thread(target=set_read_only, daemon=True)
-        thread.start()
-        cut: set[int] = set()
-        while thread.is_alive():
-            for row in self.query(
-                name, "SELECT ID FROM information_schema.PROCESSLIST WHERE STATE LIKE %s", (WAITING_FOR_ACK + "%",)
-            ):
-                if row["ID"] not in cut:
-                    cut.add(row["ID"])
-                    with contextlib.suppress(pymysql.MySQLError):
-                        self.query(name, f"KILL CONNECTION {int(row['ID'])}")
-            thread.join(0.1)
-        if failed:
-            raise failed[0]
+    def fence(self, name: str) -> None:
+        """read_only ON, cutting the connections whose commit waits for a semi-sync acknowledgement: the guard's
+        own fence (firstboot.dbguard.fence, which says why), over the monitor's account."""
+        node = self.nodes[name]
+        connection = Kept(
+            host=node.address,
+            port=node.port,
+            user=self.user,
+            password=self.password,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=QUERY_TIMEOUT,
+        )
+        try:
+            fence(connection)
+        except SqlError as e:
+            raise pymysql.err.OperationalError(2013, str(e)) from None
+        finally:
+            connection.close()
 
     def make_writable(self, name: str) -> None:
         """The primary's side of semi-sync on, read_only off: from now on it takes the writes."""

@@ -46,14 +46,13 @@ def status_lines(seen: list[Seen]) -> list[str]:
     lines = [f"{'HOST':<8} {'ROLE':<12} {'GTID':<22} {'FOLLOWS':<8} {'IO':<10} {'SQL':<4} {'LAG':>5}  SEMI-SYNC"]
     for s in seen:
         if not s.answered:
-            lines.append(f"{s.name:<8} {'unreachable':<12} {s.error}")
+            lines.append(f"{s.name:<8} {s.role:<12} {s.error}")
             continue
-        role = "primary" if not s.read_only else ("replica" if s.master_host else "read-only")
         follows = by_address.get(s.master_host, s.master_host) or "-"
         lag = "-" if s.lag is None else str(s.lag)
         semi = ("on" if s.semi_sync else "OFF (async)") if not s.read_only else "-"
         lines.append(
-            f"{s.name:<8} {role:<12} {s.binlog_pos or '-':<22} {follows:<8} {s.io_running or '-':<10} "
+            f"{s.name:<8} {s.role:<12} {s.binlog_pos or '-':<22} {follows:<8} {s.io_running or '-':<10} "
             f"{s.sql_running or '-':<4} {lag:>5}  {semi}"
         )
         if s.io_error:

@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 
+from kiln.db.replication import ROLES
 from kiln.server.inputs import BadInput, checked_json
 
 MAX_BODY_BYTES = 256 * 1024
@@ -25,7 +26,6 @@ KINDS = (
     "backup",
 )
 ALERT_KINDS = ("failover", "fence", "errant", "refused", "switchover")
-ROLES = ("primary", "replica", "unreachable", "read-only, following nobody")
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 64}
 _TEXT = {"type": "string", "maxLength": 2000}

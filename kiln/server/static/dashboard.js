@@ -249,7 +249,7 @@ function mib(bytes) {
 }
 
 function dbRow(h, names) {
-  const role = h.role.startsWith("read-only") ? "read-only" : h.role; // "read-only, following nobody"
+  const role = h.role;
   const following = h.follows ? names.get(h.follows) || h.follows : "";
   const threads = following ? (h.io || "-") + " / " + (h.sql || "-") : "-";
   const semi = role === "primary" ? (h.semi_sync ? "on" : "OFF (async)") : "-";
