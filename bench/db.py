@@ -20,9 +20,6 @@ Needs root (network namespaces). Takes about 2 minutes per round.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,14 +29,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]  # the project, for the test helpers that build the cluster
 
+from kiln.benchrun import record  # noqa: E402
 from kiln.db.failover import DETECT_SECONDS, switchover  # noqa: E402
 from kiln.project import Project  # noqa: E402
 from kiln.secrets import SecretStore  # noqa: E402
 from tests.integration.db_cluster import (  # noqa: E402
     Cluster3,
     caught_up,
-    drill,
     follows,
+    kill_drill,
+    split_drill,
     there_and_back,
     three_servers,
 )
@@ -70,56 +69,32 @@ def switchover_pauses(c: Cluster3) -> tuple[float, float, int]:
 
 
 def killed_primary(c: Cluster3) -> dict[str, float]:
-    old = c.writable()[0]
-    with drill(c) as (_, mon, writes):
-        c.start_writer("kill", c.lab.ns("app1"))
-        time.sleep(3)
-        killed = time.monotonic()
-        c.kill(old)
-        promoted = mon.wait_for("failover", seconds=60)
-        new = next(e.host for at, e in mon.events if e.kind == "failover" and at >= killed)
-        time.sleep(3)
-        restarted = time.monotonic()
-        c.restart(old)
-        rejoined = mon.wait_for("rejoin", old, 60)
-    present = c.notes(new)
-    lost = len(writes.texts - present)
+    d = kill_drill(c)
+    lost = len(d.writes.texts - c.notes(d.new))
     r = c.replication()
-    try:  # back to db1 for the next round
-        follows(c, new)
-        switchover(r, old)
-        follows(c, old)
+    try:  # back to the first primary for the next round
+        follows(c, d.new)
+        switchover(r, d.old)
+        follows(c, d.old)
     finally:
         r.close()
     return {
-        "promoted_s": promoted - killed,
-        "write_gap_s": writes.longest_gap("kill"),
-        "acknowledged": len(writes.acked),
+        "promoted_s": d.promoted - d.began,
+        "write_gap_s": d.writes.longest_gap("kill"),
+        "acknowledged": len(d.writes.acked),
         "lost": lost,
-        "rejoined_s": rejoined - restarted,
+        "rejoined_s": d.after - d.back,
     }
 
 
 def split_primary(c: Cluster3) -> dict[str, float]:
-    old = c.writable()[0]
-    with drill(c) as (sampler, mon, writes):
-        c.start_writer("far", c.lab.ns("app1"))
-        c.start_writer("near", c.nodes[old].ns, query_timeout=30)
-        time.sleep(3)
-        cut = time.monotonic()
-        c.split(old)
-        promoted = mon.wait_for("failover", seconds=60)
-        fenced = sampler.last_writable.get(old, cut)
-        time.sleep(3)
-        c.heal(old)
-        mon.wait_for("errant", old, 30)
-    new = next(e.host for at, e in mon.events if e.kind == "failover" and at >= cut)
+    d = split_drill(c)
     return {
-        "fenced_s": fenced - cut,
-        "promoted_s": promoted - cut,
-        "double_writable_samples": len(sampler.double),
-        "samples": sampler.samples,
-        "lost": len(writes.texts - c.notes(new)),
+        "fenced_s": d.fenced - d.began,
+        "promoted_s": d.promoted - d.began,
+        "double_writable_samples": len(d.sampler.double),
+        "samples": d.sampler.samples,
+        "lost": len(d.writes.texts - c.notes(d.new)),
     }
 
 
@@ -186,18 +161,7 @@ def main() -> int:
         },
         {"name": "split primary: acknowledged rows lost", "value": split["lost"], "unit": "rows", "goal": "0"},
     ]
-    for f in figures:
-        goal = f" (goal {f['goal']})" if "goal" in f else ""
-        print(f"{f['name']}: {f['value']} {f['unit']}{goal}")
-    result = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "rounds": rounds,
-        "seconds": round(time.monotonic() - began),
-        "figures": figures,
-    }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "db.json").write_text(json.dumps(result, indent=2) + "\n")
+    record("db", figures, rounds=rounds, seconds=round(time.monotonic() - began))
     return 0
 
 

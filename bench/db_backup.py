@@ -14,20 +14,16 @@ the RPO at the end. Never asserted. Needs root (restore-test runs the scratch se
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import boto3
-
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]  # the project, for the test helpers that start the servers and moto
 
+from kiln.benchrun import record  # noqa: E402
 from kiln.db.backup import Retention, archive, run_backup  # noqa: E402
 from kiln.db.restore import plan_restore, restore_test  # noqa: E402
 from kiln.db.store import Store, Target  # noqa: E402
@@ -35,8 +31,8 @@ from kiln.project import Project  # noqa: E402
 from kiln.secrets import SecretStore  # noqa: E402
 from tests.integration.agent_mariadb import Mariadb, start, template_datadir  # noqa: E402
 from tests.integration.hostroot import applied_bundles  # noqa: E402
-from tests.integration.test_db_backup import BUCKET, CNF, caught_up, source_of  # noqa: E402
-from tests.moto_server import moto_server  # noqa: E402
+from tests.integration.test_db_backup import BUCKET, CNF, caught_up, follow, source_of  # noqa: E402
+from tests.moto_server import create_bucket, moto_server  # noqa: E402
 
 ROW = "CONCAT(MD5(RAND()), REPEAT(' the quick brown fox jumps over the lazy dog', 20))"  # ~900 bytes, like text
 
@@ -67,14 +63,7 @@ def main() -> int:
     started = []
     try:
         with moto_server() as endpoint:
-            s3 = boto3.client(
-                "s3",
-                endpoint_url=endpoint,
-                region_name="us-east-1",
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-            )
-            s3.create_bucket(Bucket=BUCKET)
+            create_bucket(endpoint, BUCKET)
             store = Store(
                 Target(bucket=BUCKET, endpoint=endpoint, access_key_id="testing", secret_access_key="testing")
             )
@@ -83,25 +72,16 @@ def main() -> int:
             started.append(primary)
             replica = start("db2", base, template, cnf["db2"])
             started.append(replica)
+            follow(primary, replica)
             primary.root().execute(
-                "CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'repl-pw'; GRANT REPLICATION SLAVE ON *.* TO "
-                "repl@'127.0.0.1'; CREATE DATABASE foobar; CREATE TABLE foobar.notes (id BIGINT AUTO_INCREMENT "
-                "PRIMARY KEY, text VARCHAR(1000)) ENGINE=InnoDB;"
-                f"INSERT INTO foobar.notes (text) SELECT {ROW} FROM foobar.seq_1_to_1000;"
-            )
-            replica.root().execute(
-                f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl', "
-                "MASTER_PASSWORD='repl-pw', MASTER_USE_GTID=slave_pos; START SLAVE;"
+                "CREATE DATABASE foobar; CREATE TABLE foobar.notes (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+                f"text VARCHAR(1000)) ENGINE=InnoDB; INSERT INTO foobar.notes (text) SELECT {ROW} "
+                "FROM foobar.seq_1_to_1000;"
             )
             began = time.monotonic()
             while data_mb(primary) < target_mb:  # doubling, each copy with a new random prefix per row
                 primary.root().execute(f"INSERT INTO foobar.notes (text) SELECT {ROW} FROM foobar.notes LIMIT 500000;")
-            deadline = time.monotonic() + 3600
-            want = primary.root().value("SELECT @@gtid_binlog_pos")
-            while replica.root().value("SELECT @@gtid_slave_pos") != want:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the replica did not catch up within an hour")
-                time.sleep(1)
+            caught_up(primary, replica, seconds=3600)
             size = data_mb(replica)
             figures.append({"name": "table data on the replica", "value": round(size), "unit": "MiB"})
             figures.append({"name": "fill and replicate", "value": round(time.monotonic() - began), "unit": "s"})
@@ -130,16 +110,7 @@ def main() -> int:
         for server in started:
             server.stop()
         shutil.rmtree(base, ignore_errors=True)
-    for f in figures:
-        print(f"{f['name']}: {f['value']} {f['unit']}")
-    result = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "target_mb": target_mb,
-        "figures": figures,
-    }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "db_backup.json").write_text(json.dumps(result, indent=2) + "\n")
+    record("db_backup", figures, target_mb=target_mb)
     return 0
 
 

@@ -12,9 +12,6 @@ Prints and writes bench/results/db_guard.json; never asserted.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -30,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]  # the project, for the test helpers that start a server
 
 from firstboot.dbguard import MONITOR_USER, GuardConfig  # noqa: E402
+from kiln.benchrun import record  # noqa: E402
 from kiln.project import Project  # noqa: E402
 from kiln.secrets import SecretStore  # noqa: E402
 from tests.integration.agent_mariadb import start, template_datadir  # noqa: E402
@@ -108,16 +106,7 @@ def main() -> int:
         {"name": "share of one core", "value": round(100 * cpu / seconds, 1), "unit": "%"},
         {"name": "the primary stayed writable (no fence)", "value": writable, "unit": ""},
     ]
-    for f in figures:
-        print(f"{f['name']}: {f['value']} {f['unit']}")
-    result = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "seconds": seconds,
-        "figures": figures,
-    }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "db_guard.json").write_text(json.dumps(result, indent=2) + "\n")
+    record("db_guard", figures, seconds=seconds)
     return 0
 
 

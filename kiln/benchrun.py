@@ -1,11 +1,15 @@
-"""Run every bench/*.py script; each prints its figures and writes bench/results/<name>.json."""
+"""Run every bench/*.py script; each prints its figures and writes bench/results/<name>.json (record())."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -32,3 +36,19 @@ def run_all(*, quick: bool = False) -> int:
             )
     Console().print(table)
     return 1 if failed else 0
+
+
+def record(name: str, figures: list[dict[str, Any]], **about: Any) -> None:
+    """Print a benchmark's figures ({name, value, unit[, goal]}) and write bench/results/NAME.json with them, when
+    and where they were measured, and `about` (the run's parameters)."""
+    for f in figures:
+        goal = f" (goal {f['goal']})" if "goal" in f else ""
+        print(f"{f['name']}: {f['value']} {f['unit']}{goal}")
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        **about,
+        "figures": figures,
+    }
+    (BENCH / "results").mkdir(exist_ok=True)
+    (BENCH / "results" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -64,3 +64,17 @@ def moto_server(*, startup_timeout: float = 30.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def create_bucket(endpoint: str, bucket: str) -> None:
+    """An S3 bucket on the moto server at `endpoint`, as an operator creates it before kiln writes there."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket=bucket)

@@ -258,6 +258,61 @@ def drill(c: Cluster3) -> Iterator[tuple[Sampler, MonitorThread, Writes]]:
         sampler.stop()
 
 
+@dataclass
+class Drilled:
+    """One drill on the primary, as the failover tests assert it and bench/db.py measures it (monotonic times)."""
+
+    old: str
+    new: str
+    began: float  # the kill or the cut
+    promoted: float  # the monitor's failover event
+    back: float  # the old primary restarted, or its network healed
+    after: float  # the old primary's rejoin (killed) or errant (split) event
+    fenced: float  # the last sample with the old primary writable
+    sampler: Sampler
+    mon: MonitorThread
+    writes: Writes
+
+
+def kill_drill(c: Cluster3) -> Drilled:
+    """The primary's mariadbd killed while the app writes ("kill-N"); restarted after the failover, until the
+    monitor made it follow the new primary."""
+    old = c.writable()[0]
+    with drill(c) as (sampler, mon, writes):
+        c.start_writer("kill", c.lab.ns("app1"))
+        time.sleep(3)
+        began = time.monotonic()
+        c.kill(old)
+        promoted = mon.wait_for("failover", seconds=60)
+        new = next(e.host for at, e in mon.events if e.kind == "failover" and at >= began)
+        time.sleep(3)
+        back = time.monotonic()
+        c.restart(old)
+        after = mon.wait_for("rejoin", old, 60)
+        time.sleep(1)
+    return Drilled(old, new, began, promoted, back, after, sampler.last_writable.get(old, began), sampler, mon, writes)
+
+
+def split_drill(c: Cluster3) -> Drilled:
+    """The primary's network cut while an app on the far side ("far-N") and one beside it ("near-N", waiting 30 s
+    per commit: one acknowledged without a replica once the semi-sync timeout ran out would show) write; healed
+    after the failover, until the monitor found the old primary errant."""
+    old = c.writable()[0]
+    with drill(c) as (sampler, mon, writes):
+        c.start_writer("far", c.lab.ns("app1"))
+        c.start_writer("near", c.nodes[old].ns, query_timeout=30)
+        time.sleep(3)
+        began = time.monotonic()
+        c.split(old)
+        promoted = mon.wait_for("failover", seconds=60)
+        new = next(e.host for at, e in mon.events if e.kind == "failover" and at >= began)
+        time.sleep(3)
+        back = time.monotonic()
+        c.heal(old)
+        after = mon.wait_for("errant", old, 30)
+    return Drilled(old, new, began, promoted, back, after, sampler.last_writable.get(old, 0.0), sampler, mon, writes)
+
+
 def _db3_cnf(cnf: str) -> str:
     name, ip, server_id = DB3
     cnf = re.sub(r"(?m)^(bind_address|report_host) = .*$", lambda m: f"{m[1]} = {ip}", cnf)

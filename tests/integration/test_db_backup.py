@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from kiln.bundle import Bundle
@@ -50,7 +49,7 @@ from kiln.project import Project
 from kiln.secrets import SecretStore
 from tests.integration.agent_mariadb import Mariadb, start, template_datadir
 from tests.integration.hostroot import applied_bundles
-from tests.moto_server import moto_server
+from tests.moto_server import create_bucket, moto_server
 
 pytestmark = pytest.mark.integration
 PROJECT = Path(__file__).resolve().parents[2]
@@ -70,14 +69,7 @@ def base() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     with moto_server() as url:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        s3.create_bucket(Bucket=BUCKET)
+        create_bucket(url, BUCKET)
         yield url
 
 
@@ -108,15 +100,8 @@ def servers(base: Path, cluster: Cluster, secret_store: SecretStore) -> Iterator
         started.append(primary)
         replica = start("db2", base, template, cnf["db2"])
         started.append(replica)
-        primary.root().execute(
-            "CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'repl-pw';"
-            "GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1';"
-            "CREATE DATABASE foobar;"
-        )
-        replica.root().execute(
-            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl', "
-            "MASTER_PASSWORD='repl-pw', MASTER_USE_GTID=slave_pos; START SLAVE;"
-        )
+        follow(primary, replica)
+        primary.root().execute("CREATE DATABASE foobar;")
         yield primary, replica
     finally:
         for server in started:
@@ -134,9 +119,20 @@ def write(primary: Mariadb, sql: str) -> None:
     primary.root().execute(sql)
 
 
-def caught_up(primary: Mariadb, replica: Mariadb) -> str:
+def follow(primary: Mariadb, replica: Mariadb) -> None:
+    """`replica` replicates from `primary` by GTID (a loopback replication account, no seed: both start empty)."""
+    primary.root().execute(
+        "CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'repl-pw'; GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1';"
+    )
+    replica.root().execute(
+        f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl', "
+        "MASTER_PASSWORD='repl-pw', MASTER_USE_GTID=slave_pos; START SLAVE;"
+    )
+
+
+def caught_up(primary: Mariadb, replica: Mariadb, seconds: float = 20) -> str:
     want = primary.root().value("SELECT @@gtid_binlog_pos")
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + seconds
     while replica.root().value("SELECT @@gtid_slave_pos") != want:
         assert time.monotonic() < deadline, "the replica did not catch up"
         time.sleep(0.05)

@@ -20,7 +20,16 @@ import pytest
 from kiln.db.failover import DETECT_SECONDS
 from kiln.model import Cluster
 from kiln.secrets import SecretStore
-from tests.integration.db_cluster import Cluster3, caught_up, drill, follows, there_and_back, three_servers
+from tests.integration.db_cluster import (
+    Cluster3,
+    caught_up,
+    drill,
+    follows,
+    kill_drill,
+    split_drill,
+    there_and_back,
+    three_servers,
+)
 
 # slow: six drills on three servers take about 95 s, too long for the quick tier's three minutes
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,29 +111,18 @@ def test_a_killed_primary_fails_over_and_comes_back_as_a_replica(c: Cluster3) ->
     """mariadbd on the primary killed (a power cut): after DETECT_SECONDS the replica that received the most is
     promoted, the app's writes resume there, nothing acknowledged is lost; the old primary restarts read-only and
     the monitor makes it follow the new one."""
-    old = c.writable()[0]
-    with drill(c) as (sampler, mon, writes):
-        c.start_writer("kill", c.lab.ns("app1"))
-        time.sleep(3)
-        killed = time.monotonic()
-        c.kill(old)
-        promoted = mon.wait_for("failover", seconds=60)
-        new = next(e.host for _, e in mon.events if e.kind == "failover")
-        time.sleep(3)
-        c.restart(old)
-        mon.wait_for("rejoin", old, 60)
-        time.sleep(1)
+    d = kill_drill(c)
     print(
-        f"killed primary: promoted {new} {promoted - killed:.1f}s after the kill; longest write gap "
-        f"{writes.longest_gap('kill'):.1f}s; {len(writes.acked)} acknowledged, {len(writes.failed)} failed"
+        f"killed primary: promoted {d.new} {d.promoted - d.began:.1f}s after the kill; longest write gap "
+        f"{d.writes.longest_gap('kill'):.1f}s; {len(d.writes.acked)} acknowledged, {len(d.writes.failed)} failed"
     )
-    assert not sampler.double, sampler.double[:3]
-    assert DETECT_SECONDS - 1.5 <= promoted - killed < DETECT_SECONDS + 15  # counted from its last answer
-    assert new != old and c.writable() == [new]
-    caught_up(c, new, writes.texts)
-    follows(c, new)
-    assert any(db == c.nodes[new].ip for _, _, db in writes.acked), "writes resumed on the new primary"
-    assert not mon.errors, mon.errors
+    assert not d.sampler.double, d.sampler.double[:3]
+    assert DETECT_SECONDS - 1.5 <= d.promoted - d.began < DETECT_SECONDS + 15  # counted from its last answer
+    assert d.new != d.old and c.writable() == [d.new]
+    caught_up(c, d.new, d.writes.texts)
+    follows(c, d.new)
+    assert any(db == c.nodes[d.new].ip for _, _, db in d.writes.acked), "writes resumed on the new primary"
+    assert not d.mon.errors, d.mon.errors
 
 
 def test_a_frozen_primary_thawed_after_the_failover_never_takes_a_write_again(c: Cluster3) -> None:
@@ -175,33 +173,20 @@ def test_a_frozen_primary_thawed_after_the_failover_never_takes_a_write_again(c:
 def test_a_primary_cut_off_fences_itself_before_a_replica_is_promoted(c: Cluster3) -> None:
     """The primary's NIC drops everything, while an app beside it (in its namespace) and one on the other side both
     write: its guard fences it (read-only, the commits waiting for an acknowledgement cut) before the monitor
-    promotes a replica, so no sample ever shows two writable servers; nothing acknowledged is lost. When the
-    network heals, the old primary holds the commits cut while it waited (never acknowledged): errant, so it is left
-    read-only and following nobody, and the operator is told what to do."""
-    old = c.writable()[0]
-    with drill(c) as (sampler, mon, writes):
-        c.start_writer("far", c.lab.ns("app1"))
-        # beside the old primary, waiting for its commits longer than the semi-sync timeout: one acknowledged without
-        # a replica would be seen as acknowledged here, and missing on the new primary
-        c.start_writer("near", c.nodes[old].ns, query_timeout=30)
-        time.sleep(3)
-        cut = time.monotonic()
-        c.split(old)
-        promoted = mon.wait_for("failover", seconds=60)
-        new = next(e.host for at, e in mon.events if e.kind == "failover" and at >= cut)
-        fenced = sampler.last_writable.get(old, 0.0)
-        time.sleep(3)
-        c.heal(old)
-        errant = mon.wait_for("errant", old, 30)
+    promotes a replica, so no sample ever shows two writable servers; nothing acknowledged is lost (the app beside
+    it waits 30 s per commit: one acknowledged without a replica would show). When the network heals, the old
+    primary holds the commits cut while they waited (never acknowledged): errant, so it is left read-only and
+    following nobody, and the operator is told what to do."""
+    d = split_drill(c)
     print(
-        f"split primary: {old} writable until {fenced - cut:.1f}s after the cut, {new} promoted at "
-        f"{promoted - cut:.1f}s; errant reported {errant - cut:.1f}s after the cut; {len(writes.acked)} "
-        f"acknowledged, {len(writes.failed)} failed; {sampler.samples} samples"
+        f"split primary: {d.old} writable until {d.fenced - d.began:.1f}s after the cut, {d.new} promoted at "
+        f"{d.promoted - d.began:.1f}s; errant reported {d.after - d.began:.1f}s after the cut; "
+        f"{len(d.writes.acked)} acknowledged, {len(d.writes.failed)} failed; {d.sampler.samples} samples"
     )
-    assert not sampler.double, sampler.double[:3]
-    assert fenced < promoted
-    assert c.writable() == [new] and c.read_only(old)
-    assert writes.texts <= c.notes(new)
-    message = next(e.message for _, e in mon.events if e.kind == "errant" and e.host == old)
-    assert "reprovision" in message and new in message
-    assert not mon.errors, mon.errors
+    assert not d.sampler.double, d.sampler.double[:3]
+    assert d.fenced < d.promoted
+    assert c.writable() == [d.new] and c.read_only(d.old)
+    assert d.writes.texts <= c.notes(d.new)
+    message = next(e.message for _, e in d.mon.events if e.kind == "errant" and e.host == d.old)
+    assert "reprovision" in message and d.new in message
+    assert not d.mon.errors, d.mon.errors
