@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from kiln.apply import NotPublished, apply_roles
 from kiln.fsutil import write_atomic
@@ -87,9 +88,13 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     loops.start()
     began = time.monotonic()
     record: dict[str, Any] = {"boot": boot, "added": [h.name for h in new]}
+
+    def say(line: str) -> None:  # with the time since the change began: a failed request (below) is placed by it
+        console.print(f"[dim]{time.monotonic() - began:6.1f} s[/] {line}")
+
     try:
         server = Server.of(lab.cluster, lab.secrets, lab.server_url)
-        applied = apply_roles(server, text, SecretStore(lab.secrets), timeout=timeout, say=console.print)
+        applied = apply_roles(server, text, SecretStore(lab.secrets), timeout=timeout, say=say)
     except (NotPublished, ServerError) as e:
         console.print(f"[red]lab up: {e}[/]")
         loops.stop.set()
@@ -102,7 +107,7 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     gone = sorted(running - lab.cluster.names)
     for name in gone:  # retired: their credentials are revoked, their peers no longer send them anything
         procs.stop(f"vm-{name}", lab.run, grace=10)
-        console.print(f"powered off {name} (retired)")
+        say(f"powered off {name} (retired)")
     record["removed"] = gone
     outcome = "joined"
     if new:
@@ -120,8 +125,13 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
                 outcome = "no traffic"
     time.sleep(SETTLE)
     loops.stop.set()
-    _, failed, total = loops.failed_seconds(began, time.monotonic())
+    ended = time.monotonic()
+    _, failed, total = loops.failed_seconds(began, ended)
+    failures = loops.failed_requests(began, ended)
+    for line in failures:
+        console.print(f"[red]failed request[/] {escape(line)}")
     record.update(
+        failures=failures,
         outcome=outcome,
         seconds=round(time.monotonic() - began, 1),
         requests=total,

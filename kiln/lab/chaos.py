@@ -97,6 +97,7 @@ class Loops:
     lab: Lab
     tag: str = field(default_factory=lambda: f"chaos-{uuid.uuid4().hex[:8]}")
     requests: list[tuple[float, float, bool]] = field(default_factory=list)  # (sent, answered or gave up, ok)
+    failures: list[tuple[float, str]] = field(default_factory=list)  # (sent, what came back) per failed request
     served_by: dict[str, float] = field(default_factory=dict)  # app host (X-Kiln-App) -> when it first answered
     written: list[int] = field(default_factory=list)
     # (when, the db address that took it) per acknowledged write, as the app answered (its "db" field)
@@ -130,8 +131,11 @@ class Loops:
             reply = self._get("/health")
             ok = reply.status == 200
             self.served_by.setdefault(reply.headers.get("x-kiln-app", "?"), time.monotonic())
-        except OSError:
+            if not ok:
+                self.failures.append((at, f"HTTP {reply.status} {reply.body[:160].decode(errors='replace').strip()}"))
+        except OSError as e:
             ok = False
+            self.failures.append((at, f"{e.__class__.__name__}: {e}"))
         finally:
             self.in_flight.release()
         self.requests.append((at, time.monotonic(), ok))
@@ -162,6 +166,10 @@ class Loops:
         answered = [since] + sorted(end for _, end, ok in window if ok and end <= until) + [until]
         longest = max(b - a for a, b in zip(answered, answered[1:], strict=False))
         return longest, sum(1 for *_, ok in window if not ok), len(window)
+
+    def failed_requests(self, since: float, until: float) -> list[str]:
+        """What each failed request within [since, until] got, as "+<seconds after since> s: <reply or error>"."""
+        return [f"+{at - since:.1f} s: {what}" for at, what in sorted(list(self.failures)) if since <= at <= until]
 
 
 @dataclass(frozen=True)
