@@ -174,7 +174,10 @@ def shown(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def listing(found: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-    """GET /v1/alerts' lists: the firing alerts, critical first, then the longest firing first; the resolved ones
-    as stored (most recently resolved first)."""
-    firing = sorted((shown(r) for r in found["firing"]), key=lambda a: (severity_rank(a["severity"]), a["starts_at"]))
+    """GET /v1/alerts' lists: the firing alerts, critical first, then the longest firing first (then by name); the
+    resolved ones as stored (most recently resolved first)."""
+    firing = sorted(
+        (shown(r) for r in found["firing"]),
+        key=lambda a: (severity_rank(a["severity"]), a["starts_at"], a["alertname"], a["fingerprint"]),
+    )
     return {"firing": firing, "resolved": [shown(r) for r in found["resolved"]]}

@@ -890,14 +890,6 @@ class StateStore:
         changed = 0
         with self._transaction() as conn:
             for a in alerts:
-                stored = conn.execute(
-                    sa.select(t.c.status, t.c.starts_at, t.c.received).where(t.c.fingerprint == a.fingerprint)
-                ).first()
-                if stored is not None and (
-                    a.starts_at < stored.starts_at
-                    or (a.starts_at == stored.starts_at and stored.status == "resolved" and a.status == "firing")
-                ):
-                    continue
                 values = {
                     "status": a.status,
                     "starts_at": a.starts_at,
@@ -907,15 +899,26 @@ class StateStore:
                     "generator_url": a.generator_url,
                     "updated": now,
                 }
-                if stored is None:
-                    conn.execute(t.insert().values(fingerprint=a.fingerprint, received=now, **values))
-                else:
-                    same = a.starts_at == stored.starts_at  # the same episode: first told when it was
-                    conn.execute(
-                        t.update()
-                        .where(t.c.fingerprint == a.fingerprint)
-                        .values(received=stored.received if same else now, **values)
-                    )
+                # new: inserted; already there (or inserted just now by another server sharing PostgreSQL): compared
+                # under its row lock
+                insert = self._insert()(t).values(fingerprint=a.fingerprint, received=now, **values)
+                if conn.execute(
+                    insert.on_conflict_do_nothing(index_elements=[t.c.fingerprint]).returning(t.c.fingerprint)
+                ).all():
+                    changed += 1
+                    continue
+                query = sa.select(t.c.status, t.c.starts_at, t.c.received).where(t.c.fingerprint == a.fingerprint)
+                stored = conn.execute(query.with_for_update() if self._pg else query).one()
+                if a.starts_at < stored.starts_at or (
+                    a.starts_at == stored.starts_at and stored.status == "resolved" and a.status == "firing"
+                ):
+                    continue
+                same = a.starts_at == stored.starts_at  # the same episode: first told when it was
+                conn.execute(
+                    t.update()
+                    .where(t.c.fingerprint == a.fingerprint)
+                    .values(received=stored.received if same else now, **values)
+                )
                 changed += 1
             for status, kept in (("firing", FIRING_KEPT), ("resolved", RESOLVED_KEPT)):
                 beyond = (
@@ -932,7 +935,9 @@ class StateStore:
         resolved first; each row with its labels and annotations decoded."""
         t = alerts_table
         with self.engine.connect() as conn:
-            firing = conn.execute(sa.select(t).where(t.c.status == "firing").order_by(t.c.starts_at)).mappings()
+            firing = conn.execute(
+                sa.select(t).where(t.c.status == "firing").order_by(t.c.starts_at, t.c.fingerprint)
+            ).mappings()
             found = {"firing": [dict(r) for r in firing]}
             resolved = conn.execute(
                 sa.select(t).where(t.c.status == "resolved").order_by(t.c.updated.desc(), t.c.fingerprint)
