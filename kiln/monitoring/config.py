@@ -34,6 +34,7 @@ ALERTMANAGER = "127.0.0.1:9093"  # on the mon host itself
 ALERTS_PATH = "/v1/alerts"
 ALERTS_TOKEN_FILE = "kiln-alerts.token"
 MAX_ALERTS = 100
+REPEAT_HOURS = 4  # how often a firing alert is told again (the receiver tells a stale one by it)
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class Timing:
 
     group_wait: str = "10s"  # a new group's first notification: the drills expect an alert within 60 s
     group_interval: str = "1m"  # a change in a group (a new alert, one resolved) is told after this
-    repeat_interval: str = "4h"  # an unchanged group that still fires is told again after this
+    repeat_interval: str = f"{REPEAT_HOURS}h"  # an unchanged group that still fires is told again after this
 
 
 def webhook(cluster: Cluster, receiver: str) -> dict[str, Any]:

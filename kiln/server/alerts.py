@@ -20,13 +20,16 @@ from typing import Any
 
 import jsonschema
 
-from kiln.monitoring.config import MAX_ALERTS
+from kiln.monitoring.config import MAX_ALERTS, REPEAT_HOURS
 from kiln.server.inputs import BadInput, checked_json
 
 # MAX_ALERTS alerts of about 16 KiB each (labels and annotations well past what kiln's rules make) fit
 MAX_BODY_BYTES = 2 * 1024 * 1024
 STATUSES = ("firing", "resolved")
-SEVERITIES = ("critical", "warning", "info")  # the order the dashboard lists them in; kiln's rules use the first two
+SEVERITIES = ("critical", "warning", "info")
+# Alertmanager tells a firing alert again every repeat_interval (REPEAT_HOURS): one not told for two of those was
+# likely resolved while this server did not hear it, or Alertmanager is gone
+STALE_SECONDS = 2 * REPEAT_HOURS * 3600 + 600  # the order the dashboard lists them in; kiln's rules use the first two
 
 _TEXT = {"type": "string", "maxLength": 4096}
 _TIME = {"type": "string", "maxLength": 64}
@@ -150,9 +153,10 @@ def severity_rank(severity: str) -> int:
     return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
 
 
-def shown(row: dict[str, Any]) -> dict[str, Any]:
+def shown(row: dict[str, Any], now: float) -> dict[str, Any]:
     """A stored alert (StateStore.alert_list's row) as GET /v1/alerts gives it: what an operator reads first
-    (alertname, severity, host or instance, summary, runbook, since when), then all its labels and annotations."""
+    (alertname, severity, host or instance, summary, runbook, since when), whether it is stale (a firing alert not
+    told again for STALE_SECONDS), then all its labels and annotations."""
     labels, annotations = row["labels"], row["annotations"]
     return {
         "fingerprint": row["fingerprint"],
@@ -167,17 +171,18 @@ def shown(row: dict[str, Any]) -> dict[str, Any]:
         "ends_at": row["ends_at"],
         "received": row["received"],  # when the server was first told of it
         "updated": row["updated"],  # when Alertmanager last told of it
+        "stale": row["status"] == "firing" and now - row["updated"] > STALE_SECONDS,
         "labels": labels,
         "annotations": annotations,
         "generator_url": row["generator_url"],
     }
 
 
-def listing(found: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+def listing(found: dict[str, list[dict[str, Any]]], now: float) -> dict[str, list[dict[str, Any]]]:
     """GET /v1/alerts' lists: the firing alerts, critical first, then the longest firing first (then by name); the
-    resolved ones as stored (most recently resolved first)."""
+    resolved ones as stored (most recently resolved first). `now`: the server's clock, seconds since the epoch."""
     firing = sorted(
-        (shown(r) for r in found["firing"]),
+        (shown(r, now) for r in found["firing"]),
         key=lambda a: (severity_rank(a["severity"]), a["starts_at"], a["alertname"], a["fingerprint"]),
     )
-    return {"firing": firing, "resolved": [shown(r) for r in found["resolved"]]}
+    return {"firing": firing, "resolved": [shown(r, now) for r in found["resolved"]]}

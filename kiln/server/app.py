@@ -632,7 +632,8 @@ async def alerts(request: Request) -> Response:
     if refused is not None:
         return refused
     found = await p.blocking(p.store.alert_list)
-    return JSONResponse({**alert_listing(found), "now": time.time()}, headers={"Cache-Control": "no-store"})
+    now = time.time()
+    return JSONResponse({**alert_listing(found, now), "now": now}, headers={"Cache-Control": "no-store"})
 
 
 async def _notified(p: Provisioner, request: Request) -> Response:

@@ -21,7 +21,7 @@ from kiln.monitoring.config import MAX_ALERTS
 from kiln.secrets import SecretStore
 from kiln.server import ipxe
 from kiln.server import store as store_module
-from kiln.server.alerts import MAX_BODY_BYTES, Alert, epoch, parse_notification
+from kiln.server.alerts import MAX_BODY_BYTES, STALE_SECONDS, Alert, epoch, listing, parse_notification
 from kiln.server.app import Provisioner, tls_app
 from kiln.server.auth import Authority
 from kiln.server.bundles import BundleCache
@@ -161,6 +161,15 @@ def test_late_notifications_do_not_undo_newer_ones(state: StateStore) -> None:
     assert state.record_alerts([stored("a" * 16, "firing", 400.0)], now=500) == 1, "it fires again: a new episode"
     assert firing(state) == ["a" * 16]
     assert state.alert_list()["firing"][0]["received"] == 500
+
+
+def test_a_firing_alert_not_told_again_for_two_repeat_intervals_is_stale(state: StateStore) -> None:
+    state.record_alerts([stored("a" * 16, "firing", 100.0)], now=1000.0)
+    state.record_alerts([stored("b" * 16, "firing", 100.0), stored("c" * 16, "resolved", 90.0)], now=2000.0)
+    later = 2000.0 + STALE_SECONDS - 500
+    shown = listing(state.alert_list(), later)
+    assert [(a["fingerprint"][0], a["stale"]) for a in shown["firing"]] == [("a", True), ("b", False)]
+    assert [a["stale"] for a in shown["resolved"]] == [False], "a resolved alert is not waiting to be told"
 
 
 def test_retention_keeps_the_most_recently_told(state: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -238,7 +238,9 @@ function firingAlert(a) {
     "data-host": where, "data-severity": a.severity },
     "since " + since + " · " + (a.severity || "alert") + " " + a.alertname + (where ? " on " + where : "") +
       (a.summary ? ": " + a.summary : ""),
-    el("small", {}, a.runbook));
+    el("small", {}, a.runbook),
+    a.stale ? el("small", { class: "stale-note" }, "Alertmanager has not repeated it since " + new Date(a.updated * 1000).toLocaleString() +
+      ": was it resolved unheard, or is Alertmanager down?") : "");
 }
 
 function drawAlerts() {
