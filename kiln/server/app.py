@@ -618,7 +618,9 @@ async def db_events(request: Request) -> Response:
     return JSONResponse({"added": added}, status_code=201)
 
 
-ALERTMANAGER = "alertmanager"  # the rate limiter's name for Alertmanager (beside the peer's own rate)
+# the rate limiter's name for Alertmanager (beside the peer's own rate): upper case, so no host name (lower case
+# only) shares its bucket
+ALERTMANAGER = "Alertmanager"
 
 
 async def alerts(request: Request) -> Response:
