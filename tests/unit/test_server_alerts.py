@@ -26,6 +26,7 @@ from kiln.server.app import Provisioner, tls_app
 from kiln.server.auth import Authority
 from kiln.server.bundles import BundleCache
 from kiln.server.inputs import BadInput
+from kiln.server.limits import Limits, RateLimit
 from kiln.server.publish import Live
 from kiln.server.store import StateStore
 from tests.webhook import alert, notification
@@ -289,3 +290,11 @@ def test_the_list_is_the_operators(client: Any) -> None:
     dashboard = {"Cookie": f"kiln_operator={OPERATOR}"}  # the dashboard's cookie
     assert c.get("/v1/alerts", headers=dashboard).status_code == 200
     assert len(refusals(p)) == 2
+
+
+def test_alertmanager_has_a_rate_of_its_own(client: Any) -> None:
+    c, p = client
+    p.limits = Limits(per_host=RateLimit(rate=0.01, burst=2))
+    answers = [post(c, body(notification(alert()))).status_code for _ in range(3)]
+    assert answers == [200, 200, 429]
+    assert post(c, body(notification(alert())), token=None).status_code == 401, "the token is checked first"
