@@ -24,7 +24,7 @@ from kiln.server.main import DEFAULT_HTTP_PORT
 # what ./inv keys makes
 SECRET_FILES: tuple[str, ...] = (
     *("signing.key", "signing.pub", "ca.key", "ca.pem", "server.pem", "server.key", "site.pem", "site.key"),
-    *("operator.token", "cluster.id", *PASSWORDS),
+    *("operator.token", "alertmanager.token", "cluster.id", *PASSWORDS),
 )
 
 

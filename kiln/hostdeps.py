@@ -63,7 +63,8 @@ _FREEZE = ("binutils", "libc-bin")
 _AGENT_TEST = (*_FREEZE, "util-linux", "procps", "prometheus-mysqld-exporter")
 
 # The monitoring files' real checkers: promtool (check rules, test rules, check config; Debian ships it in prometheus),
-# amtool (prometheus-alertmanager), and the node exporter whose metric names the rules read.
+# Alertmanager and amtool (prometheus-alertmanager: it notifies a real server), and the node exporter whose metric
+# names the rules read.
 _MONITORING_TEST = ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
 
 # ./inv db: backups (mariadb-backup, mbstream) taken over the transport, restored into a scratch server here

@@ -7,6 +7,7 @@ server.key / server.pem     the provisioning server's own TLS identity: names on
 site.key / site.pem         the site certificate the load balancers serve (the domain and the VIP): from the
                             cluster CA, or the operator's own from a public CA (site.pem: leaf, then its chain)
 operator.token              the operator credential for GET /v1/hosts and the dashboard
+alertmanager.token          what Alertmanager sends (a bearer token) with its notifications to POST /v1/alerts
 cluster.id                  a random identity of this cluster, named in every bundle
 db_*_password               per-cluster database passwords
 backup.key                  the key backups are sealed with (32 random bytes, base64): without it no backup
@@ -106,6 +107,13 @@ class SecretStore:
         except FileNotFoundError:
             raise SecretMissing(f"{self.root / 'operator.token'} is missing; run ./inv keys") from None
 
+    def alertmanager_token(self) -> str:
+        """The bearer token Alertmanager's webhook sends to the provisioning server (POST /v1/alerts)."""
+        try:
+            return (self.root / "alertmanager.token").read_text().strip()
+        except FileNotFoundError:
+            raise SecretMissing(f"{self.root / 'alertmanager.token'} is missing; run ./inv keys") from None
+
     def backup_key(self) -> bytes:
         """The 32-byte key backups are sealed with (kiln.db.seal)."""
         path = self.root / "backup.key"
@@ -204,6 +212,8 @@ class SecretStore:
 
         if not (self.root / "operator.token").exists():
             create("operator.token", pysecrets.token_urlsafe(32).encode() + b"\n")
+        if not (self.root / "alertmanager.token").exists():
+            create("alertmanager.token", pysecrets.token_urlsafe(32).encode() + b"\n")
         if not (self.root / "cluster.id").exists():
             create("cluster.id", pysecrets.token_hex(16).encode() + b"\n")
         for name in PASSWORDS:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln import mac
-from kiln.model import access
+from kiln.model import access, monitoring
 from kiln.model.cluster import Cluster, DbRole, Host, Image, Network
 from kiln.model.meaning import check_meaning
 from kiln.model.problems import InvalidRoles, Problem
@@ -120,4 +120,5 @@ def _build(marked: Marked) -> Cluster:
         settings=settings,
         hosts=hosts,
         access=access.build(d, roles),
+        monitoring=monitoring.build(d.get("monitoring"), _defaults("monitoring")["alerts_to"]),
     )

@@ -9,6 +9,7 @@ from enum import StrEnum
 from functools import cached_property
 
 from kiln.model.access import Access
+from kiln.model.monitoring import Monitoring
 
 
 class DbRole(StrEnum):
@@ -58,6 +59,7 @@ class Cluster:
     settings: Mapping[str, object]  # role name -> its typed settings (the role module's accessor types them)
     hosts: tuple[Host, ...]
     access: Access = field(default_factory=Access)  # the admin account and its keys (kiln/model/access.py)
+    monitoring: Monitoring = field(default_factory=Monitoring)  # where alerts go (kiln/model/monitoring.py)
 
     @cached_property
     def _by_role(self) -> dict[str, tuple[Host, ...]]:

@@ -17,6 +17,7 @@ _KIND_NAMES = {
     "mirror": "`auto` \\| http(s) URL",
     "account": "account name",
     "ssh_key": "OpenSSH public key line",
+    "alert_receiver": "`provisioning` \\| https URL",
 }
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from kiln import mac
-from kiln.model import access
+from kiln.model import access, monitoring
 from kiln.model.problems import Problem
 from kiln.model.yamlmarks import Marked
 
@@ -64,6 +64,8 @@ class Facts:
     hosts: list[tuple[int, dict[str, Any]]]  # (position in the list, the host) for every host that is a mapping
     subnet: ipaddress.IPv4Network | None
     access: dict[str, Any]
+    provisioning: dict[str, Any] = field(default_factory=dict)
+    monitoring: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, data: object) -> Facts:
@@ -78,6 +80,8 @@ class Facts:
             hosts=[(i, h) for i, h in enumerate(raw_hosts) if isinstance(h, dict)],
             subnet=_net(network.get("subnet")),
             access=_mapping(d.get("access")),
+            provisioning=_mapping(d.get("provisioning")),
+            monitoring=_mapping(d.get("monitoring")),
         )
 
     def hosts_of(self, role: str) -> list[tuple[int, dict[str, Any]]]:
@@ -265,6 +269,22 @@ def admin_user(facts: Facts) -> Found:
         yield "$.access.admin_user", why, "an account name of its own for operators, e.g. kiln"
 
 
+def alerts_to_provisioning_url(facts: Facts) -> Found:
+    """The provisioning server is named `provisioning`, not by its URL: only that receiver carries its token."""
+    server = facts.provisioning.get("url")
+    receivers = facts.monitoring.get("alerts_to")
+    if not isinstance(server, str) or not isinstance(receivers, list):
+        return
+    for i, url in enumerate(receivers):
+        if isinstance(url, str) and url != monitoring.PROVISIONING and monitoring.same_server(url, server):
+            yield (
+                f"$.monitoring.alerts_to[{i}]",
+                f"{url} is the provisioning server (provisioning.url): sent there, alerts would carry no token and "
+                "be refused",
+                f"{monitoring.PROVISIONING} (Alertmanager then sends its token from secrets/alertmanager.token)",
+            )
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("network-outside-subnet", network_outside_subnet),
     ("network-reserved-address", network_reserved_address),
@@ -280,6 +300,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("ssh-key", ssh_key),
     ("ssh-key-duplicate", ssh_key_duplicate),
     ("admin-user", admin_user),
+    ("alerts-to-provisioning-url", alerts_to_provisioning_url),
 )
 
 

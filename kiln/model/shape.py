@@ -63,6 +63,11 @@ _KINDS = {
         "TYPE BASE64 [comment] on one line, e.g. 'ssh-ed25519 AAAAC3Nz... alice@laptop', the .pub file's content;"
         " no options such as command= or from=",
     ),
+    "alert_receiver": (
+        "'provisioning' or an https URL",
+        "like https://alerts.example.org/kiln: a port 1..65535, a path of letters, digits and . _ ~ + -; no user,"
+        " query or fragment (a credential belongs in secrets/)",
+    ),
     "mirror": (
         "'auto' or an http(s) URL",
         "like http://deb.debian.org/debian: a port 1..65535, a path of letters, digits and . _ ~ + -",

@@ -3,11 +3,12 @@ the lb hosts' HAProxy, the web hosts' nginx exporter, the db hosts' mysqld expor
 the provisioning server's own. Their job names are the ones the alert rules name (kiln/monitoring/rules/).
 
     prometheus_config(cluster)                  prometheus.yml's text
-    alertmanager_config(cluster, webhook_url)   alertmanager.yml's text
+    alertmanager_config(cluster[, timing])      alertmanager.yml's text: every alert to roles.yaml's receivers
 
 Both are YAML dumped from plain data (not a template): every value is quoted as YAML needs, whatever a host name
 holds. File paths in them are relative to the config file's directory (Prometheus and Alertmanager resolve them
-so): the mon role installs kiln.rules.yml and the cluster CA beside prometheus.yml.
+so): the mon role installs kiln.rules.yml and the cluster CA beside prometheus.yml, and the CA and the
+provisioning server's alert token (secrets/alertmanager.token as kiln-alerts.token) beside alertmanager.yml.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from kiln.model import Cluster
+from kiln.model.monitoring import PROVISIONING
 from kiln.roles import app, db, lb, web
 from kiln.roles.context import NODE_EXPORTER_PORT
 
@@ -26,6 +28,13 @@ SCRAPE_INTERVAL = "15s"  # the drills ask for an alert within 60 s: 15 s scrapes
 RULES_FILE = "kiln.rules.yml"
 CA_FILE = "kiln-ca.pem"  # the cluster CA: the provisioning server's certificate is issued by it
 ALERTMANAGER = "127.0.0.1:9093"  # on the mon host itself
+
+# The provisioning server as a webhook receiver (monitoring.alerts_to: provisioning): where, with what token, and at
+# most how many alerts in one notification (Alertmanager's max_alerts; the server's body limit holds that many).
+ALERTS_PATH = "/v1/alerts"
+ALERTS_TOKEN_FILE = "kiln-alerts.token"
+MAX_ALERTS = 100
+REPEAT_HOURS = 4  # how often a firing alert is told again (the receiver tells a stale one by it)
 
 
 @dataclass(frozen=True)
@@ -81,18 +90,46 @@ def prometheus_config(cluster: Cluster) -> str:
     return _header(cluster, "Prometheus") + yaml.safe_dump(document, sort_keys=False)
 
 
-def alertmanager_config(cluster: Cluster, webhook_url: str) -> str:
-    """Every alert to one webhook (roles.yaml will name it; the provisioning server can be it), grouped by alert
-    and host, first sent 10 s after it fires (the drills expect it within 60 s), resent every 4 h while it lasts."""
+@dataclass(frozen=True)
+class Timing:
+    """Alertmanager's route timers, as durations it reads ("10s", "4h")."""
+
+    group_wait: str = "10s"  # a new group's first notification: the drills expect an alert within 60 s
+    group_interval: str = "1m"  # a change in a group (a new alert, one resolved) is told after this
+    repeat_interval: str = f"{REPEAT_HOURS}h"  # an unchanged group that still fires is told again after this
+
+
+def webhook(cluster: Cluster, receiver: str) -> dict[str, Any]:
+    """One webhook_config: `provisioning` (the server's ALERTS_PATH over HTTPS, checked against the cluster CA, with
+    the alert token as a bearer token) or another receiver's https URL as it is."""
+    sent = {"send_resolved": True, "max_alerts": MAX_ALERTS}
+    if receiver != PROVISIONING:
+        return {"url": receiver, **sent}
+    return {
+        "url": cluster.provisioning_url + ALERTS_PATH,
+        **sent,
+        "http_config": {
+            "authorization": {"type": "Bearer", "credentials_file": ALERTS_TOKEN_FILE},
+            "tls_config": {"ca_file": CA_FILE},
+        },
+    }
+
+
+def alertmanager_config(cluster: Cluster, timing: Timing = Timing()) -> str:
+    """Every alert to each receiver of roles.yaml's monitoring.alerts_to (resolved ones too), grouped by alert, host
+    and VIP, on `timing`'s timers (the defaults; tests shorten them); AppNodeDown inhibits the same instance's
+    InstanceDown."""
     document = {
         "route": {
             "receiver": "kiln-webhook",
             "group_by": ["alertname", "host", "vip"],
-            "group_wait": "10s",
-            "group_interval": "1m",
-            "repeat_interval": "4h",
+            "group_wait": timing.group_wait,
+            "group_interval": timing.group_interval,
+            "repeat_interval": timing.repeat_interval,
         },
-        "receivers": [{"name": "kiln-webhook", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}],
+        "receivers": [
+            {"name": "kiln-webhook", "webhook_configs": [webhook(cluster, r) for r in cluster.monitoring.alerts_to]}
+        ],
         # an app node that is down is AppNodeDown's to say: its InstanceDown would say it again
         "inhibit_rules": [
             {

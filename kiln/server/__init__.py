@@ -2,6 +2,7 @@
 events over HTTPS, host state in SQLite (or PostgreSQL), and a live dashboard.
 
   inputs    parsing what clients send: MACs, event bodies
+  alerts    Alertmanager's webhook notifications (POST /v1/alerts), checked, and how GET /v1/alerts lists them
   states    the host state machine: which state an event leads to, progress
   store     the state database (SQLAlchemy Core): hosts, events, unknown machines, one-time secrets
   ipxe      the iPXE scripts: chain, install, boot from disk, unknown machine, not built yet

@@ -38,6 +38,9 @@ from kiln.model import Cluster, Host
 from kiln.roles.db import NAME as DB_ROLE
 from kiln.secrets import SecretMissing
 from kiln.server import ipxe
+from kiln.server.alerts import MAX_BODY_BYTES as ALERTS_BODY_BYTES
+from kiln.server.alerts import listing as alert_listing
+from kiln.server.alerts import parse_notification
 from kiln.server.auth import OPERATOR_COOKIE, Authority, Denied, bearer, peer
 from kiln.server.bundles import BundleCache, Signed
 from kiln.server.dbreport import MAX_BODY_BYTES as DB_BODY_BYTES
@@ -615,6 +618,60 @@ async def db_events(request: Request) -> Response:
     return JSONResponse({"added": added}, status_code=201)
 
 
+# the rate limiter's name for Alertmanager (beside the peer's own rate): upper case, so no host name (lower case
+# only) shares its bucket
+ALERTMANAGER = "Alertmanager"
+
+
+async def alerts(request: Request) -> Response:
+    """GET /v1/alerts (operator): {"firing": [...], "resolved": [...], "now"} (kiln/server/alerts.py says each
+    entry's fields). POST /v1/alerts (Alertmanager's webhook, its bearer token): a notification, version 4; 200 with
+    how many alerts changed what is stored."""
+    p: Provisioner = request.app.state.provisioner
+    if request.method == "POST":
+        return await _notified(p, request)
+    refused = await _operator_only(p, request, "alerts")
+    if refused is not None:
+        return refused
+    found = await p.blocking(p.store.alert_list)
+    now = time.time()
+    return JSONResponse({**alert_listing(found, now), "now": now}, headers={"Cache-Control": "no-store"})
+
+
+async def _notified(p: Provisioner, request: Request) -> Response:
+    """Alertmanager's token first (401, logged, as every refusal), then JSON, the rate, the size, the shape."""
+    try:
+        p.authority.alertmanager(request)
+    except Denied as e:
+        return await _refused(p, request, "alerts", e, None)
+    wrong = _json_only(request, "alerts") or _throttled(p, request, ALERTMANAGER, "alerts")
+    if wrong is not None:
+        return wrong
+    body = await _body(request, ALERTS_BODY_BYTES, "alerts")
+    if isinstance(body, Response):
+        return body
+    try:
+        notification = parse_notification(body)
+    except BadInput as e:
+        LOG.warning("refused a notification from %s: %s", peer(request), e)
+        return _error(400, str(e))
+    changed = await p.state(p.store.record_alerts, notification.alerts)
+    told = ", ".join(
+        f"{a.labels['alertname']}{_on(a.labels)} {a.status}" for a in notification.alerts[:MAX_LOGGED_ALERTS]
+    )
+    more = len(notification.alerts) - MAX_LOGGED_ALERTS
+    LOG.info("alertmanager told %s%s", _shown(told).removeprefix(": "), f" and {more} more" if more > 0 else "")
+    return JSONResponse({"alerts": len(notification.alerts), "changed": changed})
+
+
+MAX_LOGGED_ALERTS = 5  # alerts named in the log line of one notification (the dashboard has them all)
+
+
+def _on(labels: dict[str, str]) -> str:
+    where = labels.get("host") or labels.get("instance")
+    return f" on {where}" if where else ""
+
+
 SINCE_OVERLAP = 5.0  # seconds a delta poll reaches back: a change committed just after the last answer still shows
 
 
@@ -925,6 +982,7 @@ def _api_routes() -> list[Route | Mount]:
         Route("/v1/published", published),
         Route("/v1/db", db, methods=["GET", "PUT"]),
         Route("/v1/db/events", db_events, methods=["POST"]),
+        Route("/v1/alerts", alerts, methods=["GET", "POST"]),
     ]
 
 

@@ -6,6 +6,7 @@ answer; nothing here looks at a MAC: a MAC selects a host's records, it never au
     Cookie: kiln_operator=OPERATOR_TOKEN            the dashboard, after POST /login
     Authorization: Bearer ENROLMENT_TOKEN           the installer's events, the agent's enrolment
     Authorization: KilnHost host=..., sig=...       every later call of an enrolled host
+    Authorization: Bearer ALERTMANAGER_TOKEN        Alertmanager's notifications (secrets/alertmanager.token)
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Nonces:
 class Authority:
     store: StateStore
     operator_token: str
+    alertmanager_token: str = ""  # empty: no notification is admitted
     nonces: Nonces = field(default_factory=Nonces)
 
     def operator(self, request: Request) -> None:
@@ -73,6 +75,14 @@ class Authority:
         given = bearer(request) or request.cookies.get(OPERATOR_COOKIE) or ""
         if not given or not hmac.compare_digest(given.encode(), self.operator_token.encode()):
             raise Denied(401, "operator credential required (secrets/operator.token; the dashboard: /login)")
+
+    def alertmanager(self, request: Request) -> None:
+        """Alertmanager's token as a bearer token (its webhook's http_config.authorization); Denied(401) otherwise.
+        The operator's token is not it: what may post alerts can do nothing else, and the reverse."""
+        given = bearer(request) or ""
+        token = self.alertmanager_token
+        if not token or not given or not hmac.compare_digest(given.encode(), token.encode()):
+            raise Denied(401, "Alertmanager's token required (secrets/alertmanager.token, as a bearer token)")
 
     def operator_token_ok(self, given: str) -> bool:
         return bool(given) and hmac.compare_digest(given.encode(), self.operator_token.encode())

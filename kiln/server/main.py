@@ -23,6 +23,7 @@ import uvicorn
 from kiln import signing
 from kiln.build import manifest
 from kiln.model import Cluster, Host, InvalidRoles, parse_roles
+from kiln.monitoring.config import ALERTS_PATH
 from kiln.secrets import SecretStore
 from kiln.server import ipxe, limits, publish
 from kiln.server.app import Provisioner, http_app, tls_app
@@ -166,7 +167,7 @@ def serve(config: ServerConfig) -> int:
         store=store,
         images=images,
         installer=ipxe.Installer(http_base=http_base, provisioning_url=cluster.provisioning_url),
-        authority=Authority(store, store_keys.operator_token()),
+        authority=Authority(store, store_keys.operator_token(), store_keys.alertmanager_token()),
         publisher=publisher,
         dashboard_url=f"{tls_base}/",
         certificates={"ca": store_keys.ca_pem, "server": store_keys.server_pem, "site": store_keys.site_pem},
@@ -195,6 +196,8 @@ def serve(config: ServerConfig) -> int:
         f"  events         {tls_base}/v1/hosts/NAME/events",
         f"  dashboard      {tls_base}/   (log in with {config.secrets / 'operator.token'})",
         f"  publications   {tls_base}/v1/publish   (./inv plan, ./inv apply: the next generation, no restart)",
+        f"  alerts         {tls_base}{ALERTS_PATH}   (Alertmanager's webhook: "
+        f"{config.secrets / 'alertmanager.token'} as a bearer token)",
         f"  monitoring     {http_base}/metrics, /healthz   (also over HTTPS; /metrics to "
         f"{', '.join(str(n) for n in cluster.network.admin)} and loopback)",
         f"  signing key    {fingerprint}   ({config.secrets / 'signing.pub'})",

@@ -1,5 +1,6 @@
-"""The server's state: hosts, their events, their credentials, unknown machines, the access log, and the data
-tier as the failover monitor last reported it (its view, the last backup, its events).
+"""The server's state: hosts, their events, their credentials, unknown machines, the access log, the data
+tier as the failover monitor last reported it (its view, the last backup, its events), and the alerts
+Alertmanager sent (by fingerprint: firing until a notification says resolved).
 
 A host's credential: arming it (first sight, ./inv reprovision) mints a one-time enrolment token for that
 provisioning, valid for ENROL_TTL; the host's first bundle request presents it with the host key it made, and
@@ -30,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from kiln.server.alerts import Alert
 from kiln.server.dbreport import ALERT_KINDS, DbEvent
 from kiln.server.inputs import Event
 from kiln.server.states import CONVERGE_STEP, PXE_STEP, State, next_state, step_index
@@ -41,6 +43,8 @@ ACCESS_KEPT = 20000  # access log entries kept; older ones go
 DB_EVENTS_KEPT = 1000  # data-tier events kept (the monitor's and the backups'); older ones go
 DB_EVENTS_SHOWN = 50  # the newest ones GET /v1/db returns
 DB_ALERT_SECONDS = 24 * 3600.0  # a failover-kind event stays an alert this long after it happened
+FIRING_KEPT = 1000  # firing alerts kept (a flood of distinct ones cannot grow the table): the least recently told go
+RESOLVED_KEPT = 200  # resolved alerts kept, the most recently resolved; GET /v1/alerts lists them
 ENROL_TTL = 7 * 24 * 3600.0  # seconds an enrolment token stays valid after arming: re-arm after that
 
 metadata = sa.MetaData()
@@ -143,6 +147,21 @@ db_events_table = sa.Table(
     sa.Column("at", sa.Float, nullable=False),  # the reporter's clock
     sa.Column("received", sa.Float, nullable=False),
     sa.Column("backup", sa.Text),  # JSON, for kind backup
+)
+
+alerts_table = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("fingerprint", sa.String(16), primary_key=True),  # Alertmanager's: one alert (its label set)
+    sa.Column("status", sa.String(8), nullable=False),  # firing | resolved
+    sa.Column("starts_at", sa.Float, nullable=False),  # Alertmanager's clock: which episode of the alert this is
+    sa.Column("ends_at", sa.Float),
+    sa.Column("labels", sa.Text, nullable=False),  # JSON
+    sa.Column("annotations", sa.Text, nullable=False),  # JSON
+    sa.Column("generator_url", sa.Text, nullable=False, server_default=""),
+    sa.Column("received", sa.Float, nullable=False),  # the server's clock: first told of this episode
+    sa.Column("updated", sa.Float, nullable=False),  # the server's clock: last told
+    sa.Index("alerts_status_updated", "status", "updated"),
 )
 
 
@@ -858,3 +877,74 @@ class StateStore:
             "events": [entry(r) for r in recent],
             "alerts": [entry(r) for r in alerting],
         }
+
+    # --- the alerts Alertmanager sends (POST /v1/alerts) ------------------------------------------------------
+
+    def record_alerts(self, alerts: Iterable[Alert], *, now: float | None = None) -> int:
+        """Keep each alert by its fingerprint; return how many changed what is stored. A notification about an
+        older episode (an earlier startsAt) than the one stored is ignored, and so is a firing one about an episode
+        already resolved (notifications may arrive out of order: retries, several groups). Past FIRING_KEPT firing
+        and RESOLVED_KEPT resolved alerts, the ones told least recently go."""
+        now = time.time() if now is None else now
+        t = alerts_table
+        changed = 0
+        with self._transaction() as conn:
+            for a in alerts:
+                values = {
+                    "status": a.status,
+                    "starts_at": a.starts_at,
+                    "ends_at": a.ends_at,
+                    "labels": json.dumps(a.labels, sort_keys=True),
+                    "annotations": json.dumps(a.annotations, sort_keys=True),
+                    "generator_url": a.generator_url,
+                    "updated": now,
+                }
+                # new: inserted; already there (or inserted just now by another server sharing PostgreSQL): compared
+                # under its row lock
+                insert = self._insert()(t).values(fingerprint=a.fingerprint, received=now, **values)
+                if conn.execute(
+                    insert.on_conflict_do_nothing(index_elements=[t.c.fingerprint]).returning(t.c.fingerprint)
+                ).all():
+                    changed += 1
+                    continue
+                query = sa.select(t.c.status, t.c.starts_at, t.c.received).where(t.c.fingerprint == a.fingerprint)
+                stored = conn.execute(query.with_for_update() if self._pg else query).one()
+                if a.starts_at < stored.starts_at or (
+                    a.starts_at == stored.starts_at and stored.status == "resolved" and a.status == "firing"
+                ):
+                    continue
+                same = a.starts_at == stored.starts_at  # the same episode: first told when it was
+                conn.execute(
+                    t.update()
+                    .where(t.c.fingerprint == a.fingerprint)
+                    .values(received=stored.received if same else now, **values)
+                )
+                changed += 1
+            for status, kept in (("firing", FIRING_KEPT), ("resolved", RESOLVED_KEPT)):
+                beyond = (
+                    sa.select(t.c.fingerprint)
+                    .where(t.c.status == status)
+                    .order_by(t.c.updated.desc(), t.c.fingerprint)
+                    .offset(kept)
+                )
+                conn.execute(t.delete().where(t.c.fingerprint.in_(beyond)))
+        return changed
+
+    def alert_list(self) -> dict[str, list[dict[str, Any]]]:
+        """{"firing": [...], "resolved": [...]}: every firing alert, and the kept resolved ones, most recently
+        resolved first; each row with its labels and annotations decoded."""
+        t = alerts_table
+        with self.engine.connect() as conn:
+            firing = conn.execute(
+                sa.select(t).where(t.c.status == "firing").order_by(t.c.starts_at, t.c.fingerprint)
+            ).mappings()
+            found = {"firing": [dict(r) for r in firing]}
+            resolved = conn.execute(
+                sa.select(t).where(t.c.status == "resolved").order_by(t.c.updated.desc(), t.c.fingerprint)
+            ).mappings()
+            found["resolved"] = [dict(r) for r in resolved]
+        for rows in found.values():
+            for row in rows:
+                row["labels"] = json.loads(row["labels"])
+                row["annotations"] = json.loads(row["annotations"])
+        return found

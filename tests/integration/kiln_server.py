@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
 import ssl
 import subprocess
 import sys
@@ -21,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kiln import hostauth
 from kiln.secrets import SecretStore
+from tests.integration.processes import stop_group
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
 INV = [sys.executable, "-m", "invoke", "--search-root", str(PROJECT)]
@@ -177,10 +176,4 @@ def running_server(
             process, log, http_url[1], tls_url[1], fingerprint[1], SecretStore(secrets), roles, database
         )
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process)

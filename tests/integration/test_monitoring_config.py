@@ -13,8 +13,16 @@ import pytest
 import yaml
 
 from kiln import monitoring
-from kiln.model import Cluster
-from kiln.monitoring.config import CA_FILE, RULES_FILE, alertmanager_config, prometheus_config
+from kiln.model import Cluster, parse_roles
+from kiln.monitoring.config import (
+    ALERTS_TOKEN_FILE,
+    CA_FILE,
+    MAX_ALERTS,
+    RULES_FILE,
+    Timing,
+    alertmanager_config,
+    prometheus_config,
+)
 from kiln.run import run
 from kiln.secrets import SecretStore
 
@@ -56,14 +64,46 @@ def test_a_cluster_without_app_nodes_has_no_app_job(cluster: Cluster) -> None:
 
 @pytest.mark.skipif(shutil.which("amtool") is None, reason="needs amtool (Debian's prometheus-alertmanager package)")
 def test_alertmanager_config_passes_amtool(cluster: Cluster, tmp_path: Path) -> None:
+    """The default receiver (roles.yaml without a monitoring section) is the provisioning server, with its token and
+    the cluster CA; every alert goes there, resolved ones too."""
+    assert cluster.monitoring.alerts_to == ("provisioning",)
     path = tmp_path / "alertmanager.yml"
-    path.write_text(alertmanager_config(cluster, "https://10.10.0.1:8443/v1/alerts"))
+    path.write_text(alertmanager_config(cluster))
     out = run(["amtool", "check-config", path]).stdout
     assert "SUCCESS" in out and "1 receivers" in out and "1 inhibit rules" in out, out
     document = yaml.safe_load(path.read_text())
     assert document["receivers"][0]["webhook_configs"] == [
-        {"url": "https://10.10.0.1:8443/v1/alerts", "send_resolved": True}
+        {
+            "url": "https://10.10.0.1:8443/v1/alerts",
+            "send_resolved": True,
+            "max_alerts": MAX_ALERTS,
+            "http_config": {
+                "authorization": {"type": "Bearer", "credentials_file": ALERTS_TOKEN_FILE},
+                "tls_config": {"ca_file": CA_FILE},
+            },
+        }
     ]
+    route = document["route"]
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("10s", "1m", "4h")
     # the checker really reads it: a route to a receiver that does not exist is refused
     path.write_text(path.read_text().replace("receiver: kiln-webhook", "receiver: nobody"))
     assert run(["amtool", "check-config", path], check=False).returncode != 0
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="needs amtool (Debian's prometheus-alertmanager package)")
+def test_alerts_go_to_every_receiver_roles_yaml_names(shipped_roles: Path, tmp_path: Path) -> None:
+    text = shipped_roles.read_text().replace(
+        "\nroles:", "\nmonitoring:\n  alerts_to: [https://alerts.example.org/kiln, provisioning]\nroles:", 1
+    )
+    cluster = parse_roles(text)
+    assert cluster.monitoring.alerts_to == ("https://alerts.example.org/kiln", "provisioning")
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(alertmanager_config(cluster, Timing("1s", "2s", "3m")))
+    assert "SUCCESS" in run(["amtool", "check-config", path]).stdout
+    document = yaml.safe_load(path.read_text())
+    hooks = document["receivers"][0]["webhook_configs"]
+    assert [h["url"] for h in hooks] == ["https://alerts.example.org/kiln", "https://10.10.0.1:8443/v1/alerts"]
+    assert "http_config" not in hooks[0], "the provisioning server's token goes to the provisioning server only"
+    assert all(h["send_resolved"] for h in hooks)
+    route = document["route"]
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("1s", "2s", "3m")

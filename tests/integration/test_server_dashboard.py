@@ -1,11 +1,15 @@
 """The dashboard in a real headless Chromium (Debian's chromium + chromedriver through Selenium): it asks for the
-operator's token, then shows every host, and events, alerts and unknown machines appear without a reload."""
+operator's token, then shows every host, and events, alerts (the hosts', the data tier's, Alertmanager's) and
+unknown machines appear without a reload."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime as dt
 import hashlib
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +23,7 @@ from kiln.db.failover import Event
 from kiln.db.report import Observed, backup_event, event_payload
 from tests.integration.db_views import MANIFEST, PRIMARY, REPLICA
 from tests.integration.kiln_server import RunningServer, running_server
+from tests.webhook import alert, notification
 
 pytestmark = [
     pytest.mark.integration,
@@ -424,3 +429,46 @@ def test_the_database_panel_shows_roles_the_last_backup_and_failover_alerts(
         browser.save_screenshot(str(tmp_path / f"dashboard-db-{width}.png"))
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def notify(server: RunningServer, *alerts: dict) -> None:
+    """A notification as Alertmanager's webhook sends it, with its token."""
+    token = {"Authorization": f"Bearer {server.secrets.alertmanager_token()}"}
+    with server.client(operator=False, headers=token) as c:
+        assert c.post(f"{server.tls_url}/v1/alerts", json=notification(*alerts)).status_code == 200
+
+
+def test_alertmanagers_firing_alerts_show_with_severity_summary_runbook_and_since_when(
+    server: RunningServer, browser, tmp_path: Path
+) -> None:
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=3)
+    since = started.isoformat().replace("+00:00", "Z")
+    down = alert("InstanceDown", "web2", fingerprint="a" * 16, startsAt=since)
+    down["annotations"] = {"summary": "web2 does not answer <b>scrapes</b>", "runbook": "./inv power web2 status"}
+    full = alert("DiskAlmostFull", "db2", fingerprint="b" * 16, startsAt=since, labels={"severity": "warning"})
+    notify(server, full, down)
+    open_dashboard(server, browser)
+    shown = wait_for(
+        browser, lambda d: len(t := texts(d, '#alerts .alert[data-kind="firing"]')) == 2 and t, "two firing alerts"
+    )
+    assert "critical InstanceDown on web2: web2 does not answer <b>scrapes</b>" in shown[0], "critical first"
+    assert "./inv power web2 status" in shown[0], "the runbook below"
+    assert "warning DiskAlmostFull on db2" in shown[1]
+    assert shown[0].startswith("since ") and "3 min" in shown[0], shown[0]
+    assert not browser.find_elements("css selector", "#alerts b"), "an annotation is text, never HTML"
+    colours = browser.execute_script(
+        "return [...document.querySelectorAll('#alerts .alert[data-kind=\"firing\"]')]"
+        ".map(e => getComputedStyle(e).backgroundColor)"
+    )
+    assert colours[0] != colours[1], "a warning does not look like a critical alert"
+    browser.save_screenshot(str(tmp_path / "dashboard-firing.png"))
+    notify(server, {**down, "status": "resolved", "endsAt": dt.datetime.now(dt.UTC).isoformat()})
+    firing = "return [...document.querySelectorAll('#alerts [data-kind=\"firing\"]')].map(e => e.dataset.alertname)"
+    wait_for(
+        browser, lambda d: d.execute_script(firing) == ["DiskAlmostFull"], "the resolved alert leaves, the other stays"
+    )
+    # not told again for 9 h (two of Alertmanager's 4 h repeats missed): said so, it may be over or Alertmanager gone
+    with contextlib.closing(sqlite3.connect(server.database.removeprefix("sqlite:///"))) as db, db:
+        db.execute("UPDATE alerts SET updated = ? WHERE fingerprint = ?", (time.time() - 9 * 3600, "b" * 16))
+    note = wait_for(browser, lambda d: text_of(d, "#alerts .stale-note"), "the stale note")
+    assert "Alertmanager has not repeated it since" in note, note

@@ -4,12 +4,14 @@ one-time secrets rule and `./inv reprovision` hold across them."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,11 @@ import pytest
 from kiln.db.failover import Event
 from kiln.db.report import Observed, backup_event, event_payload
 from kiln.run import run
+from kiln.server.alerts import Alert
+from kiln.server.store import StateStore, alerts_table
 from tests.integration.db_views import MANIFEST, PRIMARY, REPLICA
 from tests.integration.kiln_server import INV, loopback_roles, running_server
+from tests.webhook import alert, notification
 
 pytestmark = [
     pytest.mark.integration,
@@ -168,6 +173,55 @@ def test_two_servers_agree_on_the_data_tier(postgres_url: str, tmp_path: Path) -
             assert answer["last_backup"]["id"] == MANIFEST["id"]
             assert [a["message"] for a in answer["alerts"]] == ["promoted"]
         assert answers[0]["events"] == answers[1]["events"]
+
+
+def test_two_servers_agree_on_the_alerts(postgres_url: str, tmp_path: Path) -> None:
+    """Alertmanager's notifications may reach either server behind a load balancer: an alert fired through one and
+    resolved through the other is resolved on both, and a late firing resend changes nothing."""
+    roles = loopback_roles(tmp_path)
+    secrets = tmp_path / "secrets"
+    with (
+        running_server(tmp_path / "a", roles=roles, database=postgres_url, secrets=secrets) as a,
+        running_server(tmp_path / "b", roles=roles, database=postgres_url, secrets=secrets) as b,
+    ):
+        token = {"Authorization": f"Bearer {a.secrets.alertmanager_token()}"}
+        down, full = alert(fingerprint="a" * 16), alert("DiskAlmostFull", "db1", fingerprint="b" * 16)
+        gone = {**down, "status": "resolved", "endsAt": "2026-12-01T18:05:00Z"}
+        with a.client(operator=False, headers=token) as ca, b.client(operator=False, headers=token) as cb:
+            assert ca.post(f"{a.tls_url}/v1/alerts", json=notification(down, full)).json()["changed"] == 2
+            assert cb.post(f"{b.tls_url}/v1/alerts", json=notification(gone)).json()["changed"] == 1
+            assert ca.post(f"{a.tls_url}/v1/alerts", json=notification(down)).json()["changed"] == 0
+        with a.client() as ca, b.client() as cb:
+            answers = [c.get(f"{s.tls_url}/v1/alerts").json() for c, s in ((ca, a), (cb, b))]
+        for answer in answers:
+            assert [x["alertname"] for x in answer["firing"]] == ["DiskAlmostFull"]
+            assert [x["alertname"] for x in answer["resolved"]] == ["InstanceDown"]
+        assert answers[0]["firing"] == answers[1]["firing"]
+
+
+def test_an_alert_another_server_inserts_meanwhile_is_updated_not_a_conflict(postgres_url: str, tmp_path: Path) -> None:
+    """Two servers told of the same new alert at once: the second waits for the first's row and then updates it (a
+    plain insert would fail on the fingerprint's unique key, and Alertmanager would see a 500)."""
+    ours, theirs = StateStore.open(postgres_url, tmp_path), StateStore.open(postgres_url, tmp_path)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        conn = theirs.engine.connect()
+        transaction = conn.begin()
+        row = {"fingerprint": "d" * 16, "status": "firing", "starts_at": 100.0, "labels": "{}", "annotations": "{}"}
+        conn.execute(alerts_table.insert().values(**row, received=1.0, updated=1.0))
+        resolved = Alert("d" * 16, "resolved", {"alertname": "X"}, {}, 100.0, 160.0)
+        later = pool.submit(ours.record_alerts, [resolved], now=5.0)
+        time.sleep(0.5)
+        assert not later.done(), "it waits for the other server's uncommitted row"
+        transaction.commit()
+        conn.close()
+        assert later.result(timeout=10) == 1
+        [stored] = [r for r in ours.alert_list()["resolved"] if r["fingerprint"] == "d" * 16]
+        assert (stored["fingerprint"], stored["received"], stored["ends_at"]) == ("d" * 16, 1.0, 160.0)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        ours.close()
+        theirs.close()
 
 
 def test_healthz_says_when_the_database_does_not_answer(postgres: Postgres, tmp_path: Path) -> None:

@@ -39,6 +39,21 @@ def test_omitted_settings_take_the_schema_defaults(shipped_roles: Path):
     assert cluster.hosts[0].disk == "/dev/vda"
 
 
+def test_alerts_go_to_the_provisioning_server_unless_roles_yaml_says_where(shipped_roles: Path):
+    text = shipped_roles.read_text()
+    assert parse_roles(text).monitoring.alerts_to == ("provisioning",), "no monitoring section: the default"
+    named = "monitoring: {alerts_to: [provisioning, 'https://alerts.example.org:8443/hooks/kiln', 'https://10.9.0.5']}"
+    cluster = parse_roles(text.replace("\nroles:", f"\n{named}\nroles:", 1))
+    assert cluster.monitoring.alerts_to == (
+        "provisioning",
+        "https://alerts.example.org:8443/hooks/kiln",
+        "https://10.9.0.5",
+    )
+    assert parse_roles(text.replace("\nroles:", "\nmonitoring: {}\nroles:", 1)).monitoring.alerts_to == (
+        "provisioning",
+    )
+
+
 def test_macs_are_normalised_to_lower_case(shipped_roles: Path):
     cluster = parse_roles(shipped_roles.read_text().replace("52:54:00:10:00:11", "52:54:00:10:00:AB"))
     assert cluster.host("lb1").mac == "52:54:00:10:00:ab"

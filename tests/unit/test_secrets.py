@@ -29,6 +29,7 @@ ALL = {
     "site.key",
     "site.pem",
     "operator.token",
+    "alertmanager.token",
     "cluster.id",
     "backup.key",
     *PASSWORDS,

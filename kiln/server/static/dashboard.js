@@ -2,7 +2,8 @@
 // from the server, since event details come from the hosts. After the first answer it asks only for what
 // changed (?since= the server's clock of the last answer) and merges that in: with 10,000 hosts a poll stays
 // small. Every FULL_EVERY polls it takes the whole list again. The database panel and its alerts come from
-// /v1/db (what the failover monitor and the backups last reported), every DB_EVERY polls.
+// /v1/db (what the failover monitor and the backups last reported), every DB_EVERY polls; the alerts firing in
+// Alertmanager from /v1/alerts (what its webhook last told this server), every FIRING_EVERY polls.
 "use strict";
 
 const POLL_MS = 1000;
@@ -222,14 +223,30 @@ function render(data) {
     el("tr", { "data-mac": u.mac }, el("td", {}, u.mac), el("td", {}, u.label), el("td", {}, u.requests), el("td", {}, ago(u.last_seen, now)))));
 }
 
-// --- the alerts: the hosts' (from /v1/hosts) then the data tier's (from /v1/db), with when they happened ---
+// --- the alerts: Alertmanager's firing ones (from /v1/alerts, critical first), the hosts' (from /v1/hosts), then
+// the data tier's (from /v1/db), with when they happened ---
 
+let firingAlerts = [];
 let hostAlerts = [];
 let dbAlerts = [];
+
+// One firing alert: since when, its severity, name and where, its summary; its runbook below, as a host alert's hint.
+function firingAlert(a) {
+  const where = a.host || a.instance;
+  const since = new Date(a.starts_at * 1000).toLocaleString() + (lastNow == null ? "" : " (" + ago(a.starts_at, lastNow) + ")");
+  return el("div", { class: "alert severity-" + (a.severity || "none"), "data-kind": "firing", "data-alertname": a.alertname,
+    "data-host": where, "data-severity": a.severity },
+    "since " + since + " · " + (a.severity || "alert") + " " + a.alertname + (where ? " on " + where : "") +
+      (a.summary ? ": " + a.summary : ""),
+    el("small", {}, a.runbook),
+    a.stale ? el("small", { class: "stale-note" }, "Alertmanager has not repeated it since " + new Date(a.updated * 1000).toLocaleString() +
+      ": was it resolved unheard, or is Alertmanager down?") : "");
+}
 
 function drawAlerts() {
   const alerts = document.getElementById("alerts");
   alerts.replaceChildren(
+    ...firingAlerts.map(firingAlert),
     ...hostAlerts.map((a) =>
       el("div", { class: "alert", "data-kind": a.kind, "data-host": a.host }, a.message, el("small", {}, a.hint))),
     ...dbAlerts.map((a) =>
@@ -290,6 +307,15 @@ function renderDb(data) {
   drawAlerts();
 }
 
+const FIRING_EVERY = 2; // polls between two looks at /v1/alerts
+
+async function pollFiring() {
+  const response = await fetch("/v1/alerts", { cache: "no-store" });
+  if (!response.ok) return;
+  firingAlerts = (await response.json()).firing;
+  drawAlerts();
+}
+
 async function pollDb() {
   const response = await fetch("/v1/db", { cache: "no-store" });
   if (response.ok) renderDb(await response.json());
@@ -316,6 +342,7 @@ async function poll() {
     const data = await response.json();
     render(data);
     if (polls % DB_EVERY === 1) await pollDb();
+    if (polls % FIRING_EVERY === 1) await pollFiring();
     if (polls % ACCESS_EVERY === 1) await pollAccess(data.now);
   } catch (e) {
     const alerts = document.getElementById("alerts");
