@@ -26,10 +26,10 @@ from kiln.server.inputs import BadInput, checked_json
 # MAX_ALERTS alerts of about 16 KiB each (labels and annotations well past what kiln's rules make) fit
 MAX_BODY_BYTES = 2 * 1024 * 1024
 STATUSES = ("firing", "resolved")
-SEVERITIES = ("critical", "warning", "info")
+SEVERITIES = ("critical", "warning", "info")  # the order the dashboard lists them in; kiln's rules use the first two
 # Alertmanager tells a firing alert again every repeat_interval (REPEAT_HOURS): one not told for two of those was
 # likely resolved while this server did not hear it, or Alertmanager is gone
-STALE_SECONDS = 2 * REPEAT_HOURS * 3600 + 600  # the order the dashboard lists them in; kiln's rules use the first two
+STALE_SECONDS = 2 * REPEAT_HOURS * 3600 + 600
 
 _TEXT = {"type": "string", "maxLength": 4096}
 _TIME = {"type": "string", "maxLength": 64}
