@@ -27,9 +27,11 @@ RETRY_SECONDS = 30
 
 
 def chain(base: str) -> str:
-    """Chain to this machine's own script. The URL is absolute: the iPXE in QEMU's ROM (Debian's ipxe-qemu,
-    2019) fails a relative chain after a DHCP-given boot file with "Operation not supported"."""
-    return f"chain --replace --autofree {base}/ipxe?mac=${{net0/mac}}"
+    """Chain to this machine's own script, asked for by the MAC of the NIC iPXE booted from (`netX`, the last
+    one it opened), not the first NIC's: a machine that boots from its second NIC is known by that NIC's MAC.
+    The URL is absolute: the iPXE in QEMU's ROM (Debian's ipxe-qemu, 2019) fails a relative chain after a
+    DHCP-given boot file with "Operation not supported"."""
+    return f"chain --replace --autofree {base}/ipxe?mac=${{netX/mac}}"
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

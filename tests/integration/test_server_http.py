@@ -86,7 +86,7 @@ def test_boot_script_chains_by_mac(server: RunningServer) -> None:
     r = httpx.get(f"{server.http_url}/boot.ipxe")
     assert r.status_code == 200
     assert r.text.startswith("#!ipxe\n")
-    assert f"chain --replace --autofree {server.http_url}/ipxe?mac=${{net0/mac}}" in r.text
+    assert f"chain --replace --autofree {server.http_url}/ipxe?mac=${{netX/mac}}" in r.text
 
 
 def test_install_script_carries_the_contract_command_line(server: RunningServer) -> None:
@@ -124,7 +124,7 @@ def test_script_says_when_the_role_image_is_not_built(server: RunningServer) -> 
     assert r.status_code == 200
     assert "the db image (images/db/db.raw) is not built yet: run ./inv build --role db" in r.text
     assert "kernel" not in r.text
-    assert "sleep 30" in r.text and f"chain --replace --autofree {server.http_url}/ipxe?mac=${{net0/mac}}" in r.text
+    assert "sleep 30" in r.text and f"chain --replace --autofree {server.http_url}/ipxe?mac=${{netX/mac}}" in r.text
 
 
 def test_unknown_machine_gets_a_retry_script_and_shows_on_the_dashboard(server: RunningServer) -> None:
