@@ -16,6 +16,7 @@ from typing import Any
 
 from kiln import mac
 from kiln.model import access
+from kiln.model.cluster import parse_size
 from kiln.model.problems import Problem
 from kiln.model.yamlmarks import Marked
 
@@ -64,6 +65,7 @@ class Facts:
     hosts: list[tuple[int, dict[str, Any]]]  # (position in the list, the host) for every host that is a mapping
     subnet: ipaddress.IPv4Network | None
     access: dict[str, Any]
+    image: dict[str, Any]
 
     @classmethod
     def of(cls, data: object) -> Facts:
@@ -78,6 +80,7 @@ class Facts:
             hosts=[(i, h) for i, h in enumerate(raw_hosts) if isinstance(h, dict)],
             subnet=_net(network.get("subnet")),
             access=_mapping(d.get("access")),
+            image=_mapping(d.get("image")),
         )
 
     def hosts_of(self, role: str) -> list[tuple[int, dict[str, Any]]]:
@@ -265,6 +268,33 @@ def admin_user(facts: Facts) -> Found:
         yield "$.access.admin_user", why, "an account name of its own for operators, e.g. kiln"
 
 
+def _size(value: object) -> int | None:
+    try:
+        return parse_size(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def disk_size(facts: Facts) -> Found:
+    """A disk rule's sizes can hold: min_size not above max_size, max_size not below the image it must take."""
+    image = _size(facts.image.get("size", "4G"))
+    for i, host in facts.hosts:
+        rule = _mapping(host.get("disk"))
+        low, high = _size(rule.get("min_size")), _size(rule.get("max_size"))
+        if low is not None and high is not None and low > high:
+            yield (
+                f"$.hosts[{i}].disk.max_size",
+                f"max_size {rule['max_size']} is below min_size {rule['min_size']}: no disk fits",
+                "max_size at least min_size",
+            )
+        elif high is not None and image is not None and high < image:
+            yield (
+                f"$.hosts[{i}].disk.max_size",
+                f"max_size {rule['max_size']} is below the image size {facts.image.get('size', '4G')}: no disk fits",
+                "max_size at least image.size",
+            )
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("network-outside-subnet", network_outside_subnet),
     ("network-reserved-address", network_reserved_address),
@@ -280,6 +310,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("ssh-key", ssh_key),
     ("ssh-key-duplicate", ssh_key_duplicate),
     ("admin-user", admin_user),
+    ("disk-size", disk_size),
 )
 
 
