@@ -91,7 +91,9 @@ class InstallImage:
 
 def install_script(host: Host, image: InstallImage, installer: Installer, token: str) -> str:
     """The installer's kernel command line: where the map and the data chunks are, what they must hash to, and the
-    host's enrolment token (the installer reports with it and writes it into the installed disk's seed)."""
+    host's enrolment token (the installer reports with it and writes it into the installed disk's seed). No disk:
+    the installer asks (POST /v1/hosts/NAME/disk) with what it sees, and the host's disk rule picks one. BOOTIF is
+    the host's MAC, the one this script was asked for: the NIC iPXE booted from."""
     role = image.role
     base = installer.http_base
     bootif = "01-" + host.mac.replace(":", "-")
@@ -102,7 +104,6 @@ def install_script(host: Host, image: InstallImage, installer: Installer, token:
             f"kiln.map={base}/images/{role}/{role}.map",
             f"kiln.sha256={image.digest}",
             f"kiln.size={image.size}",
-            f"kiln.disk={host.disk}",
             f"kiln.url={installer.provisioning_url}",
             f"kiln.host={host.name}",
             f"kiln.token={token}",
@@ -114,7 +115,7 @@ def install_script(host: Host, image: InstallImage, installer: Installer, token:
         "\n".join(
             [
                 "#!ipxe",
-                _echo(f"kiln: installing {host.name} (role {role}) onto {host.disk}"),
+                _echo(f"kiln: installing {host.name} (role {role}) onto the disk its rule picks ({host.disk.text()})"),
                 f"kernel {base}/images/installer/vmlinuz {cmdline}",
                 f"initrd {base}/images/installer/initrd.img",
                 "boot",
