@@ -144,8 +144,10 @@ def matches(rule: DiskRule, disk: Disk) -> bool:
 
 def unusable(disk: Disk, image_size: int) -> str:
     """Why the installer must not write to the disk whatever the rule says, or "" when it may."""
-    if disk.kind != "disk" or _VIRTUAL.match(disk.name):
-        return f"not a disk ({disk.kind}{', in RAM' if disk.name.startswith(('zram', 'ram')) else ''})"
+    if disk.kind != "disk":
+        return f"not a disk ({disk.kind})"
+    if _VIRTUAL.match(disk.name):
+        return "in RAM, not a disk" if disk.name.startswith(("zram", "ram")) else "virtual, not a disk"
     if disk.read_only:
         return "read-only"
     if disk.removable:

@@ -133,7 +133,7 @@ def test_the_default_refuses_two_equal_smallest_disks_and_says_what_it_saw():
     assert "sdc 14.3G" in message and "(removable)" in message
     assert "(holds a mounted filesystem: /boot/efi)" in message
     assert "sr0 1024M" in message and "(not a disk (rom))" in message
-    assert "(not a disk (disk, in RAM))" in message
+    assert "zram0 4G (in RAM, not a disk)" in message
     assert "nvme0n1 3.5T" in message
 
 
@@ -210,7 +210,7 @@ def test_the_only_disk_of_this_vm_holds_its_root_so_it_is_refused():
     }
     message = _refusal(DiskRule(), disks_from_lsblk(doc))
     assert message == (
-        "no disk fits the default rule (the smallest usable disk); seen: zram0 0B (not a disk (disk, in RAM)); "
+        "no disk fits the default rule (the smallest usable disk); seen: zram0 0B (in RAM, not a disk); "
         "vda 256G (holds a mounted filesystem: /run/netns, /)"
     )
 
