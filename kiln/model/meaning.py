@@ -18,6 +18,7 @@ from kiln import mac
 from kiln.model import access
 from kiln.model.cluster import parse_size
 from kiln.model.problems import Problem
+from kiln.model.shape import schema
 from kiln.model.yamlmarks import Marked
 
 Found = Iterator[tuple[str, str, str]]  # (JSON path, what is wrong, what is expected)
@@ -277,7 +278,8 @@ def _size(value: object) -> int | None:
 
 def disk_size(facts: Facts) -> Found:
     """A disk rule's sizes can hold: min_size not above max_size, max_size not below the image it must take."""
-    image = _size(facts.image.get("size", "4G"))
+    image_size = facts.image.get("size", schema()["properties"]["image"]["properties"]["size"]["default"])
+    image = _size(image_size)
     for i, host in facts.hosts:
         rule = _mapping(host.get("disk"))
         low, high = _size(rule.get("min_size")), _size(rule.get("max_size"))
@@ -290,7 +292,7 @@ def disk_size(facts: Facts) -> Found:
         elif high is not None and image is not None and high < image:
             yield (
                 f"$.hosts[{i}].disk.max_size",
-                f"max_size {rule['max_size']} is below the image size {facts.image.get('size', '4G')}: no disk fits",
+                f"max_size {rule['max_size']} is below the image size {image_size}: no disk fits",
                 "max_size at least image.size",
             )
 
