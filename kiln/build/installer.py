@@ -2,9 +2,9 @@
 
 Both come from Debian packages fetched with the host's apt (`apt-get download`, cached under
 ~/.cache/kiln/installer): linux-image-amd64's current kernel and busybox-static. The initramfs
-holds busybox, the init script, its DHCP hook and the kernel modules it needs (disks, NICs,
-ext4, with their dependencies in load order). Outputs: images/installer/vmlinuz, initrd.img,
-manifest.json.
+holds busybox, the init script, its DHCP hook, kiln-disks (what the disk rule reads) and the kernel
+modules it needs (disks, NICs, ext4, with their dependencies in load order). Outputs:
+images/installer/vmlinuz, initrd.img, manifest.json.
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def build(env: BuildEnv, display: Display, *, force: bool = False, cache: Path |
             "build_seconds": round(seconds, 1),
             "packages": versions,
             "elements": ["kiln-installer"],
-            "cmdline": "kiln.image=URL kiln.sha256=HEX kiln.disk=/dev/vda kiln.url=PROVISIONING_URL kiln.host=NAME "
-            "BOOTIF=01-aa-bb-cc-dd-ee-ff console=ttyS0",
+            "cmdline": "kiln.image=URL kiln.map=URL kiln.sha256=HEX kiln.size=BYTES kiln.url=PROVISIONING_URL "
+            "kiln.host=NAME kiln.token=TOKEN BOOTIF=01-aa-bb-cc-dd-ee-ff [kiln.disk=/dev/vda] console=ttyS0",
         },
     )
     display.set(NAME, "built", "done", seconds=seconds)

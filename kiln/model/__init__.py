@@ -9,13 +9,13 @@ from typing import Any
 
 from kiln import mac
 from kiln.model import access, monitoring
-from kiln.model.cluster import Cluster, DbRole, Host, Image, Network
+from kiln.model.cluster import Cluster, DbRole, DiskRule, Host, Image, Network, parse_size
 from kiln.model.meaning import check_meaning
 from kiln.model.problems import InvalidRoles, Problem
 from kiln.model.shape import check_shape, schema
 from kiln.model.yamlmarks import Marked, YamlSyntaxError, load_marked
 
-__all__ = ["Cluster", "DbRole", "Host", "InvalidRoles", "Problem", "load_roles", "parse_roles", "schema"]
+__all__ = ["Cluster", "DbRole", "DiskRule", "Host", "InvalidRoles", "Problem", "load_roles", "parse_roles", "schema"]
 
 
 def _defaults(*path: str) -> dict[str, Any]:
@@ -69,6 +69,21 @@ def parse_roles(text: str, file: str = "roles.yaml") -> Cluster:
     return _build(marked)
 
 
+def disk_rule(given: str | dict[str, Any] | None) -> DiskRule:
+    """hosts[].disk, valid, as a DiskRule: absent is the default rule, a string names the device (/dev/sda)."""
+    if given is None:
+        return DiskRule()
+    if isinstance(given, str):
+        return DiskRule(name=given.removeprefix("/dev/"))
+    keys: dict[str, Any] = dict(given)  # the schema admits only DiskRule's keys
+    for size in ("min_size", "max_size"):
+        if size in keys:
+            keys[size] = parse_size(keys[size])
+    if isinstance(keys.get("wwn"), int):  # YAML reads an unquoted 0x5002538e40a1b2c3 as a number: lsblk's spelling
+        keys["wwn"] = f"0x{keys['wwn']:016x}"
+    return DiskRule(**keys)
+
+
 def _dedupe(problems: list[Problem]) -> list[Problem]:
     out: dict[tuple[str, str], Problem] = {}
     for p in problems:
@@ -90,14 +105,13 @@ def _build(marked: Marked) -> Cluster:
         return {**{k: v for k, v in _defaults("roles", name).items() if k != "access"}, **given}
 
     settings = {r.name: r.settings(own(r.name)) for r in registry.all_roles() if r.name in roles}
-    host_defaults = schema()["properties"]["hosts"]["items"]["properties"]
     hosts = tuple(
         Host(
             name=h["name"],
             role=h["role"],
             mac=mac.normalize(h["mac"]),
             ip=ipaddress.IPv4Address(h["ip"]),
-            disk=h.get("disk", host_defaults["disk"]["default"]),
+            disk=disk_rule(h.get("disk")),
             priority=h.get("priority"),
             db_role=DbRole(h["db_role"]) if "db_role" in h else None,
             server_id=h.get("server_id"),

@@ -33,13 +33,66 @@ class Image:
     size: str
 
 
+_UNITS = {"M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a roles.yaml size: digits then M, G or T, binary units as qemu-img's (2G: 2 GiB). ValueError else."""
+    if len(text) < 2 or text[-1] not in _UNITS or not text[:-1].isdigit():
+        raise ValueError(f"{text!r} is not a size like 500G")
+    return int(text[:-1]) * _UNITS[text[-1]]
+
+
+def format_size(size: int) -> str:
+    """Bytes as lsblk prints them: the largest binary unit with at most one decimal (447.1G, 2T, 512M)."""
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20)):
+        if size >= factor:
+            return f"{size / factor:.1f}".removesuffix(".0") + unit
+    return f"{size}B"
+
+
+@dataclass(frozen=True)
+class DiskRule:
+    """Which disk the PXE installer writes the image to (roles.yaml hosts[].disk; kiln/targetdisk.py applies it).
+    Every key given must hold; none given is the default rule: the smallest usable disk."""
+
+    name: str | None = None  # kernel name (sda), from the older `disk: /dev/sda`: names can change between boots
+    min_size: int | None = None  # bytes
+    max_size: int | None = None  # bytes
+    model: str | None = None  # shell glob over lsblk's MODEL
+    serial: str | None = None
+    wwn: str | None = None
+    path: str | None = None  # shell glob over the disk's /dev/disk/by-path names
+
+    @property
+    def is_default(self) -> bool:
+        return self == DiskRule()
+
+    def text(self) -> str:
+        """Its keys as an operator wrote them: `model "X*", min_size 500G`; `smallest usable disk` by default."""
+        if self.is_default:
+            return "smallest usable disk"
+        keys = []
+        for key in ("name", "min_size", "max_size", "model", "serial", "wwn", "path"):
+            value = getattr(self, key)
+            if isinstance(value, int):
+                keys.append(f"{key} {format_size(value)}")
+            elif value is not None:
+                keys.append(f'{key} "{value}"' if " " in value else f"{key} {value}")
+        return ", ".join(keys)
+
+    def describe(self) -> str:
+        """`the rule model "X*", min_size 500G` or `the default rule (the smallest usable disk)`."""
+        return "the default rule (the smallest usable disk)" if self.is_default else f"the rule {self.text()}"
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
     role: str  # a registered role's name (kiln.roles)
     mac: str  # lower case, colon separated
     ip: ipaddress.IPv4Address
-    disk: str
+    disk: DiskRule = field(default_factory=DiskRule)
     priority: int | None = None
     db_role: DbRole | None = None
     server_id: int | None = None  # db only: MariaDB's server_id when roles.yaml sets it (kiln.roles.db.server_id)

@@ -18,6 +18,8 @@ _KIND_NAMES = {
     "account": "account name",
     "ssh_key": "OpenSSH public key line",
     "alert_receiver": "`provisioning` \\| https URL",
+    "size": "size (`500G`)",
+    "disk_text": "string",
 }
 
 
@@ -31,7 +33,7 @@ def _type(spec: dict[str, Any], defs: dict[str, Any]) -> str:
         return f"`{spec['const']}`"
     if spec.get("type") == "array":
         return f"list of {_type(spec['items'], defs)}"
-    if spec.get("type") == "integer" and "minimum" in spec:
+    if spec.get("type") == "integer" and "minimum" in spec and "maximum" in spec:
         return f"integer {spec['minimum']}..{spec['maximum']}"
     return spec.get("type", "")
 
@@ -39,11 +41,13 @@ def _type(spec: dict[str, Any], defs: dict[str, Any]) -> str:
 def _rows(spec: dict[str, Any], path: str, required: bool, defs: dict[str, Any]):
     desc = spec.get("description", "")
     default = f"`{spec['default']}`" if "default" in spec else ""
-    kind = "mapping" if spec.get("type") == "object" else _type(spec, defs)
+    given = spec.get("type", "")
+    types: list[str] = given if isinstance(given, list) else [given]
+    kind = " \\| ".join("mapping" if t == "object" else _type({**spec, "type": t}, defs) for t in types)
     if spec.get("type") == "array" and spec["items"].get("type") == "object":
         kind = "list of mappings"
     yield f"| `{path}` | {kind} | {'yes' if required else 'no'} | {default} | {desc} |"
-    if spec.get("type") == "object":
+    if "object" in types:
         for key, sub in spec.get("properties", {}).items():
             yield from _rows(sub, f"{path}.{key}", key in spec.get("required", []), defs)
     if spec.get("type") == "array" and spec["items"].get("type") == "object":

@@ -16,7 +16,9 @@ from typing import Any
 
 from kiln import mac
 from kiln.model import access, monitoring
+from kiln.model.cluster import parse_size
 from kiln.model.problems import Problem
+from kiln.model.shape import schema
 from kiln.model.yamlmarks import Marked
 
 Found = Iterator[tuple[str, str, str]]  # (JSON path, what is wrong, what is expected)
@@ -64,6 +66,7 @@ class Facts:
     hosts: list[tuple[int, dict[str, Any]]]  # (position in the list, the host) for every host that is a mapping
     subnet: ipaddress.IPv4Network | None
     access: dict[str, Any]
+    image: dict[str, Any]
     provisioning: dict[str, Any] = field(default_factory=dict)
     monitoring: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +83,7 @@ class Facts:
             hosts=[(i, h) for i, h in enumerate(raw_hosts) if isinstance(h, dict)],
             subnet=_net(network.get("subnet")),
             access=_mapping(d.get("access")),
+            image=_mapping(d.get("image")),
             provisioning=_mapping(d.get("provisioning")),
             monitoring=_mapping(d.get("monitoring")),
         )
@@ -285,6 +289,34 @@ def alerts_to_provisioning_url(facts: Facts) -> Found:
             )
 
 
+def _size(value: object) -> int | None:
+    try:
+        return parse_size(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def disk_size(facts: Facts) -> Found:
+    """A disk rule's sizes can hold: min_size not above max_size, max_size not below the image it must take."""
+    image_size = facts.image.get("size", schema()["properties"]["image"]["properties"]["size"]["default"])
+    image = _size(image_size)
+    for i, host in facts.hosts:
+        rule = _mapping(host.get("disk"))
+        low, high = _size(rule.get("min_size")), _size(rule.get("max_size"))
+        if low is not None and high is not None and low > high:
+            yield (
+                f"$.hosts[{i}].disk.max_size",
+                f"max_size {rule['max_size']} is below min_size {rule['min_size']}: no disk fits",
+                "max_size at least min_size",
+            )
+        elif high is not None and image is not None and high < image:
+            yield (
+                f"$.hosts[{i}].disk.max_size",
+                f"max_size {rule['max_size']} is below the image size {image_size}: no disk fits",
+                "max_size at least image.size",
+            )
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("network-outside-subnet", network_outside_subnet),
     ("network-reserved-address", network_reserved_address),
@@ -301,6 +333,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("ssh-key-duplicate", ssh_key_duplicate),
     ("admin-user", admin_user),
     ("alerts-to-provisioning-url", alerts_to_provisioning_url),
+    ("disk-size", disk_size),
 )
 
 

@@ -68,6 +68,12 @@ _KINDS = {
         "like https://alerts.example.org/kiln: a port 1..65535, a path of letters, digits and . _ ~ + -; no user,"
         " query or fragment (a credential belongs in secrets/)",
     ),
+    "device": ("a disk rule or a device name", "a mapping such as {serial: S4EVNX0R123456}, or /dev/sda"),
+    "size": ("a size", "digits then M, G or T (MiB, GiB, TiB), like 500G"),
+    "disk_text": (
+        "a disk's model, serial, WWN or by-path name",
+        "as lsblk prints it: no quote, no space at either end",
+    ),
     "mirror": (
         "'auto' or an http(s) URL",
         "like http://deb.debian.org/debian: a port 1..65535, a path of letters, digits and . _ ~ + -",
@@ -267,7 +273,9 @@ def _to_problems(error: jsonschema.ValidationError, marked: Marked, file: str) -
             if isinstance(value, dict) and key not in value:
                 yield problem("missing-key", f"missing required key {key!r}")
     elif v == "type":
-        yield problem("wrong-type", f"wrong type: got {_describe(value)}", f"expected {_TYPE_NAMES.get(kw, kw)}")
+        kinds: list[str] = kw if isinstance(kw, list) else [kw]
+        expected = " or ".join(_TYPE_NAMES.get(k) or k for k in kinds)
+        yield problem("wrong-type", f"wrong type: got {_describe(value)}", f"expected {expected}")
     elif v == "const" and path == "$.version":
         yield problem(
             "unsupported-version", f"unsupported version {_describe(value)}", f"this kiln supports version {kw}"
@@ -287,6 +295,8 @@ def _to_problems(error: jsonschema.ValidationError, marked: Marked, file: str) -
         yield problem("too-large", f"{value} is too large", f"at most {kw}")
     elif v == "maxLength":
         yield problem("too-long", f"{_describe(value)} is too long", f"at most {kw} characters")
+    elif v == "minProperties":
+        yield problem("empty", "an empty mapping", "at least one of its keys, or leave it out for the default")
     elif v == "minItems":
         yield problem("too-short", "the list is too short", f"at least {kw} item{'s' if kw != 1 else ''}")
     else:

@@ -50,7 +50,7 @@ def summary_markdown(renderer: Renderer) -> str:
         "| host | role | address | MAC | disk | settings |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {h.name} | {h.role} | {h.ip} | {h.mac} | {h.disk} | {_extras(h)} |" for h in cluster.hosts]
+    lines += [f"| {h.name} | {h.role} | {h.ip} | {h.mac} | {h.disk.text()} | {_extras(h)} |" for h in cluster.hosts]
     for role_name in cluster.roles_used:
         first = cluster.by_role(role_name)[0]
         c, _, role, firewall = renderer.variables(first)

@@ -32,7 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-from kiln import hostauth, roles
+from kiln import hostauth, roles, targetdisk
 from kiln.mac import normalize
 from kiln.model import Cluster, Host
 from kiln.roles.db import NAME as DB_ROLE
@@ -433,14 +433,19 @@ def _shown(detail: str | None) -> str:
     return ": " + (text if len(text) <= LOGGED_DETAIL else text[:LOGGED_DETAIL] + "…")
 
 
+async def _host_body(request: Request, name: str, limit: int, action: str) -> bytes | Response:
+    """The JSON body a host posts about itself (NAME), or the answer refusing it: not JSON (415), too fast (429),
+    too large (413)."""
+    p: Provisioner = request.app.state.provisioner
+    wrong = _json_only(request, action) or _throttled(p, request, name[:64], action)
+    return wrong if wrong is not None else await _body(request, limit, action)
+
+
 async def post_event(request: Request) -> Response:
     """POST /v1/hosts/NAME/events: from NAME itself (its host key, or before it has one its enrolment token)."""
     p: Provisioner = request.app.state.provisioner
     name = request.path_params["name"]
-    wrong = _json_only(request, "event") or _throttled(p, request, name[:64], "event")
-    if wrong is not None:
-        return wrong
-    body = await _body(request, MAX_EVENT_BYTES, "event")
+    body = await _host_body(request, name, MAX_EVENT_BYTES, "event")
     if isinstance(body, Response):
         return body
     by_key = request.headers.get("authorization", "").startswith(hostauth.SCHEME + " ")
@@ -457,6 +462,41 @@ async def post_event(request: Request) -> Response:
     if by_key and event.step == "secrets" and event.status == "ok" and await p.state(p.store.ack_secrets, name):
         await _granted(p, request, "secrets", name, "acknowledged: not handed out again, enrolment token spent")
     return JSONResponse({"host": name, "state": state.value}, status_code=201)
+
+
+DISKS_BYTES = 256 * 1024  # what the installer saw of a machine with a hundred disks: about 40 KB
+
+
+async def install_disk(request: Request) -> Response:
+    """POST /v1/hosts/NAME/disk: from NAME's installer (its enrolment token), what it saw of its disks in lsblk's
+    JSON shape (kiln/targetdisk.py disks_from_installer). The answer is one line of text, which busybox sh reads:
+    `disk /dev/sdb` when NAME's disk rule picks exactly one disk, else `refuse WHY`, WHY naming every disk seen."""
+    p: Provisioner = request.app.state.provisioner
+    name = request.path_params["name"]
+    body = await _host_body(request, name, DISKS_BYTES, "disk")
+    if isinstance(body, Response):
+        return body
+    try:
+        sender = await p.state(p.authority.installer, request)
+    except Denied as e:
+        return await _refused(p, request, "disk", e, name if p.host_by_name(name) else None)
+    host = p.host_by_name(name)
+    if sender != name or host is None:
+        return await _refused(
+            p, request, "disk", Denied(403, f"{sender}'s token cannot choose {name[:64]}'s disk"), sender
+        )
+    try:
+        disks = targetdisk.disks_from_installer(json.loads(body))
+    except (ValueError, AttributeError) as e:  # AttributeError: JSON that is no mapping
+        return _error(400, f"expected what lsblk --json -b reports ({e})")
+    try:
+        image = p.images.install_image(host.role)
+        chosen = targetdisk.choose(disks, host.disk, image.size)
+    except (ipxe.NotBuilt, targetdisk.NoDisk) as e:
+        LOG.warning("%s: no disk to install onto: %s", name, e)
+        return PlainTextResponse(f"refuse {_UNPRINTABLE.sub(' ', str(e))}\n", headers={"Cache-Control": "no-store"})
+    LOG.info("%s: installs onto %s (%s): %s", name, chosen.device, host.disk.describe(), chosen.seen())
+    return PlainTextResponse(f"disk {chosen.device}\n", headers={"Cache-Control": "no-store"})
 
 
 async def seed(request: Request) -> Response:
@@ -976,6 +1016,7 @@ def _api_routes() -> list[Route | Mount]:
         Route("/v1/hosts", hosts),
         Route("/v1/hosts/{name}", one_host),
         Route("/v1/hosts/{name}/events", post_event, methods=["POST"]),
+        Route("/v1/hosts/{name}/disk", install_disk, methods=["POST"]),
         Route("/v1/hosts/{name}/seed", seed),
         Route("/v1/access", access),
         Route("/v1/publish", publish, methods=["POST"]),

@@ -27,9 +27,11 @@ RETRY_SECONDS = 30
 
 
 def chain(base: str) -> str:
-    """Chain to this machine's own script. The URL is absolute: the iPXE in QEMU's ROM (Debian's ipxe-qemu,
-    2019) fails a relative chain after a DHCP-given boot file with "Operation not supported"."""
-    return f"chain --replace --autofree {base}/ipxe?mac=${{net0/mac}}"
+    """Chain to this machine's own script, asked for by the MAC of the NIC iPXE booted from (`netX`, the last
+    one it opened), not the first NIC's: a machine that boots from its second NIC is known by that NIC's MAC.
+    The URL is absolute: the iPXE in QEMU's ROM (Debian's ipxe-qemu, 2019) fails a relative chain after a
+    DHCP-given boot file with "Operation not supported"."""
+    return f"chain --replace --autofree {base}/ipxe?mac=${{netX/mac}}"
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -89,7 +91,9 @@ class InstallImage:
 
 def install_script(host: Host, image: InstallImage, installer: Installer, token: str) -> str:
     """The installer's kernel command line: where the map and the data chunks are, what they must hash to, and the
-    host's enrolment token (the installer reports with it and writes it into the installed disk's seed)."""
+    host's enrolment token (the installer reports with it and writes it into the installed disk's seed). No disk:
+    the installer asks (POST /v1/hosts/NAME/disk) with what it sees, and the host's disk rule picks one. BOOTIF is
+    the host's MAC, the one this script was asked for: the NIC iPXE booted from."""
     role = image.role
     base = installer.http_base
     bootif = "01-" + host.mac.replace(":", "-")
@@ -100,7 +104,6 @@ def install_script(host: Host, image: InstallImage, installer: Installer, token:
             f"kiln.map={base}/images/{role}/{role}.map",
             f"kiln.sha256={image.digest}",
             f"kiln.size={image.size}",
-            f"kiln.disk={host.disk}",
             f"kiln.url={installer.provisioning_url}",
             f"kiln.host={host.name}",
             f"kiln.token={token}",
@@ -112,7 +115,7 @@ def install_script(host: Host, image: InstallImage, installer: Installer, token:
         "\n".join(
             [
                 "#!ipxe",
-                _echo(f"kiln: installing {host.name} (role {role}) onto {host.disk}"),
+                _echo(f"kiln: installing {host.name} (role {role}) onto the disk its rule picks ({host.disk.text()})"),
                 f"kernel {base}/images/installer/vmlinuz {cmdline}",
                 f"initrd {base}/images/installer/initrd.img",
                 "boot",

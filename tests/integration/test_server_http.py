@@ -86,7 +86,7 @@ def test_boot_script_chains_by_mac(server: RunningServer) -> None:
     r = httpx.get(f"{server.http_url}/boot.ipxe")
     assert r.status_code == 200
     assert r.text.startswith("#!ipxe\n")
-    assert f"chain --replace --autofree {server.http_url}/ipxe?mac=${{net0/mac}}" in r.text
+    assert f"chain --replace --autofree {server.http_url}/ipxe?mac=${{netX/mac}}" in r.text
 
 
 def test_install_script_carries_the_contract_command_line(server: RunningServer) -> None:
@@ -99,7 +99,6 @@ def test_install_script_carries_the_contract_command_line(server: RunningServer)
     assert f"kiln.map={server.http_url}/images/web/web.map" in words
     assert f"kiln.size={len(RAW)}" in words
     assert {
-        "kiln.disk=/dev/vda",
         f"kiln.url={LOOPBACK_URL}",
         "kiln.host=web1",
         f"kiln.token={server.token('web1')}",
@@ -124,7 +123,7 @@ def test_script_says_when_the_role_image_is_not_built(server: RunningServer) -> 
     assert r.status_code == 200
     assert "the db image (images/db/db.raw) is not built yet: run ./inv build --role db" in r.text
     assert "kernel" not in r.text
-    assert "sleep 30" in r.text and f"chain --replace --autofree {server.http_url}/ipxe?mac=${{net0/mac}}" in r.text
+    assert "sleep 30" in r.text and f"chain --replace --autofree {server.http_url}/ipxe?mac=${{netX/mac}}" in r.text
 
 
 def test_unknown_machine_gets_a_retry_script_and_shows_on_the_dashboard(server: RunningServer) -> None:
@@ -544,3 +543,47 @@ def test_other_clients_still_get_tls_1_3_and_weak_ciphers_are_refused(server: Ru
     weak.set_ciphers("ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0")  # CBC, no AEAD: refused
     with pytest.raises(ssl.SSLError), socket.create_connection((parts.hostname, parts.port), timeout=5) as raw:
         weak.wrap_socket(raw, server_hostname=parts.hostname)
+
+
+def _disks(*disks: tuple[str, int, str, bool]) -> dict:
+    """What the installer reports of its disks (name, bytes, serial, removable): lsblk's shape, with sysfs paths."""
+    return {
+        "blockdevices": [
+            {
+                "name": name,
+                "size": size,
+                "type": "disk",
+                "rm": removable,
+                "ro": False,
+                "model": None,
+                "serial": serial,
+                "wwn": None,
+                "mountpoints": [],
+                "devpath": f"/devices/pci0000:00/0000:00:{4 + i:02x}.0/virtio{i}/block/{name}",
+            }
+            for i, (name, size, serial, removable) in enumerate(disks)
+        ]
+    }
+
+
+def test_the_installer_asks_which_disk_and_the_host_rule_answers(server: RunningServer) -> None:
+    url = f"{server.tls_url}/v1/hosts/web1/disk"
+    stick = ("sda", 4 << 30, "STICK", True)
+    with server.client(operator=False, headers={"Authorization": f"Bearer {server.token('web1')}"}) as web1:
+        one = web1.post(url, json=_disks(("vda", 8 << 30, "D1", False), stick))
+        assert (one.status_code, one.text) == (200, "disk /dev/vda\n")
+        two = web1.post(url, json=_disks(("vda", 8 << 30, "D1", False), ("vdb", 8 << 30, "D2", False), stick))
+        assert two.status_code == 200
+        assert two.text.startswith(
+            "refuse the default rule (the smallest usable disk) matches 2 disks (vda, vdb), refusing to guess"
+        )
+        assert "vda 8G serial D1 path pci-0000:00:04.0; vdb 8G serial D2 path pci-0000:00:05.0; sda 4G" in two.text
+        assert "(removable)" in two.text and two.text.endswith("\n") and two.text.count("\n") == 1
+        assert web1.post(url, json={"disks": []}).status_code == 400
+        assert web1.post(url, json=[1]).status_code == 400
+    with server.client(operator=False) as anyone:
+        assert anyone.post(url, json=_disks(stick)).status_code == 401
+        other = anyone.post(url, json=_disks(stick), headers={"Authorization": f"Bearer {server.token('db1')}"})
+        assert other.status_code == 403, "db1's token cannot choose web1's disk"
+        plain = anyone.post(url, content="{}", headers={"Content-Type": "text/plain"})
+        assert plain.status_code == 415

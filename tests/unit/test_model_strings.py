@@ -74,10 +74,21 @@ def _reference() -> dict[str, Any]:
     doc = copy.deepcopy(SHIPPED)
     for host in doc["hosts"]:
         host["disk"] = "/dev/vda"
+    doc["hosts"][0]["disk"] = {
+        "min_size": "1G",
+        "max_size": "2T",
+        "model": "SAMSUNG MZ7*",
+        "serial": "S4EVNX0R123456",
+        "wwn": "0x5002538e40a1b2c3",
+        "path": "pci-0000:00:1f.2-ata-1",
+    }
     return doc
 
 
 STRINGS = list(_strings(_reference()))
+# A disk rule's model, serial, WWN and by-path name are compared on the server with what the installer saw and never
+# reach a config file or a command line: a model has spaces, a glob has * and [ ]. Only quotes are refused there.
+INERT = [(where, value) for where, value in STRINGS if where[-2:-1] != ("disk",)]
 
 
 def _json_path(path: tuple[str | int, ...]) -> str:
@@ -181,7 +192,7 @@ def test_a_control_character_in_a_key_is_refused(data: st.DataObject):
 @FUZZ
 @given(data=st.data())
 def test_a_metacharacter_anywhere_in_a_value_is_refused(data: st.DataObject):
-    where, value = data.draw(st.sampled_from(STRINGS))
+    where, value = data.draw(st.sampled_from(INERT))
     at = data.draw(st.integers(0, len(value)))
     bad = value[:at] + data.draw(st.sampled_from(METACHARACTERS)) + value[at:]
     doc = _reference()

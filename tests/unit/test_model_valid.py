@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from kiln.model import DbRole, load_roles, parse_roles
+from kiln.model import DbRole, DiskRule, load_roles, parse_roles
 from kiln.roles import app, lb
 
 
@@ -36,7 +36,23 @@ def test_omitted_settings_take_the_schema_defaults(shipped_roles: Path):
     assert lb.settings_of(cluster) == lb.LbSettings(balance="roundrobin", virtual_router_id=51)
     assert app.settings_of(cluster) == app.AppSettings(port=8080, workers=2)
     assert (cluster.image.mirror, cluster.image.size) == ("auto", "4G")
-    assert cluster.hosts[0].disk == "/dev/vda"
+    assert cluster.hosts[0].disk == DiskRule() and cluster.hosts[0].disk.is_default
+
+
+def test_a_disk_is_a_rule_or_a_device_name(shipped_roles: Path):
+    text = shipped_roles.read_text()
+    text = text.replace(
+        "ip: 10.10.0.11,", 'ip: 10.10.0.11, disk: {min_size: 400G, max_size: 1T, model: "SAMSUNG MZ7*"},'
+    )
+    text = text.replace(
+        "ip: 10.10.0.12,", "ip: 10.10.0.12, disk: {wwn: 0x5002538e40a1b2c3, path: pci-0000:00:1f.2-ata-*},"
+    )
+    text = text.replace("ip: 10.10.0.21", "ip: 10.10.0.21, disk: /dev/sdb")
+    cluster = parse_roles(text)
+    assert cluster.host("lb1").disk == DiskRule(min_size=400 << 30, max_size=1 << 40, model="SAMSUNG MZ7*")
+    assert cluster.host("lb1").disk.describe() == 'the rule min_size 400G, max_size 1T, model "SAMSUNG MZ7*"'
+    assert cluster.host("lb2").disk == DiskRule(wwn="0x5002538e40a1b2c3", path="pci-0000:00:1f.2-ata-*")
+    assert cluster.host("web1").disk == DiskRule(name="sdb")
 
 
 def test_alerts_go_to_the_provisioning_server_unless_roles_yaml_says_where(shipped_roles: Path):

@@ -203,8 +203,8 @@ def test_render_names_what_changed_per_host_and_summarises_the_cluster(
         "  + db2",
     ]
     summary = (out / "SUMMARY.md").read_text()
-    assert "| db2 | db | 10.10.0.42 | 52:54:00:10:00:42 | /dev/vda | replica |" in summary
-    assert "| lb1 | lb | 10.10.0.11 | 52:54:00:10:00:11 | /dev/vda | priority 150 |" in summary
+    assert "| db2 | db | 10.10.0.42 | 52:54:00:10:00:42 | smallest usable disk | replica |" in summary
+    assert "| lb1 | lb | 10.10.0.11 | 52:54:00:10:00:11 | smallest usable disk | priority 150 |" in summary
     assert "- listens: tcp 3306 from the app hosts" in summary and "tcp 80, 443 from anyone" in summary
     assert "kiln-app.service" in summary.split("## app")[1].split("## db")[0]
 

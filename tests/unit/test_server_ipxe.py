@@ -33,7 +33,7 @@ def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
         unknown_script("52:54:00:00:00:01", installer.http_base),
     ):
         assert script.startswith("#!ipxe\n") and script.endswith("\n")
-    assert "chain --replace --autofree http://10.10.0.1:8080/ipxe?mac=${net0/mac}" in boot_script(installer.http_base)
+    assert "chain --replace --autofree http://10.10.0.1:8080/ipxe?mac=${netX/mac}" in boot_script(installer.http_base)
 
 
 def test_install_script_for_db2(cluster: Cluster) -> None:
@@ -42,7 +42,7 @@ def test_install_script_for_db2(cluster: Cluster) -> None:
     assert script.splitlines()[2:] == [
         "kernel http://10.10.0.1:8080/images/installer/vmlinuz initrd=initrd.img"
         " kiln.image=http://10.10.0.1:8080/images/db/db.data kiln.map=http://10.10.0.1:8080/images/db/db.map"
-        f" kiln.sha256={SHA} kiln.size=2147483648 kiln.disk=/dev/vda kiln.url=https://10.10.0.1:8443 kiln.host=db2"
+        f" kiln.sha256={SHA} kiln.size=2147483648 kiln.url=https://10.10.0.1:8443 kiln.host=db2"
         f" kiln.token={TOKEN} BOOTIF=01-52-54-00-10-00-42 console=ttyS0",
         "initrd http://10.10.0.1:8080/images/installer/initrd.img",
         "boot",
@@ -54,7 +54,7 @@ def test_unknown_machine_script_retries(cluster: Cluster) -> None:
     assert "52:54:00:00:00:01" in script and "not in roles.yaml" in script
     assert script.rstrip().splitlines()[-2:] == [
         "sleep 30",
-        "chain --replace --autofree http://10.10.0.1:8080/ipxe?mac=${net0/mac}",
+        "chain --replace --autofree http://10.10.0.1:8080/ipxe?mac=${netX/mac}",
     ]
 
 
