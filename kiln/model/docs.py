@@ -17,6 +17,8 @@ _KIND_NAMES = {
     "mirror": "`auto` \\| http(s) URL",
     "account": "account name",
     "ssh_key": "OpenSSH public key line",
+    "secret_name": "file name under secrets/",
+    "bmc_address": "HOST[:PORT] \\| http(s) URL",
 }
 
 

@@ -63,6 +63,14 @@ _KINDS = {
         "TYPE BASE64 [comment] on one line, e.g. 'ssh-ed25519 AAAAC3Nz... alice@laptop', the .pub file's content;"
         " no options such as command= or from=",
     ),
+    "secret_name": (
+        "a file name under secrets/",
+        "letters, digits, '.', '_' and '-', a letter or digit first, at most 64 characters, like bmc_admin",
+    ),
+    "bmc_address": (
+        "a BMC address",
+        "ipmi: HOST or HOST:PORT like 10.0.9.11; redfish: an http(s) URL like https://10.0.9.11 (no path)",
+    ),
     "mirror": (
         "'auto' or an http(s) URL",
         "like http://deb.debian.org/debian: a port 1..65535, a path of letters, digits and . _ ~ + -",
