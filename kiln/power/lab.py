@@ -1,0 +1,95 @@
+"""The lab driver: a lab VM's power through QEMU's machine protocol (QMP, run/<host>.qmp); powering on is the lab's
+own VM start (kiln.lab.vm.start), so the VM comes back as `lab up` made it.
+
+PXE on the next boot, the QEMU way: a VM that is off starts with `-boot once=n` (QEMU restores the normal order
+at the first reset); a running one gets bootindex 0 on its NIC (qom-set), then system_reset, and the old
+bootindex back once QEMU reported the RESET: QEMU rewrites the firmware's boot order (fw_cfg "bootorder") at
+each reset, so the override holds for that boot only.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from pathlib import Path
+
+from kiln.lab.qmp import Qmp, QmpError
+from kiln.power.chassis import OFF, ON, Chassis, PowerError, State, Unreachable
+
+RESET_WAIT = 10.0  # seconds QEMU gets to carry out a reset it was asked for
+
+
+class LabVm(Chassis):
+    def __init__(self, host: str, qmp: Path, start: Callable[[bool], object], nic: str = "nic0") -> None:
+        """`qmp`: the VM's QMP socket; `start(pxe_once)`: powers the VM on (the lab's start); `nic`: the QEMU id of
+        the NIC it network-boots from."""
+        super().__init__(host)
+        self.qmp = qmp
+        self._start = start
+        self._nic = f"/machine/peripheral/{nic}"
+
+    def _session(self) -> Qmp:
+        return Qmp(self.qmp)
+
+    def status(self) -> State:
+        try:
+            with self._session() as q:
+                state = q.command("query-status")["status"]
+        except QmpError as e:
+            if self._gone():
+                return OFF
+            raise Unreachable(f"{self.host}: QEMU does not answer on {self.qmp}: {e}") from None
+        return OFF if state == "shutdown" else ON
+
+    def _gone(self) -> bool:
+        """No QEMU behind the socket: no socket file, or nobody listening on it."""
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1)
+            try:
+                s.connect(str(self.qmp))
+            except OSError as e:
+                return e.errno in (errno.ENOENT, errno.ECONNREFUSED)
+        return False
+
+    def power_on(self) -> None:
+        self.on()
+
+    def on(self, *, pxe: bool = False) -> None:
+        if self.status() == OFF:
+            self._start(pxe)
+
+    def power_off(self) -> None:
+        # quit: QEMU exits at once, the lab's pull-the-plug; the guest gets no shutdown, as with IPMI's power off
+        try:
+            with self._session() as q:
+                q.command("quit")
+        except QmpError:
+            if not self._gone():
+                raise PowerError(f"{self.host}: QEMU did not take quit on {self.qmp}") from None
+
+    def power_cycle(self) -> None:
+        self.cycle()
+
+    def cycle(self, *, pxe: bool = False) -> None:
+        if self.status() == OFF:
+            self._start(pxe)
+            return
+        try:
+            with self._session() as q:
+                if not pxe:
+                    q.command("system_reset")
+                    return
+                old = q.command("qom-get", path=self._nic, property="bootindex")
+                q.command("qom-set", path=self._nic, property="bootindex", value=0)
+                try:
+                    q.command("system_reset")
+                    q.wait_event("RESET", RESET_WAIT)  # the firmware's boot order is rewritten by now
+                finally:
+                    q.command("qom-set", path=self._nic, property="bootindex", value=old)
+        except QmpError as e:
+            raise PowerError(f"{self.host}: QEMU: {e}") from None
+
+    def bootdev_pxe(self) -> None:
+        raise PowerError(f"{self.host}: a lab VM boots from the network once only with on or cycle (--pxe)")
