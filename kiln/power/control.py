@@ -40,7 +40,7 @@ def run(
         want = OFF
     elif action == "on":
         if before == ON and pxe:
-            say(f"{chassis.host}: already on; the PXE override applies at its next boot")
+            say(f"{chassis.host}: already on; to boot it from the network now: ./inv power {chassis.host} cycle --pxe")
         chassis.on(pxe=pxe)
         want = ON
     else:

@@ -105,13 +105,14 @@ class IpmiSim:
 
 
 @contextlib.contextmanager
-def ipmi_sim(directory: Path) -> Iterator[IpmiSim]:
-    """ipmi_sim listening on a free UDP port of 127.0.0.1, user USER/PASSWORD with admin rights."""
+def ipmi_sim(directory: Path, program: str = CHASSIS_SCRIPT, extra: str = "") -> Iterator[IpmiSim]:
+    """ipmi_sim listening on a free UDP port of 127.0.0.1, user USER/PASSWORD with admin rights. `program`: the
+    text of its chassis-control program (called with the chassis directory first); `extra`: lan.conf lines."""
     directory.mkdir(parents=True, exist_ok=True)
     chassis_dir = directory / "chassis"
     chassis_dir.mkdir(exist_ok=True)
-    script = directory / "chassis.sh"
-    script.write_text(CHASSIS_SCRIPT)
+    script = directory / "chassis-control"
+    script.write_text(program)
     script.chmod(0o755)
     port = free_port(socket.SOCK_DGRAM)
     auths = "none md2 md5 straight"
@@ -129,7 +130,7 @@ set_working_mc 0x20
   endlan
   chassis_control "{script} {chassis_dir}"
   user 2 true "{USER}" "{PASSWORD}" admin 10 {auths}
-"""
+{extra}"""
     )
     (directory / "cmds.emu").write_text(
         "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n"
