@@ -136,3 +136,16 @@ def test_a_host_without_a_bmc_or_its_login_is_a_clear_error(shipped_roles: Path,
     assert err[0] == "power: web2: roles.yaml names no bmc for it (hosts[].bmc: {driver: ipmi|redfish|lab, ...})"
     assert err[1] == "power: web9: no such host in roles.yaml"
     assert err[2].startswith(f"power: web1: {tmp_path / 'bmc_web1'} is missing: put the BMC's login")
+
+
+def test_a_lab_vm_is_off_without_its_qmp_socket_unless_its_process_lives(tmp_path: Path):
+    """A VM started before the lab gave VMs a QMP socket must not pass for off."""
+    from kiln.power.chassis import Unreachable
+    from kiln.power.lab import LabVm
+
+    def start(pxe_once: bool) -> None:
+        raise AssertionError("started")
+
+    assert control.run(LabVm("web1", tmp_path / "web1.qmp", start), "status") == "off"
+    with pytest.raises(Unreachable, match=r"^web1: its VM runs without a QMP socket .*: \./inv lab down, then up$"):
+        control.run(LabVm("web1", tmp_path / "web1.qmp", start, running=lambda: True), "status")
