@@ -149,3 +149,30 @@ def test_a_lab_vm_is_off_without_its_qmp_socket_unless_its_process_lives(tmp_pat
     assert control.run(LabVm("web1", tmp_path / "web1.qmp", start), "status") == "off"
     with pytest.raises(Unreachable, match=r"^web1: its VM runs without a QMP socket .*: \./inv lab down, then up$"):
         control.run(LabVm("web1", tmp_path / "web1.qmp", start, running=lambda: True), "status")
+
+
+def test_doctor_names_each_missing_bmc_login_and_ca(shipped_roles: Path, tmp_path: Path):
+    from kiln import doctor
+
+    text = with_bmc(shipped_roles, '{driver: ipmi, address: "10.0.9.21", credentials: bmc_web1}')
+    text = with_bmc(text, "{driver: redfish, address: https://10.0.9.22, credentials: bmc_web2, ca: bmc.pem}", "web2")
+    roles = tmp_path / "roles.yaml"
+    roles.write_text(text)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+
+    def power_lines() -> list[str]:
+        found = doctor.examine(Project(roles=roles), parse_roles(text), images=tmp_path, secrets=secrets, ports=())
+        return [str(p) for p in found if str(p).startswith("power: ")]
+
+    assert power_lines() == [
+        f"power: web1: {secrets / 'bmc_web1'} is missing: put the BMC's login (mode 0600) there, as [default] "
+        "username = ... password = ...",
+        f"power: web2: {secrets / 'bmc_web2'} is missing: put the BMC's login (mode 0600) there, as [default] "
+        "username = ... password = ...",
+        f"power: web2: {secrets / 'bmc.pem'} is missing: put its BMC's CA certificate there",
+    ]
+    for name in ("bmc_web1", "bmc_web2"):
+        (secrets / name).write_text("[default]\nusername = a\npassword = b\n")
+    (secrets / "bmc.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert power_lines() == []
