@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ class QmpError(Exception):
 
 class Qmp:
     """One QMP session: `with Qmp(path) as q: q.command("query-status")`. Events that arrive while waiting for an
-    answer are kept in `events` (dicts as QEMU sends them), so a caller can wait for one it caused."""
+    answer are kept in `events` (dicts as QEMU sends them)."""
 
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
         self.path = path
@@ -70,23 +69,3 @@ class Qmp:
                 raise QmpError(f"{name}: {reply['error'].get('desc', reply['error'])}")
             elif "return" in reply:
                 return reply["return"]
-
-    def wait_event(self, name: str, timeout: float) -> dict[str, Any]:
-        """The first event NAME that came (or comes within `timeout` seconds); QmpError when none does."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.events:
-                if event["event"] == name:
-                    self.events.remove(event)
-                    return event
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise QmpError(f"{self.path}: no {name} event within {timeout:g} s")
-            assert self._sock is not None
-            self._sock.settimeout(left)
-            try:
-                reply = self._read()
-            finally:
-                self._sock.settimeout(self.timeout)
-            if "event" in reply:
-                self.events.append(reply)

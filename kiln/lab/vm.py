@@ -21,7 +21,6 @@ from kiln.run import run
 DISK = "disk"
 PXE = "pxe"
 FW_CFG_SEED = "opt/org.kiln/seed"  # what firstboot/sources/fwcfg.py reads
-NIC = "nic0"  # the NIC's QEMU id: QMP sets its bootindex for a one-time PXE boot (kiln/power/lab.py)
 
 
 def proc_name(host: Host) -> str:
@@ -104,7 +103,7 @@ def argv(lab: Lab, host: Host, boot: str, seed: Path | None = None, *, pxe_once:
         "-netdev",
         f"tap,id=net0,ifname={tap_name(host)},script=no,downscript=no",
         "-device",
-        f"virtio-net-pci,netdev=net0,mac={host.mac},id={NIC}",
+        f"virtio-net-pci,netdev=net0,mac={host.mac}",
         "-boot",
         f"{order},once=n" if pxe_once else order,
         *fw_cfg,

@@ -1,10 +1,11 @@
 """The lab driver: a lab VM's power through QEMU's machine protocol (QMP, run/<host>.qmp); powering on is the lab's
 own VM start (kiln.lab.vm.start), so the VM comes back as `lab up` made it.
 
-PXE on the next boot, the QEMU way: a VM that is off starts with `-boot once=n` (QEMU restores the normal order
-at the first reset); a running one gets bootindex 0 on its NIC (qom-set), then system_reset, and the old
-bootindex back once QEMU reported the RESET: QEMU rewrites the firmware's boot order (fw_cfg "bootorder") at
-each reset, so the override holds for that boot only.
+PXE on the next boot, the QEMU way: the VM starts with `-boot once=n` (QEMU puts the usual order back at the
+first reset); a running VM is stopped (quit) and started so. QMP has no one-time boot order for a reset: a NIC's
+bootindex set with qom-set does reach the firmware at the next reset (QEMU rewrites fw_cfg "bootorder" at each),
+but SeaBIOS answers that reset with a second one of its own ("Attempting a hard reboot"), so putting the old
+bootindex back after the RESET event loses the override, and waiting for the firmware's reset is a race.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from kiln.lab.qmp import Qmp, QmpError
 from kiln.power.chassis import OFF, ON, Chassis, PowerError, State, Unreachable
 
-RESET_WAIT = 10.0  # seconds QEMU gets to carry out a reset it was asked for
+QUIT_WAIT = 10.0  # seconds QEMU gets to exit once told to quit
 
 
 class LabVm(Chassis):
@@ -27,15 +29,13 @@ class LabVm(Chassis):
         host: str,
         qmp: Path,
         start: Callable[[bool], object],
-        nic: str = "nic0",
         running: Callable[[], bool] = lambda: False,
     ) -> None:
-        """`qmp`: the VM's QMP socket; `start(pxe_once)`: powers the VM on (the lab's start); `nic`: the QEMU id of
-        the NIC it network-boots from; `running()`: whether the lab's process of the VM lives (kiln.lab.vm.running)."""
+        """`qmp`: the VM's QMP socket; `start(pxe_once)`: powers the VM on (the lab's start); `running()`: whether the
+        lab's process of the VM lives (kiln.lab.vm.running)."""
         super().__init__(host)
         self.qmp = qmp
         self._start = start
-        self._nic = f"/machine/peripheral/{nic}"
         self._running = running
 
     def _session(self) -> Qmp:
@@ -86,18 +86,18 @@ class LabVm(Chassis):
         if self.status() == OFF:
             self._start(pxe)
             return
+        if pxe:  # QEMU has no one-time boot order for a reset (module docstring): off, then on with -boot once=n
+            self.power_off()
+            deadline = time.monotonic() + QUIT_WAIT
+            while not self._gone():
+                if time.monotonic() > deadline:
+                    raise PowerError(f"{self.host}: QEMU still runs {QUIT_WAIT:g} s after quit")
+                time.sleep(0.1)
+            self._start(True)
+            return
         try:
             with self._session() as q:
-                if not pxe:
-                    q.command("system_reset")
-                    return
-                old = q.command("qom-get", path=self._nic, property="bootindex")
-                q.command("qom-set", path=self._nic, property="bootindex", value=0)
-                try:
-                    q.command("system_reset")
-                    q.wait_event("RESET", RESET_WAIT)  # the firmware's boot order is rewritten by now
-                finally:
-                    q.command("qom-set", path=self._nic, property="bootindex", value=old)
+                q.command("system_reset")
         except QmpError as e:
             raise PowerError(f"{self.host}: QEMU: {e}") from None
 

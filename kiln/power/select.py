@@ -56,4 +56,4 @@ def _lab(cluster: Cluster, name: str, roles_file: Path | None) -> Chassis:
             boot = vm.PXE
         vm.start(lab, host, boot, pxe_once=pxe_once)
 
-    return LabVm(name, lab.qmp(host), start, nic=vm.NIC, running=lambda: vm.running(lab, host))
+    return LabVm(name, lab.qmp(host), start, running=lambda: vm.running(lab, host))
