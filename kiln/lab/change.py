@@ -33,8 +33,8 @@ from kiln.secrets import SecretStore
 
 # The reference day-2 drill (the e2e lab test and bench/lab.py): these two hosts added, then web2 and app1 removed.
 SCALE_OUT = (
-    '  - {name: web3, role: web, mac: "52:54:00:10:00:23", ip: 10.10.0.23}',
-    '  - {name: app2, role: app, mac: "52:54:00:10:00:32", ip: 10.10.0.32}',
+    '  - {name: web3, role: web, mac: "52:54:00:10:00:23", ip: 10.10.0.23, bmc: {driver: lab}}',
+    '  - {name: app2, role: app, mac: "52:54:00:10:00:32", ip: 10.10.0.32, bmc: {driver: lab}}',
 )
 SCALE_IN = ("web2", "app1")
 TRAFFIC_TIMEOUT = 180.0  # seconds after a new host joined for it to get traffic (goal: 60 under emulation)

@@ -102,5 +102,9 @@ class Lab:
     def monitor(self, host: Host) -> Path:
         return self.run / f"{host.name}.monitor"
 
+    def qmp(self, host: Host) -> Path:
+        """QEMU's machine protocol socket (./inv power's lab driver: status, off, reset, boot order)."""
+        return self.run / f"{host.name}.qmp"
+
     def disk(self, host: Host) -> Path:
         return self.disks / f"{host.name}.qcow2"

@@ -1,4 +1,4 @@
-"""One QEMU VM per host (-accel tcg): its disk, its tap, its MAC, its serial log and monitor socket."""
+"""One QEMU VM per host (-accel tcg): its disk, its tap, its MAC, its serial log, monitor and QMP sockets."""
 
 from __future__ import annotations
 
@@ -75,9 +75,11 @@ def make_disk(lab: Lab, host: Host, boot: str) -> None:
         run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), size])
 
 
-def argv(lab: Lab, host: Host, boot: str, seed: Path | None = None) -> list[str]:
-    """QEMU's command line; `seed`: a JSON file the guest reads through fw_cfg (the disk boot's enrolment)."""
+def argv(lab: Lab, host: Host, boot: str, seed: Path | None = None, *, pxe_once: bool = False) -> list[str]:
+    """QEMU's command line; `seed`: a JSON file the guest reads through fw_cfg (the disk boot's enrolment);
+    `pxe_once`: the first boot is a network boot, the reboots after it use `boot`'s order (QEMU's -boot once=n)."""
     fw_cfg = ["-fw_cfg", f"name={FW_CFG_SEED},file={seed}"] if seed is not None else []
+    order = "order=n" if boot == PXE else "order=c"
     return [
         "qemu-system-x86_64",
         "-name",
@@ -93,6 +95,8 @@ def argv(lab: Lab, host: Host, boot: str, seed: Path | None = None) -> list[str]
         f"file:{lab.serial_log(host)}",
         "-monitor",
         f"unix:{lab.monitor(host)},server,nowait",
+        "-qmp",
+        f"unix:{lab.qmp(host)},server=on,wait=off",
         # zeros the installer writes become zero clusters, not gigabytes of qcow2 data
         "-drive",
         f"file={lab.disk(host)},if=virtio,format=qcow2,cache=unsafe,discard=unmap,detect-zeroes=unmap",
@@ -101,7 +105,7 @@ def argv(lab: Lab, host: Host, boot: str, seed: Path | None = None) -> list[str]
         "-device",
         f"virtio-net-pci,netdev=net0,mac={host.mac}",
         "-boot",
-        "order=n" if boot == PXE else "order=c",
+        f"{order},once=n" if pxe_once else order,
         *fw_cfg,
     ]
 
@@ -117,16 +121,17 @@ def _keep_backing(lab: Lab, host: Host) -> None:
         run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(link), str(disk)])
 
 
-def start(lab: Lab, host: Host, boot: str) -> int:
+def start(lab: Lab, host: Host, boot: str, *, pxe_once: bool = False) -> int:
     """Power the VM on (its serial log starts afresh only when its disk does). Booted from its disk image, a host
     has no installer to hand it its enrolment token: the lab asks the server for its seed (as the operator) and
-    gives it to the VM through QEMU's fw_cfg, as a cloud gives user-data."""
+    gives it to the VM through QEMU's fw_cfg, as a cloud gives user-data. `pxe_once`: this boot from the network."""
     lab.logs.mkdir(parents=True, exist_ok=True)
     seed = None
     if boot == DISK:
         _keep_backing(lab, host)
         seed = _seed_file(lab, host)
-    return procs.start(proc_name(host), argv(lab, host, boot, seed), lab.run, lab.logs / f"{host.name}.qemu.log")
+    command = argv(lab, host, boot, seed, pxe_once=pxe_once)
+    return procs.start(proc_name(host), command, lab.run, lab.logs / f"{host.name}.qemu.log")
 
 
 def _seed_file(lab: Lab, host: Host) -> Path | None:

@@ -9,13 +9,25 @@ from typing import Any
 
 from kiln import mac
 from kiln.model import access, monitoring
-from kiln.model.cluster import Cluster, DbRole, DiskRule, Host, Image, Network, parse_size
+from kiln.model.cluster import Bmc, BmcDriver, Cluster, DbRole, DiskRule, Host, Image, Network, parse_size
 from kiln.model.meaning import check_meaning
 from kiln.model.problems import InvalidRoles, Problem
 from kiln.model.shape import check_shape, schema
 from kiln.model.yamlmarks import Marked, YamlSyntaxError, load_marked
 
-__all__ = ["Cluster", "DbRole", "DiskRule", "Host", "InvalidRoles", "Problem", "load_roles", "parse_roles", "schema"]
+__all__ = [
+    "Bmc",
+    "BmcDriver",
+    "Cluster",
+    "DbRole",
+    "DiskRule",
+    "Host",
+    "InvalidRoles",
+    "Problem",
+    "load_roles",
+    "parse_roles",
+    "schema",
+]
 
 
 def _defaults(*path: str) -> dict[str, Any]:
@@ -91,6 +103,17 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
     return list(out.values())
 
 
+def _bmc(given: dict[str, Any]) -> Bmc:
+    return Bmc(
+        driver=BmcDriver(given["driver"]),
+        address=given.get("address"),
+        credentials=given.get("credentials"),
+        system=given.get("system"),
+        cipher_suite=given.get("cipher_suite"),
+        ca=given.get("ca"),
+    )
+
+
 def _build(marked: Marked) -> Cluster:
     d = marked.data
     assert isinstance(d, dict)
@@ -115,6 +138,7 @@ def _build(marked: Marked) -> Cluster:
             priority=h.get("priority"),
             db_role=DbRole(h["db_role"]) if "db_role" in h else None,
             server_id=h.get("server_id"),
+            bmc=_bmc(h["bmc"]) if "bmc" in h else None,
         )
         for h in d["hosts"]
     )

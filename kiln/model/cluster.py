@@ -86,6 +86,24 @@ class DiskRule:
         return "the default rule (the smallest usable disk)" if self.is_default else f"the rule {self.text()}"
 
 
+class BmcDriver(StrEnum):
+    ipmi = "ipmi"
+    redfish = "redfish"
+    lab = "lab"
+
+
+@dataclass(frozen=True)
+class Bmc:
+    """How kiln reaches a host's power and boot device (kiln/power). Names a secret, never holds one."""
+
+    driver: BmcDriver
+    address: str | None = None  # ipmi: HOST[:PORT]; redfish: http(s)://HOST[:PORT]; lab: None
+    credentials: str | None = None  # a file under secrets/ (kiln.secrets.SecretStore.bmc_credentials)
+    system: str | None = None  # redfish: the ComputerSystem id (None: the only one)
+    cipher_suite: int | None = None  # ipmi: ipmitool -C (None: what the BMC offers)
+    ca: str | None = None  # redfish: a CA certificate file under secrets/ (None: the system's)
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -96,6 +114,7 @@ class Host:
     priority: int | None = None
     db_role: DbRole | None = None
     server_id: int | None = None  # db only: MariaDB's server_id when roles.yaml sets it (kiln.roles.db.server_id)
+    bmc: Bmc | None = None  # power control (./inv power); None: roles.yaml names none
 
     @property
     def is_primary(self) -> bool:

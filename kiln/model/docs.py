@@ -20,6 +20,8 @@ _KIND_NAMES = {
     "alert_receiver": "`provisioning` \\| https URL",
     "size": "size (`500G`)",
     "disk_text": "string",
+    "secret_name": "file name under secrets/",
+    "bmc_address": "HOST[:PORT] \\| http(s) URL",
 }
 
 

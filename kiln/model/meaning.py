@@ -317,6 +317,40 @@ def disk_size(facts: Facts) -> Found:
             )
 
 
+# What each power driver needs and takes besides `driver` (kiln/power): a key another driver reads is an error,
+# so a typo'd driver never leaves a setting silently unused.
+_BMC_NEEDS = {"ipmi": ("address", "credentials"), "redfish": ("address", "credentials"), "lab": ()}
+_BMC_TAKES = {"ipmi": {"cipher_suite"}, "redfish": {"system", "ca"}, "lab": set()}
+_BMC_KEYS = {"address", "credentials", "system", "cipher_suite", "ca"}
+_BMC_EXAMPLE = {
+    "ipmi": "e.g. {driver: ipmi, address: 10.0.9.11, credentials: bmc_admin}",
+    "redfish": "e.g. {driver: redfish, address: https://10.0.9.11, credentials: bmc_admin}",
+    "lab": "{driver: lab}: the lab's own VM needs no address or credentials",
+}
+
+
+def bmc_settings(facts: Facts) -> Found:
+    for i, host in facts.hosts:
+        bmc = host.get("bmc")
+        driver = bmc.get("driver") if isinstance(bmc, dict) else None
+        if not isinstance(bmc, dict) or driver not in _BMC_NEEDS:
+            continue  # the shape check says why
+        here = f"$.hosts[{i}].bmc"
+        for key in _BMC_NEEDS[driver]:
+            if key not in bmc:
+                yield here, f"the {driver} driver needs {key!r}", _BMC_EXAMPLE[driver]
+        own = set(_BMC_NEEDS[driver]) | _BMC_TAKES[driver] | {"driver"}
+        for key in sorted(k for k in bmc if isinstance(k, str) and k not in own and k in _BMC_KEYS):
+            yield f"{here}.{key}", f"{key!r} is not read by the {driver} driver", _BMC_EXAMPLE[driver]
+        address = bmc.get("address")
+        if isinstance(address, str) and driver in ("ipmi", "redfish"):
+            url = address.startswith(("http://", "https://"))
+            if driver == "redfish" and not url:
+                yield f"{here}.address", f"{address!r} is no URL", "the BMC's Redfish URL, like https://10.0.9.11"
+            if driver == "ipmi" and url:
+                yield f"{here}.address", f"{address!r} is a URL", "ipmi: HOST or HOST:PORT, like 10.0.9.11"
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("network-outside-subnet", network_outside_subnet),
     ("network-reserved-address", network_reserved_address),
@@ -334,6 +368,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("admin-user", admin_user),
     ("alerts-to-provisioning-url", alerts_to_provisioning_url),
     ("disk-size", disk_size),
+    ("bmc-settings", bmc_settings),
 )
 
 

@@ -74,6 +74,14 @@ _KINDS = {
         "a disk's model, serial, WWN or by-path name",
         "as lsblk prints it: no quote, no space at either end",
     ),
+    "secret_name": (
+        "a file name under secrets/",
+        "letters, digits, '.', '_' and '-', a letter or digit first, at most 64 characters, like bmc_admin",
+    ),
+    "bmc_address": (
+        "a BMC address",
+        "ipmi: HOST or HOST:PORT like 10.0.9.11; redfish: an http(s) URL like https://10.0.9.11 (no path)",
+    ),
     "mirror": (
         "'auto' or an http(s) URL",
         "like http://deb.debian.org/debian: a port 1..65535, a path of letters, digits and . _ ~ + -",

@@ -139,8 +139,8 @@ def test_firewall_admits_each_tier_only_from_the_tier_in_front(rendered, bundles
 
 def test_only_nginx_hosts_get_nginx_and_only_web_hosts_proxy_to_every_app(shipped_roles):
     text = shipped_roles.read_text().replace(
-        '  - {name: app1, role: app, mac: "52:54:00:10:00:31", ip: 10.10.0.31}',
-        '  - {name: app1, role: app, mac: "52:54:00:10:00:31", ip: 10.10.0.31}\n'
+        '  - {name: app1, role: app, mac: "52:54:00:10:00:31", ip: 10.10.0.31, bmc: {driver: lab}}',
+        '  - {name: app1, role: app, mac: "52:54:00:10:00:31", ip: 10.10.0.31, bmc: {driver: lab}}\n'
         '  - {name: app2, role: app, mac: "52:54:00:10:00:32", ip: 10.10.0.32}',
     )
     more = render(parse_roles(text))
