@@ -20,7 +20,8 @@ import pytest
 
 from kiln import blockmap
 from kiln.run import run
-from tests.integration.kiln_server import PROJECT, RunningServer, loopback_roles, running_server
+from tests.e2e.image_helpers import build_all_images
+from tests.integration.kiln_server import RunningServer, loopback_roles, running_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -151,11 +152,15 @@ def installable_disk(path: Path) -> bytes:
     return path.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def installer() -> Path:
+    """The built PXE installer (./inv build-all first when not up to date: a skip decided at collection, before
+    any image is built, never ran this test on a fresh clone, as in CI)."""
+    return build_all_images() / "installer"
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (PROJECT / "images" / "installer" / "initrd.img").is_file(), reason="needs ./inv build-all (the installer)"
-)
-def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: Path, qemu) -> None:
+def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: Path, qemu, installer: Path) -> None:
     """The whole PXE path: chain, install script, the real installer kernel with the contract command line,
     the image over HTTP, "install" events over HTTPS, then the reboot served a disk boot."""
     tls_port = free_port()
@@ -164,7 +169,7 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
     images = tmp_path / "images"
     (images / "installer").mkdir(parents=True)
     for name in ("vmlinuz", "initrd.img"):
-        shutil.copyfile(PROJECT / "images" / "installer" / name, images / "installer" / name)
+        shutil.copyfile(installer / name, images / "installer" / name)
     (images / "web").mkdir()
     raw = installable_disk(images / "web" / "web.raw")
     block_map = blockmap.write(images / "web" / "web.raw", images / "web" / "web.map")  # as the build does
