@@ -24,7 +24,7 @@ from tests.integration.test_server_ipxe_qemu import boot_sector
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.slow,  # three boots through SeaBIOS under TCG and ipmi_sim's power-cycle interval
+    pytest.mark.slow,  # three QEMU starts and ipmi_sim's power-cycle interval: 4 s alone, far more on a busy runner
     pytest.mark.skipif(
         not all(shutil.which(c) for c in ("ipmi_sim", "ipmitool", "qemu-system-x86_64")),
         reason="needs openipmi, ipmitool and qemu-system-x86",
