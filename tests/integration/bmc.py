@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.lab import procs
+
 USER, PASSWORD = "admin", "kiln-bmc-s3cret"
 
 # ipmi_sim calls it as: chassis DIR get PARM... | set PARM VALUE... (OpenIPMI's ipmi_sim_chassiscontrol contract).
@@ -66,12 +68,7 @@ def running(name: str, argv: list[str], log: Path, ready: Callable[[], bool], ti
             raise RuntimeError(f"{name} exited {process.returncode}:\n{log.read_text(errors='replace')}")
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        procs.stop_pid(process.pid, grace=5)
 
 
 @dataclass
