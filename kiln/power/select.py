@@ -34,6 +34,8 @@ def chassis(cluster: Cluster, name: str, secrets: SecretStore, *, roles_file: Pa
     from kiln.power.redfish import Redfish
 
     ca = secrets.path(bmc.ca) if bmc.ca else None
+    if ca is not None and not ca.is_file():
+        raise PowerError(f"{name}: {ca} is missing: put its BMC's CA certificate there (roles.yaml names it as bmc.ca)")
     return Redfish(name, bmc.address, username, password, system=bmc.system, ca=ca)
 
 
