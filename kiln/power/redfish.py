@@ -44,7 +44,12 @@ class Redfish(Chassis):
             raise BadCredentials(
                 f"{self.host}: {where} refused the login of {self._username!r}: check its secrets file"
             ) from None
-        except (sx.ConnectionError, requests.exceptions.ConnectionError, requests.exceptions.Timeout):
+        except (sx.ConnectionError, requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e) or isinstance(e, requests.exceptions.SSLError):
+                raise PowerError(
+                    f"{self.host}: {where} shows an HTTPS certificate this machine does not trust: "
+                    "put its CA certificate under secrets/ and name it as bmc.ca"
+                ) from None
             raise Unreachable(f"{self.host}: no answer from {where}") from None
         except sx.SushyError as e:
             raise PowerError(f"{self.host}: {where} failed to {what}: {e}") from None

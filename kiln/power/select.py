@@ -34,6 +34,8 @@ def chassis(cluster: Cluster, name: str, secrets: SecretStore, *, roles_file: Pa
     from kiln.power.redfish import Redfish
 
     ca = secrets.path(bmc.ca) if bmc.ca else None
+    if ca is not None and not ca.is_file():
+        raise PowerError(f"{name}: {ca} is missing: put its BMC's CA certificate there (roles.yaml names it as bmc.ca)")
     return Redfish(name, bmc.address, username, password, system=bmc.system, ca=ca)
 
 
@@ -49,6 +51,8 @@ def _lab(cluster: Cluster, name: str, roles_file: Path | None) -> Chassis:
         """The lab's own start, as `lab up` booted its VMs (boot.json: pxe or disk), from inside its namespace."""
         if not netns.exists():
             raise PowerError(f"{name}: the lab is down (./inv lab up starts it)")
+        if not lab.disk(host).exists():
+            raise PowerError(f"{name}: the lab has no VM for it yet (no {lab.disk(host)}): ./inv lab up makes it")
         netns.enter()
         try:
             boot = json.loads(lab.boot_record.read_text()).get("boot", vm.PXE)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.lab import procs
+
 USER, PASSWORD = "admin", "kiln-bmc-s3cret"
 
 # ipmi_sim calls it as: chassis DIR get PARM... | set PARM VALUE... (OpenIPMI's ipmi_sim_chassiscontrol contract).
@@ -66,12 +68,7 @@ def running(name: str, argv: list[str], log: Path, ready: Callable[[], bool], ti
             raise RuntimeError(f"{name} exited {process.returncode}:\n{log.read_text(errors='replace')}")
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        procs.stop_pid(process.pid, grace=5)
 
 
 @dataclass
@@ -154,8 +151,11 @@ class Redfish:
 
 
 @contextlib.contextmanager
-def sushy_emulator(directory: Path, *, name: str = "web1", power: str = "Off") -> Iterator[Redfish]:
-    """sushy-emulator --fake on a free port of 127.0.0.1 with HTTP basic auth for USER/PASSWORD and one system."""
+def sushy_emulator(
+    directory: Path, *, name: str = "web1", power: str = "Off", tls: tuple[Path, Path] | None = None
+) -> Iterator[Redfish]:
+    """sushy-emulator --fake on a free port of 127.0.0.1 with HTTP basic auth for USER/PASSWORD and one system;
+    `tls`: (certificate, key) files: HTTPS."""
     import bcrypt
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -168,12 +168,13 @@ def sushy_emulator(directory: Path, *, name: str = "web1", power: str = "Off") -
         f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n"
         f"SUSHY_EMULATOR_STATE_DIR = {str(directory / 'state')!r}\n"
         f"SUSHY_EMULATOR_FAKE_SYSTEMS = [{system!r}]\n"
+        + (f"SUSHY_EMULATOR_SSL_CERT = {str(tls[0])!r}\nSUSHY_EMULATOR_SSL_KEY = {str(tls[1])!r}\n" if tls else "")
     )
     port = free_port()
     emulator = Path(sys.executable).parent / "sushy-emulator"
     argv = [str(emulator), "--config", str(config), "--fake", "-i", "127.0.0.1", "-p", str(port)]
     with running("sushy-emulator", argv, directory / "emulator.log", lambda: _listening(port), 30):
-        yield Redfish(f"http://127.0.0.1:{port}", uuid)
+        yield Redfish(f"{'https' if tls else 'http'}://127.0.0.1:{port}", uuid)
 
 
 def _listening(port: int) -> bool:

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,56 @@ def test_on_with_pxe_then_cycle_then_off_each_confirmed(emulator: Emulator):
     assert control.run(chassis(emulator), "cycle", timeout=30) == "on"
     assert control.run(chassis(emulator), "off", timeout=30) == "off"
     assert system(emulator)["PowerState"] == "Off"
+
+
+def _ca_and_leaf(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate it issued for 127.0.0.1: (ca.pem, leaf.pem, leaf.key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test BMC CA")])
+    ca = (
+        x509.CertificateBuilder(subject_name=ca_name, issuer_name=ca_name, public_key=ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder(
+            subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]),
+            issuer_name=ca_name,
+            public_key=leaf_key.public_key(),
+        )
+        .serial_number(2)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "leaf.pem", directory / "leaf.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key = leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    paths[2].write_bytes(key)
+    return paths
+
+
+def test_https_checks_the_bmcs_certificate_against_the_named_ca(tmp_path: Path):
+    ca, leaf, key = _ca_and_leaf(tmp_path)
+    with sushy_emulator(tmp_path / "redfish", tls=(leaf, key)) as tls:
+        assert tls.url.startswith("https://")
+        assert control.run(Redfish("web1", tls.url, USER, PASSWORD, ca=ca), "status") == "off"
+        untrusted = r"^web1: the BMC at https://.* shows an HTTPS certificate this machine does not trust: .*bmc\.ca$"
+        with pytest.raises(PowerError, match=untrusted):
+            control.run(Redfish("web1", tls.url, USER, PASSWORD), "on")

@@ -176,3 +176,15 @@ def test_doctor_names_each_missing_bmc_login_and_ca(shipped_roles: Path, tmp_pat
         (secrets / name).write_text("[default]\nusername = a\npassword = b\n")
     (secrets / "bmc.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     assert power_lines() == []
+
+
+def test_a_missing_bmc_ca_file_is_named_before_any_bmc_is_called(shipped_roles: Path, tmp_path: Path, capsys):
+    bmc = "{driver: redfish, address: https://10.0.9.21, credentials: bmc_web1, ca: bmc-ca.pem}"
+    roles = tmp_path / "roles.yaml"
+    roles.write_text(with_bmc(shipped_roles, bmc))
+    (tmp_path / "bmc_web1").write_text("[default]\nusername = a\npassword = b\n")
+    assert cli.power(Project(roles=roles), "web1", "status", secrets=str(tmp_path)) == 1
+    assert capsys.readouterr().err == (
+        f"power: web1: {tmp_path / 'bmc-ca.pem'} is missing: put its BMC's CA certificate there "
+        "(roles.yaml names it as bmc.ca)\n"
+    )
