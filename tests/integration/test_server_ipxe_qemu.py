@@ -1,8 +1,10 @@
 """The iPXE scripts in QEMU's own iPXE ROM (Debian's ipxe-qemu, SeaBIOS, TCG): an installed two-NIC host that
 boots from its second NIC, chained by that NIC's MAC to a script that boots its disk through
-`sanboot --no-describe --drive 0x80`; (slow) the same with one NIC, an unknown machine, and the whole PXE install:
-the installer kernel booted with the contract command line, the image's block map and data chunks over HTTP,
-"install" events over HTTPS from busybox wget, then the reboot served a disk boot.
+`sanboot --no-describe --drive 0x80` (or the next drive with a boot sector); (slow) the same with one NIC, an
+unknown machine, and the whole PXE install on a machine with two NICs and two disks: the installer kernel booted
+with the contract command line from the second NIC, the disk the default rule picks (the second), the image's
+block map and data chunks over HTTP, "install" events over HTTPS from busybox wget, then the reboot served a disk
+boot.
 
 The guest reaches the server through QEMU's user networking: 10.0.2.2 is the host's loopback."""
 
