@@ -5,9 +5,11 @@ compiled in. What a host installs is pinned by the sha256 on the kernel command 
 its bundle (with any secrets) comes later over HTTPS with the cluster CA pinned.
 
 Once a host reported step "install" ok, its script boots the local disk with
-`sanboot --no-describe --drive 0x80`: under BIOS (SeaBIOS in QEMU, most physical servers in legacy
-mode) iPXE boots the first hard disk itself, whatever the firmware's boot order says. Under UEFI
-drive 0x80 does not exist, so the script falls back to `exit`, which hands control back to the
+`sanboot --no-describe --drive 0x80 || ... --drive 0x83`: under BIOS (SeaBIOS in QEMU, most physical servers in
+legacy mode) iPXE boots the first hard disk that holds a boot sector itself, whatever the firmware's boot order
+says. The installer's disk rule may have picked the second disk, and a disk with no boot sector fails sanboot, so
+the next one is tried; a disk before it that holds another system's boot sector would still win (docs/server.md).
+Under UEFI no drive 0x80 exists, so the script falls back to `exit`, which hands control back to the
 firmware to boot its next entry (the disk, when network boot comes first in the order).
 """
 
@@ -24,6 +26,7 @@ from kiln.build.manifest import built_for_another
 from kiln.model import Host
 
 RETRY_SECONDS = 30
+BIOS_DISKS = 4  # BIOS drives 0x80.. the disk script tries in turn
 
 
 def chain(base: str) -> str:
@@ -139,7 +142,9 @@ def disk_script(host: Host) -> str:
             [
                 "#!ipxe",
                 _echo(f"kiln: {host.name} is installed, booting from its local disk"),
-                "sanboot --no-describe --drive 0x80 || exit",
+                # the first BIOS disk is not always the one the installer wrote (its disk rule picks any): a disk
+                # without a boot sector fails sanboot, so the next is tried; four, then the firmware's own order
+                " || ".join([*(f"sanboot --no-describe --drive {0x80 + n:#x}" for n in range(BIOS_DISKS)), "exit"]),
             ]
         )
         + "\n"

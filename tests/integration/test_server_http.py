@@ -143,7 +143,8 @@ def test_installed_host_boots_from_its_disk(server: RunningServer) -> None:
     assert host_view(server, "web2")["state"] == "installing"
     assert post(server, "web2", {"step": "install", "status": "ok", "detail": "wrote 4 GiB"}).status_code == 201
     script = httpx.get(f"{server.http_url}/ipxe", params={"mac": "52:54:00:10:00:22"}).text
-    assert "sanboot --no-describe --drive 0x80 || exit" in script
+    assert "sanboot --no-describe --drive 0x80 || sanboot --no-describe --drive 0x81 || " in script
+    assert script.rstrip().endswith("sanboot --no-describe --drive 0x83 || exit")
     assert "kernel" not in script
     # re-armed, the installed host gets the installer again
     done = server.inv("reprovision", "web2", "--roles", str(server.roles), "--database", server.database)

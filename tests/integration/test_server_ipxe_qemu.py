@@ -1,7 +1,10 @@
-"""The iPXE scripts in QEMU's own iPXE ROM (Debian's ipxe-qemu, SeaBIOS, TCG): an installed host chained
-by its MAC to a script that boots its disk through `sanboot --no-describe --drive 0x80`; (slow) an unknown
-machine, and the whole PXE install: the installer kernel booted with the contract command line, the image's
-block map and data chunks over HTTP, "install" events over HTTPS from busybox wget, then the reboot served a disk boot.
+"""The iPXE scripts in QEMU's own iPXE ROM (Debian's ipxe-qemu, SeaBIOS, TCG): an installed two-NIC host that
+boots from its second NIC, chained by that NIC's MAC to a script that boots its disk through
+`sanboot --no-describe --drive 0x80` (or the next drive with a boot sector); (slow) the same with one NIC, an
+unknown machine, and the whole PXE install on a machine with two NICs and two disks: the installer kernel booted
+with the contract command line from the second NIC, the disk the default rule picks (the second), the image's
+block map and data chunks over HTTP, "install" events over HTTPS from busybox wget, then the reboot served a disk
+boot.
 
 The guest reaches the server through QEMU's user networking: 10.0.2.2 is the host's loopback."""
 
@@ -65,8 +68,16 @@ def qemu(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes]
     started: list[subprocess.Popen[bytes]] = []
 
     def start(
-        server: RunningServer, mac: str, disk: Path | None = None, memory: int = 256
+        server: RunningServer,
+        mac: str,
+        disk: Path | None = None,
+        memory: int = 256,
+        first_nic: str | None = None,
+        first_disk: Path | None = None,
     ) -> tuple[subprocess.Popen[bytes], Path]:
+        """`first_nic`: the MAC of another NIC before the boot NIC, on a network of its own with no boot file;
+        the firmware's boot order then names the second NIC (bootindex), as a server set to boot from it.
+        `first_disk`: another disk before `disk`."""
         port = server.http_url.rsplit(":", 1)[1]
         serial = tmp_path / f"serial-{mac.replace(':', '')}.log"
         args = [
@@ -84,13 +95,23 @@ def qemu(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes]
             f"file:{serial}",
             "-boot",
             "order=n",
+        ]
+        if first_nic is not None:
+            args += [
+                "-netdev",
+                "user,id=other,net=10.0.3.0/24",
+                "-device",
+                f"virtio-net-pci,netdev=other,mac={first_nic}",
+            ]
+        args += [
             "-netdev",
             f"user,id=n0,restrict=off,bootfile=http://{GUEST_HOST}:{port}/boot.ipxe",
             "-device",
-            f"virtio-net-pci,netdev=n0,mac={mac}",
+            f"virtio-net-pci,netdev=n0,mac={mac}" + (",bootindex=1" if first_nic is not None else ""),
         ]
-        if disk is not None:
-            args += ["-drive", f"file={disk},format=raw,if=virtio"]
+        for path in (first_disk, disk):
+            if path is not None:
+                args += ["-drive", f"file={path},format=raw,if=virtio"]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started.append(process)
         return process, serial
@@ -134,14 +155,31 @@ def test_unknown_machine_chains_by_its_mac(server: RunningServer, qemu) -> None:
     wait_until(seen, 60, "iPXE to ask for /ipxe?mac=52:54:00:0e:0e:01")
 
 
-def test_installed_host_boots_its_disk_through_sanboot(server: RunningServer, qemu, tmp_path: Path) -> None:
-    installer = {"Authorization": f"Bearer {server.token('web2')}"}  # as its installer reports
+def installed(server: RunningServer, name: str, tmp_path: Path) -> Path:
+    """`name` reported its install ok (as its installer does, with its token); a disk holding our boot sector."""
+    installer = {"Authorization": f"Bearer {server.token(name)}"}
     with server.client(operator=False, headers=installer) as c:
-        assert c.post(f"{server.tls_url}/v1/hosts/web2/events", json={"step": "install", "status": "ok"}).is_success
+        assert c.post(f"{server.tls_url}/v1/hosts/{name}/events", json={"step": "install", "status": "ok"}).is_success
     disk = tmp_path / "disk.raw"
     disk.write_bytes(boot_sector() + b"\0" * (1024 * 1024 - 512))
-    _, serial = qemu(server, "52:54:00:10:00:22", disk)
+    return disk
+
+
+@pytest.mark.slow  # the two-NIC test below boots a disk through sanboot in the quick tier
+def test_installed_host_boots_its_disk_through_sanboot(server: RunningServer, qemu, tmp_path: Path) -> None:
+    _, serial = qemu(server, "52:54:00:10:00:22", installed(server, "web2", tmp_path))
     wait_until(lambda: serial.exists() and MARKER in serial.read_bytes(), 60, "the disk's boot sector to run")
+
+
+def test_a_host_booting_from_its_second_nic_gets_its_own_script(server: RunningServer, qemu, tmp_path: Path) -> None:
+    """iPXE asks by the MAC of the NIC it booted from (${netX/mac}): by the first NIC's (${net0/mac}) this machine
+    would be an unknown machine, told to retry every 30 s, forever."""
+    other = "52:54:00:0e:0e:02"  # the first NIC, on another network: not in roles.yaml
+    _, serial = qemu(server, "52:54:00:10:00:31", installed(server, "app1", tmp_path), first_nic=other)
+    wait_until(lambda: serial.exists() and MARKER in serial.read_bytes(), 60, "app1's disk to boot")
+    with server.client() as c:
+        unknown = c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
+    assert other not in [u["mac"] for u in unknown], "the script was asked for by the first NIC's MAC"
 
 
 def installable_disk(path: Path) -> bytes:
@@ -162,7 +200,9 @@ def installer() -> Path:
 @pytest.mark.slow
 def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: Path, qemu, installer: Path) -> None:
     """The whole PXE path: chain, install script, the real installer kernel with the contract command line,
-    the image over HTTP, "install" events over HTTPS, then the reboot served a disk boot."""
+    the image over HTTP, "install" events over HTTPS, then the reboot served a disk boot. The machine has two NICs
+    and boots from the second; it has two disks and the first is the larger, so the default rule (the smallest
+    usable disk) picks the second: neither "the first NIC" nor "the first disk" would do."""
     tls_port = free_port()
     roles = loopback_roles(tmp_path)
     roles.write_text(roles.read_text().replace("https://127.0.0.1:8443", f"https://{GUEST_HOST}:{tls_port}"))
@@ -181,10 +221,14 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
     (images / "web" / "manifest.json").write_text(json.dumps(manifest))
     target = tmp_path / "target.raw"
     target.write_bytes(b"\0" * len(raw))
+    larger = tmp_path / "larger.raw"
+    larger.write_bytes(b"\0" * 2 * len(raw))
 
     with running_server(tmp_path / "serve", roles=roles, images=images, tls_port=tls_port) as server:
         port = server.http_url.rsplit(":", 1)[1]
-        _, serial = qemu(server, "52:54:00:10:00:21", target, memory=512)
+        _, serial = qemu(
+            server, "52:54:00:10:00:21", target, memory=512, first_nic="52:54:00:0e:0e:03", first_disk=larger
+        )
         wait_until(
             lambda: host(server, "web1")["state"] in ("installing", "failed"), 180, "the installer's first event"
         )
@@ -200,6 +244,7 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
         )
         web1 = host(server, "web1")
         assert web1["state"] != "failed", web1["last_event"]
+        assert b"the disk rule picked /dev/vdb" in serial.read_bytes()
         assert [(e["step"], e["status"]) for e in web1["timeline"]][:3] == [
             ("pxe", "ok"),
             ("install", "start"),
@@ -208,3 +253,4 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
         # the installer rebooted the machine: this time its script boots the disk it wrote
         wait_until(lambda: MARKER in serial.read_bytes(), 120, "the installed disk to boot")
     assert target.read_bytes()[:446] == raw[:446]
+    assert larger.read_bytes() == b"\0" * 2 * len(raw), "the larger disk was not the rule's, nothing was written there"

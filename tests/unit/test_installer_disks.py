@@ -1,5 +1,6 @@
 """The installer's kiln-disks reads sysfs the way lsblk would and its report is what the server's disk rule reads:
-run over a made-up /sys of a server with a SATA SSD, an NVMe disk, a mounted USB stick and RAM disks."""
+run over a made-up /sys of a server with a SATA SSD, two NVMe disks (one behind native multipath), a mounted USB
+stick and RAM disks."""
 
 from __future__ import annotations
 
@@ -51,6 +52,13 @@ def machine(tmp_path: Path) -> tuple[Path, Path]:
     _block(sys, f"{ctrl}/nvme0n1", 7501476528, device="..", wwid="eui.36344630529012340025384500000001\n")
     _write(sys / ctrl / "model", "SAMSUNG MZQL23T8HCLS-00A07               \n")
     _write(sys / ctrl / "serial", "S64HNE0T501234      \n")
+    # native NVMe multipath, Debian's default: the namespace hangs off its subsystem, which links its controller
+    subsys = sys / "devices" / "virtual" / "nvme-subsystem" / "nvme-subsys1"
+    _block(sys, "devices/virtual/nvme-subsystem/nvme-subsys1/nvme1n1", 7501476528, wwid="eui.0025384500000002\n")
+    _write(subsys / "model", "SAMSUNG MZQL23T8HCLS-00A07\n")
+    _write(subsys / "serial", "S64HNE0T509999\n")
+    (sys / "devices/pci0000:d7/0000:d7:00.0/0000:d8:00.0/nvme/nvme1").mkdir(parents=True)
+    (subsys / "nvme1").symlink_to("../../../pci0000:d7/0000:d7:00.0/0000:d8:00.0/nvme/nvme1")
     usb = "devices/pci0000:00/0000:00:14.0/usb1/1-4/1-4:1.0/host6/target6:0:0/6:0:0:0"
     _block(sys, f"{usb}/block/sdc", 30031250, removable=1, device="../..")
     _write(sys / usb / "model", 'Ultra "Fit"\n')  # a quote would break the JSON: dropped
@@ -88,6 +96,11 @@ def test_what_the_installer_reports_is_lsblk_shaped_and_the_rule_reads_it(machin
         "S64HNE0T501234",
         "eui.36344630529012340025384500000001",
     )
+    assert (by_name["nvme1n1"]["model"], by_name["nvme1n1"]["serial"], by_name["nvme1n1"]["devpath"]) == (
+        "SAMSUNG MZQL23T8HCLS-00A07",
+        "S64HNE0T509999",
+        "/devices/pci0000:d7/0000:d7:00.0/0000:d8:00.0/nvme/nvme1/nvme1n1",
+    )
     assert (by_name["sdc"]["rm"], by_name["sdc"]["model"], by_name["sdc"]["mountpoints"]) == (
         True,
         "Ultra Fit",
@@ -98,6 +111,7 @@ def test_what_the_installer_reports_is_lsblk_shaped_and_the_rule_reads_it(machin
     disks = {d.name: d for d in disks_from_installer(report)}
     assert disks["sda"].by_path == ("pci-0000:00:17.0-ata-2", "pci-0000:00:17.0-ata-2.0")
     assert disks["nvme0n1"].by_path == ("pci-0000:5e:00.0-nvme-1",)
+    assert disks["nvme1n1"].by_path == ("pci-0000:d8:00.0-nvme-1",)
     assert choose(list(disks.values()), DiskRule(), 2 << 30).name == "sda"
     assert choose(list(disks.values()), DiskRule(path="pci-0000:5e:00.0-nvme-*"), 2 << 30).name == "nvme0n1"
     assert choose(list(disks.values()), DiskRule(wwn="0x5002538e40a1b2c3"), 2 << 30).name == "sda"
