@@ -32,8 +32,12 @@ class Qmp:
             sock.close()
             raise QmpError(f"{self.path}: {e.strerror or e}") from None
         self._sock = sock
-        self._read()  # the greeting
-        self.command("qmp_capabilities")
+        try:
+            self._read()  # the greeting
+            self.command("qmp_capabilities")
+        except BaseException:  # __exit__ is not called when __enter__ fails: the socket would be left open
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -60,7 +64,10 @@ class Qmp:
         message: dict[str, Any] = {"execute": name}
         if arguments:
             message["arguments"] = arguments
-        self._sock.sendall(json.dumps(message).encode() + b"\n")
+        try:
+            self._sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError as e:  # QEMU exiting (quit, a power-off) closes the socket under an open session
+            raise QmpError(f"{self.path}: QEMU closed the connection ({e.strerror or e})") from None
         while True:
             reply = self._read()
             if "event" in reply:

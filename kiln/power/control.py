@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from kiln.power.chassis import OFF, ON, Chassis, NotConfirmed, State
+from kiln.power.chassis import OFF, ON, Chassis, NotConfirmed, State, Unreachable
 
 ACTIONS = ("on", "off", "cycle", "status")
 CONFIRM_TIMEOUT = 60.0  # seconds a BMC gets to report the new state: real ones take a few, some up to 30
@@ -53,10 +53,18 @@ def run(
 
 
 def confirm(chassis: Chassis, want: State, timeout: float) -> None:
-    """Poll the chassis until it reports `want`; NotConfirmed after `timeout` seconds."""
+    """Poll the chassis until it reports `want`; NotConfirmed after `timeout` seconds. A BMC that does not answer
+    one poll is asked again: one busy with the change it was just told (QEMU exiting on quit closes its socket under
+    the next status) is not a failure until the deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        seen = chassis.status()
+        try:
+            seen = chassis.status()
+        except Unreachable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(POLL)
+            continue
         if seen == want:
             return
         if time.monotonic() >= deadline:
