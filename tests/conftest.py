@@ -29,3 +29,13 @@ def secret_store(tmp_path_factory: pytest.TempPathFactory, cluster: Cluster) -> 
     store = SecretStore(tmp_path_factory.mktemp("secrets") / "secrets")
     store.ensure(cluster)
     return store
+
+
+@pytest.fixture(scope="session")
+def images() -> Path:
+    """images/ with every role image and the PXE installer built (./inv build-all: a no-op taking seconds when they
+    are up to date). A fixture, not a skip decided at collection: on a fresh clone, as in CI, nothing is built yet
+    when the tests are collected."""
+    from tests.e2e.image_helpers import build_all_images  # the image build's imports stay out of the quick tier's
+
+    return build_all_images()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiln.build.imagefs import mounted
-from tests.e2e.image_helpers import GUEST_MAC, ROLES, Vm, booted_root, build_all_images, journal, overlay
+from tests.e2e.image_helpers import GUEST_MAC, ROLES, Vm, booted_root, journal, overlay
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +28,6 @@ ROLE_SERVICES = {
     "app": ("kiln-app", "prometheus-node-exporter"),
     "db": ("mariadb", "prometheus-mysqld-exporter", "prometheus-node-exporter"),
 }
-
-
-@pytest.fixture(scope="session")
-def images() -> Path:
-    return build_all_images()
 
 
 @dataclass

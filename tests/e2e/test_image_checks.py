@@ -14,7 +14,7 @@ import pytest
 
 from kiln.build.imagefs import mounted
 from kiln.secrets import PASSWORDS, SecretStore
-from tests.e2e.image_helpers import ROLES, build_all_images
+from tests.e2e.image_helpers import ROLES
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +65,6 @@ LISTENERS = {
     "app": (),
     "db": ("mariadb", "prometheus-mysqld-exporter"),
 }
-
-
-@pytest.fixture(scope="module")
-def images() -> Path:
-    return build_all_images()
 
 
 @pytest.fixture(scope="module", params=ROLES)

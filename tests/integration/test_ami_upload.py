@@ -41,7 +41,6 @@ from kiln.aws.bootmode import NotBootable
 from kiln.aws.calls import RetryPolicy
 from kiln.aws.cli import make_clients
 from kiln.aws.image import locate
-from tests.e2e.image_helpers import build_all_images
 from tests.moto_server import DUMMY_ENV, moto_server
 from tests.testdisk import write_test_disk
 
@@ -511,17 +510,9 @@ def test_a_disk_ec2_cannot_boot_is_refused_before_any_aws_call(tmp_path, proxy):
     assert proxy.log == []
 
 
-@pytest.fixture(scope="module")
-def built_images() -> list[Path]:
-    """The role images (built first when not up to date: a skip decided when the tests are collected, before any
-    image is built, never ran this test on a fresh clone, as in CI)."""
-    images = build_all_images()
-    return sorted(p for p in images.glob("*/*.raw") if p.stem == p.parent.name and p.stem != "installer")
-
-
 @pytest.mark.slow
-def test_a_built_role_image_uploads_block_for_block(moto_url, direct, built_images):
-    raw = built_images[0]
+def test_a_built_role_image_uploads_block_for_block(moto_url, direct, images: Path):
+    raw = sorted(p for p in images.glob("*/*.raw") if p.stem == p.parent.name and p.stem != "installer")[0]
     image = locate(raw.parent.parent, raw.stem)
     clients = make_clients(REGION, moto_url, workers=16)
 

@@ -23,7 +23,6 @@ import pytest
 
 from kiln import blockmap
 from kiln.run import run
-from tests.e2e.image_helpers import build_all_images
 from tests.integration.kiln_server import RunningServer, loopback_roles, running_server
 
 pytestmark = [
@@ -190,15 +189,8 @@ def installable_disk(path: Path) -> bytes:
     return path.read_bytes()
 
 
-@pytest.fixture(scope="module")
-def installer() -> Path:
-    """The built PXE installer (./inv build-all first when not up to date: a skip decided at collection, before
-    any image is built, never ran this test on a fresh clone, as in CI)."""
-    return build_all_images() / "installer"
-
-
 @pytest.mark.slow
-def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: Path, qemu, installer: Path) -> None:
+def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: Path, qemu, images: Path) -> None:
     """The whole PXE path: chain, install script, the real installer kernel with the contract command line,
     the image over HTTP, "install" events over HTTPS, then the reboot served a disk boot. The machine has two NICs
     and boots from the second; it has two disks and the first is the larger, so the default rule (the smallest
@@ -206,25 +198,25 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
     tls_port = free_port()
     roles = loopback_roles(tmp_path)
     roles.write_text(roles.read_text().replace("https://127.0.0.1:8443", f"https://{GUEST_HOST}:{tls_port}"))
-    images = tmp_path / "images"
-    (images / "installer").mkdir(parents=True)
+    served = tmp_path / "images"
+    (served / "installer").mkdir(parents=True)
     for name in ("vmlinuz", "initrd.img"):
-        shutil.copyfile(installer / name, images / "installer" / name)
-    (images / "web").mkdir()
-    raw = installable_disk(images / "web" / "web.raw")
-    block_map = blockmap.write(images / "web" / "web.raw", images / "web" / "web.map")  # as the build does
+        shutil.copyfile(images / "installer" / name, served / "installer" / name)
+    (served / "web").mkdir()
+    raw = installable_disk(served / "web" / "web.raw")
+    block_map = blockmap.write(served / "web" / "web.raw", served / "web" / "web.map")  # as the build does
     manifest = {
         "role": "web",
         "files": {"web.raw": {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}},
         "blockmap": block_map.manifest_entry("web.map"),
     }
-    (images / "web" / "manifest.json").write_text(json.dumps(manifest))
+    (served / "web" / "manifest.json").write_text(json.dumps(manifest))
     target = tmp_path / "target.raw"
     target.write_bytes(b"\0" * len(raw))
     larger = tmp_path / "larger.raw"
     larger.write_bytes(b"\0" * 2 * len(raw))
 
-    with running_server(tmp_path / "serve", roles=roles, images=images, tls_port=tls_port) as server:
+    with running_server(tmp_path / "serve", roles=roles, images=served, tls_port=tls_port) as server:
         port = server.http_url.rsplit(":", 1)[1]
         _, serial = qemu(
             server, "52:54:00:10:00:21", target, memory=512, first_nic="52:54:00:0e:0e:03", first_disk=larger
