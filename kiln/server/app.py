@@ -195,6 +195,14 @@ def _json_only(request: Request, action: str) -> Response | None:
     return _error(415, "the body must be application/json")
 
 
+async def _json_body(request: Request, limit: int, action: str, rate: str | None) -> bytes | Response:
+    """A posted JSON body, or the answer refusing it: not JSON (415), too fast for the peer address or for `rate`
+    (a host name, or a client's own bucket; 429), over `limit` bytes (413)."""
+    p: Provisioner = request.app.state.provisioner
+    wrong = _json_only(request, action) or _throttled(p, request, rate, action)
+    return wrong if wrong is not None else await _body(request, limit, action)
+
+
 def _ipxe(text: str, status: int = 200) -> PlainTextResponse:
     return PlainTextResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
 
@@ -291,10 +299,7 @@ async def enrol(request: Request) -> Response:
     """POST /v1/enrol: Bearer ENROLMENT_TOKEN, {"host_key": BASE64, "macs": [...]} -> the signed bundle with its
     secrets. Binds the host key; the same token and key again is a retry after a lost response."""
     p: Provisioner = request.app.state.provisioner
-    wrong = _json_only(request, "enrol") or _throttled(p, request, None, "enrol")
-    if wrong is not None:
-        return wrong
-    body = await _body(request, ENROL_BYTES, "enrol")
+    body = await _json_body(request, ENROL_BYTES, "enrol", None)
     if isinstance(body, Response):
         return body
     try:
@@ -433,19 +438,11 @@ def _shown(detail: str | None) -> str:
     return ": " + (text if len(text) <= LOGGED_DETAIL else text[:LOGGED_DETAIL] + "…")
 
 
-async def _host_body(request: Request, name: str, limit: int, action: str) -> bytes | Response:
-    """The JSON body a host posts about itself (NAME), or the answer refusing it: not JSON (415), too fast (429),
-    too large (413)."""
-    p: Provisioner = request.app.state.provisioner
-    wrong = _json_only(request, action) or _throttled(p, request, name[:64], action)
-    return wrong if wrong is not None else await _body(request, limit, action)
-
-
 async def post_event(request: Request) -> Response:
     """POST /v1/hosts/NAME/events: from NAME itself (its host key, or before it has one its enrolment token)."""
     p: Provisioner = request.app.state.provisioner
     name = request.path_params["name"]
-    body = await _host_body(request, name, MAX_EVENT_BYTES, "event")
+    body = await _json_body(request, MAX_EVENT_BYTES, "event", name[:64])
     if isinstance(body, Response):
         return body
     by_key = request.headers.get("authorization", "").startswith(hostauth.SCHEME + " ")
@@ -473,7 +470,7 @@ async def install_disk(request: Request) -> Response:
     `disk /dev/sdb` when NAME's disk rule picks exactly one disk, else `refuse WHY`, WHY naming every disk seen."""
     p: Provisioner = request.app.state.provisioner
     name = request.path_params["name"]
-    body = await _host_body(request, name, DISKS_BYTES, "disk")
+    body = await _json_body(request, DISKS_BYTES, "disk", name[:64])
     if isinstance(body, Response):
         return body
     try:
@@ -613,10 +610,7 @@ async def _db_report(request: Request, action: str, parse: Any) -> Any:
     refused = await _operator_only(p, request, action)
     if refused is not None:
         return refused
-    wrong = _json_only(request, action) or _throttled(p, request, DB_REPORTER, action)
-    if wrong is not None:
-        return wrong
-    body = await _body(request, DB_BODY_BYTES, action)
+    body = await _json_body(request, DB_BODY_BYTES, action, DB_REPORTER)
     if isinstance(body, Response):
         return body
     try:
@@ -684,10 +678,7 @@ async def _notified(p: Provisioner, request: Request) -> Response:
         p.authority.alertmanager(request)
     except Denied as e:
         return await _refused(p, request, "alerts", e, None)
-    wrong = _json_only(request, "alerts") or _throttled(p, request, ALERTMANAGER, "alerts")
-    if wrong is not None:
-        return wrong
-    body = await _body(request, ALERTS_BODY_BYTES, "alerts")
+    body = await _json_body(request, ALERTS_BODY_BYTES, "alerts", ALERTMANAGER)
     if isinstance(body, Response):
         return body
     try:
