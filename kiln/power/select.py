@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from kiln.model import BmcDriver, Cluster
@@ -40,7 +39,7 @@ def chassis(cluster: Cluster, name: str, secrets: SecretStore, *, roles_file: Pa
 
 
 def _lab(cluster: Cluster, name: str, roles_file: Path | None) -> Chassis:
-    from kiln.lab import netns, vm
+    from kiln.lab import lifecycle, netns, vm
     from kiln.lab.layout import Lab
     from kiln.power.lab import LabVm
 
@@ -54,10 +53,6 @@ def _lab(cluster: Cluster, name: str, roles_file: Path | None) -> Chassis:
         if not lab.disk(host).exists():
             raise PowerError(f"{name}: the lab has no VM for it yet (no {lab.disk(host)}): ./inv lab up makes it")
         netns.enter()
-        try:
-            boot = json.loads(lab.boot_record.read_text()).get("boot", vm.PXE)
-        except (OSError, ValueError):
-            boot = vm.PXE
-        vm.start(lab, host, boot, pxe_once=pxe_once)
+        vm.start(lab, host, lifecycle.boot_mode(lab), pxe_once=pxe_once)
 
     return LabVm(name, lab.qmp(host), start, running=lambda: vm.running(lab, host))
