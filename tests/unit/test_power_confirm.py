@@ -41,7 +41,7 @@ def closing_qmp(path: Path, greetings: int) -> threading.Thread:
 def test_a_socket_closed_under_a_command_is_a_qmp_error_not_a_broken_pipe(tmp_path: Path) -> None:
     path = tmp_path / "vm.qmp"
     closing_qmp(path, greetings=1)
-    with pytest.raises(QmpError, match="closed the connection"):
+    with pytest.raises(QmpError):  # "closed the connection", or a reset when the close races the send
         with Qmp(path, timeout=5) as q:
             q.command("query-status")
 
