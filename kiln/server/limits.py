@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_HEAD_BYTES = 16 * 1024
@@ -46,7 +47,10 @@ class GuardedH11(H11Protocol):
         self._arm()
 
     def _awaiting_head(self) -> bool:
-        return self.cycle is None or self.cycle.response_complete
+        # Not while the client still sends a body: one the app answered before reading it (a 413) is drained by
+        # uvicorn as body, under the head deadline, and its bytes are no head (counting them answered the next
+        # request on the connection 431).
+        return self.conn.their_state is not h11.SEND_BODY and (self.cycle is None or self.cycle.response_complete)
 
     def data_received(self, data: bytes) -> None:
         if self._awaiting_head():

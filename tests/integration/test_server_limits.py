@@ -30,13 +30,22 @@ async def _hello(request: object) -> PlainTextResponse:
     return PlainTextResponse("hello\n")
 
 
+async def _refuse(request: object) -> PlainTextResponse:
+    return PlainTextResponse("too large\n", status_code=413)  # answered before the body is read, as kiln's _body
+
+
 @pytest.fixture()
 def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
     """uvicorn with kiln's limits (a 1 s head deadline, 1 s idle timeout) on a loopback port, in a thread."""
     monkeypatch.setattr(limits, "HEADER_TIMEOUT", 1.0)
     settings = {**limits.uvicorn_limits(), "timeout_keep_alive": 1}
     sock = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(Starlette(routes=[Route("/", _hello)]), lifespan="off", log_level="critical", **settings)
+    config = uvicorn.Config(
+        Starlette(routes=[Route("/", _hello), Route("/refuse", _refuse, methods=["POST"])]),
+        lifespan="off",
+        log_level="critical",
+        **settings,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve([sock])), daemon=True)
     thread.start()
@@ -141,3 +150,33 @@ def test_the_limits_are_what_the_server_runs_with(server: RunningServer, tmp_pat
     with server.client() as c:
         assert c.get(f"{server.tls_url}/v1/hosts", headers=big).status_code == 431
         assert c.get(f"{server.tls_url}/v1/hosts").status_code == 200
+
+
+def _responses(s: socket.socket, count: int, seconds: float = 5) -> list[bytes]:
+    """The status lines of the next `count` responses on `s` (fewer if the server closes first)."""
+    s.settimeout(seconds)
+    data = b""
+    try:
+        while data.count(b"HTTP/1.1 ") < count and (chunk := s.recv(65536)):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return [b"HTTP/1.1 " + part.split(b"\r\n", 1)[0] for part in data.split(b"HTTP/1.1 ")[1:]]
+
+
+def test_a_body_refused_before_it_is_read_is_not_taken_for_the_next_head(guarded: tuple[str, int]) -> None:
+    """The rest of a refused body is drained as body, not counted as the next request's head (which once answered
+    the next request on a kept-alive connection 431)."""
+    body = b"x" * 200_000  # over MAX_HEAD_BYTES many times
+    with socket.create_connection(guarded) as s:
+        s.sendall(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _responses(s, 2) == [b"HTTP/1.1 413 Request Entity Too Large", b"HTTP/1.1 200 OK"]
+
+
+def test_a_refused_body_that_never_ends_is_cut_off(guarded: tuple[str, int]) -> None:
+    with socket.create_connection(guarded) as s:
+        s.sendall(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 1000)
+        assert _responses(s, 1) == [b"HTTP/1.1 413 Request Entity Too Large"]
+        s.sendall(b"x" * 1000)  # ... and the rest never comes
+        assert _closed_within(s, 5) is not None
