@@ -4,6 +4,7 @@ password hashes, services listening before first boot)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -117,6 +118,8 @@ def test_sysctl_and_modules(image: tuple[str, Path]) -> None:
         assert f"install {module} /bin/false" in blacklist
     aide_db = root / "var/lib/aide/aide.db"  # the baseline: the image as built
     assert aide_db.stat().st_size > 100_000 and aide_db.stat().st_mode & 0o077 == 0
+    spec = next(line for line in gzip.open(aide_db, "rt") if line.startswith("@@db_spec")).split()
+    assert "sha512" in spec and not {"md5", "sha1", "crc32", "whirlpool"} & set(spec), spec  # one strong hash
     coredump = (root / "etc/systemd/coredump.conf.d/90-kiln-nocore.conf").read_text()
     assert "Storage=none" in coredump and "ProcessSizeMax=0" in coredump
     assert "ulimit -c 0" in (root / "etc/profile.d/kiln-umask.sh").read_text()
