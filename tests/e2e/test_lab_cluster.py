@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import testinfra
 
 from kiln.lab import client
 from kiln.lab.layout import OUTSIDE, Lab
@@ -25,6 +24,7 @@ from kiln.project import Project
 from kiln.render import Renderer
 from kiln.roles import app, db, lb, web
 from kiln.roles.context import NODE_EXPORTER_PORT
+from tests.e2e.lab_hosts import root_hosts
 
 pytestmark = [
     pytest.mark.slow,
@@ -54,10 +54,13 @@ def ssh_config(lab: Lab) -> str:
 
 
 @pytest.fixture(scope="session")
-def hosts(ssh_config: str) -> dict[str, Any]:
-    """Every host as testinfra reaches it: logged in as the admin account, each command as root through sudo
-    (testinfra's `sudo /bin/sh -c`; the account's sudo never asks for a password)."""
-    return {name: testinfra.get_host(f"ssh://{name}", ssh_config=ssh_config, sudo=True) for name in HOSTS}
+def hosts(ssh_config: str) -> Iterator[dict[str, Any]]:
+    """Every host as testinfra reaches it: logged in as the admin account, each command as root in one `sudo -n sh`
+    kept per host (tests/e2e/lab_hosts.py; the account's sudo never asks for a password)."""
+    reached = root_hosts(ssh_config, HOSTS)
+    yield reached
+    for host in reached.values():
+        host.backend.shell.close()
 
 
 def _get(lab: Lab, path: str = "/", **kw: Any):
