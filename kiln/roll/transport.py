@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,7 +64,7 @@ class Ssh:
 class Local:
     """ARGV on this machine (tests: the agent against a local haproxy); `per_host` adds arguments for a host."""
 
-    per_host: dict[str, tuple[str, ...]]
+    per_host: Mapping[str, Sequence[str]]
     prefix: tuple[str, ...] = ()
 
     def run(self, host: Host, argv: Sequence[str], timeout: float) -> Ran:

@@ -181,3 +181,27 @@ def test_an_unknown_server_and_a_missing_socket_are_named(proxy: Proxy, tmp_path
         text=True,
     )
     assert gone.returncode == 1 and "none.sock" in gone.stderr and "is haproxy running?" in gone.stderr
+
+
+def test_the_operator_side_drains_on_every_lb_and_names_the_one_that_fails(proxy: Proxy, tmp_path: Path) -> None:
+    """kiln.roll.runtime through the Local transport (SSH's stand-in here): lb1 and lb2 share the real HAProxy,
+    lb3's socket is missing."""
+    from ipaddress import IPv4Address
+
+    from kiln.model import Host
+    from kiln.roll.runtime import Haproxies, RuntimeFailed
+    from kiln.roll.transport import Local
+
+    lbs = [Host(n, "lb", f"52:54:00:00:00:0{i}", IPv4Address(f"127.0.0.{i}")) for i, n in enumerate(["lb1", "lb2"], 1)]
+    socket_of = {"lb1": ("--socket", str(proxy.sock)), "lb2": ("--socket", str(proxy.sock))}
+    agent = (sys.executable, "-m", "firstboot", "haproxy")
+    both = Haproxies(Local(socket_of), lbs, agent=agent)
+    both.drain("web1", timeout=10)
+    assert both.up_everywhere() == {"web2"}
+    both.ready("web1", timeout=10)
+    assert both.up_everywhere() == {"web1", "web2"}
+
+    broken = Haproxies(Local({**socket_of, "lb2": ("--socket", str(tmp_path / "gone.sock"))}), lbs, agent=agent)
+    with pytest.raises(RuntimeFailed, match=r"web2: on lb2: .*gone.sock.*is haproxy running\?"):
+        broken.drain("web2", timeout=10)
+    assert proxy.status("web2")["status"] == "MAINT"  # lb1 drained it before lb2 failed: out of rotation
