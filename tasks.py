@@ -266,8 +266,7 @@ def roll(
     drain_timeout=30.0,
     roles=None,
 ):
-    """Update ROLE's hosts to the current image and bundle one batch at a time (drain, re-arm, PXE, join, ready);
-    run it again to resume."""
+    """Update ROLE's hosts one batch at a time: drain, re-arm, PXE, join, back in rotation; run again to resume."""
     from kiln.roll.cli import roll as run_roll
 
     only = [h for h in hosts.split(",") if h]
