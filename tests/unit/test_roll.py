@@ -7,12 +7,15 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kiln.model import Cluster, DbRole
-from kiln.roll import plan, state, steps
+from kiln.roll import hostops, plan, state, steps
+from kiln.roll.runtime import Haproxies
 from kiln.roll.steps import Phase
+from kiln.roll.transport import Local
 
 
 def test_db_replicas_roll_first_and_the_primary_last(cluster: Cluster) -> None:
@@ -153,3 +156,44 @@ def test_a_finished_roll_makes_way_for_a_new_one_keeping_its_times(tmp_path: Pat
     path.write_text("{}")
     with pytest.raises(state.StateError, match="not a roll state"):
         state.load(path)
+
+
+def _world(cluster: Cluster, switched: list[str]) -> hostops.World:
+    """Phases are only built here, never run, except the db primary's switchover (recorded)."""
+
+    def never(*_: object) -> Any:
+        raise AssertionError("a phase ran that the test did not run")
+
+    return hostops.World(
+        cluster=cluster,
+        transport=Local({}),
+        haproxies=Haproxies(Local({}), cluster.by_role("lb")),
+        rearm=never,
+        power_pxe=never,
+        host_state=never,
+        switchover=switched.append,
+        forget_host_key=never,
+    )
+
+
+def test_each_role_gets_its_phases(cluster: Cluster) -> None:
+    w = _world(cluster, [])
+
+    def names(host: str, mode: str) -> list[str]:
+        return [p.name for p in hostops.phases(w, cluster.host(host), mode)]
+
+    assert names("web1", state.IMAGE) == ["drain", "rearm", "power", "install", "health", "ready"]
+    assert names("lb1", state.IMAGE) == ["vip away", "rearm", "power", "install", "health"]
+    assert names("app1", state.REBOOT) == ["reboot", "health"]
+    assert names("web2", state.REBOOT) == ["drain", "reboot", "health", "ready"]
+
+
+def test_the_db_primary_is_switched_over_and_the_roll_says_what_to_change(cluster: Cluster) -> None:
+    switched: list[str] = []
+    w = _world(cluster, switched)
+    with pytest.raises(hostops.HostError, match=r"db1: the db primary is not rebooted by a roll: ./inv db switchover"):
+        hostops.phases(w, cluster.host("db1"), state.REBOOT)
+    [handover] = hostops.phases(w, cluster.host("db1"), state.IMAGE)
+    with pytest.raises(hostops.HostError, match="db1: switched over, db2 is the primary now; set db_role"):
+        handover.act()
+    assert switched == ["db2"]
