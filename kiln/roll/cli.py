@@ -167,7 +167,8 @@ def roll(
             outcome = steps.roll(job, view)
     finally:
         tally = probing.stop() if probing else None
-    console.print(summary({h: run.hosts[h].seconds for h in outcome.rolled}, tally))
+    if outcome.rolled or tally is not None:
+        console.print(summary({h: run.hosts[h].seconds for h in outcome.rolled}, tally))
     flag = " --reboot-only" if reboot_only else ""
     again = f"./inv roll --role {role}{flag}{' --lab' if lab else ''}"
     if outcome.refused:
@@ -187,4 +188,4 @@ def roll(
 
 def _resumable(path: Path, role: str, mode: str) -> bool:
     old = state.load(path)
-    return old is not None and not old.finished() and (old.role, old.mode) == (role, mode)
+    return old is not None and not old.finished() and (old.role, old.mode) == (role, mode) and old.touched()

@@ -44,6 +44,10 @@ class RollState:
     def finished(self) -> bool:
         return all(r.status == DONE for r in self.hosts.values())
 
+    def touched(self) -> bool:
+        """Whether any host began (a roll refused before its first batch touched nothing)."""
+        return any(r.status != PENDING for r in self.hosts.values())
+
     def remaining(self) -> list[list[str]]:
         """The batches with a host not done yet, in order (a failed host first in line again)."""
         return [b for b in self.batches if any(self.hosts[h].status != DONE for h in b)]
@@ -82,9 +86,9 @@ def save(path: Path, state: RollState) -> None:
 def begin(path: Path, role: str, mode: str, batches: list[list[str]]) -> tuple[RollState, bool]:
     """The state this run works from and whether it resumes one: the unfinished roll of the same role and mode in
     PATH (its hosts and batches, not `batches`), else a fresh one keeping the last run's timings. StateError when
-    an unfinished roll of another role or mode is there: finish it first."""
+    an unfinished roll of another role or mode that touched a host is there: finish it first."""
     old = load(path)
-    if old is not None and not old.finished():
+    if old is not None and not old.finished() and ((old.role, old.mode) == (role, mode) or old.touched()):
         if (old.role, old.mode) != (role, mode):
             flag = " --reboot-only" if old.mode == REBOOT else ""
             left = ", ".join(h for b in old.remaining() for h in b)

@@ -90,7 +90,10 @@ def roll(job: Job, view: View) -> Outcome:
     for batch in job.state.remaining():
         todo = [h for h in batch if job.state.hosts[h].status != st.DONE]
         if not job.allow_outage:
-            why = refusal(job.state.role, job.tier, todo, job.healthy())
+            try:
+                why = refusal(job.state.role, job.tier, todo, job.healthy())
+            except Exception as e:  # no answer is no proof the tier stays up: refuse, naming what did not answer
+                why = f"cannot tell whether the {job.state.role} tier stays healthy without {', '.join(todo)}: {e}"
             if why:
                 outcome.refused = why
                 return outcome

@@ -121,6 +121,17 @@ def test_the_refusal_touches_nothing_and_allow_outage_rolls_anyway(tmp_path: Pat
     outcome = steps.roll(j, rec)
     assert outcome.refused is not None and outcome.refused.startswith("web1: rolling it would leave no healthy")
     assert rec.acts == []
+
+    def unreachable() -> set[str]:
+        raise RuntimeError("show: cannot reach lb2 over SSH: Connection timed out")
+
+    j.healthy = unreachable
+    outcome = steps.roll(j, rec)
+    assert outcome.refused == (
+        "cannot tell whether the web tier stays healthy without web1: show: cannot reach lb2 over SSH: "
+        "Connection timed out"
+    )
+    assert rec.acts == []
     j.allow_outage = True
     assert steps.roll(j, rec).ok and {h for h, _ in rec.acts} == {"web1", "web2"}
 
@@ -143,6 +154,9 @@ def test_an_unfinished_roll_of_another_tier_is_named_and_a_host_stopped_midway_s
         state.begin(path, "web", state.REBOOT, [["web1"]])
     resumed, again = state.begin(path, "web", state.IMAGE, [["web2"]])
     assert again and resumed.hosts["web1"].status == state.PENDING
+    state.save(path, resumed)  # nothing begun (a refused roll): another tier's roll may start
+    other, again = state.begin(path, "app", state.IMAGE, [["app1"]])
+    assert not again and list(other.hosts) == ["app1"]
 
 
 def test_a_finished_roll_makes_way_for_a_new_one_keeping_its_times(tmp_path: Path) -> None:
