@@ -129,7 +129,11 @@ def roll(
     except (plan.PlanError, ValueError) as e:
         _err(str(e))
         return 2
-    transport = transport_for(cluster, lab=lab, roles_file=project.roles_path.resolve() if project.roles else None)
+    try:
+        transport = transport_for(cluster, lab=lab, roles_file=project.roles_path.resolve() if project.roles else None)
+    except RuntimeError as e:  # the lab is down
+        _err(str(e))
+        return 1
     w = world(project, cluster, transport, lab=lab, database=database)
     w.timeouts = hostops.Timeouts(drain=drain_timeout)
     batches = [list(b) for b in planned.batches]
