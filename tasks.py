@@ -239,6 +239,42 @@ def power(c, host, action, pxe=False, roles=None, secrets=None, timeout=60.0):
     _exit(run_power(Project(roles=roles), host, action, pxe=pxe, secrets=secrets, timeout=float(timeout)))
 
 
+@task(
+    help={
+        "role": "the tier to roll: lb, web, app or db (required)",
+        "hosts": "only these hosts of the role, comma-separated (default: all of them)",
+        "batch": "hosts rolled side by side (default 1; lb and db always 1)",
+        "reboot_only": "no reinstall: drain and reboot the hosts that ask for it (/run/reboot-required), one at a time",
+        "allow_outage": "roll even the last healthy host of the tier",
+        "probe": "a URL (the VIP) requested in a loop while rolling; the summary counts the failed requests",
+        "lab": "reach the lab's hosts from inside its network namespace, with its SSH key",
+        "database": "reprovision's state database URL (as for serve)",
+        "drain_timeout": "seconds each LB waits for a web server's open sessions to finish (default 30)",
+        "roles": "roles.yaml of the cluster (default: the shipped one)",
+    }
+)
+def roll(
+    c,
+    role,
+    hosts="",
+    batch=1,
+    reboot_only=False,
+    allow_outage=False,
+    probe=None,
+    lab=False,
+    database=None,
+    drain_timeout=30.0,
+    roles=None,
+):
+    """Update ROLE's hosts one batch at a time: drain, re-arm, PXE, join, back in rotation; run again to resume."""
+    from kiln.roll.cli import roll as run_roll
+
+    only = [h for h in hosts.split(",") if h]
+    options = {"reboot_only": reboot_only, "allow_outage": allow_outage, "probe": probe, "lab": lab}
+    options.update(database=database, drain_timeout=float(drain_timeout))
+    _exit(run_roll(Project(roles=roles), role, hosts=only, batch=int(batch), **options))
+
+
 @task(help={"force": "freeze again even when the agent's sources did not change"})
 def freeze(c, force=False):
     """Freeze the first-boot agent with PyInstaller (onedir) into images/firstboot/, when its sources changed."""
@@ -319,6 +355,7 @@ ns = Collection(
     apply,
     hosts,
     power,
+    roll,
     test,
     bench,
     upload_ami,

@@ -1,5 +1,5 @@
 """firstboot run | converge [--once] | status [--json] [--wait [--timeout S]] | apply --bundle FILE --root DIR
-[--no-services] | db-guard --config FILE | --version"""
+[--no-services] | db-guard --config FILE | haproxy show|drain|ready [SERVER] | --version"""
 
 from __future__ import annotations
 
@@ -98,6 +98,21 @@ def parser() -> argparse.ArgumentParser:
     )
     guard.add_argument("--config", type=Path, default=Path("/etc/kiln/db-guard.json"))
     guard.add_argument("--db-socket", default="/run/mysqld/mysqld.sock")
+
+    hap = sub.add_parser(
+        "haproxy",
+        help="on a load balancer: show the servers, drain one out of rotation, or return it (./inv roll)",
+        description="HAProxy's runtime API through its admin socket. drain: no new sessions to SERVER, wait until "
+        "its open ones finish (at most --timeout), then maint. ready: back in rotation, wait until its checks pass.",
+        epilog="exit codes: 0 done, 1 failed (no such server, no socket, refused), 2 usage error, "
+        "3 the --timeout ran out (drain: left draining; ready: in rotation, not UP yet)",
+    )
+    hap.add_argument("action", choices=("show", "drain", "ready"))
+    hap.add_argument("server", nargs="?", help="drain, ready: the server, by its host name (e.g. web1)")
+    hap.add_argument("--backend", default="web_pool")
+    hap.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="seconds to wait (default 30)")
+    hap.add_argument("--socket", default="/run/haproxy/admin.sock", help=argparse.SUPPRESS)
+    hap.add_argument("--json", action="store_true", help="show: one JSON list")
     return p
 
 
@@ -130,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return _converge(args)
     if args.command == "db-guard":
         return _db_guard(args)
+    if args.command == "haproxy":
+        return _haproxy(p, args)
     from firstboot.backoff import Backoff
     from firstboot.paths import Paths
     from firstboot.run import RunOptions, run
@@ -204,6 +221,38 @@ def _db_guard(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     return dbguard.run(args.config, args.db_socket, stopping.is_set)
+
+
+def _haproxy(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import json
+
+    from firstboot import haproxy
+
+    if args.action != "show" and not args.server:
+        p.error(f"haproxy {args.action}: name the server (e.g. web1)")  # exits 2
+    try:
+        if args.action == "show":
+            found = haproxy.servers(args.socket)
+            if args.json:
+                print(json.dumps([s.as_json() for s in found]))
+            for s in [] if args.json else found:
+                print(f"{s.backend}/{s.name} {s.status} sessions={s.sessions}")
+        elif args.action == "drain":
+            d = haproxy.drain(args.socket, args.backend, args.server, args.timeout)
+            print(
+                f"{args.server}: drained from {args.backend} in {d.seconds:.1f} s "
+                f"({d.sessions} session(s) open at the start); in maint"
+            )
+        else:
+            took = haproxy.ready(args.socket, args.backend, args.server, args.timeout)
+            print(f"{args.server}: back in rotation on {args.backend}, UP after {took:.1f} s")
+    except haproxy.Bound as e:
+        print(f"firstboot haproxy {args.action}: {e}", file=sys.stderr)
+        return 3
+    except haproxy.RuntimeApiError as e:
+        print(f"firstboot haproxy {args.action}: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

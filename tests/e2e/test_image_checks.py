@@ -185,6 +185,7 @@ def test_audit_apparmor_upgrades_firewall_mounts(image: tuple[str, Path]) -> Non
     grub = (root / "boot/grub/grub.cfg").read_text()
     assert "apparmor=1" in grub and "audit=1" in grub and "console=ttyS0" in grub
     assert 'Unattended-Upgrade "1"' in (root / "etc/apt/apt.conf.d/20auto-upgrades").read_text()
+    assert 'Automatic-Reboot "false"' in (root / "etc/apt/apt.conf.d/52kiln-no-reboot").read_text()
     nft = (root / "etc/nftables.conf").read_text()
     assert "policy drop" in nft and "10.10.0.0/24" in nft and "tcp dport 22" in nft
     assert "noexec" in (root / "etc/systemd/system/tmp.mount").read_text()

@@ -83,3 +83,13 @@ def test_role_packages_are_where_the_lead_listed_them() -> None:
     assert {"nftables", "auditd", "apparmor", "unattended-upgrades", "lynis"} <= packages("kiln-base")
     for role in ("kiln-lb", "kiln-web", "kiln-app", "kiln-db"):
         assert "kiln-monitoring" in (ELEMENTS_DIR / role / "element-deps").read_text().split()
+
+
+def test_unattended_upgrades_never_reboot_a_host_on_its_own() -> None:
+    """apt itself reads the base element's setting: reboots are ./inv roll --reboot-only's to take."""
+    conf = ELEMENTS_DIR / "kiln-base" / "static" / "etc" / "apt" / "apt.conf.d" / "52kiln-no-reboot"
+    for key in ("Unattended-Upgrade::Automatic-Reboot", "Unattended-Upgrade::Automatic-Reboot-WithUsers"):
+        out = subprocess.run(
+            ["apt-config", "-c", str(conf), "shell", "V", key], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.strip() == "V='false'", f"{key}: {out!r}"
