@@ -35,7 +35,7 @@ def test_every_rendered_bundle_applies_and_reapplies_unchanged(
     rendered: Path, tmp_path: Path, secret_store: SecretStore
 ) -> None:
     bundles = sorted(rendered.glob("*/bundle.json"))
-    assert len(bundles) == 7
+    assert len(bundles) == 8
     (tmp_path / "_shared").symlink_to(rendered / "_shared")
     for path in bundles:
         host = path.parent.name
