@@ -248,7 +248,7 @@ def power(c, host, action, pxe=False, roles=None, secrets=None, timeout=60.0):
         "allow_outage": "roll even the last healthy host of the tier",
         "probe": "a URL (the VIP) requested in a loop while rolling; the summary counts the failed requests",
         "lab": "reach the lab's hosts from inside its network namespace, with its SSH key",
-        "database": "reprovision's state database URL (as for serve)",
+        "database": "the server's state database URL (as for serve; with --lab, the lab's)",
         "drain_timeout": "seconds each LB waits for a web server's open sessions to finish (default 30)",
         "roles": "roles.yaml of the cluster (default: the shipped one)",
     }

@@ -49,6 +49,11 @@ def world(
     server = Server.of(cluster, project.secrets)
     roles_file = project.roles_path.resolve() if project.roles else None
 
+    if lab and database is None:  # the lab's server keeps its own database (kiln.lab.layout.Lab.database)
+        from kiln.lab.layout import Lab
+
+        database = f"sqlite:///{Lab(cluster, roles_file=roles_file).database}"
+
     def rearm(host: Host) -> None:
         if reprovision_command(project, host=host.name, database=database) != 0:
             raise hostops.HostError(f"{host.name}: re-arming failed (the line above says why)")
