@@ -2,7 +2,8 @@
 """The lab under TCG on this machine: power-on to joined per host and for the whole cluster, replication lag
 under a write loop, failover seconds and requests lost per drill (./inv lab chaos), and per day-2 change (lab up
 --roles on the running lab: --scale here, or ./inv test's) apply→converged seconds per host, failed requests, and
-seconds until a new host takes traffic. Results: bench/results/lab.json.
+seconds until a new host takes traffic; with --roll web,lb, each host's `./inv roll` seconds and the requests that
+failed meanwhile. Results: bench/results/lab.json.
 
 Goal (issue 6): the whole cluster joined in under 10 min. A full run brings the lab up (--boot disk, or --boot pxe),
 runs verify and the drills and takes the lab down again (--keep: leaves it up), about 45 min; --running does the
@@ -145,6 +146,25 @@ def scale(lab: Lab) -> int:
     return code
 
 
+def roll(lab: Lab, roles: list[str]) -> tuple[int, list[dict[str, object]]]:
+    """`./inv roll --role ROLE --lab` for each of `roles` under the request loop (kiln.lab.rolldrill): each host's
+    roll seconds, and the requests that failed through the VIP meanwhile."""
+    from kiln.lab.rolldrill import drill_roll
+    from kiln.roll import state
+
+    project = Project()
+    code, figures = 0, []
+    for role in roles:
+        result = drill_roll(lab, project, role)
+        code |= 0 if result.works else 1
+        run = state.load(project.state / "roll.json")
+        for host, record in run.hosts.items() if run else ():
+            if record.status == state.DONE:
+                figures.append({"name": f"roll --role {role}: {host}", "value": round(record.seconds), "unit": "s"})
+        figures.append({"name": f"roll --role {role}", "value": result.measured, "goal": result.goal})
+    return code, figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="run nothing; keep the last full run's results")
@@ -154,6 +174,7 @@ def main() -> int:
     parser.add_argument(
         "--scale", action="store_true", help="then scale out by web3 + app2 and in by web2 + app1 (day 2)"
     )
+    parser.add_argument("--roll", default="", help="then roll these roles, comma-separated (e.g. web,lb)")
     parser.add_argument(
         "--recorded",
         action="store_true",
@@ -193,6 +214,10 @@ def main() -> int:
                 extra.append(
                     {"name": "day-2 scale out and in, wall time", "value": round(time.monotonic() - began), "unit": "s"}
                 )
+            if opts.roll:
+                rolled, figures = roll(lab, [r for r in opts.roll.split(",") if r])
+                code |= rolled
+                extra += figures
         finally:
             if not (opts.keep or opts.running):
                 lifecycle.down(lab)
