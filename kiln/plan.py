@@ -197,14 +197,13 @@ def make_plan(
 def _secret_values(secrets: SecretStore | None, *rendered: Rendered) -> list[str]:
     if secrets is None:
         return []
-    values = set()
-    for bundle in (bundle for r in rendered for bundle in r.bundles.values()):
-        for name in bundle.secret_names():
-            try:
-                values.add(secrets.value(name, bundle.host.name))
-            except SecretMissing:
-                continue
-    return list(values)
+    values = []
+    for name in {n for r in rendered for bundle in r.bundles.values() for n in bundle.secret_names()}:
+        try:
+            values.append(secrets.value(name))
+        except SecretMissing:
+            continue
+    return values
 
 
 def _check(plan: Plan, new: Rendered, secrets: SecretStore | None) -> None:
@@ -230,7 +229,7 @@ def _values_for(secrets: SecretStore | None, bundle: b.Bundle) -> dict[str, str]
     values = {}
     for name in bundle.secret_names():
         try:
-            values[name] = secrets.value(name, bundle.host.name)
+            values[name] = secrets.value(name)
         except SecretMissing:
             continue  # a checker that needs it says so
     return values

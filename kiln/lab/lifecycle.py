@@ -60,7 +60,7 @@ def check_tools() -> None:
 
 
 def check_images(lab: Lab, boot: str) -> None:
-    for role in sorted({h.role for h in lab.hosts}):
+    for role in sorted({h.role for h in lab.cluster.hosts}):
         wanted = lab.images / role / (f"{role}.qcow2" if boot == vm.DISK else f"{role}.raw")
         if not wanted.is_file() or not (lab.images / role / "manifest.json").is_file():
             raise NotReady(f"{wanted} is not built: run ./inv build-all")
@@ -72,7 +72,7 @@ def check_images(lab: Lab, boot: str) -> None:
         raise NotReady("secrets/ is incomplete (the images bake its signing key): run ./inv keys, then build-all")
     roles_shown = str(lab.roles_file or "roles.yaml")
     expected = manifest.baked(lab.cluster, SecretStore(lab.secrets), roles_shown)
-    for role in sorted({h.role for h in lab.hosts}):
+    for role in sorted({h.role for h in lab.cluster.hosts}):
         other = manifest.built_for_another(manifest.read(lab.images / role) or {}, expected)
         if other is not None:
             raise NotReady(
@@ -167,7 +167,7 @@ def start_infrastructure(lab: Lab, console: Console) -> None:
     """Namespace, bridge, taps, dnsmasq, the server and the db failover monitor; this thread ends up inside the
     namespace."""
     _fresh(lab)
-    netns.create(lab.gateway, lab.prefix, [tap_name(h) for h in lab.hosts])
+    netns.create(lab.gateway, lab.prefix, [tap_name(h) for h in lab.cluster.hosts])
     dnsmasq.start(lab)
     server.start(lab)
     server.start_db_monitor(lab)
@@ -223,7 +223,7 @@ def up(lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = 
     try:
         start_infrastructure(lab, console)
         write_atomic(lab.boot_record, (json.dumps({"boot": boot, "outcome": "starting"}) + "\n").encode())
-        power_on(lab, lab.hosts, boot, watch)
+        power_on(lab, lab.cluster.hosts, boot, watch)
         outcome = watch_until_joined(lab, watch, timeout, console)
     except BaseException:
         console.print("[red]lab up: setting up failed; taking the lab down[/]")
@@ -277,7 +277,7 @@ def watch_until_joined(lab: Lab, watch: Watch, timeout: float, console: Console)
                 return "failed"
             if time.monotonic() > deadline:
                 return "timeout"
-            dead = [h.name for h in lab.hosts if h.name in watch.started and not vm.running(lab, h)]
+            dead = [h.name for h in lab.cluster.hosts if h.name in watch.started and not vm.running(lab, h)]
             if dead:
                 console.print(f"[red]VM(s) exited: {', '.join(dead)}[/] (see state/lab/logs/<host>.qemu.log)")
                 return "vm exited"
