@@ -60,7 +60,7 @@ class Machine:
             assert time.monotonic() < deadline, "no QMP socket after 20 s"
             time.sleep(0.05)
 
-    def wait_boots(self, count: int, timeout: float = 60) -> list[str]:
+    def wait_boots(self, count: int, timeout: float = 180) -> list[str]:
         return wait_boots(self.debug, count, timeout)
 
     def stop(self) -> None:
@@ -78,7 +78,7 @@ def boots(debug: Path) -> list[str]:
     ]
 
 
-def wait_boots(debug: Path, count: int, timeout: float = 60) -> list[str]:
+def wait_boots(debug: Path, count: int, timeout: float = 180) -> list[str]:
     """The first `count` boots once SeaBIOS said what each booted from; AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
