@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from firstboot import __version__
+from firstboot import __version__, haproxy
 
 if TYPE_CHECKING:
     from firstboot.steps.context import Tuning
@@ -109,9 +109,9 @@ def parser() -> argparse.ArgumentParser:
     )
     hap.add_argument("action", choices=("show", "drain", "ready"))
     hap.add_argument("server", nargs="?", help="drain, ready: the server, by its host name (e.g. web1)")
-    hap.add_argument("--backend", default="web_pool")
+    hap.add_argument("--backend", default=haproxy.BACKEND)
     hap.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="seconds to wait (default 30)")
-    hap.add_argument("--socket", default="/run/haproxy/admin.sock", help=argparse.SUPPRESS)
+    hap.add_argument("--socket", default=haproxy.ADMIN_SOCKET, help=argparse.SUPPRESS)
     hap.add_argument("--json", action="store_true", help="show: one JSON list")
     return p
 
@@ -225,8 +225,6 @@ def _db_guard(args: argparse.Namespace) -> int:
 
 def _haproxy(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import json
-
-    from firstboot import haproxy
 
     if args.action != "show" and not args.server:
         p.error(f"haproxy {args.action}: name the server (e.g. web1)")  # exits 2

@@ -13,11 +13,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from firstboot.haproxy import BACKEND  # the agent's default, the rendered haproxy.cfg's pool
 from kiln.model import Host
 from kiln.roll.transport import Transport
 
 AGENT = ("sudo", "-n", "firstboot", "haproxy")  # the agent's path in the images: /usr/local/bin/firstboot
-BACKEND = "web_pool"
 SLACK = 30.0  # seconds beyond the agent's own bound for SSH and the agent's start
 
 
