@@ -130,12 +130,15 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     failures = loops.failed_requests(began, ended)
     for line in failures:
         console.print(f"[red]failed request[/] {escape(line)}")
+    slowest, sent = loops.slowest(began, ended)
+    console.print(f"slowest answer: {slowest:.1f} s (sent +{sent:.1f} s)")
     record.update(
         failures=failures,
         outcome=outcome,
         seconds=round(time.monotonic() - began, 1),
         requests=total,
         failed_requests=failed,
+        slowest_answer_seconds=round(slowest, 1),
         writes=len(loops.written),
         served_by=sorted(loops.served_by),
     )

@@ -38,14 +38,19 @@ from kiln.run import CommandError, run
 # One request a second: under TCG the single app VM serves a few DB-touching requests a second in all, and the
 # HAProxy health checks of both LBs already take part of that; a faster loop starves the checks (all webs DOWN).
 INTERVAL = 1.0
-# A request slower than this counts as failed. Long enough that a slow answer (one emulated app CPU) is an answer:
-# slowness shows in the outage figure (time without a successful response), not as a failure.
-REQUEST_TIMEOUT = 10.0
+# A request unanswered this long counts as failed: past HAProxy's `timeout server` and nginx's proxy_read_timeout
+# (30 s, kiln/render/templates), so what counts is what the stack answers (a 504 is a failure), not how long a
+# starved guest takes: on 2026-12-01 two requests sent while two new VMs installed beside seven running ones were
+# cut off at the former 10 s. Slowness shows in the outage figure (time without a successful response).
+REQUEST_TIMEOUT = 35.0
 # At most this many requests of the loop unanswered at once: past it a tick sends nothing. On 2026-11-30 the app VM
 # served about 0.3 requests a second (two cores, seven guests); a loop sending on schedule regardless queued more
 # than gunicorn's workers could ever drain (they answer requests whose clients gave up), and every check behind
 # that queue timed out. A skipped tick hides no outage: the outage is the time without a successful answer.
 MAX_IN_FLIGHT = 3
+# A request unanswered this long no longer holds the loop back (it still has REQUEST_TIMEOUT to be answered): one
+# sent to an LB that lost power hangs in TCP retransmits, and the loop must go on asking the VIP's new holder.
+STUCK = 10.0
 
 
 # Seconds for SSH to connect and show its banner, and for one command. On 2026-11-30 (two cores, seven guests)
@@ -103,7 +108,8 @@ class Loops:
     # (when, the db address that took it) per acknowledged write, as the app answered (its "db" field)
     write_log: list[tuple[float, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
-    in_flight: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_IN_FLIGHT))
+    in_flight: dict[int, float] = field(default_factory=dict)  # request number -> when it was sent, until answered
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _get(self, path: str, **kw: Any) -> Reply:
         lab = self.lab
@@ -120,13 +126,18 @@ class Loops:
     def _request_loop(self) -> None:
         # A request every INTERVAL whether or not the last one answered: one sent to an LB that just lost power
         # hangs in TCP retransmits, and must not hold back the next ones, which the VIP's new holder answers.
+        n = 0
         while not self.stop.is_set():
-            if self.in_flight.acquire(blocking=False):
-                threading.Thread(target=self._probe, daemon=True).start()
+            now = time.monotonic()
+            with self._lock:
+                waiting = sum(1 for sent in self.in_flight.values() if now - sent < STUCK)
+                if waiting < MAX_IN_FLIGHT:
+                    n += 1
+                    self.in_flight[n] = now
+                    threading.Thread(target=self._probe, args=(n, now), daemon=True).start()
             self.stop.wait(INTERVAL)
 
-    def _probe(self) -> None:
-        at = time.monotonic()
+    def _probe(self, n: int, at: float) -> None:
         try:
             reply = self._get("/health")
             ok = reply.status == 200
@@ -137,7 +148,8 @@ class Loops:
             ok = False
             self.failures.append((at, f"{e.__class__.__name__}: {e}"))
         finally:
-            self.in_flight.release()
+            with self._lock:
+                del self.in_flight[n]
         self.requests.append((at, time.monotonic(), ok))
 
     def _write_loop(self) -> None:
@@ -166,6 +178,12 @@ class Loops:
         answered = [since] + sorted(end for _, end, ok in window if ok and end <= until) + [until]
         longest = max(b - a for a, b in zip(answered, answered[1:], strict=False))
         return longest, sum(1 for *_, ok in window if not ok), len(window)
+
+    def slowest(self, since: float, until: float) -> tuple[float, float]:
+        """(seconds, sent that many seconds after `since`) of the slowest answered request within [since, until];
+        (0.0, 0.0) when none was answered."""
+        answered = [(end - at, at - since) for at, end, ok in list(self.requests) if ok and since <= at <= until]
+        return max(answered, default=(0.0, 0.0))
 
     def failed_requests(self, since: float, until: float) -> list[str]:
         """What each failed request within [since, until] got, as "+<seconds after since> s: <reply or error>"."""

@@ -271,6 +271,55 @@ def test_the_request_loop_never_queues_more_than_the_app_can_answer(monkeypatch:
     assert len(sent) > chaos.MAX_IN_FLIGHT + 10, "answered again: a request every tick"
 
 
+def test_a_stuck_request_stops_holding_the_loop_back_but_is_still_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests sent to an LB that lost power hang: past STUCK seconds they no longer count against MAX_IN_FLIGHT
+    (the loop goes on asking the VIP's new holder), yet each is still given its full REQUEST_TIMEOUT to answer."""
+    import types
+
+    from kiln.lab import chaos
+
+    monkeypatch.setattr(chaos, "INTERVAL", 0.05)
+    monkeypatch.setattr(chaos, "STUCK", 0.3)
+    release = threading.Event()
+    sent: list[float] = []
+
+    def get(self: chaos.Loops, path: str, **kw: object) -> object:
+        sent.append(time.monotonic())
+        release.wait(10)
+        return types.SimpleNamespace(status=200, headers={"x-kiln-app": "app1"})
+
+    monkeypatch.setattr(chaos.Loops, "_get", get)
+    loops = chaos.Loops(lab=None)  # _get replaced: no lab needed
+    threading.Thread(target=loops._request_loop, daemon=True).start()
+    time.sleep(1.0)
+    assert len(sent) > chaos.MAX_IN_FLIGHT, "the stuck ones no longer hold the loop back"
+    assert len(sent) <= chaos.MAX_IN_FLIGHT * 5, "at most MAX_IN_FLIGHT new ones per STUCK seconds"
+    release.set()
+    time.sleep(0.5)
+    loops.stop.set()
+    assert loops.requests and all(ok for *_, ok in loops.requests), "the stuck ones were answered, not given up"
+
+
+def test_the_request_loop_waits_past_the_stacks_own_timeouts(cluster) -> None:
+    """A request counts as failed when the stack fails it: the loop waits longer than HAProxy's `timeout server` and
+    nginx's proxy_read_timeout, so a slow answer arrives (or the 504 does) before the loop gives up."""
+    import re
+
+    from kiln.lab import chaos
+    from kiln.render import render
+
+    rendered = render(cluster)
+    haproxy = rendered.content(rendered.bundles["lb1"], "/etc/haproxy/haproxy.cfg")
+    nginx = next(
+        rendered.content(rendered.bundles["web1"], f.path)
+        for f in rendered.bundles["web1"].files
+        if f.path.startswith("/etc/nginx/") and "proxy_read_timeout" in rendered.content(rendered.bundles["web1"], f.path)
+    )
+    server = int(re.search(r"timeout server (\d+)s", haproxy).group(1))
+    read = int(re.search(r"proxy_read_timeout (\d+)s", nginx).group(1))
+    assert chaos.REQUEST_TIMEOUT > max(server, read)
+
+
 def test_chaos_runs_a_phase_side_by_side_and_phases_in_order() -> None:
     """The drills of one phase run at once (each waits for the others at a barrier: run one after another they
     would time out), the next phase only after; results keep the listed order, and a drill that raises
