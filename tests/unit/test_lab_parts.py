@@ -313,7 +313,8 @@ def test_the_request_loop_waits_past_the_stacks_own_timeouts(cluster) -> None:
     nginx = next(
         rendered.content(rendered.bundles["web1"], f.path)
         for f in rendered.bundles["web1"].files
-        if f.path.startswith("/etc/nginx/") and "proxy_read_timeout" in rendered.content(rendered.bundles["web1"], f.path)
+        if f.path.startswith("/etc/nginx/")
+        and "proxy_read_timeout" in rendered.content(rendered.bundles["web1"], f.path)
     )
     server = int(re.search(r"timeout server (\d+)s", haproxy).group(1))
     read = int(re.search(r"proxy_read_timeout (\d+)s", nginx).group(1))
