@@ -1,4 +1,5 @@
-"""The demo app: /, /health, /metrics, /api/notes. Plain WSGI, run by gunicorn as kilnapp.wsgi:app."""
+"""The demo app: /, /health, /api/notes. Plain WSGI, run by gunicorn as kilnapp.wsgi:app. Its metrics are served
+apart, summed over gunicorn's workers, on the admin network (kilnapp.gunicorn_conf)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,23 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pymysql
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
 from kilnapp import db
 from kilnapp.config import Config
 
 REQUESTS = Counter("kilnapp_requests_total", "HTTP requests", ["path", "status"])
 LATENCY = Histogram("kilnapp_request_seconds", "HTTP request latency", ["path"])
-DB_UP = Gauge("kilnapp_db_up", "1 when the primary database answered the last health check")
+# the latest check of any worker (a worker's own last check may be minutes old)
+DB_UP = Gauge(
+    "kilnapp_db_up", "1 when the primary database answered the last health check", multiprocess_mode="mostrecent"
+)
 NOTES_WRITTEN = Counter("kilnapp_notes_written_total", "notes written to the primary")
 
 StartResponse = Callable[..., Any]
 Response = tuple[str, str, bytes]  # status, content type, body
 MAX_BODY = 16 * 1024
-ROUTED = ("/", "/health", "/metrics", "/api/notes")
+ROUTED = ("/", "/health", "/api/notes")
 HEALTH_FRESH = 1.0  # seconds an answer of /health is given again: the LBs' and webs' checks need not each reach the DB
 
 
@@ -60,7 +64,7 @@ def index(app: State, environ: dict[str, Any]) -> Response:
     page = (
         "<!doctype html><html><head><meta charset=utf-8><title>kiln demo</title></head><body>"
         f"<h1>kiln demo app</h1><p>served by app node <b>{html.escape(config.host)}</b></p><ul>{rows}</ul>"
-        "<p><a href=/api/notes>notes</a> · <a href=/health>health</a> · <a href=/metrics>metrics</a></p>"
+        "<p><a href=/api/notes>notes</a> · <a href=/health>health</a></p>"
         "</body></html>"
     )
     return status, "text/html; charset=utf-8", page.encode()
@@ -82,10 +86,6 @@ def health(app: State, environ: dict[str, Any]) -> Response:
         answer = _json("200 OK", {"status": "ok", "app": config.host, "db": primary})
     app.health = (app.clock(), answer)  # fresh from when the answer came, not from when it was asked
     return answer
-
-
-def metrics(app: State, environ: dict[str, Any]) -> Response:
-    return "200 OK", CONTENT_TYPE_LATEST, generate_latest()
 
 
 def _note_text(environ: dict[str, Any]) -> str:
@@ -124,7 +124,6 @@ def notes(app: State, environ: dict[str, Any]) -> Response:
 ROUTES: dict[str, Callable[[State, dict[str, Any]], Response]] = {
     "/": index,
     "/health": health,
-    "/metrics": metrics,
     "/api/notes": notes,
 }
 
@@ -143,9 +142,12 @@ def make_app(
         label = path if path in ROUTED else "other"
         REQUESTS.labels(label, status.split()[0]).inc()
         LATENCY.labels(label).observe(time.perf_counter() - started)
-        headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("X-Kiln-App", cfg.host)]
-        if path != "/metrics":
-            headers.append(("Cache-Control", "no-store"))
+        headers = [
+            ("Content-Type", ctype),
+            ("Content-Length", str(len(body))),
+            ("X-Kiln-App", cfg.host),
+            ("Cache-Control", "no-store"),
+        ]
         start_response(status, headers)
         return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
 

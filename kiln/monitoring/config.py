@@ -49,6 +49,7 @@ JOBS = (
     Job("haproxy", lb.NAME, lb.STATS_PORT),
     Job("nginx", web.NAME, web.EXPORTER_PORT),
     Job("mysqld", db.NAME, db.EXPORTER_PORT),
+    Job("app", app.NAME, app.METRICS_PORT),
 )
 
 
@@ -64,10 +65,6 @@ def prometheus_config(cluster: Cluster) -> str:
         for job in JOBS
         if job.role is None or cluster.by_role(job.role)
     ]
-    if cluster.by_role(app.NAME):
-        scrapes.append(
-            {"job_name": "app", "static_configs": _targets(cluster, app.NAME, app.settings_of(cluster).port)}
-        )
     server = urlsplit(cluster.provisioning_url)
     scrapes.append(
         {

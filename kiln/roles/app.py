@@ -20,6 +20,9 @@ APP_ROOT = "/opt/kiln-app"
 APP_ENV = "/etc/kiln/app.env"
 APP_UNIT = "/etc/systemd/system/kiln-app.service"
 PASSWORD_FILE = f"{SECRETS_DIR}/db_app_password"
+# The app's metrics, summed over gunicorn's workers (kilnapp.gunicorn_conf), on the host address: the admin
+# network reaches it, the web tier does not (it reaches the app's port, which has no /metrics).
+METRICS_PORT = 9180
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ def _context(cluster: Cluster, host: Host, c: HostContext) -> Mapping[str, Any]:
     return {
         "app_port": settings.port,
         "app_workers": settings.workers,
+        "app_metrics_port": METRICS_PORT,
         "app_root": APP_ROOT,
         "database": db.settings_of(cluster).database,
         "app_db_user": db.APP_USER,
@@ -57,6 +61,7 @@ def _firewall(cluster: Cluster, host: Host, c: HostContext) -> Firewall:
     return Firewall(
         inbound=(Rule("tcp", (settings_of(cluster).port,), saddr="$WEB_NODES"),),
         outbound=(Rule("tcp", (db.PORT,), daddr="$DB_NODES"),),
+        admin_ports=(METRICS_PORT,),
     )
 
 
@@ -74,7 +79,10 @@ def _join(cluster: Cluster, host: Host, c: HostContext) -> b.Join:
 
 def _checks(cluster: Cluster, host: Host, c: HostContext) -> tuple[b.Check, ...]:
     url = f"http://{c.ip}:{settings_of(cluster).port}/health"
-    return (b.HttpCheck(kind="http", name="app healthy with its database", url=url),)
+    return (
+        b.HttpCheck(kind="http", name="app healthy with its database", url=url),
+        b.HttpCheck(kind="http", name="app metrics answer", url=f"http://{c.ip}:{METRICS_PORT}/metrics"),
+    )
 
 
 def _stage_wheels(work: Path, project: Path, elements: Path) -> Mapping[str, str]:
@@ -87,10 +95,10 @@ def _stage_wheels(work: Path, project: Path, elements: Path) -> Mapping[str, str
 
 
 def _port_taken(facts: Facts) -> Found:
-    """The app's port must not be one the app hosts already listen on (SSH, the node exporter)."""
+    """The app's port must not be one the app hosts already listen on (SSH, the node exporter, the app's metrics)."""
     settings = facts.roles.get(NAME) if facts.roles else None
     port = settings.get("port") if isinstance(settings, dict) else None
-    taken = {22: "SSH", NODE_EXPORTER_PORT: "the node exporter"}
+    taken = {22: "SSH", NODE_EXPORTER_PORT: "the node exporter", METRICS_PORT: "the app's metrics"}
     if isinstance(port, int) and port in taken:
         yield f"$.roles.{NAME}.port", f"port {port} is {taken[port]}'s on every host", "another port, e.g. 8080"
 

@@ -49,7 +49,9 @@ def test_prometheus_config_passes_promtool_and_scrapes_every_target(
     assert targets("haproxy") == {h.name: f"{h.ip}:8404" for h in cluster.by_role("lb")}
     assert targets("nginx") == {h.name: f"{h.ip}:9113" for h in cluster.by_role("web")}
     assert targets("mysqld") == {h.name: f"{h.ip}:9104" for h in cluster.by_role("db")}
-    assert targets("app") == {h.name: f"{h.ip}:8080" for h in cluster.by_role("app")}
+    assert targets("app") == {h.name: f"{h.ip}:9180" for h in cluster.by_role("app")}, (
+        "the workers' sum, not the app port"
+    )
     assert targets("kiln-server") == {"provisioning": "10.10.0.1:8443"}
     assert jobs["kiln-server"]["scheme"] == "https"
     named = set(re.findall(r'job="([^"]+)"', monitoring.RULES.read_text()))
