@@ -46,7 +46,7 @@ EXPORTED: dict[str, tuple[str, ...]] = {
         "kiln_server_hosts_stalest_change_timestamp_seconds",
         "kiln_server_certificate_expiry_timestamp_seconds",
     ),
-    # contracts for producers still to come (docs/monitoring.md): files in TEXTFILE_DIR on the lb hosts ...
+    # files in TEXTFILE_DIR (docs/monitoring.md): on the lb hosts (kiln-vrrp-state, the lb role) ...
     "textfile: keepalived state on each lb": ("kiln_keepalived_vrrp_state",),
     # ... and on the backup runner
     "textfile: the backup runner": ("kiln_db_backup_last_success_timestamp_seconds", "kiln_db_backup_interval_seconds"),

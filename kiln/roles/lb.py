@@ -9,6 +9,7 @@ from typing import Any
 from kiln import bundle as b
 from kiln.model.cluster import Cluster, Host
 from kiln.model.meaning import Facts, Found
+from kiln.monitoring import TEXTFILE_DIR
 from kiln.roles import web
 from kiln.roles.context import HostContext, Peer
 from kiln.roles.spec import DirSpec, FileSpec, Firewall, Need, RoleSpec, Rule, SecretSpec, ServiceSpec, typed_settings
@@ -21,6 +22,12 @@ PREEMPT_DELAY = 10  # seconds a returning higher-priority LB waits (its readines
 TLS_PEM = "/etc/haproxy/certs/site.pem"
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+# Whether this LB holds the VIP, for the node exporter's textfile collector (kiln_keepalived_vrrp_state): run by
+# keepalived's notify at each transition and by a timer (docs/monitoring.md)
+VRRP_STATE_SCRIPT = "/usr/local/sbin/kiln-vrrp-state"
+VRRP_STATE_SERVICE = "/etc/systemd/system/kiln-vrrp-state.service"
+VRRP_STATE_TIMER = "/etc/systemd/system/kiln-vrrp-state.timer"
+VRRP_STATE_EVERY = "30s"
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,10 @@ def _context(cluster: Cluster, host: Host, c: HostContext) -> Mapping[str, Any]:
         "haproxy_stats_port": STATS_PORT,
         "haproxy_ready_port": READY_PORT,
         "haproxy_ready_script": READY_SCRIPT,
+        "vrrp_instance": f"{cluster.name}_vip",
+        "vrrp_state_script": VRRP_STATE_SCRIPT,
+        "vrrp_state_every": VRRP_STATE_EVERY,
+        "textfile_dir": TEXTFILE_DIR,
         "tls_pem": TLS_PEM,
         "web_health_path": web.HEALTH_PATH,
         "web_port": web.PORT,
@@ -164,13 +175,17 @@ ROLE = RoleSpec(
             check=("keepalived", "--config-test", f"--use-file={KEEPALIVED_CONF}"),
         ),
         FileSpec(READY_SCRIPT, "haproxy-ready.j2", mode="0755"),  # root's: enable_script_security
+        FileSpec(VRRP_STATE_SCRIPT, "kiln-vrrp-state.j2", mode="0755"),  # root's too: keepalived's notify runs it
+        FileSpec(VRRP_STATE_SERVICE, "kiln-vrrp-state.service.j2"),
+        FileSpec(VRRP_STATE_TIMER, "kiln-vrrp-state.timer.j2"),
         FileSpec("/etc/sysctl.d/60-kiln-lb.conf", "sysctl-lb.conf.j2"),
     ),
     directories=(DirSpec("/etc/haproxy/certs", mode="0700"),),
     secrets=(SecretSpec("tls_pem", TLS_PEM),),
     services=(
         ServiceSpec("haproxy.service", (HAPROXY_CFG, TLS_PEM)),
-        ServiceSpec("keepalived.service", (KEEPALIVED_CONF, READY_SCRIPT)),
+        ServiceSpec("keepalived.service", (KEEPALIVED_CONF, READY_SCRIPT, VRRP_STATE_SCRIPT)),
+        ServiceSpec("kiln-vrrp-state.timer", (VRRP_STATE_SERVICE, VRRP_STATE_TIMER)),
     ),
     needs=(Need("web", "the load balancers forward to web hosts"),),
     meaning=(

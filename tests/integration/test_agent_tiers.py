@@ -15,19 +15,24 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.bundle import Bundle, DbPrimaryJoin, LbJoin, ServiceJoin
 from kiln.model import Cluster
+from kiln.monitoring import TEXTFILE_DIR
 from kiln.roles.lb import READY_SCRIPT as HAPROXY_READY_SCRIPT
+from kiln.roles.lb import VRRP_STATE_SCRIPT
 from kiln.secrets import SecretStore
 from tests.integration import agent_mariadb
 from tests.integration.agent_netns import SWITCH, Lab, firstboot, host_tree, lab
+from tests.integration.bmc import free_port
 from tests.integration.hostroot import applied_bundles
 
 pytestmark = pytest.mark.integration
@@ -73,6 +78,14 @@ def relocate_keepalived(tree: Path, run: Path) -> Path:
     script = file_of(tree, HAPROXY_READY_SCRIPT)
     assert f'script "{HAPROXY_READY_SCRIPT}"' in text
     text = text.replace(f'script "{HAPROXY_READY_SCRIPT}"', f'script "{script}"')
+    # the VIP state for the node exporter: written to this LB's own textfile directory
+    textfile = run / "textfile"
+    textfile.mkdir()
+    notify = run / "kiln-vrrp-state"
+    notify.write_text(file_of(tree, VRRP_STATE_SCRIPT).read_text().replace(TEXTFILE_DIR, str(textfile)))
+    notify.chmod(0o755)
+    assert f'notify "{VRRP_STATE_SCRIPT}"' in text
+    text = text.replace(f'notify "{VRRP_STATE_SCRIPT}"', f'notify "{notify}"')
     out = run / "keepalived.conf"
     out.write_text(text)
     return out
@@ -91,6 +104,7 @@ class Cluster6:
         self.trees = {h: base / "trees" / h for h in HOSTS}
         self.db_socket = ""
         self.domain = ""
+        self.cluster = ""  # its name
         self.ca = base / "ca.pem"
 
     def apply(self, host: str, *args: str, ns: bool = False) -> subprocess.CompletedProcess[str]:
@@ -147,6 +161,7 @@ def running(
     with lab(base, str(cluster.network.gateway), cluster.network.subnet.prefixlen) as the_lab:
         c = Cluster6(the_lab, base, bundles)
         c.domain = cluster.domain
+        c.cluster = cluster.name
         c.ca.write_bytes(secret_store.ca_pem.read_bytes())
         for host in HOSTS:
             (base / f"{host}.bundle.json").write_bytes(bundles[host].to_json())
@@ -262,6 +277,60 @@ def test_rejoining_changes_nothing(running: Cluster6) -> None:
     assert vip_holders(running.lab, running.bundles["lb1"].network.vip) == ["lb1"]
 
 
+def vrrp_state(c: Cluster6, lb: str) -> str:
+    """What the LB's textfile says (kiln_keepalived_vrrp_state's line), "" before keepalived's first notify."""
+    prom = c.base / f"{lb}-run" / "textfile" / "kiln-keepalived.prom"
+    return (
+        next((line for line in prom.read_text().splitlines() if line.startswith("kiln_")), "") if prom.exists() else ""
+    )
+
+
+def wait_for_vrrp_states(c: Cluster6, want: dict[str, int], seconds: float) -> dict[str, str]:
+    vip = c.bundles["lb1"].network.vip
+    lines = {
+        lb: f'kiln_keepalived_vrrp_state{{vrrp_instance="{c.cluster}_vip",vip="{vip}"}} {held}'
+        for lb, held in want.items()
+    }
+    deadline = time.monotonic() + seconds
+    while (seen := {lb: vrrp_state(c, lb) for lb in want}) != lines:
+        assert time.monotonic() < deadline, f"{seen} after {seconds} s, not {lines}\n" + c.logs()
+        time.sleep(0.2)
+    return seen
+
+
+def test_each_lb_tells_the_node_exporter_whether_it_holds_the_vip(running: Cluster6, tmp_path: Path) -> None:
+    """keepalived's notify runs the rendered kiln-vrrp-state at each transition: lb1 (MASTER) writes 1, lb2 0; a
+    real node exporter reads lb1's file as the alert rules expect (VipNotHeld, VipHeldTwice)."""
+    wait_for_vrrp_states(running, {"lb1": 1, "lb2": 0}, 30)
+    port = free_port()
+    textfile = running.base / "lb1-run" / "textfile"
+    exporter = ["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults"]
+    exporter += ["--collector.textfile", f"--collector.textfile.directory={textfile}"]
+    with open(tmp_path / "exporter.log", "wb") as log:
+        process = subprocess.Popen(exporter, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    metrics = r.read().decode()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "exporter.log").read_text()
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(10)
+    vip = running.bundles["lb1"].network.vip
+    found = [
+        s
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "kiln_keepalived_vrrp_state"
+    ]
+    assert [(s.labels, s.value) for s in found] == [({"vrrp_instance": f"{running.cluster}_vip", "vip": vip}, 1.0)]
+
+
 def wait_for_holder(c: Cluster6, want: list[str], seconds: float) -> float:
     vip = c.bundles["lb1"].network.vip
     began = time.monotonic()
@@ -280,6 +349,7 @@ def test_the_vip_leaves_an_lb_whose_haproxy_cannot_serve_and_returns_once_it_can
     haproxy.terminate()
     haproxy.wait(10)
     wait_for_holder(running, ["lb2"], 30)  # 3 failed checks 2 s apart, then lb2's preempt_delay (10 s)
+    wait_for_vrrp_states(running, {"lb1": 0, "lb2": 1}, 10)  # each transition told by keepalived's notify
     run = running.base / "lb1-run"
     began = time.monotonic()
     running.lab.start(name, running.lab.ns("lb1"), ["haproxy", "-db", "-f", str(run / "haproxy.cfg")])
