@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from kiln.model import Cluster
 from kiln.render import render
 from kiln.secrets import SecretStore
 from tests.integration.agent_frozen import frozen_binary, without_python
+from tests.integration.test_agent_haproxy_runtime import Proxy, proxy  # noqa: F401  (the fixture, used by name)
 from tests.unit.agent_support import (
     HOSTS,
     SECRETS,
@@ -138,3 +140,24 @@ def test_freezing_again_is_skipped_until_a_source_changes(frozen: Path, tmp_path
     shutil.copytree(frozen.parent, copy, symlinks=True)
     (copy / STAMP).write_text("0" * 64 + "\n")  # as if firstboot/ had changed since
     assert not up_to_date(copy)
+
+
+def test_frozen_haproxy_drains_and_readies_a_server_on_a_real_haproxy(frozen: Path, proxy: Proxy) -> None:  # noqa: F811
+    """The subcommand ./inv roll runs on every LB, as the images run it: the frozen agent, no Python on the host,
+    against a real HAProxy's admin socket (tests/integration/test_agent_haproxy_runtime.py has the behaviour)."""
+
+    def agent(*args: str) -> subprocess.CompletedProcess[str]:
+        return without_python([str(frozen), "haproxy", *args, "--socket", str(proxy.sock)])
+
+    shown = agent("show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert {s["name"] for s in json.loads(shown.stdout) if s["backend"] == "web_pool"} == {"web1", "web2"}
+    drained = agent("drain", "web1", "--timeout", "20")
+    assert drained.returncode == 0, drained.stderr
+    assert proxy.status("web1")["status"] == "MAINT"
+    assert {proxy.get("/") for _ in range(4)} == {"web2"}
+    ready = agent("ready", "web1", "--timeout", "20")
+    assert ready.returncode == 0, ready.stderr
+    assert str(proxy.status("web1")["status"]).startswith("UP")
+    unknown = agent("drain", "web9")
+    assert unknown.returncode == 1 and "web9: HAProxy has no server web_pool/web9" in unknown.stderr
