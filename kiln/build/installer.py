@@ -123,7 +123,8 @@ def build(env: BuildEnv, display: Display, *, force: bool = False, cache: Path |
             "packages": versions,
             "elements": ["kiln-installer"],
             "cmdline": "kiln.image=URL kiln.map=URL kiln.sha256=HEX kiln.size=BYTES kiln.url=PROVISIONING_URL "
-            "kiln.host=NAME kiln.token=TOKEN BOOTIF=01-aa-bb-cc-dd-ee-ff [kiln.disk=/dev/vda] console=ttyS0",
+            "kiln.host=NAME kiln.token=TOKEN BOOTIF=01-aa-bb-cc-dd-ee-ff [kiln.disk=/dev/vda] "
+            "console=tty0 console=ttyS0,115200n8",
         },
     )
     display.set(NAME, "built", "done", seconds=seconds)

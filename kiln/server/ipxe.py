@@ -28,6 +28,11 @@ from kiln.model import Host
 RETRY_SECONDS = 30
 BIOS_DISKS = 4  # BIOS drives 0x80.. the disk script tries in turn
 
+# The installer's kernel messages on the screen and on the first serial port at the speed BMCs' serial-over-LAN
+# uses (115200 8N1, as the installed images' GRUB sets it; the kernel's default, 9600, garbles SOL); the last one
+# named is /dev/console, where the installer's progress goes.
+CONSOLES = ("console=tty0", "console=ttyS0,115200n8")
+
 
 def chain(base: str) -> str:
     """Chain to this machine's own script, asked for by the MAC of the NIC iPXE booted from (`netX`, the last
@@ -111,7 +116,7 @@ def install_script(host: Host, image: InstallImage, installer: Installer, token:
             f"kiln.host={host.name}",
             f"kiln.token={token}",
             f"BOOTIF={bootif}",
-            "console=ttyS0",
+            *CONSOLES,
         ]
     )
     return (

@@ -103,7 +103,7 @@ def test_install_script_carries_the_contract_command_line(server: RunningServer)
         "kiln.host=web1",
         f"kiln.token={server.token('web1')}",
         "BOOTIF=01-52-54-00-10-00-21",
-        "console=ttyS0",
+        "console=ttyS0,115200n8",
     } <= set(words)
     assert f"initrd {server.http_url}/images/installer/initrd.img" in r.text
     assert r.text.rstrip().endswith("boot")

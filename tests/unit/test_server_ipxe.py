@@ -43,7 +43,7 @@ def test_install_script_for_db2(cluster: Cluster) -> None:
         "kernel http://10.10.0.1:8080/images/installer/vmlinuz initrd=initrd.img"
         " kiln.image=http://10.10.0.1:8080/images/db/db.data kiln.map=http://10.10.0.1:8080/images/db/db.map"
         f" kiln.sha256={SHA} kiln.size=2147483648 kiln.url=https://10.10.0.1:8443 kiln.host=db2"
-        f" kiln.token={TOKEN} BOOTIF=01-52-54-00-10-00-42 console=ttyS0",
+        f" kiln.token={TOKEN} BOOTIF=01-52-54-00-10-00-42 console=tty0 console=ttyS0,115200n8",
         "initrd http://10.10.0.1:8080/images/installer/initrd.img",
         "boot",
     ]
