@@ -28,9 +28,11 @@ def drill_roll(lab: Lab, project: Project, role: str = "web") -> Result:
         until = time.monotonic()
         loops.stop.set()
     outage, failed, total = loops.failed_seconds(since, until)
+    silent = loops.vip_silent(since, until)
     run = state.load(project.state / "roll.json")
     times = ", ".join(f"{h} {r.seconds:.0f} s" for h, r in (run.hosts.items() if run else []) if r.status == state.DONE)
     measured = (
-        f"exit {code}; {times or 'no host rolled'}; {failed}/{total} requests failed, longest outage {outage:.1f} s"
+        f"exit {code}; {times or 'no host rolled'}; {failed}/{total} requests failed, longest without an app answer "
+        f"{outage:.1f} s, the VIP silent {silent:.1f} s at most"
     )
     return Result(f"roll --role {role}", measured, "0 failed requests", goal_met=failed == 0, works=code == 0)

@@ -300,6 +300,41 @@ def test_a_stuck_request_stops_holding_the_loop_back_but_is_still_waited_for(mon
     assert loops.requests and all(ok for *_, ok in loops.requests), "the stuck ones were answered, not given up"
 
 
+def test_the_vip_probe_hears_how_long_the_vip_was_silent_whatever_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge probe asks HAProxy on the VIP (port 80, its own redirect) every EDGE_INTERVAL with no cap: probes
+    hanging on an LB that lost power do not hold it back, and vip_silent is the time without a redirect."""
+    import types
+
+    from kiln.lab import chaos
+    from kiln.lab.probe import Reply
+
+    monkeypatch.setattr(chaos, "EDGE_INTERVAL", 0.02)
+    dead = threading.Event()
+    dead.set()
+    asked: list[tuple[bool, str]] = []
+
+    def fake_request(vip: str, domain: str, cafile: str, method: str = "GET", path: str = "/", **kw: object) -> Reply:
+        asked.append((bool(kw.get("tls")), path))
+        if dead.is_set():
+            time.sleep(0.3)  # a SYN to the dead LB, unanswered
+            raise TimeoutError("timed out")
+        return Reply(301, {}, b"")
+
+    monkeypatch.setattr(chaos, "request", fake_request)
+    lab = types.SimpleNamespace(vip="10.10.0.100", cluster=types.SimpleNamespace(domain="www.example.org"))
+    loops = chaos.Loops(lab=lab)  # type: ignore[arg-type]
+    threading.Thread(target=loops._edge_loop, daemon=True).start()
+    began = time.monotonic()
+    time.sleep(1.0)
+    dead.clear()
+    time.sleep(0.5)
+    loops.stop.set()
+    silent = loops.vip_silent(began, time.monotonic())
+    assert 0.9 < silent < 1.4, silent
+    assert set(asked) == {(False, "/")}, "plain HTTP to HAProxy's redirect"
+    assert sum(1 for _, _, ok in loops.edge if not ok) >= 10, "it kept asking while the first ones hung"
+
+
 def test_the_request_loop_waits_past_the_stacks_own_timeouts(cluster) -> None:
     """A request counts as failed when the stack fails it: the loop waits longer than HAProxy's `timeout server` and
     nginx's proxy_read_timeout, so a slow answer arrives (or the 504 does) before the loop gives up."""
