@@ -247,7 +247,9 @@ async def host_ipxe(request: Request) -> Response:
         LOG.warning("%s: cannot install: %s", host.name, e)
         return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)], installer.http_base))
     # the token travels in plain HTTP here (stock iPXE verifies no private CA): docs/server.md says what that exposes
-    await p.state(p.store.record_pxe, host.name, f"installer script served ({host.role} image) to {peer(request)}")
+    # the image's digest in the timeline: which build a host installed (a roll of a rebuilt image shows a new one)
+    served = f"installer script served ({host.role} image, digest {image.digest[:12]}) to {peer(request)}"
+    await p.state(p.store.record_pxe, host.name, served)
     return _ipxe(ipxe.install_script(host, image, installer, token))
 
 

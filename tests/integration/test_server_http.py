@@ -116,6 +116,10 @@ def test_install_script_carries_the_contract_command_line(server: RunningServer)
     digest = hashlib.sha256(data.content + map_text.encode()).hexdigest()
     assert f"kiln.sha256={digest}" in words, "the digest the installer checks covers the data and the map"
     assert host_view(server, "web1")["state"] == "booting"
+    with server.client() as c:
+        timeline = c.get(f"{server.tls_url}/v1/hosts/web1").json()["timeline"]
+    served = [e["detail"] for e in timeline if "installer script served" in e["detail"]]
+    assert served and f"(web image, digest {digest[:12]}) to 127.0.0.1" in served[-1], "which build it installs"
 
 
 def test_script_says_when_the_role_image_is_not_built(server: RunningServer) -> None:
