@@ -126,6 +126,7 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     time.sleep(SETTLE)
     loops.stop.set()
     ended = time.monotonic()
+    loops.settle(ended)  # a request still in flight counts once it has its answer or its failure
     _, failed, total = loops.failed_seconds(began, ended)
     failures = loops.failed_requests(began, ended)
     for line in failures:

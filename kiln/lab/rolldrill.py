@@ -27,6 +27,7 @@ def drill_roll(lab: Lab, project: Project, role: str = "web") -> Result:
     finally:
         until = time.monotonic()
         loops.stop.set()
+    loops.settle(until)  # a request still in flight counts once it has its answer or its failure
     outage, failed, total = loops.failed_seconds(since, until)
     silent = loops.vip_silent(since, until)
     run = state.load(project.state / "roll.json")

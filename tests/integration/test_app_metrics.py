@@ -71,6 +71,7 @@ class Gunicorn:
             "PROMETHEUS_MULTIPROC_DIR": str(self.samples),
             "KILN_METRICS_BIND": f"127.0.0.1:{self.metrics_port}",
             "KILN_HOST": "app1",
+            "KILN_DB_PASSWORD_FILE": str(directory / "no-password"),  # no database here: /health says 503
         }
         self.log = directory / "gunicorn.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -119,7 +120,17 @@ def test_the_master_serves_the_sum_over_every_worker_and_the_app_port_has_no_met
     status, text = get(f"http://127.0.0.1:{gunicorn.metrics_port}/metrics")
     assert status == 200
     assert requests_counted(text) == 6, "six requests, each on its own worker, all of them counted, none of before"
-    assert len(list(gunicorn.samples.glob("counter_*.db"))) >= 6, "one sample file per worker that served"
+    # the database check's gauge: one value for the app (the latest of any worker), not one per worker process
+    status, _ = get(f"{app_url}/health")
+    assert status == 503, "no database here"
+    _, text = get(f"http://127.0.0.1:{gunicorn.metrics_port}/metrics")
+    db_up = [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "kilnapp_db_up"
+    ]
+    assert db_up == [({}, 0.0)], db_up
 
 
 def test_gunicorn_refuses_to_start_without_its_metrics_settings(gunicorn: Gunicorn) -> None:

@@ -25,6 +25,7 @@ pytestmark = [
 ]
 
 DISK_BOOT, NET_BOOT = "Booting from Hard Disk", "Booting from ROM"
+NO_BOOT = "No bootable device"  # a self test that found nothing to boot: a boot that went wrong, kept as one
 
 
 class Machine:
@@ -73,7 +74,7 @@ def boots(debug: Path) -> list[str]:
     """What the firmware booted from, one entry per boot, from SeaBIOS's debug console log ("": not yet known)."""
     text = debug.read_text(errors="replace") if debug.exists() else ""
     posts = text.split("\nBUILD: ")[1:]  # the second line of each power-on self test
-    seen = [DISK_BOOT if DISK_BOOT in post else NET_BOOT if NET_BOOT in post else "" for post in posts]
+    seen = [next((what for what in (DISK_BOOT, NET_BOOT, NO_BOOT) if what in post), "") for post in posts]
     # A self test cut short by another (a reset before the firmware chose a device) booted nothing: not a boot.
     return [choice for i, choice in enumerate(seen) if choice or i == len(seen) - 1]
 
