@@ -27,8 +27,10 @@ from kiln.fsutil import write_atomic
 from kiln.lab import dnsmasq, lifecycle, netns, procs
 from kiln.lab.chaos import Loops, wait, web_status
 from kiln.lab.layout import PROJECT, Lab, tap_name
+from kiln.lab.vipwatch import VipWatch, exporter_url
 from kiln.model import Host
 from kiln.operator import Server, ServerError
+from kiln.roles.context import NODE_EXPORTER_PORT
 from kiln.secrets import SecretStore
 
 # The reference day-2 drill (the e2e lab test and bench/lab.py): these two hosts added, then web2 and app1 removed.
@@ -86,6 +88,9 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     netns.enter()
     loops = Loops(lab)
     loops.start()
+    lbs = [h for h in lab.cluster.hosts if h.role == "lb" and h.name in running]
+    vips = VipWatch({h.name: exporter_url(str(h.ip), NODE_EXPORTER_PORT) for h in lbs})
+    vips.start()  # a VIP that moves during the change shows in its record (a request hung on the old holder)
     began = time.monotonic()
     record: dict[str, Any] = {"boot": boot, "added": [h.name for h in new]}
 
@@ -98,6 +103,7 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     except (NotPublished, ServerError) as e:
         console.print(f"[red]lab up: {e}[/]")
         loops.stop.set()
+        vips.stop()
         return 1
     record.update(
         generations=applied.generations,
@@ -125,8 +131,10 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
                 outcome = "no traffic"
     time.sleep(SETTLE)
     loops.stop.set()
+    vips.stop()
     ended = time.monotonic()
     loops.settle(ended)  # a request still in flight counts once it has its answer or its failure
+    console.print(f"the VIP's holders: {vips.said(began)}")
     _, failed, total = loops.failed_seconds(began, ended)
     failures = loops.failed_requests(began, ended)
     for line in failures:
@@ -140,6 +148,7 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
         requests=total,
         failed_requests=failed,
         slowest_answer_seconds=round(slowest, 1),
+        vip_holders=[[round(t - began, 1), list(h)] for t, h in vips.moves],
         writes=len(loops.written),
         served_by=sorted(loops.served_by),
     )

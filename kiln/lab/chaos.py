@@ -15,11 +15,12 @@ app host, last and alone: the rejoining web's join check goes through it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,8 @@ class Loops:
     tag: str = field(default_factory=lambda: f"chaos-{uuid.uuid4().hex[:8]}")
     requests: list[tuple[float, float, bool]] = field(default_factory=list)  # (sent, answered or gave up, ok)
     edge: list[tuple[float, float, bool]] = field(default_factory=list)  # the VIP's own answers, as requests
+    # the edge probe asks only while set (probe_vip): its connections and HAProxy's log lines are load on the LBs
+    edge_on: threading.Event = field(default_factory=threading.Event)
     failures: list[tuple[float, str]] = field(default_factory=list)  # (sent, what came back) per failed request
     served_by: dict[str, float] = field(default_factory=dict)  # app host (X-Kiln-App) -> when it first answered
     written: list[int] = field(default_factory=list)
@@ -158,8 +161,18 @@ class Loops:
 
     def _edge_loop(self) -> None:
         while not self.stop.is_set():
-            threading.Thread(target=self._edge_probe, args=(time.monotonic(),), daemon=True).start()
+            if self.edge_on.is_set():
+                threading.Thread(target=self._edge_probe, args=(time.monotonic(),), daemon=True).start()
             self.stop.wait(EDGE_INTERVAL)
+
+    @contextlib.contextmanager
+    def probe_vip(self) -> Iterator[None]:
+        """The edge probe asks the VIP within this block (the LB drills): vip_silent reads what it heard."""
+        self.edge_on.set()
+        try:
+            yield
+        finally:
+            self.edge_on.clear()
 
     def _edge_probe(self, at: float) -> None:
         lab = self.lab
@@ -257,6 +270,11 @@ def host_state(lab: Lab, name: str) -> dict:
 
 
 def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
+    with loops.probe_vip():
+        return _lb_power_off(lab, loops)
+
+
+def _lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
     lb1, lb2 = (h.name for h in lab.cluster.by_role("lb")[:2])
     # a starved LB may not answer one SSH probe in time: the drill starts once a probe sees the VIP on lb1 alone
     wait(f"the VIP on {lb1} alone before the drill", lambda: vip_holder(lab) == [lb1], 600, step=5)

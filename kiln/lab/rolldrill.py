@@ -23,7 +23,8 @@ def drill_roll(lab: Lab, project: Project, role: str = "web") -> Result:
     time.sleep(3)
     since = time.monotonic()
     try:
-        code = roll_cli.roll(project, role, lab=True)
+        with loops.probe_vip():
+            code = roll_cli.roll(project, role, lab=True)
     finally:
         until = time.monotonic()
         loops.stop.set()

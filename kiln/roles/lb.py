@@ -27,7 +27,7 @@ KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 VRRP_STATE_SCRIPT = "/usr/local/sbin/kiln-vrrp-state"
 VRRP_STATE_SERVICE = "/etc/systemd/system/kiln-vrrp-state.service"
 VRRP_STATE_TIMER = "/etc/systemd/system/kiln-vrrp-state.timer"
-VRRP_STATE_EVERY = "30s"
+VRRP_STATE_EVERY = "60s"
 
 
 @dataclass(frozen=True)
