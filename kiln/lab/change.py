@@ -88,7 +88,7 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     netns.enter()
     loops = Loops(lab)
     loops.start()
-    lbs = [h for h in lab.cluster.hosts if h.role == "lb" and h.name in running]
+    lbs = [h for h in lab.cluster.by_role("lb") if h.name in running]
     vips = VipWatch({h.name: exporter_url(str(h.ip), NODE_EXPORTER_PORT) for h in lbs})
     vips.start()  # a VIP that moves during the change shows in its record (a request hung on the old holder)
     began = time.monotonic()

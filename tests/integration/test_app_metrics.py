@@ -30,9 +30,9 @@ REQUESTS.labels("other", "404").inc(1000)
 """
 
 
-def unit_lines(cluster, key: str) -> list[str]:
-    text = render(cluster).content(render(cluster).bundles["app1"], app.APP_UNIT)
-    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(f"{key}=")]
+def unit_lines(unit: str, key: str) -> list[str]:
+    """The values of the unit file's `key=` lines."""
+    return [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(f"{key}=")]
 
 
 def get(url: str) -> tuple[int, str]:
@@ -54,8 +54,10 @@ def requests_counted(text: str) -> float:
 
 class Gunicorn:
     def __init__(self, cluster, directory: Path) -> None:
-        environment = dict(e.split("=", 1) for e in unit_lines(cluster, "Environment"))
-        (exec_start,) = unit_lines(cluster, "ExecStart")
+        rendered = render(cluster)
+        unit = rendered.content(rendered.bundles["app1"], app.APP_UNIT)
+        environment = dict(e.split("=", 1) for e in unit_lines(unit, "Environment"))
+        (exec_start,) = unit_lines(unit, "ExecStart")
         argv = shlex.split(exec_start)
         assert argv[0].endswith("/venv/bin/gunicorn") and argv[-1] == "kilnapp.wsgi:app", argv
         assert environment["PROMETHEUS_MULTIPROC_DIR"] == "/run/kiln-app", "the unit's RuntimeDirectory"
