@@ -46,7 +46,7 @@ from kiln.server.bundles import BundleCache, Signed
 from kiln.server.dbreport import MAX_BODY_BYTES as DB_BODY_BYTES
 from kiln.server.dbreport import parse_events, parse_view
 from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, Event, parse_event, parse_mac
-from kiln.server.limits import Limits
+from kiln.server.limits import Limits, ReportQueue
 from kiln.server.metrics import METRICS_CONTENT_TYPE, UNMATCHED, ServerMetrics, StateCollector, healthz
 from kiln.server.publish import Live, Publisher, Rejected, poll_interval
 from kiln.server.states import State, progress, step_progress
@@ -84,6 +84,7 @@ class Provisioner:
         # Short calls go through state().
         self._executor = ThreadPoolExecutor(self.store.threads, thread_name_prefix="kiln-state")
         self._running: dict[str, int] = {}  # host -> the generation it last said it runs (saves a write per poll)
+        self.reports = ReportQueue(self.store.threads)  # events: one at a time, after the boot path
         self.metrics.watch(StateCollector(lambda: self.store.census(), lambda: self.live.generation, self.certificates))
 
     @property
@@ -449,9 +450,12 @@ async def post_event(request: Request) -> Response:
         return body
     by_key = request.headers.get("authorization", "").startswith(hostauth.SCHEME + " ")
     try:
-        stored: tuple[State, Event] | Response | None = await _signed_event(p, request, name, body) if by_key else None
-        if stored is None:
-            stored = await _checked_event(p, request, name, body, by_key)
+        async with p.reports.turn():
+            stored: tuple[State, Event] | Response | None = (
+                await _signed_event(p, request, name, body) if by_key else None
+            )
+            if stored is None:
+                stored = await _checked_event(p, request, name, body, by_key)
     except Denied as e:
         return await _refused(p, request, "event", e, name if p.host_by_name(name) else None)
     if isinstance(stored, Response):

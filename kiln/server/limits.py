@@ -9,14 +9,16 @@ rate for what hosts write. So one slow, huge or chatty client cannot stall or st
   idle ones between requests.
 - uvicorn's limit_concurrency answers 503 beyond CONCURRENCY connections and tasks at once.
 - Events and enrolments: a token bucket per host and per peer address (429 with Retry-After beyond it).
+- Events wait their turn behind the boot path (ReportQueue): a bundle fetch is not queued behind a storm's events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +62,10 @@ class GuardedH11(H11Protocol):
                 self._disarm()
                 self.refused("request", "head_too_large")
                 self.transport.write(TOO_LARGE)
-                self.transport.close()
+                # abort, not close: a TLS close waits for the client's close_notify, and OpenSSL decrypts all the
+                # client still sends to find it (9 ms of CPU for a 10 MB head, 87 such clients a second saturated
+                # the server). The 431 is on its way; what follows it is a reset.
+                self.transport.abort()
                 return
             if end >= 0:
                 self._head_bytes = 0  # the next head counts afresh
@@ -160,3 +165,21 @@ class Limits:
         if host is not None:
             waits.append(self.per_host.take(host))
         return max(waits)
+
+
+class ReportQueue:
+    """Host reports (events: ten per provisioning) take turns; the boot path (iPXE script, enrolment, bundle: what
+    a booting host waits for) does not. The event loop runs ready requests in arrival order, so in a boot storm
+    each bundle fetch waited for the events of every host in flight (bench/server.py, 1000 hosts, 32 at once:
+    p99 365 ms; 41-54 ms with this, events' own p50 48 -> 62 ms). A report's turn starts with a step aside: what
+    is ready by then runs first, and the other reports queue behind this one, in order."""
+
+    def __init__(self, at_once: int) -> None:
+        """`at_once`: reports in progress at once (the state store's threads: a SQLite write runs on the loop)."""
+        self._turns = asyncio.Semaphore(at_once)
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        async with self._turns:
+            await asyncio.sleep(0)
+            yield
