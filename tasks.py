@@ -291,9 +291,10 @@ def freeze(c, force=False):
         "boot": "up: pxe (empty disks, network install; the default) or disk (overlays of the built images)",
         "timeout": "up: seconds to wait for every host to join (default 1800)",
         "roles": "roles.yaml of the lab (default: the shipped one)",
+        "checks": "verify: only the checks whose names match this pytest -k expression (e.g. 'firewall or web3')",
     },
 )
-def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
+def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None, checks=""):
     """The reference cluster in QEMU here; ACTION: up, status, verify, audit, chaos, failover, down, ssh (--host H)."""
     from kiln.lab import cli as lab_cli
 
@@ -302,7 +303,11 @@ def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None):
     # ssh: what follows `--` runs on the host as the admin account (./inv lab ssh --host db1 -- sudo mariadb)
     command = c.remainder if action == "ssh" else ""
     project = Project(roles=roles)
-    _exit(lab_cli.run(project, action=action, host=host, boot=boot, timeout=float(timeout), command=command))
+    _exit(
+        lab_cli.run(
+            project, action=action, host=host, boot=boot, timeout=float(timeout), command=command, checks=checks
+        )
+    )
 
 
 @task(

@@ -76,7 +76,9 @@ def ssh(lab: Lab, *, host: str | None, command: str = "") -> int:
     return 1  # not reached
 
 
-def run(project: Project, *, action: str, host: str | None, boot: str, timeout: float, command: str = "") -> int:
+def run(
+    project: Project, *, action: str, host: str | None, boot: str, timeout: float, command: str = "", checks: str = ""
+) -> int:
     lab = lab_of(project)
     if lab is None:
         return 1
@@ -91,7 +93,7 @@ def run(project: Project, *, action: str, host: str | None, boot: str, timeout: 
     if action == "verify":
         from kiln.lab.verify import verify
 
-        return verify(lab)
+        return verify(lab, checks=checks)
     if action == "chaos":
         from kiln.lab.chaos import chaos
 

@@ -65,13 +65,15 @@ def table(rows: list[tuple[str, str, str]], title: str) -> Table:
     return t
 
 
-def verify(lab: Lab) -> int:
+def verify(lab: Lab, checks: str = "") -> int:
+    """The suite against the running lab; `checks`: only those whose names match this pytest -k expression (a
+    check's name carries its hosts, e.g. test_hardening_baseline[web3], test_firewall_matrix[web1->app1:8080])."""
     if not netns.exists():
         print("the lab is down: ./inv lab up first", file=sys.stderr)
         return 1
     report = lab.root / "verify.xml"
     report.unlink(missing_ok=True)
-    code = run_suite(report, lab)
+    code = run_suite(report, lab, extra=["-k", checks] if checks else None)
     if not report.exists():
         return code or 1
     rows = results(report)
