@@ -5,7 +5,8 @@ server's memory, and what a dashboard poll sends (the whole list, then only what
 
 Goals on a 2-core machine: the storm done in under 30 s, bundle fetch p99 under 100 ms, 10 MB request heads
 stall another client's request by under 100 ms; with a 10,000-host cluster the server stays under 400 MB. The
-server and this client share the two cores. Results: bench/results/server.json (--hosts 10000: server-10000.json). Never asserted.
+server and this client share the two cores. Results: bench/results/server.json (--hosts 10000:
+server-10000.json). Never asserted.
 
     python bench/server.py                       1000 hosts, all of them boot
     python bench/server.py --hosts 10000         a 10,000-host cluster, 1000 of them boot
