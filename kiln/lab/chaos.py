@@ -33,7 +33,9 @@ from kiln.lab import client, lifecycle, netns, vm
 from kiln.lab.layout import OUTSIDE, Lab
 from kiln.lab.probe import Reply, request
 from kiln.lab.ssh import as_root, config_file, config_path, forget
+from kiln.lab.vipwatch import VipWatch, exporter_url
 from kiln.roles import db as db_role
+from kiln.roles.context import NODE_EXPORTER_PORT
 from kiln.run import CommandError, run
 
 # One request a second: under TCG the single app VM serves a few DB-touching requests a second in all, and the
@@ -223,6 +225,10 @@ class Loops:
         in seconds."""
         return _longest_gap(list(self.edge), since, until)
 
+    def vip_silent_from(self, since: float, until: float) -> float:
+        """When that longest silence began, in seconds after `since`."""
+        return _longest_gap_at(list(self.edge), since, until)[1]
+
     def slowest(self, since: float, until: float) -> tuple[float, float]:
         """(seconds, sent that many seconds after `since`) of the slowest answered request within [since, until];
         (0.0, 0.0) when none was answered."""
@@ -236,8 +242,13 @@ class Loops:
 
 def _longest_gap(records: list[tuple[float, float, bool]], since: float, until: float) -> float:
     """The longest time within [since, until] between successful answers of (sent, answered, ok) records."""
+    return _longest_gap_at(records, since, until)[0]
+
+
+def _longest_gap_at(records: list[tuple[float, float, bool]], since: float, until: float) -> tuple[float, float]:
+    """(that longest time, when it began in seconds after `since`)."""
     answered = [since] + sorted(end for _, end, ok in records if ok and since <= end <= until) + [until]
-    return max(b - a for a, b in zip(answered, answered[1:], strict=False))
+    return max((b - a, a - since) for a, b in zip(answered, answered[1:], strict=False))
 
 
 @dataclass(frozen=True)
@@ -270,8 +281,26 @@ def host_state(lab: Lab, name: str) -> dict:
 
 
 def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
-    with loops.probe_vip():
-        return _lb_power_off(lab, loops)
+    """lb1 off, the VIP to lb2, lb1 back. Evidence for a long silence, kept with the lab's logs: which LBs said they
+    held the VIP, and when (each LB's node exporter: VipWatch), and both LBs' keepalived journals."""
+    lbs = lab.cluster.by_role("lb")
+    watch = VipWatch({h.name: exporter_url(str(h.ip), NODE_EXPORTER_PORT) for h in lbs})
+    began = time.monotonic()
+    watch.start()
+    try:
+        with loops.probe_vip():
+            return _lb_power_off(lab, loops)
+    finally:
+        watch.stop()
+        lines = [f"the VIP's holders, by their exporters: {watch.said(began)}"]
+        for h in lbs:
+            journal = "journalctl -b -u keepalived -o short-iso-precise --no-pager | tail -n 300"
+            try:
+                lines += [f"--- {h.name}: keepalived this boot", ssh(lab, h.name, journal, check=False)]
+            except (CommandError, OSError) as e:
+                lines.append(f"--- {h.name}: journal unreadable: {e}")
+        (lab.logs / "lb-drill.log").write_text("\n".join(lines) + "\n")
+        print(f"  {lines[0]} (keepalived's journals: {lab.logs / 'lb-drill.log'})")
 
 
 def _lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
@@ -303,12 +332,12 @@ def _lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
         )
     ]
     span, failed, total = loops.failed_seconds(back, now)
-    silent = loops.vip_silent(back, now)
+    silent, silent_from = loops.vip_silent(back, now), loops.vip_silent_from(back, now)
     results.append(
         Result(
             f"power {lb1} back",
-            f"took the VIP back after {rejoined:.0f} s; the VIP silent {silent:.1f} s at most; longest without an app "
-            f"answer {span:.1f} s ({failed}/{total} requests failed)",
+            f"took the VIP back after {rejoined:.0f} s; the VIP silent {silent:.1f} s at most (from +{silent_from:.0f}"
+            f" s); longest without an app answer {span:.1f} s ({failed}/{total} requests failed)",
             "rejoins; VIP silent < 5 s; no request fails",
             goal_met=silent < 5 and failed == 0,
         )

@@ -332,8 +332,17 @@ def test_the_vip_probe_hears_how_long_the_vip_was_silent_whatever_hangs(monkeypa
     loops.stop.set()
     silent = loops.vip_silent(began, time.monotonic())
     assert 0.9 < silent < 1.8, silent
+    assert loops.vip_silent_from(began, time.monotonic()) < 0.2, "the silence began with the drill"
     assert set(asked) == {(False, "/")}, "plain HTTP to HAProxy's redirect"
     assert sum(1 for _, _, ok in loops.edge if not ok) >= 20, "it kept asking while the first ones hung"
+
+
+def test_the_longest_gap_says_when_it_began() -> None:
+    from kiln.lab.chaos import _longest_gap_at
+
+    records = [(0.0, 1.0, True), (1.0, 2.0, True), (2.0, 9.0, False), (8.0, 9.0, True), (9.0, 9.5, True)]
+    assert _longest_gap_at(records, 0.0, 10.0) == (7.0, 2.0)  # from the answer at 2 s to the one at 9 s
+    assert _longest_gap_at([], 0.0, 10.0) == (10.0, 0.0)  # nothing answered: the whole window
 
 
 def test_the_request_loop_waits_past_the_stacks_own_timeouts(cluster) -> None:
