@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -356,6 +357,33 @@ def test_the_vip_leaves_an_lb_whose_haproxy_cannot_serve_and_returns_once_it_can
     back = wait_for_holder(running, ["lb1"], 60)
     assert time.monotonic() - began >= 10, "lb1 preempted before preempt_delay (10 s) passed"
     assert back < 60
+
+
+@pytest.mark.slow  # 40 s of a stalled HAProxy and after
+def test_a_master_whose_haproxy_answers_slowly_keeps_the_vip(running: Cluster6) -> None:
+    """HAProxy stalled 20 s on the master (SIGSTOP: the kernel still accepts the check's connection, the answer waits),
+    as a starved host answers late: a late answer is not a miss, the VIP stays. With a 2 s read and keepalived's 4 s
+    timeout the check failed three times, lb1 fell below lb2 and lb2 took the VIP after its preempt_delay (in the
+    lab a booting peer that could not serve took it that way: 15-25 s without an answer)."""
+    deadline = time.monotonic() + 60
+    while not all("haproxy_ready) succeeded" in running.lab.log(f"{lb}-keepalived") for lb in ("lb1", "lb2")):
+        assert time.monotonic() < deadline, "the LBs' readiness checks never passed\n" + running.logs()
+        time.sleep(0.5)
+    wait_for_holder(running, ["lb1"], 30)
+    _, haproxy = next((n, p) for n, p in running.lab.processes if n == "lb1-haproxy")
+    vip = running.bundles["lb1"].network.vip
+    haproxy.send_signal(signal.SIGSTOP)
+    held = []
+    try:
+        for _ in range(40):  # 20 s: long enough for three misses and lb2's preempt_delay with a 2 s read
+            held.append(tuple(vip_holders(running.lab, vip)))
+            time.sleep(0.5)
+    finally:
+        haproxy.send_signal(signal.SIGCONT)
+    for _ in range(36):
+        held.append(tuple(vip_holders(running.lab, vip)))
+        time.sleep(0.5)
+    assert set(held) == {("lb1",)}, f"the VIP left lb1: {held}\n" + running.logs()
 
 
 def test_an_lb_whose_keepalived_runs_another_priority_fails_its_join(running: Cluster6) -> None:
