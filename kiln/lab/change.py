@@ -27,10 +27,9 @@ from kiln.fsutil import write_atomic
 from kiln.lab import dnsmasq, lifecycle, netns, procs
 from kiln.lab.chaos import Loops, wait, web_status
 from kiln.lab.layout import PROJECT, Lab, tap_name
-from kiln.lab.vipwatch import VipWatch, exporter_url
+from kiln.lab.vipwatch import VipWatch
 from kiln.model import Host
 from kiln.operator import Server, ServerError
-from kiln.roles.context import NODE_EXPORTER_PORT
 from kiln.secrets import SecretStore
 
 # The reference day-2 drill (the e2e lab test and bench/lab.py): these two hosts added, then web2 and app1 removed.
@@ -88,8 +87,7 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     netns.enter()
     loops = Loops(lab)
     loops.start()
-    lbs = [h for h in lab.cluster.by_role("lb") if h.name in running]
-    vips = VipWatch({h.name: exporter_url(str(h.ip), NODE_EXPORTER_PORT) for h in lbs})
+    vips = VipWatch.of(h for h in lab.cluster.by_role("lb") if h.name in running)
     vips.start()  # a VIP that moves during the change shows in its record (a request hung on the old holder)
     began = time.monotonic()
     record: dict[str, Any] = {"boot": boot, "added": [h.name for h in new]}

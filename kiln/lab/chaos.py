@@ -33,9 +33,8 @@ from kiln.lab import client, lifecycle, netns, vm
 from kiln.lab.layout import OUTSIDE, Lab
 from kiln.lab.probe import Reply, request
 from kiln.lab.ssh import as_root, config_file, config_path, forget
-from kiln.lab.vipwatch import VipWatch, exporter_url
+from kiln.lab.vipwatch import VipWatch
 from kiln.roles import db as db_role
-from kiln.roles.context import NODE_EXPORTER_PORT
 from kiln.run import CommandError, run
 
 # One request a second: under TCG the single app VM serves a few DB-touching requests a second in all, and the
@@ -225,9 +224,9 @@ class Loops:
         in seconds."""
         return _longest_gap(list(self.edge), since, until)
 
-    def vip_silent_from(self, since: float, until: float) -> float:
-        """When that longest silence began, in seconds after `since`."""
-        return _longest_gap_at(list(self.edge), since, until)[1]
+    def vip_silence(self, since: float, until: float) -> tuple[float, float]:
+        """(vip_silent's seconds, when that silence began in seconds after `since`)."""
+        return _longest_gap_at(list(self.edge), since, until)
 
     def slowest(self, since: float, until: float) -> tuple[float, float]:
         """(seconds, sent that many seconds after `since`) of the slowest answered request within [since, until];
@@ -284,7 +283,7 @@ def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
     """lb1 off, the VIP to lb2, lb1 back. Evidence for a long silence, kept with the lab's logs: which LBs said they
     held the VIP, and when (each LB's node exporter: VipWatch), and both LBs' keepalived journals."""
     lbs = lab.cluster.by_role("lb")
-    watch = VipWatch({h.name: exporter_url(str(h.ip), NODE_EXPORTER_PORT) for h in lbs})
+    watch = VipWatch.of(lbs)
     began = time.monotonic()
     watch.start()
     try:
@@ -332,7 +331,7 @@ def _lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
         )
     ]
     span, failed, total = loops.failed_seconds(back, now)
-    silent, silent_from = loops.vip_silent(back, now), loops.vip_silent_from(back, now)
+    silent, silent_from = loops.vip_silence(back, now)
     results.append(
         Result(
             f"power {lb1} back",

@@ -2,7 +2,7 @@
 collector only (`kiln_keepalived_vrrp_state`, which keepalived's notify rewrites at each transition). A VIP that
 moved during a change, and when, shows in the change's record: one small HTTP request per LB a poll, no SSH.
 
-    watch = VipWatch({"lb1": "http://10.10.0.11:9100/metrics?collect%5B%5D=textfile", ...})
+    watch = VipWatch.of(cluster.by_role("lb"))   # or VipWatch({"lb1": exporter_url("10.10.0.11", 9100), ...})
     watch.start(); ...; watch.stop()
     watch.moves      [(monotonic time, ("lb1",)), (t, ("lb2",)), ...]: the holders at each change
 """
@@ -12,10 +12,13 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from kiln.model import Host
+from kiln.roles.context import NODE_EXPORTER_PORT
 
 METRIC = "kiln_keepalived_vrrp_state"
 EVERY = 2.0  # seconds between polls
@@ -34,6 +37,11 @@ class VipWatch:
     moves: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+
+    @classmethod
+    def of(cls, lbs: Iterable[Host]) -> VipWatch:
+        """A watch over these LBs' node exporters, at their host addresses."""
+        return cls({h.name: exporter_url(str(h.ip), NODE_EXPORTER_PORT) for h in lbs})
 
     def holders(self) -> tuple[str, ...]:
         """The LBs whose exporter says 1 now, in name order."""
