@@ -9,7 +9,22 @@ from typing import Any
 
 from kiln import mac
 from kiln.model import access, monitoring
-from kiln.model.cluster import Bmc, BmcDriver, Cluster, DbRole, DiskRule, Host, Image, Network, parse_size
+from kiln.model.cluster import (
+    Bmc,
+    BmcDriver,
+    Bond,
+    BondMode,
+    Cluster,
+    DbRole,
+    DiskRule,
+    Host,
+    HostNetwork,
+    Image,
+    Network,
+    Route,
+    Vlan,
+    parse_size,
+)
 from kiln.model.meaning import check_meaning
 from kiln.model.problems import InvalidRoles, Problem
 from kiln.model.shape import check_shape, schema
@@ -22,6 +37,7 @@ __all__ = [
     "DbRole",
     "DiskRule",
     "Host",
+    "HostNetwork",
     "InvalidRoles",
     "Problem",
     "load_roles",
@@ -114,6 +130,33 @@ def _bmc(given: dict[str, Any]) -> Bmc:
     )
 
 
+def host_network(given: dict[str, Any] | None) -> HostNetwork | None:
+    """hosts[].network, valid, as a HostNetwork (MACs normalised); None when the host declares none."""
+    if given is None:
+        return None
+    bond = given.get("bond")
+
+    def addresses(values: list[str]) -> tuple[ipaddress.IPv4Interface, ...]:
+        return tuple(ipaddress.IPv4Interface(a) for a in values)
+
+    return HostNetwork(
+        mtu=given.get("mtu"),
+        bond=Bond(
+            mode=BondMode(bond["mode"]),
+            members=tuple(mac.normalize(m) for m in bond["members"]),
+            lacp_rate=bond.get("lacp_rate"),
+            primary=mac.normalize(bond["primary"]) if "primary" in bond else None,
+        )
+        if bond
+        else None,
+        addresses=addresses(given.get("addresses", [])),
+        vlans=tuple(Vlan(v["id"], addresses(v["addresses"]), v.get("mtu")) for v in given.get("vlans", [])),
+        routes=tuple(
+            Route(ipaddress.IPv4Network(r["to"]), ipaddress.IPv4Address(r["via"])) for r in given.get("routes", [])
+        ),
+    )
+
+
 def _build(marked: Marked) -> Cluster:
     d = marked.data
     assert isinstance(d, dict)
@@ -139,6 +182,7 @@ def _build(marked: Marked) -> Cluster:
             db_role=DbRole(h["db_role"]) if "db_role" in h else None,
             server_id=h.get("server_id"),
             bmc=_bmc(h["bmc"]) if "bmc" in h else None,
+            network=host_network(h.get("network")),
         )
         for h in d["hosts"]
     )

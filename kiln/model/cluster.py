@@ -104,6 +104,45 @@ class Bmc:
     ca: str | None = None  # redfish: a CA certificate file under secrets/ (None: the system's)
 
 
+class BondMode(StrEnum):
+    lacp = "802.3ad"
+    active_backup = "active-backup"
+
+
+@dataclass(frozen=True)
+class Bond:
+    """kiln0 as a bond of NICs (roles.yaml hosts[].network.bond); the host's MAC is a member and the bond's."""
+
+    mode: BondMode
+    members: tuple[str, ...]  # MACs, lower case, colon separated, in roles.yaml order
+    lacp_rate: str | None = None  # 802.3ad: fast | slow (None: the kernel's, slow)
+    primary: str | None = None  # active-backup: the member MAC preferred while its link is up
+
+
+@dataclass(frozen=True)
+class Vlan:
+    id: int  # 1..4094; the interface is kiln0.<id>
+    addresses: tuple[ipaddress.IPv4Interface, ...]
+    mtu: int | None = None  # bytes; None: kiln0's
+
+
+@dataclass(frozen=True)
+class Route:
+    to: ipaddress.IPv4Network
+    via: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class HostNetwork:
+    """What roles.yaml hosts[].network declares beyond `mac` and `ip` (kiln/roles/networkd.py renders it)."""
+
+    mtu: int | None = None  # kiln0's, in bytes; None: the NIC's
+    bond: Bond | None = None
+    addresses: tuple[ipaddress.IPv4Interface, ...] = ()  # on kiln0 after `ip`
+    vlans: tuple[Vlan, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -115,6 +154,7 @@ class Host:
     db_role: DbRole | None = None
     server_id: int | None = None  # db only: MariaDB's server_id when roles.yaml sets it (kiln.roles.db.server_id)
     bmc: Bmc | None = None  # power control (./inv power); None: roles.yaml names none
+    network: HostNetwork | None = None  # bonds, VLANs, more addresses, routes, MTU; None: one NIC, `ip` only
 
     @property
     def is_primary(self) -> bool:

@@ -11,6 +11,7 @@ from kiln.model.shape import schema
 _KIND_NAMES = {
     "ipv4": "IPv4 address",
     "cidr": "IPv4 CIDR",
+    "interface_address": "IPv4 address/prefix",
     "mac": "MAC address",
     "path": "absolute path",
     "server_url": "https URL of an IPv4 address",

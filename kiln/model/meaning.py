@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from kiln import mac
-from kiln.model import access, monitoring
+from kiln.model import access, monitoring, netcheck
 from kiln.model.cluster import parse_size
 from kiln.model.problems import Problem
 from kiln.model.shape import schema
@@ -369,6 +369,13 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("alerts-to-provisioning-url", alerts_to_provisioning_url),
     ("disk-size", disk_size),
     ("bmc-settings", bmc_settings),
+    ("bond-members", netcheck.bond_members),
+    ("bond-member-taken", netcheck.bond_member_taken),
+    ("vlan", netcheck.vlans),
+    ("host-address", netcheck.host_addresses),
+    ("duplicate-address", netcheck.duplicate_address),
+    ("address-overlap", netcheck.address_overlap),
+    ("route", netcheck.routes),
 )
 
 

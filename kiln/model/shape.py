@@ -38,6 +38,19 @@ def _is_ipv4_network(value: object) -> bool:
     return True
 
 
+@FORMAT_CHECKER.checks("ipv4-interface", raises=ValueError)
+def _is_ipv4_interface(value: object) -> bool:
+    """An address on an interface with its network's prefix length: 10.20.0.5/24 (host bits set, unlike a CIDR)."""
+    if not isinstance(value, str):
+        return True
+    if "/" not in value:
+        raise ValueError("no prefix length")
+    address = ipaddress.IPv4Interface(value)
+    if address.network.prefixlen == 0:
+        raise ValueError("prefix length 0")
+    return True
+
+
 # What a pattern or format means, said the way an operator would: (what it is not, an example).
 _KINDS = {
     "mac": ("a MAC address", "six hex pairs like 52:54:00:10:00:11"),
@@ -45,6 +58,7 @@ _KINDS = {
     "domain": ("a valid domain name", "e.g. www.foobar.com"),
     "ipv4": ("an IPv4 address", "dotted quad like 10.10.0.11"),
     "ipv4-network": ("an IPv4 network", "CIDR like 10.10.0.0/24, no host bits set"),
+    "ipv4-interface": ("an IPv4 address with its prefix length", "like 10.20.0.5/24"),
     "path": (
         "a safe absolute path",
         "'/'-separated letters, digits, '.', '_' and '-' like /srv/www, no '.' or '..' component",
@@ -151,7 +165,11 @@ def _verdict() -> jsonschema_rs.Validator:
     10,000-host file. The Python validator runs only when there is something to explain."""
     return jsonschema_rs.validator_for(
         schema(),
-        formats={"ipv4": _format_holds(_is_ipv4), "ipv4-network": _format_holds(_is_ipv4_network)},
+        formats={
+            "ipv4": _format_holds(_is_ipv4),
+            "ipv4-network": _format_holds(_is_ipv4_network),
+            "ipv4-interface": _format_holds(_is_ipv4_interface),
+        },
         validate_formats=True,
     )
 
