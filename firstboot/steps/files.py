@@ -22,7 +22,8 @@ from kiln.bundle import File, Secret
 from kiln.fsutil import differs, ensure_file, remove_stale_temps
 from kiln.run import CommandError, run
 
-NETWORK_PATHS = ("/etc/hostname", "/etc/hosts", "/etc/systemd/network/")
+NETWORKD_DIR = "/etc/systemd/network/"
+NETWORK_PATHS = ("/etc/hostname", "/etc/hosts", NETWORKD_DIR)
 SYSCTL_DIR = "/etc/sysctl.d/"
 WITHHELD = "secrets were already handed out; re-arm the host with ./inv reprovision HOST"
 
@@ -85,18 +86,42 @@ def _summary(changed: list[str], total: int, what: str) -> str:
     return f"{len(changed)} of {total} {what} changed" if changed else f"unchanged ({total} {what})"
 
 
+def _drop_stale_networkd(ctx: StepContext, entries: Sequence[File]) -> list[str]:
+    """Remove kiln's networkd files (10-kiln0*) the bundle no longer lists: a VLAN or a bond roles.yaml dropped,
+    or the 10-kiln0.link of a host whose kiln0 became a bond (it would name the NIC kiln0, the bond's name).
+    Noted first, so a converge that fails its checks puts them back. Return the host paths removed."""
+    listed = {e.path for e in entries}
+    if not any(path.startswith(NETWORKD_DIR) for path in listed):
+        return []  # a bundle that renders no networkd file leaves the directory as it is
+    directory = ctx.paths.under(NETWORKD_DIR)
+    stale = [
+        f"{NETWORKD_DIR}{p.name}"
+        for p in sorted(directory.glob("10-kiln0*"))
+        if p.suffix in (".link", ".network", ".netdev") and f"{NETWORKD_DIR}{p.name}" not in listed
+    ]
+    if stale:
+        ctx.note_changes(stale)
+    for path in stale:
+        ctx.paths.under(path).unlink(missing_ok=True)
+    return stale
+
+
 def network(ctx: StepContext) -> Outcome:
-    """Hostname, /etc/hosts and the systemd-networkd files; live: set the hostname, reload networkd."""
+    """Hostname, /etc/hosts and the systemd-networkd files (kiln's stale ones removed); live: set the hostname,
+    name the NIC as its rendered .link does, reload networkd."""
     host, interface = ctx.bundle.host, ctx.bundle.network.interface
     entries = [f for f in ctx.bundle.files if _is_network(f.path)]
     changed = _write(ctx, entries)
-    detail = _summary(changed, len(entries), "files") + f"; hostname {host.name}"
+    removed = _drop_stale_networkd(ctx, entries)
+    changed += removed
+    detail = _summary(changed, len(entries), "files") + (f", {len(removed)} removed" if removed else "")
+    detail += f"; hostname {host.name}"
     if ctx.live and ctx.paths.is_host:
         try:
             if run(["hostname"], check=False).stdout.strip() != host.name:
                 run(["hostname", host.name])
                 changed.append("hostname")
-            nic = nic_name.ensure_name(host.mac, interface)
+            nic = nic_name.ensure_name(host.mac, nic_name.link_name(entries, host.mac) or interface)
             detail += f"; {nic}"
             if "renamed" in nic or any(p.startswith("/etc/systemd/network/") for p in changed):
                 run(["networkctl", "reload"], check=False)

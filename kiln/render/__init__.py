@@ -106,6 +106,7 @@ class Renderer:
     def bundle(self, host: Host) -> b.Bundle:
         """One host's unsigned bundle, secrets by reference (value null)."""
         c, variables, role, _ = self.variables(host)
+        host_files = common.host_files(host, c)
         return b.Bundle(
             schema=b.BUNDLE_SCHEMA,
             cluster=self.cluster.name,
@@ -117,11 +118,17 @@ class Renderer:
                 b.Directory(path=d.path, mode=d.mode, owner=d.owner, group=d.group)
                 for d in common.DIRECTORIES + role.directories
             ),
-            files=tuple(self.file(f, variables) for f in common.FILES + role.files),
+            files=(
+                *(self.file(f.spec, {**variables, "unit": f.unit} if f.unit else variables) for f in host_files),
+                *(self.file(f, variables) for f in role.files),
+            ),
             secrets=tuple(
                 b.Secret(name=s.name, path=s.path, mode=s.mode, owner=s.owner, group=s.group) for s in role.secrets
             ),
-            services=tuple(b.Service(unit=s.unit, restart_on=s.restart_on) for s in common.SERVICES + role.services),
+            services=tuple(
+                b.Service(unit=s.unit, restart_on=s.restart_on)
+                for s in common.host_services(host_files) + role.services
+            ),
             join=role.join(self.cluster, host, c),
             checks=common.checks(c) + role.checks(self.cluster, host, c),
             admin=b.Admin(name=self.cluster.access.admin_user, keys=self.cluster.access.keys_for(host.role)),

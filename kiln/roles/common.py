@@ -2,37 +2,54 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kiln import bundle as b
 from kiln import freeze
+from kiln.model.cluster import Host
+from kiln.roles import networkd
 from kiln.roles.context import NODE_EXPORTER_PORT, SECRETS_DIR, HostContext
 from kiln.roles.spec import DirSpec, FileSpec, ServiceSpec
 
 NFTABLES_CONF = "/etc/nftables.conf"
 # the tiers' addresses as nftables defines, the same on every host: nftables.conf includes it (include path /etc)
 TIER_SETS = "/etc/nftables.d/kiln-tiers.nft"
-NETWORK_FILE = "/etc/systemd/network/10-kiln0.network"
+NETWORK_FILE = networkd.NETWORK_FILE
 NODE_EXPORTER_DEFAULT = "/etc/default/prometheus-node-exporter"
 SUDOERS_ADMIN = "/etc/sudoers.d/60-kiln-admin"  # no '.' in the name: sudo skips such files in sudoers.d
+NETWORKD = "systemd-networkd.service"
 ELEMENTS = ("kiln-base", "kiln-firstboot")  # in every image, before the role's own
 
-FILES = (
-    FileSpec("/etc/hostname", "hostname.j2"),
-    FileSpec("/etc/hosts", "hosts.j2", cluster_wide=True),
-    FileSpec("/etc/systemd/network/10-kiln0.link", "kiln0.link.j2"),
-    FileSpec(NETWORK_FILE, "kiln0.network.j2"),
+_NAMING = (FileSpec("/etc/hostname", "hostname.j2"), FileSpec("/etc/hosts", "hosts.j2", cluster_wide=True))
+_REST = (
     FileSpec(TIER_SETS, "kiln-tiers.nft.j2", mode="0600", cluster_wide=True),
     FileSpec(NFTABLES_CONF, "nftables.conf.j2", mode="0700", check=("nft", "-c", "-f", NFTABLES_CONF)),
     FileSpec(NODE_EXPORTER_DEFAULT, "node-exporter.default.j2"),
     FileSpec(SUDOERS_ADMIN, "sudoers-admin.j2", mode="0440", check=("visudo", "-cf", SUDOERS_ADMIN)),
 )
+# Every host's files, with one NIC (hosts[].network adds or replaces networkd files: host_files)
+FILES = (*_NAMING, *(f.spec for f in networkd.ONE_NIC), *_REST)
 DIRECTORIES = (DirSpec(SECRETS_DIR, mode="0711"), DirSpec("/etc/nftables.d", mode="0700"))
 SERVICES = (
-    ServiceSpec("systemd-networkd.service", (NETWORK_FILE,)),
+    ServiceSpec(NETWORKD, (NETWORK_FILE,)),
     # the firewall step loads a changed ruleset in one transaction; the unit only loads it at boot (reloading it
     # too loaded the same ruleset twice, 10 s of a converge under emulation)
     ServiceSpec("nftables.service", ()),
     ServiceSpec("prometheus-node-exporter.service", (NODE_EXPORTER_DEFAULT,)),
 )
+
+
+def host_files(host: Host, c: HostContext) -> tuple[networkd.NetworkdFile, ...]:
+    """FILES as this host has them: its networkd files (kiln/roles/networkd.py) in the place of the one-NIC pair.
+    A NetworkdFile's `unit` (None for every file but networkd's own) is the template's `unit` value."""
+    none = tuple(networkd.NetworkdFile(f, None) for f in _NAMING)
+    return (*none, *networkd.files(host.network, c), *(networkd.NetworkdFile(f, None) for f in _REST))
+
+
+def host_services(files: tuple[networkd.NetworkdFile, ...]) -> tuple[ServiceSpec, ...]:
+    """SERVICES as this host has them: networkd reloads for any of its .network and .netdev files (host_files)."""
+    mine = tuple(f.spec.path for f in files if f.spec.path.endswith((".network", ".netdev")))
+    return tuple(replace(s, restart_on=mine) if s.unit == NETWORKD else s for s in SERVICES)
 
 
 # What "node exporter answers" scrapes: one cheap collector (node_exporter's collect[] filter), which proves the
