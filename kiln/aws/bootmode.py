@@ -8,13 +8,13 @@ Both gives `uefi-preference`, one gives `legacy-bios` or `uefi`, neither is an e
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kiln.run import CommandError, run
+from kiln.disklabel import partition_table
+from kiln.run import CommandError
 
 LEGACY_BIOS = "legacy-bios"
 UEFI = "uefi"
@@ -31,13 +31,12 @@ class NotBootable(Exception):
 
 def read_partition_table(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
-        out = run(["sfdisk", "--json", os.fspath(path)], timeout=30).stdout
+        return partition_table(path)
     except CommandError as e:
         lines = e.output.strip().splitlines()
         raise NotBootable(
             f"no partition table sfdisk can read ({lines[-1] if lines else f'exit {e.returncode}'})"
         ) from None
-    return dict(json.loads(out)["partitiontable"])
 
 
 def has_bios_boot_code(path: str | os.PathLike[str]) -> bool:
