@@ -41,6 +41,7 @@ _IMAGE_BUILD = (
     "squashfs-tools",
     "sudo",
     "dosfstools",
+    "mtools",  # the ESP is filled without mounting it (cleanup.d/50-kiln-esp)
     "e2fsprogs",
     "util-linux",
     "kmod",
@@ -51,8 +52,8 @@ _IMAGE_BUILD = (
     "ca-certificates",
     "procps",
 )
-# The image tests: QEMU (TCG) boots and shellcheck for the elements' hooks.
-_IMAGE_TEST = (*_IMAGE_BUILD, "qemu-system-x86", "shellcheck", "cpio", "systemd")
+# The image tests: QEMU (TCG) boots, on OVMF (UEFI, Secure Boot) too, and shellcheck for the elements' hooks.
+_IMAGE_TEST = (*_IMAGE_BUILD, "qemu-system-x86", "ovmf", "shellcheck", "cpio", "systemd")
 
 # The provisioning server's tests: the dashboard in a real headless browser, and its PostgreSQL state path.
 _SERVER_TEST = ("chromium", "chromium-driver", "postgresql")

@@ -49,6 +49,9 @@ def environment(spec: ImageSpec, extra: Mapping[str, str], elements: Path = ELEM
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
     env["ELEMENTS_PATH"] = str(elements)
     env["DIB_QUIET"] = "1"
+    # GPT booting on BIOS and UEFI, root last (elements/kiln-base/block-device-kiln.yaml); DIB's own efi layout
+    # puts a 550 MiB ESP first, a quarter of a 2 GB image
+    env["DIB_BLOCK_DEVICE_CONFIG"] = f"file://{elements / 'kiln-base' / 'block-device-kiln.yaml'}"
     env.update(spec.env_dict())
     env.update(extra)
     return env

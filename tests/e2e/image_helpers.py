@@ -16,6 +16,8 @@ from pathlib import Path
 from kiln.build import cli as build_cli
 from kiln.build.imagefs import mounted
 from kiln.build.plan import IMAGES_DIR
+from kiln.lab.firmware import Firmware
+from kiln.lab.firmware import qemu_args as firmware_args
 from kiln.lab.vm import FW_CFG_SEED
 from kiln.project import Project
 
@@ -48,11 +50,13 @@ class Vm:
         isolated: bool = True,
         seed: Path | None = None,
         cpus: int = 2,
+        firmware: Firmware = Firmware.BIOS,
     ) -> None:
         """QEMU user networking. `isolated` (restrict=on): DHCP works and the guest reaches nothing at all; a
         role image must be isolated, since its agent would try the provisioning URL baked into it. Otherwise
         the guest reaches the host's loopback as 10.0.2.2 (for a guest that only goes where the test sends it).
-        `seed`: a JSON file the guest reads through fw_cfg, as the lab gives a disk-booted VM its enrolment."""
+        `seed`: a JSON file the guest reads through fw_cfg, as the lab gives a disk-booted VM its enrolment.
+        `firmware`: SeaBIOS, OVMF, or OVMF with Secure Boot enforcing (kiln.lab.firmware)."""
         self.workdir = workdir
         self.console = workdir / "console.log"
         self.monitor = workdir / "monitor.sock"
@@ -72,6 +76,7 @@ class Vm:
             "-drive",
             f"file={disk},if=virtio,format={disk_format}",
             "-no-reboot",
+            *firmware_args(firmware, workdir),
         ]
         argv += ["-nic", f"user,model=virtio-net-pci,mac={mac}" + (",restrict=on" if isolated else "")]
         if seed is not None:

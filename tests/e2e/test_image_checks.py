@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,6 +195,44 @@ def test_audit_apparmor_upgrades_firewall_mounts(image: tuple[str, Path]) -> Non
     assert re.search(r"^tmpfs /dev/shm tmpfs \S*noexec", (root / "etc/fstab").read_text(), re.M)
     assert (root / "etc/systemd/network/99-kiln-dhcp.network").is_file()
     assert (root / "etc/machine-id").read_text().strip() in ("", "uninitialized")
+
+
+def _esp_file(raw: Path, offset: int, path: str) -> bytes:
+    """A file of the FAT filesystem at byte `offset` of `raw`, read with mtools (no mount, no vfat needed)."""
+    return subprocess.run(
+        ["mcopy", "-n", "-i", f"{raw}@@{offset}", f"::{path}", "-"], capture_output=True, check=True
+    ).stdout
+
+
+def test_one_gpt_disk_boots_on_bios_and_uefi(image: tuple[str, Path], images: Path) -> None:
+    """BIOS boot partition, ESP with Debian's signed chain (shim as the removable-media loader), root last; the
+    Secure Boot boot itself is in test_image_boot."""
+    role, root = image
+    raw = images / role / f"{role}.raw"
+    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, check=True).stdout)
+    parts = table["partitiontable"]["partitions"]
+    assert table["partitiontable"]["label"] == "gpt"
+    assert [(p["name"], p["type"]) for p in parts] == [
+        ("BSP", "21686148-6449-6E6F-744E-656564454649"),
+        ("ESP", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        ("root", "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+    ]
+    assert parts[2]["start"] > parts[1]["start"] > parts[0]["start"], "root is last: growroot grows it"
+    esp = parts[1]["start"] * table["partitiontable"].get("sectorsize", 512)
+    shim = (root / "usr/lib/shim/shimx64.efi.signed").read_bytes()
+    grub = (root / "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed").read_bytes()
+    for directory in ("EFI/BOOT", "EFI/debian"):
+        assert _esp_file(raw, esp, f"/{directory}/grubx64.efi") == grub, f"{directory}: not Debian's signed GRUB"
+        stub = _esp_file(raw, esp, f"/{directory}/grub.cfg").decode()
+        assert re.search(r"^search\.fs_uuid [0-9a-f-]{36} root$", stub, re.M) and "/boot/grub" in stub, stub
+    assert _esp_file(raw, esp, "/EFI/BOOT/BOOTX64.EFI") == shim, "the removable-media loader is not the signed shim"
+    assert _esp_file(raw, esp, "/EFI/debian/shimx64.efi") == shim
+    volume = subprocess.run(
+        ["blkid", "-p", "-O", str(esp), "-s", "UUID", "-o", "value", raw], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    fstab = (root / "etc/fstab").read_text()
+    assert re.search(rf"^UUID={volume} /boot/efi vfat \S*umask=0077", fstab, re.M), fstab
+    assert not any((root / "boot/efi").iterdir()), "the ESP's files live on the ESP, not under its mount point"
 
 
 def test_agent_and_trust_material(image: tuple[str, Path]) -> None:

@@ -43,13 +43,20 @@ def installer_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def test_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small disk image: MBR, one ext4 partition from 1 MiB holding a marker file."""
+    """A small disk image laid out as kiln's are (elements/kiln-base/block-device-kiln.yaml): GPT, a BIOS boot
+    partition, an ESP, and root last, named root; the installer must find root by that name to write the seed."""
     raw = tmp_path_factory.mktemp("image") / "small.raw"
     with raw.open("wb") as f:
         f.truncate(IMAGE_SIZE)
-    subprocess.run(["sfdisk", "-q", str(raw)], input="start=2048, type=83\n", text=True, check=True)
+    table = (
+        "label: gpt\n"
+        "start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=BSP\n"
+        "start=4096, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=ESP\n"
+        "start=12288, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n"
+    )
+    subprocess.run(["sfdisk", "-q", str(raw)], input=table, text=True, check=True)
     subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-L", "kiln-img-test", "-E", "offset=1048576", str(raw), "40M"], check=True
+        ["mkfs.ext4", "-q", "-F", "-L", "kiln-img-test", "-E", f"offset={12288 * 512}", str(raw), "36M"], check=True
     )
     return raw
 
