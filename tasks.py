@@ -289,12 +289,13 @@ def freeze(c, force=False):
         "action": "up, status, verify, audit, chaos, failover, down or ssh",
         "host": "ssh: the host to open a shell on; audit: only these hosts, comma-separated (default: every host)",
         "boot": "up: pxe (empty disks, network install; the default) or disk (overlays of the built images)",
+        "firmware": "up: bios (SeaBIOS, the default), uefi (OVMF) or secureboot (OVMF, Secure Boot enforcing)",
         "timeout": "up: seconds to wait for every host to join (default 1800)",
         "roles": "roles.yaml of the lab (default: the shipped one)",
         "checks": "verify: only the checks whose names match this pytest -k expression (e.g. 'firewall or web3')",
     },
 )
-def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None, checks=""):
+def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None, checks="", firmware="bios"):
     """The reference cluster in QEMU here; ACTION: up, status, verify, audit, chaos, failover, down, ssh (--host H)."""
     from kiln.lab import cli as lab_cli
 
@@ -305,7 +306,14 @@ def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None, checks=""):
     project = Project(roles=roles)
     _exit(
         lab_cli.run(
-            project, action=action, host=host, boot=boot, timeout=float(timeout), command=command, checks=checks
+            project,
+            action=action,
+            host=host,
+            boot=boot,
+            timeout=float(timeout),
+            command=command,
+            checks=checks,
+            firmware=firmware,
         )
     )
 

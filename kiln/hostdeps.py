@@ -74,7 +74,7 @@ _DB = ("mariadb-server", "mariadb-client", "mariadb-backup", "openssh-client")
 
 # The lab: QEMU (TCG) with iPXE NIC ROMs, qcow2 overlays, dnsmasq's binary without its system service
 # (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit.
-_LAB = ("qemu-system-x86", "ipxe-qemu", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
+_LAB = ("qemu-system-x86", "ipxe-qemu", "ovmf", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
 
 # ./inv power: ipmitool for the ipmi driver (redfish is Python: sushy); the tests also run a real BMC emulator,
 # OpenIPMI's ipmi_sim (openipmi), and QEMU for the lab driver.

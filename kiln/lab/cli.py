@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.lab import client, lifecycle, netns, vm
+from kiln.lab.firmware import Firmware
+from kiln.lab.firmware import check as check_firmware
 from kiln.lab.layout import Lab
 from kiln.project import Project
 
@@ -23,11 +25,19 @@ def lab_of(project: Project) -> Lab | None:
     return Lab(cluster, roles_file=project.roles_path.resolve() if project.roles else None)
 
 
-def up(lab: Lab, *, boot: str, timeout: float) -> int:
+def up(lab: Lab, *, boot: str, timeout: float, firmware: str = Firmware.BIOS) -> int:
     if boot not in (vm.PXE, vm.DISK):
         print(f"lab up: --boot {boot!r}: expected pxe or disk", file=sys.stderr)
         return 1
-    return lifecycle.up(lab, boot, timeout)
+    if firmware not in tuple(Firmware):
+        print(f"lab up: --firmware {firmware!r}: expected {', '.join(Firmware)}", file=sys.stderr)
+        return 1
+    try:
+        check_firmware(Firmware(firmware))
+    except FileNotFoundError as e:
+        print(f"lab up: {e}", file=sys.stderr)
+        return 1
+    return lifecycle.up(lab, boot, timeout, firmware=Firmware(firmware))
 
 
 def status(lab: Lab) -> int:
@@ -77,13 +87,21 @@ def ssh(lab: Lab, *, host: str | None, command: str = "") -> int:
 
 
 def run(
-    project: Project, *, action: str, host: str | None, boot: str, timeout: float, command: str = "", checks: str = ""
+    project: Project,
+    *,
+    action: str,
+    host: str | None,
+    boot: str,
+    timeout: float,
+    command: str = "",
+    checks: str = "",
+    firmware: str = Firmware.BIOS,
 ) -> int:
     lab = lab_of(project)
     if lab is None:
         return 1
     if action == "up":
-        return up(lab, boot=boot, timeout=timeout)
+        return up(lab, boot=boot, timeout=timeout, firmware=firmware)
     if action == "down":
         return lifecycle.down(lab)
     if action == "status":

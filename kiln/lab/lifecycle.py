@@ -19,6 +19,7 @@ from kiln import roles
 from kiln.build import manifest
 from kiln.fsutil import write_atomic
 from kiln.lab import client, dnsmasq, netns, procs, server, vm
+from kiln.lab.firmware import Firmware
 from kiln.lab.layout import Lab, tap_name
 from kiln.model import Host
 from kiln.secrets import SecretStore
@@ -201,7 +202,11 @@ def start_pending(lab: Lab, watch: Watch) -> list[str]:
     return started
 
 
-def up(lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = None) -> int:
+def up(
+    lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = None, firmware: Firmware = Firmware.BIOS
+) -> int:
+    """Boot every host of the lab (`boot`: vm.PXE or vm.DISK; `firmware`: what each VM boots with) and wait up to
+    `timeout` s for each to join; on a running lab, apply the roles file to it (day 2). 0 when every host joined."""
     console = console or Console(width=None if sys.stdout.isatty() else 200)  # a log: whole lines, not 80 columns
     lab.check()
     try:
@@ -222,7 +227,8 @@ def up(lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = 
     began = time.monotonic()
     try:
         start_infrastructure(lab, console)
-        write_atomic(lab.boot_record, (json.dumps({"boot": boot, "outcome": "starting"}) + "\n").encode())
+        starting = {"boot": boot, "firmware": str(firmware), "outcome": "starting"}
+        write_atomic(lab.boot_record, (json.dumps(starting) + "\n").encode())
         power_on(lab, lab.cluster.hosts, boot, watch)
         outcome = watch_until_joined(lab, watch, timeout, console)
     except BaseException:
@@ -231,6 +237,7 @@ def up(lab: Lab, boot: str, timeout: float = TIMEOUT, console: Console | None = 
         raise
     record = {
         "boot": boot,
+        "firmware": str(firmware),
         "outcome": outcome,
         "cluster_seconds": round(time.monotonic() - began, 1),
         "joined_seconds": {k: round(v, 1) for k, v in watch.joined.items()},

@@ -14,6 +14,8 @@ from pathlib import Path
 from kiln import roles
 from kiln.fsutil import write_atomic
 from kiln.lab import client, procs
+from kiln.lab.firmware import Firmware
+from kiln.lab.firmware import qemu_args as firmware_args
 from kiln.lab.layout import DISK_SIZE, Lab, tap_name
 from kiln.model import Host
 from kiln.run import run
@@ -75,11 +77,31 @@ def make_disk(lab: Lab, host: Host, boot: str) -> None:
         run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), size])
 
 
+def firmware_of(lab: Lab) -> Firmware:
+    """The firmware the running lab's VMs boot with (lab up --firmware), from its boot record; BIOS by default."""
+    try:
+        return Firmware(json.loads(lab.boot_record.read_text()).get("firmware", Firmware.BIOS))
+    except (FileNotFoundError, ValueError):
+        return Firmware.BIOS
+
+
 def argv(lab: Lab, host: Host, boot: str, seed: Path | None = None, *, pxe_once: bool = False) -> list[str]:
     """QEMU's command line; `seed`: a JSON file the guest reads through fw_cfg (the disk boot's enrolment);
     `pxe_once`: the first boot is a network boot, the reboots after it use `boot`'s order (QEMU's -boot once=n)."""
     fw_cfg = ["-fw_cfg", f"name={FW_CFG_SEED},file={seed}"] if seed is not None else []
-    order = "order=n" if boot == PXE else "order=c"
+    firmware = firmware_of(lab)
+    nvram = lab.disks / f"{host.name}.efi"  # a UEFI VM's own variable store, gone with its disk at lab down
+    if firmware is Firmware.BIOS:
+        order = ["-boot", ("order=n" if boot == PXE else "order=c") + (",once=n" if pxe_once else "")]
+        disk_index = nic_index = ""
+    else:
+        # OVMF takes its boot order from bootindex alone (no -boot once): the NIC first for a network install,
+        # and kept first while this QEMU runs, as on a server set to boot from the network; the server's script
+        # for an installed host exits to the next option, the disk
+        nic_first = boot == PXE or pxe_once
+        nvram.mkdir(parents=True, exist_ok=True)
+        order = []
+        nic_index, disk_index = (",bootindex=1", ",bootindex=2") if nic_first else (",bootindex=2", ",bootindex=1")
     return [
         "qemu-system-x86_64",
         "-name",
@@ -97,15 +119,17 @@ def argv(lab: Lab, host: Host, boot: str, seed: Path | None = None, *, pxe_once:
         f"unix:{lab.monitor(host)},server,nowait",
         "-qmp",
         f"unix:{lab.qmp(host)},server=on,wait=off",
+        *firmware_args(firmware, nvram),
         # zeros the installer writes become zero clusters, not gigabytes of qcow2 data
         "-drive",
-        f"file={lab.disk(host)},if=virtio,format=qcow2,cache=unsafe,discard=unmap,detect-zeroes=unmap",
+        f"file={lab.disk(host)},if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap,detect-zeroes=unmap",
+        "-device",
+        f"virtio-blk-pci,drive=disk0{disk_index}",
         "-netdev",
         f"tap,id=net0,ifname={tap_name(host)},script=no,downscript=no",
         "-device",
-        f"virtio-net-pci,netdev=net0,mac={host.mac}",
-        "-boot",
-        f"{order},once=n" if pxe_once else order,
+        f"virtio-net-pci,netdev=net0,mac={host.mac}{nic_index}",
+        *order,
         *fw_cfg,
     ]
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from kiln import blockmap
+from kiln.lab.firmware import Firmware
+from kiln.lab.firmware import qemu_args as firmware_args
 from kiln.run import run
 from tests.integration.kiln_server import RunningServer, loopback_roles, running_server
 
@@ -73,10 +75,13 @@ def qemu(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes]
         memory: int = 256,
         first_nic: str | None = None,
         first_disk: Path | None = None,
+        firmware: Firmware = Firmware.BIOS,
     ) -> tuple[subprocess.Popen[bytes], Path]:
         """`first_nic`: the MAC of another NIC before the boot NIC, on a network of its own with no boot file;
         the firmware's boot order then names the second NIC (bootindex), as a server set to boot from it.
-        `first_disk`: another disk before `disk`."""
+        `first_disk`: another disk before `disk`. `firmware`: under UEFI (OVMF: it takes its boot order from
+        bootindex only) the boot NIC comes first, then `disk`, as a server set to boot from the network first.
+        `disk` may be a qcow2 file (by its suffix)."""
         port = server.http_url.rsplit(":", 1)[1]
         serial = tmp_path / f"serial-{mac.replace(':', '')}.log"
         args = [
@@ -95,6 +100,10 @@ def qemu(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes]
             "-boot",
             "order=n",
         ]
+        workdir = tmp_path / f"vm-{mac.replace(':', '')}"
+        workdir.mkdir(exist_ok=True)
+        args += firmware_args(firmware, workdir)
+        uefi = firmware is not Firmware.BIOS
         if first_nic is not None:
             args += [
                 "-netdev",
@@ -106,11 +115,14 @@ def qemu(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes]
             "-netdev",
             f"user,id=n0,restrict=off,bootfile=http://{GUEST_HOST}:{port}/boot.ipxe",
             "-device",
-            f"virtio-net-pci,netdev=n0,mac={mac}" + (",bootindex=1" if first_nic is not None else ""),
+            f"virtio-net-pci,netdev=n0,mac={mac}" + (",bootindex=1" if first_nic is not None or uefi else ""),
         ]
-        for path in (first_disk, disk):
+        for n, path in enumerate((first_disk, disk)):
             if path is not None:
-                args += ["-drive", f"file={path},format=raw,if=virtio"]
+                fmt = "qcow2" if path.suffix == ".qcow2" else "raw"
+                index = f",bootindex={3 - n}" if uefi else ""  # `disk` right after the NIC, then `first_disk`
+                args += ["-drive", f"file={path},format={fmt},if=none,id=disk{n}"]
+                args += ["-device", f"virtio-blk-pci,drive=disk{n}{index}"]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started.append(process)
         return process, serial
@@ -179,6 +191,35 @@ def test_a_host_booting_from_its_second_nic_gets_its_own_script(server: RunningS
     with server.client() as c:
         unknown = c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
     assert other not in [u["mac"] for u in unknown], "the script was asked for by the first NIC's MAC"
+
+
+@pytest.mark.slow
+def test_a_uefi_machine_chains_by_the_mac_it_booted_from(server: RunningServer, qemu) -> None:
+    """OVMF with QEMU's iPXE EFI driver (efi-virtio.rom): the same chain, by ${netX/mac}, as under BIOS."""
+    qemu(server, "52:54:00:0e:0e:04", memory=512, firmware=Firmware.UEFI)
+
+    def seen() -> bool:
+        with server.client() as c:
+            return any(
+                u["mac"] == "52:54:00:0e:0e:04" for u in c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
+            )
+
+    wait_until(seen, 180, "iPXE (EFI) to ask for /ipxe?mac=52:54:00:0e:0e:04")
+
+
+@pytest.mark.slow
+def test_an_installed_uefi_host_leaves_ipxe_for_its_disk(
+    server: RunningServer, qemu, images: Path, tmp_path: Path
+) -> None:
+    """Under UEFI there are no BIOS drives to sanboot: the installed host's script ends in `exit`, the firmware
+    goes on to the next boot option, the disk, and a role image boots from it (shim, GRUB, the kernel)."""
+    installed(server, "web2", tmp_path)  # its install reported ok: the script now boots the disk
+    disk = tmp_path / "web.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", images / "web" / "web.qcow2", disk])
+    _, serial = qemu(server, "52:54:00:10:00:22", disk, memory=768, firmware=Firmware.UEFI)
+    wait_until(lambda: serial.exists() and b"Linux version" in serial.read_bytes(), 300, "the image's kernel to start")
+    text = serial.read_bytes()
+    assert b"/ipxe?mac=52:54:00:10:00:22" in text or b"52:54:00:10:00:22" in text, "it went through iPXE first"
 
 
 def installable_disk(path: Path) -> bytes:

@@ -434,3 +434,35 @@ def test_lab_ssh_passes_what_follows_the_double_dash(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(lab_cli, "run", lambda project, **kw: calls.append(kw) or 0)
     tasks.lab(invoke.Context(remainder="sudo mariadb -e 'SELECT 1'"), "ssh", host="db1")
     assert calls[0]["command"] == "sudo mariadb -e 'SELECT 1'"
+
+
+def _boot_order(argv: list[str]) -> tuple[str, str, list[str]]:
+    """(the NIC's -device, the disk's -device, the -boot option) of a lab VM's QEMU command line."""
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    nic = next(d for d in devices if d.startswith("virtio-net-pci"))
+    disk = next(d for d in devices if d.startswith("virtio-blk-pci"))
+    boot = [argv[i + 1] for i, a in enumerate(argv) if a == "-boot"]
+    return nic, disk, boot
+
+
+def test_the_lab_boots_bios_by_its_order_and_uefi_by_bootindex(tmp_path: Path) -> None:
+    """SeaBIOS follows -boot (once=n: a single network boot); OVMF ignores it and follows bootindex, so under UEFI
+    the NIC leads for a network install (and stays first: the server's script sends an installed host on to its
+    disk) and the disk leads for a disk boot. Each UEFI VM gets its own variable store."""
+    lab = Lab(_lab().cluster, root=tmp_path / "lab", images=tmp_path / "images")
+    host = lab.cluster.host("web1")
+    lab.boot_record.parent.mkdir(parents=True)
+    assert vm.firmware_of(lab) == "bios"  # no record: BIOS
+    assert _boot_order(vm.argv(lab, host, vm.DISK, pxe_once=True))[2] == ["order=c,once=n"]
+    assert _boot_order(vm.argv(lab, host, vm.PXE))[2] == ["order=n"]
+    assert not (lab.disks / "web1.efi").exists()
+
+    lab.boot_record.write_text(json.dumps({"boot": "pxe", "firmware": "uefi", "outcome": "starting"}))
+    for boot, once, nic_first in ((vm.PXE, False, True), (vm.DISK, False, False), (vm.DISK, True, True)):
+        argv = vm.argv(lab, host, boot, pxe_once=once)
+        nic, disk, order = _boot_order(argv)
+        assert order == [], "OVMF takes no -boot order"
+        first, second = (nic, disk) if nic_first else (disk, nic)
+        assert first.endswith(",bootindex=1") and second.endswith(",bootindex=2"), (boot, once, nic, disk)
+        assert f"file={lab.disks / 'web1.efi' / 'efivars.fd'}" in " ".join(argv)
+    assert (lab.disks / "web1.efi" / "efivars.fd").stat().st_size > 0
