@@ -8,6 +8,7 @@ same directory, mode and owner set, synced, renamed; an identical file with anot
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from kiln.run import CommandError, run
 
 NETWORKD_DIR = "/etc/systemd/network/"
 NETWORK_PATHS = ("/etc/hostname", "/etc/hosts", NETWORKD_DIR)
+# the names kiln renders (kiln/roles/networkd.py): kiln0, its bond members kiln0mN, its VLANs kiln0.ID; an
+# operator's 10-kiln0-extra.network is not one of them and stays
+KILN_NETWORKD = re.compile(r"10-kiln0(m\d+|\.\d+)?\.(link|network|netdev)")
 SYSCTL_DIR = "/etc/sysctl.d/"
 WITHHELD = "secrets were already handed out; re-arm the host with ./inv reprovision HOST"
 
@@ -97,7 +101,7 @@ def _drop_stale_networkd(ctx: StepContext, entries: Sequence[File]) -> list[str]
     stale = [
         f"{NETWORKD_DIR}{p.name}"
         for p in sorted(directory.glob("10-kiln0*"))
-        if p.suffix in (".link", ".network", ".netdev") and f"{NETWORKD_DIR}{p.name}" not in listed
+        if KILN_NETWORKD.fullmatch(p.name) and f"{NETWORKD_DIR}{p.name}" not in listed
     ]
     if stale:
         ctx.note_changes(stale)

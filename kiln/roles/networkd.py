@@ -101,7 +101,7 @@ def files(network: HostNetwork | None, c: HostContext) -> tuple[NetworkdFile, ..
         out.insert(0, NetworkdFile(FileSpec(f"{DIRECTORY}/10-{c.interface}.netdev", TEMPLATE), _bond(network.bond, c)))
         out += _members(network.bond, c.interface)
     for name, vlan in vlans.items():
-        out += _vlan(name, vlan, network.routes)
+        out += _vlan(name, vlan, network.routes, network.mtu)
     return tuple(out)
 
 
@@ -156,7 +156,7 @@ def _members(bond: Bond, interface: str) -> list[NetworkdFile]:
     return out
 
 
-def _vlan(name: str, vlan: Vlan, routes: tuple[Route, ...]) -> list[NetworkdFile]:
+def _vlan(name: str, vlan: Vlan, routes: tuple[Route, ...], parent_mtu: int | None) -> list[NetworkdFile]:
     parent = name.rsplit(".", 1)[0]
     netdev = Unit(
         f"VLAN {vlan.id}, tagged on {parent}.",
@@ -166,7 +166,8 @@ def _vlan(name: str, vlan: Vlan, routes: tuple[Route, ...]) -> list[NetworkdFile
         f"the addresses and routes of VLAN {vlan.id}.",
         (
             Section("Match", (("Name", name),)),
-            *_mtu(vlan.mtu),
+            # without its own, kiln0's: the kernel copies the parent's MTU only when it creates the VLAN
+            *_mtu(vlan.mtu or parent_mtu),
             Section(
                 "Network",
                 (*(("Address", str(a)) for a in vlan.addresses), ("LinkLocalAddressing", "no"), ("IPv6AcceptRA", "no")),

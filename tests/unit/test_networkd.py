@@ -42,11 +42,14 @@ WEB2 = """  - name: web2
 APP1 = """  - {name: app1, role: app, mac: "52:54:00:10:00:31", ip: 10.10.0.31,
      network: {vlans: [{id: 30, addresses: [10.30.0.31/24]}]}}
 """
+DB2 = """  - {name: db2, role: db, mac: "52:54:00:10:00:42", ip: 10.10.0.42, db_role: replica,
+     network: {mtu: 9000, vlans: [{id: 40, addresses: [10.40.0.42/24]}]}}
+"""
 
 
 def declared(shipped_roles: Path) -> Cluster:
     lines = shipped_roles.read_text().splitlines(keepends=True)
-    swap = {"web1": WEB1, "web2": WEB2, "app1": APP1}
+    swap = {"web1": WEB1, "web2": WEB2, "app1": APP1, "db2": DB2}
     out = [next((v for k, v in swap.items() if f"name: {k}," in line), line) for line in lines]
     return parse_roles("".join(out))
 
@@ -157,6 +160,8 @@ def test_a_vlan_on_a_single_nic_keeps_the_nics_link_file(bundles: dict[str, Bund
     files = networkd(bundles["app1"])
     assert sorted(files) == ["10-kiln0.30.netdev", "10-kiln0.30.network", "10-kiln0.link", "10-kiln0.network"]
     assert files["10-kiln0.link"]["Match"]["MACAddress"] == "52:54:00:10:00:31"
+    # kiln0.30 carries kiln0's MAC: a match by MAC alone would have udev rename the VLAN to kiln0 too
+    assert files["10-kiln0.link"]["Match"]["Type"] == "ether"
     assert not files["10-kiln0.network"].has_section("Link"), "no MTU declared: none rendered"
 
 
@@ -176,6 +181,7 @@ def test_an_apply_drops_the_networkd_files_roles_yaml_no_longer_declares(
     (root / "etc/group").write_text("root:x:0:\n")
     (root / "etc/systemd/network").mkdir(parents=True)
     (root / "etc/systemd/network/50-operator.network").write_text("[Match]\nName=eth9\n")  # not kiln's: kept
+    (root / "etc/systemd/network/10-kiln0-extra.network").write_text("[Match]\nName=eth8\n")  # named like, kept
     base = agent_bundle()
     others = tuple(f for f in base.files if not f.path.startswith(f"{NET}/"))
 
@@ -189,4 +195,11 @@ def test_an_apply_drops_the_networkd_files_roles_yaml_no_longer_declares(
     assert (root / "etc/systemd/network/10-kiln0.20.netdev").is_file()
     assert apply(with_network(bundles["lb1"]), root, live=False) == 0
     left = sorted(p.name for p in (root / "etc/systemd/network").iterdir())
-    assert left == ["10-kiln0.link", "10-kiln0.network", "50-operator.network"]
+    assert left == ["10-kiln0-extra.network", "10-kiln0.link", "10-kiln0.network", "50-operator.network"]
+
+
+def test_a_vlan_without_an_mtu_of_its_own_gets_kiln0s(bundles: dict[str, Bundle]) -> None:
+    """The kernel copies the parent's MTU only when it creates the VLAN: rendered, kiln0's reaches it later too."""
+    files = networkd(bundles["db2"])
+    assert files["10-kiln0.network"]["Link"]["MTUBytes"] == "9000"
+    assert files["10-kiln0.40.network"]["Link"]["MTUBytes"] == "9000"
