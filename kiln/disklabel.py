@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from typing import Any
 
-from kiln.run import CommandError
+from kiln.run import CommandError, run
 
 
 def partition_table(path: str | os.PathLike[str], timeout: float = 30) -> dict[str, Any]:
     """`sfdisk --json`'s "partitiontable" object (label, sectorsize, partitions with node, start, size, type and,
     on GPT, name). Its warnings stay out of the JSON: an image written onto a larger disk has its backup GPT short
-    of the disk's end, and sfdisk says so on stderr. Raises CommandError when sfdisk finds no table."""
-    argv = ["sfdisk", "--json", os.fspath(path)]
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise CommandError(argv, 127, "sfdisk: not found") from None
-    if result.returncode != 0 or not result.stdout.strip():
-        raise CommandError(argv, result.returncode or 1, result.stderr + result.stdout)
+    of the disk's end, and sfdisk says so on stderr. Raises CommandError when sfdisk finds no table or times out."""
+    result = run(["sfdisk", "--json", path], timeout=timeout, stderr_apart=True)
+    if not result.stdout.strip():
+        raise CommandError(["sfdisk", "--json", os.fspath(path)], 1, result.stderr or "no partition table")
     return dict(json.loads(result.stdout)["partitiontable"])

@@ -32,15 +32,17 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
     timeout: float | None = None,
+    stderr_apart: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `argv` with stdout and stderr captured together; raise CommandError on a non-zero exit when `check`."""
+    """Run `argv` with stdout and stderr captured together (`stderr_apart`: stdout alone, for output that is parsed,
+    stderr in .stderr and in the error); raise CommandError on a non-zero exit when `check`."""
     args = [os.fspath(a) for a in argv]
     try:
         result = subprocess.run(
             args,
             input=input,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT,
             text=True,
             env=dict(env) if env is not None else None,
             cwd=cwd,
@@ -54,7 +56,7 @@ def run(
         out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
         raise CommandError(args, -9, f"timed out after {timeout}s\n{out}") from None
     if check and result.returncode != 0:
-        raise CommandError(args, result.returncode, result.stdout)
+        raise CommandError(args, result.returncode, (result.stderr or "") + result.stdout)
     return result
 
 

@@ -219,6 +219,8 @@ def up(
         from kiln.lab.change import change  # the running lab follows the roles file: the day-2 path
 
         console.print("lab up: the lab is up; applying the roles file to it (./inv lab down first for a new one)")
+        if firmware is not vm.firmware_of(lab):
+            console.print(f"lab up: new VMs boot {vm.firmware_of(lab)} like the running lab's, not {firmware}")
         return change(lab, console, timeout=timeout)
     if netns.exists() or any(lab.run.glob("*.pid")):
         console.print("lab up: a lab is half up; taking it down first")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kiln.bundle import Bundle
-from kiln.lab import access, dnsmasq, probe, vm
+from kiln.lab import access, dnsmasq, firmware, probe, vm
 from kiln.lab.audit import parse_report
 from kiln.lab.layout import Lab, tap_name
 from kiln.lab.verify import results
@@ -445,10 +445,17 @@ def _boot_order(argv: list[str]) -> tuple[str, str, list[str]]:
     return nic, disk, boot
 
 
-def test_the_lab_boots_bios_by_its_order_and_uefi_by_bootindex(tmp_path: Path) -> None:
+def test_the_lab_boots_bios_by_its_order_and_uefi_by_bootindex(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SeaBIOS follows -boot (once=n: a single network boot); OVMF ignores it and follows bootindex, so under UEFI
     the NIC leads for a network install (and stays first: the server's script sends an installed host on to its
-    disk) and the disk leads for a disk boot. Each UEFI VM gets its own variable store."""
+    disk) and the disk leads for a disk boot. Each UEFI VM gets its own variable store. (The command line only:
+    the boots are in test_server_ipxe_qemu.py and a lab run; OVMF's files stand in here, the quick tier has no
+    ovmf package.)"""
+    ovmf = tmp_path / "OVMF"
+    ovmf.mkdir()
+    for name in ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"):
+        (ovmf / name).write_bytes(b"\xff" * 64)
+    monkeypatch.setattr(firmware, "OVMF_DIR", ovmf)
     lab = Lab(_lab().cluster, root=tmp_path / "lab", images=tmp_path / "images")
     host = lab.cluster.host("web1")
     lab.boot_record.parent.mkdir(parents=True)
