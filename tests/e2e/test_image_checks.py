@@ -233,6 +233,8 @@ def test_one_gpt_disk_boots_on_bios_and_uefi(image: tuple[str, Path], images: Pa
     fstab = (root / "etc/fstab").read_text()
     assert re.search(rf"^UUID={volume} /boot/efi vfat \S*umask=0077", fstab, re.M), fstab
     assert not any((root / "boot/efi").iterdir()), "the ESP's files live on the ESP, not under its mount point"
+    hook = (root / "etc/apt/apt.conf.d/53kiln-no-efi-fallback").read_text()
+    assert 'DPkg::Post-Invoke { "rm -f /boot/efi/EFI/BOOT/fbx64.efi' in hook, "no fallback loader after upgrades"
 
 
 def test_agent_and_trust_material(image: tuple[str, Path]) -> None:
