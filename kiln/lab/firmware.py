@@ -54,6 +54,10 @@ def qemu_args(firmware: Firmware, workdir: Path) -> list[str]:
         # Secure Boot's variables are only safe behind SMM: OVMF's secboot build needs q35 with SMM and a
         # flash only SMM code may write
         args += ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
+    # OVMF's own PXE (IPv4 and IPv6) beside the NIC's iPXE: when iPXE exits to the next boot option, as an
+    # installed host's script does, OVMF tried those first (minutes of timeouts under TCG) before the disk
+    args += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n"]
+    args += ["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
     args += [
         "-drive",
         f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
