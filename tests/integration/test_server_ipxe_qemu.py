@@ -154,16 +154,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 
 @pytest.mark.slow  # the disk-boot test below already runs the chain by MAC in the quick tier
-def test_unknown_machine_chains_by_its_mac(server: RunningServer, qemu) -> None:
-    qemu(server, "52:54:00:0e:0e:01")
+@pytest.mark.parametrize(
+    ("firmware", "mac"),
+    [(Firmware.BIOS, "52:54:00:0e:0e:01"), (Firmware.UEFI, "52:54:00:0e:0e:04")],
+    ids=["bios", "uefi"],
+)
+def test_unknown_machine_chains_by_its_mac(server: RunningServer, qemu, firmware: Firmware, mac: str) -> None:
+    """SeaBIOS's iPXE ROM, and under OVMF the same ROM's EFI driver (efi-virtio.rom): one chain, by ${netX/mac}."""
+    qemu(server, mac, memory=512, firmware=firmware)
 
     def seen() -> bool:
         with server.client() as c:
-            return any(
-                u["mac"] == "52:54:00:0e:0e:01" for u in c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
-            )
+            return any(u["mac"] == mac for u in c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"])
 
-    wait_until(seen, 60, "iPXE to ask for /ipxe?mac=52:54:00:0e:0e:01")
+    wait_until(seen, 180, f"iPXE to ask for /ipxe?mac={mac}")
 
 
 def installed(server: RunningServer, name: str, tmp_path: Path) -> Path:
@@ -191,20 +195,6 @@ def test_a_host_booting_from_its_second_nic_gets_its_own_script(server: RunningS
     with server.client() as c:
         unknown = c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
     assert other not in [u["mac"] for u in unknown], "the script was asked for by the first NIC's MAC"
-
-
-@pytest.mark.slow
-def test_a_uefi_machine_chains_by_the_mac_it_booted_from(server: RunningServer, qemu) -> None:
-    """OVMF with QEMU's iPXE EFI driver (efi-virtio.rom): the same chain, by ${netX/mac}, as under BIOS."""
-    qemu(server, "52:54:00:0e:0e:04", memory=512, firmware=Firmware.UEFI)
-
-    def seen() -> bool:
-        with server.client() as c:
-            return any(
-                u["mac"] == "52:54:00:0e:0e:04" for u in c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
-            )
-
-    wait_until(seen, 180, "iPXE (EFI) to ask for /ipxe?mac=52:54:00:0e:0e:04")
 
 
 @pytest.mark.slow
