@@ -37,11 +37,12 @@ from kiln.mac import normalize
 from kiln.model import Cluster, Host
 from kiln.roles.db import NAME as DB_ROLE
 from kiln.secrets import SecretMissing
-from kiln.server import ipxe
+from kiln.server import grub, ipxe
 from kiln.server.alerts import MAX_BODY_BYTES as ALERTS_BODY_BYTES
 from kiln.server.alerts import listing as alert_listing
 from kiln.server.alerts import parse_notification
 from kiln.server.auth import OPERATOR_COOKIE, Authority, Denied, bearer, peer
+from kiln.server.bootplan import Install, LocalDisk, Plan, Unknown, Wait
 from kiln.server.bundles import BundleCache, Signed
 from kiln.server.dbreport import MAX_BODY_BYTES as DB_BODY_BYTES
 from kiln.server.dbreport import parse_events, parse_view
@@ -220,6 +221,37 @@ async def boot_ipxe(request: Request) -> Response:
     return _ipxe(ipxe.boot_script(_reached_as(request).http_base))
 
 
+async def boot_plan(p: Provisioner, mac: str, installer: ipxe.Installer, client: str, what: str) -> Plan:
+    """What the machine with `mac` (as parse_mac returns it) boots, asked by `client` (its address) for its boot
+    loader's `what` ("iPXE script", "GRUB config"): the one decision both syntaxes render. Records what the state
+    shows: an unknown machine, an installer served (the image's digest: which build a host installed)."""
+    host = p.host_by_mac(mac)
+    if host is None:
+        await p.state(p.store.note_unknown, mac)
+        p.metrics.refused("ipxe", "unknown_machine")
+        LOG.info("unknown machine %s asked for its %s", mac, what)
+        return Unknown(mac)
+    if await p.state(p.store.is_installed, host.name):
+        return LocalDisk(host)
+    token = await p.state(p.store.armed_token, host.name)
+    if token is None:
+        return Wait(
+            host,
+            (f"{host.name} is not armed (its enrolment token was spent or expired):", f"./inv reprovision {host.name}"),
+        )
+    try:
+        p.images.check_installer()
+        image = p.images.install_image(host.role)
+    except ipxe.NotBuilt as e:
+        LOG.warning("%s: cannot install: %s", host.name, e)
+        return Wait(host, (f"cannot install {host.name} yet:", str(e)))
+    # the token travels in plain HTTP or TFTP here (neither stock iPXE nor GRUB verifies a private CA):
+    # docs/server.md says what that exposes
+    served = f"installer {what} served ({host.role} image, digest {image.digest[:12]}) to {client}"
+    await p.state(p.store.record_pxe, host.name, served)
+    return Install(host, image, installer, token)
+
+
 async def host_ipxe(request: Request) -> Response:
     p: Provisioner = request.app.state.provisioner
     if p.limits.wait(peer(request), None) > 0:  # a flood of made-up MACs from one address is slowed down
@@ -230,28 +262,29 @@ async def host_ipxe(request: Request) -> Response:
     except BadInput as e:
         return _ipxe(f"#!ipxe\necho kiln: {e}\nexit 1\n".replace("$", ""), 400)
     installer = _reached_as(request)
-    host = p.host_by_mac(mac)
-    if host is None:
-        await p.state(p.store.note_unknown, mac)
-        p.metrics.refused("ipxe", "unknown_machine")
-        LOG.info("unknown machine %s asked for its boot script", mac)
-        return _ipxe(ipxe.unknown_script(mac, installer.http_base))
-    if await p.state(p.store.is_installed, host.name):
-        return _ipxe(ipxe.disk_script(host))
-    token = await p.state(p.store.armed_token, host.name)
-    if token is None:
-        return _ipxe(ipxe.unarmed_script(host, installer.http_base))
+    plan = await boot_plan(p, mac, installer, peer(request), "script")
+    return _ipxe(ipxe.script(plan, installer.http_base))
+
+
+async def grub_config(p: Provisioner, mac_text: str | None, client: str) -> str:
+    """The GRUB config of the machine whose NIC has MAC `mac_text` (any form parse_mac takes), asked by `client`
+    (its address). Too many asks from one address get a config that waits, then asks again. Images and kernel go
+    to the installer from p.installer's address (TFTP has no Host header). Raises BadInput for a malformed MAC."""
+    if p.limits.wait(client, None) > 0:
+        p.metrics.refused("grub", "rate_limited")
+        return grub.retry_config(["too many boot requests from this address"])
+    mac = parse_mac(mac_text)
+    return grub.config(await boot_plan(p, mac, p.installer, client, "GRUB config"))
+
+
+async def host_grub(request: Request) -> Response:
+    """GET /grub?mac=MAC: the GRUB config TFTP serves as kiln/grub/MAC, over HTTP (a GRUB with HTTP built in, and
+    what an operator looks at)."""
+    p: Provisioner = request.app.state.provisioner
     try:
-        p.images.check_installer()
-        image = p.images.install_image(host.role)
-    except ipxe.NotBuilt as e:
-        LOG.warning("%s: cannot install: %s", host.name, e)
-        return _ipxe(ipxe.retry_script([f"cannot install {host.name} yet:", str(e)], installer.http_base))
-    # the token travels in plain HTTP here (stock iPXE verifies no private CA): docs/server.md says what that exposes
-    # the image's digest in the timeline: which build a host installed (a roll of a rebuilt image shows a new one)
-    served = f"installer script served ({host.role} image, digest {image.digest[:12]}) to {peer(request)}"
-    await p.state(p.store.record_pxe, host.name, served)
-    return _ipxe(ipxe.install_script(host, image, installer, token))
+        return _ipxe(await grub_config(p, request.query_params.get("mac"), peer(request)))
+    except BadInput as e:
+        return _ipxe(f"kiln: {e}\n", 400)
 
 
 async def image_data(request: Request) -> Response:
@@ -1031,6 +1064,7 @@ def http_app(p: Provisioner, images_root: Path) -> Instrumented:
         Route("/metrics", metrics),
         Route("/healthz", health),
         Route("/ipxe", host_ipxe),
+        Route("/grub", host_grub),
         Route("/images/{role}/{name}.data", image_data),
         Mount("/images", app=StaticFiles(directory=images_root, check_dir=False), name="images"),
     ]

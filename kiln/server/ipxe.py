@@ -18,20 +18,27 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import blockmap
 from kiln.build.manifest import built_for_another
 from kiln.model import Host
+from kiln.server.bootplan import (
+    CONSOLES,
+    RETRY_SECONDS,
+    Install,
+    Installer,
+    InstallImage,
+    LocalDisk,
+    Plan,
+    Unknown,
+    Wait,
+    install_args,
+)
 
-RETRY_SECONDS = 30
+__all__ = ["CONSOLES", "RETRY_SECONDS", "Installer", "InstallImage"]  # kept here too: what callers import
+
 BIOS_DISKS = 4  # BIOS drives 0x80.. the disk script tries in turn
-
-# The installer's kernel messages on the screen and on the first serial port at the speed BMCs' serial-over-LAN
-# uses (115200 8N1, as the installed images' GRUB sets it; the kernel's default, 9600, garbles SOL); the last one
-# named is /dev/console, where the installer's progress goes.
-CONSOLES = ("console=tty0", "console=ttyS0,115200n8")
 
 
 def chain(base: str) -> str:
@@ -54,90 +61,27 @@ def _echo(text: str) -> str:
     return "echo " + text.replace("$", "")
 
 
-def retry_script(lines: list[str], base: str, seconds: int = RETRY_SECONDS) -> str:
+def retry_script(lines: list[str] | tuple[str, ...], base: str, seconds: int = RETRY_SECONDS) -> str:
     body = [_echo(f"kiln: {line}") for line in lines]
     return "\n".join(["#!ipxe", *body, _echo(f"kiln: retrying in {seconds} s"), f"sleep {seconds}", chain(base)]) + "\n"
 
 
-def unknown_script(mac: str, base: str) -> str:
-    return retry_script(
-        [
-            f"this machine (MAC {mac}) is not in roles.yaml, so there is nothing to install on it.",
-            "add it under hosts: with its MAC and restart ./inv serve, or check that this is the right network.",
-        ],
-        base,
-    )
-
-
-_HOST_HEADER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?$")
-
-
-@dataclass(frozen=True)
-class Installer:
-    """What the kernel command line needs that does not come from roles.yaml."""
-
-    http_base: str  # http://ADDR:PORT of this server's HTTP listener, from --listen (or the provisioning host)
-    provisioning_url: str  # the HTTPS URL the installer reports to and the agent fetches from
-
-    def reached_as(self, host_header: str | None) -> Installer:
-        """The same, with the image and kernel URLs on the address the machine used to reach us (its Host
-        header), so a script never points a host at an address it cannot reach (NAT, 0.0.0.0, several
-        interfaces). Anything that is not a plain host[:port] is ignored."""
-        if not host_header or not _HOST_HEADER.match(host_header):
-            return self
-        return Installer(f"http://{host_header}", self.provisioning_url)
-
-
-@dataclass(frozen=True)
-class InstallImage:
-    """What the installer needs to know of a role image: its block map's digest and the raw size."""
-
-    role: str
-    digest: str  # sha256 of the data chunks in map order, then the map's text (kiln/blockmap.py)
-    size: int  # bytes of the raw image: what ends up on the disk, data and zeros
-
-
-def install_script(host: Host, image: InstallImage, installer: Installer, token: str) -> str:
-    """The installer's kernel command line: where the map and the data chunks are, what they must hash to, and the
-    host's enrolment token (the installer reports with it and writes it into the installed disk's seed). No disk:
-    the installer asks (POST /v1/hosts/NAME/disk) with what it sees, and the host's disk rule picks one. BOOTIF is
-    the host's MAC, the one this script was asked for: the NIC iPXE booted from."""
-    role = image.role
-    base = installer.http_base
-    bootif = "01-" + host.mac.replace(":", "-")
-    cmdline = " ".join(
-        [
-            "initrd=initrd.img",
-            f"kiln.image={base}/images/{role}/{role}.data",
-            f"kiln.map={base}/images/{role}/{role}.map",
-            f"kiln.sha256={image.digest}",
-            f"kiln.size={image.size}",
-            f"kiln.url={installer.provisioning_url}",
-            f"kiln.host={host.name}",
-            f"kiln.token={token}",
-            f"BOOTIF={bootif}",
-            *CONSOLES,
-        ]
-    )
+def install_script(plan: Install) -> str:
+    """The installer kernel and initrd over HTTP; `initrd=initrd.img` names the initrd for the kernel's EFI stub
+    when iPXE boots it under UEFI."""
+    base = plan.installer.http_base
+    cmdline = " ".join(["initrd=initrd.img", *install_args(plan)])
     return (
         "\n".join(
             [
                 "#!ipxe",
-                _echo(f"kiln: installing {host.name} (role {role}) onto the disk its rule picks ({host.disk.text()})"),
+                _echo(f"kiln: {plan.message()}"),
                 f"kernel {base}/images/installer/vmlinuz {cmdline}",
                 f"initrd {base}/images/installer/initrd.img",
                 "boot",
             ]
         )
         + "\n"
-    )
-
-
-def unarmed_script(host: Host, http_base: str) -> str:
-    """A host that is neither installed nor holds a valid enrolment token: it waits for an operator."""
-    return retry_script(
-        [f"{host.name} is not armed (its enrolment token was spent or expired):", f"./inv reprovision {host.name}"],
-        http_base,
     )
 
 
@@ -154,6 +98,19 @@ def disk_script(host: Host) -> str:
         )
         + "\n"
     )
+
+
+def script(plan: Plan, base: str) -> str:
+    """`plan` as an iPXE script; `base`: the http://ADDR:PORT the machine reached us on (its retries chain there)."""
+    match plan:
+        case Unknown():
+            return retry_script(plan.lines(), base)
+        case LocalDisk(host=host):
+            return disk_script(host)
+        case Wait(lines=lines):
+            return retry_script(lines, base)
+        case Install():
+            return install_script(plan)
 
 
 class NotBuilt(Exception):

@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 
 from kiln.model import Cluster
+from kiln.server.bootplan import Install, LocalDisk, Unknown
 from kiln.server.ipxe import (
     ImageCatalog,
     Installer,
     InstallImage,
     NotBuilt,
     boot_script,
-    disk_script,
-    install_script,
-    unknown_script,
+    script,
 )
 
 SHA = "ab" * 32
@@ -26,20 +25,20 @@ TOKEN = "Zm9vYmFyLXRva2VuLWZvci10aGUtaW5zdGFsbGVyLXRlc3Q"  # what secrets.token_
 def test_every_script_is_an_ipxe_script(cluster: Cluster) -> None:
     host = cluster.host("db2")
     installer = Installer("http://10.10.0.1:8080", cluster.provisioning_url)
-    for script in (
+    for text in (
         boot_script(installer.http_base),
-        install_script(host, InstallImage("db", SHA, 2 << 30), installer, TOKEN),
-        disk_script(host),
-        unknown_script("52:54:00:00:00:01", installer.http_base),
+        script(Install(host, InstallImage("db", SHA, 2 << 30), installer, TOKEN), installer.http_base),
+        script(LocalDisk(host), installer.http_base),
+        script(Unknown("52:54:00:00:00:01"), installer.http_base),
     ):
-        assert script.startswith("#!ipxe\n") and script.endswith("\n")
+        assert text.startswith("#!ipxe\n") and text.endswith("\n")
     assert "chain --replace --autofree http://10.10.0.1:8080/ipxe?mac=${netX/mac}" in boot_script(installer.http_base)
 
 
 def test_install_script_for_db2(cluster: Cluster) -> None:
     installer = Installer("http://10.10.0.1:8080", cluster.provisioning_url)
-    script = install_script(cluster.host("db2"), InstallImage("db", SHA, 2 << 30), installer, TOKEN)
-    assert script.splitlines()[2:] == [
+    text = script(Install(cluster.host("db2"), InstallImage("db", SHA, 2 << 30), installer, TOKEN), "http://x")
+    assert text.splitlines()[2:] == [
         "kernel http://10.10.0.1:8080/images/installer/vmlinuz initrd=initrd.img"
         " kiln.image=http://10.10.0.1:8080/images/db/db.data kiln.map=http://10.10.0.1:8080/images/db/db.map"
         f" kiln.sha256={SHA} kiln.size=2147483648 kiln.url=https://10.10.0.1:8443 kiln.host=db2"
@@ -50,9 +49,9 @@ def test_install_script_for_db2(cluster: Cluster) -> None:
 
 
 def test_unknown_machine_script_retries(cluster: Cluster) -> None:
-    script = unknown_script("52:54:00:00:00:01", "http://10.10.0.1:8080")
-    assert "52:54:00:00:00:01" in script and "not in roles.yaml" in script
-    assert script.rstrip().splitlines()[-2:] == [
+    text = script(Unknown("52:54:00:00:00:01"), "http://10.10.0.1:8080")
+    assert "52:54:00:00:00:01" in text and "not in roles.yaml" in text
+    assert text.rstrip().splitlines()[-2:] == [
         "sleep 30",
         "chain --replace --autofree http://10.10.0.1:8080/ipxe?mac=${netX/mac}",
     ]
