@@ -188,9 +188,10 @@ def doctor(c, roles=None, images=None, secrets=None):
         "database": "state database URL: sqlite:///PATH (default sqlite:///state/kiln.db) or postgresql://USER:PASS@HOST/DB",
         "secrets": "secrets directory (default: secrets/)",
         "images": "images directory (default: images/)",
+        "tftp_listen": "TFTP listener for UEFI Secure Boot network boot (shim, GRUB, configs), ADDR:69 (default: off)",
     }
 )
-def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=None, images=None):
+def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=None, images=None, tftp_listen=None):
     """Serve booting hosts their iPXE scripts, images and signed bundles; record their events; show the dashboard."""
     from kiln.server.cli import serve_command
 
@@ -202,6 +203,7 @@ def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=No
             database=database,
             secrets=secrets,
             images=images,
+            tftp_listen=tftp_listen,
         )
     )
 

@@ -76,6 +76,11 @@ _DB = ("mariadb-server", "mariadb-client", "mariadb-backup", "openssh-client")
 # (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit.
 _LAB = ("qemu-system-x86", "ipxe-qemu", "ovmf", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
 
+# The Secure Boot network boot (kiln/server/netboot.py): Debian's signed shim and GRUB network image, which kiln
+# serve --tftp-listen hands to UEFI machines (the tests boot them under OVMF with Secure Boot; curl reads TFTP).
+_NETBOOT = ("shim-signed", "grub-efi-amd64-signed")
+_NETBOOT_TEST = (*_NETBOOT, "curl", "qemu-system-x86", "ovmf")
+
 # ./inv power: ipmitool for the ipmi driver (redfish is Python: sushy); the tests also run a real BMC emulator,
 # OpenIPMI's ipmi_sim (openipmi), and QEMU for the lab driver.
 _POWER = ("ipmitool",)
@@ -104,6 +109,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
         *_MONITORING_TEST,
         *_ACCESS_TEST,
         *_POWER_TEST,
+        *_NETBOOT_TEST,
     ),
     "bench": (*_CHECKERS, "fdisk", *_IMAGE_BUILD),
     "upload-ami": ("fdisk",),  # sfdisk reads the image's partition table to pick the boot mode

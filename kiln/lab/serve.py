@@ -26,6 +26,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--tls-listen", required=True)
     parser.add_argument("--database", required=True)
+    parser.add_argument("--tftp-listen")
     args = parser.parse_args(argv)
     public_key = args.public_key.read_text().strip()
 
@@ -38,6 +39,7 @@ def main(argv: list[str]) -> int:
         tls_listen=args.tls_listen,
         database=args.database,
         cluster_hook=with_access,
+        tftp_listen=args.tftp_listen,
     )
 
 

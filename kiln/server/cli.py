@@ -21,6 +21,7 @@ def serve_command(
     secrets: str | None = None,
     images: str | None = None,
     cluster_hook: ClusterHook | None = None,
+    tftp_listen: str | None = None,
 ) -> int:
     cluster = project.load_or_report()
     if cluster is None:
@@ -37,6 +38,7 @@ def serve_command(
             cluster_hook=cluster_hook,
             roles_text=project.roles_path.read_text(),
             roles_shown=project.roles_shown,
+            tftp_listen=parse_address(tftp_listen, "--tftp-listen") if tftp_listen else None,
         )
         return serve(config)
     except (ConfigError, ValueError) as e:

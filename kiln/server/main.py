@@ -25,7 +25,7 @@ from kiln.build import manifest
 from kiln.model import Cluster, Host, InvalidRoles, parse_roles
 from kiln.monitoring.config import ALERTS_PATH
 from kiln.secrets import SecretStore
-from kiln.server import ipxe, limits, publish
+from kiln.server import grub, ipxe, limits, netboot, publish, tftp
 from kiln.server.app import Provisioner, http_app, tls_app
 from kiln.server.auth import Authority
 from kiln.server.bundles import ClusterHook
@@ -84,10 +84,22 @@ class ServerConfig:
     cluster_hook: ClusterHook | None = None
     roles_text: str = ""  # the --roles file's text: a changed file is the next generation
     roles_shown: str = "roles.yaml"  # the --roles file as the operator typed it, for messages
+    tftp_listen: Address | None = None  # the Secure Boot network boot's TFTP (kiln/server/netboot.py); None: off
 
 
 def default_tls_listen(cluster: Cluster) -> str:
     return f"0.0.0.0:{urlsplit(cluster.provisioning_url).port or 443}"
+
+
+def _bind_udp(address: Address) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((address.host, address.port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen for TFTP on {address.url_host}:{address.port}: {e.strerror}") from None
+    return sock
 
 
 def _bind(address: Address) -> socket.socket:
@@ -148,6 +160,7 @@ def serve(config: ServerConfig) -> int:
 
     http_sock = _bind(config.listen)
     tls_sock = _bind(config.tls_listen)
+    tftp_sock = _bind_udp(config.tftp_listen) if config.tftp_listen is not None else None
     http_port = http_sock.getsockname()[1]
     tls_port = tls_sock.getsockname()[1]
     public = config.listen
@@ -173,6 +186,12 @@ def serve(config: ServerConfig) -> int:
         certificates={"ca": store_keys.ca_pem, "server": store_keys.server_pem, "site": store_keys.site_pem},
     )
     publisher.on_swap = provisioner.swap
+    tftp_files = None
+    if tftp_sock is not None:
+        try:
+            tftp_files = netboot.TftpFiles(provisioner, config.images)
+        except netboot.Missing as e:
+            raise ConfigError(str(e)) from None
     tls_config = _uvicorn_config(
         tls_app(provisioner),
         refused=provisioner.metrics.refused,
@@ -202,6 +221,12 @@ def serve(config: ServerConfig) -> int:
         f"{', '.join(str(n) for n in cluster.network.admin)} and loopback)",
         f"  signing key    {fingerprint}   ({config.secrets / 'signing.pub'})",
     ]
+    if tftp_sock is not None:
+        tftp_host, tftp_port = tftp_sock.getsockname()[:2]
+        lines.append(
+            f"  network boot   tftp://{tftp_host}:{tftp_port}/{netboot.BOOT_FILE}   (UEFI Secure Boot: shim, "
+            f"GRUB, {grub.CONFIG_DIR}/MAC, the installer)"
+        )
     if config.listen.unspecified and config.listen.port == 0:
         lines.append(f"  (listening on all addresses, HTTP port {http_port}, HTTPS port {tls_port})")
     for role in sorted(cluster.roles_used):  # said now, not first when a machine boots into a refusal
@@ -227,10 +252,13 @@ def serve(config: ServerConfig) -> int:
         if early:
             stop()
         follower = asyncio.create_task(_follow(provisioner, publisher, store))
+        udp = await tftp.listen(tftp_sock, tftp_files) if tftp_sock is not None and tftp_files is not None else None
         try:
             await asyncio.gather(servers[0].serve([http_sock]), servers[1].serve([tls_sock]))
         finally:
             follower.cancel()
+            if udp is not None:
+                udp.close()
 
     try:
         with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:

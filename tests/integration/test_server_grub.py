@@ -1,0 +1,133 @@
+"""The Secure Boot network boot's server side over real sockets: kiln serve --tftp-listen read by curl's TFTP
+client (Debian's signed shim and GRUB, the stub, each machine's GRUB config by its MAC, the installer) and the same
+configs over HTTP at /grub?mac=MAC; what the state records of them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kiln import blockmap
+from kiln.server import grub, netboot, tftp
+from tests.integration.kiln_server import RunningServer, running_server
+
+pytestmark = pytest.mark.integration
+
+RAW = bytes(range(256)) * 4096 + bytes(1 << 20)
+KERNEL = bytes(range(251)) * 400  # 100,400 bytes: 68 blocks of 1468 and a part
+INITRD = b"i" * (1468 * 3)  # an exact number of blocks: the transfer ends with an empty one
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    (root / "installer").mkdir()
+    (root / "installer" / "vmlinuz").write_bytes(KERNEL)
+    (root / "installer" / "initrd.img").write_bytes(INITRD)
+    (root / "web").mkdir()
+    (root / "web" / "web.raw").write_bytes(RAW)
+    block_map = blockmap.write(root / "web" / "web.raw", root / "web" / "web.map")
+    manifest = {
+        "role": "web",
+        "files": {"web.raw": {"sha256": hashlib.sha256(RAW).hexdigest(), "size": len(RAW)}},
+        "blockmap": block_map.manifest_entry("web.map"),
+    }
+    (root / "web" / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("serve"), images=images, extra=("--tftp-listen", "127.0.0.1:0")) as s:
+        yield s
+
+
+def tftp_port(server: RunningServer) -> int:
+    found = re.search(r"network boot\s+tftp://127\.0\.0\.1:(\d+)/shimx64\.efi", server.output())
+    assert found, server.output()
+    return int(found[1])
+
+
+def tftp_get(server: RunningServer, name: str, blksize: int = 1468) -> subprocess.CompletedProcess[bytes]:
+    """`name` through curl's TFTP client (it asks for tsize and blksize, as firmware does)."""
+    return subprocess.run(
+        ["curl", "--silent", "--show-error", "--max-time", "20", "--tftp-blksize", str(blksize),
+         f"tftp://127.0.0.1:{tftp_port(server)}/{name}"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )  # fmt: skip
+
+
+def fetched(server: RunningServer, name: str, blksize: int = 1468) -> bytes:
+    done = tftp_get(server, name, blksize)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout
+
+
+def timeline(server: RunningServer, name: str) -> list[str]:
+    with server.client() as c:
+        return [e["detail"] for e in c.get(f"{server.tls_url}/v1/hosts/{name}").json()["timeline"]]
+
+
+def test_tftp_serves_debians_signed_chain_and_the_stub(server: RunningServer) -> None:
+    for name, (path, _) in netboot.SIGNED.items():
+        assert fetched(server, name) == path.read_bytes(), name
+    assert fetched(server, "grub/grub.cfg", blksize=512).decode() == grub.stub()
+
+
+def test_an_armed_host_gets_the_installer_over_tftp(server: RunningServer) -> None:
+    config = fetched(server, "kiln/grub/52:54:00:10:00:21").decode()
+    kernel = next(line for line in config.splitlines() if line.startswith("linux "))
+    words = kernel.split()
+    assert words[1] == "/images/installer/vmlinuz"
+    assert f"kiln.token={server.token('web1')}" in words and "kiln.host=web1" in words
+    assert f"kiln.image={server.http_url}/images/web/web.data" in words  # the image itself comes over HTTP
+    assert "BOOTIF=01-52-54-00-10-00-21" in words
+    assert any("installer GRUB config served (web image" in d and "to 127.0.0.1" in d for d in timeline(server, "web1"))
+    # what it points at, byte for byte: blocks and a part, then blocks and the empty block that ends them
+    assert fetched(server, "images/installer/vmlinuz") == KERNEL
+    assert fetched(server, "/images/installer/initrd.img") == INITRD
+    # the same decision over HTTP (a GRUB with HTTP, an operator looking)
+    over_http = httpx.get(f"{server.http_url}/grub", params={"mac": "52-54-00-10-00-21"})
+    assert over_http.status_code == 200 and over_http.text == config
+
+
+def test_an_unknown_machine_waits_and_shows_on_the_dashboard(server: RunningServer) -> None:
+    config = fetched(server, "kiln/grub/52:54:00:0a:0b:0c").decode()
+    assert "MAC 52:54:00:0a:0b:0c) is not in roles.yaml" in config and "linux" not in config
+    assert config.rstrip().splitlines()[-2:] == ["sleep 30", "configfile /kiln/grub/${net_default_mac}"]
+    with server.client() as c:
+        unknown = c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
+    assert "52:54:00:0a:0b:0c" in [u["mac"] for u in unknown]
+
+
+def test_an_installed_host_exits_to_its_disk(server: RunningServer) -> None:
+    token = server.token("web2")
+    with server.client(operator=False, headers={"Authorization": f"Bearer {token}"}) as c:
+        assert c.post(f"{server.tls_url}/v1/hosts/web2/events", json={"step": "install", "status": "ok"}).is_success
+    config = fetched(server, "kiln/grub/52:54:00:10:00:22").decode()
+    assert config.rstrip().splitlines()[-1] == "exit" and "linux" not in config
+
+
+def test_tftp_refuses_what_is_not_the_boot_path(server: RunningServer) -> None:
+    for name in ("images/web/web.raw", "../etc/passwd", "grub/../../etc/passwd", "kiln/grub/not-a-mac"):
+        done = tftp_get(server, name)
+        assert done.returncode == 68 and done.stdout == b"", name  # curl's "TFTP: file not found"
+    # a raw read request with a path out of the root (curl would normalize it away): an ERROR, file not found
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.settimeout(5)
+        raw.sendto(struct.pack("!H", tftp.RRQ) + b"../../etc/passwd\0octet\0", ("127.0.0.1", tftp_port(server)))
+        answer = raw.recv(1024)
+    assert struct.unpack("!HH", answer[:4]) == (tftp.ERROR, tftp.NOT_FOUND), answer
+    bad = httpx.get(f"{server.http_url}/grub", params={"mac": "zz"})
+    assert bad.status_code == 400
