@@ -11,9 +11,10 @@ GRUB's `linux` has shim verify the kernel: the installer's kernel is Debian's si
 verified (what it installs is pinned by the sha256 on the command line, as with iPXE).
 
 A machine told to wait sleeps RETRY_SECONDS, then reads its config again (`configfile`, which nests: each retry
-holds a few KiB of GRUB's memory, a day of retries every 30 s a few MiB of the GBs a server has). An installed host's
-config ends in `exit`: GRUB returns to shim, shim to the firmware, which boots its next boot option, the disk when
-network boot comes first in the order.
+keeps the one before on GRUB's stack; GRUB script has no loop over a fetch, and a reboot per retry would cost a
+server's POST each time. How much memory days of retries take is not measured). An installed host's
+config chainloads the shim on its local disk (the role image's ESP, EFI/BOOT/BOOTX64.EFI) through the firmware,
+which Secure Boot checks (disk_config says why not `exit`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kiln.server.bootplan import RETRY_SECONDS, Install, LocalDisk, Plan, Unknow
 CONFIG_DIR = "kiln/grub"  # TFTP: kiln/grub/MAC is that machine's config
 KERNEL = "/images/installer/vmlinuz"  # TFTP paths of the installer, on kiln serve's TFTP listener
 INITRD = "/images/installer/initrd.img"
+DISK_LOADER = "/EFI/BOOT/BOOTX64.EFI"  # the removable-media path, where a role image's ESP holds shim
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
 
@@ -66,7 +68,21 @@ def install_config(plan: Install) -> str:
 
 
 def disk_config(plan: LocalDisk) -> str:
-    return _config([_echo(f"{plan.host.name} is installed, booting from its local disk"), "exit"])
+    """Boot the first local disk holding the removable-media boot path (shim in a role image's ESP) through the
+    firmware's LoadImage, which Secure Boot checks. Not `exit`: GRUB 2.06 exits with EFI_SUCCESS, and EDK2 firmware
+    (OVMF, most servers' UEFI) answers a boot option that returned success with its boot menu, not the next option.
+    No disk with it: `exit` all the same, to the firmware's own order or menu."""
+    return _config(
+        [
+            _echo(f"{plan.host.name} is installed, booting from its local disk"),
+            # root, not a variable of our own: GRUB 2.06's chainloader gives the image the device path of $root
+            f"search --no-floppy --file --set=root {DISK_LOADER}",
+            f"chainloader {DISK_LOADER}",
+            "boot",
+            _echo(f"no local disk holds {DISK_LOADER}: back to the firmware"),
+            "exit",
+        ]
+    )
 
 
 def config(plan: Plan) -> str:

@@ -35,8 +35,16 @@ def test_unknown_machine_waits_then_reads_its_config_again() -> None:
     assert lines[-2:] == ["sleep 30", "configfile /kiln/grub/${net_default_mac}"]
 
 
-def test_installed_host_exits_to_the_firmware_boot_order(cluster: Cluster) -> None:
-    assert grub.config(LocalDisk(cluster.host("web2"))).splitlines()[-1] == "exit"
+def test_installed_host_chainloads_the_shim_on_its_disk(cluster: Cluster) -> None:
+    """Not `exit` (GRUB 2.06 exits with success: EDK2 firmware then shows its boot menu); $root set to the disk, since
+    the chainloader gives the image $root's device path; `exit` only when no disk holds the loader."""
+    lines = grub.config(LocalDisk(cluster.host("web2"))).splitlines()
+    assert lines[2:5] == [
+        "search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI",
+        "chainloader /EFI/BOOT/BOOTX64.EFI",
+        "boot",
+    ]
+    assert lines[-1] == "exit"
 
 
 def test_messages_are_literal_in_grub(cluster: Cluster) -> None:
