@@ -72,14 +72,15 @@ _MONITORING_TEST = ("prometheus", "prometheus-alertmanager", "prometheus-node-ex
 # (mariadbd, mariadb-binlog, the mariadb client); ssh reaches the db hosts.
 _DB = ("mariadb-server", "mariadb-client", "mariadb-backup", "openssh-client")
 
-# The lab: QEMU (TCG) with iPXE NIC ROMs, qcow2 overlays, dnsmasq's binary without its system service
-# (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit.
-_LAB = ("qemu-system-x86", "ipxe-qemu", "ovmf", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client")
-
 # The Secure Boot network boot (kiln/server/netboot.py): Debian's signed shim and GRUB network image, which kiln
 # serve --tftp-listen hands to UEFI machines (the tests boot them under OVMF with Secure Boot; curl reads TFTP).
 _NETBOOT = ("shim-signed", "grub-efi-amd64-signed")
 _NETBOOT_TEST = (*_NETBOOT, "curl", "qemu-system-x86", "ovmf")
+
+# The lab: QEMU (TCG) with iPXE NIC ROMs, qcow2 overlays, dnsmasq's binary without its system service
+# (dnsmasq-base: nothing listens outside the lab namespace), the ip tool and ssh for verify/chaos/audit, and the
+# signed boot files its server hands to Secure Boot VMs over TFTP.
+_LAB = ("qemu-system-x86", "ipxe-qemu", "ovmf", "qemu-utils", "dnsmasq-base", "iproute2", "openssh-client", *_NETBOOT)
 
 # ./inv power: ipmitool for the ipmi driver (redfish is Python: sushy); the tests also run a real BMC emulator,
 # OpenIPMI's ipmi_sim (openipmi), and QEMU for the lab driver.

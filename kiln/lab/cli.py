@@ -32,14 +32,6 @@ def up(lab: Lab, *, boot: str, timeout: float, firmware: str = Firmware.BIOS) ->
     if firmware not in tuple(Firmware):
         print(f"lab up: --firmware {firmware!r}: expected {', '.join(Firmware)}", file=sys.stderr)
         return 1
-    if firmware == Firmware.SECURE_BOOT and boot == vm.PXE:
-        # Secure Boot OVMF refuses unsigned option ROMs, and QEMU's iPXE is signed by no one it trusts
-        print(
-            "lab up: --firmware secureboot boots from disk only (--boot disk): QEMU's iPXE ROM is unsigned and "
-            "Secure Boot refuses it; kiln has no signed network boot yet (shim + GRUB's network image)",
-            file=sys.stderr,
-        )
-        return 1
     try:
         check_firmware(Firmware(firmware))
     except FileNotFoundError as e:

@@ -55,8 +55,11 @@ def qemu_args(firmware: Firmware, workdir: Path) -> list[str]:
         # flash only SMM code may write
         args += ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
     # OVMF's own PXE (IPv4 and IPv6) beside the NIC's iPXE: when iPXE exits to the next boot option, as an
-    # installed host's script does, OVMF tried those first (minutes of timeouts under TCG) before the disk
-    args += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n"]
+    # installed host's script does, OVMF tried those first (minutes of timeouts under TCG) before the disk. Under
+    # Secure Boot there is no iPXE (unsigned: see nic_options) and OVMF's PXE over IPv4 is the network boot: it
+    # loads Debian's signed shim over TFTP (kiln/server/netboot.py)
+    pxe4 = "y" if firmware is Firmware.SECURE_BOOT else "n"
+    args += ["-fw_cfg", f"name=opt/org.tianocore/IPv4PXESupport,string={pxe4}"]
     args += ["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
     args += [
         "-drive",
@@ -65,3 +68,9 @@ def qemu_args(firmware: Firmware, workdir: Path) -> list[str]:
         f"if=pflash,format=raw,unit=1,file={store}",
     ]
     return args
+
+
+def nic_options(firmware: Firmware) -> str:
+    """What a boot NIC's -device option adds for `firmware`: under Secure Boot no option ROM (`romfile=`), so
+    OVMF's own virtio-net driver and PXE run; QEMU's ROM is iPXE, which Secure Boot refuses (unsigned)."""
+    return ",romfile=" if firmware is Firmware.SECURE_BOOT else ""

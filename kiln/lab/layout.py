@@ -13,6 +13,7 @@ from kiln.project import ROOT as PROJECT
 NETNS = "kiln-lab"
 BRIDGE = "kiln-lab-br"
 HTTP_PORT = 8080
+TFTP_PORT = 69  # firmware PXE knows no other
 # An address on the bridge that is no cluster host and outside every admin network: "the outside".
 OUTSIDE = "198.51.100.10"
 DISK_SIZE = 6 * 1024**3  # each VM's disk (sparse qcow2): the image, then growroot grows the root filesystem

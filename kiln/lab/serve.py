@@ -1,6 +1,6 @@
 """`kiln serve` as the lab runs it in its namespace: the real server, the lab's SSH key among the operators' keys.
 
-python -m kiln.lab.serve --public-key FILE -- <kiln serve options>
+python -m kiln.lab.serve --public-key FILE <kiln serve options>
 
 Bundles are rendered from roles.yaml as usual, every generation from a model whose `access.ssh_keys` also holds
 the lab's key (`access.with_lab_key`, the server's cluster hook), so the agent gives the admin account that key
@@ -27,6 +27,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tls-listen", required=True)
     parser.add_argument("--database", required=True)
     parser.add_argument("--tftp-listen")
+    parser.add_argument("--images")
+    parser.add_argument("--secrets")
     args = parser.parse_args(argv)
     public_key = args.public_key.read_text().strip()
 
@@ -40,6 +42,8 @@ def main(argv: list[str]) -> int:
         database=args.database,
         cluster_hook=with_access,
         tftp_listen=args.tftp_listen,
+        images=args.images,
+        secrets=args.secrets,
     )
 
 

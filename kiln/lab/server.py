@@ -6,14 +6,14 @@ import sys
 import time
 
 from kiln.lab import access, client, procs
-from kiln.lab.layout import HTTP_PORT, Lab
+from kiln.lab.layout import HTTP_PORT, TFTP_PORT, Lab
 
 NAME = "server"
 
 
-def start(lab: Lab) -> int:
-    access.ensure_key(lab.ssh_key)
-    argv = [
+def argv(lab: Lab) -> list[str]:
+    """The server's command line: HTTP, HTTPS and TFTP (the Secure Boot network boot) on the gateway address."""
+    command = [
         sys.executable,
         "-m",
         "kiln.lab.serve",
@@ -23,12 +23,23 @@ def start(lab: Lab) -> int:
         f"{lab.gateway}:{HTTP_PORT}",
         "--tls-listen",
         f"{lab.gateway}:{lab.tls_port}",
+        "--tftp-listen",
+        f"{lab.gateway}:{TFTP_PORT}",
         "--database",
         f"sqlite:///{lab.database}",
+        "--images",
+        str(lab.images),
+        "--secrets",
+        str(lab.secrets),
     ]
     if lab.roles_file:
-        argv += ["--roles", str(lab.roles_file)]
-    return procs.start(NAME, argv, lab.run, lab.logs / "server.log")
+        command += ["--roles", str(lab.roles_file)]
+    return command
+
+
+def start(lab: Lab) -> int:
+    access.ensure_key(lab.ssh_key)
+    return procs.start(NAME, argv(lab), lab.run, lab.logs / "server.log")
 
 
 def start_db_monitor(lab: Lab) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from kiln import roles
 from kiln.fsutil import write_atomic
 from kiln.lab import client, procs
-from kiln.lab.firmware import Firmware
+from kiln.lab.firmware import Firmware, nic_options
 from kiln.lab.firmware import qemu_args as firmware_args
 from kiln.lab.layout import DISK_SIZE, Lab, tap_name
 from kiln.model import Host
@@ -128,7 +128,7 @@ def argv(lab: Lab, host: Host, boot: str, seed: Path | None = None, *, pxe_once:
         "-netdev",
         f"tap,id=net0,ifname={tap_name(host)},script=no,downscript=no",
         "-device",
-        f"virtio-net-pci,netdev=net0,mac={host.mac}{nic_index}",
+        f"virtio-net-pci,netdev=net0,mac={host.mac}{nic_index}{nic_options(firmware)}",
         *order,
         *fw_cfg,
     ]

@@ -37,6 +37,10 @@ def test_dnsmasq_leases_every_host_by_mac_and_points_ipxe_at_the_server() -> Non
     assert "dhcp-boot=tag:ipxe,http://10.10.0.1:8080/boot.ipxe" in conf
     assert "port=0" in conf, "no DNS server in the lab"
     assert any(line.startswith("dhcp-range=10.10.0.0,static") for line in conf), "no lease for unknown MACs"
+    # UEFI firmware's own PXE (x86-64 UEFI: client architecture 7 or 9) and not iPXE: Debian's signed shim over TFTP
+    # from the server (Secure Boot); iPXE keeps its boot file
+    assert {"dhcp-match=set:efi64,option:client-arch,7", "dhcp-match=set:efi64,option:client-arch,9"} <= set(conf)
+    assert "dhcp-boot=tag:efi64,tag:!ipxe,shimx64.efi,,10.10.0.1" in conf
 
 
 def test_tap_names_fit_ifnamsiz_and_differ() -> None:
@@ -473,3 +477,26 @@ def test_the_lab_boots_bios_by_its_order_and_uefi_by_bootindex(tmp_path: Path, m
         assert first.endswith(",bootindex=1") and second.endswith(",bootindex=2"), (boot, once, nic, disk)
         assert f"file={lab.disks / 'web1.efi' / 'efivars.fd'}" in " ".join(argv)
     assert (lab.disks / "web1.efi" / "efivars.fd").stat().st_size > 0
+
+
+def test_a_secure_boot_vm_pxe_boots_with_ovmfs_own_pxe_and_no_ipxe_rom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under Secure Boot the NIC carries no option ROM (QEMU's is unsigned iPXE) and OVMF's PXE over IPv4 is on: the
+    network boot is OVMF's, to shim (the boot itself: test_server_grub_qemu.py). Under plain UEFI nothing changes:
+    iPXE's ROM, OVMF's PXE off."""
+    ovmf = tmp_path / "OVMF"
+    ovmf.mkdir()
+    for name in ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd", "OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd"):
+        (ovmf / name).write_bytes(b"\xff" * 64)
+    monkeypatch.setattr(firmware, "OVMF_DIR", ovmf)
+    lab = Lab(_lab().cluster, root=tmp_path / "lab", images=tmp_path / "images")
+    host = lab.cluster.host("web1")
+    lab.boot_record.parent.mkdir(parents=True)
+    for name, rom, pxe in (("uefi", False, "n"), ("secureboot", True, "y")):
+        lab.boot_record.write_text(json.dumps({"boot": "pxe", "firmware": name}))
+        argv = vm.argv(lab, host, vm.PXE)
+        nic, _, _ = _boot_order(argv)
+        assert ("romfile=" in nic.split(",")) is rom, (name, nic)
+        assert f"name=opt/org.tianocore/IPv4PXESupport,string={pxe}" in argv, name
+        assert "name=opt/org.tianocore/IPv6PXESupport,string=n" in argv, name
