@@ -210,6 +210,21 @@ def serve(c, roles=None, listen=None, tls_listen=None, database=None, secrets=No
 
 @task(
     help={
+        "out": "directory to write shimx64.efi, grubx64.efi and grub/grub.cfg into (required)",
+        "server": "the address of ./inv serve --tftp-listen, when another TFTP server hands out these files",
+    }
+)
+def tftp_root(c, out, server=None):
+    """Lay out the Secure Boot network boot's TFTP files (Debian's signed shim and GRUB) for your TFTP server."""
+    from pathlib import Path
+
+    from kiln.server.cli import tftp_root_command
+
+    _exit(tftp_root_command(Path(out), server))
+
+
+@task(
+    help={
         "host": "the host to re-arm, by its name in roles.yaml (required)",
         "roles": "roles.yaml the host is in (default: the shipped one)",
         "database": "state database URL (as for serve)",
@@ -378,6 +393,7 @@ ns = Collection(
     build_all,
     doctor,
     serve,
+    tftp_root,
     reprovision,
     freeze,
     lab,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
 from kiln.project import DEFAULT_DATABASE, Project
 from kiln.render import RenderError
+from kiln.server import netboot
 from kiln.server.bundles import ClusterHook
 from kiln.server.main import DEFAULT_HTTP_PORT, ConfigError, ServerConfig, default_tls_listen, parse_address, serve
 from kiln.server.store import NotAStateDatabase, StateStore, UnknownHost
@@ -98,4 +100,25 @@ def reprovision_command(project: Project, *, host: str, database: str | None = N
         f"{host}: re-armed (provisioning #{generation}): its next PXE boot installs it again, "
         "its secrets are handed out once more, its alerts are cleared"
     )
+    return 0
+
+
+def tftp_root_command(out: Path, server: str | None) -> int:
+    """`./inv tftp-root`: netboot.layout into `out`, one line per file; 1 with the apt command when this machine lacks
+    Debian's signed shim or GRUB, or when `server` is not an IP address (GRUB's tftp device takes an address)."""
+    if server is not None:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            print(f"--server {server!r}: expected the IP address kiln serve's TFTP listens on", file=sys.stderr)
+            return 1
+    try:
+        written = netboot.layout(out, server)
+    except netboot.Missing as e:
+        print(f"tftp-root: {e}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    where = f"kiln serve --tftp-listen {server}:69" if server else "this TFTP server"
+    print(f"GRUB reads grub/grub.cfg, then each machine's config from {where} (docs/server.md)")
     return 0

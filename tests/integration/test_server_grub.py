@@ -18,7 +18,7 @@ import pytest
 
 from kiln import blockmap
 from kiln.server import grub, netboot, tftp
-from tests.integration.kiln_server import RunningServer, running_server
+from tests.integration.kiln_server import INV, RunningServer, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +131,16 @@ def test_tftp_refuses_what_is_not_the_boot_path(server: RunningServer) -> None:
     assert struct.unpack("!HH", answer[:4]) == (tftp.ERROR, tftp.NOT_FOUND), answer
     bad = httpx.get(f"{server.http_url}/grub", params={"mac": "zz"})
     assert bad.status_code == 400
+
+
+def test_tftp_root_lays_out_the_signed_chain_for_another_tftp_server(tmp_path: Path) -> None:
+    """./inv tftp-root: what an operator's own TFTP server hands out, with grub.cfg sending GRUB on to kiln."""
+    done = subprocess.run(
+        [*INV, "tftp-root", "--out", str(tmp_path / "root"), "--server", "192.0.2.7"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for name, (path, _) in netboot.SIGNED.items():
+        assert (tmp_path / "root" / name).read_bytes() == path.read_bytes(), name
+    assert (tmp_path / "root" / "grub" / "grub.cfg").read_text() == grub.stub("192.0.2.7")
+    assert "set root=(tftp,192.0.2.7)" in grub.stub("192.0.2.7")
