@@ -61,7 +61,7 @@ def check_tools() -> None:
 
 
 def check_images(lab: Lab, boot: str) -> None:
-    for role in sorted({h.role for h in lab.cluster.hosts}):
+    for role in sorted({h.role for h in lab.hosts}):
         wanted = lab.images / role / (f"{role}.qcow2" if boot == vm.DISK else f"{role}.raw")
         if not wanted.is_file() or not (lab.images / role / "manifest.json").is_file():
             raise NotReady(f"{wanted} is not built: run ./inv build-all")
@@ -73,7 +73,7 @@ def check_images(lab: Lab, boot: str) -> None:
         raise NotReady("secrets/ is incomplete (the images bake its signing key): run ./inv keys, then build-all")
     roles_shown = str(lab.roles_file or "roles.yaml")
     expected = manifest.baked(lab.cluster, SecretStore(lab.secrets), roles_shown)
-    for role in sorted({h.role for h in lab.cluster.hosts}):
+    for role in sorted({h.role for h in lab.hosts}):
         other = manifest.built_for_another(manifest.read(lab.images / role) or {}, expected)
         if other is not None:
             raise NotReady(
@@ -168,7 +168,7 @@ def start_infrastructure(lab: Lab, console: Console) -> None:
     """Namespace, bridge, taps, dnsmasq, the server and the db failover monitor; this thread ends up inside the
     namespace."""
     _fresh(lab)
-    netns.create(lab.gateway, lab.prefix, [tap_name(h) for h in lab.cluster.hosts])
+    netns.create(lab.gateway, lab.prefix, [tap_name(h) for h in lab.hosts])
     dnsmasq.start(lab)
     server.start(lab)
     server.start_db_monitor(lab)
@@ -231,7 +231,7 @@ def up(
         start_infrastructure(lab, console)
         starting = {"boot": boot, "firmware": str(firmware), "outcome": "starting"}
         write_atomic(lab.boot_record, (json.dumps(starting) + "\n").encode())
-        power_on(lab, lab.cluster.hosts, boot, watch)
+        power_on(lab, lab.hosts, boot, watch)
         outcome = watch_until_joined(lab, watch, timeout, console)
     except BaseException:
         console.print("[red]lab up: setting up failed; taking the lab down[/]")
@@ -286,7 +286,7 @@ def watch_until_joined(lab: Lab, watch: Watch, timeout: float, console: Console)
                 return "failed"
             if time.monotonic() > deadline:
                 return "timeout"
-            dead = [h.name for h in lab.cluster.hosts if h.name in watch.started and not vm.running(lab, h)]
+            dead = [h.name for h in lab.hosts if h.name in watch.started and not vm.running(lab, h)]
             if dead:
                 console.print(f"[red]VM(s) exited: {', '.join(dead)}[/] (see state/lab/logs/<host>.qemu.log)")
                 return "vm exited"

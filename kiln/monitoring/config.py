@@ -21,18 +21,16 @@ import yaml
 
 from kiln.model import Cluster
 from kiln.model.monitoring import PROVISIONING
+from kiln.monitoring import ALERTS_TOKEN_FILE, CA_FILE, RULES_FILE
 from kiln.roles import app, db, lb, web
 from kiln.roles.context import NODE_EXPORTER_PORT
 
 SCRAPE_INTERVAL = "15s"  # the drills ask for an alert within 60 s: 15 s scrapes and evaluations, then `for`
-RULES_FILE = "kiln.rules.yml"
-CA_FILE = "kiln-ca.pem"  # the cluster CA: the provisioning server's certificate is issued by it
 ALERTMANAGER = "127.0.0.1:9093"  # on the mon host itself
 
 # The provisioning server as a webhook receiver (monitoring.alerts_to: provisioning): where, with what token, and at
 # most how many alerts in one notification (Alertmanager's max_alerts; the server's body limit holds that many).
 ALERTS_PATH = "/v1/alerts"
-ALERTS_TOKEN_FILE = "kiln-alerts.token"
 MAX_ALERTS = 100
 REPEAT_HOURS = 4  # how often a firing alert is told again (the receiver tells a stale one by it)
 

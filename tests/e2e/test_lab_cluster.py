@@ -33,7 +33,7 @@ pytestmark = [
 
 ROLES_FILE = os.environ.get("KILN_LAB_ROLES") or None
 CLUSTER = Project(roles=ROLES_FILE).cluster() if os.environ.get("KILN_LAB") == "1" else None
-HOSTS = [h.name for h in CLUSTER.hosts] if CLUSTER else []
+HOSTS = [h.name for h in Lab(CLUSTER).hosts] if CLUSTER else []  # the hosts the lab boots (no mon yet)
 ADMIN = CLUSTER.provisioning_url.split("//")[1].split(":")[0] if CLUSTER else ""
 
 

@@ -32,15 +32,23 @@ def _lab() -> Lab:
 def test_dnsmasq_leases_every_host_by_mac_and_points_ipxe_at_the_server() -> None:
     lab = _lab()
     conf = dnsmasq.config(lab).splitlines()
-    for h in lab.cluster.hosts:
+    for h in lab.hosts:
         assert f"dhcp-host={h.mac},{h.ip},{h.name}" in conf
     assert "dhcp-boot=tag:ipxe,http://10.10.0.1:8080/boot.ipxe" in conf
     assert "port=0" in conf, "no DNS server in the lab"
     assert any(line.startswith("dhcp-range=10.10.0.0,static") for line in conf), "no lease for unknown MACs"
 
 
+def test_the_lab_leaves_the_mon_hosts_off() -> None:
+    """roles.yaml's mon1 gets no lease, so nothing boots it, and nothing the lab waits for or checks names it."""
+    lab = _lab()
+    assert [h.name for h in lab.cluster.by_role("mon")] == ["mon1"]
+    assert [h.name for h in lab.hosts] == ["lb1", "lb2", "web1", "web2", "app1", "db1", "db2"]
+    assert "mon1" not in dnsmasq.config(lab)
+
+
 def test_tap_names_fit_ifnamsiz_and_differ() -> None:
-    names = [tap_name(h) for h in _lab().cluster.hosts]
+    names = [tap_name(h) for h in _lab().cluster.hosts]  # every host: a later lab boots mon1 too
     assert all(len(n) <= 15 for n in names) and len(set(names)) == len(names)
 
 
@@ -176,9 +184,9 @@ def test_lab_up_powers_on_back_tiers_first_one_booting_host_per_core(monkeypatch
     monkeypatch.setattr(lifecycle.os, "cpu_count", lambda: 2)
     watch = lifecycle.Watch(lab=lab)
 
-    lifecycle.power_on(lab, lab.cluster.hosts, vm.DISK, watch)
+    lifecycle.power_on(lab, lab.hosts, vm.DISK, watch)
     assert powered == ["db1", "db2"], "two cores: two booting at once, the database tier first"
-    rows = {h.name: {"name": h.name, "state": "waiting"} for h in lab.cluster.hosts}
+    rows = {h.name: {"name": h.name, "state": "waiting"} for h in lab.hosts}
     rows["db1"]["state"] = "booting"
     watch.update(list(rows.values()))
     assert lifecycle.start_pending(lab, watch) == [], "both still booting"
@@ -198,7 +206,10 @@ def test_lab_up_powers_on_back_tiers_first_one_booting_host_per_core(monkeypatch
 
 @pytest.mark.parametrize(
     ("action", "said"),
-    [("ssh", "lab ssh: no host 'nohost' in roles.yaml"), ("audit", "lab audit: no host nohost in roles.yaml")],
+    [
+        ("ssh", "lab ssh: no host 'nohost' in roles.yaml"),
+        ("audit", "lab audit: no host nohost among the hosts the lab boots"),
+    ],
 )
 def test_lab_takes_the_host_as_an_option_and_works_without_it(action: str, said: str) -> None:
     # Invoke has no optional positional: a positional host (default None) made every action demand one, and with
@@ -408,7 +419,7 @@ def test_lab_commands_on_hosts_log_in_as_the_admin_and_run_through_sudo(monkeypa
     written: list[bytes] = []
     monkeypatch.setattr(lab_ssh, "write_atomic", lambda path, data, mode: written.append(data))  # not the lab's
     lab_ssh.config_file(lab)
-    assert written[0].count(b"User kiln\n") == len(lab.cluster.hosts) and b"User root" not in written[0]
+    assert written[0].count(b"User kiln\n") == len(lab.hosts) and b"User root" not in written[0]
     seen: list[list[str]] = []
     monkeypatch.setattr(chaos, "run", lambda argv, **kw: seen.append(argv) or subprocess.CompletedProcess(argv, 0, ""))
     chaos.ssh(lab, "db2", "mariadb -e 'SHOW SLAVE STATUS\\G'")
