@@ -16,10 +16,12 @@ HTTP_PORT = 8080
 # An address on the bridge that is no cluster host and outside every admin network: "the outside".
 OUTSIDE = "198.51.100.10"
 DISK_SIZE = 6 * 1024**3  # each VM's disk (sparse qcow2): the image, then growroot grows the root filesystem
-# The roles whose hosts the lab boots; a host of any other role is left off: no VM, no DHCP lease, nothing waits
-# for it, and verify, audit and the drills leave it out. mon is left out for now: the lab runs on CI's two cores,
-# so it boots only the hosts its phases need, and the monitoring phase (issue 16, items 5 and 6) comes later.
-BOOTED_ROLES = frozenset({"lb", "web", "app", "db"})
+# The roles whose hosts the lab boots, in the order it powers them on: each serving tier's join asks the one behind
+# it (db, app, web, lb); mon needs none of them to join and none needs it, so it takes the last boot slot. A host of
+# any other role is left off: no VM, no DHCP lease, nothing waits for it, and verify, audit and the drills leave it
+# out.
+BOOT_ORDER = ("db", "app", "web", "lb", "mon")
+BOOTED_ROLES = frozenset(BOOT_ORDER)
 
 
 def tap_name(host: Host) -> str:

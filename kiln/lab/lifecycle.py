@@ -15,12 +15,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from kiln import roles
 from kiln.build import manifest
 from kiln.fsutil import write_atomic
 from kiln.lab import client, dnsmasq, netns, procs, server, vm
 from kiln.lab.firmware import Firmware
-from kiln.lab.layout import Lab, tap_name
+from kiln.lab.layout import BOOT_ORDER, Lab, tap_name
 from kiln.model import Host
 from kiln.secrets import SecretStore
 from kiln.server.states import State
@@ -181,9 +180,9 @@ def start_infrastructure(lab: Lab, console: Console) -> None:
 
 
 def power_on(lab: Lab, hosts: tuple[Host, ...], boot: str, watch: Watch) -> None:
-    """Queue `hosts` for power-on in dependency order (db, app, web, lb: each tier's join asks the one behind it)
-    and start as many as there are free boot slots; watch_until_joined starts the rest as slots free up."""
-    order = {role: i for i, role in enumerate(reversed(roles.names()))}
+    """Queue `hosts` for power-on in BOOT_ORDER (db, app, web, lb: each tier's join asks the one behind it; mon
+    last) and start as many as there are free boot slots; watch_until_joined starts the rest as slots free up."""
+    order = {role: i for i, role in enumerate(BOOT_ORDER)}
     watch.pending += sorted(hosts, key=lambda h: order.get(h.role, len(order)))
     watch.boot = boot
     start_pending(lab, watch)

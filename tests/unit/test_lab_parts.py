@@ -39,16 +39,22 @@ def test_dnsmasq_leases_every_host_by_mac_and_points_ipxe_at_the_server() -> Non
     assert any(line.startswith("dhcp-range=10.10.0.0,static") for line in conf), "no lease for unknown MACs"
 
 
-def test_the_lab_leaves_the_mon_hosts_off() -> None:
-    """roles.yaml's mon1 gets no lease, so nothing boots it, and nothing the lab waits for or checks names it."""
+def test_the_lab_boots_every_role_of_the_reference_cluster_and_leaves_unknown_roles_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """mon1 gets its lease like the others (the monitoring drills need it); a role the lab does not boot (here one
+    renamed out of BOOTED_ROLES) gets no lease, so nothing boots it, and nothing the lab waits for names it."""
+    from kiln.lab import layout
+
     lab = _lab()
-    assert [h.name for h in lab.cluster.by_role("mon")] == ["mon1"]
-    assert [h.name for h in lab.hosts] == ["lb1", "lb2", "web1", "web2", "app1", "db1", "db2"]
-    assert "mon1" not in dnsmasq.config(lab)
+    assert [h.name for h in lab.hosts] == ["lb1", "lb2", "web1", "web2", "app1", "db1", "db2", "mon1"]
+    assert "dhcp-host=52:54:00:10:00:51,10.10.0.51,mon1" in dnsmasq.config(lab)
+    monkeypatch.setattr(layout, "BOOTED_ROLES", layout.BOOTED_ROLES - {"mon"})
+    assert "mon1" not in [h.name for h in lab.hosts] and "mon1" not in dnsmasq.config(lab)
 
 
 def test_tap_names_fit_ifnamsiz_and_differ() -> None:
-    names = [tap_name(h) for h in _lab().cluster.hosts]  # every host: a later lab boots mon1 too
+    names = [tap_name(h) for h in _lab().cluster.hosts]
     assert all(len(n) <= 15 for n in names) and len(set(names)) == len(names)
 
 
@@ -200,8 +206,12 @@ def test_lab_up_powers_on_back_tiers_first_one_booting_host_per_core(monkeypatch
     for name in ("web1", "web2"):
         rows[name]["state"] = "joined"
     watch.update(list(rows.values()))
-    assert lifecycle.start_pending(lab, watch) == ["lb1", "lb2"] and not watch.pending
-    assert powered == ["db1", "db2", "app1", "web1", "web2", "lb1", "lb2"]
+    assert lifecycle.start_pending(lab, watch) == ["lb1", "lb2"] and watch.pending
+    for name in ("lb1", "lb2"):
+        rows[name]["state"] = "joined"
+    watch.update(list(rows.values()))
+    assert lifecycle.start_pending(lab, watch) == ["mon1"] and not watch.pending, "mon last: no tier waits for it"
+    assert powered == ["db1", "db2", "app1", "web1", "web2", "lb1", "lb2", "mon1"]
 
 
 @pytest.mark.parametrize(
