@@ -42,3 +42,9 @@ def access(lab: Lab, *, outcome: str | None = None, timeout: float = 10) -> list
     """GET /v1/access: the server's newest access log lines (grants and refusals, with their peers)."""
     query = f"?outcome={outcome}" if outcome else ""
     return list(_get(lab, f"/v1/access{query}", timeout)["access"])
+
+
+def alerts(lab: Lab, timeout: float = 10) -> dict[str, list[dict[str, Any]]]:
+    """GET /v1/alerts: what Alertmanager told the server (its webhook receiver), {"firing": [...], "resolved": [...]},
+    each entry with alertname, status, host and labels (kiln/server/alerts.py)."""
+    return dict(_get(lab, "/v1/alerts", timeout))
