@@ -427,13 +427,14 @@ def drill_nginx_stop(lab: Lab, loops: Loops, told: list[alerts.AlertDrill]) -> l
 def drill_alerts_told(lab: Lab, told: list[alerts.AlertDrill]) -> list[Result]:
     """The provisioning server, Alertmanager's webhook receiver (the dashboard shows what it holds), was told of each
     drill's alert resolving (the drills saw it told firing): Alertmanager tells a change after group_interval."""
-    missing = [
-        a.alertname
-        for a in told
-        if a.told is None
-        or alerts.wait_for(lambda a=a: alerts.told(lab, a.alertname, "resolved", **a.labels), alerts.TOLD_WITHIN)
-        is None
-    ]
+
+    def resolved_told(alert: alerts.AlertDrill) -> bool:
+        said = alerts.wait_for(
+            lambda: alerts.told(lab, alert.alertname, "resolved", **alert.labels), alerts.TOLD_WITHIN
+        )
+        return said is not None
+
+    missing = [a.alertname for a in told if a.told is None or not resolved_told(a)]
     names = ", ".join(sorted({a.alertname for a in told}))
     return [
         Result(
