@@ -5,7 +5,7 @@ dashboard shows).
     firing(lab, "WebNodeDown", server="web1")  -> True while Alertmanager holds such an alert, not yet resolved
     told(lab, "WebNodeDown", "firing", server="web1")  -> True once the server lists it with that status
     AlertDrill: a drill's alert, from failure to "fired" (Alertmanager) and "told" (the server), from repair to
-                "resolved", in seconds
+                "resolved", in seconds (kiln/lab/chaos.py waits for each with its `wait`)
 
 A cluster without a mon host has no Alertmanager: `alertmanager(lab)` is None and the drills leave alerts out.
 """
@@ -13,10 +13,8 @@ A cluster without a mon host has no Alertmanager: `alertmanager(lab)` is None an
 from __future__ import annotations
 
 import json
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +30,11 @@ RESOLVE_WITHIN = 240.0
 # Alertmanager tells its receivers a new alert group_wait (10 s) after it arrives, a change group_interval (1 min)
 # after the last notification: what the server may wait for, with room for a slow guest.
 TOLD_WITHIN = 120.0
-POLL = 2.0
 
 
 def alertmanager(lab: Lab) -> str | None:
-    """The first mon host's Alertmanager URL (http://ADDRESS:9093); None without a mon host."""
-    mons = lab.cluster.by_role(mon.NAME)
+    """The first booted mon host's Alertmanager URL (http://ADDRESS:9093); None without one."""
+    mons = [h for h in lab.hosts if h.role == mon.NAME]
     return f"http://{mons[0].ip}:{mon.ALERTMANAGER_PORT}" if mons else None
 
 
@@ -97,38 +94,3 @@ class AlertDrill:
     @property
     def works(self) -> bool:
         return self.fired is not None and self.told is not None and self.resolved is not None
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> float | None:
-    """Seconds until `predicate()` held (polled every POLL s; errors from an unanswering mon host are retried);
-    None when it did not within `timeout`."""
-    began = time.monotonic()
-    while time.monotonic() - began <= timeout:
-        try:
-            if predicate():
-                return time.monotonic() - began
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(POLL)
-    return None
-
-
-def await_firing(lab: Lab, drill: AlertDrill, timeout: float = FIRE_WITHIN) -> AlertDrill:
-    """Wait until Alertmanager holds the drill's alert, then until the server lists it firing (before the drill
-    repairs anything: a repair inside group_wait would reach the server as "resolved" alone). Sets `fired` and
-    `told` (seconds since `failed_at`) or leaves them None."""
-    if wait_for(lambda: firing(lab, drill.alertname, **drill.labels), timeout) is None:
-        return drill
-    drill.fired = time.monotonic() - drill.failed_at
-    if wait_for(lambda: told(lab, drill.alertname, "firing", **drill.labels), TOLD_WITHIN) is not None:
-        drill.told = time.monotonic() - drill.failed_at
-    return drill
-
-
-def await_resolved(lab: Lab, drill: AlertDrill, timeout: float = RESOLVE_WITHIN) -> AlertDrill:
-    """After the repair (`repaired_at` set, else now): wait until Alertmanager no longer holds the alert."""
-    drill.repaired_at = drill.repaired_at or time.monotonic()
-    waited = wait_for(lambda: not firing(lab, drill.alertname, **drill.labels), timeout)
-    if waited is not None:
-        drill.resolved = time.monotonic() - drill.repaired_at
-    return drill

@@ -338,7 +338,7 @@ def test_the_mysqld_exporter_reports_from_the_admin_network(name: str) -> None:
 
 # --- monitoring: the mon hosts scrape every target, the journals arrive -------------------------------------
 
-MONS = [h.name for h in CLUSTER.by_role(mon.NAME)] if CLUSTER else []
+MONS = [h.name for h in Lab(CLUSTER).hosts if h.role == mon.NAME] if CLUSTER else []
 TARGETS_UP_WITHIN = 120  # seconds: issue 16 asks for every target UP within 2 min of the cluster joining
 
 
