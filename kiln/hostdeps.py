@@ -65,8 +65,8 @@ _AGENT_TEST = (*_FREEZE, "util-linux", "procps", "prometheus-mysqld-exporter")
 
 # The monitoring files' real checkers: promtool (check rules, test rules, check config; Debian ships it in prometheus),
 # Alertmanager and amtool (prometheus-alertmanager: it notifies a real server), and the node exporter whose metric
-# names the rules read.
-_MONITORING_TEST = ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
+# names the rules read; the central journal's daemons (systemd-journal-upload and -remote, run in a namespace).
+_MONITORING_TEST = ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "systemd-journal-remote")
 
 # ./inv db: backups (mariadb-backup, mbstream) taken over the transport, restored into a scratch server here
 # (mariadbd, mariadb-binlog, the mariadb client); ssh reaches the db hosts.

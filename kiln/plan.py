@@ -197,13 +197,14 @@ def make_plan(
 def _secret_values(secrets: SecretStore | None, *rendered: Rendered) -> list[str]:
     if secrets is None:
         return []
-    values = []
-    for name in {n for r in rendered for bundle in r.bundles.values() for n in bundle.secret_names()}:
-        try:
-            values.append(secrets.value(name))
-        except SecretMissing:
-            continue
-    return values
+    values = set()
+    for bundle in (bundle for r in rendered for bundle in r.bundles.values()):
+        for name in bundle.secret_names():
+            try:
+                values.add(secrets.value(name, bundle.host.name))
+            except SecretMissing:
+                continue
+    return list(values)
 
 
 def _check(plan: Plan, new: Rendered, secrets: SecretStore | None) -> None:
@@ -229,7 +230,7 @@ def _values_for(secrets: SecretStore | None, bundle: b.Bundle) -> dict[str, str]
     values = {}
     for name in bundle.secret_names():
         try:
-            values[name] = secrets.value(name)
+            values[name] = secrets.value(name, bundle.host.name)
         except SecretMissing:
             continue  # a checker that needs it says so
     return values

@@ -9,6 +9,8 @@ site.key / site.pem         the site certificate the load balancers serve (the d
 operator.token              the operator credential for GET /v1/hosts and the dashboard
 alertmanager.token          what Alertmanager sends (a bearer token) with its notifications to POST /v1/alerts
 cluster.id                  a random identity of this cluster, named in every bundle
+hosts/<host>/journal.*      each host's certificate for the central journal (kiln/roles/journal.py), issued by
+                            the cluster CA for its name and address, for both TLS ends; only with a mon host
 db_*_password               per-cluster database passwords
 backup.key                  the key backups are sealed with (32 random bytes, base64): without it no backup
                             restores, so keep a copy of it away from the cluster (docs/database.md)
@@ -42,9 +44,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kiln import signing
+from kiln.bundle import Bundle
 from kiln.fsutil import create_exclusive, write_atomic
 from kiln.model import Cluster
 
+# secrets each host has its own of, by bundle secret name: the file under hosts/<host>/
+HOST_BOUND = {"journal_key": "journal.key", "journal_pem": "journal.pem"}
 PASSWORDS = ("db_replication_password", "db_app_password", "db_admin_password", "db_monitor_password")
 CA_YEARS = 10
 CERT_DAYS = 825  # the longest lifetime clients commonly accept for a leaf certificate
@@ -92,16 +97,29 @@ class SecretStore:
     def path(self, name: str) -> Path:
         return self.root / name
 
-    def value(self, name: str) -> str:
-        """A bundle secret's value by name: a password, or the site chain plus key for HAProxy."""
+    def value(self, name: str, host: str | None = None) -> str:
+        """A bundle secret's value by name: a password, the site chain plus key for HAProxy, the cluster CA or the
+        alert token (the mon hosts'); for a secret each host has its own (HOST_BOUND), `host`'s."""
         try:
+            if name in HOST_BOUND:
+                if host is None:
+                    raise SecretMissing(f"{name} is each host's own: name the host")
+                return (self.root / "hosts" / host / HOST_BOUND[name]).read_text()
             if name == "tls_pem":
                 return self.site_pem.read_text() + self.site_key.read_text()
             if name in PASSWORDS:
                 return (self.root / name).read_text().strip()
+            if name in ("ca_pem", "journal_ca"):  # the provisioning server's and the mon hosts' certificates' CA
+                return self.ca_pem.read_text()
+            if name == "alertmanager_token":
+                return self.alertmanager_token()
         except FileNotFoundError as e:
             raise SecretMissing(f"{e.filename} is missing; run ./inv keys") from None
         raise SecretMissing(f"no secret named {name!r}")
+
+    def values_for(self, bundle: Bundle) -> dict[str, str]:
+        """Every secret the bundle names, its host's own where each host has one (SecretMissing if one is absent)."""
+        return {name: self.value(name, bundle.host.name) for name in bundle.secret_names()}
 
     def operator_token(self) -> str:
         try:
@@ -218,6 +236,8 @@ class SecretStore:
                 self.site_pem.unlink()
         self._leaf("site", site_names, ca_cert, ca_key, create)
 
+        self._journal_certificates(cluster, ca_cert, ca_key, create)
+
         if not (self.root / "operator.token").exists():
             create("operator.token", pysecrets.token_urlsafe(32).encode() + b"\n")
         if not (self.root / "alertmanager.token").exists():
@@ -230,6 +250,27 @@ class SecretStore:
         if not (self.root / "backup.key").exists():
             create("backup.key", base64.b64encode(pysecrets.token_bytes(32)) + b"\n")
         return created
+
+    def _journal_certificates(
+        self,
+        cluster: Cluster,
+        ca_cert: x509.Certificate,
+        ca_key: ec.EllipticCurvePrivateKey,
+        create: Callable[[str, bytes], None],
+    ) -> None:
+        """hosts/<host>/journal.{key,pem} for every host when the cluster has a mon host (kiln/roles/journal.py);
+        reissued when it no longer names the host's address."""
+        if not cluster.by_role("mon"):
+            return
+        for host in cluster.hosts:
+            directory = self.root / "hosts" / host.name
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            names = [host.name, str(host.ip)]
+            pem = directory / "journal.pem"
+            if pem.exists() and uncovered(_load_chain(pem)[0], names):
+                self.notes.append(f"reissued hosts/{host.name}/journal.pem for {', '.join(names)}")
+                pem.unlink()
+            self._leaf(f"hosts/{host.name}/journal", names, ca_cert, ca_key, create, client=True)
 
     def _retire_combined_certificate(self) -> None:
         old = [self.root / n for n in ("tls.pem", "tls.key") if (self.root / n).exists()]
@@ -255,14 +296,16 @@ class SecretStore:
         ca_cert: x509.Certificate,
         ca_key: ec.EllipticCurvePrivateKey,
         create: Callable[[str, bytes], None],
+        *,
+        client: bool = False,
     ) -> None:
-        """STEM.key and STEM.pem (issued by the cluster CA for `names`) when missing."""
+        """STEM.key and STEM.pem (issued by the cluster CA for `names`) when missing; `client`: for TLS clients too."""
         key_path, pem_path = self.root / f"{stem}.key", self.root / f"{stem}.pem"
         if not key_path.exists():
             pem_path.unlink(missing_ok=True)  # a certificate without its key is useless
-            create(key_path.name, _key_pem(ec.generate_private_key(ec.SECP256R1())))
+            create(f"{stem}.key", _key_pem(ec.generate_private_key(ec.SECP256R1())))
         if not pem_path.exists():
-            create(pem_path.name, _pem(_leaf_cert(names, _load_ec_key(key_path), ca_cert, ca_key)))
+            create(f"{stem}.pem", _pem(_leaf_cert(names, _load_ec_key(key_path), ca_cert, ca_key, client=client)))
 
     def check_site(self, cluster: Cluster, *, now: dt.datetime | None = None) -> list[str]:
         """Why the site certificate cannot be served for this cluster (empty when it can): it must cover the domain
@@ -435,9 +478,16 @@ def _san(name: str) -> x509.GeneralName:
 
 
 def _leaf_cert(
-    names: list[str], key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+    names: list[str],
+    key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    *,
+    client: bool = False,
 ) -> x509.Certificate:
-    """A server certificate for `names` (the first is also its common name), issued by the cluster CA."""
+    """A server certificate for `names` (the first is also its common name), issued by the cluster CA; `client`:
+    a client certificate too."""
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])]
     now = _now()
     return (
         x509.CertificateBuilder()
@@ -449,7 +499,7 @@ def _leaf_cert(
         .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
         .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )

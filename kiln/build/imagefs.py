@@ -1,7 +1,8 @@
 """A built raw image's root filesystem, mounted read-only for inspection (image checks, installed size).
 
-A read-only loop device, its partitions added with `partx` (no device-mapper needed), the root partition
-mounted `ro,noload` (no journal replay: the image file is never written).
+A read-only loop device over the root partition's bytes alone (`losetup --offset --sizelimit`, from the table
+sfdisk reads), mounted `ro,noload` (no journal replay: the image file is never written). No partition device
+nodes: those the kernel adds for a loop device appear asynchronously, and a mount racing them failed in CI.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import contextlib
 import os
 import re
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kiln.disklabel import partition_table
 from kiln.run import run
@@ -20,39 +21,44 @@ from kiln.run import run
 ROOT_PARTNAME = "root"  # the GPT partition name of the root filesystem (elements/kiln-base/block-device-kiln.yaml)
 
 
+def _partitions(disk: Path) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+    """(sector size in bytes, [(partition number, sfdisk's partition object)]) of `disk`'s table."""
+    table = partition_table(disk)
+    parts = []
+    for index, part in enumerate(table.get("partitions", []), start=1):
+        number = re.search(r"(\d+)$", part.get("node", ""))
+        parts.append((int(number.group(1)) if number else index, part))
+    return int(table.get("sectorsize", 512)), parts
+
+
 def partition_named(disk: Path, name: str) -> int | None:
     """The number of the partition of `disk` (an image file or a block device) whose GPT name is `name`, as
     `sfdisk --json` reads the table; None when none is (an MBR disk has no names)."""
-    table = partition_table(disk)
-    for index, part in enumerate(table.get("partitions", []), start=1):
-        if part.get("name") == name:
-            number = re.search(r"(\d+)$", part.get("node", ""))
-            return int(number.group(1)) if number else index
-    return None
+    return next((number for number, part in _partitions(disk)[1] if part.get("name") == name), None)
 
 
 @contextlib.contextmanager
 def mounted(raw: Path, partition: int | None = None) -> Iterator[Path]:
     """Mount `raw`'s partition number `partition` read-only; by default the root filesystem's (the partition
-    named root, else the first: images before GPT)."""
+    named root, else the first: images before GPT). Raises LookupError when `raw` has no such partition."""
+    sector, parts = _partitions(raw)
     if partition is None:
-        partition = partition_named(raw, ROOT_PARTNAME) or 1
-    loop = run(["losetup", "--find", "--show", "--read-only", raw]).stdout.strip()
+        partition = next((n for n, part in parts if part.get("name") == ROOT_PARTNAME), None) or 1
+    found = next((part for n, part in parts if n == partition), None)
+    if found is None:
+        raise LookupError(f"{raw}: no partition {partition} (it has {[n for n, _ in parts]})")
+    offset, size = int(found["start"]) * sector, int(found["size"]) * sector
+    loop = run(
+        ["losetup", "--find", "--show", "--read-only", "--offset", str(offset), "--sizelimit", str(size), raw]
+    ).stdout.strip()
     mnt = Path(tempfile.mkdtemp(prefix="kiln-img-mnt-"))
     try:
-        run(["partx", "-a", loop], check=False)  # already there when the kernel scanned the table itself
-        part = Path(f"{loop}p{partition}")
-        for _ in range(50):
-            if part.exists():
-                break
-            time.sleep(0.1)
-        run(["mount", "-o", "ro,noload", part, mnt])
+        run(["mount", "-o", "ro,noload", loop, mnt])
         try:
             yield mnt
         finally:
             run(["umount", mnt])
     finally:
-        run(["partx", "-d", loop], check=False)
         run(["losetup", "-d", loop], check=False)
         os.rmdir(mnt)
 

@@ -51,12 +51,11 @@ def audit_host(lab: Lab, name: str) -> tuple[str, int | None, list[str], str]:
 
 def audit(lab: Lab, *, only: str = "") -> int:
     """Audit every host, or only the comma-separated hosts in `only` (e.g. one per role: lb1,web1,app1,db1)."""
-    cluster = lab.cluster
-    every = [h.name for h in cluster.hosts]
+    every = [h.name for h in lab.hosts]
     names = [n.strip() for n in only.split(",") if n.strip()] or every
     unknown = [n for n in names if n not in every]
     if unknown:
-        print(f"lab audit: no host {', '.join(unknown)} in roles.yaml", file=sys.stderr)
+        print(f"lab audit: no host {', '.join(unknown)} among the hosts the lab boots", file=sys.stderr)
         return 1
     config_file(lab)  # the ssh_config every audit's SSH reads
     netns.enter()
@@ -69,7 +68,7 @@ def audit(lab: Lab, *, only: str = "") -> int:
         table.add_column(col)
     record = {}
     for name, index, suggestions, error in found:
-        role = cluster.host(name).role
+        role = lab.cluster.host(name).role
         shown = "[red]error[/]" if index is None else f"[{'green' if index >= GOAL else 'red'}]{index}[/]"
         table.add_row(name, role, shown, error or "\n".join(suggestions[:TOP]))
         record[name] = {"role": role, "hardening_index": index, "suggestions": suggestions, "error": error}

@@ -77,7 +77,7 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     text = (lab.roles_file or PROJECT / "roles.yaml").read_text()
     boot = lifecycle.boot_mode(lab)
     running = running_vms(lab)
-    new = [h for h in lab.cluster.hosts if h.name not in running]
+    new = [h for h in lab.hosts if h.name not in running]
     try:
         lifecycle.check_tools()
         lifecycle.check_images(lab, boot)

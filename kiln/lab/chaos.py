@@ -3,7 +3,9 @@ numbered notes; one table row per drill with what was measured and whether the g
 
 Drills: stop nginx on web1 (HAProxy marks it down), power off lb1 (VIP to lb2, seconds of failed requests, lb1
 rejoins), restart db2 (replication resumes, no row lost), kill a VM mid-join and start it again (it completes
-provisioning), reboot a provisioned host (first boot does nothing, services come back).
+provisioning), reboot a provisioned host (first boot does nothing, services come back). With a mon host, the first
+two also wait for their alert (WebNodeDown for web1, InstanceDown for lb1) to fire in Alertmanager and, after the
+repair, to resolve; a last phase checks the provisioning server was told of both (kiln/lab/alerts.py).
 
 The drills run in phases. Most of a drill is one VM booting, and a booting VM has one emulated CPU: one after
 another they used one core of two. So lb1's power-off and db2's restart run side by side (none needs what the
@@ -29,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.fsutil import write_atomic
-from kiln.lab import client, lifecycle, netns, vm
+from kiln.lab import alerts, client, lifecycle, netns, vm
 from kiln.lab.layout import OUTSIDE, Lab
 from kiln.lab.probe import Reply, request
 from kiln.lab.ssh import as_root, config_file, config_path, forget
@@ -92,6 +94,36 @@ def wait(what: str, predicate: Callable[[], bool], timeout: float, step: float =
         if time.monotonic() - began > timeout:
             raise TimeoutError(f"{what}: not within {timeout:.0f} s")
         time.sleep(step)
+
+
+def seen_within(what: str, predicate: Callable[[], bool], timeout: float, step: float = 2.0) -> bool:
+    """wait() for a drill that records a miss instead of stopping: False when `predicate` did not hold in time."""
+    try:
+        wait(what, predicate, timeout, step)
+    except TimeoutError:
+        return False
+    return True
+
+
+def await_firing(lab: Lab, alert: alerts.AlertDrill) -> None:
+    """Wait until Alertmanager holds the drill's alert, then until the server lists it firing (before the drill
+    repairs anything: a repair inside group_wait would reach the server as "resolved" alone). Sets `fired` and
+    `told` (seconds since `failed_at`) or leaves them None."""
+    name, labels = alert.alertname, alert.labels
+    if not seen_within(f"{name} held", lambda: alerts.firing(lab, name, **labels), alerts.FIRE_WITHIN):
+        return
+    alert.fired = time.monotonic() - alert.failed_at
+    if seen_within(f"{name} told", lambda: alerts.told(lab, name, "firing", **labels), alerts.TOLD_WITHIN):
+        alert.told = time.monotonic() - alert.failed_at
+
+
+def await_resolved(lab: Lab, alert: alerts.AlertDrill) -> alerts.AlertDrill:
+    """After the repair (`repaired_at` set, else now): wait until Alertmanager no longer holds the alert."""
+    alert.repaired_at = alert.repaired_at or time.monotonic()
+    name, labels = alert.alertname, alert.labels
+    if seen_within(f"{name} resolved", lambda: not alerts.firing(lab, name, **labels), alerts.RESOLVE_WITHIN):
+        alert.resolved = time.monotonic() - alert.repaired_at
+    return alert
 
 
 def _db_of(reply: Reply) -> str:
@@ -279,16 +311,18 @@ def host_state(lab: Lab, name: str) -> dict:
     return next(r for r in client.hosts(lab) if r["name"] == name)
 
 
-def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
-    """lb1 off, the VIP to lb2, lb1 back. Evidence for a long silence, kept with the lab's logs: which LBs said they
-    held the VIP, and when (each LB's node exporter: VipWatch), and both LBs' keepalived journals."""
+def drill_lb_power_off(lab: Lab, loops: Loops, told: list[alerts.AlertDrill]) -> list[Result]:
+    """lb1 off, the VIP to lb2, lb1 back. With a mon host, lb1 stays off until InstanceDown fires for it, and the
+    drill waits for it to resolve once lb1 is back (appended to `told`). Evidence for a long silence, kept with the
+    lab's logs: which LBs said they held the VIP, and when (each LB's node exporter: VipWatch), and both LBs'
+    keepalived journals."""
     lbs = lab.cluster.by_role("lb")
     watch = VipWatch.of(lbs)
     began = time.monotonic()
     watch.start()
     try:
         with loops.probe_vip():
-            return _lb_power_off(lab, loops)
+            return _lb_power_off(lab, loops, told)
     finally:
         watch.stop()
         lines = [f"the VIP's holders, by their exporters: {watch.said(began)}"]
@@ -302,15 +336,18 @@ def drill_lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
         print(f"  {lines[0]} (keepalived's journals: {lab.logs / 'lb-drill.log'})")
 
 
-def _lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
+def _lb_power_off(lab: Lab, loops: Loops, told: list[alerts.AlertDrill]) -> list[Result]:
     lb1, lb2 = (h.name for h in lab.cluster.by_role("lb")[:2])
     # a starved LB may not answer one SSH probe in time: the drill starts once a probe sees the VIP on lb1 alone
     wait(f"the VIP on {lb1} alone before the drill", lambda: vip_holder(lab) == [lb1], 600, step=5)
     began = time.monotonic()
     vm.kill(lab, lab.cluster.host(lb1))
+    alert = alerts.AlertDrill("InstanceDown", {"host": lb1}, began) if alerts.alertmanager(lab) else None
     try:
         moved = wait(f"VIP on {lb2}", lambda: vip_holder(lab, [lb2]) == [lb2], 600)
         time.sleep(5)
+        if alert:  # off until the mon host says so (the rule's `for` is 1 min)
+            await_firing(lab, alert)
     finally:
         back = time.monotonic()
         vm.start(lab, lab.cluster.host(lb1), vm.DISK)
@@ -341,7 +378,22 @@ def _lb_power_off(lab: Lab, loops: Loops) -> list[Result]:
             goal_met=silent < 5 and failed == 0,
         )
     )
+    if alert:
+        alert.repaired_at = back
+        told.append(await_resolved(lab, alert))
+        results.append(_alert_result(f"alert: {lb1} down", alert, "fires while it is off, resolves when it is back"))
     return results
+
+
+def _alert_result(name: str, alert: alerts.AlertDrill, goal: str, within: float | None = None) -> Result:
+    """A drill's alert as a row: it must fire and resolve (works); `within`: seconds the firing's goal allows."""
+    return Result(
+        name,
+        alert.describe() + " (Alertmanager's API)",
+        goal,
+        goal_met=alert.works and (within is None or (alert.fired is not None and alert.fired <= within)),
+        works=alert.works,
+    )
 
 
 def web_status(lab: Lab, lb: str, web: str) -> str:
@@ -356,11 +408,19 @@ def web_status(lab: Lab, lb: str, web: str) -> str:
     return "?"
 
 
-def drill_nginx_stop(lab: Lab, loops: Loops) -> list[Result]:
+# The goal for "web node DOWN" (issue 16): Alertmanager holds it this many seconds after nginx stops.
+WEB_ALERT_GOAL = 60
+
+
+def drill_nginx_stop(lab: Lab, loops: Loops, told: list[alerts.AlertDrill]) -> list[Result]:
+    """nginx stopped on web1: HAProxy marks it DOWN and the loop's requests go to the other webs. With a mon host,
+    nginx stays stopped until WebNodeDown fires for web1, and the drill waits for it to resolve after the restart
+    (appended to `told`)."""
     web1 = lab.cluster.by_role("web")[0].name
     lbs = [h.name for h in lab.cluster.by_role("lb")]
     began = time.monotonic()
     ssh(lab, web1, "systemctl stop nginx")
+    alert = alerts.AlertDrill("WebNodeDown", {"server": web1}, began) if alerts.alertmanager(lab) else None
     try:
         down = wait(
             f"HAProxy marks {web1} down",
@@ -368,19 +428,52 @@ def drill_nginx_stop(lab: Lab, loops: Loops) -> list[Result]:
             60,
             step=0.5,
         )
+        if alert:
+            await_firing(lab, alert)
         time.sleep(3)
         until = time.monotonic()
     finally:
         ssh(lab, web1, "systemctl start nginx")
+        if alert:
+            alert.repaired_at = time.monotonic()
     wait(f"{web1} UP again", lambda: all(web_status(lab, lb, web1) == "UP" for lb in lbs), 60, step=0.5)
     loops.settle(until)
     _, failed, total = loops.failed_seconds(began, until)
-    return [
+    results = [
         Result(
             f"stop nginx on {web1}",
-            f"marked DOWN after {down:.1f} s; {failed}/{total} requests failed",
+            f"marked DOWN after {down:.1f} s; {failed}/{total} requests failed over {until - began:.0f} s",
             "no failures beyond in-flight (<= 2)",
             goal_met=failed <= 2,
+        )
+    ]
+    if alert:
+        told.append(await_resolved(lab, alert))
+        goal = f"fires within {WEB_ALERT_GOAL} s of the stop; resolves after the start"
+        results.append(_alert_result(f"alert: {web1} DOWN in HAProxy", alert, goal, within=WEB_ALERT_GOAL))
+    return results
+
+
+def drill_alerts_told(lab: Lab, told: list[alerts.AlertDrill]) -> list[Result]:
+    """The provisioning server, Alertmanager's webhook receiver (the dashboard shows what it holds), was told of each
+    drill's alert resolving (the drills saw it told firing): Alertmanager tells a change after group_interval."""
+
+    def resolved_told(a: alerts.AlertDrill) -> bool:
+        return seen_within(
+            f"{a.alertname} told resolved",
+            lambda: alerts.told(lab, a.alertname, "resolved", **a.labels),
+            alerts.TOLD_WITHIN,
+        )
+
+    missing = [a.alertname for a in told if a.told is None or not resolved_told(a)]
+    names = ", ".join(sorted({a.alertname for a in told}))
+    return [
+        Result(
+            "alerts reach the provisioning server",
+            f"told of {names}, firing, then resolved" if not missing else f"not told of: {', '.join(missing)}",
+            "every drill's alert, firing then resolved",
+            goal_met=not missing,
+            works=not missing,
         )
     ]
 
@@ -537,10 +630,11 @@ def chaos(lab: Lab) -> int:
     time.sleep(3)
     cluster = lab.cluster
     webs, lb, app = cluster.by_role("web"), cluster.by_role("lb")[0].name, cluster.by_role("app")[0].name
+    told: list[alerts.AlertDrill] = []  # the drills' alerts, which the server must have been told of
     phases: list[list[Drill]] = [
-        [(f"stop nginx on {webs[0].name}", lambda: drill_nginx_stop(lab, loops))],
+        [(f"stop nginx on {webs[0].name}", lambda: drill_nginx_stop(lab, loops, told))],
         [
-            (f"power off {lb}", lambda: drill_lb_power_off(lab, loops)),
+            (f"power off {lb}", lambda: drill_lb_power_off(lab, loops, told)),
             (f"restart {cluster.db_replicas[0].name}", lambda: drill_db_restart(lab, loops)),
         ],
         # side by side: neither counts the loop's requests, and each waits on its own VM booting (4-5 min in all)
@@ -549,6 +643,8 @@ def chaos(lab: Lab) -> int:
             (f"reboot {app}", lambda: drill_reboot(lab, loops)),
         ],
     ]
+    if alerts.alertmanager(lab):
+        phases.append([("alerts reach the provisioning server", lambda: drill_alerts_told(lab, told))])
     results = run_phases(phases, console)
     loops.stop.set()
     console.print(results_table("kiln lab chaos", results))

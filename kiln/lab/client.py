@@ -20,8 +20,10 @@ def _get(lab: Lab, path: str, timeout: float) -> Any:
 
 
 def hosts(lab: Lab, timeout: float = 10) -> list[dict[str, Any]]:
-    """GET /v1/hosts: every host with its state, last event and timeline."""
-    return list(_get(lab, "/v1/hosts", timeout)["hosts"])
+    """GET /v1/hosts: every host the lab boots (Lab.hosts) with its state, last event and timeline; the server
+    also lists the hosts the lab leaves off, forever waiting."""
+    booted = {h.name for h in lab.hosts}
+    return [r for r in _get(lab, "/v1/hosts", timeout)["hosts"] if r["name"] in booted]
 
 
 def seed(lab: Lab, name: str, timeout: float = 10) -> dict[str, Any]:
@@ -40,3 +42,9 @@ def access(lab: Lab, *, outcome: str | None = None, timeout: float = 10) -> list
     """GET /v1/access: the server's newest access log lines (grants and refusals, with their peers)."""
     query = f"?outcome={outcome}" if outcome else ""
     return list(_get(lab, f"/v1/access{query}", timeout)["access"])
+
+
+def alerts(lab: Lab, timeout: float = 10) -> dict[str, list[dict[str, Any]]]:
+    """GET /v1/alerts: what Alertmanager told the server (its webhook receiver), {"firing": [...], "resolved": [...]},
+    each entry with alertname, status, host and labels (kiln/server/alerts.py)."""
+    return dict(_get(lab, "/v1/alerts", timeout))

@@ -40,7 +40,7 @@ def config(lab: Lab) -> str:
         f"dhcp-leasefile={lab.run / 'dnsmasq.leases'}",
         "log-dhcp",
     ]
-    lines += [f"dhcp-host={h.mac},{h.ip},{h.name}" for h in lab.cluster.hosts]
+    lines += [f"dhcp-host={h.mac},{h.ip},{h.name}" for h in lab.hosts]
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,12 @@ TFTP_PORT = 69  # firmware PXE knows no other
 # An address on the bridge that is no cluster host and outside every admin network: "the outside".
 OUTSIDE = "198.51.100.10"
 DISK_SIZE = 6 * 1024**3  # each VM's disk (sparse qcow2): the image, then growroot grows the root filesystem
+# The roles whose hosts the lab boots, in the order it powers them on: each serving tier's join asks the one behind
+# it (db, app, web, lb); mon needs none of them to join and none needs it, so it takes the last boot slot. A host of
+# any other role is left off: no VM, no DHCP lease, nothing waits for it, and verify, audit and the drills leave it
+# out.
+BOOT_ORDER = ("db", "app", "web", "lb", "mon")
+BOOTED_ROLES = frozenset(BOOT_ORDER)
 
 
 def tap_name(host: Host) -> str:
@@ -32,6 +38,11 @@ class Lab:
     root: Path = PROJECT / "state" / "lab"
     images: Path = PROJECT / "images"
     secrets: Path = PROJECT / "secrets"
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        """The hosts the lab boots (BOOTED_ROLES), in roles.yaml order."""
+        return tuple(h for h in self.cluster.hosts if h.role in BOOTED_ROLES)
 
     @property
     def gateway(self) -> str:

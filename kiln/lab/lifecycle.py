@@ -15,12 +15,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from kiln import roles
 from kiln.build import manifest
 from kiln.fsutil import write_atomic
 from kiln.lab import client, dnsmasq, netns, procs, server, vm
 from kiln.lab.firmware import Firmware
-from kiln.lab.layout import Lab, tap_name
+from kiln.lab.layout import BOOT_ORDER, Lab, tap_name
 from kiln.model import Host
 from kiln.secrets import SecretStore
 from kiln.server.states import State
@@ -61,7 +60,7 @@ def check_tools() -> None:
 
 
 def check_images(lab: Lab, boot: str) -> None:
-    for role in sorted({h.role for h in lab.cluster.hosts}):
+    for role in sorted({h.role for h in lab.hosts}):
         wanted = lab.images / role / (f"{role}.qcow2" if boot == vm.DISK else f"{role}.raw")
         if not wanted.is_file() or not (lab.images / role / "manifest.json").is_file():
             raise NotReady(f"{wanted} is not built: run ./inv build-all")
@@ -73,7 +72,7 @@ def check_images(lab: Lab, boot: str) -> None:
         raise NotReady("secrets/ is incomplete (the images bake its signing key): run ./inv keys, then build-all")
     roles_shown = str(lab.roles_file or "roles.yaml")
     expected = manifest.baked(lab.cluster, SecretStore(lab.secrets), roles_shown)
-    for role in sorted({h.role for h in lab.cluster.hosts}):
+    for role in sorted({h.role for h in lab.hosts}):
         other = manifest.built_for_another(manifest.read(lab.images / role) or {}, expected)
         if other is not None:
             raise NotReady(
@@ -168,7 +167,7 @@ def start_infrastructure(lab: Lab, console: Console) -> None:
     """Namespace, bridge, taps, dnsmasq, the server and the db failover monitor; this thread ends up inside the
     namespace."""
     _fresh(lab)
-    netns.create(lab.gateway, lab.prefix, [tap_name(h) for h in lab.cluster.hosts])
+    netns.create(lab.gateway, lab.prefix, [tap_name(h) for h in lab.hosts])
     dnsmasq.start(lab)
     server.start(lab)
     server.start_db_monitor(lab)
@@ -181,9 +180,9 @@ def start_infrastructure(lab: Lab, console: Console) -> None:
 
 
 def power_on(lab: Lab, hosts: tuple[Host, ...], boot: str, watch: Watch) -> None:
-    """Queue `hosts` for power-on in dependency order (db, app, web, lb: each tier's join asks the one behind it)
-    and start as many as there are free boot slots; watch_until_joined starts the rest as slots free up."""
-    order = {role: i for i, role in enumerate(reversed(roles.names()))}
+    """Queue `hosts` for power-on in BOOT_ORDER (db, app, web, lb: each tier's join asks the one behind it; mon
+    last) and start as many as there are free boot slots; watch_until_joined starts the rest as slots free up."""
+    order = {role: i for i, role in enumerate(BOOT_ORDER)}
     watch.pending += sorted(hosts, key=lambda h: order.get(h.role, len(order)))
     watch.boot = boot
     start_pending(lab, watch)
@@ -231,7 +230,7 @@ def up(
         start_infrastructure(lab, console)
         starting = {"boot": boot, "firmware": str(firmware), "outcome": "starting"}
         write_atomic(lab.boot_record, (json.dumps(starting) + "\n").encode())
-        power_on(lab, lab.cluster.hosts, boot, watch)
+        power_on(lab, lab.hosts, boot, watch)
         outcome = watch_until_joined(lab, watch, timeout, console)
     except BaseException:
         console.print("[red]lab up: setting up failed; taking the lab down[/]")
@@ -286,7 +285,7 @@ def watch_until_joined(lab: Lab, watch: Watch, timeout: float, console: Console)
                 return "failed"
             if time.monotonic() > deadline:
                 return "timeout"
-            dead = [h.name for h in lab.cluster.hosts if h.name in watch.started and not vm.running(lab, h)]
+            dead = [h.name for h in lab.hosts if h.name in watch.started and not vm.running(lab, h)]
             if dead:
                 console.print(f"[red]VM(s) exited: {', '.join(dead)}[/] (see state/lab/logs/<host>.qemu.log)")
                 return "vm exited"

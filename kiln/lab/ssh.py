@@ -61,7 +61,7 @@ def config_file(lab: Lab) -> str:
     """An ssh_config naming every host (testinfra's ssh backend reads it): `ssh -F FILE lb1`."""
     path = config_path(lab)
     blocks = []
-    for h in lab.cluster.hosts:
+    for h in lab.hosts:
         blocks.append(
             f"Host {h.name}\n    HostName {h.ip}\n    User {lab.admin_user}\n    IdentityFile {lab.ssh_key}\n"
             f"    IdentitiesOnly yes\n    BatchMode yes\n    StrictHostKeyChecking accept-new\n"

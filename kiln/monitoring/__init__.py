@@ -19,6 +19,12 @@ import yaml
 RULES = Path(__file__).resolve().parent / "rules" / "kiln.rules.yml"
 RULE_TESTS = RULES.parent / "tests"
 
+# The file names the mon role installs beside prometheus.yml and alertmanager.yml (config.py's relative paths name
+# them; kiln/roles/mon.py places them): the rules, the cluster CA, the provisioning server's alert token.
+RULES_FILE = "kiln.rules.yml"
+CA_FILE = "kiln-ca.pem"  # the cluster CA: the provisioning server's certificate is issued by it
+ALERTS_TOKEN_FILE = "kiln-alerts.token"
+
 # The textfile collector's directory: Debian's prometheus-node-exporter reads *.prom files there by default.
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 

@@ -7,7 +7,7 @@ this module only turns those declarations into a typed Bundle.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cache
 from typing import Any
 
@@ -16,7 +16,7 @@ import jinja2
 from kiln import bundle as b
 from kiln import roles
 from kiln.model import Cluster, Host
-from kiln.roles import common
+from kiln.roles import common, journal
 from kiln.roles.context import ClusterView, HostContext, cluster_view, host_context
 from kiln.roles.spec import FileSpec, Firewall, RoleSpec
 
@@ -71,19 +71,25 @@ class Renderer:
             for role, peers in self.view.access.items()
             if peers
         )
+        self.journal = journal.context(cluster)  # the central journal's values: empty without a mon host
 
     def variables(self, host: Host) -> tuple[HostContext, dict[str, Any], RoleSpec, Firewall]:
         role = roles.get(host.role)
         c = host_context(self.cluster, host, self.view)
+        sent = journal.parts(self.cluster, host)
         firewall = role.firewall(self.cluster, host, c)
+        firewall = replace(
+            firewall, inbound=firewall.inbound + sent.inbound, outbound=firewall.outbound + sent.outbound
+        )
         variables = {f.name: getattr(c, f.name) for f in fields(c)}  # shallow: peers stay objects
         variables.update(role.context(self.cluster, host, c))
+        variables.update(self.journal)
         variables.update(
             tier_sets=self.tier_sets,
             tier_sets_include=common.TIER_SETS.removeprefix("/etc/"),  # relative: found on nft's include path
             firewall=firewall,
             admin_ports=", ".join(str(p) for p in (c.node_exporter_port, *firewall.admin_ports)),
-            systemd_units=common.systemd_units(common.SERVICES + role.services),
+            systemd_units=common.systemd_units(common.SERVICES + role.services + sent.services),
         )
         return c, variables, role, firewall
 
@@ -107,6 +113,7 @@ class Renderer:
         """One host's unsigned bundle, secrets by reference (value null)."""
         c, variables, role, _ = self.variables(host)
         host_files = common.host_files(host, c)
+        sent = journal.parts(self.cluster, host)
         return b.Bundle(
             schema=b.BUNDLE_SCHEMA,
             cluster=self.cluster.name,
@@ -120,14 +127,15 @@ class Renderer:
             ),
             files=(
                 *(self.file(f.spec, {**variables, "unit": f.unit} if f.unit else variables) for f in host_files),
-                *(self.file(f, variables) for f in role.files),
+                *(self.file(f, variables) for f in role.files + sent.files),
             ),
             secrets=tuple(
-                b.Secret(name=s.name, path=s.path, mode=s.mode, owner=s.owner, group=s.group) for s in role.secrets
+                b.Secret(name=s.name, path=s.path, mode=s.mode, owner=s.owner, group=s.group)
+                for s in role.secrets + sent.secrets
             ),
             services=tuple(
                 b.Service(unit=s.unit, restart_on=s.restart_on)
-                for s in common.host_services(host_files) + role.services
+                for s in common.host_services(host_files) + role.services + sent.services
             ),
             join=role.join(self.cluster, host, c),
             checks=common.checks(c) + role.checks(self.cluster, host, c),

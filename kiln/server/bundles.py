@@ -89,7 +89,7 @@ class BundleCache:
 
     def secret_values(self, host: Host) -> dict[str, str]:
         """Every secret the host's bundle references, read from secrets/ (SecretMissing if one is absent)."""
-        return {name: self.secrets.value(name) for name in self.rendered(host).secret_names()}
+        return self.secrets.values_for(self.rendered(host))
 
     def with_secrets(self, host: Host, values: dict[str, str]) -> Signed:
         return self._sign(self.rendered(host).with_secret_values(values))

@@ -21,7 +21,7 @@ from kiln.lab.firmware import qemu_args as firmware_args
 from kiln.lab.vm import FW_CFG_SEED
 from kiln.project import Project
 
-ROLES = ("lb", "web", "app", "db")
+ROLES = ("lb", "web", "app", "db", "mon")
 GUEST_MAC = "52:54:00:12:34:56"  # QEMU's own default; the tests' seeds and BOOTIF name it
 HOST_LOOPBACK = "10.0.2.2"  # the host's 127.0.0.1 as a non-isolated guest sees it
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -9,10 +9,13 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from kiln.build.imagefs import mounted
 from kiln.secrets import PASSWORDS, SecretStore
@@ -26,9 +29,11 @@ ROLE_PACKAGES = {
     "web": {"nginx", "prometheus-nginx-exporter"},
     "app": {"python3", "python3-venv"},
     "db": {"mariadb-server", "mariadb-backup", "prometheus-mysqld-exporter"},
+    "mon": {"prometheus", "prometheus-alertmanager"},
 }
 EVERY_ROLE = {
     "prometheus-node-exporter",
+    "systemd-journal-remote",  # systemd-journal-upload: every host sends its journal to the mon host
     "nftables",
     "auditd",
     "apparmor",
@@ -66,6 +71,7 @@ LISTENERS = {
     "web": ("nginx", "prometheus-nginx-exporter"),
     "app": (),
     "db": ("mariadb", "prometheus-mysqld-exporter"),
+    "mon": ("prometheus", "prometheus-alertmanager", "systemd-journal-remote"),
 }
 
 
@@ -283,8 +289,9 @@ def test_no_secrets_or_private_keys(image: tuple[str, Path]) -> None:
 
 def test_nothing_but_sshd_enabled_to_listen(image: tuple[str, Path]) -> None:
     role, root = image
-    for service in (*LISTENERS[role], "prometheus-node-exporter", "kiln-app"):
+    for service in (*LISTENERS[role], "prometheus-node-exporter", "kiln-app", "systemd-journal-upload"):
         assert not enabled(root, f"{service}.service"), f"{service} would listen before first boot"
+    assert not enabled(root, "systemd-journal-remote.socket"), "journal-remote's socket would listen"
     assert enabled(root, "ssh.service")
 
 
@@ -298,3 +305,100 @@ def test_app_venv(image: tuple[str, Path]) -> None:
     for package in ("kilnapp", "pymysql", "prometheus_client", "gunicorn"):
         assert (site / package).is_dir(), package
     assert (site / "kilnapp" / "wsgi.py").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get_json(url: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"exited {process.returncode}: {log.read_text()[-2000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} not ready in {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+def test_prometheus_and_alertmanager_load_the_rendered_configs(
+    image: tuple[str, Path], cluster, secret_store, tmp_path: Path
+) -> None:
+    """The mon image's own Prometheus and Alertmanager, run on loopback with mon1's rendered files laid out as the
+    agent writes them (relative paths resolve beside the configs): every rule loads, every job is configured, and
+    Alertmanager routes to kiln's webhook."""
+    from kiln.monitoring import alerts
+    from kiln.monitoring.config import JOBS
+    from kiln.render.check import lay_out
+    from kiln.roles import mon
+    from tests.integration.hostroot import applied_bundles
+
+    role, root = image
+    if role != "mon":
+        pytest.skip("Prometheus and Alertmanager are in the mon image only")
+    files = lay_out(applied_bundles(cluster, secret_store)["mon1"], tmp_path / "mon1")
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        port = _free_port()
+        log = tmp_path / "prometheus.log"
+        started.append(
+            subprocess.Popen(
+                [
+                    str(root / "usr/bin/prometheus"),
+                    f"--config.file={files}{mon.PROMETHEUS_YML}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log.open("w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        _ready(f"http://127.0.0.1:{port}/-/ready", started[-1], log)
+        rules = _get_json(f"http://127.0.0.1:{port}/api/v1/rules")["data"]["groups"]
+        assert {r["name"] for g in rules for r in g["rules"] if r["type"] == "alerting"} == set(alerts())
+        config = yaml.safe_load(_get_json(f"http://127.0.0.1:{port}/api/v1/status/config")["data"]["yaml"])
+        jobs = {job["job_name"] for job in config["scrape_configs"]}
+        assert {job.name for job in JOBS} | {"app", "kiln-server"} <= jobs
+
+        am_port = _free_port()
+        am_log = tmp_path / "alertmanager.log"
+        default = (files / mon.ALERTMANAGER_DEFAULT.lstrip("/")).read_text()
+        assert "--cluster.listen-address=" in default
+        started.append(
+            subprocess.Popen(
+                [
+                    str(root / "usr/bin/prometheus-alertmanager"),
+                    f"--config.file={files}{mon.ALERTMANAGER_YML}",
+                    f"--storage.path={tmp_path / 'am'}",
+                    f"--web.listen-address=127.0.0.1:{am_port}",
+                    "--cluster.listen-address=",  # as /etc/default/prometheus-alertmanager says
+                ],
+                stdout=am_log.open("w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        _ready(f"http://127.0.0.1:{am_port}/-/ready", started[-1], am_log)
+        status = _get_json(f"http://127.0.0.1:{am_port}/api/v2/status")
+        assert "kiln-webhook" in status["config"]["original"] and "/v1/alerts" in status["config"]["original"]
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(timeout=30)

@@ -22,7 +22,7 @@ from kiln.lab.ssh import config_file
 from kiln.model import Cluster
 from kiln.project import Project
 from kiln.render import Renderer
-from kiln.roles import app, db, lb, web
+from kiln.roles import app, db, journal, lb, mon, web
 from kiln.roles.context import NODE_EXPORTER_PORT
 from tests.e2e.lab_hosts import root_hosts
 
@@ -33,7 +33,7 @@ pytestmark = [
 
 ROLES_FILE = os.environ.get("KILN_LAB_ROLES") or None
 CLUSTER = Project(roles=ROLES_FILE).cluster() if os.environ.get("KILN_LAB") == "1" else None
-HOSTS = [h.name for h in CLUSTER.hosts] if CLUSTER else []
+HOSTS = [h.name for h in Lab(CLUSTER).hosts] if CLUSTER else []  # the hosts the lab boots
 ADMIN = CLUSTER.provisioning_url.split("//")[1].split(":")[0] if CLUSTER else ""
 
 
@@ -196,6 +196,18 @@ def matrix(cluster: Cluster | None) -> list[tuple[str, str, int, bool]]:
         ("admin", one_app, app_port, False),
         ("admin", one_web, web.PORT, False),
     ]
+    for m in cluster.by_role(mon.NAME):  # Prometheus scrapes, the journals arrive, the APIs answer the admin network
+        rows += [
+            (m.name, one_web, web.EXPORTER_PORT, True),
+            (m.name, one_app, app.METRICS_PORT, True),
+            (m.name, one_lb, lb.STATS_PORT, True),
+            (one_web, m.name, journal.PORT, True),
+            ("admin", m.name, mon.PROMETHEUS_PORT, True),
+            ("admin", m.name, mon.ALERTMANAGER_PORT, True),
+            ("outside", m.name, mon.PROMETHEUS_PORT, False),
+            ("outside", m.name, mon.ALERTMANAGER_PORT, False),
+            ("outside", m.name, journal.PORT, False),
+        ]
     return rows
 
 
@@ -322,6 +334,61 @@ def test_the_mysqld_exporter_reports_from_the_admin_network(name: str) -> None:
     with urllib.request.urlopen(f"http://{_ip(name)}:{db.EXPORTER_PORT}/metrics", timeout=20) as r:
         metrics = r.read().decode()
     assert "\nmysql_up 1\n" in metrics, metrics[:1000]
+
+
+# --- monitoring: the mon hosts scrape every target, the journals arrive -------------------------------------
+
+MONS = [h.name for h in Lab(CLUSTER).hosts if h.role == mon.NAME] if CLUSTER else []
+TARGETS_UP_WITHIN = 120  # seconds: issue 16 asks for every target UP within 2 min of the cluster joining
+
+
+def _targets(cluster: Cluster) -> set[tuple[str, str]]:
+    """(job, host label) of every target the cluster's Prometheus should scrape (kiln/monitoring/config.py)."""
+    from kiln.monitoring.config import JOBS
+
+    wanted = {("kiln-server", "provisioning")}
+    for job in JOBS:
+        wanted |= {(job.name, h.name) for h in (cluster.hosts if job.role is None else cluster.by_role(job.role))}
+    return wanted
+
+
+@pytest.mark.parametrize("name", MONS)
+def test_prometheus_scrapes_every_target_of_roles_yaml_and_each_is_up(name: str, lab: Lab) -> None:
+    """Prometheus's own API, from the admin network: the targets are roles.yaml's (a scale-out or scale-in changed
+    them through the mon host's bundle), and each answers (its job's exporter admits mon, mon's output admits it)."""
+    import urllib.request
+
+    url = f"http://{_ip(name)}:{mon.PROMETHEUS_PORT}/api/v1/targets?state=active"
+    deadline, seen = time.monotonic() + TARGETS_UP_WITHIN, {}
+    while True:
+        with urllib.request.urlopen(url, timeout=20) as r:
+            active = json.load(r)["data"]["activeTargets"]
+        seen = {(t["labels"]["job"], t["labels"]["host"]): (t["health"], t.get("lastError", "")) for t in active}
+        if set(seen) == _targets(lab.cluster) and all(h == "up" for h, _ in seen.values()):
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert set(seen) == _targets(lab.cluster), sorted(set(seen) ^ _targets(lab.cluster))
+    down = {t: why for t, (health, why) in seen.items() if health != "up"}
+    assert not down, f"not up within {TARGETS_UP_WITHIN} s: {down}"
+
+
+@pytest.mark.parametrize("name", MONS)
+def test_a_line_logged_on_a_web_host_reads_from_the_central_journal_by_host_and_unit(
+    name: str, lab: Lab, hosts: dict[str, Any]
+) -> None:
+    """The operator's query on the mon host (docs/monitoring.md): a line logged on web1 now, and nginx's unit."""
+    source = lab.cluster.by_role("web")[0].name
+    mark = f"kiln-lab-{uuid.uuid4().hex[:12]}"
+    hosts[source].check_output(f"logger -t kiln-lab-check {mark}")
+    query = f"journalctl -D {journal.REMOTE_DIR} _HOSTNAME={source} -t kiln-lab-check -o cat --no-pager"
+    deadline = time.monotonic() + 90
+    while mark not in hosts[name].check_output(query):
+        assert time.monotonic() < deadline, f"{mark} logged on {source} not on {name} within 90 s"
+        time.sleep(3)
+    units = hosts[name].check_output(f"journalctl -D {journal.REMOTE_DIR} _HOSTNAME={source} -u nginx -o cat -n 5")
+    assert units.strip(), f"no nginx lines of {source} on {name}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,5 +17,5 @@ def applied_bundles(cluster: Cluster, store: SecretStore) -> dict[str, Bundle]:
     bundles = {}
     for name, b in rendered.bundles.items():
         files = tuple(replace(f, content=rendered.shared[f.shared], shared="") if f.shared else f for f in b.files)
-        bundles[name] = replace(b, files=files).with_secret_values({n: store.value(n) for n in b.secret_names()})
+        bundles[name] = replace(b, files=files).with_secret_values(store.values_for(b))
     return bundles

@@ -35,7 +35,7 @@ def test_every_rendered_bundle_applies_and_reapplies_unchanged(
     rendered: Path, tmp_path: Path, secret_store: SecretStore
 ) -> None:
     bundles = sorted(rendered.glob("*/bundle.json"))
-    assert len(bundles) == 7
+    assert len(bundles) == 8
     (tmp_path / "_shared").symlink_to(rendered / "_shared")
     for path in bundles:
         host = path.parent.name
@@ -44,7 +44,7 @@ def test_every_rendered_bundle_applies_and_reapplies_unchanged(
         first = apply(path, root)
         assert first.returncode == 0, f"{host}: {first.stdout}{first.stderr}"
         rendered_bundle = Bundle.from_json(path.read_bytes())
-        served = rendered_bundle.with_secret_values({n: secret_store.value(n) for n in rendered_bundle.secret_names()})
+        served = rendered_bundle.with_secret_values(secret_store.values_for(rendered_bundle))
         served_path = tmp_path / f"{host}.served.json"  # beside _shared/, where apply finds the shared contents
         served_path.write_bytes(served.to_json())
         assert apply(served_path, root).returncode == 0

@@ -53,7 +53,7 @@ def test_frozen_offline_apply_of_a_rendered_bundle(
 ) -> None:
     rendered = render(cluster)
     db1 = rendered.bundles["db1"]
-    bundle = db1.with_secret_values({n: secret_store.value(n) for n in db1.secret_names()})
+    bundle = db1.with_secret_values(secret_store.values_for(db1))
     path = tmp_path / "bundle.json"
     path.write_bytes(bundle.to_json())
     for digest in bundle.shared_digests():  # as ./inv render --out keeps them, beside the bundle

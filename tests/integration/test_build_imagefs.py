@@ -68,3 +68,9 @@ def test_an_image_written_onto_a_larger_disk_is_read_despite_sfdisks_warnings(tm
     assert partition_named(raw, ROOT_PARTNAME) == 2
     with mounted(raw) as root:
         assert (root / "marker").read_text() == "root is partition 2\n"
+
+
+def test_a_partition_the_table_lacks_is_named_in_the_error(tmp_path: Path) -> None:
+    raw = _disk(tmp_path, "label: dos\ntype=83\n", 1)
+    with pytest.raises(LookupError, match="no partition 4"), mounted(raw, partition=4):
+        pass

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 if missing_tools():
     pytest.skip(f"checkers missing: {missing_tools()} (./inv test installs them)", allow_module_level=True)
 
-HOSTS = ("lb1", "lb2", "web1", "web2", "app1", "db1", "db2")
+HOSTS = ("lb1", "lb2", "web1", "web2", "app1", "db1", "db2", "mon1")
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +38,13 @@ def checker() -> Iterator[Checker]:
 
 def test_every_role_has_its_daemons_checkers():
     """The checks are declared where the files are: a role that loses one is caught here."""
-    checked = {role: {spec.check[0] for spec in checked_files(role)} for role in ("lb", "web", "app", "db")}
+    checked = {role: {spec.check[0] for spec in checked_files(role)} for role in ("lb", "web", "app", "db", "mon")}
     assert checked == {
         "lb": {"nft", "visudo", "haproxy", "keepalived"},
         "web": {"nft", "visudo", "nginx"},
         "app": {"nft", "visudo"},
         "db": {"nft", "visudo", "mariadbd"},
+        "mon": {"nft", "visudo", "promtool", "amtool"},
     }
 
 
@@ -61,7 +62,12 @@ BREAKAGES = [
     ("web1", "/etc/nginx/nginx.conf", "gzip on;", "gzip maybe;"),
     ("db1", "/etc/mysql/mariadb.conf.d/60-kiln.cnf", "binlog_format = ROW", "binlog_format = ROWS"),
     ("app1", "/etc/sudoers.d/60-kiln-admin", "NOPASSWD: ALL", "NOPASSWD ALL"),
+    ("mon1", "/etc/prometheus/prometheus.yml", "scrape_interval: 15s", "scrape_interval: 15 seconds"),
+    ("mon1", "/etc/prometheus/kiln.rules.yml", "for: ", "fore: "),
+    ("mon1", "/etc/prometheus/alertmanager.yml", "group_wait: 10s", "group_wait: soon"),
 ]
+# `promtool check config` checks the rule files prometheus.yml names too: a broken rule is refused by both
+ALSO_REFUSED = {"/etc/prometheus/kiln.rules.yml": ["/etc/prometheus/prometheus.yml"]}
 
 
 @pytest.mark.parametrize("host,path,old,new", BREAKAGES, ids=[f"{b[0]}:{Path(b[1]).name}" for b in BREAKAGES])
@@ -72,4 +78,6 @@ def test_the_same_checker_refuses_a_broken_config(bundles, checker, host, path, 
     broken = replace(target, content=target.content.replace(old, new))
     files = tuple(broken if f is target else f for f in bundle.files)
     refusals = checker.check(replace(bundle, files=files))
-    assert [r.path for r in refusals] == [path], [r.format() for r in refusals]
+    assert sorted(r.path for r in refusals) == sorted([path, *ALSO_REFUSED.get(path, [])]), [
+        r.format() for r in refusals
+    ]

@@ -139,3 +139,34 @@ def test_the_rendered_config_is_what_alertmanager_runs(
     assert f"url: {server.tls_url}/v1/alerts" in original and "credentials_file: " in original, original
     assert "send_resolved: true" in original and "group_wait: 1s" in original
     assert json.dumps(original).count("not-the-token") == 0, "the token is in its file, not the config"
+
+
+def test_the_lab_drills_read_alerts_as_alertmanager_and_the_server_hold_them(
+    server: RunningServer, alertmanager: RunningAlertmanager
+) -> None:
+    """What the lab's alert drills read (kiln/lab/alerts.py), against the real daemons: Alertmanager's API v2 lists
+    an alert by name and labels while it fires and leaves it out once resolved (the drills' "resolved"), and the
+    server's listing has it firing, then resolved."""
+    from kiln.lab import alerts
+
+    am = alertmanager
+    am.set_token(server.secrets.alertmanager_token())
+    node = ["host=lb1", "instance=10.10.0.11:9100", "job=node", "severity=critical"]
+    am.amtool("alert", "add", "InstanceDown", *node)
+    am.amtool("alert", "add", "InstanceDown", "host=lb2", "instance=10.10.0.12:9100", "job=node")
+    held = until("InstanceDown held", lambda: alerts.held(am.url, "InstanceDown"), am)
+    assert {a["labels"]["host"] for a in held} >= {"lb1"}
+    assert alerts.held(am.url, "WebNodeDown") == []
+    until("told firing", lambda: alerts.listed(listed(server), "InstanceDown", "firing", host="lb1"), am)
+    assert not alerts.listed(listed(server), "InstanceDown", "firing", host="web9")
+    assert not alerts.listed(listed(server), "InstanceDown", "resolved", host="lb1")
+
+    ended = rfc3339(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    am.amtool("alert", "add", "InstanceDown", *node, f"--end={ended}")
+    until(
+        "lb1's InstanceDown let go",
+        lambda: all(a["labels"]["host"] != "lb1" for a in alerts.held(am.url, "InstanceDown")),
+        am,
+    )
+    assert [a["labels"]["host"] for a in alerts.held(am.url, "InstanceDown")] == ["lb2"], "the other one still fires"
+    until("told resolved", lambda: alerts.listed(listed(server), "InstanceDown", "resolved", host="lb1"), am)

@@ -130,9 +130,9 @@ def test_dashboard_shows_every_host_and_updates_live(server: RunningServer, brow
     from selenium.webdriver.common.by import By
 
     log_in(server, browser)
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#hosts tbody tr")) == 7, "7 host rows")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#hosts tbody tr")) == 8, "8 host rows")
     names = texts(browser, "#hosts tbody td.name")
-    assert names == ["lb1", "lb2", "web1", "web2", "app1", "db1", "db2"]
+    assert names == ["lb1", "lb2", "web1", "web2", "app1", "db1", "db2", "mon1"]
     assert {row_state(browser, n) for n in names} == {"waiting"}
     loaded = browser.execute_script("return performance.timeOrigin")
 

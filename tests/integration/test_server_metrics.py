@@ -110,7 +110,7 @@ def test_hosts_by_state_match_the_store(server: RunningServer) -> None:
     assert counts.get("installing", 0) >= 1
     for state in State:
         assert value(samples, "kiln_server_hosts", state=state.value) == counts.get(state.value, 0), state
-    assert sum(value(samples, "kiln_server_hosts", state=s.value) for s in State) == 7
+    assert sum(value(samples, "kiln_server_hosts", state=s.value) for s in State) == 8
     assert value(samples, "kiln_server_hosts_stalest_change_timestamp_seconds", state="installing") > 0
     with server.client() as c:
         listed = c.get(f"{server.tls_url}/v1/hosts?timeline=0").json()["hosts"]

@@ -142,7 +142,7 @@ def test_dpkg_packages_reads_dib_manifest(tmp_path: Path) -> None:
 
 
 def test_plan_of_the_reference_cluster(cluster: Cluster) -> None:
-    assert roles_to_build(cluster) == ("lb", "web", "app", "db")
+    assert roles_to_build(cluster) == ("lb", "web", "app", "db", "mon")
     spec = image_spec(cluster, "db", MIRROR)
     assert spec.elements == ("kiln-base", "kiln-firstboot", "kiln-db")
     env = spec.env_dict()

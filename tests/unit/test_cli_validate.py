@@ -21,7 +21,7 @@ def inv(*args: str) -> subprocess.CompletedProcess[str]:
 def test_valid_file_exits_zero_with_a_summary():
     result = inv("validate")
     assert result.returncode == 0
-    assert "valid: cluster foobar, 7 hosts (2 lb, 2 web, 1 app, 2 db)" in result.stdout
+    assert "valid: cluster foobar, 8 hosts (2 lb, 2 web, 1 app, 2 db, 1 mon)" in result.stdout
 
 
 def test_every_problem_is_one_line_and_exit_is_one():

@@ -48,11 +48,12 @@ def test_doctor_walks_an_operator_from_nothing_to_ready(tmp_path: Path, shipped_
         "images: the app image is not built",
         "images: the db image is not built",
         "images: the lb image is not built",
+        "images: the mon image is not built",
         "images: the web image is not built",
         "images: the PXE installer lacks vmlinuz: run ./inv build-all --roles " + project.roles_shown,
     ]
     ours = manifest.baked(cluster, store, project.roles_shown)
-    for role in ("app", "db", "lb", "web"):
+    for role in ("app", "db", "lb", "mon", "web"):
         _image(images, role, ours)
     (images / "installer").mkdir()
     for name in ("vmlinuz", "initrd.img"):
@@ -61,7 +62,7 @@ def test_doctor_walks_an_operator_from_nothing_to_ready(tmp_path: Path, shipped_
     code = doctor.doctor(project, images=images, secrets=secrets, ports=ports)
     printed = capsys.readouterr().out.splitlines()
     if code == 0:
-        assert printed == [f"{project.roles_shown}: cluster foobar, 7 hosts: no problem found"]
+        assert printed == [f"{project.roles_shown}: cluster foobar, 8 hosts: no problem found"]
     else:  # only what this machine lacks is left
         assert code == 1 and printed and all(line.startswith("packages: ") for line in printed), printed
 

@@ -32,7 +32,7 @@ def _lab() -> Lab:
 def test_dnsmasq_leases_every_host_by_mac_and_points_ipxe_at_the_server() -> None:
     lab = _lab()
     conf = dnsmasq.config(lab).splitlines()
-    for h in lab.cluster.hosts:
+    for h in lab.hosts:
         assert f"dhcp-host={h.mac},{h.ip},{h.name}" in conf
     assert "dhcp-boot=tag:ipxe,http://10.10.0.1:8080/boot.ipxe" in conf
     assert "port=0" in conf, "no DNS server in the lab"
@@ -41,6 +41,20 @@ def test_dnsmasq_leases_every_host_by_mac_and_points_ipxe_at_the_server() -> Non
     # from the server (Secure Boot); iPXE keeps its boot file
     assert {"dhcp-match=set:efi64,option:client-arch,7", "dhcp-match=set:efi64,option:client-arch,9"} <= set(conf)
     assert "dhcp-boot=tag:efi64,tag:!ipxe,shimx64.efi,,10.10.0.1" in conf
+
+
+def test_the_lab_boots_every_role_of_the_reference_cluster_and_leaves_unknown_roles_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """mon1 gets its lease like the others (the monitoring drills need it); a role the lab does not boot (here one
+    renamed out of BOOTED_ROLES) gets no lease, so nothing boots it, and nothing the lab waits for names it."""
+    from kiln.lab import layout
+
+    lab = _lab()
+    assert [h.name for h in lab.hosts] == ["lb1", "lb2", "web1", "web2", "app1", "db1", "db2", "mon1"]
+    assert "dhcp-host=52:54:00:10:00:51,10.10.0.51,mon1" in dnsmasq.config(lab)
+    monkeypatch.setattr(layout, "BOOTED_ROLES", layout.BOOTED_ROLES - {"mon"})
+    assert "mon1" not in [h.name for h in lab.hosts] and "mon1" not in dnsmasq.config(lab)
 
 
 def test_tap_names_fit_ifnamsiz_and_differ() -> None:
@@ -180,9 +194,9 @@ def test_lab_up_powers_on_back_tiers_first_one_booting_host_per_core(monkeypatch
     monkeypatch.setattr(lifecycle.os, "cpu_count", lambda: 2)
     watch = lifecycle.Watch(lab=lab)
 
-    lifecycle.power_on(lab, lab.cluster.hosts, vm.DISK, watch)
+    lifecycle.power_on(lab, lab.hosts, vm.DISK, watch)
     assert powered == ["db1", "db2"], "two cores: two booting at once, the database tier first"
-    rows = {h.name: {"name": h.name, "state": "waiting"} for h in lab.cluster.hosts}
+    rows = {h.name: {"name": h.name, "state": "waiting"} for h in lab.hosts}
     rows["db1"]["state"] = "booting"
     watch.update(list(rows.values()))
     assert lifecycle.start_pending(lab, watch) == [], "both still booting"
@@ -196,13 +210,20 @@ def test_lab_up_powers_on_back_tiers_first_one_booting_host_per_core(monkeypatch
     for name in ("web1", "web2"):
         rows[name]["state"] = "joined"
     watch.update(list(rows.values()))
-    assert lifecycle.start_pending(lab, watch) == ["lb1", "lb2"] and not watch.pending
-    assert powered == ["db1", "db2", "app1", "web1", "web2", "lb1", "lb2"]
+    assert lifecycle.start_pending(lab, watch) == ["lb1", "lb2"] and watch.pending
+    for name in ("lb1", "lb2"):
+        rows[name]["state"] = "joined"
+    watch.update(list(rows.values()))
+    assert lifecycle.start_pending(lab, watch) == ["mon1"] and not watch.pending, "mon last: no tier waits for it"
+    assert powered == ["db1", "db2", "app1", "web1", "web2", "lb1", "lb2", "mon1"]
 
 
 @pytest.mark.parametrize(
     ("action", "said"),
-    [("ssh", "lab ssh: no host 'nohost' in roles.yaml"), ("audit", "lab audit: no host nohost in roles.yaml")],
+    [
+        ("ssh", "lab ssh: no host 'nohost' in roles.yaml"),
+        ("audit", "lab audit: no host nohost among the hosts the lab boots"),
+    ],
 )
 def test_lab_takes_the_host_as_an_option_and_works_without_it(action: str, said: str) -> None:
     # Invoke has no optional positional: a positional host (default None) made every action demand one, and with
@@ -412,7 +433,7 @@ def test_lab_commands_on_hosts_log_in_as_the_admin_and_run_through_sudo(monkeypa
     written: list[bytes] = []
     monkeypatch.setattr(lab_ssh, "write_atomic", lambda path, data, mode: written.append(data))  # not the lab's
     lab_ssh.config_file(lab)
-    assert written[0].count(b"User kiln\n") == len(lab.cluster.hosts) and b"User root" not in written[0]
+    assert written[0].count(b"User kiln\n") == len(lab.hosts) and b"User root" not in written[0]
     seen: list[list[str]] = []
     monkeypatch.setattr(chaos, "run", lambda argv, **kw: seen.append(argv) or subprocess.CompletedProcess(argv, 0, ""))
     chaos.ssh(lab, "db2", "mariadb -e 'SHOW SLAVE STATUS\\G'")

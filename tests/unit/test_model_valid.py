@@ -19,6 +19,7 @@ def test_shipped_roles_is_the_reference_cluster(cluster):
         ("app1", "app"),
         ("db1", "db"),
         ("db2", "db"),
+        ("mon1", "mon"),
     ]
     assert cluster.domain == "www.foobar.com"
     assert cluster.network.vip == ipaddress.IPv4Address("10.10.0.100")

@@ -37,7 +37,8 @@ def test_scale_out_adds_hosts_and_reloads_only_what_lists_them(shipped_roles: Pa
     assert not by["db2"].join, "a replica's join does not change when app hosts do"
     lines = format_plan(plan, source="roles.yaml")
     assert "+ web3 (web, 10.10.0.23): new; power it on: it installs, joins, and its peers admit it" in lines
-    assert lines[-1] == "summary: 2 to add, 0 to remove, 7 to change, 0 unchanged"
+    assert "/etc/prometheus/prometheus.yml" in by["mon1"].files, "Prometheus scrapes the new hosts"
+    assert lines[-1] == "summary: 2 to add, 0 to remove, 8 to change, 0 unchanged"
 
 
 def test_scale_in_removes_hosts(shipped_roles: Path) -> None:

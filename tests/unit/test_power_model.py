@@ -56,14 +56,14 @@ def test_what_each_driver_needs_and_what_it_does_not_read_are_problems_with_thei
     text = with_bmc(text, "{driver: lab, address: 10.0.9.31}", "app1")
     assert sorted(problems(text)) == sorted(
         [
-            "roles.yaml:17: $.hosts[2].bmc: the ipmi driver needs 'credentials' "
+            "roles.yaml:18: $.hosts[2].bmc: the ipmi driver needs 'credentials' "
             "(e.g. {driver: ipmi, address: 10.0.9.11, credentials: bmc_admin})",
-            "roles.yaml:17: $.hosts[2].bmc.system: 'system' is not read by the ipmi driver "
+            "roles.yaml:18: $.hosts[2].bmc.system: 'system' is not read by the ipmi driver "
             "(e.g. {driver: ipmi, address: 10.0.9.11, credentials: bmc_admin})",
-            "roles.yaml:17: $.hosts[2].bmc.address: 'https://10.0.9.21' is a URL "
+            "roles.yaml:18: $.hosts[2].bmc.address: 'https://10.0.9.21' is a URL "
             "(ipmi: HOST or HOST:PORT, like 10.0.9.11)",
-            "roles.yaml:18: $.hosts[3].bmc.address: '10.0.9.22' is no URL (the BMC's Redfish URL, like https://10.0.9.11)",
-            "roles.yaml:19: $.hosts[4].bmc.address: 'address' is not read by the lab driver "
+            "roles.yaml:19: $.hosts[3].bmc.address: '10.0.9.22' is no URL (the BMC's Redfish URL, like https://10.0.9.11)",
+            "roles.yaml:20: $.hosts[4].bmc.address: 'address' is not read by the lab driver "
             "({driver: lab}: the lab's own VM needs no address or credentials)",
         ]
     )
@@ -73,17 +73,17 @@ def test_shapes_a_bmc_must_have(shipped_roles: Path):
     found = problems(
         with_bmc(shipped_roles, '{driver: dell, address: "10.0.9.21; reboot", credentials: ../ca.key, pin: 1}')
     )
-    assert "roles.yaml:17: $.hosts[2].bmc.driver: 'dell' is not allowed (one of: ipmi, redfish, lab)" in found
+    assert "roles.yaml:18: $.hosts[2].bmc.driver: 'dell' is not allowed (one of: ipmi, redfish, lab)" in found
     assert any(
-        p.startswith("roles.yaml:17: $.hosts[2].bmc.address: '10.0.9.21; reboot' is not a BMC address") for p in found
+        p.startswith("roles.yaml:18: $.hosts[2].bmc.address: '10.0.9.21; reboot' is not a BMC address") for p in found
     )
     assert any(
-        p.startswith("roles.yaml:17: $.hosts[2].bmc.credentials: '../ca.key' is not a file name under secrets/")
+        p.startswith("roles.yaml:18: $.hosts[2].bmc.credentials: '../ca.key' is not a file name under secrets/")
         for p in found
     )
-    assert any(p.startswith("roles.yaml:17: $.hosts[2].bmc.pin: unknown key 'pin'") for p in found)
+    assert any(p.startswith("roles.yaml:18: $.hosts[2].bmc.pin: unknown key 'pin'") for p in found)
     assert problems(with_bmc(shipped_roles, "{address: 10.0.9.21}")) == [
-        "roles.yaml:17: $.hosts[2].bmc: missing required key 'driver'"
+        "roles.yaml:18: $.hosts[2].bmc: missing required key 'driver'"
     ]
 
 

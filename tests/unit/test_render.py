@@ -55,16 +55,19 @@ def test_secrets_are_referenced_never_inlined(bundles, secret_store):
         text = bundle.to_json().decode()
         for name in ("db_app_password", "db_replication_password", "db_admin_password", "db_monitor_password"):
             assert secret_store.value(name) not in text
+        assert secret_store.value("journal_key", bundle.host.name) not in text
         assert all(s.value is None for s in bundle.secrets)
-    assert bundles["lb1"].secret_names() == ["tls_pem"]
+    journal = ["journal_key", "journal_pem", "journal_ca"]  # every host's, with a mon host (kiln/roles/journal.py)
+    assert bundles["lb1"].secret_names() == ["tls_pem", *journal]
     assert set(bundles["db2"].secret_names()) == {
         "db_app_password",
         "db_replication_password",
         "db_admin_password",
         "db_monitor_password",
+        *journal,
     }
-    assert bundles["app1"].secret_names() == ["db_app_password"]
-    assert bundles["web1"].secrets == ()
+    assert bundles["app1"].secret_names() == ["db_app_password", *journal]
+    assert bundles["web1"].secret_names() == journal
 
 
 def test_lb_pair_master_and_peers(rendered, bundles):
@@ -162,7 +165,7 @@ def test_render_command_writes_bundles_and_file_trees_and_drops_stale_ones(tmp_p
     (out / "notmine").mkdir()
     inv = [sys.executable, "-m", "invoke", "--search-root", str(PROJECT), "render", "--out", str(out)]
     result = subprocess.run(inv, capture_output=True, text=True, check=True)
-    assert "rendered 7 hosts" in result.stdout
+    assert "rendered 8 hosts" in result.stdout
     bundle = json.loads((out / "db2" / "bundle.json").read_text())
     for f in bundle["files"]:
         written = out / "db2" / "root" / f["path"].lstrip("/")
@@ -201,6 +204,7 @@ def test_render_names_what_changed_per_host_and_summarises_the_cluster(
         "  + app1",
         "  + db1",
         "  + db2",
+        "  + mon1",
     ]
     summary = (out / "SUMMARY.md").read_text()
     assert "| db2 | db | 10.10.0.42 | 52:54:00:10:00:42 | smallest usable disk | replica |" in summary
@@ -335,7 +339,7 @@ def test_no_identity_depends_on_a_hosts_place_in_roles_yaml(shipped_roles: Path)
     hosts = [line for line in lines if line.startswith("  - {name:")]
     head = [line for line in lines if not line.startswith("  - {name:")]
     before = render_cluster(parse_roles(text))
-    shuffled = [hosts[i] for i in (6, 3, 0, 5, 1, 4, 2) if "web2" not in hosts[i]]
+    shuffled = [hosts[i] for i in (6, 3, 7, 0, 5, 1, 4, 2) if "web2" not in hosts[i]]
     shuffled.insert(2, '  - {name: db3,  role: db,  mac: "52:54:00:10:00:43", ip: 10.10.0.43, db_role: replica}')
     after = render_cluster(parse_roles("\n".join(head + shuffled) + "\n"))
     assert set(after) == set(before) - {"web2"} | {"db3"}

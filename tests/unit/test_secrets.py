@@ -39,8 +39,12 @@ ALL = {
 def test_everything_is_created_private(tmp_path: Path, cluster):
     store = SecretStore(tmp_path / "secrets")
     created = store.ensure(cluster)
-    assert {p.name for p in created} == ALL
+    assert {p.name for p in created if p.parent == store.root} == ALL
+    # with a mon host, each host's journal certificate (kiln/roles/journal.py)
+    journal = {str(p.relative_to(store.root)) for p in created if p.parent != store.root}
+    assert journal == {f"hosts/{h.name}/journal.{ext}" for h in cluster.hosts for ext in ("key", "pem")}
     assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+    assert stat.S_IMODE((store.root / "hosts" / "web1").stat().st_mode) == 0o700
     for path in created:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
@@ -48,9 +52,9 @@ def test_everything_is_created_private(tmp_path: Path, cluster):
 def test_a_second_run_changes_nothing(tmp_path: Path, cluster):
     store = SecretStore(tmp_path / "secrets")
     store.ensure(cluster)
-    before = {p.name: p.read_bytes() for p in store.root.iterdir()}
+    before = {p: p.read_bytes() for p in store.root.rglob("*") if p.is_file()}
     assert store.ensure(cluster) == []
-    assert {p.name: p.read_bytes() for p in store.root.iterdir()} == before
+    assert {p: p.read_bytes() for p in store.root.rglob("*") if p.is_file()} == before
 
 
 def test_only_the_missing_file_is_made(tmp_path: Path, cluster):
