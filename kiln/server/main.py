@@ -91,17 +91,6 @@ def default_tls_listen(cluster: Cluster) -> str:
     return f"0.0.0.0:{urlsplit(cluster.provisioning_url).port or 443}"
 
 
-def _bind_udp(address: Address) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.bind((address.host, address.port))
-    except OSError as e:
-        sock.close()
-        raise ConfigError(f"cannot listen for TFTP on {address.url_host}:{address.port}: {e.strerror}") from None
-    return sock
-
-
 def _bind(address: Address) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     try:
@@ -160,7 +149,6 @@ def serve(config: ServerConfig) -> int:
 
     http_sock = _bind(config.listen)
     tls_sock = _bind(config.tls_listen)
-    tftp_sock = _bind_udp(config.tftp_listen) if config.tftp_listen is not None else None
     http_port = http_sock.getsockname()[1]
     tls_port = tls_sock.getsockname()[1]
     public = config.listen
@@ -186,12 +174,6 @@ def serve(config: ServerConfig) -> int:
         certificates={"ca": store_keys.ca_pem, "server": store_keys.server_pem, "site": store_keys.site_pem},
     )
     publisher.on_swap = provisioner.swap
-    tftp_files = None
-    if tftp_sock is not None:
-        try:
-            tftp_files = netboot.TftpFiles(provisioner, config.images)
-        except netboot.Missing as e:
-            raise ConfigError(str(e)) from None
     tls_config = _uvicorn_config(
         tls_app(provisioner),
         refused=provisioner.metrics.refused,
@@ -206,6 +188,13 @@ def serve(config: ServerConfig) -> int:
         _Server(_uvicorn_config(http_app(provisioner, config.images), refused=provisioner.metrics.refused)),
         _Server(tls_config),
     ]
+    # the loop both servers run on, made now: the TFTP listener's thread hands it each GRUB config to decide
+    loop = (servers[0].config.get_loop_factory() or asyncio.new_event_loop)()
+    try:
+        tftp_listener = _start_tftp(config, provisioner, loop)
+    except ConfigError:
+        loop.close()
+        raise
     lines = [
         f"kiln serve: cluster {cluster.name}, {len(cluster.hosts)} hosts, generation {generation}, "
         f"state in {_redacted(config.database)}",
@@ -221,11 +210,10 @@ def serve(config: ServerConfig) -> int:
         f"{', '.join(str(n) for n in cluster.network.admin)} and loopback)",
         f"  signing key    {fingerprint}   ({config.secrets / 'signing.pub'})",
     ]
-    if tftp_sock is not None:
-        tftp_host, tftp_port = tftp_sock.getsockname()[:2]
+    if tftp_listener is not None:
         lines.append(
-            f"  network boot   tftp://{tftp_host}:{tftp_port}/{netboot.BOOT_FILE}   (UEFI Secure Boot: shim, "
-            f"GRUB, {grub.CONFIG_DIR}/MAC, the installer)"
+            f"  network boot   tftp://{tftp_listener.host}:{tftp_listener.port}/{netboot.BOOT_FILE}   (UEFI Secure "
+            f"Boot: shim, GRUB, {grub.CONFIG_DIR}/MAC, the installer)"
         )
     if config.listen.unspecified and config.listen.port == 0:
         lines.append(f"  (listening on all addresses, HTTP port {http_port}, HTTPS port {tls_port})")
@@ -241,8 +229,6 @@ def serve(config: ServerConfig) -> int:
     print("\n".join(lines), flush=True)
 
     async def run_both() -> None:
-        loop = asyncio.get_running_loop()
-
         def stop() -> None:
             for s in servers:
                 s.should_exit = True
@@ -252,21 +238,41 @@ def serve(config: ServerConfig) -> int:
         if early:
             stop()
         follower = asyncio.create_task(_follow(provisioner, publisher, store))
-        udp = await tftp.listen(tftp_sock, tftp_files) if tftp_sock is not None and tftp_files is not None else None
         try:
             await asyncio.gather(servers[0].serve([http_sock]), servers[1].serve([tls_sock]))
         finally:
             follower.cancel()
-            if udp is not None:
-                udp.close()
+            if tftp_listener is not None:  # off the loop, which decides the configs its thread may still wait for
+                await asyncio.to_thread(tftp_listener.stop)
 
     try:
-        with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=lambda: loop) as runner:
             runner.run(run_both())
     finally:
+        if tftp_listener is not None:
+            tftp_listener.stop()  # again (it may not have got that far): at once when it has stopped
         store.close()
     print("kiln serve: stopped", flush=True)
     return 0
+
+
+def _start_tftp(
+    config: ServerConfig, provisioner: Provisioner, loop: asyncio.AbstractEventLoop
+) -> tftp.Listener | None:
+    """The TFTP listener of --tftp-listen, serving; None without it. Raises ConfigError when this machine lacks the
+    signed boot files or the address cannot be listened on."""
+    address = config.tftp_listen
+    if address is None:
+        return None
+    try:
+        listener = tftp.Listener(address.host, address.port, netboot.TftpFiles(provisioner, config.images, loop))
+    except (netboot.Missing, ValueError) as e:
+        raise ConfigError(f"--tftp-listen: {e}") from None
+    try:
+        listener.start()
+    except OSError as e:
+        raise ConfigError(f"cannot listen for TFTP on {address.host}:{address.port}: {e.strerror or e}") from None
+    return listener
 
 
 def _first_generation(publisher: Publisher, store: StateStore, config: ServerConfig) -> tuple[Live, str]:

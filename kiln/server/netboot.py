@@ -66,34 +66,46 @@ def layout(directory: Path, server: str | None = None) -> list[Path]:
     return written
 
 
-class TftpFiles:
-    """What kiln serve's TFTP listener answers: a callable (name, client address) -> bytes, as kiln.server.tftp
-    takes it. Names are taken relative (a leading / or ./ is dropped); anything else is NotFound."""
+CONFIG_WITHIN = 5.0  # seconds a machine's GRUB config may take to decide (the TFTP thread waits for it)
 
-    def __init__(self, provisioner: Provisioner, images: Path) -> None:
+
+class TftpFiles:
+    """What kiln serve's TFTP listener answers: a callable (name, client address) -> the content or the file that
+    holds it, as kiln.server.tftp takes it, called on the listener's thread. A machine's GRUB config is decided on
+    `loop`, the server's event loop, as GET /grub decides it. Names are taken relative (a leading / or ./ is
+    dropped); anything else is NotFound."""
+
+    def __init__(self, provisioner: Provisioner, images: Path, loop: asyncio.AbstractEventLoop) -> None:
         """Raises Missing (signed_files) when this machine lacks the signed boot files."""
         self.provisioner = provisioner
         self.images = images
+        self.loop = loop
         self.signed = signed_files()
         self.stub = grub.stub().encode()
 
-    async def __call__(self, name: str, client: str) -> bytes:
+    def __call__(self, name: str, client: str) -> bytes | Path:
         name = name.replace("\\", "/").lstrip("/").removeprefix("./")
         if name in self.signed:
-            return await asyncio.to_thread(self.signed[name].read_bytes)
+            return self.signed[name]
         if name == STUB:
             return self.stub
         prefix = grub.CONFIG_DIR + "/"
         if name.startswith(prefix):
-            try:
-                return (await grub_config(self.provisioner, name[len(prefix) :], client)).encode()
-            except BadInput as e:
-                raise NotFound(str(e)) from None
+            return self._config(name[len(prefix) :], client)
         parts = name.split("/")
         if len(parts) == 3 and parts[:2] == ["images", "installer"] and parts[2] in INSTALLER_FILES:
             path = self.images / "installer" / parts[2]
-            try:
-                return await asyncio.to_thread(path.read_bytes)
-            except FileNotFoundError:
-                raise NotFound(f"images/installer/{parts[2]} is not built yet: run ./inv build-all") from None
+            if not path.is_file():
+                raise NotFound(f"images/installer/{parts[2]} is not built yet: run ./inv build-all")
+            return path
         raise NotFound(f"no such file: {name}")
+
+    def _config(self, mac: str, client: str) -> bytes:
+        deciding = asyncio.run_coroutine_threadsafe(grub_config(self.provisioner, mac, client), self.loop)
+        try:
+            return deciding.result(CONFIG_WITHIN).encode()
+        except BadInput as e:
+            raise NotFound(str(e)) from None
+        except TimeoutError:
+            deciding.cancel()
+            raise NotFound(f"the server did not decide within {CONFIG_WITHIN:g} s") from None

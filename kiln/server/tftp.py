@@ -1,190 +1,151 @@
-"""A read-only TFTP server (RFC 1350, with the blksize, tsize and timeout options of RFC 2347-2349) on asyncio:
-what UEFI firmware's PXE and GRUB's `tftp` fetch files with. Which name holds what is the caller's: `files(name,
-client)` returns the bytes or raises NotFound; kiln/server/netboot.py is kiln's.
+"""kiln serve's TFTP listener: tftpy's server (RFC 1350 reads with the blksize and tsize options, what UEFI
+firmware's PXE and GRUB's `tftp` fetch files with) on a thread of its own beside the asyncio servers. Which name
+holds what is the caller's: `files(name, client)` returns the file's bytes or its path, or raises NotFound;
+kiln/server/netboot.py is kiln's.
 
-Each read runs on a socket of its own (the transfer ID), one block in flight (no windowsize: clients that ask are
-answered without it, as the RFCs allow), each block resent up to RETRIES times when its ACK does not come within
-the timeout, then the transfer is dropped. Writes are refused. At most MAX_TRANSFERS run at once; a request over
-that gets an error, and the client asks again.
+tftpy serves a directory and asks its dyn_file_func hook for the names that directory lacks; the directory here is
+an empty one of the listener's own, so every name goes to `files`. Writes are refused (an access violation). What
+tftpy 0.8.7 needs and does not say, done here for it:
+
+- the file object it gets must have a name and a descriptor: it flock-unlocks it when the transfer ends, and a
+  BytesIO there ends its whole loop. Bytes are handed over in an unnamed temporary file.
+- an exception out of the hook, or a malformed request (`blksize` that is not a number), also ends its loop: the
+  hook never raises, and a loop that ends other than by stop() is logged and listens again on the same port (the
+  transfers under way then are dropped; their clients ask again).
+- it logs each packet at INFO, and a client's expected moves (a name it probes and lacks, an abort after the size)
+  as errors: its logger is kept to CRITICAL, and this module logs one line per request.
+
+tftpy's sockets are IPv4 only, and one thread serves every transfer (the hook blocks it while it decides).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+import os
 import socket
-import struct
+import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import tftpy
 
 LOG = logging.getLogger("kiln.server")
-
-RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
-NOT_FOUND, ACCESS_VIOLATION, ILLEGAL, UNKNOWN_TID, BAD_OPTION = 1, 2, 4, 5, 8
-DEFAULT_BLOCK = 512
-MAX_BLOCK = 1468  # an Ethernet frame's worth: 1500 - IP 20 - UDP 8 - TFTP 4
-DEFAULT_TIMEOUT = 1.0
+# A block is resent when its ACK has not come within TIMEOUT (also how long tftpy's loop waits for a packet); a
+# transfer is dropped at its RETRIES-th timeout in a row. tftpy counts a timeout at each turn of its loop once the
+# client has been silent for TIMEOUT, so with other transfers under way a silent client is dropped within a few of
+# their packets: TIMEOUT is long enough for an emulated machine's slow ACK.
+TIMEOUT = 3.0
 RETRIES = 5
-MAX_TRANSFERS = 64
+BOUND_WITHIN = 5.0  # seconds for the listener to bind its socket
+STOPPED_WITHIN = 10.0  # seconds for tftpy's loop to end (a hook may be deciding: netboot waits 5 s at most)
 
 
 class NotFound(Exception):
-    """No such file; the message goes to the client in the ERROR packet."""
+    """No such file. The message goes to the server's log; the client gets tftpy's "File not found"."""
 
 
-Files = Callable[[str, str], Awaitable[bytes]]  # (name, client address) -> the file's bytes; raises NotFound
+Files = Callable[[str, str], "bytes | Path"]  # (name, client address) -> the content or its file; raises NotFound
 
 
-def parse_request(packet: bytes) -> tuple[int, str, str, dict[str, str]]:
-    """(opcode, file name, mode, options with lower-case names) of an RRQ or WRQ packet. Raises ValueError when
-    the packet is not one."""
-    if len(packet) < 4:
-        raise ValueError("short packet")
-    opcode = struct.unpack("!H", packet[:2])[0]
-    if opcode not in (RRQ, WRQ):
-        raise ValueError(f"opcode {opcode} is not a request")
-    fields = packet[2:].split(b"\0")
-    if len(fields) < 3 or fields[-1] != b"":
-        raise ValueError("malformed request")
-    fields = fields[:-1]
-    name, mode = fields[0].decode("utf-8", "replace"), fields[1].decode("ascii", "replace").lower()
-    rest = [f.decode("ascii", "replace") for f in fields[2:]]
-    options = {rest[i].lower(): rest[i + 1] for i in range(0, len(rest) - 1, 2)}
-    return opcode, name, mode, options
+class Listener:
+    """TFTP on `host`:`port` (port 0: a free one) answered by `files`, from start() until stop()."""
 
+    def __init__(self, host: str, port: int, files: Files) -> None:
+        if ":" in host:
+            raise ValueError(f"TFTP listens on IPv4 only (tftpy), not {host}")
+        self.host, self.port, self.files = host, port, files
+        self._root = tempfile.TemporaryDirectory(prefix="kiln-tftp-")  # stays empty: every name goes to _open
+        self._server = tftpy.TftpServer(self._root.name, dyn_file_func=self._open, upload_open=self._refuse)
+        self._stopping = threading.Event()
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="kiln-tftp", daemon=True)
 
-def error_packet(code: int, message: str) -> bytes:
-    return struct.pack("!HH", ERROR, code) + message.encode("utf-8", "replace")[:400] + b"\0"
+    def start(self) -> int:
+        """Bind and serve; returns the port. Raises OSError when the address cannot be bound."""
+        logging.getLogger("tftpy").setLevel(logging.CRITICAL)
+        self._thread.start()
+        deadline = time.monotonic() + BOUND_WITHIN
+        while not self._server.is_running.wait(0.05):
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                error = self._error or OSError(f"TFTP did not listen within {BOUND_WITHIN:.0f} s")
+                self.stop()
+                raise error
+        self.port = self._server.listenport
+        return self.port
 
+    def stop(self) -> None:
+        """Stop serving and wait for tftpy's loop to close its socket and every transfer's; remove the empty
+        directory. Safe to call more than once, and before start()."""
+        self._stopping.set()
+        self._server.stop(now=True)
+        if self._thread.ident is not None:
+            self._wake()
+            self._thread.join(STOPPED_WITHIN)
+            if self._thread.is_alive():
+                LOG.warning("tftp: the listener did not stop within %.0f s", STOPPED_WITHIN)
+        self._root.cleanup()
 
-def negotiate(options: dict[str, str], size: int) -> tuple[int, float, dict[str, str]]:
-    """(block size, timeout, the options answered in an OACK) for a client's `options` and a file of `size` bytes;
-    options this server does not know or values out of range are left out of the answer (the client then uses its
-    default), as RFC 2347 says."""
-    block, timeout, answered = DEFAULT_BLOCK, DEFAULT_TIMEOUT, {}
-    with contextlib.suppress(ValueError):
-        if "blksize" in options and int(options["blksize"]) >= 8:
-            block = min(int(options["blksize"]), MAX_BLOCK)
-            answered["blksize"] = str(block)
-    with contextlib.suppress(ValueError):
-        if "timeout" in options and 1 <= int(options["timeout"]) <= 255:
-            timeout = float(int(options["timeout"]))
-            answered["timeout"] = options["timeout"]
-    if "tsize" in options:
-        answered["tsize"] = str(size)
-    return block, timeout, answered
-
-
-class _Transfer(asyncio.DatagramProtocol):
-    """The socket of one transfer: hands the client's packets to the coroutine sending the file."""
-
-    def __init__(self, client: tuple[str, int]) -> None:
-        self.client = client
-        self.packets: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr[:2] != self.client[:2]:
-            assert self.transport is not None
-            self.transport.sendto(error_packet(UNKNOWN_TID, "unknown transfer ID"), addr)
+    def _wake(self) -> None:
+        """One byte to the listening socket: tftpy's loop sees stop() now, not at its next TIMEOUT (the byte is no
+        request: tftpy drops it)."""
+        if not self._server.is_running.is_set():
             return
-        self.packets.put_nowait(data)
+        target = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"\0", (target, self.port))
 
-
-class TftpServer(asyncio.DatagramProtocol):
-    """The listener (port 69 for firmware, which knows no other): each read request starts a transfer task."""
-
-    def __init__(self, files: Files, local_host: str) -> None:
-        """`local_host`: the address transfers' own sockets bind to (the listener's)."""
-        self.files = files
-        self.local_host = local_host
-        self.transfers: set[asyncio.Task[None]] = set()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        assert self.transport is not None
-        try:
-            opcode, name, mode, options = parse_request(data)
-        except ValueError as e:
-            self.transport.sendto(error_packet(ILLEGAL, str(e)), addr)
-            return
-        if opcode == WRQ:
-            self.transport.sendto(error_packet(ACCESS_VIOLATION, "this server is read-only"), addr)
-            return
-        if len(self.transfers) >= MAX_TRANSFERS:
-            self.transport.sendto(error_packet(0, "too many transfers, try again"), addr)
-            return
-        task = asyncio.get_running_loop().create_task(self._send(name, options, addr))
-        self.transfers.add(task)
-        task.add_done_callback(self.transfers.discard)
-
-    async def _send(self, name: str, options: dict[str, str], client: tuple[str, int]) -> None:
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self.local_host else socket.AF_INET
-        transport, link = await loop.create_datagram_endpoint(
-            lambda: _Transfer(client), local_addr=(self.local_host, 0), family=family
-        )
-        started = time.monotonic()
-        try:
+    def _run(self) -> None:
+        while not self._stopping.is_set():
             try:
-                content = await self.files(name, client[0])
-            except NotFound as e:
-                transport.sendto(error_packet(NOT_FOUND, str(e) or "file not found"), client)
-                LOG.info("tftp %s from %s: not found (%s)", name, client[0], e)
-                return
-            block, timeout, answered = negotiate(options, len(content))
-            if answered:
-                oack = struct.pack("!H", OACK) + b"".join(f"{k}\0{v}\0".encode() for k, v in answered.items())
-                if not await _exchange(transport, link, oack, 0, timeout):
-                    return  # a size query (tsize, then an ERROR) ends here, as does a client that went away
-            number = 1
-            for offset in range(0, len(content) + 1, block):
-                chunk = content[offset : offset + block]
-                packet = struct.pack("!HH", DATA, number & 0xFFFF) + chunk
-                if not await _exchange(transport, link, packet, number & 0xFFFF, timeout):
-                    LOG.info("tftp %s to %s: stopped at block %d", name, client[0], number)
+                self._server.listen(self.host, self.port, timeout=TIMEOUT, retries=RETRIES)
+            except OSError as e:
+                if not self._server.is_running.is_set():  # never bound: start() raises it
+                    self._error = e
                     return
-                number += 1
-            LOG.info("tftp %s to %s: %d bytes in %.1fs", name, client[0], len(content), time.monotonic() - started)
+                self._restart(e)
+            except Exception as e:
+                self._restart(e)
+
+    def _restart(self, error: Exception) -> None:
+        """Close what tftpy's loop left open when `error` ended it; _run then listens again on the same port."""
+        LOG.error(
+            "tftp: tftpy's loop failed (%s: %s); listening again on port %d", type(error).__name__, error, self.port
+        )
+        server = self._server
+        self.port = server.listenport or self.port
+        if server.sock is not None:
+            server.sock.close()
+        for transfer in list(server.sessions.values()):
+            with contextlib.suppress(Exception):
+                transfer.end()
+        server.sessions = {}
+        self._stopping.wait(0.5)  # a loop failing again at once (its port taken since) logs twice a second
+
+    def _open(self, name: str, raddress: str, rport: int) -> IO[bytes] | None:
+        """tftpy's dyn_file_func: `name` for the client at `raddress`, or None (tftpy answers "File not found")."""
+        try:
+            found = self.files(name, raddress)
+            if isinstance(found, Path):
+                handle: IO[bytes] = found.open("rb")
+                size = os.fstat(handle.fileno()).st_size
+            else:
+                handle = tempfile.TemporaryFile()  # tftpy closes it when the transfer ends
+                handle.write(found)
+                handle.seek(0)
+                size = len(found)
+        except NotFound as e:
+            LOG.info("tftp %s from %s: not found (%s)", name, raddress, e)
+            return None
         except Exception:
-            LOG.exception("tftp %s to %s failed", name, client[0])
-            transport.sendto(error_packet(0, "server error"), client)
-        finally:
-            transport.close()
+            LOG.exception("tftp %s from %s failed", name, raddress)
+            return None
+        LOG.info("tftp %s to %s: %d bytes", name, raddress, size)
+        return handle
 
-
-async def _exchange(
-    transport: asyncio.DatagramTransport, link: _Transfer, packet: bytes, expected: int, timeout: float
-) -> bool:
-    """Send `packet` until the client ACKs block `expected` (True), or errors out or stays silent (False)."""
-    for _ in range(RETRIES + 1):
-        transport.sendto(packet, link.client)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while (left := deadline - asyncio.get_running_loop().time()) > 0:
-            try:
-                reply = await asyncio.wait_for(link.packets.get(), left)
-            except TimeoutError:
-                break
-            if len(reply) < 4:
-                continue
-            opcode, number = struct.unpack("!HH", reply[:4])
-            if opcode == ERROR:
-                return False
-            if opcode == ACK and number == expected:
-                return True
-            # an ACK of an earlier block (a duplicate): wait on, never resend for it (Sorcerer's Apprentice)
-    return False
-
-
-async def listen(sock: socket.socket, files: Files) -> asyncio.DatagramTransport:
-    """Serve TFTP on the bound UDP socket `sock` until the returned transport is closed."""
-    host = sock.getsockname()[0]
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: TftpServer(files, host), sock=sock)
-    return transport
+    def _refuse(self, path: str, context: Any) -> None:
+        """tftpy's upload_open: every write is refused (tftpy answers "Access violation")."""
+        LOG.info("tftp write of %s from %s: refused (read-only)", os.path.relpath(path, self._root.name), context.host)

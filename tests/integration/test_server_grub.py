@@ -17,11 +17,13 @@ import httpx
 import pytest
 
 from kiln import blockmap
-from kiln.server import grub, netboot, tftp
+from kiln.server import grub, netboot
 from tests.integration.kiln_server import INV, RunningServer, running_server
 
 pytestmark = pytest.mark.integration
 
+RRQ, WRQ, ERROR = 1, 2, 5  # TFTP opcodes
+ILLEGAL, ACCESS_VIOLATION = 4, 2  # TFTP error codes
 RAW = bytes(range(256)) * 4096 + bytes(1 << 20)
 KERNEL = bytes(range(251)) * 400  # 100,400 bytes: 68 blocks of 1468 and a part
 INITRD = b"i" * (1468 * 3)  # an exact number of blocks: the transfer ends with an empty one
@@ -123,12 +125,15 @@ def test_tftp_refuses_what_is_not_the_boot_path(server: RunningServer) -> None:
     for name in ("images/web/web.raw", "../etc/passwd", "grub/../../etc/passwd", "kiln/grub/not-a-mac"):
         done = tftp_get(server, name)
         assert done.returncode == 68 and done.stdout == b"", name  # curl's "TFTP: file not found"
-    # a raw read request with a path out of the root (curl would normalize it away): an ERROR, file not found
+    # raw requests curl would not send: a path out of the root (curl normalizes it away) is an ERROR, tftpy's
+    # "illegal operation"; a write an ERROR, "access violation"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
         raw.settimeout(5)
-        raw.sendto(struct.pack("!H", tftp.RRQ) + b"../../etc/passwd\0octet\0", ("127.0.0.1", tftp_port(server)))
-        answer = raw.recv(1024)
-    assert struct.unpack("!HH", answer[:4]) == (tftp.ERROR, tftp.NOT_FOUND), answer
+        for opcode, name, code in ((RRQ, b"../../etc/passwd", ILLEGAL), (WRQ, b"shimx64.efi", ACCESS_VIOLATION)):
+            raw.sendto(struct.pack("!H", opcode) + name + b"\0octet\0", ("127.0.0.1", tftp_port(server)))
+            answer = raw.recv(1024)
+            assert struct.unpack("!HH", answer[:4]) == (ERROR, code), answer
+    assert fetched(server, "shimx64.efi") == netboot.SIGNED["shimx64.efi"][0].read_bytes(), "still serving"
     bad = httpx.get(f"{server.http_url}/grub", params={"mac": "zz"})
     assert bad.status_code == 400
 

@@ -1,14 +1,13 @@
-"""GRUB configs (the Secure Boot network boot), the TFTP packets that carry them, and the TFTP root's layout."""
+"""GRUB configs (the Secure Boot network boot) and the TFTP root's layout (the listener: test_server_tftp.py)."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import pytest
 
 from kiln.model import Cluster
-from kiln.server import grub, ipxe, netboot, tftp
+from kiln.server import grub, ipxe, netboot
 from kiln.server.bootplan import Install, Installer, InstallImage, LocalDisk, Unknown, Wait
 
 SHA = "ab" * 32
@@ -60,27 +59,6 @@ def test_stub_sends_grub_on_to_kiln() -> None:
         "set root=(tftp,10.10.0.1)",
         "configfile /kiln/grub/${net_default_mac}",
     ]
-
-
-def test_tftp_request_and_options() -> None:
-    packet = struct.pack("!H", tftp.RRQ) + b"/kiln/grub/52:54:00:10:00:21\0octet\0tsize\x000\0BLKSIZE\x001468\0"
-    assert tftp.parse_request(packet) == (
-        tftp.RRQ,
-        "/kiln/grub/52:54:00:10:00:21",
-        "octet",
-        {"tsize": "0", "blksize": "1468"},
-    )
-    with pytest.raises(ValueError):
-        tftp.parse_request(struct.pack("!H", tftp.ACK) + b"\0\1")
-    with pytest.raises(ValueError):
-        tftp.parse_request(struct.pack("!H", tftp.RRQ) + b"name-without-mode")
-    # a block size over an Ethernet frame is answered with the largest that fits; an unknown option is left out
-    assert tftp.negotiate({"blksize": "65464", "tsize": "0", "windowsize": "4"}, 1234) == (
-        1468,
-        1.0,
-        {"blksize": "1468", "tsize": "1234"},
-    )
-    assert tftp.negotiate({"blksize": "4", "timeout": "0"}, 1) == (512, 1.0, {})
 
 
 def test_layout_writes_the_signed_chain_and_the_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
