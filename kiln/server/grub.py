@@ -5,8 +5,9 @@ The chain is Debian's, every stage signed: the firmware's own PXE loads shim (si
 TFTP, shim loads Debian's signed GRUB network image (grubnetx64, as grubx64.efi from the same TFTP directory), GRUB
 reads grub/grub.cfg from that directory (its prefix, `/grub` on the TFTP server it came from) and that file sends
 it here, to the host's own config, by the MAC of the NIC it booted from (`$net_default_mac`). Debian 12's signed
-GRUB has TFTP but no HTTP built in, so everything it fetches comes over TFTP: kiln serve's own TFTP listener
-(kiln/server/tftp.py) answers `kiln/grub/MAC` with this config and serves the installer's kernel and initrd.
+GRUB has TFTP but no HTTP built in, so everything it fetches comes over TFTP: kiln serve's TFTP listener
+(tftpy on a thread, kiln/server/tftp.py) answers `kiln/grub/MAC` with this config and serves the installer's kernel
+and initrd.
 GRUB's `linux` has shim verify the kernel: the installer's kernel is Debian's signed one; the initrd is not
 verified (what it installs is pinned by the sha256 on the command line, as with iPXE).
 
