@@ -50,6 +50,7 @@ EXPORTED: dict[str, tuple[str, ...]] = {
     "kiln server (kiln/server/metrics.py)": (
         "kiln_server_hosts",
         "kiln_server_hosts_stalest_change_timestamp_seconds",
+        "kiln_server_host_state",
         "kiln_server_certificate_expiry_timestamp_seconds",
     ),
     # files in TEXTFILE_DIR (docs/monitoring.md): on the lb hosts (kiln-vrrp-state, the lb role) ...

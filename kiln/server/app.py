@@ -85,7 +85,14 @@ class Provisioner:
         self._executor = ThreadPoolExecutor(self.store.threads, thread_name_prefix="kiln-state")
         self._running: dict[str, int] = {}  # host -> the generation it last said it runs (saves a write per poll)
         self.reports = ReportQueue(self.store.threads)  # events: one at a time, after the boot path
-        self.metrics.watch(StateCollector(lambda: self.store.census(), lambda: self.live.generation, self.certificates))
+        self.metrics.watch(
+            StateCollector(
+                lambda: self.store.census(),
+                lambda: self.store.host_states(),
+                lambda: self.live.generation,
+                self.certificates,
+            )
+        )
 
     @property
     def cluster(self) -> Cluster:

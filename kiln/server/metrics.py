@@ -13,6 +13,7 @@ Read from the state store at scrape time, in one query (so they hold across serv
     kiln_server_hosts{state}                                   hosts per state, every state listed (0 too)
     kiln_server_hosts_stalest_change_timestamp_seconds{state}  the oldest last change among the hosts in that state
     kiln_server_host_credentials{credential}                   armed (token issued, unused), enrolled, spent, expired
+    kiln_server_host_state{name,state}                         1 for each host, in its state (a second query)
     kiln_server_generation                                     the generation served
     kiln_server_store_up                                       1 when the state store answered this scrape
     kiln_server_certificate_expiry_timestamp_seconds{certificate}  ca, server, site: the leaf's notAfter
@@ -116,13 +117,19 @@ class ServerMetrics:
 
 
 class StateCollector(Collector):
-    """The gauges read at scrape time: `census` is one query of the state store (StateStore.census),
-    `generation` the generation served, `certificates` name -> PEM file (its first certificate is the leaf)."""
+    """The gauges read at scrape time: `census` is one query of the state store (StateStore.census), `states` host
+    name -> state (StateStore.host_states), `generation` the generation served, `certificates` name -> PEM file (its
+    first certificate is the leaf)."""
 
     def __init__(
-        self, census: Callable[[], Census], generation: Callable[[], int], certificates: Mapping[str, Path]
+        self,
+        census: Callable[[], Census],
+        states: Callable[[], Mapping[str, str]],
+        generation: Callable[[], int],
+        certificates: Mapping[str, Path],
     ) -> None:
         self._census = census
+        self._states = states
         self._generation = generation
         self._certificates = dict(certificates)
         self._expiry: dict[str, tuple[float, float]] = {}  # name -> (file mtime, notAfter): parsed once per change
@@ -142,9 +149,17 @@ class StateCollector(Collector):
             "Hosts by credential: armed (enrolment token issued, not used), enrolled, spent, expired.",
             labels=["credential"],
         )
+        # `name`, not `host`: the scrape's own target label is `host` (kiln/monitoring/config.py), which Prometheus
+        # would keep, renaming this one exported_host
+        per_host = GaugeMetricFamily(
+            "kiln_server_host_state",
+            "1 for each host, labelled with its state: whether a host is joined or still being installed.",
+            labels=["name", "state"],
+        )
         up = GaugeMetricFamily("kiln_server_store_up", "1 when the state store answered this scrape.")
         try:
             census = self._census()
+            states = self._states()
         except Exception as e:  # the scrape still answers, and says the store did not
             LOG.warning("metrics: the state store did not answer: %s", type(e).__name__)
             up.add_metric([], 0)
@@ -164,9 +179,12 @@ class StateCollector(Collector):
                 stalest.add_metric([state], changed)
             for credential, count in by_credential.items():
                 credentials.add_metric([credential], count)
+            for name, state in sorted(states.items()):
+                per_host.add_metric([name, state], 1)
             yield hosts
             yield stalest
             yield credentials
+            yield per_host
         yield up
         generation = GaugeMetricFamily("kiln_server_generation", "The generation of roles.yaml this server serves.")
         generation.add_metric([], self._generation())

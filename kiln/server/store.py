@@ -787,6 +787,12 @@ class StateStore:
         with self.engine.connect() as conn:
             return {(state, cred): (int(n), oldest) for state, cred, n, oldest in conn.execute(query)}
 
+    def host_states(self) -> dict[str, str]:
+        """name -> state of every host the store knows (retired ones too): /metrics's per-host state, which lets an
+        alert on a host's exporters wait while the host is still being installed."""
+        with self.engine.connect() as conn:
+            return {name: state for name, state in conn.execute(sa.select(hosts_table.c.name, hosts_table.c.state))}
+
     def ping(self) -> None:
         """Raise when the database does not answer a trivial query (GET /healthz)."""
         with self.engine.connect() as conn:

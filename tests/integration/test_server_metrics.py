@@ -112,6 +112,14 @@ def test_hosts_by_state_match_the_store(server: RunningServer) -> None:
         assert value(samples, "kiln_server_hosts", state=state.value) == counts.get(state.value, 0), state
     assert sum(value(samples, "kiln_server_hosts", state=s.value) for s in State) == 8
     assert value(samples, "kiln_server_hosts_stalest_change_timestamp_seconds", state="installing") > 0
+    # one series per host, in its state: db2 is installing, every other host in the store is in its own state
+    path = server.database.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        stored = dict(db.execute("SELECT name, state FROM hosts").fetchall())
+    per_host = {
+        dict(labels)["name"]: dict(labels)["state"] for name, labels in samples if name == "kiln_server_host_state"
+    }
+    assert per_host == stored and per_host["db2"] == "installing", per_host
     with server.client() as c:
         listed = c.get(f"{server.tls_url}/v1/hosts?timeline=0").json()["hosts"]
     for credential in ("armed", "enrolled", "spent", "expired"):
