@@ -18,6 +18,11 @@ Read from the state store at scrape time, in one query (so they hold across serv
     kiln_server_store_up                                       1 when the state store answered this scrape
     kiln_server_certificate_expiry_timestamp_seconds{certificate}  ca, server, site: the leaf's notAfter
 
+And, when roles.yaml sets db backups (BackupCollector; what BackupTooOld reads):
+
+    kiln_db_backup_last_success_timestamp_seconds{action="backup"}  when the newest reported backup finished
+    kiln_db_backup_interval_seconds{action="backup"}                the schedule's longest gap between two runs
+
 Who may read /metrics is the app's (kiln/server/app.py: the admin networks, loopback, or the operator token).
 """
 
@@ -34,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kiln.db.schedule import ScheduleError, longest_interval
 from kiln.server.states import State
 
 LOG = logging.getLogger("kiln.server")
@@ -211,6 +217,58 @@ class StateCollector(Collector):
             return cached[1]
         except (OSError, ValueError):
             return None
+
+
+class BackupCollector(Collector):
+    """The db backups' age and allowance, read at scrape time: `schedule()` is roles.db.backup.schedule.backup (None
+    without backups: nothing is reported), `last_success()` when the newest backup the runner reported finished
+    (StateStore.last_backup_at; None before the first). The interval is the schedule's longest gap
+    (kiln.db.schedule), worked out once per expression. When the store does not answer, neither is reported: an
+    interval alone would read as "never backed up"."""
+
+    def __init__(self, schedule: Callable[[], str | None], last_success: Callable[[], float | None]) -> None:
+        self._schedule = schedule
+        self._last_success = last_success
+        self._intervals: dict[str, float | None] = {}
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        expression = self._schedule()
+        if expression is None:
+            return
+        interval = self._interval(expression)
+        try:
+            last = self._last_success()
+        except Exception as e:  # the store did not answer: kiln_server_store_up says so
+            LOG.warning("metrics: the last backup is unknown: %s", type(e).__name__)
+            return
+        if interval is not None:
+            family = GaugeMetricFamily(
+                "kiln_db_backup_interval_seconds",
+                "The longest gap between two runs of the backup schedule (roles.db.backup.schedule).",
+                labels=["action"],
+            )
+            family.add_metric(["backup"], interval)
+            yield family
+        if last is not None:
+            family = GaugeMetricFamily(
+                "kiln_db_backup_last_success_timestamp_seconds",
+                "When the newest backup the runner reported finished.",
+                labels=["action"],
+            )
+            family.add_metric(["backup"], last)
+            yield family
+
+    def _interval(self, expression: str) -> float | None:
+        if expression not in self._intervals:
+            try:
+                self._intervals[expression] = longest_interval(expression)
+            except ScheduleError as e:
+                LOG.warning("metrics: no backup interval: %s", e)
+                self._intervals[expression] = None
+        return self._intervals[expression]
 
 
 def healthz(ping: Callable[[], Any], generation: int) -> tuple[int, dict[str, Any]]:

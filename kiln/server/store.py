@@ -853,6 +853,12 @@ class StateStore:
                 conn.execute(t.delete().where(t.c.id <= newest - DB_EVENTS_KEPT))
         return added
 
+    def last_backup_at(self) -> float | None:
+        """When the newest backup the runner reported finished (its event's time, epoch seconds); None before any."""
+        with self.engine.connect() as conn:
+            at = conn.execute(sa.select(db_state_table.c.at).where(db_state_table.c.key == "backup")).scalar()
+        return None if at is None else float(at)
+
     def db_report(self, *, now: float | None = None) -> dict[str, Any]:
         """What GET /v1/db answers: the view (or None), the last backup (or None), the newest events (newest
         first) and the alerts: the failover-kind events of the last DB_ALERT_SECONDS."""
