@@ -244,22 +244,15 @@ class BackupCollector(Collector):
         except Exception as e:  # the store did not answer: kiln_server_store_up says so
             LOG.warning("metrics: the last backup is unknown: %s", type(e).__name__)
             return
-        if interval is not None:
-            family = GaugeMetricFamily(
-                "kiln_db_backup_interval_seconds",
-                "The longest gap between two runs of the backup schedule (roles.db.backup.schedule).",
-                labels=["action"],
-            )
-            family.add_metric(["backup"], interval)
-            yield family
-        if last is not None:
-            family = GaugeMetricFamily(
-                "kiln_db_backup_last_success_timestamp_seconds",
-                "When the newest backup the runner reported finished.",
-                labels=["action"],
-            )
-            family.add_metric(["backup"], last)
-            yield family
+        said = (
+            ("kiln_db_backup_interval_seconds", "The backup schedule's longest gap between two runs.", interval),
+            ("kiln_db_backup_last_success_timestamp_seconds", "When the newest reported backup finished.", last),
+        )
+        for name, text, number in said:
+            if number is not None:
+                family = GaugeMetricFamily(name, text, labels=["action"])
+                family.add_metric(["backup"], number)
+                yield family
 
     def _interval(self, expression: str) -> float | None:
         if expression not in self._intervals:
