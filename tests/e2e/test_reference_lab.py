@@ -1,7 +1,7 @@
 """The reference lab as a user runs it, inside `./inv test`: the images (reused when up to date), `lab up` (eight
-VMs: roles.yaml but LEFT_OUT, none now; boot the role images and join), `lab verify`, `lab chaos`, then day 2 on the same boot
-(`lab up --roles` adding web3 and app2, then removing web2 and app1, a request loop running; `lab verify` of what
-the change touched), and `lab down`, which always runs, also after a failure, and leaves no VM, process or
+VMs: roles.yaml but LEFT_OUT, none now; boot the role images and join), `lab verify`, `lab chaos`, then day 2 on the
+same boot (`lab up --roles` adding web3 and app2, then removing web2 and app1, a request loop running; `lab verify`
+of what the change touched), and `lab down`, which always runs, also after a failure, and leaves no VM, process or
 namespace behind.
 
 `--boot disk` here: a PXE `lab up` streams and hashes 2 GB per host under TCG, about 27 min for the seven hosts on
