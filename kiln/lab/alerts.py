@@ -33,10 +33,15 @@ RESOLVE_WITHIN = 240.0
 TOLD_WITHIN = 120.0
 
 
+def _mon_url(lab: Lab, port: int) -> str | None:
+    """http://ADDRESS:PORT of the first booted mon host; None without one."""
+    mons = [h for h in lab.hosts if h.role == mon.NAME]
+    return f"http://{mons[0].ip}:{port}" if mons else None
+
+
 def alertmanager(lab: Lab) -> str | None:
     """The first booted mon host's Alertmanager URL (http://ADDRESS:9093); None without one."""
-    mons = [h for h in lab.hosts if h.role == mon.NAME]
-    return f"http://{mons[0].ip}:{mon.ALERTMANAGER_PORT}" if mons else None
+    return _mon_url(lab, mon.ALERTMANAGER_PORT)
 
 
 def held(url: str, alertname: str, timeout: float = 10) -> list[dict[str, Any]]:
@@ -51,13 +56,12 @@ def fired_about(lab: Lab, hosts: set[str], seconds: float, timeout: float = 10) 
     """The alerts the mon host's Prometheus had firing in the last `seconds` about any of `hosts` (an alert's `host`
     or `server` label), as "Alert{label=host}", sorted; [] without a mon host. From `ALERTS`, the series Prometheus
     keeps for every pending and firing alert, so an alert that fired and resolved in between is still seen."""
-    mons = [h for h in lab.hosts if h.role == mon.NAME]
-    if not mons or not hosts:
+    prometheus = _mon_url(lab, mon.PROMETHEUS_PORT)
+    if prometheus is None or not hosts:
         return []
     window = max(1, round(seconds))
     query = urllib.parse.urlencode({"query": f'max_over_time(ALERTS{{alertstate="firing"}}[{window}s])'})
-    url = f"http://{mons[0].ip}:{mon.PROMETHEUS_PORT}/api/v1/query?{query}"
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+    with urllib.request.urlopen(f"{prometheus}/api/v1/query?{query}", timeout=timeout) as r:
         answer = json.load(r)
     found = set()
     for series in answer["data"]["result"]:
