@@ -4,6 +4,7 @@ dashboard shows).
 
     firing(lab, "WebNodeDown", server="web1")  -> True while Alertmanager holds such an alert, not yet resolved
     told(lab, "WebNodeDown", "firing", server="web1")  -> True once the server lists it with that status
+    fired_about(lab, {"web3"}, 300)  -> ["InstanceDown{host=web3}", ...]: what Prometheus had firing about them
     AlertDrill: a drill's alert, from failure to "fired" (Alertmanager) and "told" (the server), from repair to
                 "resolved", in seconds (kiln/lab/chaos.py waits for each with its `wait`)
 
@@ -32,10 +33,15 @@ RESOLVE_WITHIN = 240.0
 TOLD_WITHIN = 120.0
 
 
+def _mon_url(lab: Lab, port: int) -> str | None:
+    """http://ADDRESS:PORT of the first booted mon host; None without one."""
+    mons = [h for h in lab.hosts if h.role == mon.NAME]
+    return f"http://{mons[0].ip}:{port}" if mons else None
+
+
 def alertmanager(lab: Lab) -> str | None:
     """The first booted mon host's Alertmanager URL (http://ADDRESS:9093); None without one."""
-    mons = [h for h in lab.hosts if h.role == mon.NAME]
-    return f"http://{mons[0].ip}:{mon.ALERTMANAGER_PORT}" if mons else None
+    return _mon_url(lab, mon.ALERTMANAGER_PORT)
 
 
 def held(url: str, alertname: str, timeout: float = 10) -> list[dict[str, Any]]:
@@ -44,6 +50,26 @@ def held(url: str, alertname: str, timeout: float = 10) -> list[dict[str, Any]]:
     query = urllib.parse.urlencode({"filter": f'alertname="{alertname}"', "active": "true"})
     with urllib.request.urlopen(f"{url}/api/v2/alerts?{query}", timeout=timeout) as r:
         return list(json.load(r))
+
+
+def fired_about(lab: Lab, hosts: set[str], seconds: float, timeout: float = 10) -> list[str]:
+    """The alerts the mon host's Prometheus had firing in the last `seconds` about any of `hosts` (an alert's `host`
+    or `server` label), as "Alert{label=host}", sorted; [] without a mon host. From `ALERTS`, the series Prometheus
+    keeps for every pending and firing alert, so an alert that fired and resolved in between is still seen."""
+    prometheus = _mon_url(lab, mon.PROMETHEUS_PORT)
+    if prometheus is None or not hosts:
+        return []
+    window = max(1, round(seconds))
+    query = urllib.parse.urlencode({"query": f'max_over_time(ALERTS{{alertstate="firing"}}[{window}s])'})
+    with urllib.request.urlopen(f"{prometheus}/api/v1/query?{query}", timeout=timeout) as r:
+        answer = json.load(r)
+    found = set()
+    for series in answer["data"]["result"]:
+        labels = series["metric"]
+        for key in ("host", "server"):
+            if labels.get(key) in hosts:
+                found.add(f"{labels['alertname']}{{{key}={labels[key]}}}")
+    return sorted(found)
 
 
 def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:

@@ -24,12 +24,14 @@ from rich.markup import escape
 
 from kiln.apply import NotPublished, apply_roles
 from kiln.fsutil import write_atomic
-from kiln.lab import dnsmasq, lifecycle, netns, procs
-from kiln.lab.chaos import Loops, wait, web_status
+from kiln.lab import alerts, dnsmasq, lifecycle, netns, procs
+from kiln.lab.chaos import Loops, ssh, wait, web_status
 from kiln.lab.layout import PROJECT, Lab, tap_name
+from kiln.lab.ssh import config_file
 from kiln.lab.vipwatch import VipWatch
 from kiln.model import Host
 from kiln.operator import Server, ServerError
+from kiln.run import CommandError
 from kiln.secrets import SecretStore
 
 # The reference day-2 drill (the e2e lab test and bench/lab.py): these two hosts added, then web2 and app1 removed.
@@ -137,6 +139,9 @@ def change(lab: Lab, console: Console, *, timeout: float) -> int:
     failures = loops.failed_requests(began, ended)
     for line in failures:
         console.print(f"[red]failed request[/] {escape(line)}")
+    if failures:
+        record["nginx_errors"] = _nginx_errors(lab, console)
+    record["alerts_about_added"] = _alerts_about(lab, new, ended - began, console)
     slowest, sent = loops.slowest(began, ended)
     console.print(f"slowest answer: {slowest:.1f} s (sent +{sent:.1f} s)")
     record.update(
@@ -184,6 +189,37 @@ def _traffic(lab: Lab, new: list[Host], loops: Loops, console: Console) -> dict[
         seconds[host.name] = round(took, 1)
         console.print(f"{host.name} takes traffic {took:.0f} s after the new hosts joined")
     return seconds
+
+
+def _alerts_about(lab: Lab, new: list[Host], seconds: float, console: Console) -> list[str]:
+    """What the mon host's Prometheus fired about the added hosts during the change: nothing, when the alerts wait
+    for a host to join (kiln/monitoring/rules/kiln.rules.yml); ["not asked: ..."] when Prometheus did not answer."""
+    try:
+        fired = alerts.fired_about(lab, {h.name for h in new}, seconds)
+    except (OSError, ValueError, KeyError) as e:
+        fired = [f"not asked: {e}"]
+    if fired:
+        console.print(f"[yellow]alerts about the added hosts during the change:[/] {escape(', '.join(fired))}")
+    return fired
+
+
+NGINX_ERROR_LINES = 20  # the last lines of each web host's error log shown after a failed request
+
+
+def _nginx_errors(lab: Lab, console: Console) -> dict[str, list[str]]:
+    """The last lines of /var/log/nginx/error.log on each web host: a 502 says only that nginx gave up on the app
+    pool; its error log says which upstream failed and how (refused, timed out, closed early)."""
+    config_file(lab)
+    said: dict[str, list[str]] = {}
+    for host in lab.cluster.by_role("web"):
+        try:
+            text = ssh(lab, host.name, f"tail -n {NGINX_ERROR_LINES} /var/log/nginx/error.log", timeout=30)
+        except CommandError as e:
+            text = f"(not read: {e})"
+        said[host.name] = text.splitlines()
+        for line in said[host.name]:
+            console.print(f"[dim]{host.name} nginx:[/] {escape(line)}")
+    return said
 
 
 def _remember(lab: Lab, record: dict[str, Any]) -> None:

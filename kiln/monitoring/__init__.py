@@ -50,12 +50,16 @@ EXPORTED: dict[str, tuple[str, ...]] = {
     "kiln server (kiln/server/metrics.py)": (
         "kiln_server_hosts",
         "kiln_server_hosts_stalest_change_timestamp_seconds",
+        "kiln_server_host_state",
         "kiln_server_certificate_expiry_timestamp_seconds",
     ),
-    # files in TEXTFILE_DIR (docs/monitoring.md): on the lb hosts (kiln-vrrp-state, the lb role) ...
+    # from the backup runner's reports (POST /v1/db/events) and roles.db.backup.schedule
+    "kiln server, when roles.yaml sets db backups": (
+        "kiln_db_backup_last_success_timestamp_seconds",
+        "kiln_db_backup_interval_seconds",
+    ),
+    # a file in TEXTFILE_DIR (docs/monitoring.md) on the lb hosts (kiln-vrrp-state, the lb role)
     "textfile: keepalived state on each lb": ("kiln_keepalived_vrrp_state",),
-    # ... and on the backup runner
-    "textfile: the backup runner": ("kiln_db_backup_last_success_timestamp_seconds", "kiln_db_backup_interval_seconds"),
 }
 
 

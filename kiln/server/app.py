@@ -36,6 +36,7 @@ from kiln import hostauth, roles, targetdisk
 from kiln.mac import normalize
 from kiln.model import Cluster, Host
 from kiln.roles.db import NAME as DB_ROLE
+from kiln.roles.db import settings_of as db_settings_of
 from kiln.secrets import SecretMissing
 from kiln.server import grub, ipxe
 from kiln.server.alerts import MAX_BODY_BYTES as ALERTS_BODY_BYTES
@@ -48,7 +49,14 @@ from kiln.server.dbreport import MAX_BODY_BYTES as DB_BODY_BYTES
 from kiln.server.dbreport import parse_events, parse_view
 from kiln.server.inputs import MAX_EVENT_BYTES, BadInput, Event, parse_event, parse_mac
 from kiln.server.limits import Limits, ReportQueue
-from kiln.server.metrics import METRICS_CONTENT_TYPE, UNMATCHED, ServerMetrics, StateCollector, healthz
+from kiln.server.metrics import (
+    METRICS_CONTENT_TYPE,
+    UNMATCHED,
+    BackupCollector,
+    ServerMetrics,
+    StateCollector,
+    healthz,
+)
 from kiln.server.publish import Live, Publisher, Rejected, poll_interval
 from kiln.server.states import State, progress, step_progress
 from kiln.server.store import CredentialError, StateStore, UnknownHost
@@ -86,7 +94,19 @@ class Provisioner:
         self._executor = ThreadPoolExecutor(self.store.threads, thread_name_prefix="kiln-state")
         self._running: dict[str, int] = {}  # host -> the generation it last said it runs (saves a write per poll)
         self.reports = ReportQueue(self.store.threads)  # events: one at a time, after the boot path
-        self.metrics.watch(StateCollector(lambda: self.store.census(), lambda: self.live.generation, self.certificates))
+        self.metrics.watch(
+            StateCollector(
+                lambda: self.store.census(),
+                lambda: self.store.host_states(),
+                lambda: self.live.generation,
+                self.certificates,
+            )
+        )
+        self.metrics.watch(BackupCollector(self._backup_schedule, lambda: self.store.last_backup_at()))
+
+    def _backup_schedule(self) -> str | None:
+        backup = db_settings_of(self.cluster).backup if self.cluster.by_role(DB_ROLE) else None
+        return backup.backup_at if backup is not None else None
 
     @property
     def cluster(self) -> Cluster:

@@ -13,9 +13,15 @@ Read from the state store at scrape time, in one query (so they hold across serv
     kiln_server_hosts{state}                                   hosts per state, every state listed (0 too)
     kiln_server_hosts_stalest_change_timestamp_seconds{state}  the oldest last change among the hosts in that state
     kiln_server_host_credentials{credential}                   armed (token issued, unused), enrolled, spent, expired
+    kiln_server_host_state{name,state}                         1 for each host, in its state (a second query)
     kiln_server_generation                                     the generation served
     kiln_server_store_up                                       1 when the state store answered this scrape
     kiln_server_certificate_expiry_timestamp_seconds{certificate}  ca, server, site: the leaf's notAfter
+
+And, when roles.yaml sets db backups (BackupCollector; what BackupTooOld reads):
+
+    kiln_db_backup_last_success_timestamp_seconds{action="backup"}  when the newest reported backup finished
+    kiln_db_backup_interval_seconds{action="backup"}                the schedule's longest gap between two runs
 
 Who may read /metrics is the app's (kiln/server/app.py: the admin networks, loopback, or the operator token).
 """
@@ -33,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kiln.db.schedule import ScheduleError, longest_interval
 from kiln.server.states import State
 
 LOG = logging.getLogger("kiln.server")
@@ -116,13 +123,19 @@ class ServerMetrics:
 
 
 class StateCollector(Collector):
-    """The gauges read at scrape time: `census` is one query of the state store (StateStore.census),
-    `generation` the generation served, `certificates` name -> PEM file (its first certificate is the leaf)."""
+    """The gauges read at scrape time: `census` is one query of the state store (StateStore.census), `states` host
+    name -> state (StateStore.host_states), `generation` the generation served, `certificates` name -> PEM file (its
+    first certificate is the leaf)."""
 
     def __init__(
-        self, census: Callable[[], Census], generation: Callable[[], int], certificates: Mapping[str, Path]
+        self,
+        census: Callable[[], Census],
+        states: Callable[[], Mapping[str, str]],
+        generation: Callable[[], int],
+        certificates: Mapping[str, Path],
     ) -> None:
         self._census = census
+        self._states = states
         self._generation = generation
         self._certificates = dict(certificates)
         self._expiry: dict[str, tuple[float, float]] = {}  # name -> (file mtime, notAfter): parsed once per change
@@ -142,9 +155,17 @@ class StateCollector(Collector):
             "Hosts by credential: armed (enrolment token issued, not used), enrolled, spent, expired.",
             labels=["credential"],
         )
+        # `name`, not `host`: the scrape's own target label is `host` (kiln/monitoring/config.py), which Prometheus
+        # would keep, renaming this one exported_host
+        per_host = GaugeMetricFamily(
+            "kiln_server_host_state",
+            "1 for each host, labelled with its state: whether a host is joined or still being installed.",
+            labels=["name", "state"],
+        )
         up = GaugeMetricFamily("kiln_server_store_up", "1 when the state store answered this scrape.")
         try:
             census = self._census()
+            states = self._states()
         except Exception as e:  # the scrape still answers, and says the store did not
             LOG.warning("metrics: the state store did not answer: %s", type(e).__name__)
             up.add_metric([], 0)
@@ -164,9 +185,12 @@ class StateCollector(Collector):
                 stalest.add_metric([state], changed)
             for credential, count in by_credential.items():
                 credentials.add_metric([credential], count)
+            for name, state in sorted(states.items()):
+                per_host.add_metric([name, state], 1)
             yield hosts
             yield stalest
             yield credentials
+            yield per_host
         yield up
         generation = GaugeMetricFamily("kiln_server_generation", "The generation of roles.yaml this server serves.")
         generation.add_metric([], self._generation())
@@ -193,6 +217,51 @@ class StateCollector(Collector):
             return cached[1]
         except (OSError, ValueError):
             return None
+
+
+class BackupCollector(Collector):
+    """The db backups' age and allowance, read at scrape time: `schedule()` is roles.db.backup.schedule.backup (None
+    without backups: nothing is reported), `last_success()` when the newest backup the runner reported finished
+    (StateStore.last_backup_at; None before the first). The interval is the schedule's longest gap
+    (kiln.db.schedule), worked out once per expression. When the store does not answer, neither is reported: an
+    interval alone would read as "never backed up"."""
+
+    def __init__(self, schedule: Callable[[], str | None], last_success: Callable[[], float | None]) -> None:
+        self._schedule = schedule
+        self._last_success = last_success
+        self._intervals: dict[str, float | None] = {}
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        expression = self._schedule()
+        if expression is None:
+            return
+        interval = self._interval(expression)
+        try:
+            last = self._last_success()
+        except Exception as e:  # the store did not answer: kiln_server_store_up says so
+            LOG.warning("metrics: the last backup is unknown: %s", type(e).__name__)
+            return
+        said = (
+            ("kiln_db_backup_interval_seconds", "The backup schedule's longest gap between two runs.", interval),
+            ("kiln_db_backup_last_success_timestamp_seconds", "When the newest reported backup finished.", last),
+        )
+        for name, text, number in said:
+            if number is not None:
+                family = GaugeMetricFamily(name, text, labels=["action"])
+                family.add_metric(["backup"], number)
+                yield family
+
+    def _interval(self, expression: str) -> float | None:
+        if expression not in self._intervals:
+            try:
+                self._intervals[expression] = longest_interval(expression)
+            except ScheduleError as e:
+                LOG.warning("metrics: no backup interval: %s", e)
+                self._intervals[expression] = None
+        return self._intervals[expression]
 
 
 def healthz(ping: Callable[[], Any], generation: int) -> tuple[int, dict[str, Any]]:

@@ -787,6 +787,12 @@ class StateStore:
         with self.engine.connect() as conn:
             return {(state, cred): (int(n), oldest) for state, cred, n, oldest in conn.execute(query)}
 
+    def host_states(self) -> dict[str, str]:
+        """name -> state of every host the store knows (retired ones too): /metrics's per-host state, which lets an
+        alert on a host's exporters wait while the host is still being installed."""
+        with self.engine.connect() as conn:
+            return {name: state for name, state in conn.execute(sa.select(hosts_table.c.name, hosts_table.c.state))}
+
     def ping(self) -> None:
         """Raise when the database does not answer a trivial query (GET /healthz)."""
         with self.engine.connect() as conn:
@@ -846,6 +852,12 @@ class StateStore:
             if newest is not None and added:
                 conn.execute(t.delete().where(t.c.id <= newest - DB_EVENTS_KEPT))
         return added
+
+    def last_backup_at(self) -> float | None:
+        """When the newest backup the runner reported finished (its event's time, epoch seconds); None before any."""
+        with self.engine.connect() as conn:
+            at = conn.execute(sa.select(db_state_table.c.at).where(db_state_table.c.key == "backup")).scalar()
+        return None if at is None else float(at)
 
     def db_report(self, *, now: float | None = None) -> dict[str, Any]:
         """What GET /v1/db answers: the view (or None), the last backup (or None), the newest events (newest

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,8 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kiln import monitoring
+from kiln.db.report import report_backup
+from kiln.operator import Server
 from kiln.server.states import State
-from tests.integration.kiln_server import RunningServer, loopback_roles, running_server
+from tests.integration.db_views import MANIFEST
+from tests.integration.kiln_server import PROJECT, RunningServer, loopback_roles, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +116,14 @@ def test_hosts_by_state_match_the_store(server: RunningServer) -> None:
         assert value(samples, "kiln_server_hosts", state=state.value) == counts.get(state.value, 0), state
     assert sum(value(samples, "kiln_server_hosts", state=s.value) for s in State) == 8
     assert value(samples, "kiln_server_hosts_stalest_change_timestamp_seconds", state="installing") > 0
+    # one series per host, in its state: db2 is installing, every other host in the store is in its own state
+    path = server.database.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        stored = dict(db.execute("SELECT name, state FROM hosts").fetchall())
+    per_host = {
+        dict(labels)["name"]: dict(labels)["state"] for name, labels in samples if name == "kiln_server_host_state"
+    }
+    assert per_host == stored and per_host["db2"] == "installing", per_host
     with server.client() as c:
         listed = c.get(f"{server.tls_url}/v1/hosts?timeline=0").json()["hosts"]
     for credential in ("armed", "enrolled", "spent", "expired"):
@@ -166,3 +178,35 @@ def test_metrics_only_for_the_admin_networks(tmp_path: Path) -> None:
     with running_server(tmp_path / "inside", roles=admitted, address="0.0.0.0") as s:
         port = urlsplit(s.http_url).port
         assert value(scrape(f"http://{address}:{port}"), "kiln_server_store_up") == 1
+
+
+def test_backup_age_and_allowance_follow_the_schedule_and_the_runners_reports(tmp_path: Path) -> None:
+    """BackupTooOld's inputs, from the server: the schedule's longest gap (Mon..Fri: the weekend's 3 days) from the
+    start, and the last success once the runner reports a backup."""
+    text = (
+        (PROJECT / "roles.yaml")
+        .read_text()
+        .replace(
+            "  db:  {database: foobar}",
+            "  db:\n    database: foobar\n"
+            "    backup: {s3: {bucket: kiln-backups}, schedule: {backup: 'Mon..Fri 02:00'}}",
+        )
+    )
+    assert "Mon..Fri" in text
+    with running_server(tmp_path, roles=loopback_roles(tmp_path, text)) as server:
+        samples = scrape(server.http_url)
+        assert value(samples, "kiln_db_backup_interval_seconds", action="backup") == 3 * 86400
+        assert not [k for k in samples if k[0] == "kiln_db_backup_last_success_timestamp_seconds"], "no backup yet"
+        before = time.time()
+        operator = Server(server.tls_url, server.secrets.ca_pem, server.secrets.root / "operator.token")
+        assert report_backup(operator, MANIFEST)
+        samples = scrape(server.http_url)
+        last = value(samples, "kiln_db_backup_last_success_timestamp_seconds", action="backup")
+        assert before - 5 <= last <= time.time() + 5
+        wanted = monitoring.EXPORTED["kiln server, when roles.yaml sets db backups"]  # what BackupTooOld reads
+        assert set(wanted) <= {name for name, _ in samples}
+
+
+def test_without_backups_in_roles_yaml_nothing_is_said_of_them(server: RunningServer) -> None:
+    names = {name for name, _ in scrape(server.http_url)}
+    assert not {n for n in names if n.startswith("kiln_db_backup_")}, names

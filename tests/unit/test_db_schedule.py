@@ -1,4 +1,5 @@
-"""./inv db schedule: the runner's timers are units systemd accepts, at the times roles.yaml gives."""
+"""./inv db schedule: the runner's timers are units systemd accepts, at the times roles.yaml gives; and how old a
+backup may be before BackupTooOld: the longest gap between two runs of the schedule, as systemd-analyze lists them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiln.db import cli as db_cli
+from kiln.db.schedule import ScheduleError, longest_interval
 from kiln.project import Project
 
 
@@ -75,3 +77,20 @@ def test_without_a_backup_target_every_action_says_what_to_set(capsys: pytest.Ca
         "unknown action 'restore' (one of: backup, archive, backups, restore-test, schedule, status, switchover, "
         "monitor)" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("expression", "seconds"),
+    [("daily", 86400), ("*:0/15", 900), ("hourly", 3600), ("Mon..Fri 02:00", 3 * 86400), ("Sat 03:00", 7 * 86400)],
+)
+def test_the_longest_gap_between_two_runs(expression: str, seconds: float) -> None:
+    assert longest_interval(expression) == seconds
+
+
+@pytest.mark.parametrize(
+    ("expression", "said"),
+    [("every tuesday", "not a systemd calendar time"), ("2020-01-01 00:00", "0 future time")],
+)
+def test_what_is_no_schedule_is_named(expression: str, said: str) -> None:
+    with pytest.raises(ScheduleError, match=said):
+        longest_interval(expression)
