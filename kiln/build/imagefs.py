@@ -38,9 +38,10 @@ def partition_named(disk: Path, name: str) -> int | None:
 
 
 @contextlib.contextmanager
-def mounted(raw: Path, partition: int | None = None) -> Iterator[Path]:
+def mounted(raw: Path, partition: int | None = None, *, writable: bool = False) -> Iterator[Path]:
     """Mount `raw`'s partition number `partition` read-only; by default the root filesystem's (the partition
-    named root, else the first: images before GPT). Raises LookupError when `raw` has no such partition."""
+    named root, else the first: images before GPT). `writable`: read-write, for a copy of an image a test changes
+    before it boots it (never an image as built). Raises LookupError when `raw` has no such partition."""
     sector, parts = _partitions(raw)
     if partition is None:
         partition = next((n for n, part in parts if part.get("name") == ROOT_PARTNAME), None) or 1
@@ -49,11 +50,12 @@ def mounted(raw: Path, partition: int | None = None) -> Iterator[Path]:
         raise LookupError(f"{raw}: no partition {partition} (it has {[n for n, _ in parts]})")
     offset, size = int(found["start"]) * sector, int(found["size"]) * sector
     loop = run(
-        ["losetup", "--find", "--show", "--read-only", "--offset", str(offset), "--sizelimit", str(size), raw]
-    ).stdout.strip()
+        ["losetup", "--find", "--show", *([] if writable else ["--read-only"]), "--offset", str(offset),
+         "--sizelimit", str(size), raw]
+    ).stdout.strip()  # fmt: skip
     mnt = Path(tempfile.mkdtemp(prefix="kiln-img-mnt-"))
     try:
-        run(["mount", "-o", "ro,noload", loop, mnt])
+        run(["mount", "-o", "rw" if writable else "ro,noload", loop, mnt])
         try:
             yield mnt
         finally:

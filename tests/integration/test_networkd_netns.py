@@ -7,7 +7,8 @@ on a host, in the foreground, logging to the console; `ip -j` reads what it conf
 
 What this machine's kernel allows: addresses, routes and MTU on a veth. It has no bond and no 8021q driver
 ("Unknown device type"), so bonds and VLANs are proven here only as far as networkd parsing and loading every
-rendered file without a complaint; creating them needs a VM (Debian's guest kernel has both).
+rendered file without a complaint; tests/e2e/test_image_network.py creates them in a VM (the role image's kernel
+has both).
 """
 
 from __future__ import annotations
