@@ -10,6 +10,7 @@ from typing import Any
 from kiln import mac
 from kiln.model import access, monitoring
 from kiln.model.cluster import (
+    Allow,
     Bmc,
     BmcDriver,
     Bond,
@@ -153,6 +154,10 @@ def host_network(given: dict[str, Any] | None) -> HostNetwork | None:
         vlans=tuple(Vlan(v["id"], addresses(v["addresses"]), v.get("mtu")) for v in given.get("vlans", [])),
         routes=tuple(
             Route(ipaddress.IPv4Network(r["to"]), ipaddress.IPv4Address(r["via"])) for r in given.get("routes", [])
+        ),
+        allow=tuple(
+            Allow(a["direction"], a["proto"], tuple(a["ports"]), tuple(ipaddress.IPv4Network(p) for p in a["peers"]))
+            for a in given.get("allow", [])
         ),
     )
 

@@ -133,6 +133,16 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Allow:
+    """One firewall rule over the host's added addresses and VLANs (roles.yaml hosts[].network.allow)."""
+
+    direction: str  # in | out
+    proto: str  # tcp | udp
+    ports: tuple[int, ...]  # destination ports, in roles.yaml order
+    peers: tuple[ipaddress.IPv4Network, ...]
+
+
+@dataclass(frozen=True)
 class HostNetwork:
     """What roles.yaml hosts[].network declares beyond `mac` and `ip` (kiln/roles/networkd.py renders it)."""
 
@@ -141,6 +151,12 @@ class HostNetwork:
     addresses: tuple[ipaddress.IPv4Interface, ...] = ()  # on kiln0 after `ip`
     vlans: tuple[Vlan, ...] = ()
     routes: tuple[Route, ...] = ()
+    allow: tuple[Allow, ...] = ()
+
+    @property
+    def added_addresses(self) -> tuple[ipaddress.IPv4Interface, ...]:
+        """Every address beyond `ip`: kiln0's added ones, then each VLAN's, in roles.yaml order."""
+        return self.addresses + tuple(a for vlan in self.vlans for a in vlan.addresses)
 
 
 @dataclass(frozen=True)

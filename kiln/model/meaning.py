@@ -376,6 +376,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("duplicate-address", netcheck.duplicate_address),
     ("address-overlap", netcheck.address_overlap),
     ("route", netcheck.routes),
+    ("allow", netcheck.allow),
 )
 
 

@@ -270,3 +270,44 @@ def routes(facts: Facts) -> Found:
                     f"{via} is on none of the host's networks ({_networks(ifaces)})",
                     "a gateway on one of them, or an address on the gateway's network",
                 )
+
+
+def allow(facts: Facts) -> Found:
+    """Each allow rule is about the host's added networks: its peers are off the cluster network (the tier matrix
+    is kiln's) and reached over an added address or VLAN, directly or through a route's gateway there; an `in` rule
+    needs an added address to accept on."""
+    for i, host in _declaring(facts):
+        ifaces = interfaces(facts, i, host)
+        beyond_ip = [(f.name, a.network) for f in ifaces for path, a in f.addresses if not path.endswith(".ip")]
+        added = [net for _, net in beyond_ip]
+        routed = []
+        for route in _list(_section(host).get("routes")):
+            to, via = _cidr(_dict(route).get("to")), _address(_dict(route).get("via"))
+            if to is not None and via is not None and any(via in net for net in added):
+                routed.append(to)
+        for k, rule in enumerate(_list(_section(host).get("allow"))):
+            at = f"$.hosts[{i}].network.allow[{k}]"
+            if _dict(rule).get("direction") == "in" and not added:
+                yield (
+                    f"{at}.direction",
+                    "the host has no address beyond ip to accept on",
+                    "network.addresses or vlans with the addresses the peers reach",
+                )
+            for j, value in enumerate(_list(_dict(rule).get("peers"))):
+                peer = _cidr(value)
+                if peer is None:
+                    continue
+                if facts.subnet is not None and peer.overlaps(facts.subnet):
+                    yield (
+                        f"{at}.peers[{j}]",
+                        f"{peer} overlaps the cluster network {facts.subnet}",
+                        "a network off the cluster's: kiln's tier matrix decides what crosses it",
+                    )
+                elif not any(peer.subnet_of(net) for net in (*added, *routed)):
+                    yield (
+                        f"{at}.peers[{j}]",
+                        f"{peer} is on none of the host's added networks, nor routed through them ("
+                        + (", ".join(dict.fromkeys(f"{net} on {name}" for name, net in beyond_ip)) or "none")
+                        + ")",
+                        "a network of network.addresses or vlans, or a route's `to` through a gateway there",
+                    )

@@ -16,7 +16,7 @@ import jinja2
 from kiln import bundle as b
 from kiln import roles
 from kiln.model import Cluster, Host
-from kiln.roles import common, journal
+from kiln.roles import common, journal, networkd
 from kiln.roles.context import ClusterView, HostContext, cluster_view, host_context
 from kiln.roles.spec import FileSpec, Firewall, RoleSpec
 
@@ -77,9 +77,12 @@ class Renderer:
         role = roles.get(host.role)
         c = host_context(self.cluster, host, self.view)
         sent = journal.parts(self.cluster, host)
+        declared = networkd.firewall(host.network)  # the operator's rules for the host's added networks
         firewall = role.firewall(self.cluster, host, c)
         firewall = replace(
-            firewall, inbound=firewall.inbound + sent.inbound, outbound=firewall.outbound + sent.outbound
+            firewall,
+            inbound=firewall.inbound + sent.inbound + declared.inbound,
+            outbound=firewall.outbound + sent.outbound + declared.outbound,
         )
         variables = {f.name: getattr(c, f.name) for f in fields(c)}  # shallow: peers stay objects
         variables.update(role.context(self.cluster, host, c))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from kiln.model import Host
 from kiln.render import Renderer
-from kiln.roles import common
+from kiln.roles import common, networkd
 from kiln.roles.spec import Rule
 
 
@@ -55,13 +55,15 @@ def summary_markdown(renderer: Renderer) -> str:
         first = cluster.by_role(role_name)[0]
         c, _, role, firewall = renderer.variables(first)
         admin_ports = ", ".join(str(p) for p in (22, c.node_exporter_port, *firewall.admin_ports))
+        declared = networkd.firewall(first.network).inbound  # that host's own, not its role's
+        own = [r for r in firewall.inbound if r not in declared]
         units = sorted({s.unit for s in common.SERVICES + role.services})
         lines += [
             "",
             f"## {role_name}: {role.summary}",
             "",
             f"- hosts: {', '.join(h.name for h in cluster.by_role(role_name))}",
-            f"- listens: {'; '.join(_listens(r) for r in firewall.inbound) or 'nothing beyond the admin ports'}",
+            f"- listens: {'; '.join(_listens(r) for r in own) or 'nothing beyond the admin ports'}",
             f"- admin network: tcp {admin_ports} (SSH, exporters)",
             f"- services: {', '.join(units)}",
         ]

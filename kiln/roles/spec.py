@@ -76,14 +76,15 @@ class ServiceSpec:
 class Rule:
     """One nftables accept rule; `peers` names a tier set ($WEB_NODES) or holds addresses."""
 
-    proto: str  # tcp | vrrp
+    proto: str  # tcp | udp | vrrp
     ports: tuple[int, ...] = ()
     saddr: str = ""
     daddr: str = ""
 
     @property
     def inbound(self) -> str:
-        """The rule in an input chain: new TCP connections, or every packet of another protocol."""
+        """The rule in an input chain: new TCP connections, or every packet of another protocol (UDP's replies are
+        accepted as established by the chain's conntrack rule all the same)."""
         return self.nft + (" ct state new accept" if self.proto == "tcp" else " accept")
 
     @property
@@ -99,9 +100,9 @@ class Rule:
             parts.append(f"ip saddr {self.saddr}")
         if self.daddr:
             parts.append(f"ip daddr {self.daddr}")
-        if self.proto == "tcp":
+        if self.proto in ("tcp", "udp"):
             ports = str(self.ports[0]) if len(self.ports) == 1 else "{ " + ", ".join(map(str, self.ports)) + " }"
-            parts.insert(0, f"tcp dport {ports}")
+            parts.insert(0, f"{self.proto} dport {ports}")
         return " ".join(parts)
 
 

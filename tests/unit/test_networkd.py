@@ -31,6 +31,9 @@ WEB1 = """  - name: web1
         - {to: 10.50.0.0/16, via: 10.0.0.1}
         - {to: 10.60.0.0/16, via: 10.20.1.1}
         - {to: 10.70.0.0/16, via: 10.10.0.254}
+      allow:
+        - {direction: in, proto: udp, ports: [514, 6514], peers: [10.20.0.0/24, 10.50.0.0/16]}
+        - {direction: out, proto: tcp, ports: [3260], peers: [10.0.0.9/32]}
 """
 WEB2 = """  - name: web2
     role: web
@@ -203,3 +206,17 @@ def test_a_vlan_without_an_mtu_of_its_own_gets_kiln0s(bundles: dict[str, Bundle]
     files = networkd(bundles["db2"])
     assert files["10-kiln0.network"]["Link"]["MTUBytes"] == "9000"
     assert files["10-kiln0.40.network"]["Link"]["MTUBytes"] == "9000"
+
+
+def test_allow_rules_accept_on_the_added_addresses_only_and_reach_the_peers(bundles: dict[str, Bundle]) -> None:
+    def ruleset(host: str) -> list[str]:
+        [f] = [f for f in bundles[host].files if f.path == "/etc/nftables.conf"]
+        return [line.strip() for line in f.content.splitlines()]
+
+    added = "{ 10.0.0.21, 10.20.0.21, 10.20.1.21 }"  # kiln0's added address, then the VLAN's: never ip
+    rules = ruleset("web1")
+    inbound = f"udp dport {{ 514, 6514 }} ip saddr {{ 10.20.0.0/24, 10.50.0.0/16 }} ip daddr {added} accept"
+    assert rules.index(inbound) < rules.index("chain output {"), "in the input chain"
+    assert rules.index("tcp dport 3260 ip daddr 10.0.0.9/32 accept") > rules.index("chain output {")
+    web2 = ruleset("web2")
+    assert not [r for r in web2 if "514" in r or "3260" in r], "a host without allow gets none"
