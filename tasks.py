@@ -303,7 +303,7 @@ def freeze(c, force=False):
 @task(
     positional=["action"],
     help={
-        "action": "up, status, verify, audit, chaos, failover, down or ssh",
+        "action": "up, status, verify, audit, chaos, roll, failover, down or ssh",
         "host": "ssh: the host to open a shell on; audit: only these hosts, comma-separated (default: every host)",
         "boot": "up: pxe (empty disks, network install; the default) or disk (overlays of the built images)",
         "firmware": "up: bios (SeaBIOS, the default), uefi (OVMF) or secureboot (OVMF, Secure Boot enforcing)",
@@ -313,7 +313,7 @@ def freeze(c, force=False):
     },
 )
 def lab(c, action, host="", boot="pxe", timeout=1800.0, roles=None, checks="", firmware="bios"):
-    """The reference cluster in QEMU here; ACTION: up, status, verify, audit, chaos, failover, down, ssh (--host H)."""
+    """The reference cluster in QEMU here; ACTION: up, status, verify, audit, chaos, roll, failover, down, ssh."""
     from kiln.lab import cli as lab_cli
 
     if action not in lab_cli.ACTIONS:

@@ -147,21 +147,16 @@ def scale(lab: Lab) -> int:
 
 
 def roll(lab: Lab, roles: list[str]) -> tuple[int, list[dict[str, object]]]:
-    """`./inv roll --role ROLE --lab` for each of `roles` under the request loop (kiln.lab.rolldrill): each host's
-    roll seconds, and the requests that failed through the VIP meanwhile."""
-    from kiln.lab.rolldrill import drill_roll
-    from kiln.roll import state
+    """`./inv lab roll`'s drills for each of `roles` (kiln.lab.rolldrill): each host's roll seconds, and what each
+    roll measured (failed requests through the VIP, the VIP's silence and moves, the image the hosts run)."""
+    from kiln.lab.rolldrill import rolls
 
-    project = Project()
-    code, figures = 0, []
-    for role in roles:
-        result = drill_roll(lab, project, role)
-        code |= 0 if result.works else 1
-        run = state.load(project.state / "roll.json")
-        for host, record in run.hosts.items() if run else ():
-            if record.status == state.DONE:
-                figures.append({"name": f"roll --role {role}: {host}", "value": round(record.seconds), "unit": "s"})
-        figures.append({"name": f"roll --role {role}", "value": result.measured, "goal": result.goal})
+    code = rolls(lab, Project(), tuple(roles))
+    figures: list[dict[str, object]] = []
+    for record in json.loads((lab.root / "roll.json").read_text()):
+        for host, seconds in record["seconds"].items():
+            figures.append({"name": f"roll --role {record['role']}: {host}", "value": round(seconds), "unit": "s"})
+        figures.append({"name": record["drill"], "value": record["measured"], "goal": record["goal"]})
     return code, figures
 
 

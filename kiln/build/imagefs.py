@@ -37,18 +37,35 @@ def partition_named(disk: Path, name: str) -> int | None:
     return next((number for number, part in _partitions(disk)[1] if part.get("name") == name), None)
 
 
-@contextlib.contextmanager
-def mounted(raw: Path, partition: int | None = None, *, writable: bool = False) -> Iterator[Path]:
-    """Mount `raw`'s partition number `partition` read-only; by default the root filesystem's (the partition
-    named root, else the first: images before GPT). `writable`: read-write, for a copy of an image a test changes
-    before it boots it (never an image as built). Raises LookupError when `raw` has no such partition."""
+def _span(raw: Path, partition: int | None) -> tuple[int, int]:
+    """(offset, size) in bytes of `raw`'s partition number `partition`, by default the root filesystem's (the
+    partition named root, else the first: images before GPT). Raises LookupError when `raw` has no such partition."""
     sector, parts = _partitions(raw)
     if partition is None:
         partition = next((n for n, part in parts if part.get("name") == ROOT_PARTNAME), None) or 1
     found = next((part for n, part in parts if n == partition), None)
     if found is None:
         raise LookupError(f"{raw}: no partition {partition} (it has {[n for n, _ in parts]})")
-    offset, size = int(found["start"]) * sector, int(found["size"]) * sector
+    return int(found["start"]) * sector, int(found["size"]) * sector
+
+
+def root_uuid(raw: Path) -> str:
+    """The UUID of `raw`'s root filesystem (blkid's low-level probe at its offset): each build makes the filesystem
+    anew, so it names the build a host was installed from (`findmnt -no UUID /` on the host). Raises LookupError
+    when there is no root partition or no filesystem UUID in it."""
+    offset, size = _span(raw, None)
+    probed = run(["blkid", "-p", "-O", str(offset), "-S", str(size), "-o", "value", "-s", "UUID", raw], check=False)
+    if not probed.stdout.strip():
+        raise LookupError(f"{raw}: blkid finds no filesystem UUID in the root partition (at byte {offset})")
+    return probed.stdout.strip()
+
+
+@contextlib.contextmanager
+def mounted(raw: Path, partition: int | None = None, *, writable: bool = False) -> Iterator[Path]:
+    """Mount `raw`'s partition number `partition` read-only; by default the root filesystem's (the partition
+    named root, else the first: images before GPT). `writable`: read-write, for a copy of an image a test changes
+    before it boots it (never an image as built). Raises LookupError when `raw` has no such partition."""
+    offset, size = _span(raw, partition)
     loop = run(
         ["losetup", "--find", "--show", *([] if writable else ["--read-only"]), "--offset", str(offset),
          "--sizelimit", str(size), raw]

@@ -14,7 +14,7 @@ from kiln.lab.firmware import check as check_firmware
 from kiln.lab.layout import Lab
 from kiln.project import Project
 
-ACTIONS = ("up", "status", "verify", "audit", "chaos", "failover", "down", "ssh")
+ACTIONS = ("up", "status", "verify", "audit", "chaos", "roll", "failover", "down", "ssh")
 
 
 def lab_of(project: Project) -> Lab | None:
@@ -116,6 +116,10 @@ def run(
         from kiln.lab.chaos import chaos
 
         return chaos(lab)
+    if action == "roll":
+        from kiln.lab.rolldrill import rolls
+
+        return rolls(lab, project)
     if action == "failover":
         from kiln.lab.failover import failover
 

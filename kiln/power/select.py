@@ -53,6 +53,10 @@ def _lab(cluster: Cluster, name: str, roles_file: Path | None) -> Chassis:
         if not lab.disk(host).exists():
             raise PowerError(f"{name}: the lab has no VM for it yet (no {lab.disk(host)}): ./inv lab up makes it")
         netns.enter()
-        vm.start(lab, host, lifecycle.boot_mode(lab), pxe_once=pxe_once)
+        boot = lifecycle.boot_mode(lab)
+        if pxe_once and boot == vm.DISK:  # the lab's install, as its disk boot has no installer (vm.reinstall)
+            vm.reinstall(lab, host)
+        else:
+            vm.start(lab, host, boot, pxe_once=pxe_once)
 
     return LabVm(name, lab.qmp(host), start, running=lambda: vm.running(lab, host))

@@ -20,6 +20,7 @@ from kiln.lab import access, dnsmasq, firmware, probe, vm
 from kiln.lab.audit import parse_report
 from kiln.lab.layout import Lab, tap_name
 from kiln.lab.verify import results
+from kiln.model import Host
 from kiln.project import Project
 from kiln.render import render
 from kiln.run import run
@@ -118,18 +119,25 @@ def test_overlays_sit_on_the_labs_own_link_and_survive_a_rebuild(tmp_path: Path)
         pytest.skip("needs qemu-img")
     lab = _lab()
     lab = Lab(lab.cluster, root=tmp_path / "lab", images=tmp_path / "images")
-    host = lab.cluster.host("web1")
+    web1, web2 = lab.cluster.host("web1"), lab.cluster.host("web2")
     image = lab.images / "web" / "web.qcow2"
     image.parent.mkdir(parents=True)
     run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"])
-    vm.make_disk(lab, host, vm.DISK)
-    info = json.loads(run(["qemu-img", "info", "--output=json", str(lab.disk(host))]).stdout)
-    link = lab.disks / "base-web.qcow2"
-    assert info["backing-filename"] == str(link) and link.stat().st_ino == image.stat().st_ino
+
+    def backing(host: Host) -> Path:
+        info = json.loads(run(["qemu-img", "info", "--output=json", str(lab.disk(host))]).stdout)
+        return Path(info["backing-filename"])
+
+    vm.make_disk(lab, web1, vm.DISK)
+    first = backing(web1)
+    assert first.parent == lab.disks and first.stat().st_ino == image.stat().st_ino
     rebuilt = image.with_suffix(".new")
     run(["qemu-img", "create", "-q", "-f", "qcow2", str(rebuilt), "32M"])
     rebuilt.replace(image)  # what a rebuild does
-    assert link.stat().st_ino != image.stat().st_ino, "the lab keeps the image its overlays were made on"
+    assert first.stat().st_ino != image.stat().st_ino, "the lab keeps the image web1's overlay was made on"
+    vm.make_disk(lab, web2, vm.DISK)  # a disk made after the rebuild (a reinstall): on the new image
+    assert backing(web2) != first and backing(web2).stat().st_ino == image.stat().st_ino
+    assert backing(web1) == first and first.exists(), "web1's overlay still sits on the image it was made on"
 
 
 def test_lab_up_names_the_missing_packages_before_starting_anything(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -521,3 +529,22 @@ def test_a_secure_boot_vm_pxe_boots_with_ovmfs_own_pxe_and_no_ipxe_rom(
         assert ("romfile=" in nic.split(",")) is rom, (name, nic)
         assert f"name=opt/org.tianocore/IPv4PXESupport,string={pxe}" in argv, name
         assert "name=opt/org.tianocore/IPv6PXESupport,string=n" in argv, name
+
+
+def test_the_roll_drill_counts_vip_moves_and_judges_each_roll() -> None:
+    from kiln.lab.rolldrill import Rolled, result, vip_moves
+
+    seen = [(0.0, ("lb1",)), (5.0, ()), (9.0, ("lb2",)), (80.0, ("lb1", "lb2")), (82.0, ("lb1",)), (300.0, ("lb1",))]
+    assert vip_moves(seen) == 2, "none and both are no move of their own: lb1 -> lb2 -> lb1"
+    assert vip_moves([(0.0, ("lb1",)), (3.0, ("lb2",)), (6.0, ("lb1",)), (9.0, ("lb2",))]) == 3
+    assert vip_moves([]) == 0
+    fine = Rolled(0, {"lb1": 190.0, "lb2": 170.0}, failed=0, total=400, outage=1.0, silent=2.0, moves=2)
+    on = {"lb1": "u-new", "lb2": "u-new"}
+    got = result("lb", fine, "u-new", on)
+    assert got.works and got.goal_met and "lb1 190 s, lb2 170 s" in got.measured and "all on u-new" in got.measured
+    stale = result("web", Rolled(0, {"web1": 200.0}, 0, 10, 0.0, 0.0, 0), "u-new", {"web1": "u-new", "web2": "u-old"})
+    assert not stale.works and "web2 not on the image's root filesystem u-new" in stale.measured
+    assert not result("lb", Rolled(0, {}, 0, 10, 0.0, 0.0, moves=3), "u", {}).works, "the VIP moved a third time"
+    assert not result("web", Rolled(1, {}, 0, 10, 0.0, 0.0, 0), "u", {}).works, "the roll exited non-zero"
+    missed = result("lb", Rolled(0, {}, failed=0, total=10, outage=0.0, silent=6.0, moves=2), "u", {})
+    assert missed.works and not missed.goal_met, "a long silence is a missed goal, reported, not a failure"
