@@ -11,11 +11,11 @@ and initrd.
 GRUB's `linux` has shim verify the kernel: the installer's kernel is Debian's signed one; the initrd is not
 verified (what it installs is pinned by the sha256 on the command line, as with iPXE).
 
-A machine told to wait sleeps RETRY_SECONDS, then reads its config again (`configfile`, which nests: each retry
-keeps the one before on GRUB's stack; GRUB script has no loop over a fetch, and a reboot per retry would cost a
-server's POST each time. How much memory days of retries take is not measured). An installed host's
-config chainloads the shim on its local disk (the role image's ESP, EFI/BOOT/BOOTX64.EFI) through the firmware,
-which Secure Boot checks (disk_config says why not `exit`).
+The stub loops: it reads the machine's config (`source`), and when that returns (a machine told to wait, a fetch
+that failed, a kernel that did not start) it sleeps RETRY_SECONDS and reads it again, so no failure leaves the
+machine at GRUB's prompt and a wait of days keeps one level of GRUB's stack (a config that read the next one
+itself would nest). An installed host's config chainloads the shim on its local disk (the role image's ESP,
+EFI/BOOT/BOOTX64.EFI) through the firmware, which Secure Boot checks (disk_config says why not `exit`).
 """
 
 from __future__ import annotations
@@ -38,11 +38,6 @@ def quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
-def again() -> str:
-    """Read this machine's config again, by the MAC of the NIC GRUB booted from, on the TFTP server it reads from."""
-    return f"configfile /{CONFIG_DIR}/${{net_default_mac}}"
-
-
 def _config(lines: list[str]) -> str:
     return "\n".join(["# kiln: this machine's GRUB config (kiln/server/grub.py)", *lines]) + "\n"
 
@@ -51,8 +46,9 @@ def _echo(text: str) -> str:
     return "echo " + quote(f"kiln: {text}")
 
 
-def retry_config(lines: list[str] | tuple[str, ...], seconds: int = RETRY_SECONDS) -> str:
-    return _config([*(_echo(line) for line in lines), _echo(f"retrying in {seconds} s"), f"sleep {seconds}", again()])
+def retry_config(lines: list[str] | tuple[str, ...]) -> str:
+    """Say why, and return to the stub's loop, which asks again in RETRY_SECONDS."""
+    return _config([*(_echo(line) for line in lines), _echo(f"asking again in {RETRY_SECONDS} s")])
 
 
 def install_config(plan: Install) -> str:
@@ -64,6 +60,7 @@ def install_config(plan: Install) -> str:
             " ".join(["linux", KERNEL, *(quote(a) for a in install_args(plan))]),
             f"initrd {INITRD}",
             "boot",
+            _echo(f"the installer did not start; asking again in {RETRY_SECONDS} s"),  # back to the stub's loop
         ]
     )
 
@@ -100,10 +97,16 @@ def config(plan: Plan) -> str:
 
 
 def stub(server: str | None = None) -> str:
-    """grub/grub.cfg, what GRUB reads first: on to this machine's config. `server`: kiln serve's TFTP address when
-    another TFTP server hands out shim and GRUB (an operator's own); None when kiln serve's TFTP does it all."""
+    """grub/grub.cfg, what GRUB reads first: this machine's config from kiln, again every RETRY_SECONDS for as long
+    as the config returns (module docstring). `server`: kiln serve's TFTP address when another TFTP server hands
+    out shim and GRUB (an operator's own); None when kiln serve's TFTP does it all."""
     lines = ["# kiln: Debian's signed GRUB reads this first; each machine's own config comes from kiln serve"]
     if server is not None:
         lines.append(f"set root=(tftp,{server})")
-    lines.append(again())
+    lines += [
+        "while true; do",
+        f"    source /{CONFIG_DIR}/${{net_default_mac}}",
+        f"    sleep {RETRY_SECONDS}",
+        "done",
+    ]
     return "\n".join(lines) + "\n"

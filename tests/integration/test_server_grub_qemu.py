@@ -4,7 +4,8 @@ network namespace of the test's own. OVMF's PXE gets shimx64.efi from kiln serve
 iPXE ROM: Secure Boot would refuse it), shim loads Debian's signed GRUB, GRUB asks kiln for kiln/grub/MAC and boots
 the installer's Debian-signed kernel, which starts with Secure Boot on; the installer installs and reports over
 HTTPS, reboots, and the next network boot's config chainloads the installed disk's shim, which starts its GRUB:
-Secure Boot lets each of them run."""
+Secure Boot lets each of them run. The first config GRUB gets says wait (the web image's manifest is held back):
+the stub's loop asks again and installs once it is there."""
 
 from __future__ import annotations
 
@@ -182,6 +183,8 @@ def test_secure_boot_machine_installs_through_shim_and_grub(lab: Lab, namespace:
         return json.loads(out)
 
     run(["qemu-img", "create", "-q", "-f", "qcow2", str(lab.disk(web1)), "16M"])
+    manifest = lab.images / "web" / "manifest.json"
+    held = manifest.rename(manifest.with_suffix(".held"))  # not built yet: the first config says wait
     command = vm.argv(lab, web1, vm.PXE)
     assert any("romfile=" in arg for arg in command), "the lab's Secure Boot VM has no iPXE ROM"
     started = time.monotonic()
@@ -191,7 +194,11 @@ def test_secure_boot_machine_installs_through_shim_and_grub(lab: Lab, namespace:
     def seen(marker: bytes) -> bool:
         return serial.exists() and marker in serial.read_bytes()
 
+    # GRUB is told to wait, its config returns to the stub's loop, which asks again RETRY_SECONDS later
+    wait_until(lambda: seen(b"kiln: cannot install web1 yet:"), 300, "GRUB told to wait", serial)
+    held.rename(manifest)
     wait_until(lambda: seen(b"Kernel command line:"), 300, "the installer's kernel", serial)
+    assert serial.read_bytes().count(b"kiln: asking again in 30 s") == 1, "one wait, then the install"
     kernel_started = time.monotonic() - started
     text = serial.read_bytes()
     assert b"NBP filename is shimx64.efi" in text, "OVMF's own PXE fetched shim"

@@ -24,14 +24,16 @@ def test_install_config_boots_the_installer_over_tftp_with_the_ipxe_command_line
     ipxe_kernel = next(line for line in ipxe.script(plan, "http://x").splitlines() if line.startswith("kernel "))
     assert kernel.split()[0:2] == ["linux", "/images/installer/vmlinuz"]
     assert kernel.split()[2:] == [a for a in ipxe_kernel.split()[2:] if a != "initrd=initrd.img"]
-    assert lines[-2:] == ["initrd /images/installer/initrd.img", "boot"]
+    assert lines[-3:-1] == ["initrd /images/installer/initrd.img", "boot"]
+    assert lines[-1].startswith("echo 'kiln: the installer did not start"), "a failed boot returns to the loop"
     assert "echo 'kiln: installing db2 (role db)" in grub.config(plan)
 
 
-def test_unknown_machine_waits_then_reads_its_config_again() -> None:
+def test_unknown_machine_is_told_why_and_returns_to_the_stubs_loop() -> None:
     lines = grub.config(Unknown("52:54:00:00:00:01")).splitlines()
     assert "not in roles.yaml" in lines[1] and "52:54:00:00:00:01" in lines[1]
-    assert lines[-2:] == ["sleep 30", "configfile /kiln/grub/${net_default_mac}"]
+    assert lines[-1] == "echo 'kiln: asking again in 30 s'", "no sleep, no config of its own: the stub loops"
+    assert not [line for line in lines if line.startswith(("sleep", "configfile", "source"))]
 
 
 def test_installed_host_chainloads_the_shim_on_its_disk(cluster: Cluster) -> None:
@@ -53,12 +55,12 @@ def test_messages_are_literal_in_grub(cluster: Cluster) -> None:
     assert grub.quote("kiln.url=https://10.10.0.1:8443") == "kiln.url=https://10.10.0.1:8443"
 
 
-def test_stub_sends_grub_on_to_kiln() -> None:
-    assert grub.stub().splitlines()[1:] == ["configfile /kiln/grub/${net_default_mac}"]
-    assert grub.stub("10.10.0.1").splitlines()[1:] == [
-        "set root=(tftp,10.10.0.1)",
-        "configfile /kiln/grub/${net_default_mac}",
-    ]
+def test_stub_asks_kiln_in_a_loop() -> None:
+    """Whatever a config does when it returns (a wait, a failed fetch, a kernel that did not start), GRUB asks again
+    RETRY_SECONDS later, never stopping at its prompt, at one level of its stack."""
+    loop = ["while true; do", "    source /kiln/grub/${net_default_mac}", "    sleep 30", "done"]
+    assert grub.stub().splitlines()[1:] == loop
+    assert grub.stub("10.10.0.1").splitlines()[1:] == ["set root=(tftp,10.10.0.1)", *loop]
 
 
 def test_layout_writes_the_signed_chain_and_the_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
