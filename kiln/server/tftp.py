@@ -9,18 +9,23 @@ tftpy 0.8.7 needs and does not say, done here for it:
 
 - the file object it gets must have a name and a descriptor: it flock-unlocks it when the transfer ends, and a
   BytesIO there ends its whole loop. Bytes are handed over in an unnamed temporary file.
-- an exception out of the hook, or a malformed request (`blksize` that is not a number), also ends its loop: the
-  hook never raises, and a loop that ends other than by stop() is logged and listens again on the same port (the
-  transfers under way then are dropped; their clients ask again).
+- an exception out of the hook, or a malformed request (a `blksize` that is not a number, a name or option that
+  is not ASCII), also ends its loop, and with it every transfer under way: the hook never raises, and each session
+  is a `_Session`, which turns any error of a request into the TftpException tftpy ends that session alone for. A
+  loop that ends all the same (a fault not seen yet) is logged and listens again on the same port.
+- a session whose client was silent for TIMEOUT counts a timeout at each turn of tftpy's loop, so with other
+  transfers under way a late ACK lost the transfer within milliseconds: `_Session` counts one per TIMEOUT.
 - it logs each packet at INFO, and a client's expected moves (a name it probes and lacks, an abort after the size)
   as errors: its logger is kept to CRITICAL, and this module logs one line per request.
 
-tftpy's sockets are IPv4 only, and one thread serves every transfer (the hook blocks it while it decides).
+tftpy's sockets are IPv4 only, and one thread serves every transfer (the hook blocks it while it decides). The
+session class is set on tftpy's server module at import: tftpy has no parameter for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import socket
@@ -32,16 +37,49 @@ from pathlib import Path
 from typing import IO, Any
 
 import tftpy
+from tftpy.TftpContexts import TftpContextServer
+from tftpy.TftpShared import TftpException, TftpTimeout
 
 LOG = logging.getLogger("kiln.server")
 # A block is resent when its ACK has not come within TIMEOUT (also how long tftpy's loop waits for a packet); a
-# transfer is dropped at its RETRIES-th timeout in a row. tftpy counts a timeout at each turn of its loop once the
-# client has been silent for TIMEOUT, so with other transfers under way a silent client is dropped within a few of
-# their packets: TIMEOUT is long enough for an emulated machine's slow ACK.
+# transfer is dropped at its RETRIES-th timeout in a row (_Session counts one per TIMEOUT): a client silent for
+# 15 s. TIMEOUT is long enough for an emulated machine's slow ACK.
 TIMEOUT = 3.0
 RETRIES = 5
 BOUND_WITHIN = 5.0  # seconds for the listener to bind its socket
 STOPPED_WITHIN = 10.0  # seconds for tftpy's loop to end (a hook may be deciding: netboot waits 5 s at most)
+
+
+class _Session(TftpContextServer):
+    """tftpy 0.8.7's server session with two faults mended (module docstring): a request it cannot parse ends this
+    session, not the server's loop; a silent client's timeouts are counted once per TIMEOUT."""
+
+    def start(self, buffer: bytes) -> None:
+        try:
+            super().start(buffer)
+        except TftpException:
+            raise
+        except Exception as e:  # UnicodeDecodeError, ValueError, struct.error: a malformed packet
+            raise TftpException(f"malformed request: {type(e).__name__}: {e}") from e
+
+    def cycle(self) -> None:
+        try:
+            super().cycle()
+        except TftpException:
+            raise
+        except Exception as e:
+            raise TftpException(f"malformed packet: {type(e).__name__}: {e}") from e
+
+    def checkTimeout(self, now: float) -> None:  # tftpy's name
+        if self.timeout_expectACK or now - self.last_update > self.timeout:  # type: ignore[has-type]
+            # counted now, resent by tftpy's loop; the next one only after another TIMEOUT of silence
+            self.timeout_expectACK = False
+            self.last_update = now
+            raise TftpTimeout("Timeout waiting for traffic")
+
+
+# what tftpy's loop makes each session with (its module, which the package's TftpServer class shadows)
+importlib.import_module("tftpy.TftpServer").TftpContextServer = _Session  # type: ignore[attr-defined]
 
 
 class NotFound(Exception):

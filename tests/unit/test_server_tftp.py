@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.server import netboot, tftp
+from kiln.server import grub, netboot, tftp
 from kiln.server.inputs import BadInput
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
@@ -129,16 +129,72 @@ def test_unknown_names_are_not_found_and_writes_are_refused(
     assert fetch(listener.port, "vmlinuz")[0] == KERNEL, "still serving"
 
 
-def test_a_malformed_request_does_not_stop_the_listener(
+MALFORMED = (
+    request(RRQ, "vmlinuz") + b"blksize\0many\0",  # a block size that is no number
+    struct.pack("!H", RRQ) + b"\xe9\0octet\0",  # a name that is not ASCII
+    request(RRQ, "vmlinuz") + b"blksize\0\xff\0",  # an option value that is not ASCII
+    struct.pack("!H", RRQ) + b"vmlinuz",  # no terminating zero, no mode
+    b"\0",  # shorter than an opcode
+    struct.pack("!H", 9) + b"x\0",  # no such opcode
+)
+
+
+def test_a_malformed_request_ends_itself_not_the_transfers_under_way(
     serve, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A block size that is no number ends tftpy 0.8.7's loop (ValueError): the listener listens again."""
+    """Each packet alone, with a transfer half done: that transfer goes on to its end, the listener never restarts
+    (tftpy 0.8.7's loop would have ended at the first three, dropping every transfer under way)."""
     listener = serve(_files(tmp_path))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for packet in (request(RRQ, "vmlinuz") + b"blksize\0many\0", b"\0", struct.pack("!H", 9) + b"x\0"):
-            sock.sendto(packet, ("127.0.0.1", listener.port))
-    assert fetch(listener.port, "vmlinuz", blksize=512)[0] == KERNEL, "listening again within the client's retries"
-    assert "tftpy's loop failed (ValueError" in caplog.text
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as bad,
+    ):
+        client.settimeout(5)
+        client.sendto(request(RRQ, "vmlinuz"), ("127.0.0.1", listener.port))
+        content, block = b"", 1
+        for packet in MALFORMED:
+            data, server = client.recvfrom(65536)
+            assert struct.unpack("!HH", data[:4]) == (DATA, block)
+            content += data[4:]
+            bad.sendto(packet, ("127.0.0.1", listener.port))
+            time.sleep(0.2)  # tftpy's loop reads it before the ACK below
+            client.sendto(struct.pack("!HH", ACK, block), server)
+            block += 1
+        for _ in range(1000):
+            data, server = client.recvfrom(65536)
+            content += data[4:]
+            client.sendto(struct.pack("!HH", ACK, struct.unpack("!H", data[2:4])[0]), server)
+            if len(data) - 4 < 512:
+                break
+    assert content == KERNEL, "the transfer under way went on through every malformed packet"
+    assert "tftpy's loop failed" not in caplog.text, "the listener never had to listen again"
+    assert fetch(listener.port, "config")[0] == CONFIG
+
+
+def test_a_late_ack_is_one_timeout_while_other_transfers_run(serve, tmp_path: Path) -> None:
+    """A client silent for one TIMEOUT gets its block again and goes on, while another transfer keeps tftpy's loop
+    turning (0.8.7 counted a timeout at each turn: RETRIES turns in milliseconds, and the transfer was dropped)."""
+    listener = serve(_files(tmp_path))
+    busy = threading.Event()
+
+    def other_transfers() -> None:
+        while not busy.is_set():
+            fetch(listener.port, "vmlinuz", blksize=512)
+
+    background = threading.Thread(target=other_transfers, daemon=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as slow:
+        slow.settimeout(10)
+        slow.sendto(request(RRQ, "config"), ("127.0.0.1", listener.port))
+        first, server = slow.recvfrom(65536)
+        background.start()
+        time.sleep(tftp.TIMEOUT + 1.5)  # late: one timeout, one resend of block 1
+        again, _ = slow.recvfrom(65536)
+        assert again == first, "block 1 resent once the client was silent for TIMEOUT"
+        slow.sendto(struct.pack("!HH", ACK, 1), server)
+        second, _ = slow.recvfrom(65536)
+        busy.set()
+        background.join(30)
+    assert struct.unpack("!HH", second[:4]) == (DATA, 2), "the transfer went on"
 
 
 def test_stop_closes_the_sockets_and_ends_the_thread(tmp_path: Path) -> None:
@@ -206,7 +262,7 @@ def test_tftp_files_name_what_is_served(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(netboot, "CONFIG_WITHIN", 0.5)
     files = netboot.TftpFiles(object(), tmp_path / "images", loop)  # type: ignore[arg-type]
     assert files("/shimx64.efi", "10.0.0.5") == shim and files("./grubx64.efi", "10.0.0.5") == grubnet
-    assert files("grub/grub.cfg", "10.0.0.5").decode().endswith("configfile /kiln/grub/${net_default_mac}\n")
+    assert files("grub/grub.cfg", "10.0.0.5").decode() == grub.stub()
     assert files("kiln/grub/52:54:00:10:00:21", "10.0.0.5") == b"config of 52:54:00:10:00:21\n"
     assert asked == [("52:54:00:10:00:21", "10.0.0.5", True)], "decided on the server's loop"
     with pytest.raises(tftp.NotFound, match="not a MAC"):
