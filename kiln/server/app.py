@@ -241,14 +241,15 @@ async def boot_ipxe(request: Request) -> Response:
     return _ipxe(ipxe.boot_script(_reached_as(request).http_base))
 
 
-async def boot_plan(p: Provisioner, mac: str, installer: ipxe.Installer, client: str, what: str) -> Plan:
+async def boot_plan(p: Provisioner, mac: str, installer: ipxe.Installer, client: str, what: str, action: str) -> Plan:
     """What the machine with `mac` (as parse_mac returns it) boots, asked by `client` (its address) for its boot
-    loader's `what` ("iPXE script", "GRUB config"): the one decision both syntaxes render. Records what the state
-    shows: an unknown machine, an installer served (the image's digest: which build a host installed)."""
+    loader's `what` ("script", "GRUB config", in the timeline) through `action` ("ipxe", "grub": the metrics' label):
+    the one decision both syntaxes render. Records what the state shows: an unknown machine, an installer served
+    (the image's digest: which build a host installed)."""
     host = p.host_by_mac(mac)
     if host is None:
         await p.state(p.store.note_unknown, mac)
-        p.metrics.refused("ipxe", "unknown_machine")
+        p.metrics.refused(action, "unknown_machine")
         LOG.info("unknown machine %s asked for its %s", mac, what)
         return Unknown(mac)
     if await p.state(p.store.is_installed, host.name):
@@ -282,7 +283,7 @@ async def host_ipxe(request: Request) -> Response:
     except BadInput as e:
         return _ipxe(f"#!ipxe\necho kiln: {e}\nexit 1\n".replace("$", ""), 400)
     installer = _reached_as(request)
-    plan = await boot_plan(p, mac, installer, peer(request), "script")
+    plan = await boot_plan(p, mac, installer, peer(request), "script", "ipxe")
     return _ipxe(ipxe.script(plan, installer.http_base))
 
 
@@ -294,7 +295,7 @@ async def grub_config(p: Provisioner, mac_text: str | None, client: str) -> str:
         p.metrics.refused("grub", "rate_limited")
         return grub.retry_config(["too many boot requests from this address"])
     mac = parse_mac(mac_text)
-    return grub.config(await boot_plan(p, mac, p.installer, client, "GRUB config"))
+    return grub.config(await boot_plan(p, mac, p.installer, client, "GRUB config", "grub"))
 
 
 async def host_grub(request: Request) -> Response:

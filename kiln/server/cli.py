@@ -105,12 +105,13 @@ def reprovision_command(project: Project, *, host: str, database: str | None = N
 
 def tftp_root_command(out: Path, server: str | None) -> int:
     """`./inv tftp-root`: netboot.layout into `out`, one line per file; 1 with the apt command when this machine lacks
-    Debian's signed shim or GRUB, or when `server` is not an IP address (GRUB's tftp device takes an address)."""
+    Debian's signed shim or GRUB, or when `server` is not an IPv4 address (GRUB's tftp device takes an address, and
+    the listener is IPv4 only)."""
     if server is not None:
         try:
-            ipaddress.ip_address(server)
+            ipaddress.IPv4Address(server)
         except ValueError:
-            print(f"--server {server!r}: expected the IP address kiln serve's TFTP listens on", file=sys.stderr)
+            print(f"--server {server!r}: expected the IPv4 address kiln serve's TFTP listens on", file=sys.stderr)
             return 1
     try:
         written = netboot.layout(out, server)

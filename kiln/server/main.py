@@ -125,6 +125,11 @@ def _uvicorn_config(app: Any, refused: Callable[[str, str], None], **tls: Any) -
 
 def serve(config: ServerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if config.tftp_listen is not None:  # said before any key is made or any bundle rendered
+        try:
+            netboot.signed_files()
+        except netboot.Missing as e:
+            raise ConfigError(f"--tftp-listen: {e}") from None
     cluster = config.cluster
     store_keys = SecretStore(config.secrets)
     created = store_keys.ensure(cluster)
@@ -194,6 +199,9 @@ def serve(config: ServerConfig) -> int:
         tftp_listener = _start_tftp(config, provisioner, loop)
     except ConfigError:
         loop.close()
+        http_sock.close()
+        tls_sock.close()
+        store.close()
         raise
     lines = [
         f"kiln serve: cluster {cluster.name}, {len(cluster.hosts)} hosts, generation {generation}, "

@@ -53,8 +53,8 @@ def signed_files() -> dict[str, Path]:
 
 
 def layout(directory: Path, server: str | None = None) -> list[Path]:
-    """Write shimx64.efi, grubx64.efi and grub/grub.cfg into `directory` (created when missing; files written only
-    when their content changes). `server`: kiln serve's TFTP address, which grub.cfg then sends GRUB to (another
+    """Write shimx64.efi, grubx64.efi and grub/grub.cfg into `directory` (created when missing; each file replaced
+    whole, atomically). `server`: kiln serve's TFTP address, which grub.cfg then sends GRUB to (another
     TFTP server serves these three); None when kiln serve's TFTP serves them itself. Returns the paths written
     or already up to date. Raises Missing as signed_files does."""
     written = []

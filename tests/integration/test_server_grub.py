@@ -107,10 +107,12 @@ def test_an_armed_host_gets_the_installer_over_tftp(server: RunningServer) -> No
 def test_an_unknown_machine_waits_and_shows_on_the_dashboard(server: RunningServer) -> None:
     config = fetched(server, "kiln/grub/52:54:00:0a:0b:0c").decode()
     assert "MAC 52:54:00:0a:0b:0c) is not in roles.yaml" in config and "linux" not in config
-    assert config.rstrip().splitlines()[-2:] == ["sleep 30", "configfile /kiln/grub/${net_default_mac}"]
+    assert config.rstrip().splitlines()[-1] == "echo 'kiln: asking again in 30 s'"
     with server.client() as c:
         unknown = c.get(f"{server.tls_url}/v1/hosts").json()["unknown_machines"]
     assert "52:54:00:0a:0b:0c" in [u["mac"] for u in unknown]
+    metrics = httpx.get(f"{server.http_url}/metrics").text  # counted as GRUB's, not iPXE's
+    assert 'kiln_server_refusals_total{action="grub",reason="unknown_machine"} 1.0' in metrics
 
 
 def test_an_installed_host_boots_its_disk(server: RunningServer) -> None:
@@ -149,3 +151,10 @@ def test_tftp_root_lays_out_the_signed_chain_for_another_tftp_server(tmp_path: P
         assert (tmp_path / "root" / name).read_bytes() == path.read_bytes(), name
     assert (tmp_path / "root" / "grub" / "grub.cfg").read_text() == grub.stub("192.0.2.7")
     assert "set root=(tftp,192.0.2.7)" in grub.stub("192.0.2.7")
+    for bad in ("2001:db8::7", "kiln.example"):  # GRUB's device and the listener take an IPv4 address
+        refused = subprocess.run(
+            [*INV, "tftp-root", "--out", str(tmp_path / "other"), "--server", bad],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 1 and "expected the IPv4 address" in refused.stderr, refused.stderr
+    assert not (tmp_path / "other").exists()
