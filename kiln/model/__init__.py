@@ -17,12 +17,14 @@ from kiln.model.cluster import (
     BondMode,
     Cluster,
     DbRole,
+    Direction,
     DiskRule,
     Host,
     HostNetwork,
     Image,
     Network,
     Route,
+    Transport,
     Vlan,
     parse_size,
 )
@@ -156,7 +158,12 @@ def host_network(given: dict[str, Any] | None) -> HostNetwork | None:
             Route(ipaddress.IPv4Network(r["to"]), ipaddress.IPv4Address(r["via"])) for r in given.get("routes", [])
         ),
         allow=tuple(
-            Allow(a["direction"], a["proto"], tuple(a["ports"]), tuple(ipaddress.IPv4Network(p) for p in a["peers"]))
+            Allow(
+                Direction(a["direction"]),
+                Transport(a["proto"]),
+                tuple(a["ports"]),
+                tuple(ipaddress.IPv4Network(p) for p in a["peers"]),
+            )
             for a in given.get("allow", [])
         ),
     )

@@ -132,12 +132,24 @@ class Route:
     via: ipaddress.IPv4Address
 
 
+class Direction(StrEnum):
+    """Which way an allow rule opens: `in` from the peers to the host's added addresses, `out` to the peers."""
+
+    inbound = "in"  # `in` is a Python keyword
+    outbound = "out"
+
+
+class Transport(StrEnum):
+    tcp = "tcp"
+    udp = "udp"
+
+
 @dataclass(frozen=True)
 class Allow:
     """One firewall rule over the host's added addresses and VLANs (roles.yaml hosts[].network.allow)."""
 
-    direction: str  # in | out
-    proto: str  # tcp | udp
+    direction: Direction
+    proto: Transport
     ports: tuple[int, ...]  # destination ports, in roles.yaml order
     peers: tuple[ipaddress.IPv4Network, ...]
 

@@ -16,7 +16,7 @@ import jinja2
 from kiln import bundle as b
 from kiln import roles
 from kiln.model import Cluster, Host
-from kiln.roles import common, journal, networkd
+from kiln.roles import common, hostfirewall, journal
 from kiln.roles.context import ClusterView, HostContext, cluster_view, host_context
 from kiln.roles.spec import FileSpec, Firewall, RoleSpec
 
@@ -73,17 +73,20 @@ class Renderer:
         )
         self.journal = journal.context(cluster)  # the central journal's values: empty without a mon host
 
+    def role_firewall(self, host: Host, c: HostContext) -> Firewall:
+        """The host's firewall as its role makes it, with the central journal's rules: the tier matrix, on `ip`.
+        The rules the host declares for itself (hosts[].network.allow: hostfirewall.rules) are not in it."""
+        sent = journal.parts(self.cluster, host)
+        firewall = roles.get(host.role).firewall(self.cluster, host, c)
+        return replace(firewall, inbound=firewall.inbound + sent.inbound, outbound=firewall.outbound + sent.outbound)
+
     def variables(self, host: Host) -> tuple[HostContext, dict[str, Any], RoleSpec, Firewall]:
+        """The host's context, its templates' values, its role, and its whole firewall: the role's, then its own."""
         role = roles.get(host.role)
         c = host_context(self.cluster, host, self.view)
         sent = journal.parts(self.cluster, host)
-        declared = networkd.firewall(host.network)  # the operator's rules for the host's added networks
-        firewall = role.firewall(self.cluster, host, c)
-        firewall = replace(
-            firewall,
-            inbound=firewall.inbound + sent.inbound + declared.inbound,
-            outbound=firewall.outbound + sent.outbound + declared.outbound,
-        )
+        own, declared = self.role_firewall(host, c), hostfirewall.rules(host.network)
+        firewall = replace(own, inbound=own.inbound + declared.inbound, outbound=own.outbound + declared.outbound)
         variables = {f.name: getattr(c, f.name) for f in fields(c)}  # shallow: peers stay objects
         variables.update(role.context(self.cluster, host, c))
         variables.update(self.journal)

@@ -1,13 +1,14 @@
 """SUMMARY.md next to a render: the cluster on one page, for the review before any machine boots and for whoever
-wires the rack: every host with its role, address and MAC, and per role what it listens on, for whom, and which
-services it runs. Everything here comes from the same Renderer the bundles come from."""
+wires the rack: every host with its role, address and MAC, the firewall rules a host declares for its added
+addresses and VLANs, and per role what it listens on, for whom, and which services it runs. Everything here comes
+from the same Renderer the bundles come from."""
 
 from __future__ import annotations
 
 from kiln.model import Host
 from kiln.render import Renderer
-from kiln.roles import common, networkd
-from kiln.roles.spec import Rule
+from kiln.roles import common, hostfirewall
+from kiln.roles.spec import Firewall, Rule
 
 
 def _who(saddr: str) -> str:
@@ -21,10 +22,25 @@ def _who(saddr: str) -> str:
     return saddr
 
 
-def _listens(rule: Rule) -> str:
+def _what(rule: Rule) -> str:
+    """The rule's protocol and ports, "tcp 80, 443", or its protocol alone, "vrrp"."""
     ports = ", ".join(str(p) for p in rule.ports)
-    what = f"{rule.proto} {ports}" if ports else rule.proto
-    return f"{what} from {_who(rule.saddr)}"
+    return f"{rule.proto} {ports}" if ports else rule.proto
+
+
+def _listens(rule: Rule) -> str:
+    return f"{_what(rule)} from {_who(rule.saddr)}"
+
+
+def _plain(addresses: str) -> str:
+    """An nftables address or anonymous set for a reader: "{ 10.20.0.0/24, 10.50.0.0/16 }" -> "10.20.0.0/24, ..."."""
+    return addresses.removeprefix("{ ").removesuffix(" }")
+
+
+def _declared(firewall: Firewall) -> str:
+    """A host's own rules (hosts[].network.allow) on one line: "in udp 514 from 10.20.0.0/24 to 10.20.0.21; ..."."""
+    inbound = [f"in {_what(r)} from {_plain(r.saddr)} to {_plain(r.daddr)}" for r in firewall.inbound]
+    return "; ".join(inbound + [f"out {_what(r)} to {_plain(r.daddr)}" for r in firewall.outbound])
 
 
 def _extras(host: Host) -> str:
@@ -51,19 +67,22 @@ def summary_markdown(renderer: Renderer) -> str:
         "|---|---|---|---|---|---|",
     ]
     lines += [f"| {h.name} | {h.role} | {h.ip} | {h.mac} | {h.disk.text()} | {_extras(h)} |" for h in cluster.hosts]
+    declared = {h.name: _declared(hostfirewall.rules(h.network)) for h in cluster.hosts}
+    if any(declared.values()):
+        lines += ["", "Firewall rules hosts declare for their added addresses and VLANs (hosts[].network.allow):", ""]
+        lines += [f"- {name}: {rules}" for name, rules in declared.items() if rules]
     for role_name in cluster.roles_used:
         first = cluster.by_role(role_name)[0]
-        c, _, role, firewall = renderer.variables(first)
+        c, _, role, _ = renderer.variables(first)
+        firewall = renderer.role_firewall(first, c)  # the role's: not `first`'s own rules (listed above)
         admin_ports = ", ".join(str(p) for p in (22, c.node_exporter_port, *firewall.admin_ports))
-        declared = networkd.firewall(first.network).inbound  # that host's own, not its role's
-        own = [r for r in firewall.inbound if r not in declared]
         units = sorted({s.unit for s in common.SERVICES + role.services})
         lines += [
             "",
             f"## {role_name}: {role.summary}",
             "",
             f"- hosts: {', '.join(h.name for h in cluster.by_role(role_name))}",
-            f"- listens: {'; '.join(_listens(r) for r in own) or 'nothing beyond the admin ports'}",
+            f"- listens: {'; '.join(_listens(r) for r in firewall.inbound) or 'nothing beyond the admin ports'}",
             f"- admin network: tcp {admin_ports} (SSH, exporters)",
             f"- services: {', '.join(units)}",
         ]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from kiln.model.cluster import Bond, BondMode, HostNetwork, Route, Vlan
 from kiln.roles.context import HostContext
-from kiln.roles.spec import FileSpec, Firewall, Rule
+from kiln.roles.spec import FileSpec
 
 DIRECTORY = "/etc/systemd/network"
 LINK_FILE = f"{DIRECTORY}/10-kiln0.link"
@@ -179,22 +179,3 @@ def _vlan(name: str, vlan: Vlan, routes: tuple[Route, ...], parent_mtu: int | No
         NetworkdFile(FileSpec(f"{DIRECTORY}/10-{name}.netdev", TEMPLATE), netdev),
         NetworkdFile(FileSpec(f"{DIRECTORY}/10-{name}.network", TEMPLATE), network),
     ]
-
-
-def _set(items: tuple[object, ...]) -> str:
-    """One address or network as is, several as an anonymous nftables set."""
-    return str(items[0]) if len(items) == 1 else "{ " + ", ".join(map(str, items)) + " }"
-
-
-def firewall(network: HostNetwork | None) -> Firewall:
-    """roles.yaml hosts[].network.allow as nftables rules: `in` accepts the peers on the host's added addresses
-    (never `ip`: the tier matrix is kiln's), `out` lets the host reach the peers. The model checked the peers are
-    off the cluster network and on (or routed through) the added networks."""
-    if network is None:
-        return Firewall()
-    addresses = tuple(dict.fromkeys(a.ip for a in network.added_addresses))
-    inbound = tuple(
-        Rule(a.proto, a.ports, saddr=_set(a.peers), daddr=_set(addresses)) for a in network.allow if a.direction == "in"
-    )
-    outbound = tuple(Rule(a.proto, a.ports, daddr=_set(a.peers)) for a in network.allow if a.direction == "out")
-    return Firewall(inbound=inbound, outbound=outbound)

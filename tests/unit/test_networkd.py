@@ -15,6 +15,7 @@ from firstboot.nic import link_name
 from kiln.bundle import Bundle, File
 from kiln.model import Cluster, parse_roles
 from kiln.render import Renderer
+from kiln.render.summary import summary_markdown
 from tests.unit.agent_support import bundle as agent_bundle
 
 NET = "/etc/systemd/network"
@@ -220,3 +221,13 @@ def test_allow_rules_accept_on_the_added_addresses_only_and_reach_the_peers(bund
     assert rules.index("tcp dport 3260 ip daddr 10.0.0.9/32 accept") > rules.index("chain output {")
     web2 = ruleset("web2")
     assert not [r for r in web2 if "514" in r or "3260" in r], "a host without allow gets none"
+
+
+def test_the_summary_lists_each_hosts_allow_rules_apart_from_its_roles(shipped_roles: Path) -> None:
+    """SUMMARY.md shows web1's own rules on a line of its own, and the web role's listens as the role has them."""
+    lines = summary_markdown(Renderer(declared(shipped_roles))).splitlines()
+    web1 = "- web1: in udp 514, 6514 from 10.20.0.0/24, 10.50.0.0/16 to 10.0.0.21, 10.20.0.21, 10.20.1.21"
+    assert f"{web1}; out tcp 3260 to 10.0.0.9/32" in lines
+    assert not [line for line in lines if line.startswith("- web2:")], "a host without allow rules is not listed"
+    web = lines[next(i for i, line in enumerate(lines) if line.startswith("## web: ")) :]
+    assert web[3] == "- listens: tcp 80 from the lb hosts", "the role's rules alone, whichever host comes first"
