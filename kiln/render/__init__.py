@@ -76,7 +76,9 @@ class Renderer:
     def role_firewall(self, host: Host, c: HostContext) -> Firewall:
         """The host's firewall as its role makes it, with the central journal's rules: the tier matrix, on `ip`.
         The rules the host declares for itself (hosts[].network.allow: hostfirewall.rules) are not in it."""
-        sent = journal.parts(self.cluster, host)
+        return self._role_firewall(host, c, journal.parts(self.cluster, host))
+
+    def _role_firewall(self, host: Host, c: HostContext, sent: journal.Parts) -> Firewall:
         firewall = roles.get(host.role).firewall(self.cluster, host, c)
         return replace(firewall, inbound=firewall.inbound + sent.inbound, outbound=firewall.outbound + sent.outbound)
 
@@ -85,7 +87,7 @@ class Renderer:
         role = roles.get(host.role)
         c = host_context(self.cluster, host, self.view)
         sent = journal.parts(self.cluster, host)
-        own, declared = self.role_firewall(host, c), hostfirewall.rules(host.network)
+        own, declared = self._role_firewall(host, c, sent), hostfirewall.rules(host.network)
         firewall = replace(own, inbound=own.inbound + declared.inbound, outbound=own.outbound + declared.outbound)
         variables = {f.name: getattr(c, f.name) for f in fields(c)}  # shallow: peers stay objects
         variables.update(role.context(self.cluster, host, c))
