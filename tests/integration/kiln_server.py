@@ -26,6 +26,20 @@ INV = [sys.executable, "-m", "invoke", "--search-root", str(PROJECT)]
 LOOPBACK_URL = "https://127.0.0.1:8443"  # the site certificate then covers 127.0.0.1
 
 
+def write_manifest(images: Path, role: str) -> Any:
+    """images/ROLE/manifest.json and ROLE.map for the ROLE.raw already there, as ./inv build writes them (the
+    build's own file_entry and block map), so kiln serve offers it for install. Returns the block map
+    (kiln.blockmap.write's: its digest is what the install is pinned to)."""
+    from kiln import blockmap
+    from kiln.build.manifest import file_entry
+
+    raw = images / role / f"{role}.raw"
+    block_map = blockmap.write(raw, images / role / f"{role}.map")
+    manifest = {"role": role, "files": {raw.name: file_entry(raw)}, "blockmap": block_map.manifest_entry(f"{role}.map")}
+    (images / role / "manifest.json").write_text(json.dumps(manifest))
+    return block_map
+
+
 def loopback_roles(directory: Path, text: str | None = None) -> Path:
     """The shipped roles.yaml (or `text`) with the provisioning URL on loopback."""
     text = text if text is not None else (PROJECT / "roles.yaml").read_text()

@@ -4,8 +4,6 @@ configs over HTTP at /grub?mac=MAC; what the state records of them."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import socket
 import struct
@@ -16,9 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kiln import blockmap
 from kiln.server import grub, netboot
-from tests.integration.kiln_server import INV, RunningServer, running_server
+from tests.integration.kiln_server import INV, RunningServer, running_server, write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +34,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "installer" / "initrd.img").write_bytes(INITRD)
     (root / "web").mkdir()
     (root / "web" / "web.raw").write_bytes(RAW)
-    block_map = blockmap.write(root / "web" / "web.raw", root / "web" / "web.map")
-    manifest = {
-        "role": "web",
-        "files": {"web.raw": {"sha256": hashlib.sha256(RAW).hexdigest(), "size": len(RAW)}},
-        "blockmap": block_map.manifest_entry("web.map"),
-    }
-    (root / "web" / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(root, "web")
     return root
 
 

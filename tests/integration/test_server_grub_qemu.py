@@ -9,7 +9,6 @@ the stub's loop asks again and installs once it is there."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from kiln import blockmap
 from kiln.lab import access, dnsmasq, server, vm
 from kiln.lab.firmware import Firmware
 from kiln.lab.firmware import check as check_firmware
@@ -28,7 +26,7 @@ from kiln.lab.layout import BRIDGE, Lab, tap_name
 from kiln.model import load_roles
 from kiln.run import run
 from kiln.server import netboot
-from tests.integration.kiln_server import PROJECT
+from tests.integration.kiln_server import PROJECT, write_manifest
 from tests.integration.processes import stop_group
 
 
@@ -54,10 +52,10 @@ DISK_BOOTED = "KILN-SECURE-BOOT-DISK-BOOTED"
 MIB = 1024 * 1024
 
 
-def uefi_disk(path: Path) -> bytes:
+def uefi_disk(path: Path) -> None:
     """A 16 MiB stand-in for a role image, laid out as one in small: GPT, an ESP whose EFI/BOOT/BOOTX64.EFI is
     Debian's signed shim beside Debian's signed GRUB (grubx64.efi, whose grub.cfg there says DISK_BOOTED), and an
-    ext4 partition named root, where the installer writes the host's seed. Returns its bytes."""
+    ext4 partition named root, where the installer writes the host's seed."""
     path.write_bytes(bytes(16 * MIB))
     esp_type, linux_type = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
     table = (
@@ -80,7 +78,6 @@ def uefi_disk(path: Path) -> bytes:
         disk.seek(2048 * 512)
         disk.write(esp.read_bytes())
     run(["mkfs.ext4", "-q", "-F", "-E", f"offset={18432 * 512}", str(path), "6144k"])
-    return path.read_bytes()
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, log: Path | None = None) -> object:
@@ -140,14 +137,8 @@ def lab(tmp_path: Path, images: Path) -> Lab:
     for name in ("vmlinuz", "initrd.img"):
         shutil.copyfile(images / "installer" / name, served / "installer" / name)
     (served / "web").mkdir()
-    raw = uefi_disk(served / "web" / "web.raw")
-    block_map = blockmap.write(served / "web" / "web.raw", served / "web" / "web.map")
-    manifest = {
-        "role": "web",
-        "files": {"web.raw": {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}},
-        "blockmap": block_map.manifest_entry("web.map"),
-    }
-    (served / "web" / "manifest.json").write_text(json.dumps(manifest))
+    uefi_disk(served / "web" / "web.raw")
+    write_manifest(served, "web")
     lab = Lab(load_roles(roles), roles_file=roles, root=tmp_path / "lab", images=served, secrets=tmp_path / "secrets")
     for path in (lab.run, lab.logs, lab.disks):
         path.mkdir(parents=True)

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from kiln import blockmap, hostauth, signing
+from kiln import hostauth, signing
 from kiln.bundle import Bundle
 from kiln.server.app import SINCE_OVERLAP
-from tests.integration.kiln_server import LOOPBACK_URL, RunningServer, running_server
+from tests.integration.kiln_server import LOOPBACK_URL, RunningServer, running_server, write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "installer" / "initrd.img").write_bytes(b"initrd" * 100)
     (root / "web").mkdir()
     (root / "web" / "web.raw").write_bytes(RAW)
-    block_map = blockmap.write(root / "web" / "web.raw", root / "web" / "web.map")  # as the build does
-    manifest = {
-        "role": "web",
-        "files": {"web.raw": {"sha256": hashlib.sha256(RAW).hexdigest(), "size": len(RAW)}},
-        "blockmap": block_map.manifest_entry("web.map"),
-    }
-    (root / "web" / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(root, "web")
     (root.parent / "outside.txt").write_text("not for download")
     return root
 

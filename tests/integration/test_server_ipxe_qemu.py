@@ -10,8 +10,6 @@ The guest reaches the server through QEMU's user networking: 10.0.2.2 is the hos
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import socket
 import subprocess
@@ -21,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln import blockmap
 from kiln.lab.firmware import Firmware
 from kiln.lab.firmware import qemu_args as firmware_args
 from kiln.run import run
-from tests.integration.kiln_server import RunningServer, loopback_roles, running_server
+from tests.integration.kiln_server import RunningServer, loopback_roles, running_server, write_manifest
 
 pytestmark = [
     pytest.mark.integration,
@@ -235,13 +232,7 @@ def test_installer_installs_reports_and_the_host_then_boots_its_disk(tmp_path: P
         shutil.copyfile(images / "installer" / name, served / "installer" / name)
     (served / "web").mkdir()
     raw = installable_disk(served / "web" / "web.raw")
-    block_map = blockmap.write(served / "web" / "web.raw", served / "web" / "web.map")  # as the build does
-    manifest = {
-        "role": "web",
-        "files": {"web.raw": {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}},
-        "blockmap": block_map.manifest_entry("web.map"),
-    }
-    (served / "web" / "manifest.json").write_text(json.dumps(manifest))
+    block_map = write_manifest(served, "web")
     target = tmp_path / "target.raw"
     target.write_bytes(b"\0" * len(raw))
     larger = tmp_path / "larger.raw"
