@@ -51,12 +51,14 @@ class Vm:
         seed: Path | None = None,
         cpus: int = 2,
         firmware: Firmware = Firmware.BIOS,
+        nics: list[str] | None = None,
     ) -> None:
         """QEMU user networking. `isolated` (restrict=on): DHCP works and the guest reaches nothing at all; a
         role image must be isolated, since its agent would try the provisioning URL baked into it. Otherwise
         the guest reaches the host's loopback as 10.0.2.2 (for a guest that only goes where the test sends it).
         `seed`: a JSON file the guest reads through fw_cfg, as the lab gives a disk-booted VM its enrolment.
-        `firmware`: SeaBIOS, OVMF, or OVMF with Secure Boot enforcing (kiln.lab.firmware)."""
+        `firmware`: SeaBIOS, OVMF, or OVMF with Secure Boot enforcing (kiln.lab.firmware). `nics`: QEMU's network
+        arguments instead of user networking (`mac` and `isolated` then unused), e.g. taps in a test's namespace."""
         self.workdir = workdir
         self.console = workdir / "console.log"
         self.monitor = workdir / "monitor.sock"
@@ -78,7 +80,10 @@ class Vm:
             "-no-reboot",
             *firmware_args(firmware, workdir),
         ]
-        argv += ["-nic", f"user,model=virtio-net-pci,mac={mac}" + (",restrict=on" if isolated else "")]
+        if nics is None:
+            argv += ["-nic", f"user,model=virtio-net-pci,mac={mac}" + (",restrict=on" if isolated else "")]
+        else:
+            argv += nics
         if seed is not None:
             argv += ["-fw_cfg", f"name={FW_CFG_SEED},file={seed}"]
         if kernel is not None:

@@ -191,15 +191,14 @@ def test_bond_fails_over_and_vlan_frames_are_tagged(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-    vm = Vm(tmp_path, disk=disk, disk_format="raw", cpus=1)
-    vm.argv = [a for a in vm.argv if not a.startswith("user,")]
-    vm.argv.remove("-nic")
+    nics = []
     for index, (tap, mac) in enumerate((("nett0", PRIMARY), ("nett1", BACKUP))):
-        vm.argv += [
+        nics += [
             "-netdev", f"tap,id=m{index},ifname={tap},script=no,downscript=no",
             "-device", f"virtio-net-pci,netdev=m{index},mac={mac},host_mtu=9000",
         ]  # fmt: skip
-    vm.argv = namespace.argv(vm.argv)
+    vm = Vm(tmp_path, disk=disk, disk_format="raw", cpus=1, nics=nics)
+    vm.argv = namespace.argv(vm.argv)  # QEMU in the namespace, where the taps are
     try:
         with vm:
             vm.wait_for(r"KILN-NETTEST-ACTIVE", BOOT_TIMEOUT)
