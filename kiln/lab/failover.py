@@ -22,7 +22,7 @@ from kiln.db.failover import Event
 from kiln.db.replication import Replication
 from kiln.fsutil import write_atomic
 from kiln.lab import netns, vm
-from kiln.lab.chaos import Loops, Result, count_on, results_table, wait
+from kiln.lab.chaos import Loops, Result, lacking_text, missing_on, results_table, wait
 from kiln.lab.layout import Lab
 from kiln.lab.ssh import config_file
 from kiln.secrets import SecretStore
@@ -66,29 +66,24 @@ def _primary(r: Replication, timeout: float = 120) -> str:
     return names[0]
 
 
-def _all_there(lab: Lab, loops: Loops, host: str) -> tuple[int, int]:
-    """(rows with the loops' tag on `host`, notes acknowledged so far), once the first reaches the second (30 s)."""
-    acked = len(loops.written)
-    try:
-        wait(f"every acknowledged note on {host}", lambda: count_on(lab, host, loops.tag) >= acked, 30, step=1)
-    except TimeoutError:
-        pass
-    return count_on(lab, host, loops.tag), acked
-
-
 def drill_power_off_primary(lab: Lab, loops: Loops, r: Replication) -> list[Result]:
     old = _primary(r)
     host = lab.cluster.host(old)
-    writes_before = len(loops.write_log)
     began, began_wall = time.monotonic(), time.time()
     vm.kill(lab, host)
+    killed = time.monotonic()
+
+    def resumed_at() -> float | None:  # the first write another db host acknowledged after the power-off
+        # (one the old primary committed just before it is acknowledged from it after: no resumption)
+        return next((w.acked for w in list(loops.write_log) if w.acked > killed and w.db != str(host.ip)), None)
+
     try:
         promoted = _wait_event(lab, began_wall, ("failover",), None, 120)
         new = promoted.host
-        wait("a write acknowledged after the power-off", lambda: len(loops.write_log) > writes_before, 120, step=0.5)
-        resumed = loops.write_log[writes_before][0] - began
+        wait("a write acknowledged by another db host", lambda: resumed_at() is not None, 120, step=0.5)
+        resumed = (resumed_at() or began) - began
         time.sleep(5)
-        on_new, acked = _all_there(lab, loops, new)
+        lacking, acked = missing_on(lab, new, loops)
     finally:
         back_wall = time.time()
         vm.start(lab, host, vm.DISK)
@@ -96,10 +91,10 @@ def drill_power_off_primary(lab: Lab, loops: Loops, r: Replication) -> list[Resu
         Result(
             f"power off the primary {old}",
             f"{new} promoted {promoted.at - began_wall:.1f} s after; writes resumed after {resumed:.1f} s; "
-            f"{on_new} notes on {new} for {acked} acknowledged",
+            f"{lacking_text(lacking, acked, new)}",
             "writes resume < 30 s; nothing lost",
-            goal_met=resumed < 30 and on_new >= acked,
-            works=on_new >= acked,
+            goal_met=resumed < 30 and not lacking,
+            works=not lacking,
         )
     ]
     came = _wait_event(lab, back_wall, ("rejoin", "errant"), old, BOOT_BACK)
@@ -123,14 +118,14 @@ def drill_switchover(lab: Lab, loops: Loops, r: Replication, to: str) -> list[Re
     finally:
         reporter.close()
     time.sleep(3)
-    on_new, acked = _all_there(lab, loops, to)
+    lacking, acked = missing_on(lab, to, loops)
     return [
         Result(
             f"switchover to {to}",
-            f"writes paused {result.pause:.2f} s; {on_new} notes on {to} for {acked} acknowledged",
+            f"writes paused {result.pause:.2f} s; {lacking_text(lacking, acked, to)}",
             "pause < 5 s; nothing lost",
-            goal_met=result.pause < 5 and on_new >= acked,
-            works=on_new >= acked,
+            goal_met=result.pause < 5 and not lacking,
+            works=not lacking,
         )
     ]
 
@@ -139,8 +134,9 @@ def drill_freeze_primary(lab: Lab, loops: Loops, r: Replication) -> list[Result]
     old = _primary(r, timeout=300)
     host = lab.cluster.host(old)
     address = str(host.ip)
-    began, began_wall = time.monotonic(), time.time()
+    began_wall = time.time()
     vm.monitor(lab, host, "stop")
+    frozen = time.monotonic()  # QEMU answered: the guest runs no more
     try:
         promoted = _wait_event(lab, began_wall, ("failover",), None, 120)
     finally:
@@ -153,17 +149,20 @@ def drill_freeze_primary(lab: Lab, loops: Loops, r: Replication) -> list[Result]
     fenced = _event_after(lab, thawed_wall, ("fence",), old)
     time.sleep(5)
     new = promoted.host
-    on_new, acked = _all_there(lab, loops, new)
-    taken = [at for at, db in loops.write_log if db == address and at > began]
+    lacking, acked = missing_on(lab, new, loops)
+    # Sent after the freeze and acknowledged by the old primary: it took them after the thaw. A write sent before
+    # the freeze may be acknowledged by it after the thaw (its commit was done, its answer still in the frozen
+    # guest): not a write taken after the freeze, and one that was would also be missing on the new primary.
+    taken = [w.n for w in list(loops.write_log) if w.db == address and w.sent > frozen]
     seen = r.see(old)
-    held = on_new >= acked and not taken and seen.answered and seen.read_only
+    held = not lacking and not taken and seen.answered and seen.read_only
     return [
         Result(
             f"freeze the primary {old}, thaw it after the failover",
             f"{new} promoted {promoted.at - began_wall:.1f} s after the freeze; {old} "
             f"{'fenced by the monitor' if fenced else 'read-only'} after the thaw"
-            f"{', then ' + after.kind if after else ''}; {len(taken)} writes taken by it after the freeze; "
-            f"{on_new} notes on {new} for {acked} acknowledged",
+            f"{', then ' + after.kind if after else ''}; {len(taken)} writes sent after the freeze taken by it; "
+            f"{lacking_text(lacking, acked, new)}",
             "never writes again; ends read-only; nothing lost",
             goal_met=held,
             works=held,

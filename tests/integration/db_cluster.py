@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pymysql
 
@@ -128,9 +129,9 @@ class Cluster3:
         for tag, process in self.writers:
             process.wait(30)
             for line in self.lab.log(f"writer-{tag}").splitlines():
-                parts = line.split(" ", 3)
+                parts = line.split(" ", 4)
                 if parts[0] == "ack":
-                    writes.acked.append((float(parts[1]), parts[2], parts[3]))
+                    writes.acked.append(Ack(float(parts[1]), float(parts[2]), parts[3], parts[4]))
                 elif parts[0] == "err":
                     writes.failed.append((float(parts[1]), parts[2]))
         self.writers.clear()
@@ -164,18 +165,29 @@ class Cluster3:
             time.sleep(0.2)
 
 
+class Ack(NamedTuple):
+    """One acknowledged write (times are time.time()): a write sent before a server froze can be acknowledged by it
+    after the thaw (committed, its answer still in the stopped process), so what a server took after an event is
+    what was sent after it."""
+
+    sent: float
+    at: float
+    text: str
+    db: str  # the server's address
+
+
 @dataclass
 class Writes:
-    acked: list[tuple[float, str, str]] = field(default_factory=list)  # (time.time(), text, db address)
-    failed: list[tuple[float, str]] = field(default_factory=list)
+    acked: list[Ack] = field(default_factory=list)
+    failed: list[tuple[float, str]] = field(default_factory=list)  # (time.time(), text)
 
     @property
     def texts(self) -> set[str]:
-        return {t for _, t, _ in self.acked}
+        return {a.text for a in self.acked}
 
     def longest_gap(self, tag: str) -> float:
         """The longest time between two acknowledged writes of one writer: its write unavailability."""
-        times = sorted(at for at, text, _ in self.acked if text.startswith(tag + "-"))
+        times = sorted(a.at for a in self.acked if a.text.startswith(tag + "-"))
         return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
 
 

@@ -1,6 +1,7 @@
 """A write loop through the demo app's own writer logic (kilnapp.db.add_note): one note at a time, each printed
-when MariaDB acknowledged it ("ack TIME TEXT DB") or not ("err TIME TEXT ERROR"), until SIGTERM. Run in a host's network
-namespace by the failover tests; they compare what was acknowledged with what the surviving primary holds."""
+when MariaDB acknowledged it ("ack SENT TIME TEXT DB") or not ("err TIME TEXT ERROR"), until SIGTERM. Run in a
+host's network namespace by the failover tests; they compare what was acknowledged with what the surviving primary
+holds."""
 
 from __future__ import annotations
 
@@ -53,9 +54,10 @@ def main() -> int:
         if stop:
             break
         text = f"{args.tag}-{i}"
+        sent = time.time()
         try:
             note = add_note(db, text)
-            print(f"ack {time.time():.3f} {text} {note['db']}", flush=True)
+            print(f"ack {sent:.3f} {time.time():.3f} {text} {note['db']}", flush=True)
         except (pymysql.MySQLError, OSError) as e:
             print(f"err {time.time():.3f} {text} {str(e)[:120]!r}", flush=True)
         time.sleep(args.interval)
