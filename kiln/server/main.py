@@ -219,8 +219,11 @@ def serve(config: ServerConfig) -> int:
         f"  signing key    {fingerprint}   ({config.secrets / 'signing.pub'})",
     ]
     if tftp_listener is not None:
+        tftp = Address(tftp_listener.host, tftp_listener.port)
+        if tftp.unspecified:  # as for HTTP: the address machines reach us on, not 0.0.0.0
+            tftp = Address(public.host, tftp.port)
         lines.append(
-            f"  network boot   tftp://{tftp_listener.host}:{tftp_listener.port}/{netboot.BOOT_FILE}   (UEFI Secure "
+            f"  network boot   tftp://{tftp.url_host}:{tftp.port}/{netboot.BOOT_FILE}   (UEFI Secure "
             f"Boot: shim, GRUB, {grub.CONFIG_DIR}/MAC, the installer)"
         )
     if config.listen.unspecified and config.listen.port == 0:

@@ -149,3 +149,11 @@ def test_tftp_root_lays_out_the_signed_chain_for_another_tftp_server(tmp_path: P
         )  # fmt: skip
         assert refused.returncode == 1 and "expected the IPv4 address" in refused.stderr, refused.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_listening_on_all_addresses_the_banner_names_the_one_machines_reach(tmp_path: Path, images: Path) -> None:
+    """--tftp-listen 0.0.0.0:PORT: the banner gives the provisioning URL's host (what a DHCP option would name), as
+    it does for the boot scripts, and that address answers."""
+    with running_server(tmp_path, images=images, address="0.0.0.0", extra=("--tftp-listen", "0.0.0.0:0")) as s:
+        assert "tftp://0.0.0.0" not in s.output()
+        assert tftp_get(s, "shimx64.efi").returncode == 0, "the address the banner names answers"
