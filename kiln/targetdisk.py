@@ -160,23 +160,34 @@ def unusable(disk: Disk, image_size: int) -> str:
 
 
 def choose(disks: Sequence[Disk], rule: DiskRule, image_size: int) -> Disk:
-    """The one disk the rule picks among `disks` for an image of `image_size` bytes. The default rule (no key given)
-    picks the smallest usable disk. Raises NoDisk, naming the rule and each disk seen, when no usable disk matches
-    or several do (for the default rule: several of the smallest size)."""
+    """The one disk a rule without `raid` picks among `disks` for an image of `image_size` bytes (the first of
+    `targets` otherwise). Raises NoDisk as `targets` does."""
+    return targets(disks, rule, image_size)[0]
+
+
+def targets(disks: Sequence[Disk], rule: DiskRule, image_size: int) -> tuple[Disk, ...]:
+    """The disks the rule picks among `disks` for an image of `image_size` bytes: one, or two for `raid: 1` (the
+    root mirrored across them), in the order seen. The default rule (no key but raid) picks the smallest usable
+    disk, or the two smallest. Raises NoDisk, naming the rule and each disk seen, when fewer usable disks match or
+    more do (for the default rule: when a disk of the same size as the last one picked is left over)."""
     usable = [d for d in disks if not unusable(d, image_size)]
+    want = rule.disks
     if rule.is_default:
-        smallest = min((d.size for d in usable), default=None)
-        picked = [d for d in usable if d.size == smallest]
+        by_size = sorted(usable, key=lambda d: d.size)
+        picked = [d for d in usable if d.size <= by_size[want - 1].size] if len(by_size) >= want else usable
     else:
         picked = [d for d in usable if matches(rule, d)]
-    if len(picked) == 1:
-        return picked[0]
+    if len(picked) == want:
+        return tuple(picked)
     what = rule.describe()
     if not picked:
         head = f"no disk fits {what}"
+    elif len(picked) < want:
+        head = f"{what} needs {want} disks and only {', '.join(d.name for d in picked)} fits"
     else:
         names = ", ".join(d.name for d in picked)
-        hint = "name one with serial, wwn or path" if rule.is_default else "narrow the rule with serial, wwn or path"
+        one = "them" if want > 1 else "one"
+        hint = f"name {one} with serial, wwn or path" if rule.is_default else "narrow the rule with serial, wwn or path"
         head = f"{what} matches {len(picked)} disks ({names}), refusing to guess: {hint} in hosts[].disk"
     raise NoDisk(_bounded(head + "; seen: " + ("; ".join(_seen(disks, rule, image_size)) or "no disk at all")))
 

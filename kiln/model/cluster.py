@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 
@@ -63,15 +63,22 @@ class DiskRule:
     serial: str | None = None
     wwn: str | None = None
     path: str | None = None  # shell glob over the disk's /dev/disk/by-path names
+    raid: int | None = None  # 1: the root mirrored across the two disks the rule picks (mdadm RAID1)
 
     @property
     def is_default(self) -> bool:
-        return self == DiskRule()
+        """No key picks the disks (raid says how many, not which): the smallest usable one(s)."""
+        return replace(self, raid=None) == DiskRule()
+
+    @property
+    def disks(self) -> int:
+        """How many disks the rule must pick: 2 for RAID1, else 1."""
+        return 2 if self.raid == 1 else 1
 
     def text(self) -> str:
         """Its keys as an operator wrote them: `model "X*", min_size 500G`; `smallest usable disk` by default."""
         if self.is_default:
-            return "smallest usable disk"
+            return "two smallest usable disks, raid 1" if self.raid else "smallest usable disk"
         keys = []
         for key in ("name", "min_size", "max_size", "model", "serial", "wwn", "path"):
             value = getattr(self, key)
@@ -79,11 +86,13 @@ class DiskRule:
                 keys.append(f"{key} {format_size(value)}")
             elif value is not None:
                 keys.append(f'{key} "{value}"' if " " in value else f"{key} {value}")
+        if self.raid is not None:
+            keys.append(f"raid {self.raid}")
         return ", ".join(keys)
 
     def describe(self) -> str:
         """`the rule model "X*", min_size 500G` or `the default rule (the smallest usable disk)`."""
-        return "the default rule (the smallest usable disk)" if self.is_default else f"the rule {self.text()}"
+        return f"the default rule (the {self.text()})" if self.is_default else f"the rule {self.text()}"
 
 
 class BmcDriver(StrEnum):

@@ -36,6 +36,8 @@ EXPORTED: dict[str, tuple[str, ...]] = {
         "node_filesystem_size_bytes",
         "node_timex_offset_seconds",
         "node_timex_sync_status",
+        "node_md_disks",  # the mdadm collector, from /proc/mdstat: only on a host with an array
+        "node_md_disks_required",
     ),
     "haproxy 2.6 (built-in prometheus-exporter, lb role :8404/metrics)": (
         "haproxy_backend_active_servers",

@@ -527,7 +527,8 @@ DISKS_BYTES = 256 * 1024  # what the installer saw of a machine with a hundred d
 async def install_disk(request: Request) -> Response:
     """POST /v1/hosts/NAME/disk: from NAME's installer (its enrolment token), what it saw of its disks in lsblk's
     JSON shape (kiln/targetdisk.py disks_from_installer). The answer is one line of text, which busybox sh reads:
-    `disk /dev/sdb` when NAME's disk rule picks exactly one disk, else `refuse WHY`, WHY naming every disk seen."""
+    `disk /dev/sdb` when NAME's disk rule picks exactly one disk, `raid1 /dev/sda /dev/sdb` when its `raid: 1` rule
+    picks exactly two, else `refuse WHY`, WHY naming every disk seen."""
     p: Provisioner = request.app.state.provisioner
     name = request.path_params["name"]
     body = await _json_body(request, DISKS_BYTES, "disk", name[:64])
@@ -548,12 +549,15 @@ async def install_disk(request: Request) -> Response:
         return _error(400, f"expected what lsblk --json -b reports ({e})")
     try:
         image = p.images.install_image(host.role)
-        chosen = targetdisk.choose(disks, host.disk, image.size)
+        chosen = targetdisk.targets(disks, host.disk, image.size)
     except (ipxe.NotBuilt, targetdisk.NoDisk) as e:
         LOG.warning("%s: no disk to install onto: %s", name, e)
         return PlainTextResponse(f"refuse {_UNPRINTABLE.sub(' ', str(e))}\n", headers={"Cache-Control": "no-store"})
-    LOG.info("%s: installs onto %s (%s): %s", name, chosen.device, host.disk.describe(), chosen.seen())
-    return PlainTextResponse(f"disk {chosen.device}\n", headers={"Cache-Control": "no-store"})
+    devices = " ".join(d.device for d in chosen)
+    seen = "; ".join(d.seen() for d in chosen)
+    LOG.info("%s: installs onto %s (%s): %s", name, devices, host.disk.describe(), seen)
+    answer = f"raid1 {devices}" if host.disk.raid == 1 else f"disk {devices}"
+    return PlainTextResponse(answer + "\n", headers={"Cache-Control": "no-store"})
 
 
 async def seed(request: Request) -> Response:

@@ -20,7 +20,14 @@ import pytest
 from kiln import hostauth, signing
 from kiln.bundle import Bundle
 from kiln.server.app import SINCE_OVERLAP
-from tests.integration.kiln_server import LOOPBACK_URL, RunningServer, running_server, write_manifest
+from tests.integration.kiln_server import (
+    LOOPBACK_URL,
+    PROJECT,
+    RunningServer,
+    loopback_roles,
+    running_server,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -586,3 +593,23 @@ def test_the_installer_asks_which_disk_and_the_host_rule_answers(server: Running
         assert other.status_code == 403, "db1's token cannot choose web1's disk"
         plain = anyone.post(url, content="{}", headers={"Content-Type": "text/plain"})
         assert plain.status_code == 415
+
+
+def test_a_raid1_rule_answers_with_both_disks(tmp_path: Path, images: Path) -> None:
+    """web2 with `disk: {raid: 1}`: the installer is told to mirror the root across the two smallest usable disks,
+    and refused, with what it saw, when it has only one."""
+    text = (PROJECT / "roles.yaml").read_text().replace("ip: 10.10.0.22,", "ip: 10.10.0.22, disk: {raid: 1},")
+    assert "disk: {raid: 1}" in text
+    with running_server(tmp_path, roles=loopback_roles(tmp_path, text), images=images) as s:
+        url = f"{s.tls_url}/v1/hosts/web2/disk"
+        with s.client(operator=False, headers={"Authorization": f"Bearer {s.token('web2')}"}) as web2:
+            big = ("vdc", 16 << 30, "D3", False)
+            pair = web2.post(url, json=_disks(("vda", 8 << 30, "D1", False), ("vdb", 8 << 30, "D2", False), big))
+            assert (pair.status_code, pair.text) == (200, "raid1 /dev/vda /dev/vdb\n")
+            one = web2.post(url, json=_disks(("vda", 8 << 30, "D1", False), ("sda", 4 << 30, "STICK", True)))
+            assert one.text.startswith(
+                "refuse the default rule (the two smallest usable disks, raid 1) needs 2 disks and only vda fits"
+            )
+    assert "web2: installs onto /dev/vda /dev/vdb (the default rule (the two smallest usable disks, raid 1))" in (
+        (tmp_path / "serve.log").read_text()
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kiln.model import DiskRule
-from kiln.targetdisk import NoDisk, choose, disks_from_lsblk, path_ids
+from kiln.targetdisk import NoDisk, choose, disks_from_lsblk, path_ids, targets
 
 GIB = 1 << 30
 IMAGE = 2 * GIB
@@ -299,3 +301,36 @@ def test_an_ata_disk_is_named_by_its_port_on_its_controller():
     assert path_ids("/devices/pci0000:00/0000:00:11.4/ata7/host6/target6:0:0/6:0:0:0/block/sdg", ata_port=1)[0] == (
         "pci-0000:00:11.4-ata-1"
     )
+
+
+def test_raid1_by_default_mirrors_the_two_smallest_usable_disks():
+    assert [d.name for d in targets(_server(), DiskRule(raid=1), IMAGE)] == ["sda", "sdb"]
+
+
+def test_raid1_with_keys_needs_exactly_two_matching_disks():
+    pair = DiskRule(model="SAMSUNG MZ7LH480*", raid=1)
+    assert [d.name for d in targets(_server(), pair, IMAGE)] == ["sda", "sdb"]
+    with pytest.raises(NoDisk) as one:
+        targets(_server(), DiskRule(serial="S45PNA0M123456", raid=1), IMAGE)
+    assert str(one.value).startswith(
+        "the rule serial S45PNA0M123456, raid 1 needs 2 disks and only sda fits; seen: sda 447.1G"
+    )
+    with pytest.raises(NoDisk) as three:
+        targets(_server(), DiskRule(min_size=100 * GIB, raid=1), IMAGE)
+    assert "matches 3 disks (sda, sdb, nvme0n1), refusing to guess" in str(three.value)
+
+
+def test_raid1_by_default_refuses_when_a_third_disk_ties_with_the_second():
+    disks = _server()
+    sda = next(d for d in disks if d.name == "sda")
+    third = replace(sda, name="sde", serial="S45PNA0M123458", wwn="", by_path=())
+    with pytest.raises(NoDisk) as refused:
+        targets([*disks, third], DiskRule(raid=1), IMAGE)
+    assert str(refused.value).startswith(
+        "the default rule (the two smallest usable disks, raid 1) matches 3 disks (sda, sdb, sde), refusing to guess: "
+        "name them with serial, wwn or path in hosts[].disk"
+    )
+    alone = [d for d in disks if d.name in ("sda", "sdc")]  # the stick is removable: one usable disk
+    with pytest.raises(NoDisk) as short:
+        targets(alone, DiskRule(raid=1), IMAGE)
+    assert "needs 2 disks and only sda fits" in str(short.value)
