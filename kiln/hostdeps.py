@@ -46,6 +46,7 @@ _IMAGE_BUILD = (
     "util-linux",
     "kmod",
     "busybox-static",
+    "binutils",  # readelf: the libraries of the installer's mdadm and sfdisk
     "wget",
     "curl",
     "xz-utils",

@@ -61,10 +61,14 @@ def root_uuid(raw: Path) -> str:
 
 
 @contextlib.contextmanager
-def mounted(raw: Path, partition: int | None = None, *, writable: bool = False) -> Iterator[Path]:
+def mounted(
+    raw: Path, partition: int | None = None, *, writable: bool = False, fstype: str | None = None
+) -> Iterator[Path]:
     """Mount `raw`'s partition number `partition` read-only; by default the root filesystem's (the partition
     named root, else the first: images before GPT). `writable`: read-write, for a copy of an image a test changes
-    before it boots it (never an image as built). Raises LookupError when `raw` has no such partition."""
+    before it boots it (never an image as built). `fstype` (ext4): what mount would not guess, e.g. a RAID1
+    member's filesystem, which blkid reports as linux_raid_member. Raises LookupError when `raw` has no such
+    partition."""
     offset, size = _span(raw, partition)
     loop = run(
         ["losetup", "--find", "--show", *([] if writable else ["--read-only"]), "--offset", str(offset),
@@ -72,7 +76,7 @@ def mounted(raw: Path, partition: int | None = None, *, writable: bool = False) 
     ).stdout.strip()  # fmt: skip
     mnt = Path(tempfile.mkdtemp(prefix="kiln-img-mnt-"))
     try:
-        run(["mount", "-o", "rw" if writable else "ro,noload", loop, mnt])
+        run(["mount", *(["-t", fstype] if fstype else []), "-o", "rw" if writable else "ro,noload", loop, mnt])
         try:
             yield mnt
         finally:

@@ -2,9 +2,10 @@
 
 Both come from Debian packages fetched with the host's apt (`apt-get download`, cached under
 ~/.cache/kiln/installer): linux-image-amd64's current kernel and busybox-static. The initramfs
-holds busybox, the init script, its DHCP hook, kiln-disks (what the disk rule reads) and the kernel
-modules it needs (disks, NICs, ext4, with their dependencies in load order). Outputs:
-images/installer/vmlinuz, initrd.img, manifest.json.
+holds busybox, the init script, its DHCP hook, kiln-disks (what the disk rule reads), the kernel
+modules it needs (disks, NICs, ext4, RAID1, with their dependencies in load order), and the two tools a
+mirrored root needs that busybox lacks, mdadm and sfdisk, with the shared libraries they load (from the
+same release's packages). Outputs: images/installer/vmlinuz, initrd.img, manifest.json.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def cache_dir() -> Path:
 
 KERNEL_META = "linux-image-amd64"
 BUSYBOX = "busybox-static"
+# The installer's tools beyond busybox (a RAID1 root: elements/kiln-installer/static/init), as package -> path,
+# and the packages their shared libraries come from (readelf's NEEDED, resolved in their files: one missing fails
+# the build).
+TOOLS = {"mdadm": "sbin/mdadm", "fdisk": "sbin/sfdisk"}
+LIBRARIES = ("libc6", "libudev1", "libfdisk1", "libsmartcols1", "libblkid1", "libuuid1", "libreadline8", "libtinfo6")
+LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+INTERPRETER = "lib64/ld-linux-x86-64.so.2"  # PT_INTERP of Debian's amd64 binaries
 APT_TIMEOUT = 900.0
 
 
@@ -90,7 +98,7 @@ def build(env: BuildEnv, display: Display, *, force: bool = False, cache: Path |
     source = env.elements / "kiln-installer"
     try:
         kernel = kernel_package()
-        versions = {kernel: candidate_version(kernel), BUSYBOX: candidate_version(BUSYBOX)}
+        versions = {p: candidate_version(p) for p in (kernel, BUSYBOX, *TOOLS, *LIBRARIES)}
         digest = inputs_hash(elements=[source], settings={"packages": versions}, files={}, dib_version="")
         if not force and manifest.up_to_date(out, digest):
             seconds = time.monotonic() - started
@@ -100,7 +108,7 @@ def build(env: BuildEnv, display: Display, *, force: bool = False, cache: Path |
         debs = {pkg: fetch(pkg, version, cache or cache_dir()) for pkg, version in versions.items()}
         display.set(NAME, "building", "initramfs")
         with tempfile.TemporaryDirectory(prefix="kiln-img-installer-") as tmp:
-            vmlinuz, initrd = _assemble(Path(tmp), source, debs[kernel], debs[BUSYBOX])
+            vmlinuz, initrd = _assemble(Path(tmp), source, debs[kernel], debs[BUSYBOX], [debs[p] for p in versions])
             out.mkdir(parents=True, exist_ok=True)
             (out / manifest.MANIFEST).unlink(missing_ok=True)
             write_atomic(out / "vmlinuz", vmlinuz)
@@ -131,10 +139,15 @@ def build(env: BuildEnv, display: Display, *, force: bool = False, cache: Path |
     return Outcome(NAME, "built", seconds)
 
 
-def _assemble(tmp: Path, source: Path, kernel_deb: Path, busybox_deb: Path) -> tuple[bytes, bytes]:
-    kroot, broot = tmp / "kernel", tmp / "busybox"
+def _assemble(
+    tmp: Path, source: Path, kernel_deb: Path, busybox_deb: Path, tool_debs: list[Path]
+) -> tuple[bytes, bytes]:
+    kroot, broot, troot = tmp / "kernel", tmp / "busybox", tmp / "tools"
     run(["dpkg-deb", "-x", kernel_deb, kroot])
     run(["dpkg-deb", "-x", busybox_deb, broot])
+    for deb in tool_debs:
+        if deb not in (kernel_deb, busybox_deb):
+            run(["dpkg-deb", "-x", deb, troot])
     kver = next((kroot / "lib" / "modules").iterdir()).name
     vmlinuz = (kroot / "boot" / f"vmlinuz-{kver}").read_bytes()
     wanted = [line.split("#")[0].strip() for line in (source / "modules").read_text().splitlines()]
@@ -167,7 +180,42 @@ def _assemble(tmp: Path, source: Path, kernel_deb: Path, busybox_deb: Path) -> t
                 entries.append(cpio.directory(f"lib/modules/{d}"))
         entries.append(cpio.file(f"lib/modules/{rel}", (moddir / rel).read_bytes()))
     entries.append(cpio.file("etc/kiln-modules", "".join(f"{r}\n" for r in order).encode()))
+    entries += _tools(troot, {e.path for e in entries})
     return vmlinuz, cpio.initramfs(entries)
+
+
+def needed(elf: Path) -> list[str]:
+    """The sonames an ELF file loads (its DT_NEEDED entries, as readelf prints them)."""
+    out = run(["readelf", "-d", "-W", elf]).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+def _tools(troot: Path, have: set[str]) -> list[cpio.Entry]:
+    """TOOLS' binaries from `troot` (the extracted packages) and every library they load, transitively: each in
+    /lib/x86_64-linux-gnu under its soname, the dynamic loader where the binaries ask for it. Raises CommandError
+    when a library is in none of LIBRARIES' packages."""
+    entries = [cpio.file(path, (troot / path).read_bytes(), 0o755) for path in TOOLS.values()]
+    todo = [troot / path for path in TOOLS.values()]
+    found: dict[str, Path] = {}
+    while todo:
+        for soname in needed(todo.pop()):
+            if soname in found:
+                continue
+            where = next((troot / d / soname for d in LIB_DIRS if (troot / d / soname).exists()), None)
+            if where is None:
+                raise CommandError(["readelf", "-d"], 1, f"{soname} is in none of {', '.join(LIBRARIES)}")
+            found[soname] = where.resolve()
+            todo.append(found[soname])
+    for d in ("lib/x86_64-linux-gnu", "lib64"):
+        if d not in have:
+            entries.append(cpio.directory(d))
+    for soname, path in sorted(found.items()):
+        entries.append(cpio.file(f"lib/x86_64-linux-gnu/{soname}", path.read_bytes(), 0o755))
+    loader = Path(INTERPRETER).name
+    if loader not in found:
+        raise CommandError(["readelf", "-d"], 1, f"no {loader} among the tools' libraries")
+    entries.append(cpio.symlink(INTERPRETER, f"/lib/x86_64-linux-gnu/{loader}"))
+    return entries
 
 
 def _applets(busybox: Path) -> list[str]:

@@ -4,15 +4,19 @@ with a serial console log and a clean ACPI power-down, and a booted overlay's ro
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from kiln import blockmap
 from kiln.build import cli as build_cli
 from kiln.build.imagefs import mounted
 from kiln.build.plan import IMAGES_DIR
@@ -52,13 +56,15 @@ class Vm:
         cpus: int = 2,
         firmware: Firmware = Firmware.BIOS,
         nics: list[str] | None = None,
+        more_disks: tuple[Path, ...] = (),
     ) -> None:
         """QEMU user networking. `isolated` (restrict=on): DHCP works and the guest reaches nothing at all; a
         role image must be isolated, since its agent would try the provisioning URL baked into it. Otherwise
         the guest reaches the host's loopback as 10.0.2.2 (for a guest that only goes where the test sends it).
         `seed`: a JSON file the guest reads through fw_cfg, as the lab gives a disk-booted VM its enrolment.
         `firmware`: SeaBIOS, OVMF, or OVMF with Secure Boot enforcing (kiln.lab.firmware). `nics`: QEMU's network
-        arguments instead of user networking (`mac` and `isolated` then unused), e.g. taps in a test's namespace."""
+        arguments instead of user networking (`mac` and `isolated` then unused), e.g. taps in a test's namespace.
+        `more_disks`: raw disks after `disk` (vdb, vdc, ...)."""
         self.workdir = workdir
         self.console = workdir / "console.log"
         self.monitor = workdir / "monitor.sock"
@@ -77,6 +83,7 @@ class Vm:
             f"unix:{self.monitor},server,nowait",
             "-drive",
             f"file={disk},if=virtio,format={disk_format}",
+            *(a for more in more_disks for a in ("-drive", f"file={more},if=virtio,format=raw")),
             "-no-reboot",
             *firmware_args(firmware, workdir),
         ]
@@ -173,3 +180,55 @@ def journal(root: Path) -> str:
         timeout=120,
     )
     return result.stdout
+
+
+class ImageServer:
+    """Serves a raw image's block map at /NAME.map and its data chunks at /NAME.data, streamed (as kiln serve does,
+    from kiln.blockmap), and records POSTed events (loopback only). `cut` serves only that many bytes of data (a
+    broken download); `pace` sleeps that long after every MiB (a slow network)."""
+
+    def __init__(self, image: Path, *, name: str, cut: int | None = None, pace: float = 0.0) -> None:
+        events: list[dict[str, object]] = []
+        block_map = blockmap.scan(image)
+        self.block_map = block_map
+        length = block_map.data_bytes if cut is None else min(cut, block_map.data_bytes)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == f"/{name}.map":
+                    chunks: Iterator[bytes] = iter([block_map.text.encode()])
+                    size = len(block_map.text.encode())
+                elif self.path == f"/{name}.data":
+                    chunks, size = blockmap.read_data(image, block_map.extents), length
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                sent = 0
+                for chunk in chunks:
+                    part = chunk[: size - sent]
+                    self.wfile.write(part)
+                    sent += len(part)
+                    if sent >= size:
+                        break
+                    time.sleep(pace)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                events.append({"path": self.path, "auth": self.headers.get("Authorization"), **json.loads(body)})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.events = events
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

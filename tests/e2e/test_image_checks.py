@@ -46,6 +46,7 @@ EVERY_ROLE = {
     "apt-show-versions",
     "aide",
     "chkrootkit",
+    "mdadm",  # a mirrored root (hosts[].disk.raid): its initramfs assembles the array
 }
 ABSENT = {
     "telnetd",
@@ -198,6 +199,8 @@ def test_audit_apparmor_upgrades_firewall_mounts(image: tuple[str, Path]) -> Non
     nft = (root / "etc/nftables.conf").read_text()
     assert "policy drop" in nft and "10.10.0.0/24" in nft and "tcp dport 22" in nft
     assert "noexec" in (root / "etc/systemd/system/tmp.mount").read_text()
+    growroot = (root / "etc/systemd/system/growroot.service.d/kiln-md.conf").read_text()
+    assert "ExecStart=/usr/local/sbin/kiln-growroot" in growroot, "growroot knows a mirrored root"
     assert re.search(r"^tmpfs /dev/shm tmpfs \S*noexec", (root / "etc/fstab").read_text(), re.M)
     assert (root / "etc/systemd/network/99-kiln-dhcp.network").is_file()
     assert (root / "etc/machine-id").read_text().strip() in ("", "uninitialized")

@@ -5,12 +5,9 @@ installed root, reports install events, and reboots; with a wrong digest it wipe
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from kiln.build.imagefs import mounted
 from kiln.build.progress import Display
 from kiln.project import Project
 from tests.e2e.image_helpers import GUEST_MAC, HOST_LOOPBACK, Vm
+from tests.e2e.image_helpers import ImageServer as Server
 
 pytestmark = pytest.mark.slow
 
@@ -69,54 +67,9 @@ def image_map(test_image: Path) -> blockmap.BlockMap:
     return block_map
 
 
-class Server:
-    """Serves the image's block map at /small.map and its data chunks at /small.data (as kiln serve does, from
-    kiln.blockmap) and records POSTed events (loopback only). `cut` serves only that many bytes of data (a broken
-    download); `pace` sleeps that long after every MiB (a slow network)."""
-
-    def __init__(self, image: Path, *, cut: int | None = None, pace: float = 0.0) -> None:
-        events: list[dict[str, object]] = []
-        block_map = blockmap.scan(image)
-        files = {
-            "/small.map": block_map.text.encode(),
-            "/small.data": b"".join(blockmap.read_data(image, block_map.extents))[:cut],
-        }
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                data = files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                for at in range(0, len(data), 1 << 20):
-                    self.wfile.write(data[at : at + (1 << 20)])
-                    time.sleep(pace)
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                events.append({"path": self.path, "auth": self.headers.get("Authorization"), **json.loads(body)})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.events = events
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture()
 def server(test_image: Path) -> Iterator[Server]:
-    s = Server(test_image)
+    s = Server(test_image, name="small")
     yield s
     s.close()
 
@@ -135,11 +88,16 @@ def _boot(tmp_path: Path, installer_dir: Path, server: Server, sha: str, extra: 
         f"kiln.url={base} kiln.host=web1 kiln.token={TOKEN} "
         f"kiln.size={IMAGE_SIZE} BOOTIF=01-{MAC.replace(':', '-')} console=ttyS0 {extra}"
     )
+    return _installer(tmp_path, installer_dir, append, disk), disk
+
+
+def _installer(tmp_path: Path, installer_dir: Path, append: str, disk: Path, *more: Path) -> Vm:
     # not isolated: the installer only goes to the URLs given on its command line
-    vm = Vm(
+    return Vm(
         tmp_path,
         disk=disk,
         disk_format="raw",
+        more_disks=more,
         kernel=installer_dir / "vmlinuz",
         initrd=installer_dir / "initrd.img",
         append=append,
@@ -147,7 +105,6 @@ def _boot(tmp_path: Path, installer_dir: Path, server: Server, sha: str, extra: 
         memory=512,
         isolated=False,
     )
-    return vm, disk
 
 
 def test_installs_the_image_and_writes_the_seed(
@@ -163,7 +120,9 @@ def test_installs_the_image_and_writes_the_seed(
         if e.kind == "zero":
             at, end = e.start * blockmap.CHUNK, (e.start + e.count) * blockmap.CHUNK
             assert written[at:end] == image[at:end] == bytes(end - at), f"chunks {e.start}+{e.count} zeroed"
-    assert written[IMAGE_SIZE:] == DIRTY * 16, "nothing past the image is touched"
+    # past the image, only the disk's last 4 MiB are touched: zeroed, where an earlier install's backup GPT and a
+    # mirrored root's RAID superblock would be
+    assert written[IMAGE_SIZE:] == DIRTY * 12 + bytes(4 << 20), "nothing else past the image is touched"
     with mounted(disk) as root:
         seed = json.loads((root / "etc" / "kiln" / "seed.json").read_text())
     assert seed == {"host": "web1", "mac": MAC, "url": f"http://{HOST_LOOPBACK}:{server.port}", "token": TOKEN}
@@ -177,7 +136,7 @@ def test_installs_the_image_and_writes_the_seed(
 def test_reports_progress_while_it_writes(
     tmp_path: Path, installer_dir: Path, test_image: Path, image_map: blockmap.BlockMap
 ) -> None:
-    slow = Server(test_image, pace=1.0)  # a second per MiB of data
+    slow = Server(test_image, name="small", pace=1.0)  # a second per MiB of data
     try:
         vm, _ = _boot(tmp_path, installer_dir, slow, image_map.digest, "kiln.progress=2")
         with vm:
@@ -195,7 +154,7 @@ def test_reports_progress_while_it_writes(
 def test_refuses_a_short_download(
     tmp_path: Path, installer_dir: Path, test_image: Path, image_map: blockmap.BlockMap
 ) -> None:
-    broken = Server(test_image, cut=image_map.data_bytes - (1 << 20))
+    broken = Server(test_image, name="small", cut=image_map.data_bytes - (1 << 20))
     try:
         vm, disk = _boot(tmp_path, installer_dir, broken, image_map.digest)
         with vm:
@@ -215,3 +174,66 @@ def test_refuses_a_digest_mismatch(tmp_path: Path, installer_dir: Path, server: 
     assert disk.read_bytes()[: 2 << 20] == b"\0" * (2 << 20), "the unverified image is wiped"
     assert [(e["step"], e["status"]) for e in server.events] == [("install", "start"), ("install", "fail")]
     assert "mismatch" in str(server.events[-1]["detail"])
+
+
+def _table(disk: Path) -> dict:
+    return json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, text=True, check=True).stdout)
+
+
+def _probe(disk: Path, start: int, size: int) -> dict[str, str]:
+    """blkid -p of the bytes of one partition: what the kernel and udev would say it holds."""
+    out = subprocess.run(
+        ["blkid", "-p", "-o", "export", "-O", str(start * 512), "-S", str(size * 512), str(disk)],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_mirrors_the_root_across_two_disks(
+    tmp_path: Path, installer_dir: Path, server: Server, test_image: Path, image_map: blockmap.BlockMap
+) -> None:
+    """kiln.disk=/dev/vda,/dev/vdb (what the server's `raid1` answer sets): the image is written and checked on
+    vda, copied onto vdb and checked there, vdb gets a GPT identity of its own, root grows on both to the end of
+    the smaller disk, and the two root partitions become one RAID1 (metadata 1.0) through which the seed is
+    written: each disk holds the same BIOS boot partition, ESP and root filesystem, readable without md."""
+    disks = [tmp_path / "a.raw", tmp_path / "b.raw"]
+    for disk, mib in zip(disks, (80, 96), strict=True):  # unequal: root is sized to the smaller
+        with disk.open("wb") as f:
+            for _ in range(mib):
+                f.write(DIRTY)
+    base = f"http://{HOST_LOOPBACK}:{server.port}"
+    append = (
+        f"kiln.image={base}/small.data kiln.map={base}/small.map kiln.sha256={image_map.digest} "
+        f"kiln.disk=/dev/vda,/dev/vdb kiln.url={base} kiln.host=web1 kiln.token={TOKEN} "
+        f"kiln.size={IMAGE_SIZE} BOOTIF=01-{MAC.replace(':', '-')} console=ttyS0"
+    )
+    with _installer(tmp_path, installer_dir, append, *disks) as vm:
+        vm.wait_for(r"kiln-installer: root mirrored: /dev/vda3 and /dev/vdb3 are /dev/md0 \(RAID1, \d+ MB\)", 300)
+        vm.wait_for(r"kiln-installer: installed; rebooting", 120)
+        assert vm.wait_exit(60) == 0
+    tables = [_table(d)["partitiontable"] for d in disks]
+    assert tables[0]["id"] != tables[1]["id"], "the second disk has a GPT identity of its own"
+    parts = [{p["name"]: p for p in t["partitions"]} for t in tables]
+    assert [p["name"] for p in tables[1]["partitions"]] == ["BSP", "ESP", "root"]
+    for name in ("BSP", "ESP", "root"):
+        a, b = parts[0][name], parts[1][name]
+        assert (a["start"], a["size"], a["type"]) == (b["start"], b["size"], b["type"]), name
+        assert a["uuid"] != b["uuid"], f"{name}: a partition UUID of its own"
+    root = parts[0]["root"]
+    assert root["start"] + root["size"] == ((80 << 11) - 34) // 2048 * 2048, "root ends where the smaller disk does"
+    data = [d.read_bytes() for d in disks]
+    boot_end = parts[0]["root"]["start"] * 512
+    assert data[0][1024 * 1024 : boot_end] == data[1][1024 * 1024 : boot_end], "the same BSP and ESP on both"
+    members = [_probe(d, root["start"], root["size"]) for d in disks]
+    assert [m.get("TYPE") for m in members] == ["linux_raid_member"] * 2, members
+    assert members[0]["UUID"] == members[1]["UUID"], "one array"
+    assert members[0]["LABEL"] == "any:root", "named for any host: assembled as /dev/md/root wherever it boots"
+    seeds = []
+    for d in disks:
+        with mounted(d, fstype="ext4") as root_fs:
+            seeds.append(json.loads((root_fs / "etc" / "kiln" / "seed.json").read_text()))
+    assert seeds[0] == seeds[1] == {"host": "web1", "mac": MAC, "url": base, "token": TOKEN}
+    assert [(e["step"], e["status"]) for e in server.events][-1] == ("install", "ok")
+    assert "on /dev/vda and /dev/vdb (RAID1)" in str(server.events[-1]["detail"])
+    assert any(str(e["detail"]).startswith("copying the image onto /dev/vdb") for e in server.events)
