@@ -62,6 +62,11 @@ def test_initramfs_contents(built: Path, tmp_path: Path) -> None:
         assert needed in names
     assert names.index("virtio") < names.index("virtio_blk"), "dependencies load first"
     assert names.index("jbd2") < names.index("ext4")
+    assert names.index("md-mod") < names.index("raid1")
+    # mdadm and sfdisk run inside it, on the libraries it carries (chroot: nothing of this host's is loaded)
+    for tool, says in (("mdadm", "mdadm - v4"), ("sfdisk", "sfdisk from util-linux")):
+        ran = subprocess.run(["chroot", str(tmp_path), f"/sbin/{tool}", "--version"], capture_output=True, text=True)
+        assert says in ran.stdout + ran.stderr, (tool, ran.stderr)
 
 
 def test_initramfs_is_reproducible(built: Path, cluster: Cluster, secret_store: SecretStore, tmp_path: Path) -> None:
