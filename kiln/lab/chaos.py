@@ -157,7 +157,6 @@ class Loops:
     edge_on: threading.Event = field(default_factory=threading.Event)
     failures: list[tuple[float, str]] = field(default_factory=list)  # (sent, what came back) per failed request
     served_by: dict[str, float] = field(default_factory=dict)  # app host (X-Kiln-App) -> when it first answered
-    written: list[int] = field(default_factory=list)
     write_log: list[Write] = field(default_factory=list)  # per acknowledged write, in the order acknowledged
     stop: threading.Event = field(default_factory=threading.Event)
     in_flight: dict[int, float] = field(default_factory=dict)  # request number -> when it was sent, until answered
@@ -236,11 +235,15 @@ class Loops:
             try:
                 reply = self._get("/api/notes", method="POST", body=body)
                 if reply.status == 201:
-                    self.written.append(n)
                     self.write_log.append(Write(n, sent, time.monotonic(), _db_of(reply)))
             except OSError:
                 pass
             time.sleep(2.0)
+
+    @property
+    def written(self) -> list[int]:
+        """The numbers of the notes acknowledged so far."""
+        return [w.n for w in list(self.write_log)]
 
     def start(self) -> None:
         for target in (self._request_loop, self._edge_loop, self._write_loop):
