@@ -50,8 +50,9 @@ def test(c, quick=False, lab=True, k=None):
     # slow tier (image builds, QEMU boots, the lab) after it, alone, since the emulated CPUs need every core
     runs = [base + ["-m", "not slow", "-n", str(2 * (os.cpu_count() or 1)), "--dist", "loadfile"]]
     if not quick:
-        # each slow test's time in the report: CI's 90 minutes are spent here
-        runs.append(base + ["-m", "slow" if lab else "slow and not lab", "--durations=25"])
+        # each slow test's time in the report: CI's 90 minutes are spent here; a failure's report at once, not
+        # at the end: a run CI stops at its time limit still says what failed (--instafail, pytest-instafail)
+        runs.append(base + ["-m", "slow" if lab else "slow and not lab", "--durations=25", "--instafail"])
     codes = [c.run(shlex.join(argv), pty=sys.stdout.isatty(), warn=True).exited for argv in runs]
     no_tests = 5  # pytest's code when -k selected nothing in that tier
     failed = [code for code in codes if code not in (0, no_tests)]
