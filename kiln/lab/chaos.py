@@ -505,7 +505,7 @@ def notes_on(lab: Lab, db: str, tag: str) -> set[int]:
 def missing_on(lab: Lab, db: str, loops: Loops, timeout: float = 30) -> tuple[list[int], int]:
     """(acknowledged notes host `db` lacks, how many were acknowledged), once it lacks none or after `timeout`
     seconds (replication catching up)."""
-    acked = list(loops.written)
+    acked = loops.written
     lacking: list[int] = []
 
     def none_lacking() -> bool:
